@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny real timm ViTs (pretrained=False) and real images (the bundled digits, scikit-image photos).
+
+Every model here is a genuine timm VisionTransformer built at a small size so the suite runs on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_vit(
+    depth: int = 12,
+    embed_dim: int = 48,
+    num_heads: int = 3,
+    img_size: int = 32,
+    patch_size: int = 4,
+    arch: str = "vit_tiny_patch16_224",
+    seed: int = 0,
+    **kwargs,
+) -> torch.nn.Module:
+    """A small timm ViT (random init, eval mode). ``arch`` may be a deit/distilled/register variant."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, img_size=img_size, patch_size=patch_size, depth=depth,
+                              embed_dim=embed_dim, num_heads=num_heads, num_classes=10, **kwargs)
+    return model.eval()
+
+
+def digits_batch(n: int = 8, size: int = 32) -> torch.Tensor:
+    """``n`` real handwritten digits from the demo data as a normalised ``n x 3 x size x size`` batch."""
+    import torch.nn.functional as F
+    import torchvision.transforms.functional as TF
+
+    from vitprune.data.demo import DigitsDemo
+
+    ds = DigitsDemo("val")
+    x = torch.stack([TF.to_tensor(ds[i][0]) for i in range(n)])
+    x = (x - 0.3058) / 0.3236
+    if size != 32:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
+def photo_batch(size: int = 224, names: tuple[str, ...] = ("astronaut", "chelsea", "coffee")) -> torch.Tensor:
+    """Real photos from scikit-image, resized and ImageNet-normalised."""
+    import numpy as np
+    import skimage.data
+    import torch.nn.functional as F
+
+    imgs = []
+    for name in names:
+        a = getattr(skimage.data, name)()
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0
+        imgs.append(F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0])
+    x = torch.stack(imgs)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return (x - mean) / std
+
+
+@pytest.fixture
+def tiny_vit():
+    return make_vit()
+
+
+@pytest.fixture
+def digits():
+    return digits_batch()
+
+
+@pytest.fixture(scope="session")
+def deit_small():
+    """DeiT-S at 224 px with random weights (FLOP and token-count checks)."""
+    torch.manual_seed(0)
+    return timm.create_model("deit_small_patch16_224", pretrained=False).eval()

@@ -1,0 +1,140 @@
+"""EViT against its spec (shared/methods/evit.md §7)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import vitprune
+from vitprune import ops
+from vitprune.errors import MethodOptionError, UnsupportedModelError
+from vitprune.measure import count_macs
+from vitprune.methods import tracking
+
+from .conftest import digits_batch, make_vit
+
+
+def patched(model, **opts):
+    return vitprune.apply_method(copy.deepcopy(model), "evit", **opts)
+
+
+def test_keep_rate_one_is_bit_identical_to_dense(tiny_vit, digits):
+    m = patched(tiny_vit, keep_rate=1.0)
+    with torch.no_grad():
+        assert torch.equal(m(digits), tiny_vit(digits))
+
+
+def test_token_schedule_deit_s_matches_spec(deit_small):
+    m = patched(deit_small, keep_rate=0.7)
+    assert m.vitprune_method.token_schedule(m) == [197] * 4 + [140] * 3 + [100] * 3 + [72] * 2
+    m = patched(deit_small, keep_rate=0.7, fuse=False)
+    assert m.vitprune_method.token_schedule(m) == [197] * 4 + [139] * 3 + [98] * 3 + [69] * 2
+    m = patched(deit_small, keep_rate=0.5)
+    assert m.vitprune_method.token_schedule(m)[4::3] == [100, 52, 28]
+
+
+def test_measured_counts_equal_schedule_on_demo_sized_model(digits):
+    base = make_vit(depth=6, embed_dim=96)  # the demo teacher's shape: 64 patches, blocks 1, 3, 4 reduce
+    m = patched(base, keep_rate=0.7)
+    with tracking(m), torch.no_grad():
+        m(digits)
+    assert m.vitprune_state.counts == m.vitprune_method.token_schedule(m)
+    assert m.vitprune_method.token_schedule(m) == [65, 65, 47, 47, 35, 26]
+
+
+def test_gather_equivalence_without_fusion(digits):
+    """Oracle 6: dense block-3 tensor after attention, gather [cls, top-k], rest of the model == EViT output."""
+    base = make_vit(depth=4)
+    m = patched(base, keep_rate=0.5, fuse=False, drop_loc=[2])
+    with torch.no_grad():
+        x = base.norm_pre(base.patch_drop(base._pos_embed(base.patch_embed(digits))))
+        for blk in base.blocks[:2]:
+            x = blk(x)
+        blk = base.blocks[2]
+        out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+        x = ops.attn_residual(blk, x, out)
+        idx = ops.topk_patches(ops.patch_scores_from_cls(rows, 1), 32)
+        x = ops.mlp_residual(blk, ops.keep_tokens(x, idx, 1))
+        x = base.blocks[3](x)
+        ref = base.forward_head(base.norm(x))
+        torch.testing.assert_close(m(digits), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_token_is_attention_weighted_sum():
+    x = torch.randn(2, 1 + 5, 4)
+    scores = torch.tensor([[0.3, 0.1, 0.25, 0.05, 0.2], [0.01, 0.4, 0.09, 0.2, 0.2]])
+    order = ops.rank_patches(scores)
+    rest = order[:, 3:]
+    fused = ops.fuse_tokens(x[:, 1:], scores, rest)
+    for b in range(2):
+        want = sum(scores[b, j] * x[b, 1 + j] for j in rest[b].tolist())
+        torch.testing.assert_close(fused[b, 0], want)
+    # kept and fused sets partition the patches
+    assert sorted(order[0].tolist()) == list(range(5))
+
+
+def test_prefix_tokens_are_never_dropped_or_scored(digits):
+    base = make_vit(arch="vit_small_patch16_224", reg_tokens=2, class_token=True, depth=12)
+    m = patched(base, keep_rate=0.5)
+    with tracking(m), torch.no_grad():
+        y = m(digits)
+    assert y.shape == (8, 10)
+    counts = m.vitprune_state.counts
+    assert counts[0] == 3 + 64 and all(c >= 3 for c in counts)
+    # every recorded stage maps only patch indices (prefix tokens are not part of the assignment)
+    for _, assign in m.vitprune_state.stages:
+        assert assign.shape == (8, 64)
+
+
+def test_distilled_model_runs_and_keeps_both_prefix_tokens(digits):
+    base = make_vit(arch="deit_small_distilled_patch16_224")
+    m = patched(base, keep_rate=0.7)
+    assert m.vitprune_method.token_schedule(m)[0] == 66
+    m.eval()
+    with torch.no_grad():
+        assert m(digits).shape == (8, 10)
+
+
+def test_keep_rate_schedule_matches_spec():
+    m = patched(make_vit(), keep_rate=0.7, shrink_start=10, shrink_epochs=100)
+    ev = m.vitprune_method
+    assert ev.scheduled_keep_rate(5) == 1.0
+    assert ev.scheduled_keep_rate(60) == pytest.approx(0.85)
+    assert ev.scheduled_keep_rate(110) == pytest.approx(0.7)
+    m = patched(make_vit(), keep_rate=0.7)
+    assert m.vitprune_method.scheduled_keep_rate(0) == 0.7
+
+
+def test_training_forward_backward_reaches_parameters(digits):
+    m = patched(make_vit(), keep_rate=0.7).train()
+    m(digits).sum().backward()
+    assert m.blocks[11].mlp.fc1.weight.grad is not None
+
+
+def test_macs_deit_s_within_one_percent(deit_small):
+    assert count_macs(patched(deit_small, keep_rate=0.7)).gmacs == pytest.approx(3.0355, rel=0.01)
+    assert count_macs(patched(deit_small, keep_rate=0.7, fuse=False)).gmacs == pytest.approx(3.0032, rel=0.01)
+
+
+def test_bad_options():
+    with pytest.raises(MethodOptionError, match="keep-rate"):
+        vitprune.apply_method(make_vit(), "evit", keep_rate=0.0)
+    with pytest.raises(MethodOptionError, match="not an option of evit"):
+        vitprune.apply_method(make_vit(), "evit", r=8)
+    with pytest.raises(UnsupportedModelError):
+        vitprune.apply_method(make_vit(class_token=False, global_pool="avg"), "evit")
+
+
+def test_save_load_round_trip(tmp_path, digits):
+    m = patched(make_vit(), keep_rate=0.6, fuse=False)
+    vitprune.save(m, tmp_path / "evit")
+    back = vitprune.load(tmp_path / "evit")
+    assert back.vitprune_method.options == m.vitprune_method.options
+    with torch.no_grad():
+        assert torch.equal(back(digits), m(digits))
+
+
+def test_digits_batch_is_real_data():
+    x = digits_batch(4)
+    assert x.shape == (4, 3, 32, 32) and x.std() > 0.5

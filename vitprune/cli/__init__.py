@@ -1,0 +1,1 @@
+"""The vitprune command line (Typer + rich); see main.py."""

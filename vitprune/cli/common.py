@@ -1,0 +1,94 @@
+"""What every command shares: consoles, the error edge, and the method-option flags."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import MethodOptionError, VitpruneError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn vitprune's user-facing errors into one line on stderr and exit code 1 (no traceback)."""
+    try:
+        yield
+    except VitpruneError as e:
+        err.print(f"[bold red]Error:[/] {e}", highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- method options
+
+ModelArg = Annotated[str, typer.Argument(
+    help="timm model name, hf-hub:org/repo, a local folder (timm or vitprune), or 'demo' (bundled).")]
+MethodOpt = Annotated[Optional[str], typer.Option(
+    "--method", "-m", help="token method (see `vitprune methods`): dynamicvit, evovit, sait, dge, tome, evit.")]
+KeepRateOpt = Annotated[Optional[float], typer.Option(
+    "--keep-rate", help="fraction of patch tokens kept (dynamicvit, evit, evovit, sait fixed mode).")]
+ROpt = Annotated[Optional[str], typer.Option(
+    "--r", help="ToMe: tokens merged per block (int, or comma list per block).")]
+BudgetOpt = Annotated[Optional[float], typer.Option("--budget", help="DGE: target fraction of dense MACs.")]
+RegionOpt = Annotated[Optional[int], typer.Option("--region-size", help="DGE: region side in patches.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    "--threshold", help="SaiT adaptive mode: cumulative class-attention mass kept per image.")]
+ExtraOpt = Annotated[Optional[list[str]], typer.Option(
+    "--opt", help="any other method option as KEY=VALUE (repeatable), e.g. --opt fuse=false.")]
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    if "," in text:
+        return [_parse_value(t) for t in text.split(",") if t.strip()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def method_options(
+    keep_rate: Optional[float] = None,
+    r: Optional[str] = None,
+    budget: Optional[float] = None,
+    region_size: Optional[int] = None,
+    threshold: Optional[float] = None,
+    extra: Optional[list[str]] = None,
+) -> dict[str, Any]:
+    """Only the options the user gave, by their method-option names."""
+    opts: dict[str, Any] = {}
+    if keep_rate is not None:
+        opts["keep_rate"] = keep_rate
+    if r is not None:
+        opts["r"] = _parse_value(r)
+    if budget is not None:
+        opts["budget"] = budget
+    if region_size is not None:
+        opts["region_size"] = region_size
+    if threshold is not None:
+        opts["threshold"] = threshold
+    for item in extra or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MethodOptionError(f"--opt takes KEY=VALUE, got {item!r}.")
+        opts[key.strip().replace("-", "_")] = _parse_value(value)
+    return opts

@@ -1,0 +1,124 @@
+"""The ``vitprune`` command. Each command parses its flags, calls the library and renders the result."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .common import (
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModelArg, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
+    print_json, user_errors,
+)
+
+app = typer.Typer(
+    name="vitprune",
+    help="Make pretrained Vision Transformers faster by token sparsification.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _not_yet(command: str, issue: str) -> None:
+    from ..errors import NotAvailableError
+
+    with user_errors():
+        raise NotAvailableError(f"`vitprune {command}` is not available in this version yet ({issue}).")
+
+
+@app.command()
+def profile(
+    model: ModelArg = "demo",
+    method: MethodOpt = None,
+    keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
+    budget: BudgetOpt = None,
+    region_size: RegionOpt = None,
+    threshold: ThresholdOpt = None,
+    opt: ExtraOpt = None,
+    no_weights: Annotated[bool, typer.Option(
+        "--no-weights", help="build the architecture with random weights; download nothing.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="fp16, bf16 or fp32 (default: fp16 autocast on GPU, fp32 on CPU).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats (median is reported).")] = None,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="count parameters and GMACs only.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON.")] = False,
+) -> None:
+    """Parameters, GMACs, throughput and latency: dense, and compressed beside it with --method."""
+    with user_errors():
+        from .. import api
+        from ..report.tables import profile_notes, profile_table
+
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        if json_out:
+            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
+                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
+                                 **opts)
+            print_json(report.to_dict())
+            return
+        with err.status("loading, counting and timing (dense and compressed, interleaved)…"):
+            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
+                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
+                                 **opts)
+        out.print(profile_table(report))
+        for note in profile_notes(report):
+            out.print(f"[dim]· {note}[/]")
+
+
+@app.command()
+def methods(
+    json_out: Annotated[bool, typer.Option("--json", help="print as JSON.")] = False,
+) -> None:
+    """List the token methods with their options, defaults and papers."""
+    with user_errors():
+        from ..methods import describe_methods
+        from ..report.tables import methods_tables
+
+        info = describe_methods()
+        if json_out:
+            print_json(info)
+            return
+        for table in methods_tables(info):
+            out.print(table)
+
+
+@app.command()
+def compress() -> None:
+    """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it."""
+    _not_yet("compress", "distillation fine-tuning lands with issue #6")
+
+
+@app.command("eval")
+def eval_() -> None:
+    """Top-1/top-5 and loss of a model or saved folder on a dataset."""
+    _not_yet("eval", "it lands with issue #6")
+
+
+@app.command()
+def push() -> None:
+    """Upload a saved folder to the Hugging Face Hub with a generated model card."""
+    _not_yet("push", "it lands with issue #7")
+
+
+@app.command()
+def visualize() -> None:
+    """Draw which tokens each stage keeps (PNG), for images you give."""
+    _not_yet("visualize", "it lands with issue #7")
+
+
+@app.command()
+def sweep() -> None:
+    """Accuracy/GMACs/throughput over several settings, with a Pareto plot."""
+    _not_yet("sweep", "it lands with issue #7")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Datasets: image folders, saved Hugging Face datasets, and the bundled demo digits."""

@@ -1,0 +1,53 @@
+"""The few exceptions a vitprune user can meet.
+
+Each carries a one-line message that says what is wrong and what to do. The CLI prints ``Error: <message>``
+and exits with ``exit_code`` (1); usage errors found by the command-line parser exit 2. Anything that is not a
+``VitpruneError`` is a bug in vitprune and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class VitpruneError(Exception):
+    """Base class: a problem with the user's input or environment, reported in one line."""
+
+    exit_code = 1
+
+
+class ModelNotFoundError(VitpruneError):
+    """A model name, folder or Hub repo that cannot be found (including offline and not cached)."""
+
+
+class UnsupportedModelError(VitpruneError):
+    """A model vitprune cannot patch (not a timm VisionTransformer, or a block layout it does not know)."""
+
+
+class MethodOptionError(VitpruneError):
+    """A method name or option value that is not valid (keep rate, r, budget, region size...)."""
+
+
+class DataError(VitpruneError):
+    """A dataset that is missing, empty, unreadable, or does not fit the model."""
+
+
+class DeviceError(VitpruneError):
+    """A device that is not available (no CUDA) or ran out of memory."""
+
+
+class PushError(VitpruneError):
+    """An upload to the Hugging Face Hub that failed; the local folder is left as it was."""
+
+
+class NotAvailableError(VitpruneError):
+    """A capability that is not finished yet; says which issue brings it."""
+
+
+__all__ = [
+    "VitpruneError",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
+    "MethodOptionError",
+    "DataError",
+    "DeviceError",
+    "PushError",
+    "NotAvailableError",
+]

@@ -1,0 +1,370 @@
+"""The contract every token-sparsification method follows.
+
+A method is a small class with a dataclass of options. ``apply_method(model, name, **options)``:
+
+1. builds the options (unknown names and bad values raise ``MethodOptionError``);
+2. ``method.supports(model)`` raises ``UnsupportedModelError`` for models it cannot patch;
+3. ``method.patch(model)`` adds the method's modules to the model (predictors, routers...), under the names the
+   official checkpoints use where there are any, so that ``state_dict`` keys stay timm's plus the method's;
+4. the model's class is swapped for a small subclass (``PatchedViT``) whose ``forward_features`` runs timm's own
+   embedding, hands the tokens to ``method.forward_blocks`` and applies timm's final norm. timm's blocks, attention,
+   LayerScale, drop-path and heads are reused, never copied.
+
+Per forward pass a ``TokenState`` travels through the blocks: prefix-token count, patch grid, what the trainer
+needs afterwards (``aux``), and, when asked (``track=True``), which original patches each token stands for (for
+``visualize``) and the token count entering each block.
+
+What the rest of vitprune asks of a method:
+
+* ``token_schedule(model)``: tokens entering each block in eval mode, analytically (reports, tests);
+* ``aux_losses(model, state, teacher)``: extra training losses (ratio, budget, token distillation...) with the
+  paper's weights as defaults; ``teacher_forward`` says what the trainer must compute on the dense teacher;
+* ``training_passes()`` and ``on_train_progress()``: hooks for methods whose training runs several forward
+  passes per step (SaiT dense/sparse) or changes with progress (EViT keep-rate schedule, Evo-ViT layer-wise mode);
+* ``default_recipe()`` / ``new_module_prefixes``: learning-rate groups and schedule defaults from the paper;
+* ``macs(model, images)``: an analytic count where fvcore cannot see input-dependent token counts (DGE, SaiT);
+* ``convert_official_state_dict(state_dict, model)``: map an official release's keys onto the vitprune model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import MethodOptionError, UnsupportedModelError
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@dataclass
+class MethodOptions:
+    """Base of every method's options. Fields carry ``metadata={"help": ...}`` for ``vitprune methods``."""
+
+    def validate(self) -> None:
+        """Raise MethodOptionError for a bad value. Subclasses extend."""
+
+    @classmethod
+    def from_dict(cls, method: str, values: dict[str, Any]) -> "MethodOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
+            known = ", ".join(sorted(names)) or "none"
+            raise MethodOptionError(f"{flags} is not an option of {method} (its options: {known}).")
+        try:
+            opts = cls(**values)
+        except TypeError as e:  # pragma: no cover - dataclass signature problems
+            raise MethodOptionError(f"bad options for {method}: {e}") from None
+        opts.validate()
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
+    """Keep rates, budgets and thresholds live in (0, 1]."""
+    ok = value is not None and math.isfinite(value) and 0.0 < value and (value <= 1.0 if allow_one else value < 1.0)
+    if not ok:
+        interval = "(0, 1]" if allow_one else "(0, 1)"
+        raise MethodOptionError(f"{name.replace('_', '-')} must be in {interval}, got {value}.")
+
+
+# ------------------------------------------------------------------------------------------ model facts
+
+
+@dataclass(frozen=True)
+class ViTInfo:
+    """What a method needs to know about the timm ViT it patches."""
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    num_prefix_tokens: int
+    grid: tuple[int, int]
+    has_class_token: bool
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
+    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a timm VisionTransformer; token methods patch timm ViTs "
+            "(deit_*, vit_*, distilled and register variants)."
+        )
+    for i, blk in enumerate(model.blocks):
+        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
+            raise UnsupportedModelError(
+                f"block {i} of this ViT is a {type(blk).__name__} with {type(blk.attn).__name__}; vitprune patches "
+                "timm's standard pre-norm Block with its Attention module."
+            )
+    if img_size is None:
+        grid = tuple(model.patch_embed.grid_size)
+    else:
+        grid = tuple(model.patch_embed.dynamic_feat_size(img_size)) if hasattr(model.patch_embed, "dynamic_feat_size") \
+            else (img_size[0] // model.patch_embed.patch_size[0], img_size[1] // model.patch_embed.patch_size[1])
+    attn = model.blocks[0].attn
+    return ViTInfo(
+        depth=len(model.blocks),
+        embed_dim=model.embed_dim,
+        num_heads=attn.num_heads,
+        num_prefix_tokens=model.num_prefix_tokens,
+        grid=(int(grid[0]), int(grid[1])),
+        has_class_token=model.cls_token is not None,
+    )
+
+
+def scale_locations(depth: int, reference: tuple[int, ...], reference_depth: int = 12) -> list[int]:
+    """Map block indices chosen for a 12-block model to another depth: ``floor(index * depth / 12)``, so 3/6/9 of
+    12 -> 6/12/18 of 24 and 1/3/4 of 6; never block 0, never past the last block."""
+    if depth == reference_depth:
+        return list(reference)
+    return sorted({max(1, min(depth - 1, (r * depth) // reference_depth)) for r in reference})
+
+
+# ------------------------------------------------------------------------------------------ per-forward state
+
+
+@dataclass
+class TokenState:
+    """What travels through the blocks in one forward pass.
+
+    ``origin`` (only when ``track``): for each current patch token, the index of the original patch it stands
+    for, ``-1`` for synthetic tokens (a fused or representative token). ``stages`` (when ``track``): after each
+    step that changes the token set, ``(block_index, assignment)`` with ``assignment`` a ``B x num_patches`` long
+    tensor giving, for every original patch, the current token that represents it, or ``-1`` if it was dropped
+    (or fused into a catch-all token). ``counts`` (when ``track``): tokens entering each block.
+    """
+
+    num_prefix: int
+    grid: tuple[int, int]
+    training: bool
+    track: bool = False
+    origin: Optional[Tensor] = None
+    stages: list[tuple[int, Tensor]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    aux: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def enter(self, x: Tensor) -> None:
+        """Call at the start of every block: records the token count when tracking."""
+        if self.track:
+            self.counts.append(x.shape[1])
+
+    def start_tracking(self, batch: int, device: torch.device) -> None:
+        self.origin = torch.arange(self.num_patches, device=device).expand(batch, -1).clone()
+
+    def keep(self, idx: Tensor, extra_synthetic: int = 0) -> None:
+        """Patch tokens were gathered with ``idx`` (B x k, positions among current patch tokens)."""
+        if self.track and self.origin is not None:
+            origin = torch.gather(self.origin, 1, idx)
+            if extra_synthetic:
+                origin = torch.cat([origin, origin.new_full((origin.shape[0], extra_synthetic), -1)], 1)
+            self.origin = origin
+
+    def record(self, block: int, assignment: Optional[Tensor] = None) -> None:
+        """Record the token map after a reduction at ``block`` (computed from ``origin`` unless given)."""
+        if not self.track:
+            return
+        if assignment is None:
+            assert self.origin is not None
+            B = self.origin.shape[0]
+            assignment = self.origin.new_full((B, self.num_patches), -1)
+            pos = torch.arange(self.origin.shape[1], device=self.origin.device).expand(B, -1)
+            real = self.origin >= 0
+            assignment[real.nonzero(as_tuple=True)[0], self.origin[real]] = pos[real]
+        self.stages.append((block, assignment))
+
+
+@dataclass
+class TeacherOutput:
+    """What the trainer computed on the dense teacher for a batch."""
+
+    logits: Tensor
+    tokens: Optional[Tensor] = None  # final normed tokens (B x N x C), prefix tokens included
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ the method
+
+
+class TokenMethod:
+    """Base class of a token-sparsification method. Subclasses set the class attributes and override hooks."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]]
+    needs_training: ClassVar[bool] = True
+    #: parameter-name prefixes of modules the method adds (own learning rate in the trainer)
+    new_module_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: design choices vitprune made where the paper is silent (shown by `vitprune methods`)
+    notes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: MethodOptions):
+        self.options = options
+        self.info: Optional[ViTInfo] = None
+        self._attached: list[tuple[nn.Module, str]] = []
+
+    def attach(self, parent: nn.Module, name: str, module: nn.Module) -> None:
+        """Register a module the method adds (``patch`` uses this), so ``unpatch`` can take it away again."""
+        parent.add_module(name, module)
+        self._attached.append((parent, name))
+
+    def unpatch(self, model: nn.Module) -> None:
+        """Undo ``patch``: remove the modules added with ``attach``. Methods that change more override."""
+        for parent, name in self._attached:
+            delattr(parent, name)
+        self._attached.clear()
+
+    # -- contract --------------------------------------------------------------------------
+    def supports(self, model: nn.Module) -> ViTInfo:
+        """Raise UnsupportedModelError if the model cannot be patched; return its facts."""
+        return vit_info(model)
+
+    def patch(self, model: nn.Module) -> None:
+        """Add the method's modules to the model (in place). Default: none."""
+
+    def forward_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        """Run all blocks on the embedded tokens ``x`` (B x N x C). Default: the dense path."""
+        for blk in model.blocks:
+            state.enter(x)
+            x = blk(x)
+        return x
+
+    def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
+        """Tokens (prefix included) entering each block in eval mode."""
+        info = vit_info(model, img_size)
+        return [info.num_prefix_tokens + info.num_patches] * info.depth
+
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+        """Weighted auxiliary training losses (already multiplied by their weights)."""
+        return {}
+
+    def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
+        """What the trainer computes on the teacher; methods needing more (attention maps...) override."""
+        tokens = teacher.forward_features(images)
+        return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens)
+
+    def training_passes(self) -> list[dict[str, Any]]:
+        """Runtime settings for each student forward in one training step (SaiT: dense and sparse)."""
+        return [{}]
+
+    def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
+        """Called by the trainer before each step with the fractional epoch (schedules)."""
+
+    def default_recipe(self) -> dict[str, Any]:
+        """The paper's fine-tuning recipe adapted to vitprune (overridable by trainer flags)."""
+        return {}
+
+    def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
+        """Mean MACs per image when fvcore cannot count them (input-dependent token counts); else None."""
+        return None
+
+    def convert_official_state_dict(self, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """Map an official release's state dict onto this model's keys; raise MethodOptionError on unknown keys."""
+        return dict(state_dict)
+
+    # -- runtime settings ---------------------------------------------------------------------
+    #: names of options that may change at run time without retraining (e.g. SaiT mode, EViT keep rate)
+    runtime_options: ClassVar[tuple[str, ...]] = ()
+
+    def set_runtime(self, **values: Any) -> None:
+        for k in values:
+            if k not in self.runtime_options:
+                raise MethodOptionError(f"{k} cannot be changed at run time for {self.name}.")
+        merged = {**self.options.to_dict(), **values}
+        self.options = type(self.options).from_dict(self.name, merged)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def options_dict(self) -> dict[str, Any]:
+        return self.options.to_dict()
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options_dict().items())
+        return f"{self.name}({opts})"
+
+
+# ------------------------------------------------------------------------------------------ the patched model
+
+
+class PatchedViT:
+    """Mixin placed in front of the model's own timm class by ``apply_method``.
+
+    Only ``forward_features`` changes: timm's embedding (patch embed, position embedding, prefix tokens,
+    ``norm_pre``), then the method's ``forward_blocks``, then timm's final ``norm``. Heads are timm's.
+    """
+
+    vitprune_method: TokenMethod
+    _vitprune_track: bool = False
+
+    def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("vitprune-patched models do not take attention masks")
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        grid = _grid_of(self, x)
+        state = TokenState(num_prefix=self.num_prefix_tokens, grid=grid, training=self.training,
+                           track=self._vitprune_track)
+        if state.track:
+            state.start_tracking(x.shape[0], x.device)
+        x = self.vitprune_method.forward_blocks(self, x, state)
+        if self.training or state.track:
+            self.vitprune_state = state
+        return self.norm(x)
+
+
+def _grid_of(model: nn.Module, x: Tensor) -> tuple[int, int]:
+    n = x.shape[1] - model.num_prefix_tokens
+    g = tuple(model.patch_embed.grid_size)
+    if g[0] * g[1] == n:
+        return (int(g[0]), int(g[1]))
+    side = int(round(math.sqrt(n)))  # dynamic image size: square grids
+    return (side, n // side)
+
+
+_PATCHED_CLASSES: dict[type, type] = {}
+
+
+def patched_class(base: type) -> type:
+    if issubclass(base, PatchedViT):
+        return base
+    if base not in _PATCHED_CLASSES:
+        _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (PatchedViT, base), {"__module__": __name__})
+    return _PATCHED_CLASSES[base]
+
+
+def unpatched_class(cls: type) -> type:
+    return next(b for b in cls.__mro__[1:] if not issubclass(b, PatchedViT)) if issubclass(cls, PatchedViT) else cls
+
+
+class tracking:
+    """Context manager: record token maps and counts during forward passes (``model.vitprune_state``)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.model._vitprune_track = True
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self.model._vitprune_track = False

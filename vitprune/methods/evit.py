@@ -1,0 +1,149 @@
+"""EViT: keep the patches the class token attends to, fuse the rest into one token.
+
+Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations",
+ICLR 2022 (arXiv 2202.07800). Spec: ``shared/methods/evit.md``.
+
+In the drop-location blocks (0-based 3, 6, 9 of 12; scaled for other depths) the block's attention runs on all
+tokens; then patch tokens are ranked by the class token's head-averaged attention, the top
+``k = ceil(keep_rate * P)`` are kept (``P`` = current patch tokens, a fused token from an earlier stage included)
+and the others are either fused into one token appended at the end (their attention-weighted sum, raw weights) or
+dropped; the block's MLP and all later blocks run on the shorter sequence. Same forward in training and inference.
+
+vitprune specifics: the class-token row is computed alone (``q_cls K^T``) so the block's attention stays on fused
+SDPA; every prefix token (class, distillation, registers) is kept and never scored; the importance is the class
+token's row (distilled models: the class token, not the distillation token).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..errors import UnsupportedModelError
+from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, check_fraction, scale_locations, vit_info
+from .registry import register
+
+
+@dataclass
+class EViTOptions(MethodOptions):
+    keep_rate: float = field(default=0.7, metadata={"help": "fraction of patch tokens kept at each drop location (ceil)"})
+    fuse: bool = field(default=True, metadata={"help": "fuse inattentive tokens into one token (False: drop them)"})
+    drop_loc: Optional[list[int]] = field(
+        default=None, metadata={"help": "0-based blocks that reduce tokens (default 3,6,9 of 12, scaled to depth)"})
+    shrink_start: float = field(
+        default=0.0, metadata={"help": "training: epoch at which the keep rate starts to shrink from 1"})
+    shrink_epochs: float = field(
+        default=0.0, metadata={"help": "training: epochs of cosine shrink from 1 to keep_rate (0: keep_rate at once)"})
+
+    def validate(self) -> None:
+        check_fraction("keep_rate", self.keep_rate)
+        if self.shrink_start < 0 or self.shrink_epochs < 0:
+            from ..errors import MethodOptionError
+
+            raise MethodOptionError("shrink-start and shrink-epochs must be >= 0.")
+
+
+@register
+class EViT(TokenMethod):
+    name = "evit"
+    title = "EViT"
+    paper = "Liang et al., Not All Patches are What You Need (ICLR 2022, arXiv 2202.07800)"
+    summary = ("keeps the patches the class token attends to most at 3 blocks, fuses the rest into one token; "
+               "no new parameters")
+    Options = EViTOptions
+    runtime_options = ("keep_rate",)
+    notes = (
+        "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
+        "Distilled and register models: all prefix tokens are kept; importance is the class token's row.",
+    )
+
+    def __init__(self, options: EViTOptions):
+        super().__init__(options)
+        self.train_keep_rate: Optional[float] = None  # set by the keep-rate schedule during training
+
+    # -- contract ------------------------------------------------------------------------------------
+    def supports(self, model: nn.Module) -> ViTInfo:
+        info = vit_info(model)
+        if not info.has_class_token:
+            raise UnsupportedModelError("EViT ranks tokens by class-token attention; this ViT has no class token.")
+        self._locations(info)  # validates drop_loc
+        return info
+
+    def _locations(self, info: ViTInfo) -> list[int]:
+        locs = self.options.drop_loc if self.options.drop_loc is not None else scale_locations(info.depth, (3, 6, 9))
+        if any(not 0 <= b < info.depth for b in locs):
+            from ..errors import MethodOptionError
+
+            raise MethodOptionError(f"drop-loc {locs} is outside the model's blocks 0..{info.depth - 1}.")
+        return sorted(locs)
+
+    def keep_rate(self, training: bool) -> float:
+        if training and self.train_keep_rate is not None:
+            return self.train_keep_rate
+        return self.options.keep_rate
+
+    def forward_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        locs = set(self._locations(self.info))
+        rate = self.keep_rate(model.training)
+        npre = state.num_prefix
+        for i, blk in enumerate(model.blocks):
+            state.enter(x)
+            if i not in locs or rate >= 1.0:
+                x = blk(x)
+                continue
+            out, cls_attn, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+            x = ops.attn_residual(blk, x, out)
+            p = x.shape[1] - npre
+            k = ops.num_kept(rate, p, "ceil")
+            if k < p:
+                x = self._reduce(x, ops.patch_scores_from_cls(cls_attn, npre), k, state)
+                state.record(i)
+            x = ops.mlp_residual(blk, x)
+        return x
+
+    def _reduce(self, x: Tensor, scores: Tensor, k: int, state: TokenState) -> Tensor:
+        npre = state.num_prefix
+        if not self.options.fuse:
+            idx = ops.topk_patches(scores, k)
+            state.keep(idx)
+            return ops.keep_tokens(x, idx, npre)
+        order = ops.rank_patches(scores)
+        keep, rest = order[:, :k], order[:, k:]
+        fused = ops.fuse_tokens(x[:, npre:], scores, rest)
+        state.keep(keep, extra_synthetic=1)
+        return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
+
+    def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
+        info = vit_info(model, img_size)
+        locs = set(self._locations(info))
+        p, out = info.num_patches, []
+        for i in range(info.depth):
+            out.append(info.num_prefix_tokens + p)
+            if i in locs:
+                k = ops.num_kept(self.options.keep_rate, p, "ceil")
+                if k < p:
+                    p = k + (1 if self.options.fuse else 0)
+        return out
+
+    # -- training --------------------------------------------------------------------------------------
+    def scheduled_keep_rate(self, epoch: float) -> float:
+        """``1`` before ``shrink_start``, cosine from 1 to ``keep_rate`` over ``shrink_epochs``, then ``keep_rate``."""
+        o = self.options
+        if epoch < o.shrink_start:
+            return 1.0
+        if o.shrink_epochs <= 0 or epoch >= o.shrink_start + o.shrink_epochs:
+            return o.keep_rate
+        t = (epoch - o.shrink_start) / o.shrink_epochs
+        return o.keep_rate + (1.0 - o.keep_rate) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+    def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
+        self.train_keep_rate = self.scheduled_keep_rate(epoch)
+
+    def default_recipe(self) -> dict[str, Any]:
+        # finetune.sh: lr 2e-5 per 512 images, no warm-up, weight decay 1e-6, min lr 2e-6, model in eval mode
+        return {"lr": 2e-5, "lr_batch_ref": 512, "warmup_epochs": 0, "weight_decay": 1e-6, "min_lr": 2e-6,
+                "train_mode_eval": True}

@@ -1,0 +1,16 @@
+"""Token operations and attention helpers shared by every method (each respects ``num_prefix`` tokens)."""
+from .attention import (
+    attend, attention, attn_residual, class_attention, key_mask_bias, masked_softmax_attention, mlp_residual,
+    project_kv, project_q, project_qkv,
+)
+from .tokens import (
+    fuse_tokens, gather_patches, gumbel_keep_decision, keep_mask, keep_tokens, num_kept, patch_scores_from_cls,
+    rank_patches, scatter_patches, split_prefix, topk_patches, with_prefix_mask,
+)
+
+__all__ = [
+    "attend", "attention", "attn_residual", "class_attention", "fuse_tokens", "gather_patches",
+    "gumbel_keep_decision", "keep_mask", "keep_tokens", "key_mask_bias", "masked_softmax_attention",
+    "mlp_residual", "num_kept", "patch_scores_from_cls", "project_kv", "project_q", "project_qkv", "rank_patches",
+    "scatter_patches", "split_prefix", "topk_patches", "with_prefix_mask",
+]

@@ -1,0 +1,91 @@
+"""Token operations shared by the methods. Every op keeps the first ``num_prefix`` tokens (class, distillation,
+register tokens) apart: they are never scored, selected away, fused or merged, and stay first, as in timm's
+``patch_dropout``.
+
+Conventions: ``x`` is ``B x N x C`` with ``num_prefix`` prefix tokens first; ``scores``/``idx`` address *patch*
+tokens only (positions ``0..N-num_prefix-1`` after the prefix). No op loops over samples or tokens in Python, and
+none synchronises with the host.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def split_prefix(x: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
+    """``(prefix, patches)`` along the token dimension."""
+    return x[:, :num_prefix], x[:, num_prefix:]
+
+
+def gather_patches(patches: Tensor, idx: Tensor) -> Tensor:
+    """Batched gather of tokens: ``patches`` ``B x P x C``, ``idx`` ``B x k`` -> ``B x k x C``."""
+    return torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+
+
+def keep_tokens(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
+    """``[prefix, patches[idx]]``: one gather per stage; prefix tokens always kept, first."""
+    prefix, patches = split_prefix(x, num_prefix)
+    return torch.cat([prefix, gather_patches(patches, idx)], dim=1)
+
+
+def rank_patches(scores: Tensor) -> Tensor:
+    """Indices of patch tokens by descending score (``B x P``); one sort gives both kept and dropped sets."""
+    return torch.argsort(scores, dim=1, descending=True)
+
+
+def topk_patches(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest-scoring patch tokens, sorted by descending score (``B x k``)."""
+    return torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
+
+
+def fuse_tokens(patches: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+    """One token: ``sum_j weights_j * patches_j`` over the tokens ``idx`` (``B x m``) -> ``B x 1 x C``.
+
+    EViT's inattentive-token fusion (raw attention weights, not re-normalised) and Evo-ViT's representative
+    token (normalised weights: pass ``weights / weights.sum``) both use it.
+    """
+    w = torch.gather(weights, 1, idx).unsqueeze(-1).to(patches.dtype)
+    return (gather_patches(patches, idx) * w).sum(dim=1, keepdim=True)
+
+
+def keep_mask(idx: Tensor, num_patches: int) -> Tensor:
+    """A ``B x P`` float mask with 1 at the kept positions ``idx`` (for training paths that keep shapes static)."""
+    mask = torch.zeros(idx.shape[0], num_patches, device=idx.device)
+    return mask.scatter(1, idx, 1.0)
+
+
+def with_prefix_mask(mask: Tensor, num_prefix: int) -> Tensor:
+    """Prepend ones for the prefix tokens to a ``B x P`` patch mask -> ``B x (num_prefix + P)``."""
+    return torch.cat([mask.new_ones(mask.shape[0], num_prefix), mask], dim=1)
+
+
+def scatter_patches(dst: Tensor, idx: Tensor, src: Tensor) -> Tensor:
+    """Write ``src`` (``B x k x C``) back into patch positions ``idx`` of ``dst`` (``B x P x C``); returns a copy."""
+    return dst.scatter(1, idx.unsqueeze(-1).expand(-1, -1, dst.shape[-1]), src)
+
+
+def num_kept(fraction: float, n: int, rounding: str = "floor", minimum: int = 1) -> int:
+    """Tokens kept out of ``n`` at ``fraction``: ``floor`` = ``int(fraction * n)`` (DynamicViT, Evo-ViT),
+    ``ceil`` (EViT). Clamped to ``[minimum, n]``."""
+    import math
+
+    k = math.ceil(fraction * n - 1e-9) if rounding == "ceil" else int(fraction * n + 1e-9)
+    return max(min(k, n), min(minimum, n))
+
+
+def patch_scores_from_cls(cls_attn: Tensor, num_prefix: int, reduce: str = "mean", query: int = 0) -> Tensor:
+    """Patch importance from class-token attention ``B x H x Q x N``: the row of query ``query`` over patch
+    keys, averaged (EViT, SaiT) or summed (Evo-ViT) over heads -> ``B x P`` (float32)."""
+    row = cls_attn[:, :, query, num_prefix:]
+    return row.mean(dim=1) if reduce == "mean" else row.sum(dim=1)
+
+
+def gumbel_keep_decision(log_probs: Tensor, prev: Optional[Tensor] = None, tau: float = 1.0) -> Tensor:
+    """Hard straight-through Gumbel-softmax keep decision from ``B x P x 2`` log-probabilities (channel 0 =
+    keep), multiplied by the previous decision so that a dropped token stays dropped."""
+    import torch.nn.functional as F
+
+    d = F.gumbel_softmax(log_probs, tau=tau, hard=True)[..., 0]
+    return d if prev is None else d * prev

@@ -1,0 +1,1 @@
+"""Rendering: rich tables, JSON, model cards and plots."""
