@@ -30,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -270,7 +271,19 @@ class TokenMethod:
         """Called by the trainer before each step with the fractional epoch (schedules)."""
 
     def default_recipe(self) -> dict[str, Any]:
-        """The paper's fine-tuning recipe adapted to vitprune (overridable by trainer flags)."""
+        """The paper's fine-tuning recipe adapted to vitprune; trainer flags override each key.
+
+        Keys the trainer reads (all optional; the trainer has defaults for the rest):
+        ``epochs``; ``lr`` (peak learning rate at a global batch of ``lr_batch_ref`` images, scaled linearly);
+        ``lr_batch_ref``; ``backbone_lr_scale`` (backbone lr = lr x this; modules named by
+        ``new_module_prefixes`` get lr x 1); ``freeze_backbone_epochs`` (backbone lr 0 for these first epochs);
+        ``warmup_epochs``; ``min_lr``; ``weight_decay``; ``kd_weight`` and ``kd_temperature`` (the trainer's KL
+        on logits against the dense teacher); ``cls_weight`` (weight of the label cross-entropy);
+        ``label_smoothing``; ``frozen`` (parameter names kept out of the optimizer, e.g. ``cls_token``,
+        ``pos_embed``); ``train_mode_eval`` (fine-tune with dropout/drop-path off, as EViT's script does);
+        ``drop_path``; ``clip_grad``. Method-specific loss weights live in the method's options, and
+        ``aux_losses`` returns only method-specific terms (the logit KD is the trainer's).
+        """
         return {}
 
     def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
@@ -284,6 +297,17 @@ class TokenMethod:
     # -- runtime settings ---------------------------------------------------------------------
     #: names of options that may change at run time without retraining (e.g. SaiT mode, EViT keep rate)
     runtime_options: ClassVar[tuple[str, ...]] = ()
+
+    @contextmanager
+    def overrides(self, **values: Any) -> Iterator[None]:
+        """Temporarily change run-time options (one training pass, one evaluation)."""
+        saved = self.options
+        if values:
+            self.set_runtime(**values)
+        try:
+            yield
+        finally:
+            self.options = saved
 
     def set_runtime(self, **values: Any) -> None:
         for k in values:
