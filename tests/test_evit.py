@@ -138,3 +138,30 @@ def test_save_load_round_trip(tmp_path, digits):
 def test_digits_batch_is_real_data():
     x = digits_batch(4)
     assert x.shape == (4, 3, 32, 32) and x.std() > 0.5
+
+
+def test_official_checkpoint_imports_and_unknown_keys_are_refused(tmp_path):
+    """EViT releases are plain timm DeiT state dicts under 'model' (spec §5); method settings come from options."""
+    import argparse
+
+    from typer.testing import CliRunner
+
+    from vitprune.cli.main import app
+
+    import timm
+
+    src = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    ckpt = {"model": src.state_dict(), "epoch": 29, "args": argparse.Namespace(base_keep_rate=0.7)}
+    torch.save(ckpt, tmp_path / "evit.pth")
+    res = CliRunner().invoke(app, ["import-checkpoint", str(tmp_path / "evit.pth"), "--method", "evit",
+                                   "--base", "deit_tiny_patch16_224", "--keep-rate", "0.7", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    model = vitprune.load(tmp_path / "o")
+    assert model.vitprune_method.options.keep_rate == 0.7
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    ckpt["model"]["score_predictor.0.weight"] = torch.zeros(3)
+    torch.save(ckpt, tmp_path / "bad.pth")
+    res = CliRunner().invoke(app, ["import-checkpoint", str(tmp_path / "bad.pth"), "--method", "evit",
+                                   "--base", "deit_tiny_patch16_224", "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "score_predictor.0.weight" in res.output

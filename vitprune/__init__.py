@@ -26,6 +26,8 @@ _EXPORTS = {
     "list_methods": "vitprune.methods",
     "profile": "vitprune.api",
     "count_macs": "vitprune.measure",
+    "import_checkpoint": "vitprune.hub.convert",
+    "evaluate": "vitprune.train",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

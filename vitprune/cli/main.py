@@ -86,6 +86,28 @@ def methods(
             out.print(table)
 
 
+@app.command("import-checkpoint")
+def import_checkpoint(
+    file: Annotated[str, typer.Argument(help="official checkpoint (.pth with a 'model' entry, or .safetensors).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="dynamicvit, evit or evovit.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="folder to save the vitprune model in.")],
+    base: Annotated[str, typer.Option(help="timm architecture the checkpoint was trained from.")] =
+        "deit_small_patch16_224",
+    keep_rate: KeepRateOpt = None,
+    opt: ExtraOpt = None,
+    key: Annotated[Optional[str], typer.Option(help="entry holding the weights (default: model, state_dict...).")]
+        = None,
+) -> None:
+    """Turn a checkpoint released by a method's authors into a vitprune model folder."""
+    with user_errors():
+        from ..hub import save
+        from ..hub.convert import import_checkpoint as do_import
+
+        model = do_import(file, base, method, key=key, **method_options(keep_rate, extra=opt))
+        folder = save(model, output, base_model=base)
+        out.print(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}")
+
+
 @app.command()
 def compress() -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it."""

@@ -55,6 +55,12 @@ def default_card(section: Mapping[str, Any]) -> str:
     )
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write one file atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
@@ -93,8 +99,10 @@ def save(
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data.encode() if isinstance(data, str) else data)
+        mode = 0o666 & ~_umask()
         for f in staging.rglob("*"):
             if f.is_file():
+                os.chmod(f, mode)  # some writers create 0600 temp files; saved models follow the umask
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         # commit: config.json out first, in last

@@ -1,0 +1,4 @@
+"""Evaluation and distillation training."""
+from .evaluate import evaluate
+
+__all__ = ["evaluate"]
