@@ -1,0 +1,93 @@
+"""`vitprune profile`, `vitprune methods` and `vitprune import-checkpoint`."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .common import (
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModelArg, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
+    print_json, user_errors,
+)
+
+
+@app.command()
+def profile(
+    model: ModelArg = "demo",
+    method: MethodOpt = None,
+    keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
+    budget: BudgetOpt = None,
+    region_size: RegionOpt = None,
+    threshold: ThresholdOpt = None,
+    opt: ExtraOpt = None,
+    no_weights: Annotated[bool, typer.Option(
+        "--no-weights", help="build the architecture with random weights; download nothing.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="fp16, bf16 or fp32 (default: fp16 autocast on GPU, fp32 on CPU).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats (median is reported).")] = None,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="count parameters and GMACs only.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON.")] = False,
+) -> None:
+    """Parameters, GMACs, throughput and latency: dense, and compressed beside it with --method."""
+    with user_errors():
+        from .. import api
+        from ..report.tables import profile_notes, profile_table
+
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        if json_out:
+            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
+                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
+                                 **opts)
+            print_json(report.to_dict())
+            return
+        with err.status("loading, counting and timing (dense and compressed, interleaved)…"):
+            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
+                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
+                                 **opts)
+        out.print(profile_table(report))
+        for note in profile_notes(report):
+            out.print(f"[dim]· {note}[/]")
+
+
+@app.command()
+def methods(
+    json_out: Annotated[bool, typer.Option("--json", help="print as JSON.")] = False,
+) -> None:
+    """List the token methods with their options, defaults and papers."""
+    with user_errors():
+        from ..methods import describe_methods
+        from ..report.tables import methods_tables
+
+        info = describe_methods()
+        if json_out:
+            print_json(info)
+            return
+        for table in methods_tables(info):
+            out.print(table)
+
+
+@app.command("import-checkpoint")
+def import_checkpoint(
+    file: Annotated[str, typer.Argument(help="official checkpoint (.pth with a 'model' entry, or .safetensors).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="dynamicvit, evit or evovit.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="folder to save the vitprune model in.")],
+    base: Annotated[str, typer.Option(help="timm architecture the checkpoint was trained from.")] =
+        "deit_small_patch16_224",
+    keep_rate: KeepRateOpt = None,
+    opt: ExtraOpt = None,
+    key: Annotated[Optional[str], typer.Option(help="entry holding the weights (default: model, state_dict...).")]
+        = None,
+) -> None:
+    """Turn a checkpoint released by a method's authors into a vitprune model folder."""
+    with user_errors():
+        from ..hub import save
+        from ..hub.convert import import_checkpoint as do_import
+
+        model = do_import(file, base, method, key=key, **method_options(keep_rate, extra=opt))
+        folder = save(model, output, base_model=base)
+        out.print(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}")
