@@ -402,10 +402,10 @@ def test_save_load_round_trip(tmp_path, digits):
         assert torch.equal(back(digits), m(digits))
 
 
-def _official_layout(dim: int = 384, heads_src: str = "deit_small_patch16_224", seed: int = 3):
+def _official_layout(dim: int = 384, arch: str = "deit_small_patch16_224", seed: int = 3):
     """A state dict built to the official release's layout (spec §6): timm DeiT keys + score_predictor.{k}."""
     torch.manual_seed(seed)
-    sd = dict(timm.create_model(heads_src, pretrained=False).state_dict())
+    sd = dict(timm.create_model(arch, pretrained=False).state_dict())
     shapes = {"in_conv.0.weight": (dim,), "in_conv.0.bias": (dim,), "in_conv.1.weight": (dim, dim),
               "in_conv.1.bias": (dim,), "out_conv.0.weight": (dim // 2, dim), "out_conv.0.bias": (dim // 2,),
               "out_conv.2.weight": (dim // 4, dim // 2), "out_conv.2.bias": (dim // 4,),
