@@ -103,11 +103,11 @@ def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: fl
     q, k, v = project_qkv(attn, x)
     B, H, N, _ = q.shape
     logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
-    logits = logits - logits.amax(dim=-1, keepdim=True)
-    eye = torch.eye(N, device=x.device, dtype=torch.float32)
+    e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     p = policy.float().reshape(B, 1, 1, N)
-    gate = p + (1.0 - p) * eye
-    w = logits.exp() * gate
+    w = e * p
+    # the diagonal: a query always sees itself, dropped or not (no N x N identity materialised)
+    w.diagonal(dim1=-2, dim2=-1).add_(e.diagonal(dim1=-2, dim2=-1) * (1.0 - p.reshape(B, 1, N)))
     probs = (w + eps / N) / (w.sum(dim=-1, keepdim=True) + eps)
     probs = attn.attn_drop(probs).to(v.dtype)
     out = (probs @ v).transpose(1, 2).reshape(B, N, H * attn.head_dim)
