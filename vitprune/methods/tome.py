@@ -1,0 +1,296 @@
+"""ToMe: merge the ``r`` most similar token pairs in every block (bipartite soft matching).
+
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461). Spec: ``shared/methods/tome.md``.
+
+Where it acts. In every block, between the attention residual and the MLP::
+
+    x = x + ls1(attn(norm1(x)))  ->  merge r_i tokens  ->  x = x + ls2(mlp(norm2(x)))
+
+so block ``i``'s attention sees ``N_i`` tokens, its MLP and block ``i+1`` see ``N_i - r_i``.
+
+The merge step. The similarity metric is this block's attention keys, taken after timm's ``k_norm`` (qk-norm) and
+averaged over heads (``B x N x head_dim``), compared by cosine similarity. Tokens split alternately into set A (even
+positions of the sequence) and set B (odd positions); each A token finds its most similar B token; the ``r`` A tokens
+with the highest such score merge into their partners (matching without gradient). Merging is a size-weighted
+average, ``x <- sum(s x) / sum(s)``, ``s <- sum(s)``, where the size ``s`` counts the original patches a token stands
+for (differentiable in ``x``). Output order: prefix tokens, unmerged A tokens (original order), B tokens. The ops are
+in :mod:`vitprune.ops.merge`.
+
+Proportional attention (``prop_attn``, on by default): once tokens have sizes, attention logits get ``+ log(s_j)``
+for every key ``j``, passed to the fused ``scaled_dot_product_attention`` as an additive ``B x 1 x 1 x N`` float
+mask (the block's attention stays fused; the reference rewrites attention as an explicit softmax). Before the first
+merge every size is 1 and no bias is passed at all.
+
+``r`` forms: an int (the same in every block); a per-block list (padded with zeros to the depth; the CLI's
+``--r 13,12,11``); or ``(r, inflection)`` with inflection in [-1, 1], a linear schedule from
+``int(r (1 - inflection))`` to ``2r -`` that over the blocks, rounded down per block (``--r 13 --opt inflection=-1``
+on the CLI, ``r=(13, -1.0)`` or ``r=13, inflection=-1`` in Python; ``-1`` is the paper's decreasing schedule). Each
+block's ``r`` is clipped to ``(N_i - prefix) // 2``, what one bipartite split can remove; ``effective_r`` and
+``token_schedule`` report the clipped schedule. A requested ``r`` (or schedule entry) larger than what even the first
+block can merge is refused with ``MethodOptionError``.
+
+Training and inference use the same forward (static token counts per block: every image loses exactly ``r_i``
+tokens). ToMe adds no parameters: ``needs_training = False``; fine-tuning works (the merge passes gradients).
+
+vitprune choices and deviations from the reference code:
+
+* composition around timm's own modules (``norm1``, ``attn`` through :mod:`vitprune.ops.attention`, ``ls1``/``ls2``,
+  ``drop_path1/2``, ``mlp``): timm's qk-norm, LayerScale, scale-norm and register tokens are all honoured (the
+  reference replaces timm's Block/Attention classes and drops them);
+* every prefix token (class, distillation, registers) is protected: never a source, never a destination, size 1,
+  kept first. The reference masks the class token (and a distillation token) with ``-inf`` scores; vitprune takes
+  prefix tokens out of the split instead, which gives the same matching for one class token and generalises to
+  registers. The similarity matrix therefore has ``ceil(P/2) x floor(P/2)`` entries over patch tokens only;
+* a block whose (clipped) ``r`` is 0 and whose tokens all have size 1 runs timm's block unchanged, so ``r = 0`` is
+  bit-identical to the dense model;
+* models that pool by averaging (``global_pool='avg'``, e.g. MAE-style) average the final tokens weighted by their
+  sizes, so that the pooled feature approximates the dense model's mean over patches (the sizes travel from the
+  blocks to ``pool`` through a private attribute of the model that ``pool`` consumes); attention pooling (``map``)
+  and ``max`` pooling are left as timm does them;
+* source tracking (``vitprune.methods.tracking``): the state records, after every merging block, a ``B x P`` map from
+  each original patch to the token that now contains it (the reference carries a ``B x N x P`` 0/1 matrix); tokens
+  that absorbed others are marked synthetic (``-1``) in ``state.origin``; the final sizes are in
+  ``state.aux["size"]``.
+"""
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..errors import MethodOptionError
+from ..ops import merge as tm
+from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, vit_info
+from .registry import register
+
+_R_HELP = ("tokens merged per block: an int (every block), a per-block list (CLI: --r 13,12,11; padded with 0), "
+           "or (r, inflection) in Python; each block's r is clipped to (tokens - prefix) // 2")
+
+
+@dataclass
+class ToMeOptions(MethodOptions):
+    r: Union[int, list[int]] = field(default=13, metadata={"help": _R_HELP})
+    inflection: Optional[float] = field(
+        default=None, metadata={"help": "schedule shape for an int r, in [-1, 1]: linear from int(r*(1-inflection)) "
+                                        "to 2r minus that across the blocks; -1 = the paper's decreasing schedule "
+                                        "(CLI: --opt inflection=-1); none = constant r"})
+    prop_attn: bool = field(
+        default=True, metadata={"help": "proportional attention: add log(token size) to the attention logits"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, tuple):
+            if len(self.r) == 2:  # the reference's (r, inflection) form
+                if self.inflection is not None:
+                    raise MethodOptionError("give the inflection once: --r (r, inflection) or --inflection, not both.")
+                self.r, self.inflection = self.r[0], self.r[1]
+            else:
+                self.r = list(self.r)
+
+    def validate(self) -> None:
+        r = self.r
+        if isinstance(r, list):
+            if not r or not all(_is_count(v) for v in r):
+                raise MethodOptionError(f"--r must be a non-negative int or a comma list of them, got {r!r}.")
+            if self.inflection is not None:
+                raise MethodOptionError("--inflection shapes a single int --r; give either a per-block --r list or "
+                                        "an int --r with --inflection.")
+        elif not _is_count(r):
+            raise MethodOptionError(f"--r must be a non-negative int or a comma list of them, got {r!r}.")
+        inf = self.inflection
+        if inf is not None and (isinstance(inf, bool) or not isinstance(inf, (int, float)) or not math.isfinite(inf)
+                                or not -1.0 <= inf <= 1.0):
+            raise MethodOptionError(f"--inflection must be a number in [-1, 1], got {inf!r}.")
+        if not isinstance(self.prop_attn, bool):
+            raise MethodOptionError(f"--prop-attn must be true or false, got {self.prop_attn!r}.")
+
+    def per_block(self, depth: int) -> list[int]:
+        """The requested r of each block (before clipping to what the token count allows)."""
+        r = self.r
+        if isinstance(r, list):
+            if len(r) > depth:
+                raise MethodOptionError(f"--r lists {len(r)} blocks but the model has {depth}.")
+            return [int(v) for v in r] + [0] * (depth - len(r))
+        if self.inflection is None:
+            return [int(r)] * depth
+        lo = int(r * (1.0 - self.inflection))
+        hi = 2 * r - lo
+        if depth == 1:
+            return [lo]
+        step = (hi - lo) / (depth - 1)
+        return [int(lo + step * i) for i in range(depth)]
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+@register
+class ToMe(TokenMethod):
+    name = "tome"
+    title = "ToMe"
+    paper = "Bolya et al., Token Merging: Your ViT But Faster (ICLR 2023, arXiv 2210.09461)"
+    summary = ("merges the r most similar token pairs (bipartite matching on head-averaged keys) after each block's "
+               "attention, size-weighted, with proportional attention; no parameters, works without training")
+    Options = ToMeOptions
+    needs_training = False
+    runtime_options = ("r", "inflection", "prop_attn")
+    notes = (
+        "Keys for the similarity are taken after timm's k_norm (qk-norm models) and averaged over heads.",
+        "Class, distillation and register tokens are taken out of the bipartite split: never merged, never "
+        "destinations, size 1, kept first (same matching as the reference's -inf masking for one class token).",
+        "Proportional attention is an additive log-size mask to fused SDPA; no mask before the first merge.",
+        "r = 0 (or a block whose clipped r is 0 before any merge) runs timm's block unchanged: bit-identical.",
+        "r larger than (tokens - prefix) // 2 in block 0 is an error; later blocks clip silently (see "
+        "token_schedule / effective_r).",
+        "global_pool='avg' models average the final tokens weighted by their sizes; 'map' and 'max' pooling are "
+        "timm's own.",
+        "Fine-tuning recipe: DeiT-style fine-tuning of the pretrained model with logit KD from the dense model "
+        "(the authors trained DeiT with ToMe from scratch; vitprune's choice).",
+    )
+
+    # -- contract ------------------------------------------------------------------------------------
+    def supports(self, model: nn.Module) -> ViTInfo:
+        info = vit_info(model)
+        self._check_r(info)
+        return info
+
+    def _check_r(self, info: Optional[ViTInfo]) -> None:
+        if info is None:
+            return
+        rs = self.options.per_block(info.depth)
+        limit = info.num_patches // 2
+        for i, v in enumerate(rs):
+            if v > limit:
+                what = f"--r {v}" if not isinstance(self.options.r, list) and self.options.inflection is None \
+                    else f"--r schedule entry {v} (block {i})"
+                raise MethodOptionError(
+                    f"{what} is too large: this model has {info.num_patches} patch tokens and one bipartite merge "
+                    f"removes at most {limit} (use r <= {limit}).")
+
+    def set_runtime(self, **values: Any) -> None:
+        saved = self.options
+        super().set_runtime(**values)
+        try:
+            self._check_r(self.info)
+        except MethodOptionError:
+            self.options = saved
+            raise
+
+    def patch(self, model: nn.Module) -> None:
+        # size-weighted average pooling (see the module docstring); no parameters are added
+        if model.global_pool == "avg" and getattr(model, "attn_pool", None) is None:
+            model.pool = types.MethodType(_size_weighted_pool, model)
+
+    def unpatch(self, model: nn.Module) -> None:
+        super().unpatch(model)
+        model.__dict__.pop("pool", None)
+        model.__dict__.pop("_tome_size", None)
+
+    def effective_r(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
+        """The r each block really merges (clipped), for the model's own or the given image size."""
+        info = vit_info(model, img_size)
+        n = info.num_prefix_tokens + info.num_patches
+        out = []
+        for r in self.options.per_block(info.depth):
+            r = min(r, tm.max_merge(n, info.num_prefix_tokens))
+            out.append(r)
+            n -= r
+        return out
+
+    def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
+        info = vit_info(model, img_size)
+        n, out = info.num_prefix_tokens + info.num_patches, []
+        for r in self.effective_r(model, img_size):
+            out.append(n)
+            n -= r
+        return out
+
+    def forward_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        rs = self.options.per_block(len(model.blocks))
+        npre = state.num_prefix
+        size: Optional[Tensor] = None
+        assignment: Optional[Tensor] = None
+        if state.track:
+            B, P = x.shape[0], x.shape[1] - npre
+            assignment = torch.arange(P, device=x.device).expand(B, -1)
+            if state.origin is None or state.origin.shape[1] != P:
+                state.origin = assignment.clone()
+        for i, blk in enumerate(model.blocks):
+            state.enter(x)
+            r = min(rs[i], tm.max_merge(x.shape[1], npre))
+            if r == 0 and (size is None or not self.options.prop_attn):
+                x = blk(x)
+                continue
+            x, size, m = self.merge_block(blk, x, size, r, npre)
+            if state.track and m is not None:
+                assignment = tm.merge_assignment(assignment, m, x.shape[1] - npre + r)
+                state.origin = _merge_origin(state.origin, m)
+                state.record(i, assignment)
+        if size is not None:
+            state.aux["size"] = size
+        if "pool" in model.__dict__:
+            if size is None:
+                model.__dict__.pop("_tome_size", None)
+            else:
+                model._tome_size = size
+        return x
+
+    def merge_block(self, blk: nn.Module, x: Tensor, size: Optional[Tensor], r: int,
+                    npre: int) -> tuple[Tensor, Optional[Tensor], Optional[tm.Matching]]:
+        """One ToMe block: attention (proportional when sizes are known), merge ``r`` tokens, MLP.
+
+        Returns ``(x, size, matching)`` (``matching`` None when ``r`` is 0)."""
+        xn = blk.norm1(x)
+        q, k, v = ops.project_qkv(blk.attn, xn)
+        bias = tm.size_bias(size, q.dtype) if (self.options.prop_attn and size is not None) else None
+        x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
+        m = None
+        if r > 0:
+            m = tm.bipartite_matching(k.detach().mean(dim=1), r, npre)
+            x, size = tm.merge_wavg(x, m, npre, size)
+        return ops.mlp_residual(blk, x), size, m
+
+    # -- training --------------------------------------------------------------------------------------
+    def default_recipe(self) -> dict[str, Any]:
+        # The authors trained DeiT with ToMe (r=13, prop_attn) from scratch with the DeiT recipe. vitprune fine-tunes
+        # the pretrained model instead (its choice): AdamW, lr 2e-5 per 512 images, wd 0.05, DeiT-S drop path 0.1,
+        # label smoothing 0.1, loss 0.5 CE + 0.5 KL(teacher || student) at T = 1 (DeiT's soft distillation).
+        return {"epochs": 30, "lr": 2e-5, "lr_batch_ref": 512, "warmup_epochs": 0, "min_lr": 1e-6,
+                "weight_decay": 0.05, "kd_weight": 0.5, "kd_temperature": 1.0, "cls_weight": 0.5,
+                "label_smoothing": 0.1, "drop_path": 0.1}
+
+    # -- official checkpoints -------------------------------------------------------------------------
+    def convert_official_state_dict(self, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """ToMe's released DeiT checkpoints are plain timm DeiT state dicts (ToMe adds no parameters): identity
+        mapping; a key the model does not have is refused."""
+        own = model.state_dict()
+        for key in state_dict:
+            if key not in own:
+                raise MethodOptionError(
+                    f"checkpoint key {key!r} is not part of this {type(model).__name__}: ToMe checkpoints hold plain "
+                    "timm ViT weights (pick the matching --base architecture).")
+        return dict(state_dict)
+
+
+def _merge_origin(origin: Tensor, m: tm.Matching) -> Tensor:
+    """``state.origin`` after a merge: unmerged tokens keep their patch, tokens that absorbed others become -1."""
+    o = tm.merge(origin.unsqueeze(-1), m, 0, reduce="amax").squeeze(-1)
+    n_unm = m.unm_idx.shape[1]
+    received = torch.zeros(o.shape[0], o.shape[1] - n_unm, dtype=torch.bool, device=o.device)
+    received = received.scatter(1, m.dst_idx, True)
+    return torch.cat([o[:, :n_unm], o[:, n_unm:].masked_fill(received, -1)], dim=1)
+
+
+def _size_weighted_pool(self: nn.Module, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
+    """timm's ``pool`` for average-pooled models, weighting each token by the patches it stands for."""
+    size = self.__dict__.pop("_tome_size", None)
+    kind = self.global_pool if pool_type is None else pool_type
+    if size is None or kind != "avg" or self.attn_pool is not None or size.shape[:2] != x.shape[:2]:
+        return type(self).pool(self, x, pool_type)
+    npre = 0 if getattr(self, "pool_include_prefix", False) else self.num_prefix_tokens
+    return tm.size_weighted_mean(x, size, npre)
