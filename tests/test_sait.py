@@ -427,6 +427,22 @@ def test_calibrated_threshold_gives_forty_percent_fewer_gmacs(demo, digits32):
     assert cal.dense_gmacs == pytest.approx(count_macs(demo).gmacs)
 
 
+def test_calibration_search_shortcut_equals_the_full_forward(demo, digits32):
+    """One location: the search reads the counts from block p-1's importances alone; same MACs as a forward."""
+    for fuse in (False, True):
+        m = patched(demo, mode="adaptive", fuse=fuse)
+        method = m.vitprune_method
+        curves = method._sorted_importance(m, digits32, 1)
+        for tau in (0.6, 0.85):
+            with method.overrides(threshold=tau):
+                full = count_macs(m, images=digits32).macs
+            assert method._macs_from_curves(m, curves, 1, tau) == pytest.approx(full, rel=1e-9)
+    two = patched(demo, mode="adaptive", prune_at=[1, 3])  # several locations: full forwards in the search
+    cal = calibrate_threshold(two, digits32[:8], 0.5, iterations=6)
+    assert 0 < cal.threshold < 1 and len(cal.mean_kept) == 2 == len(cal.num_patches)
+    assert count_macs(two, images=digits32[:8]).gmacs == pytest.approx(cal.gmacs, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ save/load, bad input
 
 

@@ -28,9 +28,27 @@ one gather; the padding slots hold each image's next-ranked tokens (real values)
 attention by an additive key mask (their own outputs are never read). A batch whose images all keep the same
 count runs unmasked (batch 1 always does). Reading the batch maximum is one host sync per pruning location, the
 price of a data-dependent shape. ``buckets=G`` (run-time) instead sorts the images by count into ``G`` groups,
-each padded to its own maximum (``G`` syncs, ``G`` smaller launches for the later blocks); it is measured against
-padding in the final report of this method's issue. ``macs()`` counts the per-image decisions (mean over the
-batch), not the padded widths; ``token_schedule`` gives the worst case (an image with uniform importance).
+each padded to its own maximum (still one sync; the later blocks run once per group). Measured (eager PyTorch,
+DeiT-S with a sharpened block-2 attention so counts vary 80..110 of 196, bs 256, fp16, one H100): dense 18.1k
+img/s, padding 21.1k (1.17x), 2 buckets 19.5k (1.08x), 4 buckets 8.1k (0.45x): the GPU time is the same but
+every group launches the later blocks again and eager launches are the bottleneck at this size; on 2 CPU cores
+(demo teacher, counts 27..37 of 64) padding was also fastest. Padding is therefore the default; buckets remain
+for count spreads much wider than the padding overhead. ``macs()`` counts the per-image decisions (mean over
+the batch), not the padded widths; ``token_schedule`` gives the worst case (an image with uniform importance).
+
+vitprune's choices where the paper is silent (also in ``SaiT.notes``, each with a test)
+----------------------------------------------------------------------------------------
+* the ranking block is ``p-1`` and pruning happens after its MLP, so DeiT-S at p = 3 runs 3 dense blocks and 9
+  on the kept tokens (the spec's cost model); the class row is computed alone, the block stays on fused SDPA;
+* adaptive count: at most ``ceil(threshold * P)`` (exact arithmetic guarantees it; enforced against rounding,
+  and it makes the worst case analytic); ``threshold = 1`` and ``keep_rate = 1`` skip the location entirely;
+* fixed count: ``ceil(keep_rate * P)`` (as EViT), never below ``ceil(k_min * P)``;
+* several locations: the rule runs on the tokens alive in each image; a fused token is a patch token there;
+* only class-token pooling (``global_pool='token'``): padded and masked tokens must never reach the head;
+* losses: per pass ``0.5 CE + 0.5 KL(teacher logits)`` at T = 1 (alpha = 0.5), the dense and sparse passes
+  summed by the trainer; recipe 30 epochs, lr 2e-5 per 512 images, no warm-up, as for EViT's fine-tuning;
+* the default threshold 0.9 is a placeholder: :meth:`SaiT.calibrate_threshold` picks the threshold whose mean
+  GMACs on a set of images (the validation split) is 40 % below dense, by bisection.
 
 Training (dense/sparse): ``training_passes()`` returns a dense pass and a sparse pass whose level is drawn per
 step, uniformly, from ``threshold_range`` (``sparse_train_mode=adaptive``, default) or ``keep_rate_range``
@@ -232,7 +250,8 @@ class SaiT(TokenMethod):
         "Tokens are pruned after block p-1 (before block p), ranked by block p-1's class-token attention row, "
         "averaged over heads, over patch keys only; prefix tokens are always kept and never scored.",
         "Adaptive count: the shortest prefix of the sorted patches reaching the threshold mass (normalised over "
-        "the live patches), at most ceil(threshold*P), clamped to [ceil(k_min*P), P]; threshold 1 skips pruning.",
+        "the live patches P), at most ceil(threshold*P), at least ceil(k_min*P), at most P; threshold 1 skips "
+        "pruning (bit-exact).",
         "Fixed count: ceil(keep_rate*P), at least ceil(k_min*P); keep_rate 1 skips pruning (bit-exact).",
         "Several locations: each applies the rule to the tokens alive (per image); a fused token from an earlier "
         "location is a patch token there and can be kept or fused again.",
@@ -240,7 +259,8 @@ class SaiT(TokenMethod):
         "(EViT); it is hidden as a key for an image that pruned nothing.",
         "Adaptive inference pads each batch to its largest count with one gather (padding slots hold the "
         "next-ranked tokens, hidden as keys by an additive mask, outputs unused): one host sync per location; "
-        "equal counts run unmasked. buckets=G groups images by count instead (ignored while tracking).",
+        "equal counts run unmasked. buckets=G groups images by count instead (ignored while tracking; slower "
+        "than padding in our eager-mode measurements, so not the default).",
         "token_schedule in adaptive mode is the worst case (uniform importance); tracked counts are the padded "
         "widths; macs() counts each image's own decisions (mean over the batch, fvcore's conventions).",
         "Sparse training masks instead of gathering (pruned keys get the additive -inf bias; shapes static); the "
@@ -392,8 +412,10 @@ class SaiT(TokenMethod):
         return x, k + (1 if o.fuse else 0)
 
     def _adaptive_stage(self, x: Tensor, scores: Tensor, valid: Optional[Tensor], state: TokenState, block: int,
-                        pre: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """Inference, per-image counts: pad to the batch's largest count (one gather, one host sync)."""
+                        pre: Optional[tuple[Tensor, Tensor, Tensor]] = None,
+                        stats: Optional[list[int]] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Inference, per-image counts: pad to the batch's largest count (one gather, one host sync unless the
+        caller read ``stats`` = (largest count, smallest count, every image pruned something) already)."""
         o, npre = self.options, state.num_prefix
         B, P = x.shape[0], x.shape[1] - npre
         n_valid = aops.valid_counts(valid, B, P, x.device)
@@ -403,7 +425,8 @@ class SaiT(TokenMethod):
         else:
             sorted_s, order, counts = pre
         pruned_some = counts < n_valid
-        stats = torch.stack([counts.max(), counts.min(), pruned_some.all().long()]).tolist()  # the one sync
+        if stats is None:
+            stats = _width_stats(counts, pruned_some).tolist()  # the one host sync of this location
         width, narrowest, all_pruned = stats
         x_new, valid_new = aops.gather_padded(x, order, counts, width, npre)
         unmasked = narrowest == width
@@ -430,11 +453,14 @@ class SaiT(TokenMethod):
         sorted_s, order = aops.order_by_score(scores, valid)
         counts = aops.mass_keep_counts(sorted_s, o.threshold, o.k_min, n_valid)
         perm = torch.argsort(counts, stable=True)
-        outs = []
         groups = torch.tensor_split(perm, min(buckets, B))
-        for g in groups:
+        pruned_some = counts < n_valid
+        stats = torch.stack([_width_stats(counts[g], pruned_some[g]) for g in groups]).tolist()  # one sync for all
+        outs = []
+        for g, st in zip(groups, stats):
             sub_valid = None if valid is None else valid[g]
-            xg, vg = self._adaptive_stage(x[g], scores[g], sub_valid, state, block, (sorted_s[g], order[g], counts[g]))
+            xg, vg = self._adaptive_stage(x[g], scores[g], sub_valid, state, block, (sorted_s[g], order[g], counts[g]),
+                                          st)
             outs.append(self._run(model, xg, state, block + 1, vg, None, 1))
         width = max(out.shape[1] for out in outs)
         result = x.new_zeros(B, width, C)
@@ -543,11 +569,16 @@ class SaiT(TokenMethod):
             dense = self.image_macs(model, batches[0][:1])[0]
         dense_macs = float(dense[0])
         target = (1.0 - target_reduction) * dense_macs
+        locs = self._locations(len(model.blocks))
+        search = measure
+        if len(locs) == 1:  # one location: the counts at any threshold follow from one partial forward per batch
+            curves = torch.cat([self._sorted_importance(model, b, locs[0]) for b in batches])
+            search = lambda tau: (self._macs_from_curves(model, curves, locs[0], tau), None)  # noqa: E731
         lo, hi = 0.0, 1.0
         best = (abs(dense_macs - target), 1.0)
         for _ in range(iterations):
             mid = (lo + hi) / 2.0
-            macs, _ = measure(mid)
+            macs, _ = search(mid)
             best = min(best, (abs(macs - target), mid))
             if macs > target:
                 hi = mid
@@ -569,6 +600,33 @@ class SaiT(TokenMethod):
             min_kept=[int(c) for c in kept_all.min(0).values] if kept_all.numel() else [],
             max_kept=[int(c) for c in kept_all.max(0).values] if kept_all.numel() else [],
         )
+
+    def _sorted_importance(self, model: nn.Module, images: Tensor, location: int) -> Tensor:
+        """Descending patch importances (``B x P``) at ``location``: embedding and blocks ``0..location-1`` only."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+                for blk in model.blocks[: location - 1]:
+                    x = blk(x)
+                blk = model.blocks[location - 1]
+                _, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+        finally:
+            model.train(was_training)
+        return aops.order_by_score(ops.patch_scores_from_cls(rows, model.num_prefix_tokens))[0]
+
+    def _macs_from_curves(self, model: nn.Module, curves: Tensor, location: int, threshold: float) -> float:
+        """Mean MACs in adaptive mode at ``threshold`` for images with these sorted importances (one location)."""
+        o, npre = self.options, model.num_prefix_tokens
+        N, P = curves.shape
+        n = torch.full((N,), P, dtype=torch.long, device=curves.device)
+        counts = aops.mass_keep_counts(curves, threshold, o.k_min, n)
+        after = npre + counts + (1 if o.fuse else 0) * (counts < n).long()
+        depth = len(model.blocks)
+        tokens = torch.where(torch.arange(depth, device=curves.device)[None, :] < location,
+                             torch.full_like(after, npre + P)[:, None], after[:, None])
+        return float(analytic_macs(model, tokens, [location - 1]).mean())
 
     # -- training ------------------------------------------------------------------------------------------
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
@@ -627,6 +685,11 @@ class SaiT(TokenMethod):
         # loss per pass (1 - alpha) CE + alpha KL(teacher || student) at T = 1 with alpha = 0.5.
         return {"epochs": 30, "lr": 2e-5, "lr_batch_ref": 512, "warmup_epochs": 0, "min_lr": 1e-6,
                 "weight_decay": 0.05, "kd_weight": 0.5, "kd_temperature": 1.0, "cls_weight": 0.5}
+
+
+def _width_stats(counts: Tensor, pruned_some: Tensor) -> Tensor:
+    """``[largest count, smallest count, 1 if every image pruned something]`` as one small tensor (read at once)."""
+    return torch.stack([counts.max(), counts.min(), pruned_some.all().long()])
 
 
 def _collect_batches(images: Union[Tensor, Iterable[Any]], batch_size: int, max_images: Optional[int],
