@@ -491,7 +491,8 @@ def test_cli_bad_option_exits_1_with_one_line(tmp_path, args, message):
     res = CliRunner().invoke(app, ["profile", str(tmp_path / "tiny"), "--no-weights", "--method", "sait", *args,
                                    "--no-speed"])
     assert res.exit_code == 1, res.output
-    assert message in " ".join(res.output.split())
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], res.output
 
 
 def test_methods_listing_shows_notes_and_options():
