@@ -1,0 +1,182 @@
+"""The generated model card: Hub metadata (through huggingface_hub's ModelCard), metrics table, reproduce command,
+loading snippet, for a compressed folder, a dense folder and a folder without report.json."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from huggingface_hub import ModelCard
+
+import vitprune
+from vitprune.report.card import hub_base_model, render_card, reproduce_command
+
+#: what a run recorded besides the costs counted below (accuracy and timings of the run being described)
+RUN = {"dense_top1": 98.3287, "top1": 96.1003, "dense_top5": 100.0, "top5": 99.7214, "dense_throughput": 4012.5,
+       "throughput": 5230.25, "dense_latency_ms": 1.84, "latency_ms": 1.52}
+
+
+def make_saved_folder(folder: Path, *, base_model: str = "deit_small_patch16_224", with_report: bool = True,
+                      user_recipe: Optional[dict[str, Any]] = None) -> Path:
+    """A real EViT-patched demo model saved with vitprune.save, its config.json section and a report.json in the
+    layout `vitprune compress` writes; GMACs, parameters and token counts are counted on the model."""
+    from vitprune.api import profile
+
+    model = vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7)
+    prof = profile(model, speed=False, latency=False)
+    recipe = {"epochs": 2, "lr": 8e-05, "lr_batch_ref": 64, "warmup_epochs": 0, "weight_decay": 1e-06,
+              "kd_weight": 0.5, "label_smoothing": 0.1, "frozen": [], "train_mode_eval": True,
+              "augment": {"scale": [0.8, 1.0], "ratio": [0.9, 1.1], "hflip": 0.0, "color_jitter": 0.0,
+                          "auto_augment": None, "re_prob": 0.0},
+              "batch_size": 32, "accum_steps": 1, "world_size": 1, "global_batch": 32, "seed": 3,
+              "precision": "fp32"}
+    sources = {k: "trainer" for k in recipe}
+    sources.update({"epochs": "user", "lr": "demo", "augment": "data"})
+    for k, v in (user_recipe or {}).items():
+        recipe[k], sources[k] = v, "user"
+    measure = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "dtype": "fp16", "batch_size": 256,
+               "latency_batch_size": 1, "input_size": list(prof.input_size)}
+
+    def side(st, top1, top5, thr, lat):
+        return {"top1": top1, "top5": top5, "loss": 0.2, "images": 359, "params": st.params, "gmacs": st.gmacs,
+                "throughput": thr, "latency_ms": lat, "tokens": st.tokens, "method": st.method,
+                "options": st.options, "macs_source": st.macs_source}
+
+    report = {
+        "model": base_model, "teacher": f"{base_model} (dense)", "method": "evit",
+        "options": model.vitprune_method.options_dict(),
+        "data": {"data": "demo", "kind": "demo", "classes": 10, "train_images": 1438, "val_images": 359,
+                 "val_split": None, "notes": ["bundled scikit-learn digits"]},
+        "dense": side(prof.dense, RUN["dense_top1"], RUN["dense_top5"], RUN["dense_throughput"],
+                      RUN["dense_latency_ms"]),
+        "compressed": side(prof.compressed, RUN["top1"], RUN["top5"], RUN["throughput"], RUN["latency_ms"]),
+        "measure": measure,
+        "train": {"epochs": 2, "steps": 90, "global_batch": 32, "processes": 1, "device": "cuda", "seconds": 41.0},
+        "recipe": recipe, "recipe_sources": sources, "versions": prof.versions,
+    }
+    metrics = {"dataset": "demo", "split": "val", "images": 359, "top1": RUN["top1"], "dense_top1": RUN["dense_top1"],
+               "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
+               "throughput": RUN["throughput"], "dense_throughput": RUN["dense_throughput"]}
+    extra = {"report.json": json.dumps(report, indent=2) + "\n"} if with_report else None
+    vitprune.save(model, folder, base_model=base_model, recipe=recipe, metrics=metrics, extra_files=extra)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compressed_folder(tmp_path_factory) -> Path:
+    return make_saved_folder(tmp_path_factory.mktemp("card") / "evit-demo")
+
+
+def metadata(card: str) -> dict[str, Any]:
+    return ModelCard(card).data.to_dict()
+
+
+def test_compressed_card_metadata(compressed_folder):
+    card = render_card(compressed_folder, repo_id="alice/deit-s-evit")
+    meta = metadata(card)
+    assert meta["tags"] == ["vitprune", "image-classification", "token-pruning", "evit"]
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == "timm/deit_small_patch16_224.fb_in1k"  # the timm name resolved to its Hub repo
+    assert "library_name" not in meta  # a patched model: plain timm cannot load it
+    assert meta["license"] == "bsd-3-clause"  # from the saved pretrained_cfg
+    assert card.startswith("---\n")
+
+
+def test_compressed_card_metrics_table(compressed_folder):
+    card = render_card(compressed_folder)
+    report = json.loads((compressed_folder / "report.json").read_text())
+    d, c = report["dense"], report["compressed"]
+    lines = card.splitlines()
+
+    def row(label: str) -> list[str]:
+        found = [ln for ln in lines if ln.startswith(f"| {label} |")]
+        assert len(found) == 1, (label, found)
+        return [cell.strip() for cell in found[0].strip("|").split("|")]
+
+    assert row("top-1 (%)") == ["top-1 (%)", "98.33", "96.10", "-2.23 pt"]
+    assert row("top-5 (%)")[1:3] == ["100.00", "99.72"]
+    gm = row("GMACs (papers' GFLOPs)")
+    assert gm[1:3] == [f"{d['gmacs']:,.3f}", f"{c['gmacs']:,.3f}"]
+    assert gm[3] == f"{c['gmacs'] / d['gmacs']:.2f}×" and c["gmacs"] < d["gmacs"]
+    assert row("params (M)")[1:3] == [f"{d['params'] / 1e6:.2f}"] * 2
+    assert row("throughput (img/s, batch 256)") == ["throughput (img/s, batch 256)", "4,012.5", "5,230.2", "1.30×"]
+    assert row("latency (ms, batch 1, median)")[1:] == ["1.84", "1.52", "1.21× faster"]
+    assert "tokens entering blocks" in card and "65×6" in card
+    assert "NVIDIA H100 80GB HBM3, fp16; throughput at batch 256, latency at batch 1" in card
+    assert "accuracy on demo val (359 images)" in card
+
+
+def test_compressed_card_reproduce_and_load(compressed_folder):
+    card = render_card(compressed_folder, repo_id="alice/deit-s-evit")
+    assert ("```bash\nvitprune compress deit_small_patch16_224 --method evit --keep-rate 0.7 --data demo "
+            "--epochs 2 --batch-size 32 --seed 3 --precision fp32\n```") in card
+    assert 'model = vitprune.load("hf-hub:alice/deit-s-evit")' in card
+    assert "vitprune profile hf-hub:alice/deit-s-evit" in card
+    assert "## Method and options" in card and "| `keep_rate` | `0.7` |" in card
+    assert "`demo`: 10 classes, 1,438 training images, 359 validation images." in card
+    assert "plain `timm.create_model` cannot rebuild it" in card
+    # without a repo the snippet says how to load the folder and what to do after a push
+    local = render_card(compressed_folder)
+    assert 'vitprune.load("path/to/this/folder")' in local and 'vitprune.load("hf-hub:user/name")' in local
+
+
+def test_reproduce_command_carries_user_flags(tmp_path):
+    folder = make_saved_folder(tmp_path / "m", user_recipe={"lr": 0.001, "frozen": ["cls_token", "pos_embed"],
+                                                            "kd_weight": 1.0})
+    cmd = reproduce_command(*_section_and_report(folder))
+    assert cmd == ("vitprune compress deit_small_patch16_224 --method evit --keep-rate 0.7 --data demo --epochs 2 "
+                   "--batch-size 32 --seed 3 --precision fp32 --lr 0.001 --kd-weight 1.0 --frozen cls_token,pos_embed")
+    # a command the run recorded itself wins
+    section, report = _section_and_report(folder)
+    report = {**report, "command": "vitprune compress deit_small_patch16_224 --method evit --epochs 2"}
+    assert reproduce_command(section, report) == report["command"]
+
+
+def _section_and_report(folder: Path):
+    cfg = json.loads((folder / "config.json").read_text())
+    return cfg["vitprune"], json.loads((folder / "report.json").read_text())
+
+
+def test_dense_folder_gets_library_name_timm():
+    card = render_card(vitprune.hub.demo_dir())
+    meta = metadata(card)
+    assert meta["library_name"] == "timm"  # plain timm loads a dense folder
+    assert meta["tags"] == ["vitprune", "image-classification", "token-pruning"]
+    assert "base_model" not in meta  # trained from scratch: no Hub base model
+    assert "| val_top1 | 98.33 |" in card
+    assert 'timm.create_model("local-dir:path/to/this/folder", pretrained=True)' in card
+
+
+def test_card_from_config_metrics_only(tmp_path):
+    folder = make_saved_folder(tmp_path / "noreport", with_report=False, base_model="hf-hub:bob/vit-s@v2")
+    card = render_card(folder)
+    meta = metadata(card)
+    assert meta["base_model"] == "bob/vit-s"
+    assert "| top-1 (%) | 98.33 | 96.10 | -2.23 pt |" in card
+    assert "| throughput (img/s) | 4,012.5 | 5,230.2 | 1.30× |" in card
+    assert "device, dtype and batch size are not recorded" in card
+    assert "vitprune compress hf-hub:bob/vit-s@v2 --method evit --keep-rate 0.7 --data demo --epochs 2" in card
+
+
+def test_card_from_section_and_report_dicts(compressed_folder):
+    """The trainer can render the card before the folder exists (save(card=...))."""
+    section, report = _section_and_report(compressed_folder)
+    config = json.loads((compressed_folder / "config.json").read_text())
+    assert render_card(section=section, report=report, config=config) == render_card(compressed_folder)
+    untouched = copy.deepcopy(section)
+    render_card(section=section, report=report)
+    assert section == untouched
+
+
+@pytest.mark.parametrize("spec, repo", [
+    ("deit_small_patch16_224", "timm/deit_small_patch16_224.fb_in1k"),
+    ("vit_small_patch16_224.augreg_in21k_ft_in1k", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"),
+    ("hf-hub:org/model@main", "org/model"),
+    ("demo", None),
+    ("/some/local/folder", None),
+    ("not_a_model_name", None),
+])
+def test_hub_base_model(spec, repo):
+    assert hub_base_model(spec) == repo

@@ -1,0 +1,428 @@
+"""The model card (README.md) of a saved vitprune folder, generated from what the run recorded.
+
+``render_card(folder)`` reads the folder's ``config.json`` (its ``vitprune`` section: method, options, base model,
+recipe, metrics; timm's ``pretrained_cfg`` for the licence) and ``report.json`` when there is one (dense vs
+compressed: top-1, GMACs, parameters, throughput and latency with device, dtype and batch size; the data; the
+recipe and where each value came from). ``render_card(section=..., report=...)`` does the same from dicts, so
+``vitprune.compress`` can write the card while saving.
+
+The Hub metadata is built with huggingface_hub's ``ModelCardData`` (never hand-written YAML): tags ``vitprune``,
+``image-classification``, ``token-pruning`` and the method's name; ``pipeline_tag``; ``base_model`` when the base
+is a Hub model (a timm name is resolved to its ``timm/...`` repo); ``library_name: timm`` only for a dense folder,
+which plain timm can load; a patched model needs vitprune (its weights include the method's modules and its forward
+is the method's), so it gets no ``library_name``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+GMACS_LABEL = "GMACs (papers' GFLOPs)"
+BASE_TAGS = ("vitprune", "image-classification", "token-pruning")
+
+#: method option -> the flag `vitprune compress` takes for it (the others go through --opt KEY=VALUE)
+_OPTION_FLAGS = {"keep_rate": "--keep-rate", "r": "--r", "budget": "--budget", "region_size": "--region-size",
+                 "threshold": "--threshold"}
+#: recipe keys that `vitprune compress` takes as --kebab-case flags with a value
+_RECIPE_FLAGS = ("lr", "lr_batch_ref", "backbone_lr_scale", "freeze_backbone_epochs", "warmup_epochs", "warmup_lr",
+                 "min_lr", "weight_decay", "kd_weight", "kd_temperature", "cls_weight", "label_smoothing",
+                 "drop_path", "clip_grad")
+_AUGMENT_FLAGS = {"hflip": "--hflip", "scale": "--scale", "ratio": "--ratio", "color_jitter": "--color-jitter",
+                  "auto_augment": "--auto-augment", "re_prob": "--re-prob"}
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_folder(folder: str | Path) -> tuple[dict[str, Any], Optional[dict[str, Any]], dict[str, Any]]:
+    """(vitprune section, report or None, whole config.json) of a saved folder."""
+    from ..errors import ModelNotFoundError
+
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise ModelNotFoundError(f"{folder} has no config.json; it is not a folder saved by vitprune (or timm).")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelNotFoundError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    report = None
+    rep_file = folder / "report.json"
+    if rep_file.is_file():
+        try:
+            report = json.loads(rep_file.read_text())
+        except json.JSONDecodeError:
+            report = None  # a card is still worth writing from config.json alone
+    return config.get("vitprune") or {}, report, config
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def hub_base_model(base: Optional[str]) -> Optional[str]:
+    """The Hub repo id of a base-model spec, or None when it is not on the Hub (demo, local folder, unknown)."""
+    if not base or not isinstance(base, str):
+        return None
+    if base.startswith(("hf-hub:", "hf_hub:")):
+        repo = base.split(":", 1)[1].split("@", 1)[0]
+        return repo if repo.count("/") == 1 else None
+    if base == "demo" or "/" in base or base.startswith((".", "~", "(")):
+        return None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(base, allow_unregistered=False)
+    except Exception:  # not a timm name (or a timm without it): no Hub base model to name
+        return None
+    return getattr(cfg, "hf_hub_id", None) or None
+
+
+def method_info(name: Optional[str]) -> dict[str, Any]:
+    """Title, paper, summary and default options of a registered method ({} when unknown here)."""
+    if not name:
+        return {}
+    try:
+        from ..methods import create_method, get_method_class
+
+        cls = get_method_class(name)
+        defaults = create_method(cls.name).options_dict()
+    except Exception:  # a folder from a vitprune with a method this one lacks: the card still renders
+        return {}
+    return {"title": cls.title, "paper": cls.paper, "summary": cls.summary, "defaults": defaults,
+            "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
+            "adds_modules": bool(cls.new_module_prefixes)}
+
+
+def _num(v: Any, digits: int) -> str:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(_value(x) for x in v)
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def short_method(name: Optional[str], options: Mapping[str, Any]) -> str:
+    """``evit(keep_rate=0.5)``: the method with its headline and non-default options (``dense`` for none)."""
+    if not name:
+        return "dense"
+    return f"{name}({_describe_options(options, method_info(name).get('defaults'))})"
+
+
+def _describe_options(options: Mapping[str, Any], defaults: Optional[Mapping[str, Any]] = None) -> str:
+    """``keep_rate=0.7, fuse=false``: the headline options (those with their own flag) and any non-default one."""
+    shown = {k: v for k, v in options.items() if v is not None and (
+        defaults is None or k in _OPTION_FLAGS or k not in defaults or defaults[k] != v)}
+    return ", ".join(f"{k}={_value(v)}" for k, v in shown.items())
+
+
+def _short_name(base: Optional[str]) -> str:
+    """A short display name for a base-model spec."""
+    if not base or str(base).startswith("("):
+        return "ViT"
+    base = str(base)
+    if base.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        base = base.split(":", 1)[1]
+    return base.rstrip("/").split("/")[-1] or base
+
+
+# ------------------------------------------------------------------------------------------ reproduce
+
+
+def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, Any]] = None,
+                      output: Optional[str] = None) -> Optional[str]:
+    """The `vitprune compress` command that makes this model again (``report['command']`` when the run recorded
+    it; otherwise rebuilt from the recorded model, method, options, data and the recipe values the user set)."""
+    if report and isinstance(report.get("command"), str):
+        return report["command"]
+    method = (report or {}).get("method") or section.get("method")
+    if not method:
+        return None
+    recipe = dict((report or {}).get("recipe") or section.get("recipe") or {})
+    if not recipe:
+        return None
+    model = (report or {}).get("model") or section.get("base_model") or "MODEL"
+    options = dict((report or {}).get("options") or section.get("options") or {})
+    defaults = method_info(method).get("defaults")
+    args = ["vitprune", "compress", str(model), "--method", str(method)]
+    for k, v in options.items():
+        if defaults is not None and k in defaults and defaults[k] == v and k not in _OPTION_FLAGS:
+            continue
+        if defaults is not None and k in defaults and defaults[k] == v and v is None:
+            continue
+        flag = _OPTION_FLAGS.get(k)
+        args += [flag, _value(v)] if flag else ["--opt", f"{k}={_value(v)}"]
+    data = ((report or {}).get("data") or {}).get("data") or (section.get("metrics") or {}).get("dataset")
+    if data:
+        args += ["--data", str(data)]
+    val_split = ((report or {}).get("data") or {}).get("val_split")
+    if val_split is not None and data != "demo":
+        args += ["--val-split", _value(val_split)]
+    if "epochs" in recipe:
+        args += ["--epochs", _value(recipe["epochs"])]
+    for key, flag, default in (("batch_size", "--batch-size", 64), ("accum_steps", "--accum-steps", 1),
+                               ("seed", "--seed", 0)):
+        if key in recipe and recipe[key] != default:
+            args += [flag, _value(recipe[key])]
+    if recipe.get("precision"):
+        args += ["--precision", str(recipe["precision"])]
+    sources = (report or {}).get("recipe_sources") or {}
+    for k in _RECIPE_FLAGS:
+        if sources.get(k) == "user" and k in recipe:
+            args += ["--" + k.replace("_", "-"), _value(recipe[k])]
+    if sources.get("frozen") == "user":
+        args += ["--frozen", _value(recipe.get("frozen") or "none")]
+    if sources.get("train_mode_eval") == "user":
+        args.append("--train-mode-eval" if recipe.get("train_mode_eval") else "--no-train-mode-eval")
+    if "augment" in recipe and recipe["augment"] is None:
+        args.append("--no-augment")
+    elif sources.get("augment") == "user" and isinstance(recipe.get("augment"), Mapping):
+        for k, flag in _AUGMENT_FLAGS.items():
+            if k in recipe["augment"] and recipe["augment"][k] is not None:
+                args += [flag, _value(recipe["augment"][k])]
+    if output:
+        args += ["--output", output]
+    return shlex.join(args)
+
+
+# ------------------------------------------------------------------------------------------ the card
+
+
+def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]]) -> tuple[list[list[str]], str]:
+    """Rows of the dense-vs-compressed table and the line saying how it was measured."""
+    rows: list[list[str]] = []
+    if report and report.get("dense") and report.get("compressed"):
+        d, c = report["dense"], report["compressed"]
+        m = report.get("measure") or {}
+        data = report.get("data") or {}
+        bs = m.get("batch_size")
+        how = (f"Measured with vitprune on {m.get('device_name') or m.get('device') or 'an unrecorded device'}, "
+               f"{m.get('dtype', '?')}; throughput at batch {bs if bs is not None else '?'}, latency at batch 1 "
+               f"(median); input {'×'.join(map(str, m.get('input_size') or [])) or '?'}")
+        if d.get("top1") is not None:
+            how += f"; accuracy on {data.get('data', 'the data')} val ({_num(c.get('images'), 0)} images)"
+        how += "."
+    else:
+        mt = section.get("metrics") or {}
+        d = {"top1": mt.get("dense_top1"), "top5": mt.get("dense_top5"), "gmacs": mt.get("dense_gmacs"),
+             "params": mt.get("dense_params"), "throughput": mt.get("dense_throughput"),
+             "latency_ms": mt.get("dense_latency_ms")}
+        c = {"top1": mt.get("top1"), "top5": mt.get("top5"), "gmacs": mt.get("gmacs"), "params": mt.get("params"),
+             "throughput": mt.get("throughput"), "latency_ms": mt.get("latency_ms")}
+        bs = None
+        how = "From config.json's metrics (report.json was not saved with this model, so the device, dtype and " \
+              "batch size are not recorded)."
+        if mt.get("dataset"):
+            how = how[:-1] + f"; accuracy on {mt['dataset']} {mt.get('split', '')}".rstrip() + "."
+
+    def change_pts(a, b):
+        return f"{b - a:+.2f} pt"
+
+    def ratio(a, b):
+        return f"{b / a:.2f}×" if a else ""
+
+    def faster(a, b):
+        if not a or not b:
+            return ""
+        return f"{a / b:.2f}× faster" if a >= b else f"{b / a:.2f}× slower"
+
+    def add(label: str, key: str, digits: int, change, scale: float = 1.0) -> None:
+        dv, cv = d.get(key), c.get(key)
+        if dv is None and cv is None:
+            return
+        dv = dv / scale if isinstance(dv, (int, float)) and dv is not None else dv
+        cv = cv / scale if isinstance(cv, (int, float)) and cv is not None else cv
+        both = isinstance(dv, (int, float)) and isinstance(cv, (int, float))
+        rows.append([label, _num(dv, digits), _num(cv, digits), change(dv, cv) if both else ""])
+
+    add("top-1 (%)", "top1", 2, change_pts)
+    add("top-5 (%)", "top5", 2, change_pts)
+    add(GMACS_LABEL, "gmacs", 3, ratio)
+    add("params (M)", "params", 2, ratio, scale=1e6)
+    add(f"throughput (img/s, batch {bs})" if bs is not None else "throughput (img/s)", "throughput", 1, ratio)
+    add("latency (ms, batch 1, median)", "latency_ms", 2, faster)
+    if d.get("tokens") and c.get("tokens"):
+        from itertools import groupby
+
+        def sched(t):
+            return " ".join(f"{k}×{len(list(g))}" for k, g in groupby(t))
+
+        rows.append(["tokens entering blocks", sched(d["tokens"]), sched(c["tokens"]), ""])
+    return rows, how
+
+
+def _table(header: list[str], rows: list[list[str]], align: Optional[list[str]] = None) -> str:
+    align = align or ["left"] + ["right"] * (len(header) - 1)
+    marks = {"left": ":---", "right": "---:"}
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v, default=str) + "`"
+    return str(v)
+
+
+def render_card(
+    folder: Optional[str | Path] = None,
+    *,
+    section: Optional[Mapping[str, Any]] = None,
+    report: Optional[Mapping[str, Any]] = None,
+    config: Optional[Mapping[str, Any]] = None,
+    repo_id: Optional[str] = None,
+) -> str:
+    """The model card (README.md text, Hub metadata included) of a saved folder, or of a ``vitprune`` section and
+    an optional report. ``repo_id`` (``user/name``) makes the loading snippet name the Hub repo."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    if folder is not None:
+        f_section, f_report, f_config = read_folder(folder)
+        section = f_section if section is None else section
+        report = f_report if report is None else report
+        config = f_config if config is None else config
+    section = dict(section or {})
+    config = dict(config or {})
+    method = section.get("method") or (report or {}).get("method")
+    options = dict(section.get("options") or (report or {}).get("options") or {})
+    base = section.get("base_model") or (report or {}).get("model")
+    info = method_info(method)
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    hub_base = hub_base_model(base)
+
+    tags = list(BASE_TAGS) + ([str(method)] if method else [])
+    top1_known = bool((report or {}).get("compressed", {}).get("top1") is not None
+                      or (section.get("metrics") or {}).get("top1") is not None)
+    data = ModelCardData(
+        library_name=None if method else "timm",
+        pipeline_tag="image-classification",
+        tags=tags,
+        base_model=hub_base,
+        license=pretrained_cfg.get("license") or None,
+        metrics=["accuracy"] if top1_known else None,
+    )
+
+    name = _short_name(base)
+    title_method = info.get("title") or method
+    lines: list[str] = []
+    if method:
+        opts = _describe_options(options, info.get("defaults"))
+        lines.append(f"# {name} · {title_method}" + (f" ({opts})" if opts else ""))
+        lines.append("")
+        lines.append(
+            f"`{base or 'a timm Vision Transformer'}` made faster by token sparsification with "
+            f"**{title_method}**" + (f": {info['summary']}" if info.get("summary") else "") + ". "
+            "Made with vitprune.")
+        if info.get("paper"):
+            lines += ["", f"Method: {info['paper']}."]
+    else:
+        lines.append(f"# {name} (dense)")
+        lines.append("")
+        lines.append(f"A dense timm Vision Transformer saved by vitprune (base: `{base or 'unknown'}`); plain timm "
+                     "loads it, and vitprune's methods can compress it.")
+
+    # -- results
+    if method:
+        rows, how = _metrics_rows(section, report)
+        if rows:
+            lines += ["", "## Results", "", _table(["", "dense", "compressed", "change"], rows), "", how]
+    elif section.get("metrics"):
+        rows = [[str(k), _scalar(v)] for k, v in section["metrics"].items()]
+        lines += ["", "## Metrics", "", _table(["metric", "value"], rows)]
+
+    # -- method, options
+    if method:
+        lines += ["", "## Method and options", ""]
+        lines.append(f"Method `{method}`" + (f" — {info['title']}" if info.get("title") else "") + ".")
+        if options:
+            rows = [[f"`{k}`", f"`{_value(v)}`"] for k, v in options.items()]
+            lines += ["", _table(["option", "value"], rows, ["left", "left"])]
+        if info.get("runtime_options"):
+            lines += ["", "Switchable at inference without retraining: "
+                      + ", ".join(f"`{o}`" for o in info["runtime_options"]) + "."]
+
+    # -- data and recipe
+    rep_data = (report or {}).get("data") or {}
+    dataset = rep_data.get("data") or (section.get("metrics") or {}).get("dataset")
+    if dataset:
+        lines += ["", "## Data", ""]
+        desc = f"`{dataset}`"
+        if rep_data:
+            parts = [f"{rep_data.get('classes')} classes" if rep_data.get("classes") else None,
+                     f"{rep_data.get('train_images'):,} training images" if rep_data.get("train_images") else None,
+                     f"{rep_data.get('val_images'):,} validation images" if rep_data.get("val_images") else None]
+            parts = [p for p in parts if p]
+            if parts:
+                desc += ": " + ", ".join(parts)
+        lines.append(desc + ".")
+        for note in rep_data.get("notes") or []:
+            lines.append(f"- {note}")
+    recipe = section.get("recipe") or (report or {}).get("recipe")
+    if recipe:
+        skip = {"param_groups", "augment"}
+        rows = [[f"`{k}`", _scalar(v)] for k, v in recipe.items() if k not in skip]
+        if isinstance(recipe.get("augment"), Mapping) or recipe.get("augment") is None and "augment" in recipe:
+            rows.append(["`augment`", _scalar(recipe.get("augment")) if recipe.get("augment") else "none"])
+        lines += ["", "## Training recipe", "", _table(["key", "value"], rows, ["left", "left"])]
+        train = (report or {}).get("train") or {}
+        if train.get("seconds") is not None:
+            lines += ["", f"Trained {train.get('epochs')} epochs ({train.get('steps')} steps, global batch "
+                      f"{train.get('global_batch')}) on {train.get('device', '?')} in {train['seconds']:.0f} s."]
+    teacher = (report or {}).get("teacher")
+    if teacher:
+        lines += ["", f"Distilled from the teacher `{teacher}`."]
+
+    # -- reproduce
+    cmd = reproduce_command(section, report)
+    if cmd:
+        lines += ["", "## Reproduce", "", "```bash", cmd, "```"]
+    elif method:
+        lines += ["", "## Reproduce", "", "```python", "import vitprune",
+                  f"model = vitprune.load_model({json.dumps(str(base or 'MODEL'))})",
+                  f"vitprune.apply_method(model, {json.dumps(method)}"
+                  + "".join(f", {k}={v!r}" for k, v in options.items()) + ")",
+                  "vitprune.save(model, \"out/\")", "```"]
+
+    # -- use it
+    where = f"hf-hub:{repo_id}" if repo_id else "path/to/this/folder"
+    lines += ["", "## Use it", "", "```python", "import vitprune", "",
+              f"model = vitprune.load({json.dumps(where)})  # {'method and weights restored' if method else 'a timm ViT'}",
+              "```"]
+    if not repo_id:
+        lines += ["", "After `vitprune push FOLDER --repo user/name`, load it with "
+                  "`vitprune.load(\"hf-hub:user/name\")`."]
+    lines += ["", "From the command line:", "", "```bash",
+              f"vitprune profile {where}", f"vitprune eval {where} --data path/to/data", "```"]
+    if method:
+        lines += ["", f"This model needs vitprune to load: its forward pass is {title_method}'s"
+                  + (" and its weights include the method's modules" if info.get("adds_modules") else "")
+                  + ", so plain `timm.create_model` cannot rebuild it."]
+    else:
+        timm_where = where if repo_id else "local-dir:path/to/this/folder"
+        lines += ["", f"Plain timm loads it too: `timm.create_model(\"{timm_where}\", pretrained=True)`."]
+
+    versions = (report or {}).get("versions") or {}
+    made = versions.get("vitprune") or section.get("version")
+    if made:
+        extra = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "vitprune")
+        lines += ["", f"<sub>Made with vitprune {made}" + (f" ({extra})" if extra else "") + ".</sub>"]
+
+    body = "\n".join(lines) + "\n"
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return card.content if card.content.endswith("\n") else card.content + "\n"
+
+
+__all__ = ["render_card", "reproduce_command", "hub_base_model", "read_folder", "short_method", "GMACS_LABEL"]
