@@ -37,7 +37,9 @@ head: ``head(LayerNorm(mean of all patch tokens))`` (placeholders included) -- t
 ``norm_cls``/``head_cls`` (the official names; initialised from the same norm and head) for the paper's "assisted
 CLS token loss" with weight ``aux_cls_weight`` (0.5, and the label cross-entropy on the average head gets
 ``cls_weight`` 0.5 in ``default_recipe``). ``remove_cls`` deletes the auxiliary classifier for deployment.
-``head="avg"`` changes what the classifier reads, so it needs fine-tuning.
+``head="avg"`` changes what the classifier reads, so it needs fine-tuning. In training the model returns the
+average head's logits (the reference returns both branches; vitprune's trainer applies its label cross-entropy and
+logit distillation to this one) and leaves the class-token logits in ``state.aux["cls_logits"]`` for ``aux_losses``.
 
 vitprune choices and deviations from the reference code
 --------------------------------------------------------
