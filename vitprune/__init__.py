@@ -28,6 +28,7 @@ _EXPORTS = {
     "count_macs": "vitprune.measure",
     "import_checkpoint": "vitprune.hub.convert",
     "evaluate": "vitprune.train",
+    "push": "vitprune.hub.push",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
