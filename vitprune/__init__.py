@@ -29,6 +29,7 @@ _EXPORTS = {
     "import_checkpoint": "vitprune.hub.convert",
     "evaluate": "vitprune.train",
     "push": "vitprune.hub.push",
+    "visualize": "vitprune.report.plots",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

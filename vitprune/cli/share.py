@@ -7,7 +7,10 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from .app import app, not_yet
-from .common import err, out, print_json, user_errors
+from .common import (
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, RegionOpt, ROpt, ThresholdOpt, _parse_value, err, method_options,
+    out, print_json, user_errors,
+)
 
 
 @contextmanager
@@ -91,10 +94,67 @@ def push(
                       highlight=False)
 
 
+# ------------------------------------------------------------------------------------------ visualize
+
+
+def _int_list(text: Optional[str], flag: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    from ..errors import MethodOptionError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise MethodOptionError(f"{flag} takes block numbers like 3,6,9, got {text!r}.") from None
+
+
 @app.command()
-def visualize() -> None:
-    """Draw which tokens each stage keeps (PNG), for images you give."""
-    not_yet("visualize", "it lands with issue #7")
+def visualize(
+    model: Annotated[str, typer.Argument(
+        help="a compressed model (folder or hf-hub:user/name), or a dense one (timm name, 'demo'...) with --method.")],
+    images: Annotated[list[str], typer.Argument(
+        help="image files (any format PIL reads), or demo:N for the N-th digit of the bundled demo val split.")],
+    output: Annotated[str, typer.Option("--out", "-o", help="PNG file to write.")] = "tokens.png",
+    method: MethodOpt = None,
+    keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
+    budget: BudgetOpt = None,
+    region_size: RegionOpt = None,
+    threshold: ThresholdOpt = None,
+    opt: ExtraOpt = None,
+    blocks: Annotated[Optional[str], typer.Option(
+        help="only these stages (0-based blocks after which tokens changed), e.g. 3,6,9 (default: all).")] = None,
+    dpi: Annotated[int, typer.Option(help="resolution (100: 200-pixel panels).")] = 100,
+    no_weights: Annotated[bool, typer.Option(
+        "--no-weights", help="build the architecture with random weights (download nothing).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the token counts per stage as JSON.")] = False,
+) -> None:
+    """Draw which tokens each stage keeps: one row per image, the input then one column per stage.
+
+    Pruned patches are greyed out; patches merged into one token (ToMe) share a colour; pooled regions (DGE) are
+    coloured by their granularity. Images go through the model's own timm eval transform.
+    """
+    with errors():
+        from ..report.plots import require_matplotlib, visualize as do_visualize
+
+        require_matplotlib()
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        with err.status("running the model with token tracking and drawing…"):
+            res = do_visualize(model, images, output, method=method, blocks=_int_list(blocks, "--blocks"), dpi=dpi,
+                               pretrained=not no_weights, **opts)
+        if json_out:
+            print_json({"out": str(res.path), "size": list(res.size), **res.maps.to_dict()})
+            return
+        maps = res.maps
+        P = maps.grid[0] * maps.grid[1]
+        out.print(f"Wrote {res.path} ({res.size[0]}×{res.size[1]} px): {len(maps.labels)} image(s) × "
+                  f"{len(maps.stages)} stage(s) of {maps.model} · {maps.method}", highlight=False)
+        for s in maps.stages:
+            kept = [maps.kept(s, i) for i in range(len(maps.labels))]
+            shown = ", ".join(map(str, kept))
+            out.print(f"  after block {s.block}: {shown} of {P} patch tokens", highlight=False)
+        if not maps.stages:
+            out.print("  (the method changed no tokens for these images)", highlight=False)
 
 
 @app.command()
