@@ -1,0 +1,557 @@
+"""Dynamic Grained Encoder (DGE): per-region query granularity chosen by a router in every block.
+
+Song et al., "Dynamic Grained Encoder for Vision Transformers", NeurIPS 2021 (arXiv 2301.03831); reference code
+StevenGrove/vtpack. Spec: ``shared/methods/dge.md``.
+
+What it does. The ``H x W`` patch grid is tiled by regions of ``R x R`` patches (R = 4, or 2, see below). In every
+block a router (average-pool the block's input patches over each region, then ``Linear(C, K)``, one per block,
+``dge_routers.{i}``) chooses per image and per region one of ``K`` splits ``[R, R/2, ..., 1]`` (index 0 = finest):
+split ``s`` cuts the region into ``s x s`` cells and each cell becomes one query, the mean of its patches. Prefix
+tokens (class, distillation, registers) are queries as they are. The block then runs on the queries only, with
+keys and values from all tokens: ``q = q0 + Attn(norm1(q0) -> queries; norm1(x) -> keys/values)``,
+``q = q + MLP(norm2(q))``, and the update goes back to every patch of its cell: ``x_out = x + unpool(q - q0)``.
+The token sequence never shrinks (every block sees all ``N`` tokens as keys); the savings are in queries,
+attention rows, the output projection and the MLP. With the finest split everywhere a block is the dense block.
+
+Inference (``model.eval()``): hard argmax of the router. Queries per image vary; they are **padded to the widest
+image of the batch** (one gather packs them, one gather unpacks; padding slots are copies of unchosen cells whose
+results are never read). This needs the batch's widest query count on the host: one small device-to-host read per
+block, the only host sync of the forward pass. Why padding rather than grouping images by count: grouping needs the
+same read plus one pass of every kernel per group and a regather of keys/values per group; padding keeps one
+pass per block and costs only the gap between the widest and the average image (zero at batch 1, zero for a
+static schedule such as ``router_init='budget'``). Queries are independent of each other, so padding changes
+nothing in the results. A block whose every region of every image chose the finest split runs timm's own block
+(bit-exact with the dense model). Attention stays on fused SDPA with timm's weights (``ops.project_q`` /
+``ops.project_kv`` / ``ops.attend``).
+
+Training (``model.train()``): hard Gumbel-softmax gates (tau 1, straight-through); as in the reference, all
+granularities are computed densely in one static-shape pass (prefix tokens + every level's cells as queries) and
+their unpooled updates are mixed with the one-hot gates, so gradients reach the routers. ``aux_losses`` returns the
+budget loss ``budget_weight * (ratio - budget)^2`` with ``ratio = mean_batch(blocks' MACs at the gated query
+counts) / (blocks' MACs at Nq = N)``; the trainer adds label CE and logit KD (``default_recipe``).
+
+MACs (``macs()``): counted from each image's decisions (the paper's "MAC_avg"): per block ``Nq * per_query +
+N * per_key + Nq * N * 2 * attn_dim + regions * C * K`` with fvcore's conventions (linear layers, SDPA ``QK^T`` and
+``AV``, 5 MACs per element of an affine LayerNorm, element-wise ops and pooling not counted); a block whose queries
+are all finest counts as the dense block (that is what runs), plus the router. Padding queries are not counted.
+Embedding, final norm and head come from the same conventions; the count agrees with fvcore on uniform
+configurations (tests).
+
+vitprune choices where the paper is silent, and deviations from the reference:
+
+* region size 4 by default; when the patch grid is not divisible by 4 (224 px / patch 16 -> 14 x 14; the paper
+  used 256 px) and ``--region-size`` is not given, 2 is used (splits 2, 1) and written into the options;
+  ``method.region_note`` says why. A user-set size that does not divide the grid, or a grid neither divides, is a
+  ``MethodOptionError`` naming the grid and the options;
+* the budget is a fraction of the blocks' MACs (routers included); the patch embedding and head are outside it;
+* the router reads the block's input tokens (before ``norm1``); every prefix token is a query of its own;
+* starting points without training (``router_init``): ``dense`` (the paper's init: softmax of the bias =
+  [0.95, 0.025, ...], an untrained model is ~ the dense model); ``budget`` (router weights zero, biases pick a
+  static per-block split schedule whose MACs are the closest to the budget: finest in the first blocks, coarser in
+  the last ones, the same for every image; data-free and honest about being untrained); ``calibrated`` (set by
+  :meth:`DGE.calibrate`, which shifts every router's biases along finest->coarsest so that the mean MAC ratio on a
+  given batch of images meets the budget; the biases live in the saved weights);
+* the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
+  routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning].
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..errors import MethodOptionError, UnsupportedModelError
+from ..ops import regions
+from .base import MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info
+from .registry import register
+
+#: softmax probability of the favoured split at initialisation (the reference's p0)
+INIT_PROB = 0.95
+#: region sizes vitprune supports, in the order tried when --region-size is not given
+REGION_SIZES = (4, 2)
+ROUTER_INITS = ("dense", "budget", "calibrated")
+
+
+def init_bias(num_choices: int, favoured: int = 0, prob: float = INIT_PROB) -> Tensor:
+    """Router bias whose softmax puts ``prob`` on ``favoured`` and the rest evenly on the others:
+    ``b0 = log(sqrt(p0 (1 - K) / (p0 - 1)))`` on the favoured choice, ``-b0`` elsewhere."""
+    k = num_choices
+    b0 = math.log(math.sqrt(prob * (1 - k) / (prob - 1)))
+    bias = torch.full((k,), -b0)
+    bias[favoured] = b0
+    return bias
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@dataclass
+class DGEOptions(MethodOptions):
+    budget: float = field(default=0.5, metadata={
+        "help": "target fraction of the blocks' dense MACs (training loss; router_init=budget/calibrate)"})
+    region_size: Optional[int] = field(default=None, metadata={
+        "help": "region side in patches, 4 or 2 (default: 4, or 2 when the patch grid is not divisible by 4)"})
+    budget_weight: float = field(default=1.0, metadata={
+        "help": "training: lambda of the budget loss lambda*(ratio - budget)^2 (reference config: 1.0)"})
+    router_init: str = field(default="dense", metadata={
+        "help": "dense: paper init, starts ~dense (train it); budget: static per-block split schedule meeting "
+                "the budget without training; calibrated: set by DGE.calibrate on images (weights hold it)"})
+
+    def validate(self) -> None:
+        check_fraction("budget", self.budget)
+        rs = self.region_size
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs not in REGION_SIZES):
+            raise MethodOptionError(f"region-size must be 4 or 2 (patches per region side), got {rs!r}.")
+        w = self.budget_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise MethodOptionError(f"budget-weight must be a number >= 0, got {w!r}.")
+        if self.router_init not in ROUTER_INITS:
+            raise MethodOptionError(
+                f"router-init must be one of {', '.join(ROUTER_INITS)}, got {self.router_init!r}.")
+
+
+# ------------------------------------------------------------------------------------------ MAC model
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """MACs of one DGE block with fvcore's conventions, as a function of queries ``nq`` and tokens ``n``."""
+
+    per_query: float  # norm1 (queries), q projection, q_norm, attn norm/gate, out projection, norm2, MLP
+    per_key: float  # norm1 (keys), k/v projection, k_norm
+    per_pair: float  # SDPA: QK^T and AV, per query-key pair
+    norm1: float  # norm1 per token (counted once per token in the dense block)
+    router: float  # Linear(C, K) per region
+
+    def packed(self, nq: Any, n: int, regions_: int) -> Any:
+        """Queries computed apart from keys (the compress/decompress path); works on tensors too."""
+        return nq * (self.per_query + n * self.per_pair) + n * self.per_key + regions_ * self.router
+
+    def dense(self, n: int, regions_: int) -> float:
+        """The block run as timm's own (every query finest), plus the router that decided so."""
+        return self.packed(n, n, regions_) - n * self.norm1
+
+
+def _norm_macs(module: nn.Module, numel: int) -> float:
+    """fvcore's LayerNorm convention: 5 per element with an affine transform, 4 without; others 0."""
+    if isinstance(module, nn.LayerNorm):
+        return (5 if module.elementwise_affine else 4) * numel
+    return 0.0
+
+
+def _linear_macs(module: Optional[nn.Module]) -> float:
+    return float(module.in_features * module.out_features) if isinstance(module, nn.Linear) else 0.0
+
+
+def block_cost(blk: nn.Module, num_choices: int) -> BlockCost:
+    attn, dim = blk.attn, blk.attn.qkv.in_features
+    adim = attn.num_heads * attn.head_dim
+    ln1 = _norm_macs(blk.norm1, dim)
+    mlp = sum(_linear_macs(m) for m in blk.mlp.modules())
+    mlp += sum(_norm_macs(m, m.normalized_shape[0]) for m in blk.mlp.modules() if isinstance(m, nn.LayerNorm))
+    per_query = (ln1 + dim * adim + _norm_macs(attn.q_norm, adim) + _norm_macs(getattr(attn, "norm", None), adim)
+                 + _linear_macs(getattr(attn, "gate", None)) + _linear_macs(attn.proj)
+                 + _norm_macs(blk.norm2, dim) + mlp)
+    per_key = ln1 + 2 * dim * adim + _norm_macs(attn.k_norm, adim)
+    return BlockCost(per_query=per_query, per_key=per_key, per_pair=2.0 * adim, norm1=ln1,
+                     router=float(dim * num_choices))
+
+
+def outside_macs(model: nn.Module, grid: tuple[int, int]) -> Optional[float]:
+    """MACs of everything but the blocks (patch embedding, norms, head) with fvcore's conventions, or None for a
+    part this count does not know (then fvcore counts the whole model)."""
+    p = grid[0] * grid[1]
+    n = p + model.num_prefix_tokens
+    c = model.embed_dim
+    pe = model.patch_embed
+    if not isinstance(pe.proj, nn.Conv2d) or getattr(model, "attn_pool", None) is not None:
+        return None
+    w = pe.proj.weight
+    total = float(p * w.shape[0] * w.shape[1] * w.shape[2] * w.shape[3])
+    total += _norm_macs(pe.norm, p * c) + _norm_macs(model.norm_pre, n * c) + _norm_macs(model.norm, n * c)
+    total += _norm_macs(getattr(model, "fc_norm", None), c)
+    for name in ("head", "head_dist"):
+        total += _linear_macs(getattr(model, name, None))
+    return total
+
+
+# ------------------------------------------------------------------------------------------ the method
+
+
+@register
+class DGE(TokenMethod):
+    name = "dge"
+    title = "Dynamic Grained Encoder"
+    paper = "Song et al., Dynamic Grained Encoder for Vision Transformers (NeurIPS 2021, arXiv 2301.03831)"
+    summary = ("a router per block picks, per image and per 4x4 region, 16, 4 or 1 pooled queries; queries attend "
+               "to all tokens and their update is spread back to the region's patches; budget loss on MACs")
+    Options = DGEOptions
+    needs_training = True
+    new_module_prefixes = ("dge_routers",)
+    notes = (
+        "Region size 4 (splits 4/2/1); a patch grid not divisible by 4 (224 px / patch 16 = 14x14; the paper used "
+        "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
+        "options and method.region_note says why.",
+        "Untrained routers start ~dense (paper init, router_init=dense). For an untrained model at the budget use "
+        "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate(model, images) "
+        "(router biases shifted so the mean MAC ratio on the images meets the budget); profile shows which.",
+        "Inference pads each block's queries to the batch's widest image (one host read per block, no loop over "
+        "images); a block whose queries are all finest runs timm's block as is (bit-exact).",
+        "GMACs come from the per-image decisions (mean over the batch, padding not counted), fvcore's conventions.",
+        "Budget = fraction of the blocks' MACs (routers included); the embedding and head are outside it.",
+        "Fine-tuned from the pretrained ViT with KD from the dense teacher (the paper trains from scratch); routers "
+        "at 10x the backbone's lr [UNVERIFIED]. The reference's lambda flag is called budget_weight here.",
+        "Every prefix token (class, distillation, registers) is a query of its own and never pooled.",
+    )
+
+    def __init__(self, options: DGEOptions):
+        super().__init__(options)
+        self.region_size: int = options.region_size or REGION_SIZES[0]
+        self.region_note: str = ""
+        #: compute path forced even when every query is finest (tests of the real path); True = skip to timm's block
+        self.identity_shortcut: bool = True
+        #: on a GPU, project keys/values while the host waits for the block's widest query count
+        self.speculate_kv: bool = True
+        #: what DGE.calibrate did, if anything
+        self.calibration: Optional[dict[str, Any]] = None
+        self._costs: Optional[list[BlockCost]] = None
+
+    # -- facts ---------------------------------------------------------------------------------------
+    @property
+    def splits(self) -> list[int]:
+        """Candidate splits (queries per region side), finest first: [4, 2, 1] or [2, 1]."""
+        return [self.region_size // c for c in regions.level_cells(self.region_size)]
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.splits)
+
+    def supports(self, model: nn.Module) -> ViTInfo:
+        info = vit_info(model)
+        drop = getattr(model, "patch_drop", None)
+        if drop is not None and getattr(drop, "prob", 0.0) > 0:
+            raise UnsupportedModelError(
+                f"DGE pools patches over the grid, but this ViT drops patch tokens in training (patch_drop_rate="
+                f"{drop.prob}); build it with patch_drop_rate=0.")
+        self.region_size, self.region_note = self._resolve_region(model, info.grid)
+        return info
+
+    def _resolve_region(self, model: nn.Module, grid: tuple[int, int]) -> tuple[int, str]:
+        h, w = grid
+        asked = self.options.region_size
+        img = tuple(getattr(model.patch_embed, "img_size", None) or ())
+        patch = tuple(getattr(model.patch_embed, "patch_size", None) or (1, 1))
+        where = f"the {h}x{w} patch grid" + (f" ({img[0]}x{img[1]} px, patch {patch[0]})" if len(img) == 2 else "")
+
+        def size_for(r: int) -> str:
+            if len(img) != 2:
+                return f"an input size whose patch grid is a multiple of {r}"
+            side = math.ceil(img[0] / (r * patch[0])) * r * patch[0]
+            return f"an input size whose patch grid is a multiple of {r} (e.g. {side} px)"
+
+        if asked is not None:
+            if h % asked or w % asked:
+                other = [r for r in REGION_SIZES if r != asked and not (h % r or w % r)]
+                alt = f"--region-size {other[0]} or " if other else ""
+                raise MethodOptionError(
+                    f"--region-size {asked} does not divide {where}; use {alt}{size_for(asked)}.")
+            return asked, f"region size {asked} (splits {self._splits_text(asked)}), set by --region-size"
+        for r in REGION_SIZES:
+            if not (h % r or w % r):
+                if r == REGION_SIZES[0]:
+                    return r, f"region size {r} (splits {self._splits_text(r)})"
+                return r, (f"region size {r} (splits {self._splits_text(r)}): {where} is not divisible by "
+                           f"{REGION_SIZES[0]}")
+        raise MethodOptionError(
+            f"DGE needs a patch grid divisible by its region size (--region-size 4 or 2), and {where} is divisible "
+            f"by neither; use {size_for(2)}.")
+
+    @staticmethod
+    def _splits_text(region: int) -> str:
+        return "/".join(str(region // c) for c in regions.level_cells(region))
+
+    def costs(self, model: nn.Module) -> list[BlockCost]:
+        if self._costs is None:
+            self._costs = [block_cost(blk, self.num_choices) for blk in model.blocks]
+        return self._costs
+
+    # -- patching -------------------------------------------------------------------------------------
+    def patch(self, model: nn.Module) -> None:
+        self.options = dataclasses.replace(self.options, region_size=self.region_size)
+        ref = next(model.parameters())
+        routers = nn.ModuleList([nn.Linear(model.embed_dim, self.num_choices) for _ in model.blocks])
+        self.attach(model, "dge_routers", routers.to(device=ref.device, dtype=ref.dtype))
+        self._costs = None
+        self.reset_routers(model)
+        if self.options.router_init == "budget":
+            self.set_levels(model, self.budget_levels(model))
+
+    def reset_routers(self, model: nn.Module) -> None:
+        """The paper's init: weights trunc-normal (std 0.01), softmax of the bias = [0.95, 0.025, ...]."""
+        with torch.no_grad():
+            for lin in model.dge_routers:
+                nn.init.trunc_normal_(lin.weight, std=0.01)
+                lin.bias.copy_(init_bias(self.num_choices).to(lin.bias))
+
+    def set_levels(self, model: nn.Module, levels: list[int]) -> None:
+        """A static schedule: block ``i`` uses choice ``levels[i]`` (0 = finest) for every region of every image
+        (router weights zero, bias favouring that choice with probability 0.95)."""
+        if len(levels) != len(model.blocks) or any(not 0 <= k < self.num_choices for k in levels):
+            raise MethodOptionError(
+                f"levels must give one choice in 0..{self.num_choices - 1} per block ({len(model.blocks)}), "
+                f"got {levels}.")
+        with torch.no_grad():
+            for lin, k in zip(model.dge_routers, levels):
+                lin.weight.zero_()
+                lin.bias.copy_(init_bias(self.num_choices, favoured=k).to(lin.bias))
+
+    def budget_levels(self, model: nn.Module, budget: Optional[float] = None,
+                      grid: Optional[tuple[int, int]] = None) -> list[int]:
+        """The static per-block schedule whose MAC ratio is the closest to ``budget``: finest choices in the first
+        blocks, coarser ones in the last (where pooled patch queries matter least for the class token)."""
+        budget = self.options.budget if budget is None else budget
+        grid = grid or vit_info(model).grid
+        depth, k = len(model.blocks), self.num_choices
+        costs = self.costs(model)
+        npre = model.num_prefix_tokens
+        p = grid[0] * grid[1]
+        n, g = npre + p, p // self.region_size ** 2
+        static = sum(c.packed(n, n, g) for c in costs)
+        best: Optional[tuple[float, list[int]]] = None
+        for split in itertools.combinations_with_replacement(range(k), depth):  # sorted: finest first
+            levels = list(split)
+            dyn = sum(c.packed(npre + p // 4 ** lv, n, g) for c, lv in zip(costs, levels))
+            err = abs(dyn / static - budget)
+            if best is None or err < best[0] - 1e-12:
+                best = (err, levels)
+        assert best is not None
+        lowest = sum(c.packed(npre + p // 4 ** (k - 1), n, g) for c in costs) / static
+        if budget < lowest - 1e-9:
+            raise MethodOptionError(
+                f"budget {budget} is below what DGE reaches on this model with every region at its coarsest split "
+                f"({lowest:.3f} of the blocks' MACs); use --budget >= {math.ceil(lowest * 1000) / 1000}.")
+        return best[1]
+
+    # -- forward --------------------------------------------------------------------------------------
+    def forward_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        regions.check_grid(state.grid, self.region_size)
+        if model.training:
+            return self._train_blocks(model, x, state)
+        return self._eval_blocks(model, x, state)
+
+    def _route(self, router: nn.Module, bank: Tensor, state: TokenState) -> Tensor:
+        """Router logits ``B x G x K`` from the block's input patches averaged over each region."""
+        return router(regions.region_means(bank, state.grid, self.region_size))
+
+    @staticmethod
+    def _query_update(blk: nn.Module, q0: Tensor, qn: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The block on queries ``q0`` (``qn`` = their ``norm1``) with keys/values ``k, v`` from all tokens'
+        ``norm1``: returns the update ``q - q0`` (timm's LayerScale, drop-path and MLP; fused SDPA)."""
+        q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn), k, v, qn))
+        return ops.mlp_residual(blk, q) - q0
+
+    def _eval_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        n = x.shape[1]
+        for i, (blk, router) in enumerate(zip(model.blocks, model.dge_routers)):
+            state.enter(x)
+            bank = regions.coarse_bank(x, grid, region, npre)
+            decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
+            counts = regions.query_counts(decision, region, npre)  # B
+            read = _HostRead(torch.stack([counts.min(), counts.max()]))  # starts the block's one host read
+            xn = blk.norm1(x)
+            # on a GPU, queue the key/value projection before waiting for the read so the GPU stays busy
+            kv = ops.project_kv(blk.attn, xn) if x.is_cuda and self.speculate_kv else None
+            low, high = read.get()
+            if state.track:
+                state.aux.setdefault("queries", []).append(counts)
+                state.aux.setdefault("decisions", []).append(decision)
+            if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
+                x = ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))
+                if state.track:
+                    state.record(i, torch.arange(n - npre, device=x.device).expand(x.shape[0], -1))
+                continue
+            order, src = regions.plan_queries(decision, grid, region, npre)
+            k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
+            q0 = regions.gather_queries(x, bank, order[:, :high])  # B x (widest image's queries) x C
+            x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v), src)
+            if state.track:
+                state.record(i, src[:, npre:] - npre)
+        return x
+
+    def _train_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        """Training: hard Gumbel gates; every granularity computed in one static pass and mixed by the gates."""
+        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        n = x.shape[1]
+        g = (grid[0] // region) * (grid[1] // region)
+        dyn, gates_all = [], []
+        static = 0.0
+        for blk, router, cost in zip(model.blocks, model.dge_routers, self.costs(model)):
+            state.enter(x)
+            bank = regions.coarse_bank(x, grid, region, npre)
+            logits = self._route(router, bank, state)
+            gates = F.gumbel_softmax(logits.float(), tau=1.0, hard=True)  # B x G x K, straight-through
+            xn = blk.norm1(x)
+            k, v = ops.project_kv(blk.attn, xn)
+            q0 = regions.all_sources(x, bank)  # every level's cells as queries: static shape
+            qn = torch.cat([xn, blk.norm1(bank).to(xn.dtype)], dim=1)  # = norm1(q0), x's part reused
+            delta = self._query_update(blk, q0, qn, k, v)
+            x = x + regions.mix_level_deltas(delta, gates, grid, region, npre).to(x.dtype)
+            nq = regions.soft_query_counts(gates, region, npre)  # B, differentiable
+            dyn.append(cost.packed(nq, n, g))
+            static += cost.packed(n, n, g)
+            gates_all.append(gates)
+        state.aux["dge_macs"] = torch.stack(dyn, dim=0).sum(dim=0)  # B: blocks' MACs at the gated queries
+        state.aux["dge_static_macs"] = static
+        state.aux["dge_gates"] = gates_all
+        return x
+
+    # -- schedule and MACs ----------------------------------------------------------------------------
+    def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
+        """Tokens entering each block: always all of them (DGE pools queries, never the token sequence)."""
+        info = vit_info(model, img_size)
+        return [info.num_prefix_tokens + info.num_patches] * info.depth
+
+    def query_count(self, info: ViTInfo, choice: int) -> int:
+        """Queries of a block whose every region takes ``choice`` (0 = finest): prefix + P / 4^choice."""
+        return info.num_prefix_tokens + info.num_patches // 4 ** choice
+
+    def decisions(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        """Eval-mode decisions on ``images``: ``queries`` (depth x B) and ``choices`` (depth x B x G)."""
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), tracking(model):
+                model(images)
+        finally:
+            model.train(was)
+        aux = model.vitprune_state.aux
+        return {"queries": torch.stack(aux["queries"]), "choices": torch.stack(aux["decisions"]),
+                "tokens": torch.tensor(model.vitprune_state.counts)}
+
+    def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
+        """Mean MACs per image over ``images``, from each image's decisions in every block (see the module doc)."""
+        grid = _grid_for(model, images)
+        outside = outside_macs(model, grid)
+        if outside is None:
+            return None
+        q = self.decisions(model, images)["queries"].double()  # depth x B
+        npre = model.num_prefix_tokens
+        n = npre + grid[0] * grid[1]
+        g = (grid[0] // self.region_size) * (grid[1] // self.region_size)
+        per_image = torch.full((q.shape[1],), outside, dtype=torch.float64)
+        for c, qi in zip(self.costs(model), q):
+            per_image += torch.where(qi == n, torch.full_like(qi, c.dense(n, g)), c.packed(qi, n, g))
+        return float(per_image.mean())
+
+    def mac_ratio(self, model: nn.Module, images: Tensor) -> float:
+        """The budget's ratio on ``images`` in eval mode: mean blocks' MACs / blocks' MACs at Nq = N."""
+        grid = _grid_for(model, images)
+        q = self.decisions(model, images)["queries"].double()
+        n = model.num_prefix_tokens + grid[0] * grid[1]
+        g = (grid[0] // self.region_size) * (grid[1] // self.region_size)
+        costs = self.costs(model)
+        dyn = sum(c.packed(qi, n, g) for c, qi in zip(costs, q))
+        return float(dyn.mean() / sum(c.packed(n, n, g) for c in costs))
+
+    # -- calibration without training -------------------------------------------------------------------
+    def calibrate(self, model: nn.Module, images: Tensor, budget: Optional[float] = None,
+                  steps: int = 16) -> dict[str, Any]:
+        """Shift every router's biases by ``t * [-1, ..., +1]`` (finest -> coarsest) so that the mean MAC ratio on
+        ``images`` (eval mode) is the closest to ``budget`` (default: the option); bisection on ``t``.
+
+        Works on trained routers (move the operating point) and untrained ones (then the choices follow the
+        routers' random weights, not the content). Sets ``router_init='calibrated'`` and returns (and keeps in
+        ``self.calibration``) the target, the ratio reached, the shift and the number of images."""
+        budget = self.options.budget if budget is None else float(budget)
+        check_fraction("budget", budget)
+        base = [lin.bias.detach().clone() for lin in model.dge_routers]
+        direction = torch.linspace(-1.0, 1.0, self.num_choices)
+
+        def ratio_at(t: float) -> float:
+            with torch.no_grad():
+                for lin, b in zip(model.dge_routers, base):
+                    lin.bias.copy_(b + t * direction.to(b))
+            torch.clear_autocast_cache()  # autocast keeps low-precision copies of parameters: drop the stale ones
+            return self.mac_ratio(model, images)
+
+        tried = {0.0: ratio_at(0.0)}
+        lo, hi = 0.0, 0.0  # ratio(lo) >= budget >= ratio(hi), ratio non-increasing in t
+        if tried[0.0] >= budget:
+            step = 1.0
+            while True:
+                hi = step
+                tried[hi] = ratio_at(hi)
+                if tried[hi] <= budget or step > 1e4:
+                    break
+                lo, step = hi, step * 2
+        else:
+            step = -1.0
+            while True:
+                lo = step
+                tried[lo] = ratio_at(lo)
+                if tried[lo] >= budget or step < -1e4:
+                    break
+                hi, step = lo, step * 2
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            tried[mid] = r = ratio_at(mid)
+            if r >= budget:
+                lo = mid
+            else:
+                hi = mid
+        t = min(tried, key=lambda s: (abs(tried[s] - budget), abs(s)))
+        reached = ratio_at(t)
+        self.options = dataclasses.replace(self.options, router_init="calibrated", budget=budget)
+        self.calibration = {"budget": budget, "ratio": reached, "shift": t, "images": int(images.shape[0])}
+        return dict(self.calibration)
+
+    # -- training --------------------------------------------------------------------------------------
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+        dyn = state.aux.get("dge_macs")
+        if dyn is None:
+            return {}
+        ratio = dyn.mean() / state.aux["dge_static_macs"]
+        state.aux["dge_ratio"] = ratio.detach()
+        return {"budget": self.options.budget_weight * (ratio - self.options.budget) ** 2}
+
+    def default_recipe(self) -> dict[str, Any]:
+        # vtpack trains DeiT+DGE from scratch with the DeiT recipe (AdamW, lr 5e-4 per 512, wd 0.05, 20 warm-up
+        # epochs). vitprune fine-tunes the pretrained ViT: routers at 5e-4 per 512, backbone x0.1, KD from the dense
+        # teacher (logits, T=1), DeiT-S drop path 0.1 [UNVERIFIED: no reference for fine-tuning].
+        return {
+            "epochs": 30, "lr": 5e-4, "lr_batch_ref": 512, "backbone_lr_scale": 0.1, "warmup_epochs": 5,
+            "min_lr": 1e-6, "weight_decay": 0.05, "kd_weight": 0.5, "kd_temperature": 1.0, "cls_weight": 1.0,
+            "label_smoothing": 0.1, "drop_path": 0.1,
+        }
+
+
+class _HostRead:
+    """A small device tensor read on the host. On a GPU the copy goes to pinned memory without blocking and
+    :meth:`get` waits for that copy alone (work queued after it keeps the GPU busy)."""
+
+    def __init__(self, t: Tensor):
+        self.event = None
+        if t.is_cuda:
+            self.buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.buf.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.buf = t
+
+    def get(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [int(v) for v in self.buf.tolist()]
+
+
+def _grid_for(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    return vit_info(model, (int(images.shape[-2]), int(images.shape[-1]))).grid
