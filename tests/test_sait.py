@@ -425,6 +425,8 @@ def test_calibrated_threshold_gives_forty_percent_fewer_gmacs(demo, digits32):
     assert count_macs(m, images=digits32).gmacs == pytest.approx(cal.gmacs, rel=1e-6)
     assert cal.min_kept[0] <= cal.mean_kept[0] <= cal.max_kept[0] <= cal.num_patches[0] == 64
     assert cal.dense_gmacs == pytest.approx(count_macs(demo).gmacs)
+    again = m.vitprune_method.calibrate(m, digits32)  # the generic hook gives the same answer, as a dict
+    assert again["threshold"] == pytest.approx(cal.threshold, abs=2e-3) and again["num_images"] == 32
 
 
 def test_calibration_search_shortcut_equals_the_full_forward(demo, digits32):

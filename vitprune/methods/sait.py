@@ -601,6 +601,11 @@ class SaiT(TokenMethod):
             max_kept=[int(c) for c in kept_all.max(0).values] if kept_all.numel() else [],
         )
 
+    def calibrate(self, model: nn.Module, images: Union[Tensor, Iterable[Any]]) -> dict[str, Any]:
+        """Data-dependent run-time defaults from held-out images (a proposed contract hook for the trainer): the
+        adaptive threshold for 40 % fewer GMACs, applied as the default; returns what was found."""
+        return self.calibrate_threshold(model, images).to_dict()
+
     def _sorted_importance(self, model: nn.Module, images: Tensor, location: int) -> Tensor:
         """Descending patch importances (``B x P``) at ``location``: embedding and blocks ``0..location-1`` only."""
         was_training = model.training
