@@ -29,6 +29,10 @@ block's ``r`` is clipped to ``(N_i - prefix) // 2``, what one bipartite split ca
 ``token_schedule`` report the clipped schedule. A requested ``r`` (or schedule entry) larger than what even the first
 block can merge is refused with ``MethodOptionError``.
 
+Cost. The similarity product (``ceil(P/2) x floor(P/2) x head_dim`` MACs per merging block) is counted by fvcore
+with the rest; a merge is one gather of the tokens that stay plus an update of the ``r`` destination rows
+(:func:`vitprune.ops.merge.merge_wavg`); no loop over images or tokens, no host sync, static shapes per block.
+
 Training and inference use the same forward (static token counts per block: every image loses exactly ``r_i``
 tokens). ToMe adds no parameters: ``needs_training = False``; fine-tuning works (the merge passes gradients).
 
@@ -251,7 +255,9 @@ class ToMe(TokenMethod):
         x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
         m = None
         if r > 0:
-            m = tm.bipartite_matching(k.detach().mean(dim=1), r, npre)
+            with torch.no_grad():  # the matching takes no gradient
+                metric = k.mean(dim=1)
+            m = tm.bipartite_matching(metric, r, npre)
             x, size = tm.merge_wavg(x, m, npre, size)
         return ops.mlp_residual(blk, x), size, m
 

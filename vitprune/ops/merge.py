@@ -22,12 +22,21 @@ from torch import Tensor
 
 
 class Matching(NamedTuple):
-    """The outcome of :func:`bipartite_matching` for one batch (indices address tokens *within* set A or B)."""
+    """The outcome of :func:`bipartite_matching` for one batch.
+
+    ``unm_idx``/``src_idx``/``dst_idx`` address tokens *within* set A or B; ``keep_pos``, ``src_pos``, ``dst_pos``
+    and ``dst_out`` are the same choices as positions in the whole sequence before the merge (``*_pos``) or after it
+    (``dst_out``), so that a merge is one gather plus a scatter over the ``r`` sources."""
 
     unm_idx: Tensor  # B x (na - r): set-A tokens kept unmerged, in their original order
     src_idx: Tensor  # B x r: set-A tokens merged away (sources), by descending similarity
     dst_idx: Tensor  # B x r: the set-B token each source merges into
     a_start: int  # first set-A position among the patch tokens (0 or 1): A = patches[a_start::2]
+    keep_pos: Tensor  # B x (N - r): the tokens that stay, [prefix, unmerged A, B], as positions in the input
+    src_pos: Tensor  # B x r: sources, as positions in the input
+    dst_pos: Tensor  # B x r: their destinations, as positions in the input
+    dst_out: Tensor  # B x r: their destinations, as positions in the output
+    num_prefix: int  # prefix tokens of the sequence the matching was computed on
 
     @property
     def r(self) -> int:
@@ -51,43 +60,73 @@ def bipartite_matching(metric: Tensor, r: int, num_prefix: int) -> Matching:
     with the most similar partner become sources. ``r`` is clipped to :func:`max_merge`. Computed without gradient.
     """
     with torch.no_grad():
+        B, N, _ = metric.shape
         p = metric[:, num_prefix:]
         p = p / p.norm(dim=-1, keepdim=True)
         s = split_start(num_prefix)
         a, b = p[:, s::2], p[:, 1 - s::2]
-        r = min(r, max_merge(metric.shape[1], num_prefix))
+        r = min(r, max_merge(N, num_prefix))
         scores = a @ b.transpose(-1, -2)  # B x na x nb
         best, partner = scores.max(dim=-1)
         order = best.argsort(dim=-1, descending=True)
         src_idx = order[:, :r]
         unm_idx = order[:, r:].sort(dim=-1).values
         dst_idx = partner.gather(1, src_idx)
-    return Matching(unm_idx, src_idx, dst_idx, s)
+        # positions in the whole sequence: A token j sits at num_prefix + s + 2j, B token j at num_prefix + 1 - s + 2j
+        dev = metric.device
+        a0, b0 = num_prefix + s, num_prefix + 1 - s
+        keep_pos = torch.cat([torch.arange(num_prefix, device=dev).expand(B, -1), a0 + 2 * unm_idx,
+                              torch.arange(b0, N, 2, device=dev).expand(B, -1)], dim=1)
+        src_pos, dst_pos = a0 + 2 * src_idx, b0 + 2 * dst_idx
+        dst_out = num_prefix + unm_idx.shape[1] + dst_idx
+    return Matching(unm_idx, src_idx, dst_idx, s, keep_pos, src_pos, dst_pos, dst_out, num_prefix)
+
+
+def _take(x: Tensor, pos: Tensor) -> Tensor:
+    return torch.gather(x, 1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def merge(x: Tensor, m: Matching, num_prefix: int, reduce: str = "sum") -> Tensor:
-    """Apply a matching to any ``B x N x C`` tensor: each source is reduced (``sum``, ``amax``, ``mean``...) into
-    its destination; returns ``[prefix, unmerged A, B]`` (``B x (N - r) x C``)."""
-    prefix, p = x[:, :num_prefix], x[:, num_prefix:]
-    a, b = p[:, m.a_start::2], p[:, 1 - m.a_start::2]
-    C = x.shape[-1]
-    n_unm = m.unm_idx.shape[1]
-    idx = torch.cat([m.unm_idx, m.src_idx], dim=1)  # one gather for kept and merged A tokens
-    picked = torch.gather(a, 1, idx.unsqueeze(-1).expand(-1, -1, C))
-    unm, src = picked[:, :n_unm], picked[:, n_unm:]
+    """Apply a matching to any ``B x N' x C`` tensor: each source is reduced (``sum``, ``amax``, ``mean``...) into
+    its destination; returns ``[prefix, unmerged A, B]`` (``B x (N' - r) x C``). ``num_prefix`` is the matching's
+    prefix count, or 0 for a tensor holding only the patch tokens (e.g. a per-patch map)."""
+    if num_prefix not in (0, m.num_prefix):
+        raise ValueError(f"x must hold all {m.num_prefix} prefix tokens of the matching or none, not {num_prefix}.")
+    shift = m.num_prefix - num_prefix
+    out = _take(x, m.keep_pos[:, shift:] - shift)
     if m.r:
-        b = b.scatter_reduce(1, m.dst_idx.unsqueeze(-1).expand(-1, -1, C), src, reduce=reduce)
-    return torch.cat([prefix, unm, b], dim=1)
+        out = out.scatter_reduce(1, (m.dst_out - shift).unsqueeze(-1).expand(-1, -1, x.shape[-1]),
+                                 _take(x, m.src_pos - shift), reduce=reduce)
+    return out
 
 
 def merge_wavg(x: Tensor, m: Matching, num_prefix: int, size: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Size-weighted merge: ``x <- merge(x * s) / merge(s)``, ``s <- merge(s)``. ``size``: ``B x N x 1`` (None:
-    every token stands for one patch). Returns ``(x, size)``. Differentiable in ``x``."""
+    every token stands for one patch). Returns ``(x, size)``. Differentiable in ``x``.
+
+    Computed as one gather of the tokens that stay plus an update of the ``r`` destinations,
+    ``b <- b + sum_a s_a (a - b) / S_b`` with ``S_b`` the merged size: unmerged tokens are copied bit for bit and
+    no full-size multiply or divide is needed. ``x`` holds the matching's ``num_prefix`` prefix tokens."""
+    if num_prefix != m.num_prefix:
+        raise ValueError(f"x must hold the matching's {m.num_prefix} prefix tokens, got num_prefix={num_prefix}.")
+    B = x.shape[0]
+    out = _take(x, m.keep_pos)
     if size is None:
-        size = x.new_ones(x.shape[0], x.shape[1], 1)
-    x = merge(x * size, m, num_prefix, "sum")
-    size = merge(size, m, num_prefix, "sum")
-    return x / size, size
+        new_size = x.new_ones(B, m.keep_pos.shape[1], 1)
+        src_size = x.new_ones(B, m.r, 1)
+    else:
+        new_size = torch.gather(size, 1, m.keep_pos.unsqueeze(-1))
+        src_size = torch.gather(size, 1, m.src_pos.unsqueeze(-1))
+    if not m.r:
+        return out, new_size
+    dst_index = m.dst_out.unsqueeze(-1)
+    new_size = new_size.scatter_add(1, dst_index, src_size)
+    w = src_size / torch.gather(new_size, 1, dst_index)
+    if w.dtype != x.dtype:
+        w = w.to(x.dtype)
+    delta = w * (_take(x, m.src_pos) - _take(x, m.dst_pos))
+    out.scatter_add_(1, dst_index.expand(-1, -1, x.shape[-1]), delta)
+    return out, new_size
 
 
 def merged_positions(m: Matching, num_patches: int) -> Tensor:
@@ -115,7 +154,9 @@ def merge_assignment(assignment: Tensor, m: Matching, num_patches: int) -> Tenso
 
 def size_bias(size: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     """Proportional attention: the additive SDPA bias ``log(s_j)`` for every key (``B x 1 x 1 x N``)."""
-    return size[..., 0].log()[:, None, None, :].to(dtype or size.dtype)
+    B, N, _ = size.shape
+    bias = size.log().view(B, 1, 1, N)
+    return bias if dtype is None or dtype == bias.dtype else bias.to(dtype)
 
 
 def size_weighted_mean(x: Tensor, size: Tensor, num_prefix: int = 0) -> Tensor:
