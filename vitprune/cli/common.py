@@ -8,6 +8,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import MethodOptionError, VitpruneError
 
@@ -21,7 +22,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except VitpruneError as e:
-        err.print(f"[bold red]Error:[/] {e}", highlight=False)
+        err.print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("Interrupted.")
@@ -46,6 +47,8 @@ BudgetOpt = Annotated[Optional[float], typer.Option("--budget", help="DGE: targe
 RegionOpt = Annotated[Optional[int], typer.Option("--region-size", help="DGE: region side in patches.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(
     "--threshold", help="SaiT adaptive mode: cumulative class-attention mass kept per image.")]
+ModeOpt = Annotated[Optional[str], typer.Option(
+    "--mode", help="SaiT: dense, fixed or adaptive (switchable at run time without retraining).")]
 ExtraOpt = Annotated[Optional[list[str]], typer.Option(
     "--opt", help="any other method option as KEY=VALUE (repeatable), e.g. --opt fuse=false.")]
 
@@ -73,6 +76,7 @@ def method_options(
     region_size: Optional[int] = None,
     threshold: Optional[float] = None,
     extra: Optional[list[str]] = None,
+    mode: Optional[str] = None,
 ) -> dict[str, Any]:
     """Only the options the user gave, by their method-option names."""
     opts: dict[str, Any] = {}
@@ -86,6 +90,8 @@ def method_options(
         opts["region_size"] = region_size
     if threshold is not None:
         opts["threshold"] = threshold
+    if mode is not None:
+        opts["mode"] = mode
     for item in extra or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

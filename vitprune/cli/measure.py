@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModelArg, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, ModelArg, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
     print_json, user_errors,
 )
 
@@ -21,6 +22,7 @@ def profile(
     budget: BudgetOpt = None,
     region_size: RegionOpt = None,
     threshold: ThresholdOpt = None,
+    mode: ModeOpt = None,
     opt: ExtraOpt = None,
     no_weights: Annotated[bool, typer.Option(
         "--no-weights", help="build the architecture with random weights; download nothing.")] = False,
@@ -38,7 +40,7 @@ def profile(
         from .. import api
         from ..report.tables import profile_notes, profile_table
 
-        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
         if json_out:
             report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                                  batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
@@ -51,7 +53,7 @@ def profile(
                                  **opts)
         out.print(profile_table(report))
         for note in profile_notes(report):
-            out.print(f"[dim]· {note}[/]")
+            out.print(f"[dim]· {escape(note)}[/]")
 
 
 @app.command()

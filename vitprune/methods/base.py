@@ -286,6 +286,12 @@ class TokenMethod:
         """
         return {}
 
+    def calibrate(self, model: nn.Module, images: Tensor) -> Optional[dict[str, Any]]:
+        """Choose data-dependent run-time defaults on held-out images (SaiT: its adaptive threshold), set them in
+        the options, and return what was chosen for the report; None when the method has nothing to calibrate.
+        The trainer calls it on validation images after training."""
+        return None
+
     def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
         """Mean MACs per image when fvcore cannot count them (input-dependent token counts); else None."""
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..api import ModelStats, ProfileReport
@@ -90,8 +91,10 @@ def methods_tables(info: list[dict]) -> list[Table]:
         if m["runtime_options"]:
             caption.append("switchable at run time: " + ", ".join(m["runtime_options"]))
         caption += [f"note: {n}" for n in m["notes"]]
+        caption = [escape(c) for c in caption]
         training = "fine-tune with `vitprune compress`" if m["needs_training"] else "works off the shelf"
-        t = Table(title=f"[bold]{m['name']}[/] — {m['title']}: {m['summary']} ({training})", title_justify="left",
+        t = Table(title=f"[bold]{m['name']}[/] — {escape(m['title'])}: {escape(m['summary'])} ({training})",
+                  title_justify="left",
                   caption="\n".join(caption), caption_justify="left", expand=False)
         t.add_column("option")
         t.add_column("type")
@@ -99,6 +102,6 @@ def methods_tables(info: list[dict]) -> list[Table]:
         t.add_column("meaning")
         for o in m["options"]:
             flag = "--" + o["name"].replace("_", "-")
-            t.add_row(flag, o["type"].replace("typing.", ""), str(o["default"]), o["help"])
+            t.add_row(flag, escape(o["type"].replace("typing.", "")), escape(str(o["default"])), escape(o["help"]))
         tables.append(t)
     return tables
