@@ -18,7 +18,7 @@ from vitprune.methods import tracking, vit_info
 from vitprune.methods.dge import block_cost, init_bias
 from vitprune.ops import regions
 
-from .conftest import digits_batch, make_vit, photo_batch
+from .conftest import make_vit, photo_batch
 
 
 def patched(model, **opts):

@@ -22,7 +22,11 @@ pass per block and costs only the gap between the widest and the average image (
 static schedule such as ``router_init='budget'``). Queries are independent of each other, so padding changes
 nothing in the results. A block whose every region of every image chose the finest split runs timm's own block
 (bit-exact with the dense model). Attention stays on fused SDPA with timm's weights (``ops.project_q`` /
-``ops.project_kv`` / ``ops.attend``).
+``ops.project_kv`` / ``ops.attend``). On a GPU the host read goes through pinned memory and the key/value projection
+(needed whatever the decisions) is queued before waiting for it (``speculate_kv``), so the GPU has work while the
+host waits. Under ``tracking`` each block that pooled records ``(block, assignment)``: for every patch, the index of
+the query that stands for it (``visualize`` draws the cells by granularity), plus the per-image query counts
+(``state.aux['queries']``) and choices (``state.aux['decisions']``).
 
 Training (``model.train()``): hard Gumbel-softmax gates (tau 1, straight-through); as in the reference, all
 granularities are computed densely in one static-shape pass (prefix tokens + every level's cells as queries) and
@@ -51,8 +55,12 @@ vitprune choices where the paper is silent, and deviations from the reference:
   the last ones, the same for every image; data-free and honest about being untrained); ``calibrated`` (set by
   :meth:`DGE.calibrate`, which shifts every router's biases along finest->coarsest so that the mean MAC ratio on a
   given batch of images meets the budget; the biases live in the saved weights);
+* the router reads the mean of each region computed hierarchically (2x2 means of 2x2 means), the same value up
+  to float rounding;
 * the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
-  routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning].
+  routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning];
+* the routers are ``dge_routers.{i}`` (the spec gives no official checkpoint layout, so there is no importer);
+  the reference's lambda flag is the option ``budget_weight``.
 """
 from __future__ import annotations
 
@@ -365,7 +373,7 @@ class DGE(TokenMethod):
             bank = regions.coarse_bank(x, grid, region, npre)
             decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
             counts = regions.query_counts(decision, region, npre)  # B
-            read = _HostRead(torch.stack([counts.min(), counts.max()]))  # starts the block's one host read
+            read = _HostRead(torch.stack(torch.aminmax(counts)))  # starts the block's one host read
             xn = blk.norm1(x)
             # on a GPU, queue the key/value projection before waiting for the read so the GPU stays busy
             kv = ops.project_kv(blk.attn, xn) if x.is_cuda and self.speculate_kv else None
@@ -375,9 +383,7 @@ class DGE(TokenMethod):
                 state.aux.setdefault("decisions", []).append(decision)
             if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
                 x = ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))
-                if state.track:
-                    state.record(i, torch.arange(n - npre, device=x.device).expand(x.shape[0], -1))
-                continue
+                continue  # nothing pooled: no token map to record
             order, src = regions.plan_queries(decision, grid, region, npre)
             k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
             q0 = regions.gather_queries(x, bank, order[:, :high])  # B x (widest image's queries) x C
