@@ -204,7 +204,7 @@ def test_macs_are_the_mean_of_per_image_decisions(digits):
     digits = digits[:4]
     m = patched(make_vit(depth=4))
     meth = m.vitprune_method
-    meth.calibrate(m, digits, 0.5)
+    meth.calibrate_budget(m, digits, 0.5)
     per_image = [meth.macs(m, digits[i:i + 1]) for i in range(len(digits))]
     assert len(set(per_image)) > 1  # images really differ
     assert meth.macs(m, digits) == pytest.approx(sum(per_image) / len(per_image), rel=1e-12)
@@ -319,7 +319,7 @@ def test_default_recipe_routers_at_ten_times_the_backbone_lr():
 def test_padding_to_the_widest_image_changes_no_result_and_batch_one_works(digits):
     m = patched(make_vit(depth=6, embed_dim=96))
     meth = m.vitprune_method
-    meth.calibrate(m, digits, 0.4)
+    meth.calibrate_budget(m, digits, 0.4)
     with tracking(m), torch.no_grad():
         batch = m(digits)
     q = torch.stack(m.vitprune_state.aux["queries"])
@@ -352,10 +352,11 @@ def test_budget_init_and_calibration_without_training(digits):
         patched(base, router_init="budget", budget=0.05)
     m = patched(base)
     assert m.vitprune_method.mac_ratio(m, digits) == pytest.approx(1.0)  # the paper's init is ~dense
-    info = m.vitprune_method.calibrate(m, digits, 0.5)
+    info = m.vitprune_method.calibrate_budget(m, digits, 0.5)
     assert info["ratio"] == pytest.approx(0.5, abs=0.02) and info["images"] == 8
     assert m.vitprune_method.options.router_init == "calibrated"
     assert m.vitprune_method.mac_ratio(m, digits) == pytest.approx(info["ratio"])
+    assert m.vitprune_method.calibrate(m, digits) is None  # the trainer's hook leaves trained routers alone
 
 
 # ------------------------------------------------------------------------------------------ save / load
@@ -363,7 +364,7 @@ def test_budget_init_and_calibration_without_training(digits):
 
 def test_save_load_round_trip_with_routers(tmp_path, digits):
     m = patched(make_vit(depth=4))
-    m.vitprune_method.calibrate(m, digits, 0.5)
+    m.vitprune_method.calibrate_budget(m, digits, 0.5)
     vitprune.save(m, tmp_path / "dge")
     back = vitprune.load(tmp_path / "dge")
     assert back.vitprune_method.options == m.vitprune_method.options

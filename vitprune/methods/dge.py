@@ -53,7 +53,7 @@ vitprune choices where the paper is silent, and deviations from the reference:
   [0.95, 0.025, ...], an untrained model is ~ the dense model); ``budget`` (router weights zero, biases pick a
   static per-block split schedule whose MACs are the closest to the budget: finest in the first blocks, coarser in
   the last ones, the same for every image; data-free and honest about being untrained); ``calibrated`` (set by
-  :meth:`DGE.calibrate`, which shifts every router's biases along finest->coarsest so that the mean MAC ratio on a
+  :meth:`DGE.calibrate_budget`, which shifts every router's biases along finest->coarsest so that the mean MAC ratio on a
   given batch of images meets the budget; the biases live in the saved weights);
 * the router reads the mean of each region computed hierarchically (2x2 means of 2x2 means), the same value up
   to float rounding;
@@ -103,14 +103,14 @@ def init_bias(num_choices: int, favoured: int = 0, prob: float = INIT_PROB) -> T
 @dataclass
 class DGEOptions(MethodOptions):
     budget: float = field(default=0.5, metadata={
-        "help": "target fraction of the blocks' dense MACs (training loss; router_init=budget/calibrate)"})
+        "help": "target fraction of the blocks' dense MACs (training loss; router_init=budget, calibrate_budget)"})
     region_size: Optional[int] = field(default=None, metadata={
         "help": "region side in patches, 4 or 2 (default: 4, or 2 when the patch grid is not divisible by 4)"})
     budget_weight: float = field(default=1.0, metadata={
         "help": "training: lambda of the budget loss lambda*(ratio - budget)^2 (reference config: 1.0)"})
     router_init: str = field(default="dense", metadata={
         "help": "dense: paper init, starts ~dense (train it); budget: static per-block split schedule meeting "
-                "the budget without training; calibrated: set by DGE.calibrate on images (weights hold it)"})
+                "the budget without training; calibrated: set by DGE.calibrate_budget on images (weights hold it)"})
 
     def validate(self) -> None:
         check_fraction("budget", self.budget)
@@ -208,8 +208,8 @@ class DGE(TokenMethod):
         "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
         "options and method.region_note says why.",
         "Untrained routers start ~dense (paper init, router_init=dense). For an untrained model at the budget use "
-        "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate(model, images) "
-        "(router biases shifted so the mean MAC ratio on the images meets the budget); profile shows which.",
+        "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate_budget(model, images) "
+        "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows router_init.",
         "Inference pads each block's queries to the batch's widest image (one host read per block, no loop over "
         "images); a block whose queries are all finest runs timm's block as is (bit-exact).",
         "GMACs come from the per-image decisions (mean over the batch, padding not counted), fvcore's conventions.",
@@ -227,7 +227,7 @@ class DGE(TokenMethod):
         self.identity_shortcut: bool = True
         #: on a GPU, project keys/values while the host waits for the block's widest query count
         self.speculate_kv: bool = True
-        #: what DGE.calibrate did, if anything
+        #: what DGE.calibrate_budget did, if anything
         self.calibration: Optional[dict[str, Any]] = None
         self._costs: Optional[list[BlockCost]] = None
 
@@ -468,8 +468,13 @@ class DGE(TokenMethod):
         return float(dyn.mean() / sum(c.packed(n, n, g) for c in costs))
 
     # -- calibration without training -------------------------------------------------------------------
-    def calibrate(self, model: nn.Module, images: Tensor, budget: Optional[float] = None,
-                  steps: int = 16) -> dict[str, Any]:
+    def calibrate(self, model: nn.Module, images: Tensor) -> Optional[dict[str, Any]]:
+        """The trainer's post-training hook: nothing to choose. A trained DGE's decisions are its routers' (the
+        paper deploys them as trained); moving them to a budget is :meth:`calibrate_budget`, on request only."""
+        return None
+
+    def calibrate_budget(self, model: nn.Module, images: Tensor, budget: Optional[float] = None,
+                         steps: int = 16) -> dict[str, Any]:
         """Shift every router's biases by ``t * [-1, ..., +1]`` (finest -> coarsest) so that the mean MAC ratio on
         ``images`` (eval mode) is the closest to ``budget`` (default: the option); bisection on ``t``.
 
