@@ -30,6 +30,7 @@ _EXPORTS = {
     "evaluate": "vitprune.train",
     "push": "vitprune.hub.push",
     "visualize": "vitprune.report.plots",
+    "sweep": "vitprune.sweep",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,34 +1,15 @@
 """`vitprune push`, `vitprune visualize` and `vitprune sweep`: parse, call the library, render."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import app, not_yet
+from .app import app
 from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, RegionOpt, ROpt, ThresholdOpt, _parse_value, err, method_options,
-    out, print_json, user_errors,
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, RegionOpt, ROpt, ThresholdOpt, _parse_value, err,
+    method_options, out, print_json, user_errors,
 )
-
-
-@contextmanager
-def errors() -> Iterator[None]:
-    """``user_errors`` with the message escaped for rich, so text in brackets (``vitprune[plot]``, a server's
-    message) is printed as is instead of being read as markup."""
-    from rich.markup import escape
-
-    from ..errors import VitpruneError
-
-    with user_errors():
-        try:
-            yield
-        except VitpruneError as e:
-            escaped = escape(str(e))
-            if escaped == str(e):
-                raise
-            raise type(e)(escaped) from None
 
 
 def _size(n: int) -> str:
@@ -59,7 +40,7 @@ def push(
     The token comes from HF_TOKEN or `hf auth login`; it is never printed. The local folder is not changed: the
     README.md that goes is regenerated from config.json and report.json so that it names the repo.
     """
-    with errors():
+    with user_errors():
         from ..hub.push import push as do_push
 
         if dry_run:
@@ -121,6 +102,7 @@ def visualize(
     budget: BudgetOpt = None,
     region_size: RegionOpt = None,
     threshold: ThresholdOpt = None,
+    mode: ModeOpt = None,
     opt: ExtraOpt = None,
     blocks: Annotated[Optional[str], typer.Option(
         help="only these stages (0-based blocks after which tokens changed), e.g. 3,6,9 (default: all).")] = None,
@@ -134,11 +116,11 @@ def visualize(
     Pruned patches are greyed out; patches merged into one token (ToMe) share a colour; pooled regions (DGE) are
     coloured by their granularity. Images go through the model's own timm eval transform.
     """
-    with errors():
+    with user_errors():
         from ..report.plots import require_matplotlib, visualize as do_visualize
 
         require_matplotlib()
-        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
         with err.status("running the model with token tracking and drawing…"):
             res = do_visualize(model, images, output, method=method, blocks=_int_list(blocks, "--blocks"), dpi=dpi,
                                pretrained=not no_weights, **opts)
@@ -157,7 +139,152 @@ def visualize(
             out.print("  (the method changed no tokens for these images)", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------ sweep
+
+_VALUE_FLAGS = {"keep_rates": "keep_rate", "r_values": "r", "budgets": "budget", "thresholds": "threshold"}
+
+
+def _values(text: str, flag: str) -> list[Any]:
+    from ..errors import MethodOptionError
+
+    vals = [_parse_value(t) for t in text.split(",") if t.strip()]
+    bad = [v for v in vals if isinstance(v, (str, bool)) or v is None]
+    if not vals or bad:
+        raise MethodOptionError(f"{flag} takes numbers separated by commas (e.g. 0.5,0.7,0.9), got {text!r}.")
+    return vals
+
+
+def sweep_table(result: Any):
+    from rich.table import Table
+
+    from ..report.tables import GMACS_LABEL
+
+    has_acc = result.dense.get("top1") is not None
+    has_speed = result.dense.get("throughput") is not None
+    has_lat = result.dense.get("latency_ms") is not None
+    caption = f"{result.device_name} · {result.dtype} · throughput batch {result.batch_size}"
+    if has_acc:
+        caption += f" · top-1 on {result.data} val"
+    table = Table(title=f"{result.model} · {result.method} · {result.option} swept ({result.mode})",
+                  caption=caption, title_justify="left", caption_justify="left")
+    table.add_column(result.option)
+    table.add_column(GMACS_LABEL, justify="right")
+    table.add_column("× dense", justify="right")
+    table.add_column("params (M)", justify="right")
+    if has_speed:
+        table.add_column("img/s", justify="right")
+        table.add_column("speedup", justify="right")
+    if has_lat:
+        table.add_column("latency (ms)", justify="right")
+    if has_acc:
+        table.add_column("top-1 (%)", justify="right")
+        table.add_column("Δ top-1", justify="right")
+
+    def row(label: str, p: dict, dense: bool) -> None:
+        cells = [label, f"{p['gmacs']:.4f}", "1.00×" if dense else f"{p['gmacs'] / result.dense['gmacs']:.2f}×",
+                 f"{p['params'] / 1e6:.2f}"]
+        if has_speed:
+            cells += [f"{p['throughput']:,.1f}" if p.get("throughput") is not None else "-",
+                      "1.00×" if dense else (f"{p['speedup']:.2f}×" if p.get("speedup") is not None else "-")]
+        if has_lat:
+            cells.append(f"{p['latency_ms']:.2f}" if p.get("latency_ms") is not None else "-")
+        if has_acc:
+            cells += [f"{p['top1']:.2f}" if p.get("top1") is not None else "-",
+                      "" if dense or p.get("top1") is None else f"{p['top1'] - result.dense['top1']:+.2f} pt"]
+        table.add_row(*cells, style="bold" if dense else None)
+
+    row("dense", result.dense, True)
+    for p in result.points:
+        row(str(p.value), p.__dict__, False)
+    return table
+
+
 @app.command()
-def sweep() -> None:
-    """Accuracy/GMACs/throughput over several settings, with a Pareto plot."""
-    not_yet("sweep", "it lands with issue #7")
+def sweep(
+    model: Annotated[str, typer.Argument(
+        help="dense model (timm name, hf-hub:, folder, 'demo') with --method, or a compressed folder to sweep its "
+        "run-time options.")] = "demo",
+    method: MethodOpt = None,
+    keep_rates: Annotated[Optional[str], typer.Option(
+        help="sweep keep_rate over these values, e.g. 0.5,0.6,0.7,0.8,0.9 (DynamicViT, EViT, Evo-ViT, SaiT).")]
+        = None,
+    r_values: Annotated[Optional[str], typer.Option(
+        "--r-values", help="sweep ToMe's r (tokens merged per block) over these values, e.g. 4,8,12,16.")] = None,
+    budgets: Annotated[Optional[str], typer.Option(help="sweep DGE's budget over these values.")] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="sweep SaiT's threshold over these values.")] = None,
+    values: Annotated[Optional[str], typer.Option(
+        help="values of --option (default: the method's headline option: keep_rate, r, budget or threshold).")]
+        = None,
+    option: Annotated[Optional[str], typer.Option(help="the method option --values sweeps.")] = None,
+    opt: ExtraOpt = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="add top-1 accuracy on this data's val split ('demo', a folder...).")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="held-out fraction for one-folder data.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="fine-tune every point for this many epochs with `vitprune compress` (needs --data).")] = None,
+    output: Annotated[str, typer.Option("--out", "-o", help="folder for sweep.json and pareto.png.")] =
+        "vitprune-sweep",
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp16, bf16 or fp32 (default fp16 on GPU, fp32 on CPU).")]
+        = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats per point (median).")] = None,
+    no_latency: Annotated[bool, typer.Option("--no-latency", help="skip the batch-1 latency timing.")] = False,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="GMACs (and accuracy) only, no timing.")] = False,
+    no_weights: Annotated[bool, typer.Option(
+        "--no-weights", help="random weights (speed and GMACs only; download nothing).")] = False,
+    no_plot: Annotated[bool, typer.Option(
+        "--no-plot", help="write sweep.json and print the table only (no matplotlib needed).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print sweep.json instead of the table.")] = False,
+) -> None:
+    """Accuracy, GMACs and throughput of one method over several settings, with a Pareto plot.
+
+    Give the values with the flag of the option they set: --keep-rates, --r-values (ToMe), --budgets (DGE),
+    --thresholds (SaiT), or --values with --option NAME for any other option. Fix the method's other options with
+    --opt KEY=VALUE. Writes OUT/sweep.json and OUT/pareto.png (top-1 vs throughput with the dense model as the
+    reference; without --data, GMACs vs throughput).
+    """
+    with user_errors():
+        from ..errors import MethodOptionError
+        from ..sweep import sweep as do_sweep
+
+        given = {flag: text for flag, text in (("keep_rates", keep_rates), ("r_values", r_values),
+                                               ("budgets", budgets), ("thresholds", thresholds),
+                                               ("values", values)) if text is not None}
+        if len(given) != 1:
+            names = ", ".join("--" + f.replace("_", "-") for f in given) if given else "none"
+            raise MethodOptionError(
+                "give the values to sweep with exactly one of --keep-rates, --r-values, --budgets, --thresholds or "
+                f"--values (given: {names}).")
+        flag, text = next(iter(given.items()))
+        if flag != "values" and option is not None:
+            raise MethodOptionError(f"--option goes with --values; --{flag.replace('_', '-')} already names the "
+                                    f"option ({_VALUE_FLAGS[flag]}).")
+        swept = option.replace("-", "_") if flag == "values" and option else _VALUE_FLAGS.get(flag)
+        vals = _values(text, "--" + flag.replace("_", "-"))
+        fixed = method_options(extra=opt)
+
+        def progress(e: dict[str, Any]) -> None:
+            if json_out:
+                return
+            if e["event"] == "point_done":
+                p = e["point"]
+                parts = [f"{swept or 'value'}={p.value}", f"{p.gmacs:.4f} GMACs"]
+                if p.throughput is not None:
+                    parts.append(f"{p.throughput:,.1f} img/s")
+                if p.top1 is not None:
+                    parts.append(f"top-1 {p.top1:.2f} %")
+                err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), highlight=False)
+
+        res = do_sweep(model, method, vals, option=swept, data=data, epochs=epochs, out=output, device=device,
+                       dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
+                       latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
+                       plot=not no_plot, progress=progress, **fixed)
+        if json_out:
+            print_json(res.to_dict())
+            return
+        out.print(sweep_table(res))
+        for note in res.notes:
+            out.print(f"[dim]· {note}[/]")
+        out.print(f"Wrote {', '.join(res.files)}", highlight=False)

@@ -376,11 +376,11 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
     has_acc = dense.get("top1") is not None and all(p.get("top1") is not None for p in points)
     has_speed = dense.get("throughput") is not None and all(p.get("throughput") is not None for p in points)
     fig, ax = plt.subplots(figsize=(7.0, 5.0), dpi=dpi)
+    # accuracy vs throughput; without timings accuracy vs GMACs; without accuracy GMACs vs throughput
     x_key = "throughput" if has_speed else "gmacs"
-    y_key = "top1" if has_acc else ("gmacs" if has_speed else "params")
-    if not has_speed:
-        y_key = "top1" if has_acc else "gmacs"
-        x_key = "gmacs"
+    y_key = "top1" if has_acc else "gmacs"
+    if x_key == y_key:  # neither accuracy nor timings: parameters vs GMACs says little, but still one picture
+        y_key = "params"
     labels = {"throughput": f"throughput (images/s, batch {data.get('batch_size')}, {data.get('dtype')})",
               "gmacs": "GMACs per image (papers' GFLOPs)", "top1": f"top-1 accuracy (%) on {data.get('data')}",
               "params": "parameters"}
@@ -400,7 +400,8 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
         ax.axhline(dense[y_key], color="tab:red", linewidth=0.8, linestyle=":")
     ax.set_xlabel(labels[x_key])
     ax.set_ylabel(labels[y_key])
-    what = "accuracy vs speed" if y_key == "top1" else ("cost vs speed" if x_key == "throughput" else "cost")
+    short = {"throughput": "throughput", "gmacs": "GMACs", "top1": "top-1", "params": "parameters"}
+    what = f"{short[y_key]} vs {short[x_key]}"
     ax.set_title(f"{data['model']} · {data['method']} · {what}\n{data.get('device_name') or data.get('device')}",
                  fontsize=10)
     ax.grid(True, alpha=0.3)

@@ -1,0 +1,95 @@
+"""`vitprune sweep`: one point per setting plus dense in sweep.json and pareto.png, GMACs falling with the keep rate,
+accuracy with --data, run-time sweeps of one checkpoint, and clear refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import vitprune
+from tests.test_visualize import run_without_matplotlib
+from vitprune.cli.main import app
+
+runner = CliRunner()
+
+
+def read(out: Path) -> dict:
+    data = json.loads((out / "sweep.json").read_text())
+    with Image.open(out / "pareto.png") as im:
+        assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 300
+    return data
+
+
+def test_cli_evit_keep_rates_on_demo_without_data(tmp_path):
+    out = tmp_path / "sweep"
+    res = runner.invoke(app, ["sweep", "demo", "--method", "evit", "--keep-rates", "0.5,0.7,0.9", "--out", str(out),
+                              "--device", "cpu", "--batch-size", "4", "--repeats", "1", "--no-latency"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    data = read(out)
+    assert data["mode"] == "off-the-shelf" and data["option"] == "keep_rate" and data["method"] == "evit"
+    assert [p["value"] for p in data["points"]] == [0.5, 0.7, 0.9]
+    gmacs = [p["gmacs"] for p in data["points"]]
+    assert gmacs == sorted(gmacs) and gmacs[0] < gmacs[-1] < data["dense"]["gmacs"]  # fewer tokens, fewer MACs
+    for p in data["points"]:
+        assert p["throughput"] > 0 and p["speedup"] > 0 and p["top1"] is None
+        assert p["options"]["keep_rate"] == p["value"]
+    assert data["dense"]["throughput"] > 0 and data["dense"]["top1"] is None
+    assert data["batch_size"] == 4 and data["device"] == "cpu" and data["dtype"] == "fp32"
+    # the table: the dense reference row and one row per value
+    assert "dense" in res.stdout and "0.5" in res.stdout and "GMACs (papers' GFLOPs)" in res.stdout
+    assert "pareto.png" in res.stdout
+
+
+def test_tome_r_values_with_demo_data_have_accuracy(tmp_path):
+    res = vitprune.sweep("demo", "tome", [2, 8], data="demo", out=str(tmp_path), speed=False)
+    data = read(tmp_path)
+    assert data["option"] == "r" and data["mode"] == "off-the-shelf"
+    d = data["dense"]
+    assert d["top1"] > 90  # the demo teacher on its digits
+    assert [p["value"] for p in data["points"]] == [2, 8]
+    assert all(p["top1"] is not None and 0 <= p["top1"] <= 100 and p["images"] == 359 for p in data["points"])
+    assert data["points"][1]["gmacs"] < data["points"][0]["gmacs"] < d["gmacs"]  # more merging, fewer MACs
+    assert res.points[0].tokens[-1] > res.points[1].tokens[-1]
+    assert not any("fine-tuned" in n for n in data["notes"])  # ToMe needs no training
+
+
+def test_runtime_sweep_of_one_saved_checkpoint(tmp_path):
+    folder = vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7),
+                           tmp_path / "evit")
+    res = vitprune.sweep(str(folder), values=[0.4, 0.8], out=str(tmp_path / "sweep"), speed=False)
+    assert res.mode == "runtime" and res.method == "evit" and res.option == "keep_rate"
+    assert [p.gmacs for p in res.points] == sorted(p.gmacs for p in res.points)
+    assert res.points[-1].gmacs < res.dense["gmacs"]
+    assert vitprune.load(str(folder)).vitprune_method.options.keep_rate == 0.7  # the folder is not changed
+    with pytest.raises(vitprune.errors.MethodOptionError, match="cannot change without retraining"):
+        vitprune.sweep(str(folder), values=[0.0, 1.0], option="shrink_epochs", out=None, speed=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "evit"], "exactly one of --keep-rates"),
+    (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values"),
+    (["--method", "evit", "--keep-rates", "0.5,abc"], "--keep-rates takes numbers"),
+    (["--method", "evit", "--keep-rates", "0.5,1.5", "--no-speed"], "keep-rate must be in (0, 1]"),
+    (["--keep-rates", "0.5"], "sweep needs --method"),
+    (["--method", "dynamicvit", "--keep-rates", "0.5,0.7", "--data", "demo", "--no-speed"],
+     "parameters that must be trained: give --epochs N"),
+    (["--method", "evit", "--keep-rates", "0.5", "--epochs", "1"], "needs --data"),
+])
+def test_sweep_refusals_are_one_line(args, message, tmp_path):
+    res = runner.invoke(app, ["sweep", "demo", *args, "--out", str(tmp_path / "s")], env={"COLUMNS": "200"})
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.output
+
+
+def test_missing_matplotlib_is_one_clear_line(tmp_path):
+    res = run_without_matplotlib(["sweep", "demo", "--method", "evit", "--keep-rates", "0.5,0.7",
+                                  "--out", str(tmp_path / "sweep")])
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) == 1 and "plots need matplotlib" in lines[0] and "'vitprune[plot]'" in lines[0], lines
+    assert not (tmp_path / "sweep").exists()  # refused before any work

@@ -1,0 +1,326 @@
+"""``vitprune.sweep``: one method at several settings of its headline option (keep rate, ToMe's r, DGE's budget,
+SaiT's threshold...), each measured like ``vitprune profile`` (GMACs, parameters, throughput, latency, dense
+interleaved beside it) and, with data, evaluated like ``vitprune eval``; written as ``sweep.json`` and
+``pareto.png`` (accuracy vs throughput with the dense model as the reference point; without data, GMACs vs
+throughput).
+
+How each point is made depends on MODEL and the method, never on the method's name:
+
+* **run-time** - MODEL is a model compressed (and trained) with the method and the swept option is one of the
+  method's ``runtime_options`` (EViT's and DynamicViT's keep rate, SaiT's keep rate / threshold / mode): the one
+  checkpoint is evaluated at every value (``set_runtime``), no training;
+* **off the shelf** - MODEL is dense and no ``epochs`` are given: the method is applied at every value. Fine for
+  methods without learned modules (ToMe, EViT; accuracy is then the off-the-shelf accuracy, which the notes say
+  for methods meant to be fine-tuned). A method whose new modules must be trained (predictors, routers) is
+  refused when accuracy is asked for; without data its GMACs and speed are still measured;
+* **trained** - MODEL is dense and ``epochs`` is given: every point is fine-tuned with ``vitprune.compress`` into
+  ``OUT/points/<option>-<value>`` and its report is used.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .errors import MethodOptionError
+
+#: the options a sweep varies by default, in this order of preference (the first the method has)
+HEADLINE_OPTIONS = ("keep_rate", "r", "budget", "threshold")
+SWEEP_JSON = "sweep.json"
+PARETO_PNG = "pareto.png"
+
+
+@dataclass
+class SweepPoint:
+    value: Any
+    options: dict[str, Any]
+    gmacs: float
+    params: int
+    throughput: Optional[float] = None
+    latency_ms: Optional[float] = None
+    speedup: Optional[float] = None  # throughput / dense throughput measured interleaved with it
+    gmacs_ratio: Optional[float] = None
+    tokens: Optional[list[int]] = None
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+    loss: Optional[float] = None
+    images: Optional[int] = None
+    folder: Optional[str] = None  # trained points: where vitprune.compress saved the model
+
+
+@dataclass
+class SweepResult:
+    model: str
+    method: str
+    option: str
+    values: list[Any]
+    mode: str  # "runtime" | "off-the-shelf" | "trained"
+    data: Optional[str]
+    device: str
+    device_name: str
+    dtype: str
+    batch_size: int
+    input_size: list[int]
+    dense: dict[str, Any]
+    points: list[SweepPoint]
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    out: Optional[str] = None
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["units"] = {"gmacs": "GMACs per image (papers' GFLOPs)", "throughput": f"images/s at batch {self.batch_size}",
+                      "latency_ms": "ms per image at batch 1 (median)", "top1": "percent",
+                      "speedup": "throughput / dense throughput, measured interleaved"}
+        return d
+
+
+def headline_option(method_cls: Any) -> str:
+    """The option a sweep varies unless told: the first of keep_rate, r, budget, threshold the method has."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(method_cls.Options)]
+    for name in HEADLINE_OPTIONS:
+        if name in names:
+            return name
+    if not names:
+        raise MethodOptionError(f"{method_cls.name} has no option to sweep.")
+    return names[0]
+
+
+def _emit(progress: Optional[Callable[[dict[str, Any]], None]], **event: Any) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _check_values(values: Sequence[Any], option: str) -> list[Any]:
+    vals = list(values)
+    if not vals:
+        raise MethodOptionError("give at least one value to sweep (e.g. --keep-rates 0.5,0.7,0.9).")
+    if len(set(map(repr, vals))) != len(vals):
+        raise MethodOptionError(f"the {option} values repeat: {', '.join(map(str, vals))}.")
+    return vals
+
+
+def sweep(
+    model: Any = "demo",
+    method: Optional[str] = None,
+    values: Sequence[Any] = (0.5, 0.6, 0.7, 0.8, 0.9),
+    *,
+    option: Optional[str] = None,
+    data: Optional[str] = None,
+    epochs: Optional[float] = None,
+    out: Optional[str] = "vitprune-sweep",
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    repeats: Optional[int] = None,
+    speed: bool = True,
+    latency: bool = True,
+    plot: bool = True,
+    pretrained: bool = True,
+    val_split: Optional[float] = None,
+    eval_batch_size: int = 64,
+    workers: int = 0,
+    compress_options: Optional[dict[str, Any]] = None,
+    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    **method_options: Any,
+) -> SweepResult:
+    """Measure ``method`` on ``model`` at each of ``values`` of ``option`` (default: the method's headline option).
+
+    ``data`` adds top-1 accuracy (the val split); ``epochs`` fine-tunes every point with ``vitprune.compress``.
+    ``method_options`` fix the method's other options. Writes ``sweep.json`` and ``pareto.png`` into ``out``
+    (``out=None``: nothing written).
+    """
+    from .api import profile, versions as lib_versions
+    from .hub import load_model
+    from .methods import apply_method, dense_copy, get_method, get_method_class
+    from .measure.flops import count_params
+
+    if plot and out is not None:
+        from .report.plots import require_matplotlib
+
+        require_matplotlib()  # fail before any work
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise MethodOptionError(f"--epochs must be > 0, got {epochs!r}.")
+    name = model if isinstance(model, str) else type(model).__name__
+    loaded = load_model(model, pretrained=pretrained) if isinstance(model, str) else model
+    existing = get_method(loaded)
+    notes: list[str] = []
+
+    if existing is not None:
+        if method is not None and get_method_class(method).name != existing.name:
+            raise MethodOptionError(f"{name} is compressed with {existing.name}; sweep its own run-time options, or "
+                                    f"give its dense base model to sweep {method}.")
+        cls = type(existing)
+        option = option or headline_option(cls)
+        if epochs is not None:
+            raise MethodOptionError(f"{name} is already compressed; --epochs fine-tunes from a dense model (give its "
+                                    "dense base model).")
+        if option not in cls.runtime_options:
+            allowed = ", ".join(cls.runtime_options) or "none"
+            raise MethodOptionError(
+                f"{option} of {cls.name} cannot change without retraining (run-time options: {allowed}); sweep the "
+                f"dense base model with --epochs N to train each point.")
+        mode = "runtime"
+        dense = dense_copy(loaded)
+        notes.append(f"one trained {cls.name} checkpoint evaluated at each {option} (run-time option, no "
+                     "retraining)")
+    else:
+        if method is None:
+            raise MethodOptionError("sweep needs --method (see `vitprune methods`), or a compressed model folder.")
+        cls = get_method_class(method)
+        option = option or headline_option(cls)
+        dense = loaded
+        mode = "trained" if epochs is not None else "off-the-shelf"
+        if mode == "trained" and data is None:
+            raise MethodOptionError("--epochs fine-tunes each point with `vitprune compress`, which needs --data "
+                                    "(e.g. --data demo).")
+    if option in method_options:
+        raise MethodOptionError(f"{option} is the swept option; give its values, not a fixed --opt {option}=....")
+    vals = _check_values(values, option)
+    base_options = existing.options_dict() if existing is not None else dict(method_options)
+    for v in vals:  # every value checked before any work (one clear line for a bad one)
+        cls.Options.from_dict(cls.name, {**base_options, **method_options, option: v})
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    splits = None
+    if data is not None and mode != "trained":
+        from .data import load_data
+
+        splits = load_data(data, val_split=val_split)
+
+    def evaluate_on(m: Any) -> Any:
+        from .train.evaluate import evaluate
+
+        return evaluate(m, splits, split="val", batch_size=eval_batch_size, device=device,
+                        dtype=dtype, workers=workers)
+
+    points: list[SweepPoint] = []
+    dense_runs: list[Any] = []
+    dense_eval = None
+    first_report = None
+    total = len(vals)
+
+    if mode == "trained":
+        from .compress import compress
+
+        for i, v in enumerate(vals):
+            opts = {**method_options, option: v}
+            folder = (out_dir or Path("vitprune-sweep")) / "points" / f"{option}-{v}"
+            _emit(progress, event="point", index=i, total=total, value=v, message=f"training {cls.name} {option}={v}")
+            res = compress(name if isinstance(model, str) else model, cls.name, data, str(folder), epochs=epochs,
+                           device=device, val_split=val_split, profile_batch_size=batch_size, speed=speed,
+                           overwrite=True, **(compress_options or {}), **opts)
+            if not res.finished or not res.report:
+                raise MethodOptionError(f"training {option}={v} stopped after {res.steps}/{res.total_steps} steps "
+                                        f"(checkpoint in {folder}); a sweep needs finished runs.")
+            rep = res.report
+            c, d = rep["compressed"], rep["dense"]
+            first_report = first_report or rep
+            dense_runs.append(d)
+            points.append(SweepPoint(
+                value=v, options=rep.get("options") or opts, gmacs=c["gmacs"], params=c["params"],
+                throughput=c.get("throughput"), latency_ms=c.get("latency_ms"), speedup=rep.get("speedup"),
+                gmacs_ratio=rep.get("gmacs_ratio"), tokens=c.get("tokens"), top1=c.get("top1"), top5=c.get("top5"),
+                loss=c.get("loss"), images=c.get("images"), folder=str(folder)))
+            _emit(progress, event="point_done", index=i, total=total, point=points[-1])
+        m = first_report["measure"]
+        dev, dev_name, dt, bs, input_size = m["device"], m["device_name"], m["dtype"], m["batch_size"], m["input_size"]
+        ver = first_report.get("versions") or lib_versions()
+        d0 = dense_runs[0]
+        dense_row = {"gmacs": d0["gmacs"], "params": d0["params"], "top1": d0.get("top1"), "top5": d0.get("top5"),
+                     "loss": d0.get("loss"), "tokens": d0.get("tokens")}
+        notes.append(f"each point fine-tuned for {epochs:g} epochs with `vitprune compress` (models in "
+                     f"{(out_dir or Path('vitprune-sweep')) / 'points'})")
+    else:
+        dense_params = count_params(dense)
+        if data is not None:
+            _emit(progress, event="dense", message=f"evaluating the dense model on {data}")
+            dense_eval = evaluate_on(dense)
+        reports = []
+        for i, v in enumerate(vals):
+            opts = {**method_options, option: v}
+            _emit(progress, event="point", index=i, total=total, value=v,
+                  message=f"{cls.name} {option}={v}: counting, timing" + (", evaluating" if data else ""))
+            if mode == "runtime":
+                m = copy.deepcopy(loaded)
+                get_method(m).set_runtime(**opts)
+            else:
+                m = apply_method(copy.deepcopy(dense), cls.name, **opts)
+                added = count_params(m) - dense_params
+                if i == 0 and added > 0 and cls.needs_training:
+                    if data is not None:
+                        rt = ", ".join(cls.runtime_options) or "none"
+                        raise MethodOptionError(
+                            f"{cls.name} adds {added:,} parameters that must be trained: give --epochs N to "
+                            f"fine-tune each point with `vitprune compress`, or sweep a trained {cls.name} model "
+                            f"folder over its run-time options ({rt}).")
+                    notes.append(f"{cls.name}'s new modules are untrained here: GMACs and speed only (no --data)")
+                elif i == 0 and cls.needs_training and data is not None:
+                    notes.append(f"{cls.name} is meant to be fine-tuned (`vitprune compress`); these accuracies are "
+                                 "off the shelf, without fine-tuning")
+            rep = profile(m, device=device, dtype=dtype, batch_size=batch_size, speed=speed, latency=latency and speed,
+                          repeats=repeats)
+            reports.append(rep)
+            ev = evaluate_on(m) if data is not None else None
+            c = rep.compressed
+            points.append(SweepPoint(
+                value=v, options=get_method(m).options_dict(), gmacs=c.gmacs, params=c.params,
+                throughput=c.throughput, latency_ms=c.latency_ms, speedup=rep.speedup, gmacs_ratio=rep.gmacs_ratio,
+                tokens=c.tokens, top1=ev.top1 if ev else None, top5=ev.top5 if ev else None,
+                loss=ev.loss if ev else None, images=ev.images if ev else None))
+            _emit(progress, event="point_done", index=i, total=total, point=points[-1])
+        r0 = reports[0]
+        dev, dev_name, dt, bs, input_size = r0.device, r0.device_name, r0.dtype, r0.batch_size, list(r0.input_size)
+        ver = r0.versions
+        dense_runs = [{"throughput": r.dense.throughput, "latency_ms": r.dense.latency_ms} for r in reports]
+        dense_row = {"gmacs": r0.dense.gmacs, "params": r0.dense.params, "tokens": r0.dense.tokens,
+                     "top1": dense_eval.top1 if dense_eval else None, "top5": dense_eval.top5 if dense_eval else None,
+                     "loss": dense_eval.loss if dense_eval else None}
+        if mode == "off-the-shelf" and not notes:
+            notes.append(f"{cls.name} applied off the shelf at each {option} (no training)")
+
+    for key in ("throughput", "latency_ms"):
+        runs = [r.get(key) for r in dense_runs if r.get(key) is not None]
+        dense_row[key] = statistics.median(runs) if runs else None
+    if len(dense_runs) > 1 and dense_row.get("throughput") is not None:
+        notes.append(f"dense throughput: median of its {len(dense_runs)} runs, each interleaved with one point; a "
+                     "point's speedup is against the dense run beside it")
+    if len({round(p.gmacs, 9) for p in points}) == 1 and len(points) > 1:
+        notes.append(f"every {option} gives the same GMACs: with these options {option} may not be in effect")
+
+    result = SweepResult(
+        model=name, method=cls.name, option=option, values=vals, mode=mode, data=data, device=dev,
+        device_name=dev_name, dtype=dt, batch_size=bs, input_size=list(input_size), dense=dense_row, points=points,
+        notes=notes, versions=ver, out=str(out_dir) if out_dir is not None else None)
+    if out_dir is not None:
+        result.files.append(str(out_dir / SWEEP_JSON))
+        if plot:
+            from .report.plots import pareto_plot
+
+            pareto_plot(result, out_dir / PARETO_PNG)
+            result.files.append(str(out_dir / PARETO_PNG))
+        (out_dir / SWEEP_JSON).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    return result
+
+
+__all__ = ["sweep", "SweepResult", "SweepPoint", "headline_option", "HEADLINE_OPTIONS"]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Importing ``vitprune.sweep`` (this module) makes the package attribute ``vitprune.sweep`` this module rather
+    than the function; calling the module calls the function, so ``vitprune.sweep(...)`` always works (as
+    ``vitprune.compress``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SweepResult:
+        return sweep(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
