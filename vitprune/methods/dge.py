@@ -53,8 +53,8 @@ vitprune choices where the paper is silent, and deviations from the reference:
   [0.95, 0.025, ...], an untrained model is ~ the dense model); ``budget`` (router weights zero, biases pick a
   static per-block split schedule whose MACs are the closest to the budget: finest in the first blocks, coarser in
   the last ones, the same for every image; data-free and honest about being untrained); ``calibrated`` (set by
-  :meth:`DGE.calibrate_budget`, which shifts every router's biases along finest->coarsest so that the mean MAC ratio on a
-  given batch of images meets the budget; the biases live in the saved weights);
+  :meth:`DGE.calibrate_budget`, which shifts every router's biases along finest->coarsest so that the mean MAC
+  ratio on a given batch of images meets the budget; the biases live in the saved weights);
 * the router reads the mean of each region computed hierarchically (2x2 means of 2x2 means), the same value up
   to float rounding;
 * the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
@@ -209,7 +209,8 @@ class DGE(TokenMethod):
         "options and method.region_note says why.",
         "Untrained routers start ~dense (paper init, router_init=dense). For an untrained model at the budget use "
         "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate_budget(model, images) "
-        "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows router_init.",
+        "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows "
+        "router_init.",
         "Inference pads each block's queries to the batch's widest image (one host read per block, no loop over "
         "images); a block whose queries are all finest runs timm's block as is (bit-exact).",
         "GMACs come from the per-image decisions (mean over the batch, padding not counted), fvcore's conventions.",
