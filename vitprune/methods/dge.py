@@ -22,10 +22,12 @@ pass per block and costs only the gap between the widest and the average image (
 static schedule such as ``router_init='budget'``). Queries are independent of each other, so padding changes
 nothing in the results. A block whose every region of every image chose the finest split runs timm's own block
 (bit-exact with the dense model). Attention stays on fused SDPA with timm's weights (``ops.project_q`` /
-``ops.project_kv`` / ``ops.attend``). On a GPU the host read goes through pinned memory and the key/value projection
-(needed whatever the decisions) is queued before waiting for it (``speculate_kv``), so the GPU has work while the
-host waits. Under ``tracking`` each block that pooled records ``(block, assignment)``: for every patch, the index of
-the query that stands for it (``visualize`` draws the cells by granularity), plus the per-image query counts
+``ops.project_kv`` / ``ops.attend``). Optionally (``method.speculate_kv = True``, off by default until measured
+faster) a GPU queues the key/value projection before waiting for the read, which then goes through pinned memory,
+so the GPU has work while the host waits; the projection is wasted in blocks that turn out all-finest.
+
+Under ``tracking`` each block that pooled records ``(block, assignment)``: for every patch, the index of the query
+that stands for it (``visualize`` draws the cells by granularity), plus the per-image query counts
 (``state.aux['queries']``) and choices (``state.aux['decisions']``).
 
 Training (``model.train()``): hard Gumbel-softmax gates (tau 1, straight-through); as in the reference, all
@@ -226,8 +228,9 @@ class DGE(TokenMethod):
         self.region_note: str = ""
         #: compute path forced even when every query is finest (tests of the real path); True = skip to timm's block
         self.identity_shortcut: bool = True
-        #: on a GPU, project keys/values while the host waits for the block's widest query count
-        self.speculate_kv: bool = True
+        #: on a GPU, project keys/values while the host waits for the block's widest query count (wasted work in
+        #: blocks that turn out all-finest; off until a GPU measurement shows it pays)
+        self.speculate_kv: bool = False
         #: what DGE.calibrate_budget did, if anything
         self.calibration: Optional[dict[str, Any]] = None
         self._costs: Optional[list[BlockCost]] = None
@@ -374,10 +377,10 @@ class DGE(TokenMethod):
             bank = regions.coarse_bank(x, grid, region, npre)
             decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
             counts = regions.query_counts(decision, region, npre)  # B
-            read = _HostRead(torch.stack(torch.aminmax(counts)))  # starts the block's one host read
+            speculate = x.is_cuda and self.speculate_kv
+            read = _HostRead(torch.stack(torch.aminmax(counts)), overlap=speculate)  # the block's one host read
             xn = blk.norm1(x)
-            # on a GPU, queue the key/value projection before waiting for the read so the GPU stays busy
-            kv = ops.project_kv(blk.attn, xn) if x.is_cuda and self.speculate_kv else None
+            kv = ops.project_kv(blk.attn, xn) if speculate else None  # queued before waiting for the read
             low, high = read.get()
             if state.track:
                 state.aux.setdefault("queries", []).append(counts)
@@ -546,12 +549,13 @@ class DGE(TokenMethod):
 
 
 class _HostRead:
-    """A small device tensor read on the host. On a GPU the copy goes to pinned memory without blocking and
-    :meth:`get` waits for that copy alone (work queued after it keeps the GPU busy)."""
+    """A small device tensor read on the host. With ``overlap`` on a GPU the copy goes to pinned memory without
+    blocking and :meth:`get` waits for that copy alone (work queued after it keeps the GPU busy); otherwise
+    :meth:`get` is a plain synchronising read."""
 
-    def __init__(self, t: Tensor):
+    def __init__(self, t: Tensor, overlap: bool = False):
         self.event = None
-        if t.is_cuda:
+        if overlap and t.is_cuda:
             self.buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             self.buf.copy_(t, non_blocking=True)
             self.event = torch.cuda.Event()
