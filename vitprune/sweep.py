@@ -1,8 +1,9 @@
 """``vitprune.sweep``: one method at several settings of its headline option (keep rate, ToMe's r, DGE's budget,
-SaiT's threshold...), each measured like ``vitprune profile`` (GMACs, parameters, throughput, latency, dense
-interleaved beside it) and, with data, evaluated like ``vitprune eval``; written as ``sweep.json`` and
-``pareto.png`` (accuracy vs throughput with the dense model as the reference point; without data, GMACs vs
-throughput).
+SaiT's threshold...): GMACs and parameters counted as ``vitprune profile`` counts them, throughput and latency
+timed with the same benchmark, the dense model and every setting in one run interleaved in each repeat (so the
+ratios are fair even when the machine's load changes), and, with data, top-1 as ``vitprune eval`` computes it;
+written as ``sweep.json`` and ``pareto.png`` (accuracy vs throughput with the dense model as the reference point;
+without data, GMACs vs throughput).
 
 How each point is made depends on MODEL and the method, never on the method's name:
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -136,7 +136,7 @@ def sweep(
     ``method_options`` fix the method's other options. Writes ``sweep.json`` and ``pareto.png`` into ``out``
     (``out=None``: nothing written).
     """
-    from .api import profile, versions as lib_versions
+    from .api import versions as lib_versions
     from .hub import load_model
     from .methods import apply_method, dense_copy, get_method, get_method_class
     from .measure.flops import count_params
@@ -202,12 +202,12 @@ def sweep(
         return evaluate(m, splits, split="val", batch_size=eval_batch_size, device=device,
                         dtype=dtype, workers=workers)
 
-    points: list[SweepPoint] = []
-    dense_runs: list[Any] = []
-    dense_eval = None
-    first_report = None
+    # 1. the models: one per value (evaluated as they are made), and the dense reference
     total = len(vals)
-
+    models: list[Any] = []
+    evals: list[Optional[dict[str, Any]]] = []
+    folders: list[Optional[str]] = []
+    dense_acc: Optional[dict[str, Any]] = None
     if mode == "trained":
         from .compress import compress
 
@@ -216,39 +216,29 @@ def sweep(
             folder = (out_dir or Path("vitprune-sweep")) / "points" / f"{option}-{v}"
             _emit(progress, event="point", index=i, total=total, value=v, message=f"training {cls.name} {option}={v}")
             res = compress(name if isinstance(model, str) else model, cls.name, data, str(folder), epochs=epochs,
-                           device=device, val_split=val_split, profile_batch_size=batch_size, speed=speed,
-                           overwrite=True, **(compress_options or {}), **opts)
-            if not res.finished or not res.report:
+                           device=device, val_split=val_split, speed=False, overwrite=True,
+                           **(compress_options or {}), **opts)
+            if not res.finished or not res.report or res.model is None:
                 raise MethodOptionError(f"training {option}={v} stopped after {res.steps}/{res.total_steps} steps "
                                         f"(checkpoint in {folder}); a sweep needs finished runs.")
-            rep = res.report
-            c, d = rep["compressed"], rep["dense"]
-            first_report = first_report or rep
-            dense_runs.append(d)
-            points.append(SweepPoint(
-                value=v, options=rep.get("options") or opts, gmacs=c["gmacs"], params=c["params"],
-                throughput=c.get("throughput"), latency_ms=c.get("latency_ms"), speedup=rep.get("speedup"),
-                gmacs_ratio=rep.get("gmacs_ratio"), tokens=c.get("tokens"), top1=c.get("top1"), top5=c.get("top5"),
-                loss=c.get("loss"), images=c.get("images"), folder=str(folder)))
-            _emit(progress, event="point_done", index=i, total=total, point=points[-1])
-        m = first_report["measure"]
-        dev, dev_name, dt, bs, input_size = m["device"], m["device_name"], m["dtype"], m["batch_size"], m["input_size"]
-        ver = first_report.get("versions") or lib_versions()
-        d0 = dense_runs[0]
-        dense_row = {"gmacs": d0["gmacs"], "params": d0["params"], "top1": d0.get("top1"), "top5": d0.get("top5"),
-                     "loss": d0.get("loss"), "tokens": d0.get("tokens")}
+            c, d = res.report["compressed"], res.report["dense"]
+            models.append(res.model.eval())
+            evals.append({k: c.get(k) for k in ("top1", "top5", "loss", "images")})
+            folders.append(str(folder))
+            dense_acc = dense_acc or {k: d.get(k) for k in ("top1", "top5", "loss")}
+        dense = dense_copy(models[0])  # the architecture the points were trained from (timing and GMACs)
         notes.append(f"each point fine-tuned for {epochs:g} epochs with `vitprune compress` (models in "
-                     f"{(out_dir or Path('vitprune-sweep')) / 'points'})")
+                     f"{(out_dir or Path('vitprune-sweep')) / 'points'}); dense top-1 is the teacher's")
     else:
         dense_params = count_params(dense)
         if data is not None:
             _emit(progress, event="dense", message=f"evaluating the dense model on {data}")
-            dense_eval = evaluate_on(dense)
-        reports = []
+            ev = evaluate_on(dense)
+            dense_acc = {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss}
         for i, v in enumerate(vals):
             opts = {**method_options, option: v}
             _emit(progress, event="point", index=i, total=total, value=v,
-                  message=f"{cls.name} {option}={v}: counting, timing" + (", evaluating" if data else ""))
+                  message=f"{cls.name} {option}={v}" + (": evaluating" if data else ""))
             if mode == "runtime":
                 m = copy.deepcopy(loaded)
                 get_method(m).set_runtime(**opts)
@@ -266,33 +256,43 @@ def sweep(
                 elif i == 0 and cls.needs_training and data is not None:
                     notes.append(f"{cls.name} is meant to be fine-tuned (`vitprune compress`); these accuracies are "
                                  "off the shelf, without fine-tuning")
-            rep = profile(m, device=device, dtype=dtype, batch_size=batch_size, speed=speed, latency=latency and speed,
-                          repeats=repeats)
-            reports.append(rep)
+            models.append(m.eval())
             ev = evaluate_on(m) if data is not None else None
-            c = rep.compressed
-            points.append(SweepPoint(
-                value=v, options=get_method(m).options_dict(), gmacs=c.gmacs, params=c.params,
-                throughput=c.throughput, latency_ms=c.latency_ms, speedup=rep.speedup, gmacs_ratio=rep.gmacs_ratio,
-                tokens=c.tokens, top1=ev.top1 if ev else None, top5=ev.top5 if ev else None,
-                loss=ev.loss if ev else None, images=ev.images if ev else None))
-            _emit(progress, event="point_done", index=i, total=total, point=points[-1])
-        r0 = reports[0]
-        dev, dev_name, dt, bs, input_size = r0.device, r0.device_name, r0.dtype, r0.batch_size, list(r0.input_size)
-        ver = r0.versions
-        dense_runs = [{"throughput": r.dense.throughput, "latency_ms": r.dense.latency_ms} for r in reports]
-        dense_row = {"gmacs": r0.dense.gmacs, "params": r0.dense.params, "tokens": r0.dense.tokens,
-                     "top1": dense_eval.top1 if dense_eval else None, "top5": dense_eval.top5 if dense_eval else None,
-                     "loss": dense_eval.loss if dense_eval else None}
+            evals.append({"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images} if ev else None)
+            folders.append(None)
         if mode == "off-the-shelf" and not notes:
             notes.append(f"{cls.name} applied off the shelf at each {option} (no training)")
 
-    for key in ("throughput", "latency_ms"):
-        runs = [r.get(key) for r in dense_runs if r.get(key) is not None]
-        dense_row[key] = statistics.median(runs) if runs else None
-    if len(dense_runs) > 1 and dense_row.get("throughput") is not None:
-        notes.append(f"dense throughput: median of its {len(dense_runs)} runs, each interleaved with one point; a "
-                     "point's speedup is against the dense run beside it")
+    # 2. costs, and speed measured for all models together (interleaved in every repeat, like `vitprune profile`)
+    _emit(progress, event="measure", message="counting GMACs" + (" and timing all settings, interleaved" if speed
+                                                                  else ""))
+    stats, timings, meta = _measure({"dense": dense, **{f"p{i}": m for i, m in enumerate(models)}}, device=device,
+                                    dtype=dtype, batch_size=batch_size, repeats=repeats, speed=speed,
+                                    latency=latency and speed)
+    d = stats["dense"]
+    dense_row = {"gmacs": d["gmacs"], "params": d["params"], "tokens": d["tokens"],
+                 "throughput": timings["dense"].throughput if timings else None,
+                 "latency_ms": timings["dense"].latency_ms if timings else None,
+                 **(dense_acc or {"top1": None, "top5": None, "loss": None})}
+    points: list[SweepPoint] = []
+    for i, (v, m) in enumerate(zip(vals, models)):
+        st, t = stats[f"p{i}"], timings.get(f"p{i}") if timings else None
+        thr = t.throughput if t else None
+        ev = evals[i] or {}
+        points.append(SweepPoint(
+            value=v, options=get_method(m).options_dict(), gmacs=st["gmacs"], params=st["params"],
+            throughput=thr, latency_ms=t.latency_ms if t else None,
+            speedup=thr / dense_row["throughput"] if thr and dense_row["throughput"] else None,
+            gmacs_ratio=st["gmacs"] / d["gmacs"] if d["gmacs"] else None, tokens=st["tokens"],
+            top1=ev.get("top1"), top5=ev.get("top5"), loss=ev.get("loss"), images=ev.get("images"),
+            folder=folders[i]))
+        _emit(progress, event="point_done", index=i, total=total, point=points[-1])
+    dev, dev_name, dt, bs, input_size = meta["device"], meta["device_name"], meta["dtype"], meta["batch_size"], \
+        meta["input_size"]
+    ver = lib_versions()
+    if timings:
+        notes.append(f"speed: the dense model and all {total} settings timed in one run, interleaved in each of "
+                     f"{meta['repeats']} repeats (median)")
     if len({round(p.gmacs, 9) for p in points}) == 1 and len(points) > 1:
         notes.append(f"every {option} gives the same GMACs: with these options {option} may not be in effect")
 
@@ -309,6 +309,37 @@ def sweep(
             result.files.append(str(out_dir / PARETO_PNG))
         (out_dir / SWEEP_JSON).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result
+
+
+def _measure(models: dict[str, Any], *, device: Optional[str], dtype: Optional[str], batch_size: Optional[int],
+             repeats: Optional[int], speed: bool, latency: bool):
+    """GMACs, parameters and token schedule of every model, and their speed timed together (one interleaved run)."""
+    from .measure.flops import count_macs, count_params
+    from .measure.speed import SpeedSettings, benchmark, device_name, resolve_device, resolve_dtype
+
+    if batch_size is not None and batch_size < 1:
+        raise MethodOptionError(f"batch size must be a positive number, got {batch_size}.")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    first = next(iter(models.values()))
+    input_size = tuple(first.pretrained_cfg.get("input_size", (3, 224, 224)))
+    stats = {}
+    for key, m in models.items():
+        mc = count_macs(m, input_size)
+        method = getattr(m, "vitprune_method", None)
+        tokens = method.token_schedule(m) if method is not None else \
+            [m.patch_embed.num_patches + m.num_prefix_tokens] * len(m.blocks)
+        stats[key] = {"gmacs": mc.gmacs, "params": count_params(m), "tokens": tokens}
+    settings = SpeedSettings.default(dev, batch_size)
+    if repeats is not None:
+        settings.repeats = repeats
+    timings = None
+    if speed or latency:
+        timings = benchmark({k: m.to(dev) for k, m in models.items()}, input_size, device=dev, dtype=dt,
+                            settings=settings, latency=latency, throughput=speed)
+    meta = {"device": dev.type, "device_name": device_name(dev), "dtype": dt, "batch_size": settings.batch_size,
+            "input_size": list(input_size), "repeats": settings.repeats}
+    return stats, timings, meta
 
 
 __all__ = ["sweep", "SweepResult", "SweepPoint", "headline_option", "HEADLINE_OPTIONS"]

@@ -159,41 +159,53 @@ def sweep_table(result: Any):
 
     from ..report.tables import GMACS_LABEL
 
-    has_acc = result.dense.get("top1") is not None
-    has_speed = result.dense.get("throughput") is not None
-    has_lat = result.dense.get("latency_ms") is not None
-    caption = f"{result.device_name} · {result.dtype} · throughput batch {result.batch_size}"
+    d = result.dense
+    has_acc = d.get("top1") is not None
+    has_speed = d.get("throughput") is not None
+    has_lat = d.get("latency_ms") is not None
+    has_params = any(p.params != d["params"] for p in result.points)
+    caption = f"{result.device_name} · {result.dtype} · throughput at batch {result.batch_size}"
+    if has_lat:
+        caption += ", latency at batch 1"
+    if not has_params:
+        caption += f" · {d['params'] / 1e6:.2f} M parameters"
     if has_acc:
         caption += f" · top-1 on {result.data} val"
     table = Table(title=f"{result.model} · {result.method} · {result.option} swept ({result.mode})",
                   caption=caption, title_justify="left", caption_justify="left")
-    table.add_column(result.option)
+    table.add_column(result.option, no_wrap=True, min_width=len(result.option))
     table.add_column(GMACS_LABEL, justify="right")
-    table.add_column("× dense", justify="right")
-    table.add_column("params (M)", justify="right")
+    table.add_column("×dense", justify="right")
+    if has_params:
+        table.add_column("params (M)", justify="right")
     if has_speed:
         table.add_column("img/s", justify="right")
         table.add_column("speedup", justify="right")
     if has_lat:
-        table.add_column("latency (ms)", justify="right")
+        table.add_column("latency ms", justify="right")
     if has_acc:
-        table.add_column("top-1 (%)", justify="right")
-        table.add_column("Δ top-1", justify="right")
+        table.add_column("top-1 %", justify="right")
+        table.add_column("Δ pt", justify="right")
+
+    def num(v: Optional[float], digits: int) -> str:
+        return "-" if v is None else f"{v:,.{digits}f}"
 
     def row(label: str, p: dict, dense: bool) -> None:
-        cells = [label, f"{p['gmacs']:.4f}", "1.00×" if dense else f"{p['gmacs'] / result.dense['gmacs']:.2f}×",
-                 f"{p['params'] / 1e6:.2f}"]
+        cells = [label, f"{p['gmacs']:.4f}", "1.00×" if dense else f"{p['gmacs'] / d['gmacs']:.2f}×"]
+        if has_params:
+            cells.append(f"{p['params'] / 1e6:.2f}")
         if has_speed:
-            cells += [f"{p['throughput']:,.1f}" if p.get("throughput") is not None else "-",
+            thr = p.get("throughput")
+            cells += [num(thr, 0 if thr is not None and thr >= 100 else 1),
                       "1.00×" if dense else (f"{p['speedup']:.2f}×" if p.get("speedup") is not None else "-")]
         if has_lat:
-            cells.append(f"{p['latency_ms']:.2f}" if p.get("latency_ms") is not None else "-")
+            cells.append(num(p.get("latency_ms"), 2))
         if has_acc:
-            cells += [f"{p['top1']:.2f}" if p.get("top1") is not None else "-",
-                      "" if dense or p.get("top1") is None else f"{p['top1'] - result.dense['top1']:+.2f} pt"]
+            cells += [num(p.get("top1"), 2),
+                      "" if dense or p.get("top1") is None else f"{p['top1'] - d['top1']:+.2f}"]
         table.add_row(*cells, style="bold" if dense else None)
 
-    row("dense", result.dense, True)
+    row("dense", d, True)
     for p in result.points:
         row(str(p.value), p.__dict__, False)
     return table

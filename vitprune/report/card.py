@@ -399,7 +399,8 @@ def render_card(
     # -- use it
     where = f"hf-hub:{repo_id}" if repo_id else "path/to/this/folder"
     lines += ["", "## Use it", "", "```python", "import vitprune", "",
-              f"model = vitprune.load({json.dumps(where)})  # {'method and weights restored' if method else 'a timm ViT'}",
+              f"model = vitprune.load({json.dumps(where)})  "
+              f"# {'method and weights restored' if method else 'a timm ViT'}",
               "```"]
     if not repo_id:
         lines += ["", "After `vitprune push FOLDER --repo user/name`, load it with "

@@ -312,7 +312,7 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
         import matplotlib
 
         cmap = matplotlib.colormaps["tab20"]
-        handles.append(Patch(facecolor=cmap(2), edgecolor=cmap(6), hatch="", label="merged group = one token (colours)"))
+        handles.append(Patch(facecolor=cmap(2), edgecolor=cmap(6), label="merged group = one token (colours)"))
     for side in region_sides:
         handles.append(Patch(facecolor=_region_colour(side, region_sides), edgecolor="0.3",
                              label=f"{side}×{side} region = one token"))
@@ -320,7 +320,7 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
                bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
+    fig.savefig(out, dpi=dpi, format="png", pil_kwargs={"optimize": True})
     size = fig.canvas.get_width_height()
     plt.close(fig)
     return size
@@ -360,6 +360,8 @@ def visualize(
     if compressed is None:
         raise MethodOptionError(f"{name} is a dense model: give --method (and its options) to see what a method "
                                 "keeps, or a compressed model folder.")
+    if not pretrained:
+        name += " (random weights)"
     maps = collect_token_maps(compressed, images, name=name, blocks=blocks)
     size = draw_token_maps(maps, out, dpi=dpi)
     return VisualizeResult(Path(out), size, maps)
@@ -387,7 +389,8 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
     xs = [p[x_key] for p in points]
     ys = [p[y_key] for p in points]
     option = data["option"]
-    ax.plot(xs, ys, "-o", color="tab:blue", label=f"{data['method']}, {option} swept", zorder=3)
+    ax.plot(xs, ys, "-o", color="tab:blue", label=f"{data['method']} ({data.get('mode', '')}), {option} swept",
+            zorder=3)
     for p, x, y in zip(points, xs, ys):
         ax.annotate(f"{option}={p['value']}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.plot([dense[x_key]], [dense[y_key]], marker="*", markersize=16, color="tab:red", linestyle="none",
