@@ -29,6 +29,7 @@ class ModelStats:
     options: dict[str, Any] = field(default_factory=dict)
     macs_source: str = "fvcore"
     uncounted_ops: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -132,7 +133,9 @@ def profile(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     name, dense, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
-    input_size = tuple(dense.pretrained_cfg.get("input_size", (3, 224, 224)))
+    from .measure.flops import model_input_size
+
+    input_size = model_input_size(dense)
     settings = SpeedSettings.default(dev, batch_size)
     if repeats is not None:
         settings.repeats = repeats
@@ -146,6 +149,7 @@ def profile(
             method=method_obj.name if method_obj else None,
             options=method_obj.options_dict() if method_obj else {},
             macs_source=mc.source, uncounted_ops=mc.uncounted,
+            notes=method_obj.report_notes(m) if method_obj else [],
         )
 
     dense_stats = stats(dense)

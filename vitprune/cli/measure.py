@@ -76,11 +76,12 @@ def methods(
 @app.command("import-checkpoint")
 def import_checkpoint(
     file: Annotated[str, typer.Argument(help="official checkpoint (.pth with a 'model' entry, or .safetensors).")],
-    method: Annotated[str, typer.Option("--method", "-m", help="dynamicvit, evit or evovit.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="dynamicvit, evit, evovit or tome.")],
     output: Annotated[str, typer.Option("--output", "-o", help="folder to save the vitprune model in.")],
     base: Annotated[str, typer.Option(help="timm architecture the checkpoint was trained from.")] =
         "deit_small_patch16_224",
     keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
     opt: ExtraOpt = None,
     key: Annotated[Optional[str], typer.Option(help="entry holding the weights (default: model, state_dict...).")]
         = None,
@@ -90,6 +91,6 @@ def import_checkpoint(
         from ..hub import save
         from ..hub.convert import import_checkpoint as do_import
 
-        model = do_import(file, base, method, key=key, **method_options(keep_rate, extra=opt))
+        model = do_import(file, base, method, key=key, **method_options(keep_rate, r, extra=opt))
         folder = save(model, output, base_model=base)
         out.print(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}")

@@ -72,6 +72,18 @@ class MacCount:
         return self.macs / 1e9
 
 
+def model_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The input a model is built for: its patch embedding's image size (a model created with ``img_size=256``
+    differs from its pretrained_cfg), else pretrained_cfg's ``input_size``."""
+    cfg_size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    pe = getattr(model, "patch_embed", None)
+    img = getattr(pe, "img_size", None)
+    if img is None:
+        return cfg_size
+    img = (img, img) if isinstance(img, int) else tuple(img)
+    return (cfg_size[0], int(img[0]), int(img[1]))
+
+
 def count_macs(
     model: nn.Module,
     input_size: Optional[tuple[int, int, int]] = None,
@@ -90,7 +102,7 @@ def count_macs(
     model.eval()
     try:
         if images is None:
-            size = input_size or tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+            size = input_size or model_input_size(model)
             p = next(model.parameters())
             images = torch.randn(1, *size, device=p.device, dtype=p.dtype)
         method = getattr(model, "vitprune_method", None)

@@ -286,6 +286,14 @@ class TokenMethod:
         """
         return {}
 
+    def report_notes(self, model: nn.Module) -> list[str]:
+        """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start)."""
+        return []
+
+    def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
+        """Pool the final tokens for the head when the method must (ToMe: size-weighted average); None = timm's."""
+        return None
+
     def calibrate(self, model: nn.Module, images: Tensor) -> Optional[dict[str, Any]]:
         """Choose data-dependent run-time defaults on held-out images (SaiT: its adaptive threshold), set them in
         the options, and return what was chosen for the report; None when the method has nothing to calibrate.
@@ -356,10 +364,21 @@ class PatchedViT:
                            track=self._vitprune_track)
         if state.track:
             state.start_tracking(x.shape[0], x.device)
-        x = self.vitprune_method.forward_blocks(self, x, state)
+        method = self.vitprune_method
+        x = method.forward_blocks(self, x, state)
         if self.training or state.track:
             self.vitprune_state = state
+        if type(method).pool is not TokenMethod.pool:
+            self._vitprune_pool_state = state  # consumed by pool() in timm's forward_head
         return self.norm(x)
+
+    def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
+        state = self.__dict__.pop("_vitprune_pool_state", None)
+        if state is not None:
+            out = self.vitprune_method.pool(self, x, pool_type, state)
+            if out is not None:
+                return out
+        return super().pool(x, pool_type)
 
 
 def _grid_of(model: nn.Module, x: Tensor) -> tuple[int, int]:

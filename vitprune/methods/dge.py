@@ -424,6 +424,17 @@ class DGE(TokenMethod):
         return x
 
     # -- schedule and MACs ----------------------------------------------------------------------------
+    def report_notes(self, model: nn.Module) -> list[str]:
+        notes = [self.region_note] if self.region_note else []
+        start = {
+            "dense": "routers as initialised (paper init, ~finest everywhere) unless trained: GMACs near dense "
+                     "until the model is fine-tuned; --opt router_init=budget starts at the budget without training",
+            "budget": "router_init=budget: a fixed per-block split schedule chosen to meet the budget, no data, "
+                      "untrained",
+            "calibrated": "routers calibrated to the budget on sample images (calibrate_budget), untrained",
+        }[self.options.router_init]
+        return notes + [start]
+
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
         """Tokens entering each block: always all of them (DGE pools queries, never the token sequence)."""
         info = vit_info(model, img_size)

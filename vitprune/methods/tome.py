@@ -48,9 +48,8 @@ vitprune choices and deviations from the reference code:
 * a block whose (clipped) ``r`` is 0 and whose tokens all have size 1 runs timm's block unchanged, so ``r = 0`` is
   bit-identical to the dense model;
 * models that pool by averaging (``global_pool='avg'``, e.g. MAE-style) average the final tokens weighted by their
-  sizes, so that the pooled feature approximates the dense model's mean over patches (the sizes travel from the
-  blocks to ``pool`` through a private attribute of the model that ``pool`` consumes); attention pooling (``map``)
-  and ``max`` pooling are left as timm does them;
+  sizes, so that the pooled feature approximates the dense model's mean over patches (the method's ``pool`` hook
+  reads the sizes of this forward pass); attention pooling (``map``) and ``max`` pooling are left as timm does them;
 * source tracking (``vitprune.methods.tracking``): the state records, after every merging block, a ``B x P`` map from
   each original patch to the token that now contains it (the reference carries a ``B x N x P`` 0/1 matrix); tokens
   that absorbed others are marked synthetic (``-1``) in ``state.origin``; the final sizes are in
@@ -59,7 +58,6 @@ vitprune choices and deviations from the reference code:
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -185,15 +183,15 @@ class ToMe(TokenMethod):
             self.options = saved
             raise
 
-    def patch(self, model: nn.Module) -> None:
-        # size-weighted average pooling (see the module docstring); no parameters are added
-        if model.global_pool == "avg" and getattr(model, "attn_pool", None) is None:
-            model.pool = types.MethodType(_size_weighted_pool, model)
-
-    def unpatch(self, model: nn.Module) -> None:
-        super().unpatch(model)
-        model.__dict__.pop("pool", None)
-        model.__dict__.pop("_tome_size", None)
+    def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
+        """Average-pooled models: weight each final token by the patches it stands for (None: timm's pooling)."""
+        size = state.aux.get("size")
+        kind = model.global_pool if pool_type is None else pool_type
+        if size is None or kind != "avg" or getattr(model, "attn_pool", None) is not None \
+                or size.shape[:2] != x.shape[:2]:
+            return None
+        npre = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
+        return tm.size_weighted_mean(x, size, npre)
 
     def effective_r(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
         """The r each block really merges (clipped), for the model's own or the given image size."""
@@ -237,11 +235,6 @@ class ToMe(TokenMethod):
                 state.record(i, assignment)
         if size is not None:
             state.aux["size"] = size
-        if "pool" in model.__dict__:
-            if size is None:
-                model.__dict__.pop("_tome_size", None)
-            else:
-                model._tome_size = size
         return x
 
     def merge_block(self, blk: nn.Module, x: Tensor, size: Optional[Tensor], r: int,
@@ -290,13 +283,3 @@ def _merge_origin(origin: Tensor, m: tm.Matching) -> Tensor:
     received = torch.zeros(o.shape[0], o.shape[1] - n_unm, dtype=torch.bool, device=o.device)
     received = received.scatter(1, m.dst_idx, True)
     return torch.cat([o[:, :n_unm], o[:, n_unm:].masked_fill(received, -1)], dim=1)
-
-
-def _size_weighted_pool(self: nn.Module, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
-    """timm's ``pool`` for average-pooled models, weighting each token by the patches it stands for."""
-    size = self.__dict__.pop("_tome_size", None)
-    kind = self.global_pool if pool_type is None else pool_type
-    if size is None or kind != "avg" or self.attn_pool is not None or size.shape[:2] != x.shape[:2]:
-        return type(self).pool(self, x, pool_type)
-    npre = 0 if getattr(self, "pool_include_prefix", False) else self.num_prefix_tokens
-    return tm.size_weighted_mean(x, size, npre)

@@ -76,6 +76,7 @@ def profile_notes(report: ProfileReport) -> list[str]:
         if st.uncounted_ops:
             ops = ", ".join(f"{k} ×{v}" for k, v in sorted(st.uncounted_ops.items()))
             notes.append(f"{label}: not counted by fvcore (GMACs are a lower bound): {ops}")
+        notes += [f"{label}: {n}" for n in st.notes]
         if st.macs_source == "method":
             notes.append(f"{label}: GMACs counted from the per-image token decisions (mean over the batch).")
     if report.latency_ratio is not None:
