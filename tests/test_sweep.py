@@ -93,3 +93,19 @@ def test_missing_matplotlib_is_one_clear_line(tmp_path):
     lines = (res.stdout + res.stderr).strip().splitlines()
     assert len(lines) == 1 and "plots need matplotlib" in lines[0] and "'vitprune[plot]'" in lines[0], lines
     assert not (tmp_path / "sweep").exists()  # refused before any work
+
+
+def test_trained_points_go_through_compress(tmp_path):
+    """--epochs: every point is fine-tuned with vitprune.compress (a short schedule here) and saved in OUT/points."""
+    res = vitprune.sweep("demo", "evit", [0.5, 0.8], data="demo", epochs=0.05, out=str(tmp_path), speed=False,
+                         compress_options={"batch_size": 64})
+    data = read(tmp_path)
+    assert data["mode"] == "trained"
+    for p, v in zip(res.points, (0.5, 0.8)):
+        folder = Path(p.folder)
+        assert folder == tmp_path / "points" / f"keep_rate-{v}"
+        report = json.loads((folder / "report.json").read_text())
+        assert p.top1 == report["compressed"]["top1"]  # the accuracy compress measured on the val split
+        assert vitprune.load(str(folder)).vitprune_method.options.keep_rate == v
+    assert res.points[0].gmacs < res.points[1].gmacs < res.dense["gmacs"]
+    assert res.dense["top1"] == json.loads((Path(res.points[0].folder) / "report.json").read_text())["dense"]["top1"]
