@@ -117,11 +117,13 @@ def table(results: dict, dt: str) -> str:
         if name.startswith("_"):
             continue
         g = results["gmacs"][name.split("+")[0]]
-        r = t["throughput"] / base["throughput"] if base else float("nan")
-        rc = t["throughput"] / basec["throughput"] if basec else float("nan")
-        lr = base["latency_ms"] / t["latency_ms"] if base else float("nan")
-        lines.append(f"{name:<22}{g:>7.3f}{t['throughput']:>11,.0f}{r:>8.2f}×{rc:>10.2f}×{t['latency_ms']:>9.2f}"
-                     f"{lr:>12.2f}×")
+        def ratio(a: dict | None, key: str, inverse: bool = False) -> str:
+            if not a:
+                return "-"
+            return f"{(a[key] / t[key]) if inverse else (t[key] / a[key]):.2f}×"
+
+        lines.append(f"{name:<22}{g:>7.3f}{t['throughput']:>11,.0f}{ratio(base, 'throughput'):>9}"
+                     f"{ratio(basec, 'throughput'):>11}{t['latency_ms']:>9.2f}{ratio(base, 'latency_ms', True):>13}")
     return "\n".join(lines)
 
 
