@@ -151,6 +151,8 @@ def sweep(
     loaded = load_model(model, pretrained=pretrained) if isinstance(model, str) else model
     existing = get_method(loaded)
     notes: list[str] = []
+    if not pretrained and data is not None:
+        notes.append("random weights (--no-weights): the accuracies say nothing about the method")
 
     if existing is not None:
         if method is not None and get_method_class(method).name != existing.name:

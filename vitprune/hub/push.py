@@ -205,7 +205,8 @@ def push(
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     if constants.HF_HUB_OFFLINE:
-        raise PushError("HF_HUB_OFFLINE is set; pushing needs the network (unset HF_HUB_OFFLINE).")
+        raise PushError("HF_HUB_OFFLINE is set (by you, or by vitprune after the Hub did not answer); pushing needs "
+                        "the network: unset HF_HUB_OFFLINE and check the connection.")
     token = token or get_token()
     if not token:
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access).")
