@@ -165,3 +165,15 @@ def test_official_checkpoint_imports_and_unknown_keys_are_refused(tmp_path):
     res = CliRunner().invoke(app, ["import-checkpoint", str(tmp_path / "bad.pth"), "--method", "evit",
                                    "--base", "deit_tiny_patch16_224", "-o", str(tmp_path / "o2")])
     assert res.exit_code == 1 and "score_predictor.0.weight" in res.output
+
+
+def test_patched_model_copies_after_a_training_step(digits):
+    """The last pass's state (part of an autograd graph) is not copied with the model."""
+    m = vitprune.apply_method(make_vit(), "dynamicvit", keep_rate=0.7).train()
+    m(digits).sum().backward()
+    assert hasattr(m, "vitprune_state")
+    twin = copy.deepcopy(m)
+    assert not hasattr(twin, "vitprune_state")
+    dense = vitprune.methods.dense_copy(m)
+    with torch.no_grad():
+        assert dense.eval()(digits).shape == (8, 10)

@@ -351,6 +351,12 @@ class PatchedViT:
 
     vitprune_method: TokenMethod
     _vitprune_track: bool = False
+    #: per-forward attributes (tensors of the last pass, possibly part of an autograd graph): never copied
+    _TRANSIENT = ("vitprune_state", "_vitprune_pool_state")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in self._TRANSIENT}
 
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
