@@ -27,10 +27,11 @@ _EXPORTS = {
     "profile": "vitprune.api",
     "count_macs": "vitprune.measure",
     "import_checkpoint": "vitprune.hub.convert",
+    "optimize": "vitprune.fastpath",
     "evaluate": "vitprune.train",
     "push": "vitprune.hub.push",
     "visualize": "vitprune.report.plots",
-    "sweep": "vitprune.sweep",
+    "sweep": "vitprune.sweeps",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -43,6 +43,7 @@ class ProfileReport:
     batch_size: int
     input_size: tuple[int, int, int]
     versions: dict[str, str] = field(default_factory=dict)
+    compiled: Optional[str] = None
 
     @property
     def speedup(self) -> Optional[float]:
@@ -120,13 +121,15 @@ def profile(
     speed: bool = True,
     latency: bool = True,
     repeats: Optional[int] = None,
+    compile: Optional[str] = None,
     on_step: Optional[Callable[[], None]] = None,
     **method_options: Any,
 ) -> ProfileReport:
     """Parameters, GMACs, throughput and batch-1 latency of MODEL, and of MODEL with ``method`` beside it.
 
     Both are measured in this process, interleaved, so the ratio is fair. ``pretrained=False`` builds the
-    architecture with random weights (enough for FLOPs and speed).
+    architecture with random weights (enough for FLOPs and speed). ``compile`` (a ``vitprune.optimize`` mode such as
+    ``"auto"``) times both models compiled the same way.
     """
     if batch_size is not None and batch_size < 1:
         raise MethodOptionError(f"batch size must be a positive number, got {batch_size}.")
@@ -158,9 +161,15 @@ def profile(
         n = dense.patch_embed.num_patches + dense.num_prefix_tokens
         dense_stats.tokens = [n] * len(dense.blocks)
     if speed or latency:
-        models = {"dense": dense.to(dev)}
+        from .fastpath import optimize
+
+        def prepared(m: nn.Module) -> nn.Module:
+            m = m.to(dev)
+            return optimize(m, compile, device=dev) if compile and compile != "none" else m
+
+        models = {"dense": prepared(dense)}
         if compressed is not None:
-            models["compressed"] = compressed.to(dev)
+            models["compressed"] = prepared(compressed)
         timings: dict[str, Timing] = benchmark(
             models, input_size, device=dev, dtype=dt, settings=settings, latency=latency, throughput=speed,
             on_step=on_step,
@@ -171,4 +180,5 @@ def profile(
     return ProfileReport(
         model=name, dense=dense_stats, compressed=comp_stats, device=dev.type, device_name=device_name(dev),
         dtype=dt, batch_size=settings.batch_size, input_size=input_size, versions=versions(),
+        compiled=compile if compile and compile != "none" else None,
     )

@@ -1,4 +1,4 @@
-"""``vitprune.sweep``: one method at several settings of its headline option (keep rate, ToMe's r, DGE's budget,
+"""``vitprune.sweep`` (this module is ``vitprune.sweeps``): one method at several settings of its headline option (keep rate, ToMe's r, DGE's budget,
 SaiT's threshold...): GMACs and parameters counted as ``vitprune profile`` counts them, throughput and latency
 timed with the same benchmark, the dense model and every setting in one run interleaved in each repeat (so the
 ratios are fair even when the machine's load changes), and, with data, top-1 as ``vitprune eval`` computes it;
@@ -345,15 +345,3 @@ def _measure(models: dict[str, Any], *, device: Optional[str], dtype: Optional[s
 
 
 __all__ = ["sweep", "SweepResult", "SweepPoint", "headline_option", "HEADLINE_OPTIONS"]
-
-
-class _CallableModule(__import__("types").ModuleType):
-    """Importing ``vitprune.sweep`` (this module) makes the package attribute ``vitprune.sweep`` this module rather
-    than the function; calling the module calls the function, so ``vitprune.sweep(...)`` always works (as
-    ``vitprune.compress``)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SweepResult:
-        return sweep(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -33,6 +33,9 @@ def profile(
         help="fp16, bf16 or fp32 (default: fp16 autocast on GPU, fp32 on CPU).")] = None,
     repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats (median is reported).")] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="count parameters and GMACs only.")] = False,
+    compile: Annotated[Optional[str], typer.Option(
+        "--compile", help="time both models through vitprune.optimize: auto (CUDA graphs + compile on GPU), compile, "
+                          "cudagraphs, max-autotune.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON.")] = False,
 ) -> None:
     """Parameters, GMACs, throughput and latency: dense, and compressed beside it with --method."""
@@ -44,13 +47,13 @@ def profile(
         if json_out:
             report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                                  batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
-                                 **opts)
+                                 compile=compile, **opts)
             print_json(report.to_dict())
             return
         with err.status("loading, counting and timing (dense and compressed, interleaved)…"):
             report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                                  batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
-                                 **opts)
+                                 compile=compile, **opts)
         out.print(profile_table(report))
         for note in profile_notes(report):
             out.print(f"[dim]· {escape(note)}[/]")

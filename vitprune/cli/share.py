@@ -259,7 +259,7 @@ def sweep(
     """
     with user_errors():
         from ..errors import MethodOptionError
-        from ..sweep import sweep as do_sweep
+        from ..sweeps import sweep as do_sweep
 
         given = {flag: text for flag, text in (("keep_rates", keep_rates), ("r_values", r_values),
                                                ("budgets", budgets), ("thresholds", thresholds),

@@ -1,0 +1,44 @@
+"""The fast path (vitprune.optimize: torch.compile, CUDA graphs on GPU) computes what the plain path computes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitprune
+
+from .conftest import digits_batch, make_vit
+
+STATIC = [
+    ("evit", {"keep_rate": 0.7}),
+    ("dynamicvit", {"keep_rate": 0.7}),
+    ("evovit", {"keep_rate": 0.5}),
+    ("tome", {"r": 4}),
+    ("sait", {"mode": "fixed", "keep_rate": 0.5}),
+]
+
+
+@pytest.mark.parametrize("name, opts", STATIC, ids=[n for n, _ in STATIC])
+def test_static_methods_compile_into_one_graph_with_equal_outputs(name, opts):
+    """No graph break, no host sync: what CUDA graphs need. The eager backend replays the captured graph."""
+    torch._dynamo.reset()
+    m = vitprune.apply_method(make_vit(), name, **opts).eval()
+    x = digits_batch(4)
+    compiled = torch.compile(m, backend="eager", fullgraph=True)  # raises on any graph break
+    with torch.no_grad():
+        assert torch.equal(compiled(x), m(x))
+
+
+def test_inductor_fast_path_matches_plain_path_on_real_images():
+    torch._dynamo.reset()
+    m = vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7)
+    x = digits_batch(16)
+    fast = vitprune.optimize(m, "compile")
+    with torch.no_grad():
+        ref, got = m(x), fast(x)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(1), ref.argmax(1))
+
+
+def test_optimize_none_returns_the_model():
+    m = make_vit()
+    assert vitprune.optimize(m, "none") is m
