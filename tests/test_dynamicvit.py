@@ -492,4 +492,4 @@ def test_cli_reports_a_bad_option_in_one_line():
     assert res.exit_code == 1 and "keep-rate must be in (0, 1]" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["profile", "demo", "--no-weights", "--method", "dynamicvit",
                                    "--opt", "pruning_loc=1,9", "--no-speed"])
-    assert res.exit_code == 1 and "pruning-loc [1, 9] is outside the model's blocks 0..5" in res.output
+    assert res.exit_code == 1 and "--pruning-loc 9 is outside the model's blocks 0..5" in res.output

@@ -466,7 +466,7 @@ def test_bad_options_and_models():
                       (dict(threshold=1.01), r"threshold must be in \(0, 1\]"),
                       (dict(mode="sparse"), "--mode must be one of dense, fixed, adaptive"),
                       (dict(prune_at=[0]), "--prune-at must be block indices >= 1"),
-                      (dict(prune_at=[12]), "--prune-at 12 is outside this model's blocks"),
+                      (dict(prune_at=[12]), "--prune-at 12 is outside the model's blocks"),
                       (dict(threshold_range=[0.9, 0.8]), "--threshold-range must be two numbers"),
                       (dict(sait_schedule="epochs"), "--sait-schedule must be one of both, alternate"),
                       (dict(r=8), "--r is not an option of sait")):
@@ -482,7 +482,7 @@ def test_bad_options_and_models():
 @pytest.mark.parametrize("args,message", [
     (["--threshold", "1.5"], "threshold must be in (0, 1]"),
     (["--keep-rate", "0"], "keep-rate must be in (0, 1]"),
-    (["--opt", "prune_at=6"], "--prune-at 6 is outside this model's blocks"),
+    (["--opt", "prune_at=6"], "--prune-at 6 is outside the model's blocks"),
 ])
 def test_cli_bad_option_exits_1_with_one_line(tmp_path, args, message):
     from typer.testing import CliRunner

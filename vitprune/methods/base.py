@@ -135,6 +135,24 @@ def scale_locations(depth: int, reference: tuple[int, ...], reference_depth: int
     return sorted({max(1, min(depth - 1, (r * depth) // reference_depth)) for r in reference})
 
 
+def block_locations(
+    given: Optional[list[int]], depth: int, reference: tuple[int, ...], flag: str, first: int = 0,
+) -> list[int]:
+    """The blocks a method acts at: the user's list (checked against ``first..depth-1``) or the paper's 12-block
+    ``reference`` scaled to this depth."""
+    locs = sorted(set(given)) if given is not None else scale_locations(depth, reference)
+    bad = [b for b in locs if not first <= b < depth]
+    if bad:
+        raise MethodOptionError(f"--{flag} {bad[0]} is outside the model's blocks {first}..{depth - 1}.")
+    return locs
+
+
+def require_class_token(info: ViTInfo, title: str) -> None:
+    """Methods that rank or keep patches through the class token need one."""
+    if not info.has_class_token:
+        raise UnsupportedModelError(f"{title} ranks patches through the class token; this ViT has no class token.")
+
+
 # ------------------------------------------------------------------------------------------ per-forward state
 
 

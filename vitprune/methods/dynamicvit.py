@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, scale_locations, vit_info,
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction, vit_info,
 )
 from .registry import register
 
@@ -175,12 +175,7 @@ class DynamicViT(TokenMethod):
 
     def locations(self, depth: int) -> list[int]:
         """0-based blocks before which tokens are pruned."""
-        locs = self.options.pruning_loc
-        if locs is None:
-            return scale_locations(depth, (3, 6, 9))
-        if locs[-1] >= depth:
-            raise MethodOptionError(f"pruning-loc {locs} is outside the model's blocks 0..{depth - 1}.")
-        return list(locs)
+        return block_locations(self.options.pruning_loc, depth, (3, 6, 9), "pruning-loc")
 
     def keep_counts(self, num_patches: int, rate: Optional[float] = None, stages: Optional[int] = None) -> list[int]:
         """Patches kept after each stage: ``int(num_patches * rate**s)`` (at least 1), s = 1..stages."""

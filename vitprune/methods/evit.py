@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..errors import UnsupportedModelError
-from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, check_fraction, scale_locations, vit_info
+from .base import (
+    MethodOptions, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction, require_class_token, vit_info,
+)
 from .registry import register
 
 
@@ -68,18 +69,12 @@ class EViT(TokenMethod):
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        if not info.has_class_token:
-            raise UnsupportedModelError("EViT ranks tokens by class-token attention; this ViT has no class token.")
+        require_class_token(info, "EViT")
         self._locations(info)  # validates drop_loc
         return info
 
     def _locations(self, info: ViTInfo) -> list[int]:
-        locs = self.options.drop_loc if self.options.drop_loc is not None else scale_locations(info.depth, (3, 6, 9))
-        if any(not 0 <= b < info.depth for b in locs):
-            from ..errors import MethodOptionError
-
-            raise MethodOptionError(f"drop-loc {locs} is outside the model's blocks 0..{info.depth - 1}.")
-        return sorted(locs)
+        return block_locations(self.options.drop_loc, info.depth, (3, 6, 9), "drop-loc")
 
     def keep_rate(self, training: bool) -> float:
         if training and self.train_keep_rate is not None:

@@ -76,7 +76,9 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import carry
-from .base import MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, scale_locations, vit_info
+from .base import (
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, require_class_token, vit_info,
+)
 from .registry import register
 
 #: evolution weight of the new class-attention row inside the stages (the code's ``tradeoff`` for blocks 4-11)
@@ -197,9 +199,7 @@ class EvoViT(TokenMethod):
     # -- facts ---------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        if not info.has_class_token:
-            raise UnsupportedModelError(
-                "Evo-ViT ranks patches by the class token's attention; this ViT has no class token.")
+        require_class_token(info, "Evo-ViT")
         if info.depth < 2:
             raise UnsupportedModelError("Evo-ViT needs at least 2 blocks (one to rank the patches, one to run on "
                                         f"the informative ones); this ViT has {info.depth}.")
@@ -218,12 +218,7 @@ class EvoViT(TokenMethod):
 
     def locations(self, depth: int) -> list[int]:
         """0-based blocks at whose input the patches are re-ranked (stage-wise)."""
-        locs = self.options.select_loc
-        if locs is None:
-            return scale_locations(depth, (4, 8))
-        if locs[-1] >= depth:
-            raise MethodOptionError(f"--select-loc {locs} is outside the model's blocks 1..{depth - 1}.")
-        return list(locs)
+        return block_locations(self.options.select_loc, depth, (4, 8), "select-loc", first=1)
 
     def num_informative(self, num_patches: int, rate: Optional[float] = None) -> int:
         """``k = int(num_patches * keep_rate)``, at least 1."""

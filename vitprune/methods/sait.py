@@ -74,8 +74,8 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import adaptive as aops
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, scale_locations, tracking,
-    vit_info,
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction,
+    require_class_token, tracking, vit_info,
 )
 from .registry import register
 
@@ -284,9 +284,7 @@ class SaiT(TokenMethod):
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        if not info.has_class_token:
-            raise UnsupportedModelError(
-                "SaiT ranks tokens by class-token attention; this ViT has no class token.")
+        require_class_token(info, "SaiT")
         if getattr(model, "attn_pool", None) is not None or getattr(model, "global_pool", "token") != "token":
             raise UnsupportedModelError(
                 f"SaiT needs class-token pooling (global_pool='token'), this ViT pools with "
@@ -295,13 +293,7 @@ class SaiT(TokenMethod):
         return info
 
     def _locations(self, depth: int) -> list[int]:
-        locs = self.options.prune_at if self.options.prune_at is not None else scale_locations(depth, (3,))
-        bad = [p for p in locs if not 1 <= p <= depth - 1]
-        if bad:
-            raise MethodOptionError(
-                f"--prune-at {bad[0]} is outside this model's blocks: SaiT prunes before a block in 1..{depth - 1} "
-                "(0-based; block p-1 ranks the tokens).")
-        return sorted(set(locs))
+        return block_locations(self.options.prune_at, depth, (3,), "prune-at", first=1)
 
     def _skips(self) -> bool:
         """True when no location can prune (dense mode, keep rate 1 or threshold 1): the plain timm blocks run."""
