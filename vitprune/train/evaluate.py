@@ -1,7 +1,8 @@
 """Top-1 / top-5 accuracy and cross-entropy of a model on a dataset split."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -10,6 +11,8 @@ from torch import nn
 
 from ..measure.speed import autocast, resolve_device, resolve_dtype
 
+log = logging.getLogger("vitprune")
+
 
 @dataclass
 class EvalResult:
@@ -17,9 +20,13 @@ class EvalResult:
     top5: float  # percent
     loss: float
     images: int
+    skipped: int = 0  # unreadable images left out
+    skipped_files: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("skipped_files")
+        return out
 
 
 @torch.inference_mode()
@@ -32,21 +39,37 @@ def evaluate(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     workers: int = 0,
+    val_split: Optional[float] = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (or MODEL spec) on ``data`` (a dataset spec such as ``demo``, or a dataset object)."""
-    from ..data import build_split, eval_transform
+    """Evaluate ``model`` (or MODEL spec) on ``data``: a dataset spec (``demo``, an ImageFolder-style folder, a
+    ``save_to_disk`` folder), a loaded ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``.
+
+    Labels are mapped onto the model's head (``vitprune.data.match_head``); data whose classes do not fit the head
+    raise ``DataError``. Unreadable images are skipped and counted (``skipped``).
+    """
+    from ..data import Splits, build_split, collate, eval_transform
     from ..hub import load_model
 
     if isinstance(model, str):
         model = load_model(model)
     dev = resolve_device(device)
     dt = "fp32" if dtype is None and dev.type == "cpu" else resolve_dtype(dtype, dev)
-    dataset = build_split(data, split, eval_transform(model)) if isinstance(data, str) else data
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    if isinstance(data, (str, Splits)):
+        dataset = build_split(data, split, eval_transform(model), val_split=val_split, model=model)
+    else:
+        dataset = data
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate)
     model = model.to(dev).eval()
     n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
-    for images, targets in loader:
+    skipped: list[str] = []
+    for images, targets, bad in loader:
+        for b in bad:
+            log.warning("skipped unreadable image %s (%s)", b.where, b.reason)
+            skipped.append(b.where)
+        if targets.numel() == 0:
+            continue
         images, targets = images.to(dev), targets.to(dev)
         with autocast(dev, dt):
             logits = model(images)
@@ -58,4 +81,10 @@ def evaluate(
         n += targets.numel()
         if on_batch:
             on_batch(targets.numel())
-    return EvalResult(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, images=n)
+    if n == 0:
+        from ..errors import DataError
+
+        raise DataError("no readable image in the evaluation split" + (f" ({len(skipped)} unreadable)" if skipped
+                                                                       else "") + ".")
+    return EvalResult(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, images=n,
+                      skipped=len(skipped), skipped_files=skipped)

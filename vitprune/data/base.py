@@ -1,0 +1,177 @@
+"""What every data source shares: a list of labelled images, a seeded stratified split, and the dataset the
+trainer and ``evaluate`` read (transforms, per-sample seeding, unreadable images skipped).
+
+A source (``ImageSource``) only knows how to open image ``i`` as a PIL image and its label. ``Prepared`` wraps a
+source (or a subset of it) for a DataLoader:
+
+* the transform is applied with random state derived from ``(seed, epoch, index)`` only, so augmentation is the
+  same whatever the number of workers or processes, and a run resumed in the middle of an epoch sees exactly the
+  images an uninterrupted run would have seen; the global random state of the process is left untouched;
+* an image that cannot be read is not fatal: the sample comes back as ``Unreadable`` and ``collate`` drops it from
+  the batch, reporting it in ``Batch.bad`` so the caller can warn once per file and count them;
+* labels can be re-mapped onto a model head (``target_map``: data class index -> head output).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+#: exceptions that mean "this file is not a readable image" (PIL, truncated files, decoders)
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, RuntimeError)
+
+
+class ImageSource:
+    """A labelled image collection: ``classes``, ``targets`` (class index per image), ``load(i)``, ``describe(i)``."""
+
+    classes: list[str]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int) -> Image.Image:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self, i: int) -> str:
+        return f"image {i}"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A sample whose image could not be read (dropped by ``collate``)."""
+
+    index: int
+    where: str
+    reason: str
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor
+    targets: torch.Tensor
+    bad: list  # Unreadable samples dropped from this batch
+
+
+def collate(samples: list) -> Batch:
+    """Stack the readable samples; unreadable ones go to ``Batch.bad``."""
+    good = [s for s in samples if not isinstance(s, Unreadable)]
+    bad = [s for s in samples if isinstance(s, Unreadable)]
+    if good:
+        images = torch.stack([s[0] for s in good])
+        targets = torch.tensor([s[1] for s in good], dtype=torch.long)
+    else:
+        images, targets = torch.empty(0), torch.empty(0, dtype=torch.long)
+    return Batch(images, targets, bad)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch (SeedSequence mixes the three numbers)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class Prepared(torch.utils.data.Dataset):
+    """``source`` (restricted to ``indices``) with ``transform``; items are ``(tensor, target)`` or ``Unreadable``.
+
+    Keys may be an index or an ``(epoch, index)`` pair (the trainer's sampler passes pairs so the augmentation of
+    each sample is a pure function of the seed, the epoch and the index).
+    """
+
+    def __init__(self, source: ImageSource, indices: Optional[Sequence[int]] = None,
+                 transform: Optional[Callable] = None, *, seed: int = 0, random_transform: bool = False,
+                 target_map: Optional[Sequence[int]] = None):
+        self.source = source
+        self.indices = list(range(len(source))) if indices is None else list(indices)
+        self.transform = transform
+        self.seed = seed
+        self.random_transform = random_transform
+        self.target_map = list(target_map) if target_map is not None else None
+        self.classes = source.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def targets(self) -> list[int]:
+        t = [self.source.targets[i] for i in self.indices]
+        return [self.target_map[v] for v in t] if self.target_map is not None else t
+
+    def __getitem__(self, key: Any):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        j = self.indices[i]
+        try:
+            img = self.source.load(j)
+            img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+        except READ_ERRORS as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return Unreadable(i, self.source.describe(j), reason)
+        target = self.source.targets[j]
+        if self.target_map is not None:
+            target = self.target_map[target]
+        if self.transform is None:
+            return img, target
+        if not self.random_transform:
+            return self.transform(img), target
+        return self._seeded(img, sample_seed(self.seed, epoch, i)), target
+
+    def _seeded(self, img: Image.Image, seed: int):
+        """Apply the random transform with its own random state, leaving the process's state as it was."""
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                return self.transform(img)
+            finally:
+                random.setstate(py_state)
+
+
+def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, val) indices: in every class, ``round(n * val_fraction)`` images (at least 1 when the class has 2 or
+    more) go to val, chosen with a generator seeded by ``seed``; both lists sorted."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(int(t), []).append(i)
+    train, val = [], []
+    for c in sorted(by_class):
+        idx = by_class[c]
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        perm = torch.randperm(len(idx), generator=g).tolist()
+        val += [idx[p] for p in perm[:n_val]]
+        train += [idx[p] for p in perm[n_val:]]
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class Splits:
+    """A loaded dataset: the source(s) and the image indices of each split."""
+
+    name: str  # what the user gave (for reports)
+    kind: str  # demo | folder | hf
+    classes: list[str]
+    train: Optional[tuple[ImageSource, list[int]]]
+    val: Optional[tuple[ImageSource, list[int]]]
+    #: augmentation defaults this data asks for (e.g. no horizontal flips for digits)
+    augment_hints: dict[str, Any] = field(default_factory=dict)
+    #: False: train without augmentation unless the user asks for some (the demo digits)
+    augment_default: bool = True
+    notes: list[str] = field(default_factory=list)
+    val_split: Optional[float] = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "data": self.name, "kind": self.kind, "classes": len(self.classes),
+            "train_images": len(self.train[1]) if self.train else 0,
+            "val_images": len(self.val[1]) if self.val else 0,
+            "val_split": self.val_split,
+        }

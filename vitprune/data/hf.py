@@ -1,0 +1,127 @@
+"""Datasets saved with Hugging Face ``datasets`` (``save_to_disk``): a DatasetDict with a train and a validation
+split, or a single Dataset (or a DatasetDict with only ``train``) split with ``val_split``.
+
+Columns are detected: the image column is the first ``Image`` feature (else a column named image/img/...), the
+label column the first ``ClassLabel`` feature (else label/labels/target/...). Class names come from the
+``ClassLabel``; plain integer labels are named by their value. Images are decoded by vitprune (the column is read
+with ``decode=False``) so one unreadable image is skipped instead of stopping the run.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image
+
+from ..errors import DataError
+from .base import ImageSource, Splits, stratified_split
+
+IMAGE_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
+LABEL_NAMES = ("label", "labels", "target", "targets", "class", "category", "fine_label")
+TRAIN_NAMES = ("train", "training")
+VAL_NAMES = ("validation", "val", "valid", "test")
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "dataset_info.json").is_file() and (path / "state.json").is_file())
+
+
+def _columns(ds: Any, where: str) -> tuple[str, str]:
+    import datasets
+
+    feats = ds.features
+    image = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+    image = image or next((k for k in IMAGE_NAMES if k in feats), None)
+    label = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+    label = label or next((k for k in LABEL_NAMES if k in feats), None)
+    if image is None or label is None:
+        missing = "an image column" if image is None else "a label column"
+        raise DataError(f"the dataset in {where} has no {missing} (its columns: {', '.join(feats)}); vitprune reads an "
+                        "Image feature (or a column named image) and a ClassLabel (or a column named label).")
+    return image, label
+
+
+class HFImages(ImageSource):
+    def __init__(self, ds: Any, image_col: str, label_col: str, classes: list[str], where: str):
+        import datasets
+
+        self.where = where
+        self.image_col = image_col
+        if isinstance(ds.features[image_col], datasets.Image):
+            ds = ds.cast_column(image_col, datasets.Image(decode=False))
+        self.ds = ds
+        self.classes = classes
+        targets = ds[label_col]
+        if hasattr(targets, "to_pylist"):  # datasets >= 4 returns a Column
+            targets = targets.to_pylist()
+        bad = [t for t in targets if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(classes)]
+        if bad:
+            raise DataError(
+                f"label {bad[0]!r} in column '{label_col}' of {where} is outside the classes 0..{len(classes) - 1} "
+                f"({len(bad)} such rows); unlabelled rows (-1) must be removed first.")
+        self.targets = list(targets)
+
+    def load(self, i: int) -> Image.Image:
+        value = self.ds[i][self.image_col]
+        if isinstance(value, Image.Image):
+            return value
+        if isinstance(value, dict):
+            if value.get("bytes") is not None:
+                return Image.open(io.BytesIO(value["bytes"]))
+            if value.get("path"):
+                return Image.open(value["path"])
+        raise ValueError(f"no image data ({type(value).__name__})")
+
+    def describe(self, i: int) -> str:
+        return f"{self.where} row {i}"
+
+
+def _classes(splits: list[Any], label_col: str) -> list[str]:
+    import datasets
+
+    feat = splits[0].features[label_col]
+    if isinstance(feat, datasets.ClassLabel):
+        return list(feat.names)
+    values = set()
+    for ds in splits:
+        col = ds[label_col]
+        values.update(col.to_pylist() if hasattr(col, "to_pylist") else col)
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+    if len(ints) != len(values):
+        bad = next(v for v in values if v not in ints)
+        raise DataError(f"label {bad!r} in column '{label_col}' is not a class index (an integer >= 0); cast the "
+                        "column to a ClassLabel first.")
+    return [str(i) for i in range(max(ints) + 1)] if ints else []
+
+
+def load_hf(path: Path, *, val_split: Optional[float] = None, split_seed: int = 0) -> Splits:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError... for a broken folder
+        raise DataError(f"{path} looks like a saved dataset but cannot be read: {str(e).splitlines()[0]}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        train_key = next((k for k in TRAIN_NAMES if k in loaded), None)
+        val_key = next((k for k in VAL_NAMES if k in loaded), None)
+        if train_key is None:
+            raise DataError(f"the dataset in {path} has splits {', '.join(loaded)} but no 'train' split.")
+        train_ds, val_ds = loaded[train_key], (loaded[val_key] if val_key else None)
+    else:
+        train_key, val_key, train_ds, val_ds = "train", None, loaded, None
+    if len(train_ds) == 0:
+        raise DataError(f"the train split of {path} is empty.")
+    image_col, label_col = _columns(train_ds, str(path))
+    classes = _classes([d for d in (train_ds, val_ds) if d is not None], label_col)
+    train = HFImages(train_ds, image_col, label_col, classes, f"{path}[{train_key}]")
+    if val_ds is not None and val_split is None:
+        val = HFImages(val_ds, image_col, label_col, classes, f"{path}[{val_key}]")
+        return Splits(str(path), "hf", classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
+                      notes=[f"columns: image={image_col!r}, label={label_col!r}; val = split {val_key!r}"])
+    frac = 0.1 if val_split is None else val_split
+    tr, va = stratified_split(train.targets, frac, split_seed)
+    notes = [f"columns: image={image_col!r}, label={label_col!r}; val = {frac:g} of {train_key!r} per class "
+             f"(seed {split_seed})"]
+    return Splits(str(path), "hf", classes, (train, tr), (train, va), val_split=frac, notes=notes)
