@@ -1,0 +1,561 @@
+"""The distillation training loop, written against the method contract only (``methods/base.py``).
+
+One optimizer step = ``accum_steps`` micro-batches; for each micro-batch the teacher runs once
+(``method.teacher_forward`` under ``no_grad`` in eval mode) and the student runs once per entry of
+``method.training_passes()``, each pass under ``method.overrides(**pass_settings)``, with loss
+``cls_weight * CE + kd_weight * KD + sum(method.aux_losses(model, model.vitprune_state, teacher_out))``,
+divided by ``accum_steps``, back-propagated right away (gradients are synchronised across processes on the last
+backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before every step.
+
+Order and randomness: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; augmentation is
+seeded per sample (``data.base.Prepared``); forward-pass randomness (Gumbel noise, drop-path) comes from the torch
+generator seeded with ``seed + rank``, saved in every checkpoint. Together with the optimizer, scheduler and
+scaler states this makes a resumed run continue bit for bit (on CPU) where the interrupted one stopped, even in
+the middle of an epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..data import Prepared, collate
+from ..errors import DataError, DeviceError, VitpruneError
+from ..methods import TeacherOutput
+from . import checkpoints as ck
+from .ddp import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects
+from .losses import DistillationLoss, total
+from .recipe import scaled_lr
+
+log = logging.getLogger("vitprune")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved; ``--resume`` continues from it."""
+
+    def __init__(self, message: str, checkpoint: Optional[Path]):
+        super().__init__(message)
+        self.message = message
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class RunSettings:
+    device: torch.device
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    workers: int = 0
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    checkpoint: Optional[Path] = None
+    save_every: Optional[int] = None  # optimizer steps between checkpoints (besides every epoch)
+    max_steps: Optional[int] = None  # stop with a checkpoint after this many optimizer steps in total
+    resume: bool = False
+    eval_every: int = 1  # epochs between validation passes (0: none during training)
+    log_file: Optional[Path] = None  # JSONL, one line per epoch (rewritten whole, atomically)
+    stage: str = "distill"
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    total_steps: int
+    epochs: float
+    seconds: float
+    images: int
+    finished: bool
+    history: list[dict[str, Any]]
+    skipped: list[str]
+    lr: float
+    global_batch: int
+
+
+# ------------------------------------------------------------------------------------------ parameters
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """AdamW groups: (new module | backbone) x (decay | no decay); ``frozen`` names get ``requires_grad=False``.
+
+    New modules (``new_prefixes``) train at lr x 1, the backbone at lr x ``backbone_lr_scale``; biases, norm
+    weights, other 1-D parameters and the model's ``no_weight_decay()`` names get no weight decay.
+    """
+    frozen = list(recipe.get("frozen") or [])
+    unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
+    if unknown:
+        raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
+                            "pos_embed, patch_embed, blocks.0).")
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if _matches(name, frozen):
+            p.requires_grad_(False)
+            continue
+        if not p.requires_grad:
+            continue
+        new = _matches(name, list(new_prefixes))
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip or _matches(name, list(skip))
+        g = groups.setdefault((new, no_decay), {
+            "params": [], "names": [], "backbone": not new,
+            "lr_scale": 1.0 if new else float(recipe["backbone_lr_scale"]),
+            "weight_decay": 0.0 if no_decay else float(recipe["weight_decay"]),
+        })
+        g["params"].append(p)
+        g["names"].append(name)
+    if not groups:
+        raise VitpruneError("nothing to train: every parameter is frozen.")
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_lambda(group: dict[str, Any], recipe: dict[str, Any], base_lr: float, steps_per_epoch: int,
+              total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the group's lr at optimizer step ``s``: frozen phase (backbone: 0), linear warm-up from
+    ``warmup_lr``, cosine to ``min_lr`` (both scaled like the group)."""
+    scale = group["lr_scale"]
+    warm = round(float(recipe["warmup_epochs"]) * steps_per_epoch)
+    freeze = round(float(recipe["freeze_backbone_epochs"]) * steps_per_epoch) if group["backbone"] else 0
+    lo = min(float(recipe["min_lr"]), base_lr)
+    w0 = min(float(recipe["warmup_lr"]), base_lr)
+
+    def f(step: int) -> float:
+        if base_lr <= 0 or scale <= 0 or step < freeze:
+            return 0.0
+        if step < warm:
+            lr = w0 + (base_lr - w0) * step / warm
+        else:
+            t = (step - warm) / max(1, total_steps - warm)
+            lr = lo + (base_lr - lo) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        return lr / base_lr
+
+    return f
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """Stochastic depth ``rate`` at the last block, linear from 0 at the first (timm's convention)."""
+    from timm.layers import DropPath
+
+    blocks = list(getattr(model, "blocks", []))
+    for i, blk in enumerate(blocks):
+        r = rate * i / max(1, len(blocks) - 1)
+        for attr in ("drop_path1", "drop_path2"):
+            if hasattr(blk, attr):
+                setattr(blk, attr, DropPath(r) if r > 0 else nn.Identity())
+
+
+def set_train_mode(model: nn.Module, train_mode_eval: bool) -> None:
+    """``model.train()``; with ``train_mode_eval`` dropout, drop-path and attention dropout stay off."""
+    from timm.layers import Attention, DropPath
+
+    model.train()
+    if train_mode_eval:
+        for m in model.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, DropPath, Attention)):
+                m.eval()
+
+
+# ------------------------------------------------------------------------------------------ data order
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's micro-batches of one epoch: keys ``(epoch, index)``, starting at micro-batch ``start``.
+
+    The epoch's permutation is seeded by ``(seed, epoch)``; global micro-batch ``j`` is ``perm[j*G:(j+1)*G]``
+    (``G`` = batch x processes), of which process ``r`` reads the ``r``-th chunk of ``batch`` indices. Only whole
+    global micro-batches are used (the rest of the permutation waits for another epoch).
+    """
+
+    def __init__(self, n: int, batch: int, dist_info: DistInfo, seed: int, epoch: int, micro_batches: int,
+                 start: int = 0):
+        self.n, self.batch, self.d = n, batch, dist_info
+        self.seed, self.epoch, self.micro, self.start = seed, epoch, micro_batches, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        G = self.batch * self.d.world_size
+        for j in range(self.start, self.micro):
+            lo = j * G + self.d.rank * self.batch
+            yield [(self.epoch, i) for i in perm[lo:lo + self.batch]]
+
+    def __len__(self) -> int:
+        return self.micro - self.start
+
+
+# ------------------------------------------------------------------------------------------ the trainer
+
+
+class Trainer:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Optional[nn.Module],
+        train_set: Prepared,
+        recipe: dict[str, Any],
+        settings: RunSettings,
+        dist_info: Optional[DistInfo] = None,
+        *,
+        new_prefixes: tuple[str, ...] = (),
+        val_set: Optional[Prepared] = None,
+        progress: Optional[Progress] = None,
+    ):
+        self.model = student
+        self.teacher = teacher
+        self.method = getattr(student, "vitprune_method", None)
+        self.data = train_set
+        self.val = val_set
+        self.recipe = recipe
+        self.s = settings
+        self.d = dist_info or DistInfo()
+        self.progress = progress if self.d.main else None
+        self.new_prefixes = tuple(self.method.new_module_prefixes if self.method else ()) + tuple(new_prefixes)
+        self._stop = False
+
+        b, w, a = settings.batch_size, self.d.world_size, settings.accum_steps
+        self.global_batch = b * w * a
+        self.micro_per_epoch = len(train_set) // (b * w)
+        self.steps_per_epoch = self.micro_per_epoch // a
+        if self.steps_per_epoch < 1:
+            raise DataError(
+                f"the train split has {len(train_set)} images, fewer than one optimizer step needs ({b} x {w} "
+                f"process(es) x {a} accumulation step(s)); lower --batch-size or --accum-steps.")
+        self.epochs = float(recipe["epochs"])
+        self.total_steps = int(round(self.epochs * self.steps_per_epoch))
+        self.lr = scaled_lr(recipe, self.global_batch)
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        dev = self.s.device
+        if self.recipe.get("drop_path") is not None:
+            set_drop_path(self.model, float(self.recipe["drop_path"]))
+        self.model.to(dev)
+        if self.teacher is not None:
+            self.teacher.to(dev).eval().requires_grad_(False)
+        groups = param_groups(self.model, self.recipe, self.new_prefixes)
+        for g in groups:
+            g["lr"] = self.lr * g["lr_scale"]
+        self.group_info = [{"names": len(g.pop("names")), "lr_scale": g["lr_scale"], "backbone": g["backbone"],
+                            "weight_decay": g["weight_decay"]} for g in groups]
+        fused = {"foreach": True} if dev.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(groups, lr=self.lr, **fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            lr_lambda(g, self.recipe, self.lr * g["lr_scale"], self.steps_per_epoch, self.total_steps)
+            for g in self.optimizer.param_groups])
+        self.scaler = torch.amp.GradScaler("cuda") if self.s.precision == "fp16" else None
+        self.criterion = DistillationLoss(self.recipe["cls_weight"], self.recipe["label_smoothing"],
+                                          self.recipe["kd_weight"] if self.teacher is not None else 0.0,
+                                          self.recipe["kd_temperature"])
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ddp = None
+        if self.d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            unused = self._probe_unused()
+            self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                           find_unused_parameters=unused, broadcast_buffers=False)
+
+    def _autocast(self):
+        if self.s.precision == "fp32":
+            return contextlib.nullcontext()
+        dt = torch.bfloat16 if self.s.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.s.device.type, dtype=dt)
+
+    def _overrides(self, settings: dict[str, Any]):
+        return self.method.overrides(**settings) if self.method is not None and settings else contextlib.nullcontext()
+
+    def _passes(self) -> list[dict[str, Any]]:
+        return self.method.training_passes() if self.method is not None else [{}]
+
+    def _teacher_out(self, images: torch.Tensor) -> Optional[TeacherOutput]:
+        if self.teacher is None:
+            return None
+        with torch.no_grad(), self._autocast():
+            if self.method is not None:
+                return self.method.teacher_forward(self.teacher, images)
+            return TeacherOutput(logits=self.teacher(images))
+
+    def _losses(self, images: torch.Tensor, targets: torch.Tensor, t_out: Optional[TeacherOutput],
+                forward: nn.Module) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            logits = forward(images)
+            terms = self.criterion(logits, targets, t_out.logits if t_out is not None else None)
+            state = self.model.__dict__.pop("vitprune_state", None)  # this forward's; the graph keeps what it needs
+            if self.method is not None and state is not None:
+                for k, v in self.method.aux_losses(self.model, state, t_out).items():
+                    terms[k] = v.float()
+        return terms
+
+    def _probe_unused(self) -> bool:
+        """Do some trainable parameters get no gradient in a training step? (DDP must then look for them.)"""
+        c, h, w = self.model.pretrained_cfg.get("input_size", (3, 224, 224))
+        dev = self.s.device
+        devices = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            if self.method is not None:
+                self.method.on_train_progress(self.model, 0.0, self.epochs)
+            x = torch.randn(2, c, h, w, device=dev)
+            y = torch.zeros(2, dtype=torch.long, device=dev)
+            t_out = self._teacher_out(x)
+            for settings in self._passes():
+                with self._overrides(settings):
+                    total(self._losses(x, y, t_out, self.model)).backward()
+            unused = any(p.grad is None for p in self.trainable)
+            self.optimizer.zero_grad(set_to_none=True)
+        return unused
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _payload(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
+                 elapsed: float) -> dict[str, Any]:
+        return {
+            "stage": self.s.stage, "fingerprint": self.s.fingerprint, "step": step, "total_steps": self.total_steps,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "acc": dict(acc), "history": list(history), "skipped": list(skipped), "elapsed": elapsed,
+            "method_state": ck.method_state(self.method),
+        }
+
+    def _save(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
+              elapsed: float) -> None:
+        if self.s.checkpoint is None:
+            return
+        rngs = gather_objects(self.d, ck.rng_state())
+        if self.d.main:
+            payload = self._payload(step, acc, history, skipped, elapsed)
+            payload["rng"] = rngs
+            payload["world_size"] = self.d.world_size
+            ck.save_checkpoint(self.s.checkpoint, payload)
+            self._event("checkpoint", step=step, path=str(self.s.checkpoint))
+        barrier(self.d)
+
+    def _restore(self) -> tuple[int, dict[str, float], list[dict[str, Any]], list[str], float]:
+        path = self.s.checkpoint
+        if path is None or not path.is_file():
+            raise VitpruneError(f"--resume: no checkpoint at {path}; run without --resume to start.")
+        c = ck.check_resumable(path, self.s.fingerprint, self.d.world_size)
+        self.model.load_state_dict(c["model"])
+        self.optimizer.load_state_dict(c["optimizer"])
+        self.scheduler.load_state_dict(c["scheduler"])
+        if self.scaler is not None and c.get("scaler"):
+            self.scaler.load_state_dict(c["scaler"])
+        ck.restore_method_state(self.method, c.get("method_state"))
+        ck.set_rng_state(c["rng"][self.d.rank])
+        return int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
+
+    def _write_log(self, history: list[dict[str, Any]]) -> None:
+        if self.s.log_file is None or not self.d.main:
+            return
+        from ..hub import write_atomic
+
+        write_atomic(self.s.log_file, "".join(json.dumps(h) + "\n" for h in history))
+
+    def _event(self, kind: str, **data: Any) -> None:
+        if self.progress is not None:
+            self.progress({"event": kind, "stage": self.s.stage, **data})
+
+    # -- interruption --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catch_sigint(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):  # first Ctrl-C: finish the step, save, stop; a second one stops at once
+            self._stop = True
+            signal.signal(signal.SIGINT, previous if callable(previous) else signal.default_int_handler)
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> TrainSummary:
+        self._prepare()
+        torch.manual_seed(self.s.seed + self.d.rank)
+        import random
+
+        import numpy as np
+
+        random.seed(self.s.seed + self.d.rank)
+        np.random.seed((self.s.seed + self.d.rank) % 2**32)
+        step, acc, history, skipped, elapsed = 0, {}, [], [], 0.0
+        if self.s.resume:
+            step, acc, history, skipped, elapsed = self._restore()
+            self._event("resumed", step=step, total_steps=self.total_steps)
+        try:
+            with self._catch_sigint():
+                step, elapsed = self._epochs(step, acc, history, skipped, elapsed)
+        except torch.OutOfMemoryError:
+            raise DeviceError(
+                f"out of GPU memory at --batch-size {self.s.batch_size}; try --batch-size "
+                f"{max(1, self.s.batch_size // 2)} --accum-steps {self.s.accum_steps * 2} (same effective batch)"
+                + (f"; the last checkpoint {self.s.checkpoint} is kept" if self.s.checkpoint else "") + ".") from None
+        skipped_all = sorted(set(sum(gather_objects(self.d, skipped), [])))
+        return TrainSummary(
+            steps=step, total_steps=self.total_steps, epochs=self.epochs, seconds=elapsed,
+            images=step * self.global_batch, finished=step >= self.total_steps, history=history,
+            skipped=skipped_all, lr=self.lr, global_batch=self.global_batch)
+
+    def _epochs(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
+                elapsed: float) -> tuple[int, float]:
+        spe, a = self.steps_per_epoch, self.s.accum_steps
+        seen = set(skipped)
+        forward = self.ddp if self.ddp is not None else self.model
+        t_last = time.perf_counter()
+        while step < self.total_steps:
+            epoch = step // spe
+            start_micro = (step % spe) * a
+            sampler = EpochBatches(len(self.data), self.s.batch_size, self.d, self.s.seed, epoch, spe * a,
+                                   start_micro)
+            loader = torch.utils.data.DataLoader(
+                self.data, batch_sampler=sampler, num_workers=self.s.workers, collate_fn=collate,
+                pin_memory=self.s.device.type == "cuda", generator=torch.Generator())
+            batches = iter(loader)
+            self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
+            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            while step < self.total_steps and step // spe == epoch:
+                if self.method is not None:
+                    self.method.on_train_progress(self.model, step / spe, self.epochs)
+                terms_sum: dict[str, float] = {}
+                n_img = 0
+                for micro in range(a):
+                    images, targets, bad = next(batches)
+                    for b in bad:
+                        if b.where not in seen:
+                            seen.add(b.where)
+                            skipped.append(b.where)
+                            log.warning("skipped unreadable image %s (%s)", b.where, b.reason)
+                            self._event("warning", message=f"skipped unreadable image {b.where} ({b.reason})")
+                    images = images.to(self.s.device, non_blocking=True)
+                    targets = targets.to(self.s.device, non_blocking=True)
+                    n_img += targets.numel()
+                    terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum)
+                self._optimizer_step()
+                step += 1
+                now = time.perf_counter()
+                dt, t_last = now - t_last, now
+                elapsed += dt
+                loss = sum(terms_sum.values())
+                if not math.isfinite(loss):
+                    raise VitpruneError(f"the training loss became {loss} at step {step}; lower --lr (or use "
+                                        "--clip-grad 1.0).")
+                acc["steps"] = acc.get("steps", 0) + 1
+                acc["images"] = acc.get("images", 0) + n_img
+                acc["seconds"] = acc.get("seconds", 0.0) + dt
+                for k, v in {"loss": loss, **terms_sum}.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                stop = all_reduce_max(self.d, [1.0 if self._stop else 0.0], self.s.device)[0] > 0
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._event("step", epoch=epoch, epochs=self.epochs, step=step - epoch * spe, steps=spe,
+                            global_step=step, total_steps=self.total_steps, loss=loss, lr=lr,
+                            img_s=n_img * self.d.world_size / dt if dt > 0 else None,
+                            eta_s=elapsed / step * (self.total_steps - step) if step else None)
+                end_of_epoch = step % spe == 0 or step == self.total_steps
+                if end_of_epoch:
+                    history.append(self._end_epoch(epoch, acc, len(skipped)))
+                    acc.clear()
+                    self._write_log(history)
+                if stop or end_of_epoch or (self.s.save_every and step % self.s.save_every == 0) or (
+                        self.s.max_steps is not None and step >= self.s.max_steps):
+                    self._save(step, acc, history, skipped, elapsed)
+                if stop:
+                    raise TrainingInterrupted(
+                        f"interrupted at step {step}/{self.total_steps}; checkpoint saved to {self.s.checkpoint}; "
+                        "run the same command with --resume to continue.", self.s.checkpoint)
+                if self.s.max_steps is not None and step >= self.s.max_steps and step < self.total_steps:
+                    self._event("stopped", step=step, total_steps=self.total_steps)
+                    return step, elapsed
+        return step, elapsed
+
+    def _micro_step(self, images: torch.Tensor, targets: torch.Tensor, last_micro: bool, forward: nn.Module,
+                    terms_sum: dict[str, float]) -> dict[str, float]:
+        a = self.s.accum_steps
+        passes = self._passes()
+        if targets.numel() == 0:  # every image of this micro-batch was unreadable: contribute zero gradients
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
+            with ctx:
+                zero = sum((p * 0).sum() for p in self.trainable)
+                zero.backward()
+            return terms_sum
+        t_out = self._teacher_out(images)
+        for i, settings in enumerate(passes):
+            sync = last_micro and i == len(passes) - 1
+            ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            with ctx, self._overrides(settings):
+                terms = self._losses(images, targets, t_out, forward)
+                loss = total(terms) / a
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            prefix = f"pass{i}/" if len(passes) > 1 else ""
+            for k, v in terms.items():
+                terms_sum[prefix + k] = terms_sum.get(prefix + k, 0.0) + float(v.detach()) / a
+        return terms_sum
+
+    def _optimizer_step(self) -> None:
+        clip = self.recipe.get("clip_grad")
+        if self.scaler is not None:
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # fp16: the scaler skips steps with inf gradients; the schedule goes on
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+
+    def _end_epoch(self, epoch: int, acc: dict[str, float], skipped: int) -> dict[str, Any]:
+        n = max(1, acc.get("steps", 0))
+        line: dict[str, Any] = {"stage": self.s.stage, "epoch": epoch + 1, "steps": int(acc.get("steps", 0))}
+        for k, v in acc.items():
+            if k not in ("steps", "images", "seconds"):
+                line[k] = v / n
+        imgs = acc.get("images", 0) * self.d.world_size
+        secs = acc.get("seconds", 0.0)
+        line.update({"lr": self.optimizer.param_groups[0]["lr"], "images": int(imgs), "seconds": round(secs, 3),
+                     "img_per_s": imgs / secs if secs > 0 else None, "skipped_images": skipped})
+        last = (epoch + 1) * self.steps_per_epoch >= self.total_steps
+        if self.val is not None and self.s.eval_every and ((epoch + 1) % self.s.eval_every == 0 or last):
+            if self.d.main:
+                line.update(self._validate())
+            barrier(self.d)
+        self._event("epoch_end", **line)
+        return line
+
+    def _validate(self) -> dict[str, Any]:
+        from .evaluate import evaluate
+
+        dev = self.s.device
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            r = evaluate(self.model, self.val, batch_size=self.s.batch_size, device=str(dev),
+                         dtype="fp32" if self.s.precision == "fp32" else self.s.precision, workers=self.s.workers)
+        set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+        return {"val_top1": r.top1, "val_top5": r.top5, "val_loss": r.loss}
