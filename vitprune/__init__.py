@@ -32,6 +32,7 @@ _EXPORTS = {
     "push": "vitprune.hub.push",
     "visualize": "vitprune.report.plots",
     "sweep": "vitprune.sweeps",
+    "compress": "vitprune.compress",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

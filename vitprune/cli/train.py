@@ -1,16 +1,402 @@
-"""`vitprune compress` and `vitprune eval`."""
+"""`vitprune compress` and `vitprune eval`: parse the flags, call ``vitprune.compress`` / ``vitprune.evaluate``,
+render progress and the final table."""
 from __future__ import annotations
 
-from .app import app, not_yet
+import os
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .app import app
+from .common import (
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, RegionOpt, ROpt, ThresholdOpt, err, method_options, out, print_json,
+    user_errors,
+)
+
+_TRAIN = "Training"
+_RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
+_AUG = "Augmentation"
+_RUN = "Run control"
+
+
+def _floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    from ..errors import MethodOptionError
+
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise MethodOptionError(f"{flag} takes two numbers MIN,MAX, got {text!r}.") from None
+    if len(vals) != 2:
+        raise MethodOptionError(f"{flag} takes two numbers MIN,MAX, got {text!r}.")
+    return vals
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class Reporter:
+    """Renders ``compress`` progress events: rich progress bars on a terminal, plain lines otherwise (--quiet)."""
+
+    def __init__(self, plain: bool, silent: bool = False):
+        self.plain = plain or not err.is_terminal
+        self.silent = silent
+        self.bar = None
+        self.task = None
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text, highlight=False)
+        else:
+            err.print(text, highlight=False)
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        if self.silent:
+            return
+        kind = e["event"]
+        stage = e.get("stage")
+        label = "teacher " if stage == "teacher" else ""
+        if kind in ("stage", "info"):
+            if kind == "stage" and e.get("name") in ("evaluating", "profiling", "saving"):
+                self.close()
+            self._line(("· " if kind == "info" else "") + e["message"])
+        elif kind == "warning":
+            self._line(f"[yellow]warning:[/] {e['message']}")
+        elif kind == "resumed":
+            self._line(f"resumed at step {e['step']}/{e['total_steps']}")
+        elif kind == "epoch_start":
+            epochs = e["epochs"]
+            desc = f"{label}epoch {e['epoch'] + 1}/{epochs:g}"
+            if not self.plain:
+                self._ensure_bar()
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task(desc, total=e["steps"], completed=e["step"], loss="", speed="", eta="")
+        elif kind == "step" and not self.plain and self.bar is not None and self.task is not None:
+            eta = e.get("eta_s")
+            self.bar.update(self.task, completed=e["step"], loss=f"loss {e['loss']:.4f}",
+                            speed=f"{e['img_s']:.0f} img/s" if e.get("img_s") else "",
+                            eta=f"ETA {_hms(eta)}" if eta is not None else "")
+        elif kind == "epoch_end":
+            parts = [f"{label}epoch {e['epoch']}", f"loss {e.get('loss', float('nan')):.4f}"]
+            for k in ("cls", "kd"):
+                if k in e:
+                    parts.append(f"{k} {e[k]:.4f}")
+            aux = [k for k in e if k not in _EPOCH_KEYS]
+            parts += [f"{k} {e[k]:.4f}" for k in aux if isinstance(e[k], float)]
+            if "val_top1" in e:
+                parts.append(f"val top-1 {e['val_top1']:.2f} %")
+            if e.get("img_per_s"):
+                parts.append(f"{e['img_per_s']:.0f} img/s")
+            parts.append(f"{e['seconds']:.1f} s")
+            self._line("  ".join(parts))
+        elif kind == "stopped":
+            self.close()
+
+    def _ensure_bar(self) -> None:
+        if self.bar is not None:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+            TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[eta]}"), console=err, transient=True)
+        self.bar.start()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar, self.task = None, None
+
+
+_EPOCH_KEYS = {"event", "stage", "epoch", "steps", "loss", "cls", "kd", "lr", "images", "seconds", "img_per_s",
+               "skipped_images", "val_top1", "val_top5", "val_loss"}
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def compress_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    from ..report.tables import GMACS_LABEL
+
+    d, c, m = report["dense"], report["compressed"], report["measure"]
+    opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
+    table = Table(title=f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val",
+                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
+                  title_justify="left", caption_justify="left")
+    for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
+        table.add_column(col, justify=just)
+
+    def fmt(v, digits):
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    def row(label, key, digits, change):
+        dv, cv = d.get(key), c.get(key)
+        table.add_row(label, fmt(dv, digits), fmt(cv, digits), change(dv, cv) if None not in (dv, cv) else "")
+
+    row("top-1 (%)", "top1", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("top-5 (%)", "top5", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("loss", "loss", 4, lambda a, b: f"{b - a:+.4f}")
+    table.add_row("params (M)", fmt(d["params"] / 1e6, 3), fmt(c["params"] / 1e6, 3),
+                  f"{c['params'] / d['params']:.2f}×")
+    row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
+    row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
+    row("latency (ms, median)", "latency_ms", 2, lambda a, b: f"{a / b:.2f}× faster" if b else "")
+    return table
+
+
+# ------------------------------------------------------------------------------------------ compress
 
 
 @app.command()
-def compress() -> None:
-    """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it."""
-    not_yet("compress", "distillation fine-tuning lands with issue #6")
+def compress(
+    model: Annotated[str, typer.Argument(
+        help="timm model name, hf-hub:org/repo, a local folder, or 'demo' (the bundled teacher).")] = "demo",
+    method: MethodOpt = None,
+    keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
+    budget: BudgetOpt = None,
+    region_size: RegionOpt = None,
+    threshold: ThresholdOpt = None,
+    opt: ExtraOpt = None,
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
+        "--val-split), or a folder saved with datasets' save_to_disk.")] = "demo",
+    val_split: Annotated[Optional[float], typer.Option(
+        help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
+        = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="output folder (default vitprune-out/<model>-<method>).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(
+        help="teacher model (default: the dense MODEL). Its head must fit the data's classes.")] = None,
+    teacher_epochs: Annotated[Optional[float], typer.Option(
+        help="epochs of fine-tuning the dense model first when its head had to be replaced (default: --epochs).")]
+        = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="training epochs (default: the method's recipe; 10 on the demo data).", rich_help_panel=_TRAIN)] = None,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="images per step per process.", rich_help_panel=_TRAIN)] = 64,
+    accum_steps: Annotated[int, typer.Option(
+        min=1, help="gradient accumulation: micro-batches per optimizer step.", rich_help_panel=_TRAIN)] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes.", rich_help_panel=_TRAIN)] = 0,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same result).", rich_help_panel=_TRAIN)] = 0,
+    device: Annotated[Optional[str], typer.Option(
+        help="cuda or cpu (default: cuda when available).", rich_help_panel=_TRAIN)] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16.",
+        rich_help_panel=_TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="peak lr for a global batch of --lr-batch-ref images (scaled linearly).", rich_help_panel=_RECIPE)]
+        = None,
+    lr_batch_ref: Annotated[Optional[int], typer.Option(help="batch the lr refers to.", rich_help_panel=_RECIPE)]
+        = None,
+    backbone_lr_scale: Annotated[Optional[float], typer.Option(
+        help="backbone lr = lr x this (the method's new modules: lr x 1).", rich_help_panel=_RECIPE)] = None,
+    freeze_backbone_epochs: Annotated[Optional[float], typer.Option(
+        help="backbone lr 0 for these first epochs.", rich_help_panel=_RECIPE)] = None,
+    warmup_epochs: Annotated[Optional[float], typer.Option(
+        help="linear warm-up epochs (per iteration).", rich_help_panel=_RECIPE)] = None,
+    warmup_lr: Annotated[Optional[float], typer.Option(help="lr at the start of warm-up.", rich_help_panel=_RECIPE)]
+        = None,
+    min_lr: Annotated[Optional[float], typer.Option(help="cosine schedule floor.", rich_help_panel=_RECIPE)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="AdamW weight decay (never on biases, norms, 1-D params).", rich_help_panel=_RECIPE)] = None,
+    kd_weight: Annotated[Optional[float], typer.Option(
+        help="weight of the soft distillation (KL on logits) from the teacher.", rich_help_panel=_RECIPE)] = None,
+    kd_temperature: Annotated[Optional[float], typer.Option(
+        help="distillation temperature T (the KL is scaled by T², as DeiT).", rich_help_panel=_RECIPE)] = None,
+    cls_weight: Annotated[Optional[float], typer.Option(
+        help="weight of the label cross-entropy.", rich_help_panel=_RECIPE)] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(rich_help_panel=_RECIPE)] = None,
+    frozen: Annotated[Optional[str], typer.Option(
+        help="comma list of parameter names/prefixes kept out of the optimizer (e.g. cls_token,pos_embed); "
+        "'none' for none.", rich_help_panel=_RECIPE)] = None,
+    train_mode_eval: Annotated[Optional[bool], typer.Option(
+        "--train-mode-eval/--no-train-mode-eval", help="fine-tune with dropout and drop-path off.",
+        rich_help_panel=_RECIPE)] = None,
+    drop_path: Annotated[Optional[float], typer.Option(
+        help="stochastic depth rate (last block).", rich_help_panel=_RECIPE)] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(
+        help="clip the gradient norm to this.", rich_help_panel=_RECIPE)] = None,
+    no_augment: Annotated[bool, typer.Option(
+        "--no-augment", help="train on the evaluation transform (no random crops/flips).", rich_help_panel=_AUG)]
+        = False,
+    hflip: Annotated[Optional[float], typer.Option(
+        help="horizontal flip probability (default 0.5; 0 on the digits).", rich_help_panel=_AUG)] = None,
+    scale: Annotated[Optional[str], typer.Option(
+        help="random-resized-crop area range MIN,MAX (default 0.08,1).", rich_help_panel=_AUG)] = None,
+    ratio: Annotated[Optional[str], typer.Option(
+        help="random-resized-crop aspect range MIN,MAX.", rich_help_panel=_AUG)] = None,
+    color_jitter: Annotated[Optional[float], typer.Option(rich_help_panel=_AUG)] = None,
+    auto_augment: Annotated[Optional[str], typer.Option(
+        help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1.", rich_help_panel=_AUG)] = None,
+    re_prob: Annotated[Optional[float], typer.Option(help="random erasing probability.", rich_help_panel=_AUG)]
+        = None,
+    resume: Annotated[bool, typer.Option(
+        help="continue the run in --output from its last checkpoint.", rich_help_panel=_RUN)] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="discard an unfinished run's checkpoints in --output and start over.", rich_help_panel=_RUN)] = False,
+    save_every: Annotated[Optional[int], typer.Option(
+        min=1, help="also checkpoint every N optimizer steps (always at each epoch end).", rich_help_panel=_RUN)]
+        = None,
+    max_steps: Annotated[Optional[int], typer.Option(
+        min=1, help="stop after N optimizer steps with a checkpoint (--resume finishes).", rich_help_panel=_RUN)]
+        = None,
+    eval_every: Annotated[int, typer.Option(
+        min=0, help="validate every N epochs during training (0: only at the end).", rich_help_panel=_RUN)] = 1,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        help="keep checkpoints/ after a finished run.", rich_help_panel=_RUN)] = False,
+    no_speed: Annotated[bool, typer.Option(
+        "--no-speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,
+    profile_batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).", rich_help_panel=_RUN)] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="plain log lines instead of progress bars.", rich_help_panel=_RUN)] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="print report.json at the end instead of the table.", rich_help_panel=_RUN)] = False,
+) -> None:
+    """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
+
+    With no arguments: the bundled demo teacher and digits, DynamicViT at keep rate 0.7, a short CPU schedule.
+    Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
+    """
+    from ..train.loop import TrainingInterrupted
+
+    import logging
+
+    logging.getLogger("vitprune").addHandler(logging.NullHandler())  # warnings reach the user as events
+    reporter = Reporter(plain=quiet or json_out, silent=not _is_main_process())
+    t0 = time.perf_counter()
+    with user_errors():
+        try:
+            from ..compress import compress as run_compress
+
+            opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+            recipe: dict[str, Any] = {k: v for k, v in {
+                "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
+                "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
+                "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "kd_weight": kd_weight,
+                "kd_temperature": kd_temperature, "cls_weight": cls_weight, "label_smoothing": label_smoothing,
+                "train_mode_eval": train_mode_eval, "drop_path": drop_path, "clip_grad": clip_grad,
+            }.items() if v is not None}
+            if frozen is not None:
+                recipe["frozen"] = [] if frozen.strip().lower() in ("", "none") else [
+                    f.strip() for f in frozen.split(",") if f.strip()]
+            aug = {k: v for k, v in {
+                "hflip": hflip, "scale": _floats(scale, "--scale"), "ratio": _floats(ratio, "--ratio"),
+                "color_jitter": color_jitter, "auto_augment": auto_augment, "re_prob": re_prob}.items()
+                if v is not None}
+            if aug and not no_augment:
+                recipe["augment"] = aug
+            result = run_compress(
+                model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
+                accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
+                val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
+                resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
+                eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
+                profile_batch_size=profile_batch_size, progress=reporter, **opts)
+        except TrainingInterrupted as e:
+            reporter.close()
+            if _is_main_process():
+                err.print(f"Interrupted: {e.message}", highlight=False)
+            raise typer.Exit(130) from None
+        finally:
+            reporter.close()
+    if not _is_main_process():
+        return
+    if not result.finished:
+        err.print(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
+                  f"{result.checkpoint}; run the same command with --resume to finish.", highlight=False)
+        return
+    if json_out:
+        print_json(result.report)
+        return
+    out.print(compress_table(result.report))
+    m = result.metrics
+    out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
+              f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
+              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ eval
 
 
 @app.command("eval")
-def eval_() -> None:
-    """Top-1/top-5 and loss of a model or saved folder on a dataset."""
-    not_yet("eval", "it lands with issue #6")
+def eval_(
+    model: Annotated[str, typer.Argument(
+        help="a folder saved by vitprune, hf-hub:org/repo, a timm name, or 'demo'.")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="'demo', an ImageFolder-style folder, or a save_to_disk folder.")] = "demo",
+    split: Annotated[str, typer.Option(help="train or val.")] = "val",
+    val_split: Annotated[Optional[float], typer.Option(
+        help="for one folder / one split: the held-out fraction (default 0.1, seed 0, as compress).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (default fp32 on CPU, fp16 on GPU).")]
+        = None,
+    workers: Annotated[int, typer.Option(min=0)] = 0,
+    keep_rate: KeepRateOpt = None,
+    r: ROpt = None,
+    budget: BudgetOpt = None,
+    region_size: RegionOpt = None,
+    threshold: ThresholdOpt = None,
+    opt: ExtraOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
+) -> None:
+    """Top-1/top-5 and loss of a model or saved folder on a dataset split.
+
+    Run-time method options (e.g. --keep-rate for methods whose keep rate can change without retraining) apply to
+    this evaluation only.
+    """
+    import logging
+
+    logging.getLogger("vitprune").addHandler(logging.NullHandler())  # one summary warning below
+    with user_errors():
+        from ..errors import MethodOptionError
+        from ..hub import load_model
+        from ..methods import get_method
+        from ..train.evaluate import evaluate
+
+        if split not in ("train", "val"):
+            raise MethodOptionError(f"--split must be train or val, not {split!r}.")
+        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+        net = load_model(model)
+        m = get_method(net)
+        if opts:
+            if m is None:
+                raise MethodOptionError(f"{model} is a dense model; method options apply to compressed models.")
+            m.set_runtime(**opts)
+
+        def run():
+            return evaluate(net, data, split=split, batch_size=batch_size, device=device, dtype=dtype,
+                            workers=workers, val_split=val_split)
+
+        if json_out:
+            res = run()
+        else:
+            with err.status(f"evaluating {model} on {data} ({split})…"):
+                res = run()
+        info = {"model": model, "data": data, "split": split, **res.to_dict(),
+                "method": m.name if m else None, "options": m.options_dict() if m else {},
+                "device": str(next(net.parameters()).device), "batch_size": batch_size}
+        if json_out:
+            print_json(info)
+            return
+        from rich.table import Table
+
+        title = f"{model} · {m.describe() if m else 'dense'} · {data} {split}"
+        table = Table(title=title, title_justify="left")
+        for col in ("top-1 (%)", "top-5 (%)", "loss", "images"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{res.top1:.2f}", f"{res.top5:.2f}", f"{res.loss:.4f}", f"{res.images:,}")
+        out.print(table)
+        if res.skipped:
+            err.print(f"[yellow]warning:[/] {res.skipped} unreadable image(s) skipped "
+                      f"(e.g. {res.skipped_files[0]}).", highlight=False)

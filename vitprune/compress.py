@@ -1,0 +1,437 @@
+"""``vitprune.compress``: patch a pretrained ViT with a token method, fine-tune it with distillation from the dense
+model on a dataset, evaluate and profile dense vs compressed, save the result as a Hub model folder.
+
+>>> result = vitprune.compress()                       # demo teacher, demo digits, DynamicViT, a short schedule
+>>> result = vitprune.compress("deit_small_patch16_224", "evit", data="imagenet/", keep_rate=0.7, epochs=30)
+
+The output folder (default ``vitprune-out/<model>-<method>``) holds the model (``model.safetensors``,
+``config.json`` with the method, base model, the recipe used and the metrics in its ``vitprune`` section,
+``README.md``), ``report.json`` (dense vs compressed: top-1/top-5/loss, GMACs, parameters, throughput and latency
+with device, dtype and batch size), ``train_log.jsonl`` (one line per epoch) and, while a run is unfinished,
+``checkpoints/`` (``resume=True`` continues from there).
+
+The head and the data's classes (see ``vitprune.data.match_head``): labels are mapped onto the head by name or
+index when they fit. When they do not, and no ``teacher`` is given, the head is replaced by a new one with one
+output per class and the dense model is first fine-tuned on the data with labels only (``teacher_epochs``,
+default: as many as the distillation); that model (saved in ``OUTPUT/teacher``) is the teacher and the starting
+point of the student. With ``teacher`` given, its head must fit the data; the student's head is replaced to match
+the teacher's outputs if they differ.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from .errors import DataError, DeviceError, MethodOptionError, VitpruneError
+
+#: the method `vitprune compress` uses when none is given (the first registered one if it is missing)
+DEFAULT_METHOD = "dynamicvit"
+DEFAULT_BATCH_SIZE = 64
+CHECKPOINT_DIR = "checkpoints"
+LOG_NAME = "train_log.jsonl"
+REPORT_NAME = "report.json"
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    finished: bool  # False when stopped early by ``max_steps`` (a checkpoint is kept; resume to finish)
+    method: str
+    report: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    steps: int = 0
+    total_steps: int = 0
+    checkpoint: Optional[Path] = None
+    model: Optional[nn.Module] = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("model")
+        out["output"] = str(self.output)
+        out["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
+        return out
+
+
+def default_method() -> str:
+    from .methods import method_names
+
+    names = method_names()
+    if DEFAULT_METHOD in names:
+        return DEFAULT_METHOD
+    if not names:  # pragma: no cover - the registry always has EViT
+        raise MethodOptionError("no token method is installed.")
+    return names[0]
+
+
+def model_slug(spec: str) -> str:
+    name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
+    name = Path(name.rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+    if precision in (None, "auto"):
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise MethodOptionError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}.")
+    if precision == "fp16" and device.type != "cuda":
+        raise DeviceError("fp16 training needs a GPU; on CPU use --precision fp32 (or bf16).")
+    return precision
+
+
+def _replace_head(model: nn.Module, classes: list[str]) -> None:
+    model.reset_classifier(len(classes))
+    model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": len(classes), "label_names": list(classes)}
+
+
+def _copy_head(dst: nn.Module, src: nn.Module) -> None:
+    dst.reset_classifier(src.num_classes)
+    dst.get_classifier().load_state_dict(src.get_classifier().state_dict())
+    cfg = dict(dst.pretrained_cfg)
+    cfg["num_classes"] = src.num_classes
+    names = src.pretrained_cfg.get("label_names")
+    if names:
+        cfg["label_names"] = names
+    else:
+        cfg.pop("label_names", None)
+    dst.pretrained_cfg = cfg
+
+
+def _emit(progress: Optional[Callable], kind: str, **data: Any) -> None:
+    if progress is not None:
+        progress({"event": kind, **data})
+
+
+def compress(
+    model: str = "demo",
+    method: Optional[str] = None,
+    data: str = "demo",
+    output: Optional[str] = None,
+    *,
+    teacher: Optional[str] = None,
+    epochs: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    accum_steps: int = 1,
+    workers: int = 0,
+    seed: int = 0,
+    device: Optional[str] = None,
+    precision: Optional[str] = None,
+    val_split: Optional[float] = None,
+    recipe: Optional[dict[str, Any]] = None,
+    augment: bool = True,
+    teacher_epochs: Optional[float] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    save_every: Optional[int] = None,
+    max_steps: Optional[int] = None,
+    eval_every: int = 1,
+    keep_checkpoints: bool = False,
+    speed: bool = True,
+    profile_batch_size: Optional[int] = None,
+    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    **method_options: Any,
+) -> CompressResult:
+    """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
+
+    ``recipe`` overrides recipe keys (``vitprune.train.recipe``: lr, warmup_epochs, kd_weight, frozen, augment...);
+    ``epochs`` is a shortcut for ``recipe={"epochs": ...}``; ``augment=False`` trains on the evaluation transform.
+    ``batch_size`` is per process (under torchrun the global batch is ``batch_size x processes x accum_steps``).
+    ``max_steps`` stops after that many optimizer steps with a checkpoint (``finished=False``).
+    ``progress`` receives event dicts (stage, epoch_start, step, epoch_end, checkpoint, warning, info...).
+    """
+    from . import train as _train  # noqa: F401  (package import keeps error messages consistent)
+    from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
+    from .hub import load_model, save
+    from .methods import apply_method, dense_copy, get_method
+    from .train.ddp import barrier, setup, teardown
+    from .train.loop import RunSettings, Trainer
+    from .train.recipe import TEACHER_RECIPE, TRAINER_DEFAULTS, build_recipe
+
+    t_start = time.perf_counter()
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    for name, v, lo in (("batch-size", batch_size, 1), ("accum-steps", accum_steps, 1), ("workers", workers, 0),
+                        ("eval-every", eval_every, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise MethodOptionError(f"--{name} must be an integer >= {lo}, got {v!r}.")
+    for name, v in (("save-every", save_every), ("max-steps", max_steps)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise MethodOptionError(f"--{name} must be an integer >= 1, got {v!r}.")
+    if epochs is not None and (not isinstance(epochs, (int, float)) or epochs < 0):
+        raise MethodOptionError(f"--epochs must be >= 0, got {epochs!r}.")
+
+    dist_info, dev = setup(device)
+    try:
+        prec = resolve_precision(precision, dev)
+        splits = load_data(data, val_split=val_split)
+        if splits.train is None or not splits.train[1]:
+            raise DataError(f"{splits.name} has no training images.")
+
+        loaded = load_model(model)
+        existing = get_method(loaded)
+        if existing is not None and method is not None:
+            raise MethodOptionError(f"{model} is already compressed with {existing.name}; give its dense base model "
+                                    "to compress it with another method.")
+        method_name = existing.name if existing is not None else (method or default_method())
+        if existing is not None and method_options:
+            raise MethodOptionError(f"{model} is already compressed with {existing.describe()}; its options are "
+                                    "fixed (give its dense base model to compress with other options).")
+        dense = dense_copy(loaded) if existing is not None else loaded
+
+        out = Path(output) if output else Path("vitprune-out") / f"{model_slug(model)}-{method_name}"
+        ck_dir = out / CHECKPOINT_DIR
+        ck_path = ck_dir / "last.pt"
+        teacher_ck = ck_dir / "teacher.pt"
+        if resume and not (ck_path.exists() or teacher_ck.exists() or (out / "teacher" / "config.json").exists()):
+            raise VitpruneError(f"--resume: {out} has no checkpoint to continue from; run without --resume.")
+        if not resume and (ck_path.exists() or teacher_ck.exists()):
+            if not overwrite:
+                raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add --resume to continue it or "
+                                    "--overwrite to start over.")
+            if dist_info.main:
+                shutil.rmtree(ck_dir, ignore_errors=True)
+                shutil.rmtree(out / "teacher", ignore_errors=True)
+            barrier(dist_info)
+
+        # ---------------------------------------------------------------------- heads, teacher, student
+        notes = list(splits.notes)
+        stage_teacher = False
+        match = match_head(splits.classes, dense)
+        teacher_spec = teacher or f"{model} (dense)"
+        if teacher is not None:
+            t_model = load_model(teacher)
+            if get_method(t_model) is not None:
+                t_model = dense_copy(t_model)
+            t_match = match_head(splits.classes, t_model)
+            if not t_match.fits:
+                raise head_error(splits.classes, t_model, "the teacher")
+            target_map = t_match.target_map
+            student_base = dense if existing is None else loaded
+            if student_base.num_classes != t_model.num_classes:
+                student_base = copy.deepcopy(student_base)
+                _copy_head(student_base, t_model)
+                notes.append(f"student head replaced by the teacher's ({t_model.num_classes} outputs)")
+        elif match.fits:
+            target_map = match.target_map
+            t_model = copy.deepcopy(dense)
+            student_base = dense if existing is None else loaded
+            notes.append(match.how)
+        else:
+            if existing is not None:
+                raise head_error(splits.classes, dense, "the compressed model")
+            torch.manual_seed(seed)
+            _replace_head(dense, splits.classes)
+            target_map = None
+            stage_teacher = True
+            t_model = dense
+            student_base = None
+            notes.append(f"head replaced ({match.how}); the dense model is fine-tuned first and becomes the teacher")
+
+        user: dict[str, Any] = dict(recipe or {})
+        if epochs is not None:
+            user["epochs"] = epochs
+        if not augment:
+            user["augment"] = None
+        is_demo = splits.kind == "demo"
+        global_batch = batch_size * dist_info.world_size * accum_steps
+        method_recipe = _method_recipe(method_name, existing, method_options)
+        rec, sources = build_recipe(method_recipe, user, demo=is_demo, batch_size=global_batch,
+                                    augment_hints=splits.augment_hints, augment_default=splits.augment_default)
+        if rec["kd_weight"] > 0 and rec["kd_temperature"] <= 0:
+            raise MethodOptionError("kd-temperature must be > 0.")
+
+        base_fp = {
+            "model": model, "method": method_name, "options": method_options, "data": data, "val_split": val_split,
+            "teacher": teacher, "batch_size": batch_size, "accum_steps": accum_steps,
+            "world_size": dist_info.world_size, "seed": seed, "precision": prec,
+        }
+
+        def fingerprint(extra: dict[str, Any]) -> dict[str, Any]:
+            return json.loads(json.dumps({**base_fp, **extra}, default=str))
+
+        def settings(stage: str, path: Path, fp_extra: dict[str, Any], log: bool) -> RunSettings:
+            return RunSettings(
+                device=dev, batch_size=batch_size, accum_steps=accum_steps, workers=workers, seed=seed,
+                precision=prec, checkpoint=path, save_every=save_every, max_steps=max_steps,
+                resume=resume and path.exists(), eval_every=eval_every, stage=stage,
+                log_file=(out / LOG_NAME) if log else None, fingerprint=fingerprint(fp_extra))
+
+        n_train = len(splits.train[1])
+        if n_train // (batch_size * dist_info.world_size) // accum_steps < 1:
+            raise DataError(
+                f"the train split has {n_train} images, fewer than one optimizer step needs ({batch_size} x "
+                f"{dist_info.world_size} process(es) x {accum_steps} accumulation step(s)); lower --batch-size.")
+        t_rec = t_src = None
+        if stage_teacher:
+            t_user = {k: v for k, v in user.items() if k in ("augment",)}
+            t_user["epochs"] = teacher_epochs if teacher_epochs is not None else rec["epochs"]
+            t_rec, t_src = build_recipe(TEACHER_RECIPE, t_user, demo=is_demo, batch_size=global_batch,
+                                        augment_hints=splits.augment_hints,
+                                        augment_default=splits.augment_default, base=TRAINER_DEFAULTS)
+        if resume:  # refuse a checkpoint from other settings before anything runs
+            from .train.checkpoints import check_resumable
+
+            for path, extra in ((ck_path, {"recipe": rec}), (teacher_ck, {"teacher_recipe": t_rec})):
+                if path.exists():
+                    check_resumable(path, fingerprint(extra), dist_info.world_size)
+        for n in notes:
+            _emit(progress, "info", message=n)
+
+        def datasets(m: nn.Module, aug: Optional[dict[str, Any]], tmap) -> tuple[Prepared, Prepared]:
+            src, idx = splits.train
+            tr = Prepared(src, idx, train_transform(m, aug), seed=seed, random_transform=aug is not None,
+                          target_map=tmap)
+            vsrc, vidx = splits.val
+            va = Prepared(vsrc, vidx, eval_transform(m), target_map=tmap)
+            return tr, va
+
+        # ---------------------------------------------------------------------- stage 1: teacher (new head)
+        teacher_record = None
+        if stage_teacher:
+            t_folder = out / "teacher"
+            if (t_folder / "config.json").exists() and resume:
+                t_model = load_model(str(t_folder))
+                _emit(progress, "info", message=f"using the fine-tuned teacher in {t_folder}")
+            else:
+                _emit(progress, "stage", name="teacher",
+                      message=f"fine-tuning the dense model with a new {len(splits.classes)}-class head")
+                tr, va = datasets(t_model, t_rec["augment"], None)
+                trainer = Trainer(t_model, None, tr, t_rec,
+                                  settings("teacher", teacher_ck, {"teacher_recipe": t_rec}, log=False),
+                                  dist_info, new_prefixes=(t_model.default_cfg.get("classifier", "head"),),
+                                  val_set=va, progress=progress)
+                summary = trainer.run()
+                if not summary.finished:
+                    return CompressResult(out, False, method_name, recipe=rec, steps=summary.steps,
+                                          total_steps=summary.total_steps, checkpoint=teacher_ck,
+                                          seconds=time.perf_counter() - t_start)
+                if dist_info.main:
+                    save(t_model.eval(), t_folder, base_model=model, recipe=t_rec,
+                         metrics={"history": summary.history[-1:]})
+                barrier(dist_info)
+                teacher_record = {"recipe": t_rec, "sources": t_src, "history": summary.history}
+            teacher_spec = str(t_folder)
+            t_model = t_model.eval()
+            student_base = t_model
+
+        # ---------------------------------------------------------------------- stage 2: distillation
+        torch.manual_seed(seed)
+        if existing is not None and student_base is loaded:
+            student = copy.deepcopy(loaded)
+        else:
+            student = apply_method(copy.deepcopy(dense_copy(student_base)), method_name, **method_options)
+        teacher_net = copy.deepcopy(t_model).eval()
+        m_obj = get_method(student)
+        _emit(progress, "info", message=f"teacher: {teacher_spec}")
+        rec_record = {**rec, "batch_size": batch_size, "accum_steps": accum_steps,
+                      "world_size": dist_info.world_size, "global_batch": global_batch, "seed": seed,
+                      "precision": prec}
+        tr, va = datasets(student, rec["augment"], target_map)
+        _emit(progress, "stage", name="distill", message=f"distilling {m_obj.describe()} from the dense teacher")
+        trainer = Trainer(student, teacher_net, tr, rec, settings("distill", ck_path, {"recipe": rec}, log=True),
+                          dist_info, val_set=va, progress=progress)
+        rec_record["peak_lr"] = trainer.lr
+        summary = trainer.run()
+        rec_record["param_groups"] = trainer.group_info
+        if not summary.finished:
+            return CompressResult(out, False, method_name, recipe=rec_record, steps=summary.steps,
+                                  total_steps=summary.total_steps, checkpoint=ck_path,
+                                  seconds=time.perf_counter() - t_start)
+
+        # ---------------------------------------------------------------------- evaluate, profile, save
+        result = CompressResult(out, True, method_name, recipe=rec_record, steps=summary.steps,
+                                total_steps=summary.total_steps, model=student)
+        if dist_info.main:
+            from .api import profile
+            from .train.evaluate import evaluate
+
+            _emit(progress, "stage", name="evaluating", message="evaluating dense and compressed on the val split")
+            eval_dtype = "fp32" if prec == "fp32" else prec
+            d_eval = evaluate(teacher_net, va, batch_size=batch_size, device=str(dev), dtype=eval_dtype,
+                              workers=workers)
+            c_eval = evaluate(student, va, batch_size=batch_size, device=str(dev), dtype=eval_dtype,
+                              workers=workers)
+            _emit(progress, "stage", name="profiling", message="counting GMACs and timing dense vs compressed")
+            prof = profile(student, device=str(dev), batch_size=profile_batch_size,
+                           speed=speed, latency=speed)
+            report = _report(model, teacher_spec, method_name, m_obj, splits, rec_record, sources, summary,
+                             d_eval, c_eval, prof, dist_info.world_size, str(dev), teacher_record)
+            report["seconds_total"] = round(time.perf_counter() - t_start, 2)
+            metrics = {
+                "dataset": data, "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
+                "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
+                "dense_top5": round(d_eval.top5, 4), "delta_top1": round(c_eval.top1 - d_eval.top1, 4),
+                "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
+                "throughput": prof.compressed.throughput, "dense_throughput": prof.dense.throughput,
+                "speedup": prof.speedup,
+            }
+            _emit(progress, "stage", name="saving", message=f"saving {out}")
+            save(student.eval(), out, base_model=model, recipe=rec_record, metrics=metrics,
+                 extra_files={REPORT_NAME: json.dumps(report, indent=2, default=str) + "\n"})
+            if not keep_checkpoints:
+                shutil.rmtree(ck_dir, ignore_errors=True)
+            result.report, result.metrics = report, metrics
+            result.checkpoint = ck_path if keep_checkpoints else None
+        barrier(dist_info)
+        result.seconds = time.perf_counter() - t_start
+        return result
+    finally:
+        teardown(dist_info)
+
+
+def _method_recipe(name: str, existing: Any, options: dict[str, Any]) -> dict[str, Any]:
+    from .methods import create_method
+
+    if existing is not None:
+        return existing.default_recipe()
+    return create_method(name, **options).default_recipe()
+
+
+def _side(ev: Any, st: Any) -> dict[str, Any]:
+    return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images, "params": st.params,
+            "gmacs": st.gmacs, "throughput": st.throughput, "latency_ms": st.latency_ms, "tokens": st.tokens,
+            "method": st.method, "options": st.options, "macs_source": st.macs_source}
+
+
+def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, recipe: dict[str, Any],
+            sources: dict[str, str], summary: Any, d_eval: Any, c_eval: Any, prof: Any, world: int, device: str,
+            teacher_record: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model": model, "teacher": teacher, "method": method, "options": m_obj.options_dict(),
+        "data": {**splits.describe(), "notes": splits.notes, "classes_names": splits.classes[:50]},
+        "dense": _side(d_eval, prof.dense), "compressed": _side(c_eval, prof.compressed),
+        "delta_top1": c_eval.top1 - d_eval.top1, "speedup": prof.speedup, "latency_ratio": prof.latency_ratio,
+        "gmacs_ratio": prof.gmacs_ratio,
+        "measure": {"device": prof.device, "device_name": prof.device_name, "dtype": prof.dtype,
+                    "batch_size": prof.batch_size, "latency_batch_size": 1, "input_size": list(prof.input_size)},
+        "train": {"epochs": summary.epochs, "steps": summary.steps, "global_batch": summary.global_batch,
+                  "processes": world, "device": device, "seconds": round(summary.seconds, 2),
+                  "images": summary.images, "peak_lr": summary.lr, "skipped_images": len(summary.skipped),
+                  "skipped_files": summary.skipped[:100], "history": summary.history},
+        "recipe": recipe, "recipe_sources": sources, "teacher_stage": teacher_record, "versions": prof.versions,
+        "units": {"gmacs": "GMACs per image (papers' GFLOPs)", "throughput": "images/s at measure.batch_size",
+                  "latency_ms": "ms per image at batch 1 (median)", "top1": "percent"},
+    }
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """Importing ``vitprune.compress`` (this module) makes the package attribute ``vitprune.compress`` this module
+    rather than the function; calling the module calls the function, so ``vitprune.compress(...)`` always works."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompressResult:
+        return compress(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
