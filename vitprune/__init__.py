@@ -32,7 +32,7 @@ _EXPORTS = {
     "push": "vitprune.hub.push",
     "visualize": "vitprune.report.plots",
     "sweep": "vitprune.sweeps",
-    "compress": "vitprune.compress",
+    "compress": "vitprune.compression",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -211,7 +211,7 @@ def sweep(
     folders: list[Optional[str]] = []
     dense_acc: Optional[dict[str, Any]] = None
     if mode == "trained":
-        from .compress import compress
+        from .compression import compress
 
         for i, v in enumerate(vals):
             opts = {**method_options, option: v}

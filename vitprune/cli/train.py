@@ -10,7 +10,8 @@ import typer
 
 from .app import app
 from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, RegionOpt, ROpt, ThresholdOpt, err, method_options, out, print_json,
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
+    print_json,
     user_errors,
 )
 
@@ -165,6 +166,7 @@ def compress(
     budget: BudgetOpt = None,
     region_size: RegionOpt = None,
     threshold: ThresholdOpt = None,
+    mode: ModeOpt = None,
     opt: ExtraOpt = None,
     data: Annotated[str, typer.Option(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
@@ -261,6 +263,11 @@ def compress(
         "--quiet", "-q", help="plain log lines instead of progress bars.", rich_help_panel=_RUN)] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="print report.json at the end instead of the table.", rich_help_panel=_RUN)] = False,
+    push_to: Annotated[Optional[str], typer.Option(
+        help="after saving, upload the folder to this Hub repo (user/name) as `vitprune push` does.",
+        rich_help_panel=_RUN)] = None,
+    private: Annotated[bool, typer.Option(
+        help="with --push-to: create the repo private.", rich_help_panel=_RUN)] = False,
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
 
@@ -276,9 +283,9 @@ def compress(
     t0 = time.perf_counter()
     with user_errors():
         try:
-            from ..compress import compress as run_compress
+            from ..compression import compress as run_compress
 
-            opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
+            opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
             recipe: dict[str, Any] = {k: v for k, v in {
                 "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
                 "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
@@ -301,7 +308,8 @@ def compress(
                 val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
                 resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
                 eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
-                profile_batch_size=profile_batch_size, progress=reporter, **opts)
+                profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
+                push_to=push_to, private=private, **opts)
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
@@ -323,6 +331,21 @@ def compress(
     out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
               f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
               f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", highlight=False)
+    if result.pushed is not None:
+        out.print(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:{result.pushed.repo_id}\")",
+                  highlight=False)
+
+
+def _command_line() -> str:
+    """The command as typed (`vitprune compress ...`), for report.json and the model card; empty when the
+    process was not started as `vitprune compress` (e.g. under a test runner), and the card then rebuilds it."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    if not args or args[0] != "compress":
+        return ""
+    return shlex.join(["vitprune", *args])
 
 
 # ------------------------------------------------------------------------------------------ eval

@@ -35,7 +35,7 @@ from ..data import Prepared, collate
 from ..errors import DataError, DeviceError, VitpruneError
 from ..methods import TeacherOutput
 from . import checkpoints as ck
-from .ddp import DistInfo, all_reduce_max, all_reduce_sum, barrier, gather_objects
+from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, total
 from .recipe import scaled_lr
 
@@ -298,6 +298,7 @@ class Trainer:
             terms = self.criterion(logits, targets, t_out.logits if t_out is not None else None)
             state = self.model.__dict__.pop("vitprune_state", None)  # this forward's; the graph keeps what it needs
             if self.method is not None and state is not None:
+                state.aux.setdefault("targets", targets)  # for methods with a label loss of their own (Evo-ViT)
                 for k, v in self.method.aux_losses(self.model, state, t_out).items():
                     terms[k] = v.float()
         return terms

@@ -24,7 +24,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -54,10 +54,10 @@ class CompressResult:
     total_steps: int = 0
     checkpoint: Optional[Path] = None
     model: Optional[nn.Module] = field(default=None, repr=False)
+    pushed: Any = None  # what vitprune.push returned when push_to was given
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("model")
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
         out["output"] = str(self.output)
         out["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return out
@@ -142,6 +142,10 @@ def compress(
     speed: bool = True,
     profile_batch_size: Optional[int] = None,
     progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    calibrate: bool = True,
+    command: Optional[str] = None,
+    push_to: Optional[str] = None,
+    private: bool = False,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -151,8 +155,12 @@ def compress(
     ``batch_size`` is per process (under torchrun the global batch is ``batch_size x processes x accum_steps``).
     ``max_steps`` stops after that many optimizer steps with a checkpoint (``finished=False``).
     ``progress`` receives event dicts (stage, epoch_start, step, epoch_end, checkpoint, warning, info...).
+    ``calibrate``: after training, let the method choose its data-dependent run-time defaults on up to
+    ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs); skipped when the
+    caller set one of the method's run-time options. ``command`` is recorded in report.json and the model card as
+    the way to make the model again. ``push_to`` uploads the saved folder with :func:`vitprune.push` (a failed
+    upload raises after the folder is saved, so nothing is lost).
     """
-    from . import train as _train  # noqa: F401  (package import keeps error messages consistent)
     from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
     from .hub import load_model, save
     from .methods import apply_method, dense_copy, get_method
@@ -350,6 +358,12 @@ def compress(
                                   total_steps=summary.total_steps, checkpoint=ck_path,
                                   seconds=time.perf_counter() - t_start)
 
+        calibration = None
+        if calibrate and dist_info.main and not set(method_options) & set(m_obj.runtime_options):
+            calibration = _calibrate(student, m_obj, splits, eval_transform(student), target_map, dev, batch_size)
+            if calibration is not None:
+                _emit(progress, "info", message=f"calibrated on training images: {_describe(calibration)}")
+
         # ---------------------------------------------------------------------- evaluate, profile, save
         result = CompressResult(out, True, method_name, recipe=rec_record, steps=summary.steps,
                                 total_steps=summary.total_steps, model=student)
@@ -369,6 +383,10 @@ def compress(
             report = _report(model, teacher_spec, method_name, m_obj, splits, rec_record, sources, summary,
                              d_eval, c_eval, prof, dist_info.world_size, str(dev), teacher_record)
             report["seconds_total"] = round(time.perf_counter() - t_start, 2)
+            if calibration is not None:
+                report["calibration"] = calibration
+            if command:
+                report["command"] = command
             metrics = {
                 "dataset": data, "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
                 "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
@@ -384,6 +402,15 @@ def compress(
                 shutil.rmtree(ck_dir, ignore_errors=True)
             result.report, result.metrics = report, metrics
             result.checkpoint = ck_path if keep_checkpoints else None
+            if push_to:
+                from .hub.push import push
+
+                _emit(progress, "stage", name="pushing", message=f"pushing {out} to {push_to}")
+                try:
+                    result.pushed = push(out, push_to, private=private)
+                except VitpruneError as e:
+                    raise type(e)(f"{e} The model is saved in {out}; push it later with `vitprune push {out} "
+                                  f"--repo {push_to}`.") from None
         barrier(dist_info)
         result.seconds = time.perf_counter() - t_start
         return result
@@ -426,12 +453,29 @@ def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, reci
     }
 
 
-class _CallableModule(__import__("types").ModuleType):
-    """Importing ``vitprune.compress`` (this module) makes the package attribute ``vitprune.compress`` this module
-    rather than the function; calling the module calls the function, so ``vitprune.compress(...)`` always works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> CompressResult:
-        return compress(*args, **kwargs)
+#: training images the post-training calibration looks at (eval transform; the val split stays untouched)
+CALIBRATION_IMAGES = 256
 
 
-__import__("sys").modules[__name__].__class__ = _CallableModule
+def _calibrate(model: nn.Module, m_obj: Any, splits: Any, transform: Any, target_map: Any, dev: torch.device,
+               batch_size: int) -> Optional[dict[str, Any]]:
+    from .data import Prepared, Unreadable
+
+    src, idx = splits.train
+    g = torch.Generator().manual_seed(0)
+    pick = [idx[int(i)] for i in torch.randperm(len(idx), generator=g)[:CALIBRATION_IMAGES]]
+    ds = Prepared(src, pick, transform, target_map=target_map)
+    images = [item[0] for item in (ds[i] for i in range(len(ds))) if not isinstance(item, Unreadable)]
+    if not images:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        batches = [torch.stack(images[i:i + batch_size]).to(dev) for i in range(0, len(images), batch_size)]
+        return m_obj.calibrate(model, batches)
+    finally:
+        model.train(was_training)
+
+
+def _describe(found: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.items())
