@@ -79,3 +79,18 @@ def deit_small():
     """DeiT-S at 224 px with random weights (FLOP and token-count checks)."""
     torch.manual_seed(0)
     return timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+
+
+def assert_keep_one_is_dense(patched, deit_small, photos, tiny_vit, digits) -> None:
+    """Keep rate 1.0 on DeiT-S (photos) and the tiny ViT (digits): outputs bit-identical to the dense models, no
+    stage recorded, 197 tokens in every block. ``patched(model, **options)`` patches a copy."""
+    from vitprune.methods import tracking
+
+    m = patched(deit_small, keep_rate=1.0)
+    with tracking(m), torch.no_grad():
+        assert torch.equal(m(photos), deit_small(photos))
+    assert m.vitprune_state.counts == [197] * 12 and m.vitprune_state.stages == []
+    assert m.vitprune_method.token_schedule(m) == [197] * 12
+    t = patched(tiny_vit, keep_rate=1.0)
+    with torch.no_grad():
+        assert torch.equal(t(digits), tiny_vit(digits))

@@ -15,7 +15,7 @@ from vitprune.measure import count_macs, count_params
 from vitprune.methods import TeacherOutput, TokenState, dense_copy, tracking
 from vitprune.methods.dynamicvit import ScorePredictor, kept_token_mse
 
-from .conftest import digits_batch, make_vit, photo_batch
+from .conftest import assert_keep_one_is_dense, digits_batch, make_vit, photo_batch
 
 DEIT_S_SCHEDULE = [197] * 3 + [138] * 3 + [97] * 3 + [68] * 3
 
@@ -41,15 +41,8 @@ def block_inputs(model, blocks):
 # ------------------------------------------------------------------------------------------ identity (oracle 5)
 
 
-def test_keep_rate_one_skips_predictors_and_is_bit_identical(deit_small, photos, digits, tiny_vit):
-    m = patched(deit_small, keep_rate=1.0)
-    with tracking(m), torch.no_grad():
-        assert torch.equal(m(photos), deit_small(photos))
-    assert m.vitprune_state.counts == [197] * 12 and m.vitprune_state.stages == []
-    assert m.vitprune_method.token_schedule(m) == [197] * 12
-    t = patched(tiny_vit, keep_rate=1.0)
-    with torch.no_grad():
-        assert torch.equal(t(digits), tiny_vit(digits))
+def test_keep_rate_one_skips_predictors_and_is_bit_identical(deit_small, photos, tiny_vit, digits):
+    assert_keep_one_is_dense(patched, deit_small, photos, tiny_vit, digits)
 
 
 def test_keep_rate_one_compute_path_matches_dense_within_fp32(deit_small, photos):

@@ -15,7 +15,7 @@ from vitprune.methods import TeacherOutput, TokenState, dense_copy, tracking
 from vitprune.methods.evovit import EvoViT
 from vitprune.ops import carry
 
-from .conftest import make_vit, photo_batch
+from .conftest import assert_keep_one_is_dense, make_vit, photo_batch
 
 DEIT_S_SCHEDULE = [197] * 4 + [99] * 8
 
@@ -67,14 +67,7 @@ def selected_patches(assignment):
 
 
 def test_keep_rate_one_is_bit_identical_to_dense(deit_small, photos, tiny_vit, digits):
-    m = patched(deit_small, keep_rate=1.0)
-    with tracking(m), torch.no_grad():
-        assert torch.equal(m(photos), deit_small(photos))
-    assert m.vitprune_state.counts == [197] * 12 and m.vitprune_state.stages == []
-    assert m.vitprune_method.token_schedule(m) == [197] * 12
-    t = patched(tiny_vit, keep_rate=1.0)
-    with torch.no_grad():
-        assert torch.equal(t(digits), tiny_vit(digits))
+    assert_keep_one_is_dense(patched, deit_small, photos, tiny_vit, digits)
 
 
 def test_avg_head_keep_one_is_bit_identical_to_timm_avg_pool_model(tiny_vit, digits):

@@ -55,6 +55,13 @@ def _ckpt_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
 
 
+def resume_to_the_reference(model, data, out, reference) -> None:
+    """--resume the stopped run in ``out``: it finishes with the uninterrupted run's weights."""
+    res = runner.invoke(app, args(model, data, out, "--save-every", "1", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert same_weights(weights(out), reference[0]), max_diff(weights(out), reference[0])
+
+
 def test_max_steps_stop_mid_epoch_then_resume_is_bit_identical(setup, reference):
     root, model, data = setup
     out = root / "maxsteps"
@@ -100,9 +107,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, referenc
     assert proc.returncode == -signal.SIGKILL
     step = _ckpt_step(out / "checkpoints" / "last.pt")
     assert 1 <= step < 20
-    res = runner.invoke(app, args(model, data, out, "--save-every", "1", "--resume"))
-    assert res.exit_code == 0, res.output
-    assert same_weights(weights(out), reference[0]), max_diff(weights(out), reference[0])
+    resume_to_the_reference(model, data, out, reference)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(setup, reference):
@@ -118,9 +123,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(setup, reference)
     assert "Traceback" not in stderr
     step = _ckpt_step(out / "checkpoints" / "last.pt")
     assert f"step {step}/20" in last
-    res = runner.invoke(app, args(model, data, out, "--save-every", "1", "--resume"))
-    assert res.exit_code == 0, res.output
-    assert same_weights(weights(out), reference[0]), max_diff(weights(out), reference[0])
+    resume_to_the_reference(model, data, out, reference)
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference):
