@@ -25,6 +25,16 @@ def test_help_lists_every_command():
         assert cmd in res.output
 
 
+def test_version_names_vitprune_and_its_stack():
+    import timm
+
+    import vitprune
+
+    res = run("--version")
+    assert res.exit_code == 0
+    assert res.output.startswith(f"vitprune {vitprune.__version__} (torch ") and f"timm {timm.__version__}" in res.output
+
+
 def test_profile_json_schema_dense_and_compressed():
     res = run("profile", "demo", "--method", "evit", "--keep-rate", "0.7", "--device", "cpu", "--batch-size", "8",
               "--repeats", "2", "--json")

@@ -37,10 +37,6 @@ class PushError(VitpruneError):
     """An upload to the Hugging Face Hub that failed; the local folder is left as it was."""
 
 
-class NotAvailableError(VitpruneError):
-    """A capability that is not finished yet; says which issue brings it."""
-
-
 __all__ = [
     "VitpruneError",
     "ModelNotFoundError",
@@ -49,5 +45,4 @@ __all__ = [
     "DataError",
     "DeviceError",
     "PushError",
-    "NotAvailableError",
 ]

@@ -1,4 +1,6 @@
 """The Typer application every command module registers on."""
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -11,10 +13,23 @@ app = typer.Typer(
 )
 
 
-def not_yet(command: str, issue: str) -> None:
-    """A command whose capability has not landed: one line, exit 1."""
-    from ..errors import NotAvailableError
-    from .common import user_errors
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
-    with user_errors():
-        raise NotAvailableError(f"`vitprune {command}` is not available in this version yet ({issue}).")
+        import timm
+        import torch
+
+        from .. import __version__
+
+        typer.echo(f"vitprune {__version__} (torch {torch.__version__}, timm {timm.__version__}, "
+                   f"huggingface_hub {version('huggingface_hub')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the versions and exit.")] = None,
+) -> None:
+    """Make pretrained Vision Transformers faster by token sparsification."""
