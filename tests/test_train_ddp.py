@@ -32,7 +32,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vitprune.cli.main", "compress", str(model), *common, "-o", str(tmp_path / "two"),
+           "-m", "vitprune", "compress", str(model), *common, "-o", str(tmp_path / "two"),
            "--batch-size", "8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
                           cwd=str(Path(__file__).parents[1]))

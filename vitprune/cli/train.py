@@ -272,7 +272,7 @@ def compress(
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
 
     With no arguments: the bundled demo teacher and digits, DynamicViT at keep rate 0.7, a short CPU schedule.
-    Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
+    Under `torchrun --nproc_per_node N -m vitprune compress ...` it trains with DistributedDataParallel.
     """
     from ..train.loop import TrainingInterrupted
 
