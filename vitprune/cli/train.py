@@ -125,6 +125,7 @@ def _hms(seconds: float) -> str:
 def compress_table(report: dict[str, Any]):
     from rich.table import Table
 
+    from ..report.card import latency_change
     from ..report.tables import GMACS_LABEL
 
     d, c, m = report["dense"], report["compressed"], report["measure"]
@@ -149,7 +150,7 @@ def compress_table(report: dict[str, Any]):
                   f"{c['params'] / d['params']:.2f}×")
     row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
     row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
-    row("latency (ms, median)", "latency_ms", 2, lambda a, b: f"{a / b:.2f}× faster" if b else "")
+    row("latency (ms, median)", "latency_ms", 2, latency_change)
     return table
 
 
