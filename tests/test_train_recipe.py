@@ -14,7 +14,9 @@ from vitprune.data import Prepared, eval_transform, load_data
 from vitprune.errors import MethodOptionError
 from vitprune.train.loop import RunSettings, Trainer, lr_lambda, param_groups
 from vitprune.train.losses import DistillationLoss, soft_distillation
-from vitprune.train.recipe import DEMO_EPOCHS, DEMO_LR_MULT, TRAINER_DEFAULTS, build_recipe, scaled_lr
+from vitprune.train.recipe import (
+    DEMO_CLIP_GRAD, DEMO_EPOCHS, DEMO_LR_MULT, TRAINER_DEFAULTS, build_recipe, scaled_lr,
+)
 from tests.test_train_utils import tiny_vit
 
 
@@ -31,6 +33,9 @@ def test_precedence_trainer_method_demo_user():
     assert demo["freeze_backbone_epochs"] == pytest.approx(method["freeze_backbone_epochs"] * DEMO_EPOCHS / 30, 1e-3)
     assert demo["augment"]["hflip"] == 0.0 and dsrc["augment"] == "data"
     assert demo["backbone_lr_scale"] == 0.1 and dsrc["backbone_lr_scale"] == "demo"  # 0.01 would barely move
+    # the demo's high lr is clipped (new modules saturated without it); elsewhere no clipping unless asked for
+    assert demo["clip_grad"] == DEMO_CLIP_GRAD and dsrc["clip_grad"] == "demo" and rec["clip_grad"] is None
+    assert build_recipe(method, {"clip_grad": 5.0}, demo=True)[0]["clip_grad"] == 5.0
     plain, psrc = build_recipe(method, {}, demo=True, augment_hints={"hflip": 0.0}, augment_default=False)
     assert plain["augment"] is None and psrc["augment"] == "data"  # the digits train on plain images...
     asked, _ = build_recipe(method, {"augment": {"scale": [0.5, 1.0]}}, demo=True, augment_hints={"hflip": 0.0},
