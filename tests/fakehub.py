@@ -308,23 +308,28 @@ class _Handler(BaseHTTPRequestHandler):
             return rev
         return next((b for b, h in repo.heads.items() if h == rev), None)
 
-    def do_info(self, g, body, q, head) -> None:
+    def _branch(self, g) -> tuple[Optional[Repo], Optional[str]]:
+        """The repo and branch a request names, or (None, None) after answering 404 for either."""
         repo = self._repo(g["repo"])
         if repo is None:
-            return
+            return None, None
         branch = self._revision(repo, g["rev"])
         if branch is None:
-            return self._error(404, "Revision not found", code="RevisionNotFound")
+            self._error(404, "Revision not found", code="RevisionNotFound")
+            return None, None
+        return repo, branch
+
+    def do_info(self, g, body, q, head) -> None:
+        repo, branch = self._branch(g)
+        if branch is None:
+            return
         self._send(200, {"id": g["repo"], "modelId": g["repo"], "sha": repo.heads[branch], "private": repo.private,
                          "siblings": [{"rfilename": p} for p in sorted(repo.branches[branch])], "tags": []})
 
     def do_tree(self, g, body, q, head) -> None:
-        repo = self._repo(g["repo"])
-        if repo is None:
-            return
-        branch = self._revision(repo, g["rev"])
+        repo, branch = self._branch(g)
         if branch is None:
-            return self._error(404, "Revision not found", code="RevisionNotFound")
+            return
         entries = [{"type": "file", "path": p, "size": len(d), "oid": _git_oid(d)}
                    for p, d in sorted(repo.branches[branch].items())]
         self._send(200, entries)

@@ -180,3 +180,11 @@ def test_card_from_section_and_report_dicts(compressed_folder):
 ])
 def test_hub_base_model(spec, repo):
     assert hub_base_model(spec) == repo
+
+
+def test_latency_change_says_faster_or_slower():
+    from vitprune.report.card import latency_change
+
+    assert latency_change(4.0, 2.0) == "2.00× faster"
+    assert latency_change(3.19, 4.19) == "1.31× slower"  # never "0.76× faster"
+    assert latency_change(None, 2.0) == latency_change(3.0, 0.0) == ""

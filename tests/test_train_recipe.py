@@ -166,3 +166,23 @@ def test_method_hooks_progress_and_several_passes_per_step():
     assert m.options.keep_rate == 0.5
     assert m.train_keep_rate == pytest.approx(m.scheduled_keep_rate(0.5))  # set before the last step (epoch 0.5)
     assert {"pass0/cls", "pass1/cls", "pass0/kd"} <= set(summary.history[0])
+
+
+def test_the_trainer_hands_labels_to_method_losses():
+    """Evo-ViT's assisted class-token loss is a label cross-entropy when the trainer passes the labels (not the KL
+    to the teacher it falls back to): a training step's aux_cls equals that CE on the class-token head."""
+    from vitprune.methods.evovit import AUX_LABEL_SMOOTHING
+
+    teacher = tiny_vit()
+    model = vitprune.apply_method(copy.deepcopy(teacher), "evovit", keep_rate=0.5, head="avg")
+    tr = _trainer(model, teacher, {"drop_path": 0.0})
+    tr._prepare()
+    images, labels = next(iter(torch.utils.data.DataLoader(tr.data, batch_size=8)))
+    model.train()
+    terms = tr._losses(images, labels, tr._teacher_out(images), model)
+    with torch.no_grad():  # the same training-mode forward again (no randomness left), for its class-token logits
+        model(images)
+    cls_logits = model.__dict__.pop("vitprune_state").aux["cls_logits"].float()
+    expected = model.vitprune_method.options.aux_cls_weight * F.cross_entropy(
+        cls_logits, labels, label_smoothing=AUX_LABEL_SMOOTHING)
+    assert terms["aux_cls"].item() == pytest.approx(expected.item(), rel=1e-5)

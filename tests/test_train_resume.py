@@ -97,13 +97,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
         time.sleep(0.02)
 
 
+def _signal_after_a_checkpoint(model, data, out, sig) -> tuple[subprocess.Popen, str, str]:
+    """Start a run that checkpoints every step, send ``sig`` once a checkpoint exists, wait for the process."""
+    proc = _spawn(args(model, data, out, "--save-every", "1"))
+    _wait_for(out / "checkpoints" / "last.pt", proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc, stdout, stderr
+
+
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, reference):
     root, model, data = setup
     out = root / "killed"
-    proc = _spawn(args(model, data, out, "--save-every", "1"))
-    _wait_for(out / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc, _, _ = _signal_after_a_checkpoint(model, data, out, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     step = _ckpt_step(out / "checkpoints" / "last.pt")
     assert 1 <= step < 20
@@ -113,10 +119,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, referenc
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(setup, reference):
     root, model, data = setup
     out = root / "sigint"
-    proc = _spawn(args(model, data, out, "--save-every", "1"))
-    _wait_for(out / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, signal.SIGINT)
     assert proc.returncode == 130, (stdout, stderr)
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("Interrupted: interrupted at step ") and "--resume" in last
