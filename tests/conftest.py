@@ -75,6 +75,12 @@ def digits():
 
 
 @pytest.fixture(scope="session")
+def photos():
+    """scikit-image's astronaut, chelsea and coffee at 224 px, normalised (a module's own fixture may override)."""
+    return photo_batch(224)
+
+
+@pytest.fixture(scope="session")
 def deit_small():
     """DeiT-S at 224 px with random weights (FLOP and token-count checks)."""
     torch.manual_seed(0)

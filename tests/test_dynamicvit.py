@@ -15,18 +15,13 @@ from vitprune.measure import count_macs, count_params
 from vitprune.methods import TeacherOutput, TokenState, dense_copy, tracking
 from vitprune.methods.dynamicvit import ScorePredictor, kept_token_mse
 
-from .conftest import assert_keep_one_is_dense, digits_batch, make_vit, photo_batch
+from .conftest import assert_keep_one_is_dense, digits_batch, make_vit
 
 DEIT_S_SCHEDULE = [197] * 3 + [138] * 3 + [97] * 3 + [68] * 3
 
 
 def patched(model, **opts):
     return vitprune.apply_method(copy.deepcopy(model), "dynamicvit", **opts)
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return photo_batch(224)
 
 
 def block_inputs(model, blocks):

@@ -15,18 +15,13 @@ from vitprune.methods import TeacherOutput, TokenState, dense_copy, tracking
 from vitprune.methods.evovit import EvoViT
 from vitprune.ops import carry
 
-from .conftest import assert_keep_one_is_dense, make_vit, photo_batch
+from .conftest import assert_keep_one_is_dense, make_vit
 
 DEIT_S_SCHEDULE = [197] * 4 + [99] * 8
 
 
 def patched(model, **opts):
     return vitprune.apply_method(copy.deepcopy(model), "evovit", **opts)
-
-
-@pytest.fixture(scope="module")
-def photos():
-    return photo_batch(224)
 
 
 def embed(model, images):
