@@ -277,6 +277,54 @@ def test_training_keep_rate_one_is_dense_without_losses(digits, tiny_vit):
     assert m.vitprune_method.aux_losses(m, m.vitprune_state, TeacherOutput(logits=y)) == {}
 
 
+def test_topk_tail_trains_with_the_inference_selection(digits):
+    """In the last ``topk_tail`` of a run the training masks are the inference top-k: exact counts per image, the
+    same kept set as eval, and (dropped tokens being invisible) the class logits of eval's gathered forward."""
+    m = patched(make_vit(), keep_rate=0.7, topk_tail=0.5)  # 64 patches: 44, 31, 21 at blocks 3, 6, 9
+    meth = m.vitprune_method
+    with torch.no_grad():
+        meth.on_train_progress(m, 2.0, 10.0)  # before the tail: Gumbel samples, counts vary
+        torch.manual_seed(0)
+        m.train()(digits)
+        gumbel = [d.sum(1) for d in m.vitprune_state.aux["decisions"]]
+        assert any(len(set(c.tolist())) > 1 for c in gumbel)
+
+        meth.on_train_progress(m, 5.0, 10.0)  # the tail
+        train_logits = m.train()(digits)
+        decisions = m.vitprune_state.aux["decisions"]
+        with tracking(m):
+            eval_logits = m.eval()(digits)
+        kept_eval = m.vitprune_state.origin  # original patch index of each kept token (B x 21)
+    assert [d.sum(1).tolist() for d in decisions] == [[k] * 8 for k in meth.keep_counts(64)]
+    assert (decisions[2] <= decisions[1]).all() and (decisions[1] <= decisions[0]).all()
+    kept_train = [set(torch.nonzero(d).flatten().tolist()) for d in decisions[2]]
+    assert kept_train == [set(row.tolist()) for row in kept_eval]
+    torch.testing.assert_close(train_logits, eval_logits, atol=1e-4, rtol=0)
+
+
+def test_topk_keep_decision_straight_through_gradient():
+    torch.manual_seed(0)
+    log_probs = F.log_softmax(torch.randn(2, 10, 2), -1).requires_grad_()
+    prev = torch.ones(2, 10)
+    prev[:, :3] = 0  # dropped earlier: never kept again, however high their score
+    d = ops.topk_keep_decision(log_probs, 4, prev)
+    assert d.sum(1).tolist() == [4.0, 4.0] and (d[:, :3] == 0).all()
+    best = log_probs[:, 3:, 0].topk(4, dim=1).indices + 3
+    assert all(set(torch.nonzero(row).flatten().tolist()) == set(b.tolist()) for row, b in zip(d, best))
+    (d * torch.arange(10.0)).sum().backward()  # gradient reaches the keep log-probabilities of live tokens
+    assert log_probs.grad[:, 3:, 0].abs().sum() > 0 and (log_probs.grad[:, :3] == 0).all()
+
+
+def test_topk_tail_zero_is_the_paper_gumbel_throughout(digits):
+    m = patched(make_vit(), keep_rate=0.7, topk_tail=0.0).train()
+    m.vitprune_method.on_train_progress(m, 9.9, 10.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m(digits)
+    counts = [d.sum(1) for d in m.vitprune_state.aux["decisions"]]
+    assert any(len(set(c.tolist())) > 1 for c in counts)
+
+
 def _state_with(decisions, final=None, npre=1):
     st = TokenState(num_prefix=npre, grid=(8, 8), training=True)
     st.aux["decisions"] = decisions
@@ -452,6 +500,7 @@ def test_import_checkpoint_cli_end_to_end(tmp_path, digits):
     ({"ratio_weight": -1.0}, "ratio-weight must be a number >= 0"),
     ({"distill_weight": float("nan")}, "distill-weight must be a number >= 0"),
     ({"pruning_loc": [3, 3]}, "pruning-loc must not repeat"),
+    ({"topk_tail": 1.5}, r"topk-tail must be a fraction of the run in \[0, 1\]"),
     ({"pruning_loc": []}, "pruning-loc must be a non-empty list"),
     ({"pruning_loc": [3, 12]}, r"outside the model's blocks 0..11"),
     ({"r": 8}, "--r is not an option of dynamicvit"),

@@ -38,7 +38,15 @@ vitprune choices where the paper and code are silent or specific to 224 px DeiT:
 * keep rate 1.0 is the dense model: predictors and gathers are skipped, in eval and in training;
 * the predictor's masked mean divides by ``max(sum(mask), 1e-6)``, so an image whose every patch was dropped gives a
   zero global feature instead of NaN; the token distillation is 0 when no patch is kept (as the reference);
-* ``keep_rate`` may be changed at run time (top-k with another ``k``); the predictors were trained for one rate.
+* ``keep_rate`` may be changed at run time (top-k with another ``k``); the predictors were trained for one rate;
+* the last ``topk_tail`` of the run (default 0.5; 0 = the paper throughout) trains with the inference selection:
+  at each location the mask keeps exactly the top ``k_s`` live patches by keep log-probability, with the
+  straight-through gradient of the keep probability (``ops.topk_keep_decision``), instead of Gumbel samples.
+  Why: until the predictors are confident, Gumbel masks are close to random subsets, the backbone learns to cope
+  with *those*, and deterministic top-k at inference is a different input distribution. Measured on the demo (10
+  epochs, seed 0): the same trained model scored 98.05 % with Gumbel masks and 96.10 % with top-k; with the top-k
+  tail, seeds 0/1/2 end at 98.05/98.33/98.33 % (paper schedule: 96.10/96.94/97.49 %). On a long schedule with
+  confident predictors the two selections agree and the tail changes little.
 """
 from __future__ import annotations
 
@@ -73,6 +81,9 @@ class DynamicViTOptions(MethodOptions):
         "help": "training: weight of the keep-ratio loss (paper: 2.0 for DeiT-S, 5.0 for DeiT-B)"})
     distill_weight: float = field(default=0.5, metadata={
         "help": "training: weight of the token distillation (MSE on final patch tokens kept after the last stage)"})
+    topk_tail: float = field(default=0.5, metadata={
+        "help": "training: last fraction of the run in which the masks are the inference top-k (straight-through "
+                "gradient) instead of Gumbel samples, in [0, 1]; 0 = the paper's Gumbel masks throughout"})
 
     def validate(self) -> None:
         check_fraction("keep_rate", self.keep_rate)
@@ -80,6 +91,9 @@ class DynamicViTOptions(MethodOptions):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise MethodOptionError(f"{name.replace('_', '-')} must be a number >= 0, got {v!r}.")
+        t = self.topk_tail
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise MethodOptionError(f"topk-tail must be a fraction of the run in [0, 1], got {t!r}.")
         if self.pruning_loc is not None:
             locs = self.pruning_loc
             if isinstance(locs, int) and not isinstance(locs, bool):
@@ -143,7 +157,7 @@ class DynamicViT(TokenMethod):
     paper = "Rao et al., DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification " \
             "(NeurIPS 2021, arXiv 2106.02034)"
     summary = ("learned prediction modules keep the top int(P*rho^s) patches before blocks 3/6/9 and discard the "
-               "rest; Gumbel-softmax masks in training")
+               "rest; Gumbel-softmax masks in training, the inference top-k for its last half")
     Options = DynamicViTOptions
     needs_training = True
     new_module_prefixes = ("score_predictor",)
@@ -160,6 +174,9 @@ class DynamicViT(TokenMethod):
         "epochs, cosine to 1e-6, 30 epochs, cls_token/pos_embed frozen; use ratio_weight 5.0 for DeiT-B and "
         "drop path 0.2 there (0 for DeiT-S).",
         "keep_rate can be changed at run time (top-k with another k); predictors were trained for one rate.",
+        "Training: the last topk_tail (default 0.5) of the run uses the inference top-k masks with a straight-"
+        "through gradient instead of Gumbel samples, so the backbone adapts to the selection it gets at inference "
+        "(demo: +1.4 pt over three seeds); topk_tail=0 is the paper's Gumbel training throughout.",
     )
 
     # -- facts ---------------------------------------------------------------------------------------
@@ -242,7 +259,10 @@ class DynamicViT(TokenMethod):
             s = stage_of.get(i)
             if s is not None:
                 log_probs = model.score_predictor[s](x[:, npre:], prev)
-                prev = ops.gumbel_keep_decision(log_probs, prev)  # B x P, hard 0/1, monotone
+                if self._topk_phase():
+                    prev = ops.topk_keep_decision(log_probs, self.keep_counts(log_probs.shape[1])[s], prev)
+                else:
+                    prev = ops.gumbel_keep_decision(log_probs, prev)  # B x P, hard 0/1, monotone
                 decisions.append(prev)
                 policy = ops.with_prefix_mask(prev, npre)
             state.enter(x)
@@ -255,6 +275,14 @@ class DynamicViT(TokenMethod):
         state.aux["keep_targets"] = self.keep_targets(len(decisions))
         state.aux["final_tokens"] = x  # pre-norm; aux_losses applies model.norm
         return x
+
+    def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
+        self._progress = epoch / total_epochs if total_epochs else 0.0
+
+    def _topk_phase(self) -> bool:
+        """True in the last ``topk_tail`` of a run the trainer reports progress for (never outside a trainer)."""
+        tail, progress = self.options.topk_tail, getattr(self, "_progress", None)
+        return tail > 0 and progress is not None and progress >= 1.0 - tail
 
     # -- schedule -------------------------------------------------------------------------------------
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
