@@ -1,0 +1,60 @@
+"""The benchmark scripts run (CPU smoke mode, tiny model) and write what the README says they write."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import kernels
+        import speed
+        yield speed, kernels
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_speed_smoke_writes_every_method_next_to_dense(tmp_path, bench_modules, capsys):
+    speed, _ = bench_modules
+    out = tmp_path / "speed.json"
+    assert speed.main(["--smoke", "--device", "cpu", "--methods", "evit,tome", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    run = res["runs"]["fp32"]
+    assert set(run) == {"dense", "evit", "tome", "_seconds"}
+    assert all(run[m]["throughput"] > 0 and run[m]["latency_ms"] > 0 for m in ("dense", "evit", "tome"))
+    assert res["gmacs"]["evit"] < res["gmacs"]["dense"] and res["versions"]["torch"]
+    table = capsys.readouterr().out
+    assert "× dense" in table and "evit" in table
+
+
+def test_kernel_summary_smoke_groups_all_time_into_categories(tmp_path, bench_modules, capsys):
+    _, kernels = bench_modules
+    out = tmp_path / "kernels.json"
+    assert kernels.main(["--smoke", "--methods", "dynamicvit", "--batch-size", "2", "--steps", "1",
+                         "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"dense", "dynamicvit"} and res["dtype"] == "fp32"
+    for r in res["models"].values():
+        assert r["gpu_ms_per_forward"] > 0 and r["top"]
+        assert sum(r["by_category_ms"].values()) == pytest.approx(r["gpu_ms_per_forward"])
+        assert r["by_category_ms"].get("matmul", 0) > 0
+    assert "dynamicvit" in capsys.readouterr().out
+
+
+
+def test_kernel_category_names(bench_modules):
+    _, kernels = bench_modules
+    assert kernels.category("aten::addmm") == "matmul" and kernels.category("aten::topk") == "token ops"
+    assert kernels.category("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_tn") == "matmul"
+    assert kernels.category("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert kernels.category("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel") == "norm"
+    assert kernels.category("void at::native::sbtopk::gatherTopK<float, unsigned int, 2, false>") == "token ops"
+    assert kernels.category("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>") \
+        == "element-wise"
