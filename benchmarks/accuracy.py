@@ -6,6 +6,9 @@ with ``vitprune.compress`` (the library call behind ``vitprune compress``), on C
     python benchmarks/accuracy.py --epochs 5 --json out.json
     python benchmarks/accuracy.py --seeds 0 1 2         # every method with three seeds: mean, min and max
 
+The JSON file keeps one row per method: a run of some methods replaces their rows and keeps the others (each row
+records the command and date that produced it), and the printed table shows them all.
+
 Settings "at keep 0.7": ``keep_rate=0.7`` for the methods that have one (SaiT in its fixed mode), ``budget=0.7`` for
 DGE, and for ToMe the ``r`` whose GMACs come closest to EViT's at keep 0.7 (counted, not guessed). The target
 (PERF.md, issue #6) is a compressed val top-1 within 0.5 points of the teacher's (98.33 % on 359 digits: one image
@@ -21,6 +24,7 @@ import json
 import platform
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,15 @@ def tome_r_like_evit() -> int:
     return best
 
 
+def merged_rows(path: Path, new: list[dict]) -> list[dict]:
+    """``new`` rows plus the rows of ``path`` for methods not run now, in the registry's method order."""
+    old = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    by_method = {r["method"]: r for r in old}
+    by_method.update({r["method"]: r for r in new})
+    order = {name: i for i, name in enumerate(method_names())}
+    return sorted(by_method.values(), key=lambda r: order.get(r["method"], len(order)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="*", default=None, help="default: every available method")
@@ -90,11 +103,13 @@ def main() -> None:
                "gmacs": sum(x["gmacs"] for x in runs) / len(runs),  # trained routers (DGE) differ per seed
                "dense_gmacs": m["dense_gmacs"], "epochs": res.recipe["epochs"],
                "wall_s": round(sum(x["wall_s"] for x in runs) / len(runs), 1), "runs": runs,
-               "within_target": mean - m["dense_top1"] >= -TARGET - 1e-9}
+               "within_target": mean - m["dense_top1"] >= -TARGET - 1e-9,
+               "command": "python " + " ".join(sys.argv), "date": date.today().isoformat()}
         rows.append(row)
+    rows = merged_rows(args.json, rows)
 
-    several = len(args.seeds) > 1
-    header = ("| method | setting | teacher top-1 | compressed top-1" + (f" (mean of {len(args.seeds)} seeds, range)"
+    several = any(len(r["runs"]) > 1 for r in rows)
+    header = ("| method | setting | teacher top-1 | compressed top-1" + (" (mean of the seeds, range)"
               if several else "") + " | Δ top-1 | GMACs (dense) | epochs | time per run |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -104,7 +119,7 @@ def main() -> None:
                      f"{row['delta']:+.2f}{'' if row['within_target'] else ' ✗'} | "
                      f"{row['gmacs']:.4f} ({row['dense_gmacs']:.4f}) | {row['epochs']:g} | {row['wall_s']:.0f} s |")
     print("\n".join(lines))
-    meta = {"command": "python " + " ".join(sys.argv), "target_points": TARGET, "device": "cpu",
+    meta = {"command": "python benchmarks/accuracy.py --seeds 0 1 2 (per row: its command)", "target_points": TARGET, "device": "cpu",
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "versions": {"vitprune": vitprune.__version__, "torch": torch.__version__}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
