@@ -154,3 +154,19 @@ def test_eval_errors_are_one_line(tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 1 and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_mode_flag_sets_sait_inference_mode_and_skips_calibration(tmp_path):
+    """`--mode fixed --keep-rate 0.7` reaches SaiT's options, is saved as the default, and (a run-time option the
+    user chose) stops the post-training threshold calibration."""
+    out = tmp_path / "sait"
+    res = runner.invoke(app, ["compress", "demo", "-m", "sait", "--mode", "fixed", "--keep-rate", "0.7",
+                              "--epochs", "0.1", "--no-speed", "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    section = read_vitprune_section(out)
+    assert section["options"]["mode"] == "fixed" and section["options"]["keep_rate"] == 0.7
+    assert "calibration" not in json.loads((out / "report.json").read_text())
+    model = vitprune.load(out)
+    assert model.vitprune_method.options.mode == "fixed"
+    bad = runner.invoke(app, ["compress", "demo", "-m", "sait", "--mode", "sparse", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "--mode must be one of dense, fixed, adaptive" in bad.output

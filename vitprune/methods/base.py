@@ -135,6 +135,21 @@ def scale_locations(depth: int, reference: tuple[int, ...], reference_depth: int
     return sorted({max(1, min(depth - 1, (r * depth) // reference_depth)) for r in reference})
 
 
+def check_block_list(value: Any, flag: str, *, minimum: int = 0, example: str = "3,6,9") -> Optional[list[int]]:
+    """A user's list of 0-based block indices (an int is a list of one): sorted, each ``>= minimum``, no repeats;
+    None stays None (the method's default). Raises ``MethodOptionError`` naming ``--flag``."""
+    if value is None:
+        return None
+    locs = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(locs, (list, tuple)) or not locs
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= minimum for b in locs)):
+        raise MethodOptionError(
+            f"--{flag} must be a non-empty list of 0-based block indices >= {minimum} (e.g. {example}), got {locs!r}.")
+    if len(set(locs)) != len(locs):
+        raise MethodOptionError(f"--{flag} must not repeat a block, got {list(locs)}.")
+    return sorted(int(b) for b in locs)
+
+
 def block_locations(
     given: Optional[list[int]], depth: int, reference: tuple[int, ...], flag: str, first: int = 0,
 ) -> list[int]:

@@ -60,7 +60,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction, vit_info,
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    check_fraction, vit_info,
 )
 from .registry import register
 
@@ -94,17 +95,7 @@ class DynamicViTOptions(MethodOptions):
         t = self.topk_tail
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
             raise MethodOptionError(f"topk-tail must be a fraction of the run in [0, 1], got {t!r}.")
-        if self.pruning_loc is not None:
-            locs = self.pruning_loc
-            if isinstance(locs, int) and not isinstance(locs, bool):
-                locs = self.pruning_loc = [locs]
-            if (not isinstance(locs, (list, tuple)) or not locs
-                    or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in locs)):
-                raise MethodOptionError(
-                    f"pruning-loc must be a non-empty list of block indices >= 0 (e.g. 3,6,9), got {locs!r}.")
-            if len(set(locs)) != len(locs):
-                raise MethodOptionError(f"pruning-loc must not repeat a block, got {list(locs)}.")
-            self.pruning_loc = sorted(int(b) for b in locs)
+        self.pruning_loc = check_block_list(self.pruning_loc, "pruning-loc", minimum=0, example="3,6,9")
 
 
 # ------------------------------------------------------------------------------------------ prediction module

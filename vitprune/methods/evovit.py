@@ -77,7 +77,8 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import carry
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, require_class_token, vit_info,
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    require_class_token, vit_info,
 )
 from .registry import register
 
@@ -130,17 +131,7 @@ class EvoViTOptions(MethodOptions):
             raise MethodOptionError(
                 f"--keep-rate must be in (0, 1] (each selection keeps int(patches x keep-rate) patches), got "
                 f"{self.keep_rate!r}.")
-        if isinstance(self.select_loc, int) and not isinstance(self.select_loc, bool):
-            self.select_loc = [self.select_loc]
-        if self.select_loc is not None:
-            locs = self.select_loc
-            if (not isinstance(locs, (list, tuple)) or not locs
-                    or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in locs)):
-                raise MethodOptionError(
-                    f"--select-loc must be a non-empty list of 0-based block indices >= 1 (e.g. 4,8), got {locs!r}.")
-            if len(set(locs)) != len(locs):
-                raise MethodOptionError(f"--select-loc must not repeat a block, got {list(locs)}.")
-            self.select_loc = sorted(int(b) for b in locs)
+        self.select_loc = check_block_list(self.select_loc, "select-loc", minimum=1, example="4,8")
         if self.head not in HEADS:
             raise MethodOptionError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}.")
         if not _is_number(self.aux_cls_weight) or self.aux_cls_weight < 0:

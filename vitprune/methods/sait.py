@@ -76,8 +76,8 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import adaptive as aops
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction,
-    require_class_token, tracking, vit_info,
+    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    check_fraction, require_class_token, tracking, vit_info,
 )
 from .registry import register
 
@@ -140,16 +140,7 @@ class SaiTOptions(MethodOptions):
         check_fraction("keep_rate", self.keep_rate)
         check_fraction("threshold", self.threshold)
         check_fraction("k_min", self.k_min)
-        if isinstance(self.prune_at, int) and not isinstance(self.prune_at, bool):
-            self.prune_at = [self.prune_at]
-        if self.prune_at is not None:
-            ok = isinstance(self.prune_at, (list, tuple)) and len(self.prune_at) > 0 and all(
-                isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in self.prune_at)
-            if not ok:
-                raise MethodOptionError(
-                    f"--prune-at must be block indices >= 1 (0-based; block p-1 ranks the tokens), got "
-                    f"{self.prune_at!r}.")
-            self.prune_at = sorted(set(self.prune_at))
+        self.prune_at = check_block_list(self.prune_at, "prune-at", minimum=1, example="3")
         if not (isinstance(self.sel_weight, (int, float)) and math.isfinite(self.sel_weight)
                 and self.sel_weight >= 0):
             raise MethodOptionError(f"--sel-weight must be a number >= 0, got {self.sel_weight!r}.")
