@@ -124,6 +124,21 @@ def test_bad_options():
         vitprune.apply_method(make_vit(), "evit", r=8)
     with pytest.raises(UnsupportedModelError):
         vitprune.apply_method(make_vit(class_token=False, global_pool="avg"), "evit")
+    with pytest.raises(MethodOptionError, match="--drop-loc must not repeat a block"):
+        vitprune.apply_method(make_vit(), "evit", drop_loc=[3, 3])
+    assert vitprune.apply_method(make_vit(), "evit", drop_loc=[9, 3]).vitprune_method.options.drop_loc == [3, 9]
+
+
+def test_cli_bad_drop_loc_is_one_line():
+    """A block list that is not integers is a user error (one line, exit 1), not a TypeError traceback."""
+    from typer.testing import CliRunner
+
+    from vitprune.cli.main import app
+
+    res = CliRunner().invoke(app, ["profile", "demo", "--no-weights", "--method", "evit", "--opt", "drop_loc=x",
+                                   "--no-speed"])
+    assert res.exit_code == 1 and "--drop-loc must be a non-empty list of 0-based block indices" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_save_load_round_trip(tmp_path, digits):

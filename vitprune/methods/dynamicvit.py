@@ -153,6 +153,8 @@ class DynamicViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("score_predictor",)
     runtime_options = ("keep_rate",)
+    #: set by ``on_train_progress``: train with the inference top-k masks (the ``topk_tail``); False outside a trainer
+    train_topk: bool = False
     notes = (
         "Keep counts int(P * rho**s) use the model's real patch count P (the reference hard-codes 196), at least 1.",
         "Every prefix token (class, distillation, registers) is always kept and never scored; the head must read "
@@ -243,6 +245,7 @@ class DynamicViT(TokenMethod):
         """Training: shapes stay static; hard Gumbel decisions mask attention from the first location on."""
         stage_of = {b: s for s, b in enumerate(self.locations(len(model.blocks)))}
         npre = state.num_prefix
+        counts = self.keep_counts(x.shape[1] - npre, stages=len(stage_of)) if self.train_topk else None
         decisions: list[Tensor] = []
         prev: Optional[Tensor] = None
         policy: Optional[Tensor] = None
@@ -250,8 +253,8 @@ class DynamicViT(TokenMethod):
             s = stage_of.get(i)
             if s is not None:
                 log_probs = model.score_predictor[s](x[:, npre:], prev)
-                if self._topk_phase():
-                    prev = ops.topk_keep_decision(log_probs, self.keep_counts(log_probs.shape[1])[s], prev)
+                if counts is not None:  # the top-k tail: the inference selection, straight-through
+                    prev = ops.topk_keep_decision(log_probs, counts[s], prev)
                 else:
                     prev = ops.gumbel_keep_decision(log_probs, prev)  # B x P, hard 0/1, monotone
                 decisions.append(prev)
@@ -268,12 +271,8 @@ class DynamicViT(TokenMethod):
         return x
 
     def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
-        self._progress = epoch / total_epochs if total_epochs else 0.0
-
-    def _topk_phase(self) -> bool:
-        """True in the last ``topk_tail`` of a run the trainer reports progress for (never outside a trainer)."""
-        tail, progress = self.options.topk_tail, getattr(self, "_progress", None)
-        return tail > 0 and progress is not None and progress >= 1.0 - tail
+        tail = self.options.topk_tail
+        self.train_topk = tail > 0 and total_epochs > 0 and epoch >= (1.0 - tail) * total_epochs
 
     # -- schedule -------------------------------------------------------------------------------------
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:

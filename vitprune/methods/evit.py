@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from .base import (
-    MethodOptions, TokenMethod, TokenState, ViTInfo, block_locations, check_fraction, require_class_token, vit_info,
+    MethodOptions, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list, check_fraction,
+    require_class_token, vit_info,
 )
 from .registry import register
 
@@ -42,6 +43,7 @@ class EViTOptions(MethodOptions):
 
     def validate(self) -> None:
         check_fraction("keep_rate", self.keep_rate)
+        self.drop_loc = check_block_list(self.drop_loc, "drop-loc", minimum=0, example="3,6,9")
         if self.shrink_start < 0 or self.shrink_epochs < 0:
             from ..errors import MethodOptionError
 

@@ -95,11 +95,8 @@ def topk_keep_decision(log_probs: Tensor, k: int, prev: Optional[Tensor] = None)
     """Hard keep decision ``B x P`` that keeps the ``k`` patches with the highest keep log-probability among those
     still alive in ``prev`` (the inference selection), with the straight-through gradient of the keep probability."""
     keep = log_probs[..., 0]
-    if prev is not None:
-        keep_rank = keep.masked_fill(prev <= 0.5, float("-inf"))
-    else:
-        keep_rank = keep
-    hard = keep_mask(topk_patches(keep_rank.detach(), k), keep.shape[1]).to(keep.dtype)
+    rank = keep.detach() if prev is None else keep.detach().masked_fill(prev <= 0.5, float("-inf"))
+    hard = keep_mask(topk_patches(rank, k), keep.shape[1]).to(keep.dtype)
     soft = keep.exp()
     d = hard + soft - soft.detach()
     return d if prev is None else d * prev
