@@ -118,3 +118,43 @@ def test_owner_record_is_json_with_pid_host_purpose_since(tmp_path):
     with output_lock(tmp_path / "o", "import-checkpoint"):
         data = json.loads((tmp_path / "o" / ".vitprune" / "owner.json").read_text())
     assert set(data) == {"pid", "host", "purpose", "since"} and data["purpose"] == "import-checkpoint"
+
+
+def test_compress_holds_the_lock_from_before_training_until_its_save_is_done(tmp_path):
+    import vitprune
+
+    out = tmp_path / "run"
+    seen: dict = {}
+
+    def progress(e):  # who holds the folder at the first training step and while saving
+        key = e["event"] if e["event"] == "step" else e.get("name")
+        if key in ("step", "saving"):
+            seen.setdefault(key, read_owner(out))
+
+    res = vitprune.compress("demo", "evit", data="demo", output=str(out), epochs=0.05, speed=False,
+                            progress=progress, keep_rate=0.7)
+    assert res.finished
+    for key in ("step", "saving"):
+        assert seen[key]["pid"] == os.getpid() and seen[key]["purpose"] == "compress", key
+    assert read_owner(out) is None  # let go at the end
+    assert vitprune.load(out).vitprune_method.name == "evit"  # its own save did not wait on its lock
+
+
+def test_compress_into_a_folder_another_process_holds_is_refused_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitprune.cli.main import app
+
+    out = tmp_path / "run"
+    proc = hold(out, "compress")
+    try:
+        res = CliRunner().invoke(app, ["compress", "demo", "-m", "evit", "--epochs", "1", "--no-speed", "-o",
+                                       str(out)], env={"COLUMNS": "300"})
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=30)
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {out} is in use by pid {proc.pid} on "), res.output
+    assert sorted(p.name for p in out.iterdir()) == [".vitprune"]  # no checkpoint, no log: nothing ran

@@ -24,6 +24,7 @@ import json
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -181,6 +182,7 @@ def compress(
         raise MethodOptionError(f"--epochs must be >= 0, got {epochs!r}.")
 
     dist_info, dev = setup(device)
+    held = ExitStack()
     try:
         prec = resolve_precision(precision, dev)
         splits = load_data(data, val_split=val_split)
@@ -199,6 +201,10 @@ def compress(
         dense = dense_copy(loaded) if existing is not None else loaded
 
         out = Path(output) if output else Path("vitprune-out") / f"{model_slug(model)}-{method_name}"
+        if dist_info.main:  # one run per output folder, held until the save and the push end
+            from .hub.lock import output_lock
+
+            held.enter_context(output_lock(out, "compress"))
         ck_dir = out / CHECKPOINT_DIR
         ck_path = ck_dir / "last.pt"
         teacher_ck = ck_dir / "teacher.pt"
@@ -415,6 +421,7 @@ def compress(
         result.seconds = time.perf_counter() - t_start
         return result
     finally:
+        held.close()
         teardown(dist_info)
 
 

@@ -93,7 +93,12 @@ def import_checkpoint(
     with user_errors():
         from ..hub import save
         from ..hub.convert import import_checkpoint as do_import
+        from ..hub.lock import output_lock
+        from ..hub.save import check_overwritable
 
-        model = do_import(file, base, method, key=key, **method_options(keep_rate, r, extra=opt))
-        folder = save(model, output, base_model=base)
-        out.print(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}")
+        with output_lock(output, "import-checkpoint"):  # refused at once when another run writes there
+            check_overwritable(output)
+            model = do_import(file, base, method, key=key, **method_options(keep_rate, r, extra=opt))
+            folder = save(model, output, base_model=base)
+        out.print(f"Imported {escape(file)} as {escape(model.vitprune_method.describe())} on {escape(base)} → "
+                  f"{escape(str(folder))}", highlight=False)

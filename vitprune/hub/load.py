@@ -144,15 +144,28 @@ def build_from_config(cfg: dict[str, Any], *, source: str) -> nn.Module:
     return model
 
 
+def _model_files(folder: Path) -> Path:
+    """Where to read config.json and model.safetensors: in a folder saved by vitprune, the version both
+    top-level links lead to, resolved once (a save switching versions meanwhile cannot hand over a mix)."""
+    from .save import current_version, is_our_link
+
+    if all(is_our_link(folder, name) for name in (CONFIG_NAME, WEIGHTS_NAME)):
+        version = current_version(folder)
+        if version is not None:
+            return version
+    return folder
+
+
 def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None) -> nn.Module:
     """Load a local timm or vitprune folder (``config.json`` + ``model.safetensors``)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg = read_config(folder)
+    files = _model_files(folder)
+    cfg = read_config(files)
     model = build_from_config(cfg, source=source or str(folder))
     if pretrained:
-        weights = folder / WEIGHTS_NAME
+        weights = files / WEIGHTS_NAME
         if not weights.is_file():
             if VITPRUNE_KEY not in cfg:  # a plain timm folder may hold pytorch_model.bin: let timm read it
                 import timm
