@@ -1,6 +1,6 @@
 """A loopback HTTP server that answers the Hugging Face Hub endpoints huggingface_hub calls to push and pull a model.
 
-Push (``create_repo`` + ``create_branch`` + ``upload_folder``):
+Push (``create_repo`` + ``create_branch`` + ``create_commit``):
 
 * ``POST /api/validate-yaml`` (README metadata check), ``POST /api/repos/create``,
   ``POST /api/models/{repo}/branch/{branch}``;

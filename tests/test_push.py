@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from tests.fakehub import FakeHub
 from tests.test_card import make_saved_folder
 from vitprune.cli.main import app
+from vitprune.errors import PushError
 from vitprune.report.card import render_card
 
 TOKEN = "hf_FAKEtokenVitprune7f3c9a1e"  # a recognisable value to grep for
@@ -240,3 +242,134 @@ def test_failures_are_one_line_exit_1_folder_untouched(case, message, saved, hub
     if case in ("no-token", "invalid-name", "one-part-name", "offline", "not-a-folder"):
         assert hub.requests == []  # refused before any request
     assert REPO not in hub.repos or hub.files(REPO) == {}  # nothing half-committed
+
+
+# ------------------------------------------------------------------------------------------ what goes
+
+
+@pytest.fixture(scope="module")
+def cluttered(tmp_path_factory) -> Path:
+    """A saved folder next to what a disk holds: a secret, a link to a private file outside, a teacher
+    sub-folder, checkpoints, a training log; and outside it, the private file."""
+    import vitprune
+
+    root = tmp_path_factory.mktemp("cluttered")
+    private = root / "home" / "passwd"
+    private.parent.mkdir()
+    private.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    folder = make_saved_folder(root / "run")
+    (folder / "train_log.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n')
+    (folder / "api_key.txt").write_text("sk-PRIVATE-do-not-publish\n")
+    (folder / ".env").write_text("HF_TOKEN=hf_private\n")
+    (folder / "passwd").symlink_to(private)
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.pt").write_bytes(b"optimizer state")
+    vitprune.save(vitprune.load_model("demo"), folder / "teacher")
+    return folder
+
+
+MODEL_FILES = ["README.md", "config.json", "model.safetensors", "report.json", "train_log.jsonl"]
+
+
+@pytest.fixture
+def online(hub, monkeypatch):
+    """The fake Hub as the endpoint, online, with a token: for in-process CLI runs."""
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return hub
+
+
+def test_push_sends_the_allow_list_only_and_dry_run_lists_exactly_that(cluttered, online):
+    before = tree(cluttered)
+    dry = CliRunner().invoke(app, ["push", str(cluttered), "--repo", REPO, "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    planned = json.loads(dry.stdout)
+    res = CliRunner().invoke(app, ["push", str(cluttered), "--repo", REPO])
+    assert res.exit_code == 0, res.output
+    files = online.files(REPO)
+    assert sorted(files) == MODEL_FILES == sorted(f["path"] for f in planned["files"])
+    for rel in MODEL_FILES[1:]:
+        assert files[rel] == (cluttered / rel).read_bytes()
+    sent = b"".join(files.values())
+    assert b"sk-PRIVATE" not in sent and b"root:x:0:0" not in sent and b"hf_private" not in sent
+    assert "not uploaded: checkpoints/ (training state)" in planned["notes"]
+    assert "not uploaded: api_key.txt, passwd, teacher/ (add with --include)" in planned["notes"]
+    assert tree(cluttered) == before
+
+
+def test_include_adds_the_teacher_on_purpose(cluttered, online):
+    res = CliRunner().invoke(app, ["push", str(cluttered), "--repo", REPO, "--include", "teacher"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    files = online.files(REPO)
+    assert sorted(files) == sorted(MODEL_FILES + ["teacher/README.md", "teacher/config.json",
+                                                  "teacher/model.safetensors"])
+    assert files["teacher/model.safetensors"] == (cluttered / "teacher" / "model.safetensors").read_bytes()
+    assert "checkpoints/last.pt" not in files and "--include" in res.stdout
+
+
+@pytest.mark.parametrize("case", ["allow-listed link out", "included link out", "include outside", "no match"])
+def test_files_leading_out_of_the_folder_are_refused_in_one_line(case, cluttered, online, tmp_path):
+    folder, extra = cluttered, []
+    if case == "allow-listed link out":  # report.json is allow-listed; here it leads to the private file
+        folder = tmp_path / "linked"
+        shutil.copytree(cluttered, folder, symlinks=True)
+        (folder / "report.json").unlink()
+        (folder / "report.json").symlink_to(cluttered.parent / "home" / "passwd")
+        message = "report.json (a model file) leads outside linked/ (a symlink); push sends only files inside"
+    elif case == "included link out":
+        extra = ["--include", "pass*"]
+        message = "passwd (added by --include) leads outside run/ (a symlink)"
+    elif case == "include outside":
+        extra = ["--include", "../home/passwd"]
+        message = "--include '../home/passwd': give a glob relative to the folder"
+    else:
+        extra = ["--include", "samples/*.png"]
+        message = "--include 'samples/*.png' matches no file in run/"
+    for dry in ([], ["--dry-run"]):  # the dry run refuses the same way
+        res = CliRunner().invoke(app, ["push", str(folder), "--repo", REPO, *extra, *dry])
+        assert res.exit_code == 1
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], res.output
+    assert online.requests == []  # refused before anything was sent
+
+
+def test_card_images_inside_the_folder_go_with_it(cluttered, tmp_path):
+    from vitprune.hub.push import card_images, upload_plan
+
+    folder = tmp_path / "with-images"
+    shutil.copytree(cluttered, folder, symlinks=True)
+    (folder / "images").mkdir()
+    (folder / "images" / "tokens map.png").write_bytes(b"\x89PNG tokens")
+    (folder / "pareto.png").write_bytes(b"\x89PNG pareto")
+    card = ("---\ntags:\n- vitprune\n---\n![kept tokens](images/tokens%20map.png)\n"
+            '<img src="./pareto.png" width=300>\n![remote](https://example.com/x.png) ![up](../home/passwd)\n'
+            "![missing](images/none.png)\n")
+    assert card_images(card) == ["images/tokens map.png", "pareto.png", "images/none.png"]
+    plan = {f.path: f for f in upload_plan(folder, card)}
+    assert sorted(plan) == sorted(MODEL_FILES + ["images/tokens map.png", "pareto.png"])
+    (folder / "pareto.png").unlink()
+    (folder / "pareto.png").symlink_to(cluttered.parent / "home" / "passwd")  # a shown image leading out
+    with pytest.raises(PushError, match="pareto.png .a model file. leads outside"):
+        upload_plan(folder, card)
+
+
+def test_onnx_export_goes_with_its_external_data_file(cluttered, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from vitprune.hub.push import upload_plan
+
+    folder = tmp_path / "with-onnx"
+    shutil.copytree(cluttered, folder, symlinks=True)
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])], [weight])
+    onnx.save_model(helper.make_model(graph), str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.weights", size_threshold=0)
+    (folder / "other.weights").write_bytes(b"not named by model.onnx")
+    paths = [f.path for f in upload_plan(folder, "card")]
+    assert "model.onnx" in paths and "model.weights" in paths and "other.weights" not in paths

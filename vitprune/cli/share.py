@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import (
@@ -33,46 +34,53 @@ def push(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="list the files and print the model card that would go; send nothing.")] = False,
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="commit message.")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", help="also send files matching this glob, relative to the folder (repeatable), e.g. teacher, "
+        "'samples/*.png'; still only files inside the folder.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
 ) -> None:
-    """Upload a saved folder to the Hugging Face Hub with a model card generated from its run.
+    """Upload a saved model folder to the Hugging Face Hub with a model card generated from its run.
 
-    The token comes from HF_TOKEN or `hf auth login`; it is never printed. The local folder is not changed: the
-    README.md that goes is regenerated from config.json and report.json so that it names the repo.
+    Sends the model, not the disk: config.json, model.safetensors, report.json, train_log.jsonl, model.onnx, the
+    images the card shows and the card (README.md, regenerated from config.json and report.json so that it names
+    the repo); anything else only with --include. Files that lead outside the folder are refused. The token comes
+    from HF_TOKEN or `hf auth login`; it is never printed. The local folder is not changed.
     """
     with user_errors():
         from ..hub.push import push as do_push
 
+        kwargs = dict(private=private, revision=revision, commit_message=message, include=include or ())
         if dry_run:
-            result = do_push(folder, repo, private=private, revision=revision, dry_run=True, commit_message=message)
+            result = do_push(folder, repo, dry_run=True, **kwargs)
         else:
-            with err.status(f"uploading {folder} to {repo}…"):
-                result = do_push(folder, repo, private=private, revision=revision, commit_message=message)
+            with err.status(f"uploading {escape(folder)} to {escape(repo)}…"):
+                result = do_push(folder, repo, **kwargs)
         if json_out:
             print_json(result.to_dict())
             return
         from rich.table import Table
 
         verb = "Would upload" if result.dry_run else "Uploaded"
-        table = Table(title=f"{verb} to {result.repo_id} ({'private' if result.private else 'public'}, branch "
-                      f"{result.revision})", title_justify="left")
+        table = Table(title=f"{verb} to {escape(result.repo_id)} ({'private' if result.private else 'public'}, "
+                      f"branch {escape(result.revision)})", title_justify="left")
         table.add_column("file")
         table.add_column("size", justify="right")
         table.add_column("")
+        why = {"generated": "generated model card", "included": "--include"}
         for f in result.files:
-            table.add_row(f.path, _size(f.size), "generated model card" if f.source == "generated" else "")
+            table.add_row(escape(f.path), _size(f.size), why.get(f.source, ""))
         table.add_row(f"{len(result.files)} files", _size(result.total_bytes), "", style="bold")
         out.print(table)
         for note in result.notes:
-            out.print(f"[dim]· {note}[/]")
+            out.print(f"[dim]· {escape(note)}[/]")
         if result.dry_run:
             out.rule("README.md (model card)")
             out.print(result.card, markup=False, highlight=False)
             out.print(f"Dry run: nothing was sent. Push with: vitprune push {folder} --repo {result.repo_id}",
-                      highlight=False)
+                      markup=False, highlight=False)
         else:
             out.print(f"Done: {result.url} · load it with vitprune.load(\"hf-hub:{result.repo_id}\")",
-                      highlight=False)
+                      markup=False, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ visualize

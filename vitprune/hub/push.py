@@ -1,10 +1,14 @@
-"""Upload a saved folder to the Hugging Face Hub: ``create_repo`` + ``upload_folder``, with a regenerated card.
+"""Upload a saved folder to the Hugging Face Hub: ``create_repo`` + one ``create_commit`` of an explicit file list.
 
-``push(folder, "user/name")`` uploads every file of the folder except hidden ones and ``checkpoints/`` (training
-state for ``--resume``, not part of the model); the README.md that goes is the model card regenerated from the
-folder's ``config.json`` and ``report.json`` (``vitprune.report.card.render_card``) so that it names the repo it
-lives in. The local folder is never written: the upload reads the files through a temporary staging folder of
-links, and a failure leaves the folder exactly as it was.
+A push sends the model, not the disk. What goes is an allow-list (``upload_plan``): ``config.json``,
+``model.safetensors``, ``report.json``, ``train_log.jsonl``, ``model.onnx`` with its external-data file when
+present, the images the model card shows (relative links inside the folder), and ``README.md`` — the card
+regenerated from the folder's ``config.json`` and ``report.json`` (``vitprune.report.card.render_card``) so that it
+names the repo it lives in. Nothing else (``checkpoints/``, ``teacher/``, logs, notes, hidden files) goes unless
+``include`` patterns (globs relative to the folder; a folder matched brings its files) add it on purpose; hidden
+files never go. Every file must be a regular file inside the folder: a symlink that leads out of it is refused in
+one line, whether allow-listed or included. A dry run computes the same list with the same function and sends
+nothing. The local folder is never written, and a failure leaves it exactly as it was.
 
 The token comes from ``token=``, else ``HF_TOKEN``, else the user's ``hf auth login``. It is handed to
 huggingface_hub and nothing else: it is never printed, logged or put in an error message (messages from the
@@ -13,15 +17,20 @@ server are scrubbed of it too).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Optional
+from urllib.parse import unquote, urlparse
 
 from ..errors import PushError
 
-#: files and folders of a saved folder that are not uploaded (top level); hidden names are never uploaded either
+#: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
+ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx")
+#: names an ONNX exporter gives the external-data file beside model.onnx (when the onnx package cannot say)
+ONNX_DATA = ("model.onnx.data", "model.onnx_data", "model.data")
+#: top-level folders of training state, named in the dry run's notes
 EXCLUDED = ("checkpoints",)
 CARD_NAME = "README.md"
 
@@ -30,7 +39,8 @@ CARD_NAME = "README.md"
 class PushFile:
     path: str  # path in the repo (posix)
     size: int  # bytes (the card: the regenerated card's size)
-    source: str  # "folder" or "generated"
+    source: str  # "folder", "included" or "generated"
+    local: Optional[Path] = field(default=None, repr=False)  # the checked file that is read (not for display)
 
 
 @dataclass
@@ -51,7 +61,7 @@ class PushResult:
 
     def to_dict(self) -> dict:
         return {"repo_id": self.repo_id, "revision": self.revision, "private": self.private, "dry_run": self.dry_run,
-                "files": [f.__dict__ for f in self.files], "total_bytes": self.total_bytes, "url": self.url,
+                "files": [{"path": f.path, "size": f.size, "source": f.source} for f in self.files], "total_bytes": self.total_bytes, "url": self.url,
                 "commit_url": self.commit_url, "card": self.card, "notes": self.notes}
 
 
@@ -73,16 +83,126 @@ def check_repo_id(repo: str) -> str:
     return repo_id
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Files of ``folder`` that a push uploads (relative paths, sorted): no hidden names, no ``checkpoints/``."""
+_LINK = re.compile(r"""!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+["'][^)]*["'])?\s*\)|<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""",
+                   re.IGNORECASE)
+
+
+def card_images(card: str) -> list[str]:
+    """Relative image paths a model card shows (Markdown ``![..](path)`` and HTML ``<img src>``), as repo paths."""
     found = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in EXCLUDED or "__pycache__" in rel.parts:
-            continue
-        if p.is_file():
-            found.append(rel)
+    for m in _LINK.finditer(card):
+        link = m.group(1) or m.group(2)
+        url = urlparse(link)
+        if url.scheme or url.netloc or link.startswith(("/", "#")):
+            continue  # a web address, an absolute path, an anchor
+        rel = PurePosixPath(unquote(url.path))
+        if rel.parts and ".." not in rel.parts and rel.as_posix() not in found:
+            found.append(rel.as_posix().removeprefix("./"))
     return found
+
+
+def _onnx_data(folder: Path) -> list[str]:
+    """External-data files model.onnx names (read with onnx when installed), else the usual names beside it."""
+    try:
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+    except ImportError:
+        return [n for n in ONNX_DATA if os.path.lexists(folder / n)]
+    try:
+        proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable ONNX file: it goes as it is, alone
+        return []
+    names = []
+    for t in _get_all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = ExternalDataInfo(t).location
+            if loc and loc not in names:
+                names.append(PurePosixPath(loc).as_posix())
+    return names
+
+
+def _inside(folder: Path, rel: str, why: str) -> Path:
+    """The real regular file ``folder/rel`` leads to, or PushError if it leads out of the folder or is not a file."""
+    root = os.path.realpath(folder)
+    real = os.path.realpath(folder / rel)
+    if os.path.commonpath([root, real]) != root:
+        raise PushError(f"{rel} ({why}) leads outside {folder.name}/ (a symlink); push sends only files inside the "
+                        "folder: copy the file in to send it.")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        raise PushError(f"{rel} ({why}) cannot be read.") from None
+    if not stat.S_ISREG(mode):
+        raise PushError(f"{rel} ({why}) is not a regular file; push sends only files.")
+    return Path(real)
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(rel).parts)
+
+
+def _included(folder: Path, pattern: str) -> list[str]:
+    """Files (relative posix paths) a --include glob matches; a folder matched brings its files."""
+    pure = PurePosixPath(pattern.replace(os.sep, "/"))
+    if not pattern.strip() or pure.is_absolute() or ".." in pure.parts:
+        raise PushError(f"--include {pattern!r}: give a glob relative to the folder, without '..' (e.g. teacher, "
+                        "'samples/*.png').")
+    root = Path(os.path.realpath(folder))
+    found = []
+    for p in sorted(Path(folder).glob(pure.as_posix())):
+        items = [p] if not p.is_dir() or p.is_symlink() else [q for q in sorted(p.rglob("*"))
+                                                               if q.is_symlink() or not q.is_dir()]
+        for q in items:
+            rel = q.relative_to(folder).as_posix()
+            if not _hidden(rel) and rel not in found:
+                found.append(rel)
+    if not found:
+        raise PushError(f"--include {pattern!r} matches no file in {root.name}/.")
+    return found
+
+
+def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = ()) -> list[PushFile]:
+    """Exactly the files a push of ``folder`` sends with this card (the dry run and the push both use it)."""
+    from .save import current_version, is_our_link
+
+    folder = Path(folder)
+    version = current_version(folder)  # resolved once: files a save switches meanwhile still come from one model
+    wanted: dict[str, str] = {}
+    for name in ALLOWED:
+        if os.path.lexists(folder / name):
+            wanted[name] = "folder"
+    if "model.onnx" in wanted:
+        for name in _onnx_data(folder):
+            wanted.setdefault(name, "folder")
+    for rel in card_images(card):
+        if rel != CARD_NAME and not _hidden(rel) and os.path.lexists(folder / rel):
+            wanted.setdefault(rel, "folder")
+    for pattern in include:
+        for rel in _included(folder, pattern):
+            if rel != CARD_NAME:
+                wanted.setdefault(rel, "included")
+    files = []
+    for rel, source in wanted.items():
+        why = "added by --include" if source == "included" else "a model file"
+        local = version / rel if version is not None and is_our_link(folder, rel) else _inside(folder, rel, why)
+        files.append(PushFile(rel, local.stat().st_size, source, local))
+    files.append(PushFile(CARD_NAME, len(card.encode("utf-8")), "generated"))
+    return sorted(files, key=lambda f: f.path)
+
+
+def _not_sent(folder: Path, files: list[PushFile]) -> list[str]:
+    """Notes for the top-level entries that stay home (hidden ones are not named)."""
+    sent = {PurePosixPath(f.path).parts[0] for f in files}
+    left = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                  if p.name not in sent and not p.name.startswith("."))
+    notes = []
+    state = [n for n in left if n.rstrip("/") in EXCLUDED]
+    if state:
+        notes.append(f"not uploaded: {', '.join(state)} (training state)")
+    other = [n for n in left if n.rstrip("/") not in EXCLUDED]
+    if other:
+        notes.append(f"not uploaded: {', '.join(other)} (add with --include)")
+    return notes
 
 
 def _check_folder(folder: Path) -> None:
@@ -90,7 +210,7 @@ def _check_folder(folder: Path) -> None:
         raise PushError(f"folder {folder} does not exist; give a folder saved by vitprune (or `vitprune compress`).")
     if not (folder / "config.json").is_file():
         raise PushError(f"{folder} has no config.json; push uploads a model folder saved by vitprune.")
-    if not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+    if not (folder / "model.safetensors").is_file():
         raise PushError(f"{folder} has no model.safetensors; the save did not finish, nothing to push.")
 
 
@@ -150,21 +270,6 @@ def _network_error_types() -> tuple[type[BaseException], ...]:
 # ------------------------------------------------------------------------------------------ push
 
 
-def _stage(folder: Path, files: list[Path], card: str, where: Path) -> None:
-    """A folder of links to the files to upload, with the regenerated card (the original folder is not touched)."""
-    for rel in files:
-        if rel.as_posix() == CARD_NAME:
-            continue
-        target = where / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        src = (folder / rel).resolve()
-        try:
-            os.symlink(src, target)
-        except OSError:  # no symlinks here (some Windows setups): copy instead
-            shutil.copy2(src, target)
-    (where / CARD_NAME).write_text(card, encoding="utf-8")
-
-
 def push(
     folder: str | os.PathLike,
     repo: str,
@@ -174,9 +279,11 @@ def push(
     dry_run: bool = False,
     token: Optional[str] = None,
     commit_message: Optional[str] = None,
+    include: Iterable[str] = (),
 ) -> PushResult:
     """Upload a saved folder to the Hub repo ``repo`` (``user/name``), creating it if needed.
 
+    Sends the files ``upload_plan`` lists (the model's allow-list plus ``include`` globs, see the module doc).
     ``revision`` pushes to that branch (created from main when missing). ``dry_run`` returns the files and the
     card that would go and sends nothing. Failures raise ``PushError`` (one line; the local folder is untouched).
     """
@@ -188,20 +295,13 @@ def push(
     if revision is not None and not revision.strip():
         raise PushError("--revision must be a branch name.")
     card = render_card(folder, repo_id=repo_id)
-    rels = list_files(folder)
-    files = [PushFile(rel.as_posix(), (folder / rel).stat().st_size, "folder") for rel in rels
-             if rel.as_posix() != CARD_NAME]
-    files.append(PushFile(CARD_NAME, len(card.encode("utf-8")), "generated"))
-    files.sort(key=lambda f: f.path)
+    files = upload_plan(folder, card, include)
     result = PushResult(repo_id=repo_id, revision=revision or "main", private=private, dry_run=dry_run, files=files,
-                        card=card)
-    skipped = [p.name for p in folder.iterdir() if p.name in EXCLUDED]
-    if skipped:
-        result.notes.append(f"not uploaded: {', '.join(skipped)}/ (training state)")
+                        card=card, notes=_not_sent(folder, files))
     if dry_run:
         return result
 
-    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     if constants.HF_HUB_OFFLINE:
@@ -215,28 +315,23 @@ def push(
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()  # the CLI shows its own status line; keeps output to what vitprune prints
     try:
-        with tempfile.TemporaryDirectory(prefix="vitprune-push-") as tmp:
-            staging = Path(tmp) / "upload"
-            staging.mkdir()
-            _stage(folder, rels, card, staging)
-            try:
-                url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-                if revision is not None and revision != "main":
-                    api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-                info = api.upload_folder(
-                    repo_id=repo_id, folder_path=staging, revision=revision, repo_type="model",
-                    commit_message=commit_message or f"Upload {folder.name} with vitprune",
-                )
-            except PushError:
-                raise
-            except Exception as e:  # noqa: BLE001 - every failure of the remote part becomes one line
-                from huggingface_hub import errors as hf_errors
+        operations = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=card.encode("utf-8") if f.local is None
+                                         else str(f.local)) for f in files]
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        info = api.create_commit(repo_id=repo_id, operations=operations, revision=revision, repo_type="model",
+                                 commit_message=commit_message or f"Upload {folder.name} with vitprune")
+    except PushError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure of the remote part becomes one line
+        from huggingface_hub import errors as hf_errors
 
-                known = (hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled, ValueError, RuntimeError,
-                         *_network_error_types())
-                if not isinstance(e, known):
-                    raise
-                raise PushError(_explain(e, repo_id, endpoint, token)) from None
+        known = (hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled, ValueError, RuntimeError,
+                 *_network_error_types())
+        if not isinstance(e, known):
+            raise
+        raise PushError(_explain(e, repo_id, endpoint, token)) from None
     finally:
         if not bars_were_off:
             enable_progress_bars()
@@ -245,4 +340,4 @@ def push(
     return result
 
 
-__all__ = ["push", "PushResult", "PushFile", "check_repo_id", "list_files", "EXCLUDED"]
+__all__ = ["push", "upload_plan", "card_images", "PushResult", "PushFile", "check_repo_id", "ALLOWED", "EXCLUDED"]
