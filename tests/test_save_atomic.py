@@ -22,6 +22,8 @@ import vitprune
 from vitprune.errors import OutputFolderError
 from vitprune.hub.lock import STORE
 
+from .test_train_utils import same_weights
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A zygote: imports torch and vitprune once, builds models A and B, then for each line "WHICH STOP FOLDER" (tab-separated) on
@@ -256,8 +258,7 @@ def test_two_processes_one_folder_second_refused_in_one_line(tmp_path):
         first.wait(timeout=60)
     assert first.returncode == 0
     loaded = vitprune.load(folder)  # whole, and the first process's model
-    ref = vit(1).state_dict()
-    assert all(torch.equal(loaded.state_dict()[k], ref[k]) for k in ref)
+    assert same_weights(loaded.state_dict(), vit(1).state_dict())
 
 
 # ------------------------------------------------------------------------------------------ clean-up, foreign files
@@ -308,7 +309,7 @@ def test_resave_over_a_folder_saved_before_the_versioned_layout(tmp_path):
     (legacy / "notes.txt").write_text("mine")
     vitprune.save(vit(2), legacy)
     ref = vit(2).state_dict()
-    assert all(torch.equal(vitprune.load(legacy).state_dict()[k], ref[k]) for k in ref)
+    assert same_weights(vitprune.load(legacy).state_dict(), ref)
     # files this save does not write are left alone
     assert (legacy / "notes.txt").read_text() == "mine" and (legacy / "report.json").read_text() == "{}"
 
@@ -325,5 +326,5 @@ def test_where_symlinks_cannot_be_made_files_are_replaced_one_by_one(tmp_path, m
     vitprune.save(vit(2), folder)
     assert not any(p.is_symlink() for p in folder.iterdir())
     ref = vit(2).state_dict()
-    assert all(torch.equal(vitprune.load(folder).state_dict()[k], ref[k]) for k in ref)
+    assert same_weights(vitprune.load(folder).state_dict(), ref)
     assert list((folder / STORE / "versions").iterdir()) == []

@@ -138,7 +138,7 @@ def visualize(
         maps = res.maps
         P = maps.grid[0] * maps.grid[1]
         out.print(f"Wrote {res.path} ({res.size[0]}×{res.size[1]} px): {len(maps.labels)} image(s) × "
-                  f"{len(maps.stages)} stage(s) of {maps.model} · {maps.method}", highlight=False)
+                  f"{len(maps.stages)} stage(s) of {maps.model} · {maps.method}", markup=False, highlight=False)
         for s in maps.stages:
             kept = [maps.kept(s, i) for i in range(len(maps.labels))]
             shown = ", ".join(map(str, kept))
@@ -179,9 +179,9 @@ def sweep_table(result: Any):
         caption += f" · {d['params'] / 1e6:.2f} M parameters"
     if has_acc:
         caption += f" · top-1 on {result.data} val"
-    table = Table(title=f"{result.model} · {result.method} · {result.option} swept ({result.mode})",
-                  caption=caption, title_justify="left", caption_justify="left")
-    table.add_column(result.option, no_wrap=True, min_width=len(result.option))
+    table = Table(title=escape(f"{result.model} · {result.method} · {result.option} swept ({result.mode})"),
+                  caption=escape(caption), title_justify="left", caption_justify="left")
+    table.add_column(escape(result.option), no_wrap=True, min_width=len(result.option))
     table.add_column(GMACS_LABEL, justify="right")
     table.add_column("×dense", justify="right")
     if has_params:
@@ -295,7 +295,7 @@ def sweep(
                     parts.append(f"{p.throughput:,.1f} img/s")
                 if p.top1 is not None:
                     parts.append(f"top-1 {p.top1:.2f} %")
-                err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), highlight=False)
+                err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), markup=False, highlight=False)
 
         res = do_sweep(model, method, vals, option=swept, data=data, epochs=epochs, out=output, device=device,
                        dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
@@ -306,5 +306,5 @@ def sweep(
             return
         out.print(sweep_table(res))
         for note in res.notes:
-            out.print(f"[dim]· {note}[/]")
-        out.print(f"Wrote {', '.join(res.files)}", highlight=False)
+            out.print(f"[dim]· {escape(note)}[/]")
+        out.print(f"Wrote {', '.join(res.files)}", markup=False, highlight=False)

@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import (
@@ -63,9 +64,9 @@ class Reporter:
         if kind in ("stage", "info"):
             if kind == "stage" and e.get("name") in ("evaluating", "profiling", "saving"):
                 self.close()
-            self._line(("· " if kind == "info" else "") + e["message"])
+            self._line(("· " if kind == "info" else "") + escape(e["message"]))
         elif kind == "warning":
-            self._line(f"[yellow]warning:[/] {e['message']}")
+            self._line(f"[yellow]warning:[/] {escape(e['message'])}")
         elif kind == "resumed":
             self._line(f"resumed at step {e['step']}/{e['total_steps']}")
         elif kind == "epoch_start":
@@ -130,7 +131,7 @@ def compress_table(report: dict[str, Any]):
 
     d, c, m = report["dense"], report["compressed"], report["measure"]
     opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
-    table = Table(title=f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val",
+    table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
                   caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
                   title_justify="left", caption_justify="left")
     for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
@@ -314,7 +315,7 @@ def compress(
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
-                err.print(f"Interrupted: {e.message}", highlight=False)
+                err.print(f"Interrupted: {e.message}", markup=False, highlight=False)
             raise typer.Exit(130) from None
         finally:
             reporter.close()
@@ -322,7 +323,7 @@ def compress(
         return
     if not result.finished:
         err.print(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
-                  f"{result.checkpoint}; run the same command with --resume to finish.", highlight=False)
+                  f"{result.checkpoint}; run the same command with --resume to finish.", markup=False, highlight=False)
         return
     if json_out:
         print_json(result.report)
@@ -331,10 +332,11 @@ def compress(
     m = result.metrics
     out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
               f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
-              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", highlight=False)
+              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", markup=False,
+              highlight=False)
     if result.pushed is not None:
         out.print(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:{result.pushed.repo_id}\")",
-                  highlight=False)
+                  markup=False, highlight=False)
 
 
 def _command_line() -> str:
@@ -405,7 +407,7 @@ def eval_(
         if json_out:
             res = run()
         else:
-            with err.status(f"evaluating {model} on {data} ({split})…"):
+            with err.status(escape(f"evaluating {model} on {data} ({split})…")):
                 res = run()
         info = {"model": model, "data": data, "split": split, **res.to_dict(),
                 "method": m.name if m else None, "options": m.options_dict() if m else {},
@@ -416,11 +418,11 @@ def eval_(
         from rich.table import Table
 
         title = f"{model} · {m.describe() if m else 'dense'} · {data} {split}"
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         for col in ("top-1 (%)", "top-5 (%)", "loss", "images"):
             table.add_column(col, justify="right")
         table.add_row(f"{res.top1:.2f}", f"{res.top5:.2f}", f"{res.loss:.4f}", f"{res.images:,}")
         out.print(table)
         if res.skipped:
             err.print(f"[yellow]warning:[/] {res.skipped} unreadable image(s) skipped "
-                      f"(e.g. {res.skipped_files[0]}).", highlight=False)
+                      f"(e.g. {escape(str(res.skipped_files[0]))}).", highlight=False)

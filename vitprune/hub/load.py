@@ -13,12 +13,14 @@ waits on retries.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import socket
 from functools import lru_cache
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -89,6 +91,13 @@ def _hub_call(spec: str, fn, *args, **kwargs):
         raise _not_found(spec, True, e) from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
         raise _not_found(spec, offline, e) from None
+    except hf_errors.HFValidationError:
+        raise ModelNotFoundError(f"{spec!r} is not a valid Hub repo name or revision.") from None
+    except (RuntimeError, OSError, ValueError) as e:  # weights that do not fit or do not read (safetensors, torch)
+        if isinstance(e, hf_errors.HfHubHTTPError):
+            raise
+        first = " ".join(str(e).split())[:200]
+        raise ModelNotFoundError(f"the weights of {spec} could not be loaded ({type(e).__name__}: {first}).") from None
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -115,33 +124,175 @@ def _suggest(name: str) -> str:
 
 # --------------------------------------------------------------------------------------------- loading
 
+#: a config.json is a few KB; anything this large is not one
+MAX_CONFIG_BYTES = 16 * 2**20
+#: bounds on the integer model_args of a ViT config (beyond any published ViT, far below a runaway allocation)
+INT_ARGS = {"img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 1024), "num_classes": (0, 10**6),
+            "embed_dim": (1, 16384), "depth": (1, 256), "num_heads": (1, 1024), "reg_tokens": (0, 1024),
+            "num_features": (0, 10**6)}
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
 
-def read_config(folder: Path) -> dict[str, Any]:
+
+def parse_config(data: bytes, where: str) -> dict[str, Any]:
+    """The JSON object in a config.json's bytes, or ModelNotFoundError in one line."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ModelNotFoundError(f"{where} is {len(data) / 2**20:.0f} MB, not a model config.")
+    try:
+        cfg = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ModelNotFoundError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    except (UnicodeDecodeError, RecursionError, ValueError):
+        raise ModelNotFoundError(f"{where} is not valid JSON text.") from None
+    if not isinstance(cfg, dict):
+        raise ModelNotFoundError(f"{where} holds a JSON {type(cfg).__name__}, not an object with the model's "
+                                 "settings.")
+    return cfg
+
+
+def read_config(folder: Path, where: Optional[str] = None) -> dict[str, Any]:
+    where = where or str(folder)
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
-        raise ModelNotFoundError(f"{folder} has no {CONFIG_NAME}; it is not a timm or vitprune model folder.")
+        raise ModelNotFoundError(f"{where} has no {CONFIG_NAME}; it is not a timm or vitprune model folder.")
+    return parse_config(cfg_file.read_bytes(), f"{where}/{CONFIG_NAME}")
+
+
+def _check_args(args: dict[str, Any], where: str) -> None:
+    for key, (lo, hi) in INT_ARGS.items():
+        if key not in args or (key in ("num_classes", "num_features") and args[key] is None):
+            continue
+        v = args[key]
+        values = v if key == "img_size" and isinstance(v, (list, tuple)) and len(v) == 2 else [v]
+        if not all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in values):
+            raise ModelNotFoundError(f"{where}: {key} must be an integer from {lo} to {hi}, got {v!r}.")
+    ratio = args.get("mlp_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64):
+        raise ModelNotFoundError(f"{where}: mlp_ratio must be a number in (0, 64], got {ratio!r}.")
+
+
+def _memory_bytes() -> Optional[int]:
     try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelNotFoundError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _architecture(cfg: dict[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(pretrained_cfg, architecture, model_args) of a config, each checked for type and range."""
+    import timm
+    from timm.models._hub import _parse_model_cfg
+
+    where = f"{source}/{CONFIG_NAME}"
+    arch = cfg.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ModelNotFoundError(f"{where} names no architecture (an \"architecture\" string).")
+    for key in ("pretrained_cfg", "model_args"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise ModelNotFoundError(f"{where}: {key} must be an object, got {type(cfg[key]).__name__}.")
+    if not timm.is_model(arch):
+        raise ModelNotFoundError(f"{source} names architecture {arch!r}, which this timm does not know; upgrade timm.")
+    _check_args({"num_classes": cfg.get("num_classes"), **cfg.get("model_args", {})}, where)
+    try:
+        return _parse_model_cfg(json.loads(json.dumps(cfg)), {"source": source})
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ModelNotFoundError(f"{where} is malformed ({type(e).__name__}: {e}).") from None
+
+
+@dataclass
+class _Plan:
+    """A checked config: what to build, and that model built on the ``meta`` device (no memory)."""
+
+    arch: str
+    pretrained_cfg: dict[str, Any]
+    model_args: dict[str, Any]
+    method: Optional[str]
+    options: dict[str, Any]
+    where: str
+    meta: Optional[nn.Module] = None
+
+    def build(self, meta: bool = False) -> nn.Module:
+        import timm
+
+        skip = {"weight_init": "skip"} if meta and "weight_init" not in self.model_args else {}
+        try:
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                model = timm.create_model(self.arch, pretrained=False, pretrained_cfg=self.pretrained_cfg,
+                                          **self.model_args, **skip)
+        except Exception as e:  # noqa: BLE001 - a config another tool wrote: whatever fails to build is its problem
+            first = " ".join(str(e).split())[:200]
+            raise ModelNotFoundError(f"{self.where} does not describe a {self.arch} timm can build "
+                                     f"({type(e).__name__}: {first}).") from None
+        if self.method:
+            from ..methods import apply_method
+
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                apply_method(model, self.method, **self.options)
+        return model
+
+
+def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
+    """Check a timm/vitprune ``config.json`` (types, sizes, a Vision Transformer, the vitprune section) and build
+    it on the ``meta`` device: one-line errors, nothing allocated; ``.build()`` then makes the real model."""
+    import timm
+
+    where = f"{source}/{CONFIG_NAME}"
+    pretrained_cfg, arch, model_args = _architecture(cfg, source)
+    with torch.device("meta"):  # a ViT at all (before the config's arguments)? (no weight init on meta)
+        try:
+            default = timm.create_model(arch, pretrained=False, weight_init="skip")
+        except TypeError:  # an architecture without that argument is not a timm ViT
+            default = timm.create_model(arch, pretrained=False)
+        check_vit(default, source)
+    section = cfg.get(VITPRUNE_KEY) or {}
+    method = section.get("method") if isinstance(section, dict) else None
+    options = (section.get("options") if isinstance(section, dict) else None) or {}
+    if not isinstance(section, dict) or not isinstance(method or "", str) or not isinstance(options, dict):
+        raise ModelNotFoundError(f"{where}: the vitprune section must be an object with a method name and options.")
+    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where)
+    plan.meta = plan.build(meta=True)
+    nbytes = sum(t.numel() * t.element_size() for t in (*plan.meta.parameters(), *plan.meta.buffers()))
+    memory = _memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise ModelNotFoundError(f"{where} describes a model of {nbytes / 2**30:,.1f} GiB, more than this machine's "
+                                 f"{memory / 2**30:,.1f} GiB of memory.")
+    return plan
 
 
 def build_from_config(cfg: dict[str, Any], *, source: str) -> nn.Module:
-    """Create the (random-weight) architecture a timm/vitprune ``config.json`` describes, method included."""
-    import timm
+    """Create the (random-weight) architecture a timm/vitprune ``config.json`` describes, method included, once
+    ``plan_model`` has checked it on the ``meta`` device."""
+    return plan_model(cfg, source).build()
 
-    from timm.models._hub import _parse_model_cfg
 
-    pretrained_cfg, arch, model_args = _parse_model_cfg(json.loads(json.dumps(cfg)), {"source": source})
-    if not timm.is_model(arch):
-        raise ModelNotFoundError(f"{source} names architecture {arch!r}, which this timm does not know; upgrade timm.")
-    model = timm.create_model(arch, pretrained=False, pretrained_cfg=pretrained_cfg, **model_args)
-    section = cfg.get(VITPRUNE_KEY) or {}
-    if section.get("method"):
-        from ..methods import apply_method
+def check_weights(model: nn.Module, weights: Path, where: str) -> None:
+    """Every tensor of ``model`` (on any device, ``meta`` included) against the safetensors header of ``weights``:
+    names, shapes and kinds (floating or not), read without loading any data. ModelNotFoundError in one line."""
+    from safetensors import SafetensorError, safe_open
 
-        apply_method(model, section["method"], **(section.get("options") or {}))
-    return model
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{where}/{WEIGHTS_NAME} is damaged or truncated ({' '.join(str(e).split())}); "
+                                 "save or download it again.") from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in header]
+    unexpected = [k for k in header if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
+        raise ModelNotFoundError(f"the weights in {where} do not match its config: {'; '.join(parts)}.")
+    for k, t in own.items():
+        shape, dtype = header[k]
+        if shape != tuple(t.shape):
+            raise ModelNotFoundError(f"the weights in {where} do not match its config: {k} is {list(shape)} in "
+                                     f"{WEIGHTS_NAME}, {list(t.shape)} in the model.")
+        if (dtype in _FLOAT_DTYPES) != t.is_floating_point():
+            raise ModelNotFoundError(f"the weights in {where} do not match its config: {k} is {dtype} in "
+                                     f"{WEIGHTS_NAME}, {str(t.dtype).removeprefix('torch.')} in the model.")
 
 
 def _model_files(folder: Path) -> Path:
@@ -157,49 +308,62 @@ def _model_files(folder: Path) -> Path:
 
 
 def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None) -> nn.Module:
-    """Load a local timm or vitprune folder (``config.json`` + ``model.safetensors``)."""
+    """Load a local timm or vitprune folder (``config.json`` + ``model.safetensors``).
+
+    Nothing is allocated before the config is checked and, with weights, before every tensor's name, shape and
+    kind in the safetensors header matches the model built on the ``meta`` device.
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    where = source or str(folder)
     files = _model_files(folder)
-    cfg = read_config(files)
-    model = build_from_config(cfg, source=source or str(folder))
+    cfg = read_config(files, where)
     if pretrained:
         weights = files / WEIGHTS_NAME
+        plan = plan_model(cfg, where)
         if not weights.is_file():
             if VITPRUNE_KEY not in cfg:  # a plain timm folder may hold pytorch_model.bin: let timm read it
-                import timm
-
-                model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-                return model
-            raise ModelNotFoundError(f"{folder} has no {WEIGHTS_NAME}; the save did not finish.")
-        state = load_file(str(weights))
-        _load_exact(model, state, str(folder))
+                return _hub_call(where, _timm_local, folder)
+            raise ModelNotFoundError(f"{where} has no {WEIGHTS_NAME}; the save did not finish.")
+        check_weights(plan.meta, weights, where)
+        model = plan.build()
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # noqa: BLE001 - the header was fine; the data is not (or vanished meanwhile)
+            raise ModelNotFoundError(f"{where}/{WEIGHTS_NAME} could not be read ({type(e).__name__}); load it "
+                                     "again.") from None
+        model.load_state_dict(state, strict=True)
+    else:
+        model = build_from_config(cfg, source=where)
     model.vitprune_source = source or str(folder)
     return model
 
 
-def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
-        raise ModelNotFoundError(f"the weights in {where} do not match its config: {'; '.join(parts)}.")
+def _timm_local(folder: Path) -> nn.Module:
+    import timm
+
+    return timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
     import timm
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     repo = spec[len("hf-hub:"):]
     repo_id, _, revision = repo.partition("@")
-    if repo_id.count("/") != 1:
-        raise ModelNotFoundError(f"{spec} is not a Hub repo name; write it as hf-hub:org/name.")
+    try:
+        if repo_id.count("/") != 1:
+            raise HFValidationError("not org/name")
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelNotFoundError(f"{spec!r} is not a Hub repo name; write it as hf-hub:org/name (letters, digits, "
+                                 "'-', '_', '.').") from None
     cfg_path = _hub_call(spec, hf_hub_download, repo_id, CONFIG_NAME, revision=revision or None)
-    cfg = json.loads(Path(cfg_path).read_text())
+    cfg = parse_config(Path(cfg_path).read_bytes(), f"{spec}/{CONFIG_NAME}")
+    if VITPRUNE_KEY not in cfg:  # a timm repo: checked (type, size, ViT) before timm downloads its weights
+        plan_model(cfg, spec)
     if VITPRUNE_KEY in cfg:
         if not pretrained:
             return build_from_config(cfg, source=spec)
