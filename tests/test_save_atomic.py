@@ -328,3 +328,18 @@ def test_where_symlinks_cannot_be_made_files_are_replaced_one_by_one(tmp_path, m
     ref = vit(2).state_dict()
     assert same_weights(vitprune.load(folder).state_dict(), ref)
     assert list((folder / STORE / "versions").iterdir()) == []
+
+
+def test_import_checkpoint_refuses_a_folder_with_someone_elses_readme(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitprune.cli.main import app
+
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "README.md").write_text("# Our lab's model\n")
+    res = CliRunner().invoke(app, ["import-checkpoint", str(tmp_path / "any.pth"), "--method", "evit", "-o",
+                                   str(folder)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"{folder}/README.md was not written by vitprune" in res.output
+    assert (folder / "README.md").read_text() == "# Our lab's model\n"
