@@ -373,3 +373,14 @@ def test_onnx_export_goes_with_its_external_data_file(cluttered, tmp_path):
     (folder / "other.weights").write_bytes(b"not named by model.onnx")
     paths = [f.path for f in upload_plan(folder, "card")]
     assert "model.onnx" in paths and "model.weights" in paths and "other.weights" not in paths
+
+
+def test_a_link_a_killed_save_left_ahead_of_its_switch_is_not_sent(cluttered, tmp_path):
+    """A save killed before its switch can leave the link of a file the new model adds (here: onnx) dangling; the
+    folder is the old model, and a push sends the old model."""
+    from vitprune.hub.push import upload_plan
+
+    folder = tmp_path / "killed"
+    shutil.copytree(cluttered, folder, symlinks=True)
+    (folder / "model.onnx").symlink_to(".vitprune/current/model.onnx")  # the link a save makes, dangling
+    assert sorted(f.path for f in upload_plan(folder, "card")) == MODEL_FILES

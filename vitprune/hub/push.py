@@ -183,8 +183,12 @@ def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = (
                 wanted.setdefault(rel, "included")
     files = []
     for rel, source in wanted.items():
-        why = "added by --include" if source == "included" else "a model file"
-        local = version / rel if version is not None and is_our_link(folder, rel) else _inside(folder, rel, why)
+        if version is not None and is_our_link(folder, rel):
+            local = version / rel
+            if not local.is_file():  # a link a killed save made ahead of its switch: not part of this model
+                continue
+        else:
+            local = _inside(folder, rel, "added by --include" if source == "included" else "a model file")
         files.append(PushFile(rel, local.stat().st_size, source, local))
     files.append(PushFile(CARD_NAME, len(card.encode("utf-8")), "generated"))
     return sorted(files, key=lambda f: f.path)
@@ -194,7 +198,7 @@ def _not_sent(folder: Path, files: list[PushFile]) -> list[str]:
     """Notes for the top-level entries that stay home (hidden ones are not named)."""
     sent = {PurePosixPath(f.path).parts[0] for f in files}
     left = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
-                  if p.name not in sent and not p.name.startswith("."))
+                  if p.name not in sent and not p.name.startswith(".") and p.exists())
     notes = []
     state = [n for n in left if n.rstrip("/") in EXCLUDED]
     if state:
