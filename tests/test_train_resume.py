@@ -81,7 +81,9 @@ def test_max_steps_stop_mid_epoch_then_resume_is_bit_identical(setup, reference)
 
 
 def _spawn(cmd: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    # as many threads as this process: float sums differ with the thread count, and the resumed half of the run
+    # happens in this process
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-m", "vitprune.cli.main", *cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parents[1]))
 
