@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,54 @@ def test_fp16_overflowing_gradients_are_the_scalers_business_not_a_divergence():
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert math.isfinite(summary.history[-1]["loss"])
     json.dumps(summary.history, allow_nan=False)
+
+
+def _handlers() -> dict:
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _library_run(model: Path, data: Path, out: Path, **kw):
+    import vitprune
+
+    return vitprune.compress(str(model), "evit", data=str(data), output=str(out), keep_rate=0.7, epochs=1,
+                             batch_size=8, augment=False, speed=False, eval_every=0, device="cpu", **kw)
+
+
+def test_sigterm_during_a_library_call_raises_training_interrupted_and_handlers_are_put_back(setup, tmp_path):
+    from vitprune.train.loop import TrainingInterrupted
+
+    _, model, data = setup
+    before = _handlers()
+    during = []
+
+    def progress(event):
+        if event["event"] == "step" and event["global_step"] == 2:
+            during.append(_handlers())
+            assert callable(during[0][signal.SIGTERM])  # vitprune's handler, or the signal would end pytest
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process, as a scheduler sends it
+
+    with pytest.raises(TrainingInterrupted) as e:
+        _library_run(model, data, tmp_path / "out", progress=progress)
+    # the signal came after step 2's optimizer step had been decided: the run stops at the end of step 3
+    assert e.value.signum == signal.SIGTERM and e.value.step == 3
+    assert ck.load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["step"] == 3
+    assert during[0] != before and _handlers() == before  # installed for the run only
+
+
+def test_a_run_in_another_thread_leaves_signal_handlers_alone(setup, tmp_path):
+    import threading
+
+    _, model, data = setup
+    before, seen, errors = _handlers(), [], []
+
+    def work():
+        try:
+            _library_run(model, data, tmp_path / "out", max_steps=1,
+                         progress=lambda e: seen.append(_handlers()) if e["event"] == "step" else None)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(300)
+    assert not errors and seen and all(h == before for h in seen) and _handlers() == before
