@@ -76,6 +76,19 @@ def _worker_pid(launcher: int, rank: int) -> int:
     raise AssertionError(f"no worker with RANK={rank} under process {launcher}")
 
 
+def _first_checkpoint(base: Path, proc: subprocess.Popen) -> Path:
+    """Wait until rank 0 of the run in ``base`` has written its first checkpoint."""
+    import time
+
+    ckpt = base / "node0" / "checkpoints" / "last.pt"
+    t0 = time.time()
+    while not ckpt.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 300, "no checkpoint appeared"
+        time.sleep(0.02)
+    return ckpt
+
+
 def _statuses(base: Path) -> list[dict]:
     return [json.loads((base / f"status-{r}.json").read_text()) for r in (0, 1)]
 
@@ -87,7 +100,6 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_reads_process_0
     group still works. --resume: only rank 0 can read the checkpoint; rank 1 gets it from rank 0 and the run
     ends with the weights of one uninterrupted process with the same global batch."""
     import signal
-    import time
 
     model = save_tiny_vit(tmp_path / "tiny", depth=4)
     data = digits_folder(tmp_path / "digits", per_class=8, val_per_class=2)
@@ -104,12 +116,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_reads_process_0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     run = {**common, "base": str(base), "batch_size": 8, "save_every": 1}
     proc = _torchrun([json.dumps(run)], env)
-    ckpt = base / "node0" / "checkpoints" / "last.pt"
-    t0 = time.time()
-    while not ckpt.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300, "no checkpoint appeared"
-        time.sleep(0.02)
+    ckpt = _first_checkpoint(base, proc)
     os.kill(_worker_pid(proc.pid, 1), signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     first = _statuses(base)
@@ -132,3 +139,29 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_reads_process_0
     one, two = weights(tmp_path / "one"), weights(base / "node0")
     moved = max_diff(one, weights(model))
     assert max_diff(one, two) < 1e-5 < moved / 100, (max_diff(one, two), moved)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_torchrun_launcher_stops_every_process_at_one_step(tmp_path):
+    """What a scheduler usually signals is the launcher: torchrun passes SIGTERM on to every worker (and gives them
+    a grace period); they stop after the same step with a checkpoint."""
+    import signal
+
+    model = save_tiny_vit(tmp_path / "tiny", depth=4)
+    data = digits_folder(tmp_path / "digits", per_class=8, val_per_class=2)
+    base = tmp_path / "run"
+    base.mkdir()
+    # 80 images / (2 x 8) per step x 3 epochs = 15 steps
+    run = {"base": str(base), "model": str(model), "method": "evit", "keep_rate": 0.7, "data": str(data),
+           "epochs": 3, "batch_size": 8, "save_every": 1, "augment": False, "speed": False, "eval_every": 0,
+           "device": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = _torchrun([json.dumps(run)], env)
+    ckpt = _first_checkpoint(base, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    status = _statuses(base)
+    step = status[0].get("interrupted_at")
+    assert step is not None and 1 <= step < 15, (status, err[-3000:])
+    assert status[1] == {**status[0], "rank": 1} and status[0]["signum"] == signal.SIGTERM
+    assert load_checkpoint(ckpt)["step"] == step
