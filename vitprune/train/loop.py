@@ -584,9 +584,10 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
         elif clip:
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
-        else:  # the largest |gradient|: finite exactly when every gradient is (a 2-norm could overflow)
+        else:  # the 2-norm clipping would use: one fused pass over the gradients (the inf-norm is ~6x slower on
+            # CPU); it is also inf when finite gradients are beyond ~1e19, which is divergence all the same
             grads = [p.grad for p in self.trainable if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads, math.inf) if grads else None
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
         parts = list(terms_sum.values()) + ([norm] if norm is not None else [])
         values = torch.stack([t.float().reshape(()) for t in parts]).tolist() if parts else []
         terms = dict(zip(terms_sum, values))
