@@ -176,26 +176,25 @@ def test_demo_data_carries_no_flip_hint():
 # ------------------------------------------------------------------------- data made by someone else
 
 
-def _read_all(ds: Prepared, timeout: float = 60.0) -> list:
-    """Every item of ``ds``, read in a thread so that a loader blocked on a FIFO fails the test instead of hanging
-    it; the FIFOs under ``ds``'s files are then given a writer so a blocked reader can finish."""
+def _read_every_image(root, fifo, timeout: float = 60.0) -> tuple[Prepared, list]:
+    """Every image of dataset ``root`` (all of its train source) as ``Prepared`` items, read in a thread so that a
+    loader blocked on ``fifo`` fails the test instead of hanging it (the FIFO then gets a writer, so a blocked
+    reader ends)."""
+    import os
     import threading
 
+    src = load_data(str(root), val_split=0.5).train[0]
+    ds = Prepared(src, range(len(src)), eval_transform(tiny_vit()))
     items: list = []
     reader = threading.Thread(target=lambda: items.extend(ds[i] for i in range(len(ds))), daemon=True)
     reader.start()
     reader.join(timeout)
-    return items if not reader.is_alive() else None
-
-
-def _release(fifo) -> None:
-    """Open the FIFO's writing end (non-blocking) and close it: a reader blocked in open() gets EOF."""
-    import os
-
     try:
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:  # no reader waiting: nothing to release
+    except OSError:  # no reader waiting on it
         pass
+    assert not reader.is_alive(), "reading the data blocked (on the FIFO)"
+    return ds, items
 
 
 def _hf_with_paths(folder, paths: list[str]):
@@ -224,12 +223,7 @@ def test_hf_image_paths_are_confined_to_the_dataset_folder(tmp_path):
     os.symlink(secret, root / "imgs" / "out-link.png")
     os.symlink("ok.png", root / "imgs" / "in-link.png")  # a link that stays inside is fine
     os.mkfifo(root / "imgs" / "fifo.png")
-    data = load_data(str(root), val_split=0.5)
-    src = data.train[0]
-    ds = Prepared(src, range(len(src)), eval_transform(tiny_vit()))
-    items = _read_all(ds)
-    _release(root / "imgs" / "fifo.png")
-    assert items is not None, "reading the dataset blocked (on the FIFO)"
+    ds, items = _read_every_image(root, root / "imgs" / "fifo.png")
     readable = [i for i, it in enumerate(items) if not isinstance(it, Unreadable)]
     assert readable == [0, 5]  # ok.png and the link inside the folder
     reasons = {i: it.reason for i, it in enumerate(items) if isinstance(it, Unreadable)}
@@ -250,12 +244,7 @@ def test_image_folder_refuses_fifos_and_devices_and_follows_links_to_images(tmp_
     os.symlink(shared, root / "1" / "linked.png")
     os.mkfifo(root / "0" / "fifo.png")
     os.symlink("/dev/zero", root / "1" / "zero.png")
-    data = load_data(str(root), val_split=0.5)
-    src = data.train[0]
-    ds = Prepared(src, range(len(src)), eval_transform(tiny_vit()))
-    items = _read_all(ds)
-    _release(root / "0" / "fifo.png")
-    assert items is not None, "reading the folder blocked (on the FIFO)"
+    _, items = _read_every_image(root, root / "0" / "fifo.png")
     bad = {Path(it.where).name: it.reason for it in items if isinstance(it, Unreadable)}
     assert bad == {"fifo.png": "not a regular file", "zero.png": "not a regular file"}
     assert len(items) - len(bad) == 5  # the four digits and the linked one

@@ -136,19 +136,16 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, referenc
     resume_to_the_reference(model, data, out, reference)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(setup, reference):
+@pytest.mark.parametrize("sig, code, words", [
+    (signal.SIGINT, 130, "Interrupted: interrupted at step "),  # Ctrl-C; 128 + the signal number, as shells do
+    (signal.SIGTERM, 143, "Interrupted: stopped by SIGTERM at step "),  # SLURM, Kubernetes, torchrun
+])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_with_one_line_and_resumes_bit_identical(setup, reference, sig,
+                                                                                             code, words):
     root, model, data = setup
-    out = root / "sigint"
-    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, signal.SIGINT)
-    _stopped_with_one_line(proc, stderr, out, 130, "Interrupted: interrupted at step ")
-    resume_to_the_reference(model, data, out, reference)
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_143_then_resume_is_bit_identical(setup, reference):
-    root, model, data = setup
-    out = root / "sigterm"
-    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, signal.SIGTERM)
-    _stopped_with_one_line(proc, stderr, out, 143, "Interrupted: stopped by SIGTERM at step ")
+    out = root / f"signal{int(sig)}"
+    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, sig)
+    _stopped_with_one_line(proc, stderr, out, code, words)
     resume_to_the_reference(model, data, out, reference)
 
 
