@@ -189,12 +189,13 @@ def load_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistI
     info = info or DistInfo()
     data, problem = None, None
     if info.main:
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
+        if not Path(path).is_file():
             problem = f"--resume: no checkpoint at {path}; run without --resume to start."
-        except OSError as e:
-            problem = f"--resume: cannot read {path} ({e.strerror or type(e).__name__})."
+        elif info.enabled:  # one process reads the file itself
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                problem = f"--resume: cannot read {path} ({e.strerror or type(e).__name__})."
     data, problem = broadcast_object(info, (data, problem))
     if problem:
         raise VitpruneError(problem)

@@ -55,6 +55,8 @@ def setup(device: Optional[str]) -> tuple[DistInfo, torch.device]:
     world = dist.get_world_size() if hosted else int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
+    if dev.type == "cuda" and hosted and "LOCAL_RANK" not in os.environ:
+        local = torch.cuda.current_device()  # the device the host program chose for this process
     if dev.type == "cuda":
         if local >= torch.cuda.device_count():
             raise DeviceError(f"process {rank} wants GPU {local} but {torch.cuda.device_count()} are visible; start "
