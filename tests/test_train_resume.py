@@ -85,7 +85,8 @@ def test_max_steps_stop_mid_epoch_then_resume_is_bit_identical(setup, reference)
 def _spawn(cmd: list[str], new_session: bool = False) -> subprocess.Popen:
     # as many threads as this process: float sums differ with the thread count, and the resumed half of the run
     # happens in this process
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-m", "vitprune.cli.main", *cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parents[1]),
                             start_new_session=new_session)
@@ -187,3 +188,17 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference)
     assert runner.invoke(app, args(model, data, out, "--max-steps", "2")).exit_code == 0
     res = runner.invoke(app, [*args(model, data, out, "--resume"), "--lr", "0.1"])
     assert res.exit_code == 1 and "other settings" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_with_malformed_contents_is_one_line(setup):
+    root, model, data = setup
+    out = root / "malformed"
+    assert runner.invoke(app, args(model, data, out, "--max-steps", "1")).exit_code == 0
+    path = out / "checkpoints" / "last.pt"
+    c = load_checkpoint(path)
+    c["rng"] = [{"python": "not a random state"}]  # right settings, contents that do not fit
+    torch.save(c, path)
+    res = runner.invoke(app, args(model, data, out, "--resume"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert [x for x in lines if x.startswith("Error:")] == lines[-1:] and "cannot be resumed" in lines[-1]

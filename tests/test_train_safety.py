@@ -30,8 +30,8 @@ def setup(tmp_path_factory):
 
 
 def _cli(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
-           "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.run([sys.executable, "-m", "vitprune", *cmd], capture_output=True, text=True, env=env,
                           cwd=str(cwd), timeout=600)
 

@@ -374,15 +374,21 @@ class Trainer:
         if path is None:
             raise VitpruneError("--resume: this run has no checkpoint path; run without --resume to start.")
         c = ck.load_resumable(path, self.s.fingerprint, self.d)
-        self.model.load_state_dict(c["model"])
-        self.optimizer.load_state_dict(c["optimizer"])
-        self.scheduler.load_state_dict(c["scheduler"])
-        if self.scaler is not None and c.get("scaler"):
-            self.scaler.load_state_dict(c["scaler"])
-        ck.restore_method_state(self.method, c.get("method_state"))
-        ck.set_rng_state(c["rng"][self.d.rank])
-        self._saved_step = int(c["step"])
-        return int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
+        try:  # the contents are data from a file: a malformed part is the file's fault, said in one line
+            self.model.load_state_dict(c["model"])
+            self.optimizer.load_state_dict(c["optimizer"])
+            self.scheduler.load_state_dict(c["scheduler"])
+            if self.scaler is not None and c.get("scaler"):
+                self.scaler.load_state_dict(c["scaler"])
+            ck.restore_method_state(self.method, c.get("method_state"))
+            ck.set_rng_state(c["rng"][self.d.rank])
+            state = int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            why = (str(e).splitlines() or [""])[0][:200]
+            raise VitpruneError(f"{path} cannot be resumed ({type(e).__name__}: {why}); delete it to start "
+                                "over.") from None
+        self._saved_step = state[0]
+        return state
 
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
