@@ -3,6 +3,7 @@ seeded splits and augmentation, unreadable images skipped and counted, and every
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,80 @@ def test_demo_data_carries_no_flip_hint():
     assert "RandomHorizontalFlip" in repr(train_transform(tiny_vit(), {}))  # the general default flips
     assert np.isclose(train_transform(tiny_vit(), None)(digit_images("val", 1)[0][0]).mean().item(),
                       eval_transform(tiny_vit())(digit_images("val", 1)[0][0]).mean().item())
+
+
+# ------------------------------------------------------------------------- data made by someone else
+
+
+def _read_every_image(root, fifo, timeout: float = 60.0) -> tuple[Prepared, list]:
+    """Every image of dataset ``root`` (all of its train source) as ``Prepared`` items, read in a thread so that a
+    loader blocked on ``fifo`` fails the test instead of hanging it (the FIFO then gets a writer, so a blocked
+    reader ends)."""
+    import os
+    import threading
+
+    src = load_data(str(root), val_split=0.5).train[0]
+    ds = Prepared(src, range(len(src)), eval_transform(tiny_vit()))
+    items: list = []
+    reader = threading.Thread(target=lambda: items.extend(ds[i] for i in range(len(ds))), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader waiting on it
+        pass
+    assert not reader.is_alive(), "reading the data blocked (on the FIFO)"
+    return ds, items
+
+
+def _hf_with_paths(folder, paths: list[str]):
+    """A save_to_disk dataset whose image column holds file paths instead of bytes, as a dataset written by
+    another program can (``{"bytes": None, "path": ...}`` rows)."""
+    import datasets
+
+    feats = datasets.Features({"image": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                               "label": datasets.ClassLabel(names=["zero", "one"])})
+    rows = {"image": [{"bytes": None, "path": p} for p in paths], "label": [i % 2 for i in range(len(paths))]}
+    datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(folder))
+    return folder
+
+
+def test_hf_image_paths_are_confined_to_the_dataset_folder(tmp_path):
+    import os
+
+    secret = tmp_path / "elsewhere" / "private.png"  # a real image outside the dataset: must not be read
+    secret.parent.mkdir()
+    digit_images("train", 1)[0][0].save(secret)
+    names = ["imgs/ok.png", str(secret), "../elsewhere/private.png", "imgs/out-link.png", "imgs/fifo.png",
+             "imgs/in-link.png", "imgs/../imgs/ok.png"]
+    root = _hf_with_paths(tmp_path / "ds", names)
+    (root / "imgs").mkdir()
+    digit_images("train", 1)[0][0].save(root / "imgs" / "ok.png")
+    os.symlink(secret, root / "imgs" / "out-link.png")
+    os.symlink("ok.png", root / "imgs" / "in-link.png")  # a link that stays inside is fine
+    os.mkfifo(root / "imgs" / "fifo.png")
+    ds, items = _read_every_image(root, root / "imgs" / "fifo.png")
+    readable = [i for i, it in enumerate(items) if not isinstance(it, Unreadable)]
+    assert readable == [0, 5]  # ok.png and the link inside the folder
+    reasons = {i: it.reason for i, it in enumerate(items) if isinstance(it, Unreadable)}
+    assert "absolute" in reasons[1] and "'..'" in reasons[2] and "'..'" in reasons[6]
+    assert "out of the dataset folder" in reasons[3] and "not a regular file" in reasons[4]
+    # the trainer's and evaluate's counting: refused rows are skipped like unreadable images
+    res = vitprune.evaluate(tiny_vit(), ds, device="cpu", batch_size=4)
+    assert (res.images, res.skipped) == (2, 5)
+
+
+def test_image_folder_refuses_fifos_and_devices_and_follows_links_to_images(tmp_path):
+    import os
+
+    root = write_folder(tmp_path / "digits", digit_images("train", 2, classes=(0, 1)))
+    shared = tmp_path / "store" / "digit.png"  # class folders made of links into an image store
+    shared.parent.mkdir()
+    digit_images("val", 1)[0][0].save(shared)
+    os.symlink(shared, root / "1" / "linked.png")
+    os.mkfifo(root / "0" / "fifo.png")
+    os.symlink("/dev/zero", root / "1" / "zero.png")
+    _, items = _read_every_image(root, root / "0" / "fifo.png")
+    bad = {Path(it.where).name: it.reason for it in items if isinstance(it, Unreadable)}
+    assert bad == {"fifo.png": "not a regular file", "zero.png": "not a regular file"}
+    assert len(items) - len(bad) == 5  # the four digits and the linked one

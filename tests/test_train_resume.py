@@ -1,5 +1,6 @@
-"""Checkpoints and --resume: a run killed with SIGKILL, interrupted with Ctrl-C (SIGINT), or stopped by --max-steps
-in the middle of an epoch, then resumed, ends with exactly the weights of an uninterrupted run (bit for bit on CPU).
+"""Checkpoints and --resume: a run killed with SIGKILL, interrupted with Ctrl-C (SIGINT), stopped by SIGTERM (to the
+process, or to every process of the job as SLURM does), or stopped by --max-steps in the middle of an epoch, then
+resumed, ends with exactly the weights of an uninterrupted run (bit for bit on CPU).
 
 The run under test is DynamicViT (Gumbel noise in every training forward) with random augmentation, so equality
 also shows that the random states and the data order are restored, not only the weights and optimizer."""
@@ -18,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from vitprune.cli.main import app
+from vitprune.train.checkpoints import load_checkpoint
 from tests.test_train_utils import digits_folder, max_diff, same_weights, save_tiny_vit, weights
 
 runner = CliRunner()
@@ -52,7 +54,7 @@ def _log(folder: Path) -> list[dict]:
 
 
 def _ckpt_step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    return int(load_checkpoint(path)["step"])
 
 
 def resume_to_the_reference(model, data, out, reference) -> None:
@@ -80,10 +82,14 @@ def test_max_steps_stop_mid_epoch_then_resume_is_bit_identical(setup, reference)
     assert not (out / "checkpoints").exists()  # cleaned up after the finished save
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+def _spawn(cmd: list[str], new_session: bool = False) -> subprocess.Popen:
+    # as many threads as this process: float sums differ with the thread count, and the resumed half of the run
+    # happens in this process
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-m", "vitprune.cli.main", *cmd], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parents[1]))
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=str(Path(__file__).parents[1]),
+                            start_new_session=new_session)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
@@ -97,13 +103,28 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
         time.sleep(0.02)
 
 
-def _signal_after_a_checkpoint(model, data, out, sig) -> tuple[subprocess.Popen, str, str]:
-    """Start a run that checkpoints every step, send ``sig`` once a checkpoint exists, wait for the process."""
-    proc = _spawn(args(model, data, out, "--save-every", "1"))
+def _signal_after_a_checkpoint(model, data, out, sig, *extra: str,
+                               whole_group: bool = False) -> tuple[subprocess.Popen, str, str]:
+    """Start a run that checkpoints every step, send ``sig`` once a checkpoint exists (to the process, or with
+    ``whole_group`` to it and every process it started, as SLURM signals a job), wait for the process."""
+    proc = _spawn(args(model, data, out, "--save-every", "1", *extra), new_session=whole_group)
     _wait_for(out / "checkpoints" / "last.pt", proc)
-    proc.send_signal(sig)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     return proc, stdout, stderr
+
+
+def _stopped_with_one_line(proc, stderr: str, out: Path, code: int, first_words: str) -> None:
+    """The run exited with ``code`` and ended with one line naming the checkpoint's step and --resume."""
+    assert proc.returncode == code, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(first_words) and "--resume" in last
+    assert "Traceback" not in stderr
+    step = _ckpt_step(out / "checkpoints" / "last.pt")
+    assert f"step {step}/20" in last
 
 
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, reference):
@@ -116,17 +137,47 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, referenc
     resume_to_the_reference(model, data, out, reference)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_one_line(setup, reference):
+@pytest.mark.parametrize("sig, code, words", [
+    (signal.SIGINT, 130, "Interrupted: interrupted at step "),  # Ctrl-C; 128 + the signal number, as shells do
+    (signal.SIGTERM, 143, "Interrupted: stopped by SIGTERM at step "),  # SLURM, Kubernetes, torchrun
+])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_with_one_line_and_resumes_bit_identical(setup, reference, sig,
+                                                                                             code, words):
     root, model, data = setup
-    out = root / "sigint"
-    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, signal.SIGINT)
-    assert proc.returncode == 130, (stdout, stderr)
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("Interrupted: interrupted at step ") and "--resume" in last
-    assert "Traceback" not in stderr
-    step = _ckpt_step(out / "checkpoints" / "last.pt")
-    assert f"step {step}/20" in last
+    out = root / f"signal{int(sig)}"
+    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, sig)
+    _stopped_with_one_line(proc, stderr, out, code, words)
     resume_to_the_reference(model, data, out, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_with_loader_workers(setup, reference):
+    """SLURM signals every process of a job step, DataLoader workers included: the workers must not die under the
+    main process, which finishes its step and saves."""
+    root, model, data = setup
+    out = root / "sigterm-all"
+    proc, stdout, stderr = _signal_after_a_checkpoint(model, data, out, signal.SIGTERM, "--workers", "1",
+                                                      whole_group=True)
+    _stopped_with_one_line(proc, stderr, out, 143, "Interrupted: stopped by SIGTERM at step ")
+    resume_to_the_reference(model, data, out, reference)  # augmentation does not depend on the worker count
+
+
+def test_temp_files_of_a_killed_checkpoint_write_are_removed_on_the_next_start(setup):
+    root, model, data = setup
+    out = root / "leftovers"
+    assert runner.invoke(app, args(model, data, out, "--max-steps", "2")).exit_code == 0
+    folder = out / "checkpoints"
+    half = (folder / "last.pt").read_bytes()[:4096]  # a write killed part of the way: a partial file, temp name
+    leftovers = [folder / ".last.pt.tmp-0a1b2c3d", folder / ".teacher.pt.tmp-ffff0000"]
+    # not temp files of a checkpoint write in this folder: left alone
+    others = [folder / ".notes.txt.tmp-0a1b2c3d", folder / "last.pt.tmp-0a1b2c3d", folder / ".last.pt.tmp-0a1b",
+              folder / "mine.pt", out / ".last.pt.tmp-0a1b2c3d"]
+    for f in leftovers + others:
+        f.write_bytes(half)
+    res = runner.invoke(app, args(model, data, out, "--resume", "--max-steps", "3"))
+    assert res.exit_code == 0, res.output
+    assert _ckpt_step(folder / "last.pt") == 3
+    assert not any(f.exists() for f in leftovers) and all(f.exists() for f in others)
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference):
@@ -137,3 +188,17 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference)
     assert runner.invoke(app, args(model, data, out, "--max-steps", "2")).exit_code == 0
     res = runner.invoke(app, [*args(model, data, out, "--resume"), "--lr", "0.1"])
     assert res.exit_code == 1 and "other settings" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_with_malformed_contents_is_one_line(setup):
+    root, model, data = setup
+    out = root / "malformed"
+    assert runner.invoke(app, args(model, data, out, "--max-steps", "1")).exit_code == 0
+    path = out / "checkpoints" / "last.pt"
+    c = load_checkpoint(path)
+    c["rng"] = [{"python": "not a random state"}]  # right settings, contents that do not fit
+    torch.save(c, path)
+    res = runner.invoke(app, args(model, data, out, "--resume"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert [x for x in lines if x.startswith("Error:")] == lines[-1:] and "cannot be resumed" in lines[-1]

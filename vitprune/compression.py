@@ -165,7 +165,7 @@ def compress(
     from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
     from .hub import load_model, save
     from .methods import apply_method, dense_copy, get_method
-    from .train.ddp import barrier, setup, teardown
+    from .train.ddp import barrier, broadcast_object, broadcast_weights, setup, teardown
     from .train.loop import RunSettings, Trainer
     from .train.recipe import TEACHER_RECIPE, TRAINER_DEFAULTS, build_recipe
 
@@ -208,9 +208,13 @@ def compress(
         ck_dir = out / CHECKPOINT_DIR
         ck_path = ck_dir / "last.pt"
         teacher_ck = ck_dir / "teacher.pt"
-        if resume and not (ck_path.exists() or teacher_ck.exists() or (out / "teacher" / "config.json").exists()):
+        t_config = out / "teacher" / "config.json"
+        # what there is to resume is what process 0 sees (on several nodes the others may have their own disks)
+        found = dict(zip((ck_path, teacher_ck, t_config),
+                         broadcast_object(dist_info, [p.exists() for p in (ck_path, teacher_ck, t_config)])))
+        if resume and not any(found.values()):
             raise VitpruneError(f"--resume: {out} has no checkpoint to continue from; run without --resume.")
-        if not resume and (ck_path.exists() or teacher_ck.exists()):
+        if not resume and (found[ck_path] or found[teacher_ck]):
             if not overwrite:
                 raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add --resume to continue it or "
                                     "--overwrite to start over.")
@@ -279,7 +283,7 @@ def compress(
             return RunSettings(
                 device=dev, batch_size=batch_size, accum_steps=accum_steps, workers=workers, seed=seed,
                 precision=prec, checkpoint=path, save_every=save_every, max_steps=max_steps,
-                resume=resume and path.exists(), eval_every=eval_every, stage=stage,
+                resume=resume and found[path], eval_every=eval_every, stage=stage,
                 log_file=(out / LOG_NAME) if log else None, fingerprint=fingerprint(fp_extra))
 
         n_train = len(splits.train[1])
@@ -298,8 +302,8 @@ def compress(
             from .train.checkpoints import check_resumable
 
             for path, extra in ((ck_path, {"recipe": rec}), (teacher_ck, {"teacher_recipe": t_rec})):
-                if path.exists():
-                    check_resumable(path, fingerprint(extra), dist_info.world_size)
+                if found[path]:
+                    check_resumable(path, fingerprint(extra), dist_info)
         for n in notes:
             _emit(progress, "info", message=n)
 
@@ -315,8 +319,10 @@ def compress(
         teacher_record = None
         if stage_teacher:
             t_folder = out / "teacher"
-            if (t_folder / "config.json").exists() and resume:
-                t_model = load_model(str(t_folder))
+            if found[t_config] and resume:
+                if dist_info.main:
+                    t_model = load_model(str(t_folder))
+                broadcast_weights(dist_info, t_model, dev)  # process 0's teacher (its disk may be the only copy)
                 _emit(progress, "info", message=f"using the fine-tuned teacher in {t_folder}")
             else:
                 _emit(progress, "stage", name="teacher",
@@ -403,7 +409,7 @@ def compress(
             }
             _emit(progress, "stage", name="saving", message=f"saving {out}")
             save(student.eval(), out, base_model=model, recipe=rec_record, metrics=metrics,
-                 extra_files={REPORT_NAME: json.dumps(report, indent=2, default=str) + "\n"})
+                 extra_files={REPORT_NAME: json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"})
             if not keep_checkpoints:
                 shutil.rmtree(ck_dir, ignore_errors=True)
             result.report, result.metrics = report, metrics

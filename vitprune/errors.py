@@ -33,6 +33,11 @@ class DeviceError(VitpruneError):
     """A device that is not available (no CUDA) or ran out of memory."""
 
 
+class TrainingDiverged(VitpruneError):
+    """Training produced a non-finite loss, gradient or weight; nothing of it was saved (the last checkpoint, if
+    any, is the last good state)."""
+
+
 class PushError(VitpruneError):
     """An upload to the Hugging Face Hub that failed; the local folder is left as it was."""
 
@@ -52,6 +57,7 @@ __all__ = [
     "MethodOptionError",
     "DataError",
     "DeviceError",
+    "TrainingDiverged",
     "PushError",
     "OutputFolderError",
     "FolderInUseError",

@@ -309,7 +309,7 @@ def sweep(
 
             pareto_plot(result, out_dir / PARETO_PNG)
             result.files.append(str(out_dir / PARETO_PNG))
-        (out_dir / SWEEP_JSON).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        (out_dir / SWEEP_JSON).write_text(json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False) + "\n")
     return result
 
 

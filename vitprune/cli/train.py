@@ -316,7 +316,7 @@ def compress(
             reporter.close()
             if _is_main_process():
                 err.print(f"Interrupted: {e.message}", markup=False, highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
         finally:
             reporter.close()
     if not _is_main_process():

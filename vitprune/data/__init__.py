@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from ..errors import DataError
-from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split
+from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, worker_init
 
 #: timm training augmentation used unless the data or a flag says otherwise (timm's create_transform defaults)
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -165,5 +165,5 @@ def build_split(spec: Any, split: str, transform: Optional[Callable] = None, *, 
 __all__ = [
     "Batch", "DEFAULT_AUGMENT", "DEMO_AUGMENT", "HeadMatch", "ImageSource", "Prepared", "Splits", "Unreadable",
     "build_split", "collate", "eval_transform", "head_error", "load_data", "match_head", "stratified_split",
-    "train_transform",
+    "train_transform", "worker_init",
 ]

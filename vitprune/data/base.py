@@ -8,13 +8,19 @@ source (or a subset of it) for a DataLoader:
   same whatever the number of workers or processes, and a run resumed in the middle of an epoch sees exactly the
   images an uninterrupted run would have seen; the global random state of the process is left untouched;
 * an image that cannot be read is not fatal: the sample comes back as ``Unreadable`` and ``collate`` drops it from
-  the batch, reporting it in ``Batch.bad`` so the caller can warn once per file and count them;
+  the batch, reporting it in ``Batch.bad`` so the caller can warn once per file and count them; files that are not
+  regular files (FIFOs, devices, sockets: opening them could block or have side effects) and, for sources that
+  confine their paths, names that lead out of the dataset folder are refused the same way, without being opened;
 * labels can be re-mapped onto a model head (``target_map``: data class index -> head output).
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -23,6 +29,40 @@ from PIL import Image
 
 #: exceptions that mean "this file is not a readable image" (PIL, truncated files, decoders)
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, RuntimeError)
+
+
+class RefusedFile(OSError):
+    """A file vitprune does not open: outside the dataset folder, or not a regular file."""
+
+
+def confined(root: Path, name: str) -> Path:
+    """``root/name`` with symlinks resolved, if it stays inside ``root``; absolute names, ``..`` and symlinks that
+    lead out of ``root`` raise ``RefusedFile``."""
+    if not name:
+        raise RefusedFile("empty image path")
+    if os.path.isabs(name) or PurePath(name).is_absolute():
+        raise RefusedFile("absolute image path (only paths inside the dataset folder are read)")
+    if ".." in PurePath(name).parts:
+        raise RefusedFile("image path with '..' (only paths inside the dataset folder are read)")
+    base = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, real]) != base:
+        raise RefusedFile("image path leads out of the dataset folder through a symlink")
+    return Path(real)
+
+
+def open_image(path: str | os.PathLike, *, follow_symlinks: bool = True) -> Image.Image:
+    """Open and decode the image file at ``path``, refusing (``RefusedFile``, unopened) anything that is not a
+    regular file: a FIFO would block the loader forever, a device could be endless or have side effects."""
+    if not stat.S_ISREG(os.stat(path, follow_symlinks=follow_symlinks).st_mode):
+        raise RefusedFile("not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(os.open(path, flags), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced between the check and the open
+            raise RefusedFile("not a regular file")
+        img = Image.open(f)
+        img.load()
+    return img
 
 
 class ImageSource:
@@ -66,6 +106,13 @@ def collate(samples: list) -> Batch:
     else:
         images, targets = torch.empty(0), torch.empty(0, dtype=torch.long)
     return Batch(images, targets, bad)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: a Ctrl-C in the terminal or a scheduler's SIGTERM to every
+    process of the job reaches the main process, which finishes its step and saves; workers end with it."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -4,7 +4,10 @@ split into train and val with ``val_split`` (stratified, seeded).
 Files are listed with torchvision's ImageFolder machinery (``make_dataset``, its image extensions); class folders
 are the non-hidden sub-folders, sorted, and the class index is the position in that order (the train folder's
 order; a val folder may lack classes but not add any). Images are opened lazily; unreadable ones are skipped by
-``Prepared``.
+``Prepared``, and so are names that are not regular files (a FIFO or a device called ``x.png``), unopened.
+Symlinks are followed, also out of the folder, as torchvision's ImageFolder does (class folders made of links
+into a shared image store are common); ``save_to_disk`` datasets, whose paths are strings inside the data, are
+confined to their folder instead.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Optional
 from PIL import Image
 
 from ..errors import DataError
-from .base import ImageSource, Splits, stratified_split
+from .base import ImageSource, Splits, open_image, stratified_split
 
 VAL_NAMES = ("val", "validation", "valid")
 
@@ -58,7 +61,7 @@ class FolderImages(ImageSource):
         self.targets = [t for _, t in samples]
 
     def load(self, i: int) -> Image.Image:
-        return Image.open(self.paths[i])
+        return open_image(self.paths[i])
 
     def describe(self, i: int) -> str:
         return self.paths[i]

@@ -5,6 +5,10 @@ Columns are detected: the image column is the first ``Image`` feature (else a co
 label column the first ``ClassLabel`` feature (else label/labels/target/...). Class names come from the
 ``ClassLabel``; plain integer labels are named by their value. Images are decoded by vitprune (the column is read
 with ``decode=False``) so one unreadable image is skipped instead of stopping the run.
+
+A dataset is data someone else made: an image stored as a path (instead of bytes) is read only from inside the
+dataset folder. Absolute paths, ``..``, symlinks that lead out of the folder and files that are not regular files
+(FIFOs, devices) are refused per row without being opened, and counted like unreadable images.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any, Optional
 from PIL import Image
 
 from ..errors import DataError
-from .base import ImageSource, Splits, stratified_split
+from .base import ImageSource, Splits, confined, open_image, stratified_split
 
 IMAGE_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
 LABEL_NAMES = ("label", "labels", "target", "targets", "class", "category", "fine_label")
@@ -44,10 +48,11 @@ def _columns(ds: Any, where: str) -> tuple[str, str]:
 
 
 class HFImages(ImageSource):
-    def __init__(self, ds: Any, image_col: str, label_col: str, classes: list[str], where: str):
+    def __init__(self, ds: Any, image_col: str, label_col: str, classes: list[str], where: str, root: Path):
         import datasets
 
         self.where = where
+        self.root = root  # image paths are read only from inside this folder
         self.image_col = image_col
         if isinstance(ds.features[image_col], datasets.Image):
             ds = ds.cast_column(image_col, datasets.Image(decode=False))
@@ -71,7 +76,7 @@ class HFImages(ImageSource):
             if value.get("bytes") is not None:
                 return Image.open(io.BytesIO(value["bytes"]))
             if value.get("path"):
-                return Image.open(value["path"])
+                return open_image(confined(self.root, str(value["path"])), follow_symlinks=False)
         raise ValueError(f"no image data ({type(value).__name__})")
 
     def describe(self, i: int) -> str:
@@ -115,9 +120,9 @@ def load_hf(path: Path, *, val_split: Optional[float] = None, split_seed: int = 
         raise DataError(f"the train split of {path} is empty.")
     image_col, label_col = _columns(train_ds, str(path))
     classes = _classes([d for d in (train_ds, val_ds) if d is not None], label_col)
-    train = HFImages(train_ds, image_col, label_col, classes, f"{path}[{train_key}]")
+    train = HFImages(train_ds, image_col, label_col, classes, f"{path}[{train_key}]", path)
     if val_ds is not None and val_split is None:
-        val = HFImages(val_ds, image_col, label_col, classes, f"{path}[{val_key}]")
+        val = HFImages(val_ds, image_col, label_col, classes, f"{path}[{val_key}]", path)
         return Splits(str(path), "hf", classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
                       notes=[f"columns: image={image_col!r}, label={label_col!r}; val = split {val_key!r}"])
     frac = 0.1 if val_split is None else val_split

@@ -31,9 +31,9 @@ def read_state_dict(file: str | os.PathLike, key: str | None = None) -> dict[str
 
         obj: Any = load_file(str(path))
     else:
-        torch.serialization.add_safe_globals([argparse.Namespace])
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):  # for this load only, not every later one
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling problem is the file's
             raise ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}).") from None
     if key is not None:

@@ -6,14 +6,23 @@ next batch), the partial metrics of the current epoch, the history of finished e
 process (Python, NumPy, torch CPU and CUDA), the method's plain run-time attributes, and a fingerprint of the
 settings that decide the result (a resumed run must use the same ones).
 
-Written to a temporary file in the same folder, flushed to disk, then renamed over the previous checkpoint:
-a run killed at any moment leaves the previous checkpoint or the new one, never a partial file.
+Written to a temporary file in the same folder (``.NAME.pt.tmp-XXXXXXXX``), flushed to disk, then renamed over the
+previous checkpoint: a run killed at any moment leaves the previous checkpoint or the new one, never a partial
+file; the temporary file a killed write leaves behind is removed when the next run starts (``remove_stale_temp``).
+
+A checkpoint is data, never code: it is read with ``torch.load(weights_only=True)``, which builds tensors and plain
+containers only, plus the few NumPy types of NumPy's random state (allowed for that one load, not globally). Under
+torchrun only process 0 reads the file and sends its bytes to the others, so a multi-node run resumes even when
+the output folder is on process 0's local disk.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
+import re
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,14 +30,23 @@ import numpy as np
 import torch
 
 from ..errors import VitpruneError
+from .ddp import DistInfo, broadcast_object
 
 FORMAT = 1
+#: what every checkpoint holds (a file without them is not a vitprune checkpoint)
+KEYS = ("fingerprint", "step", "model", "optimizer", "scheduler", "acc", "history", "skipped", "elapsed", "rng")
+#: the temporary name of a checkpoint being written: ``.last.pt.tmp-1a2b3c4d`` for ``last.pt``
+_TEMP = re.compile(r"^\..+\.pt\.tmp-[0-9a-f]{8}$")
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = _temp_name(path)
     try:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
@@ -40,15 +58,49 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def remove_stale_temp(folder: Path) -> list[str]:
+    """Delete the temporary files that killed checkpoint writes left in ``folder`` (only names of the form
+    ``.NAME.pt.tmp-XXXXXXXX``, regular files, in that folder itself); returns their names."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for e in entries:
+        if _TEMP.match(e.name) and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(e.path)
+                removed.append(e.name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _numpy_rng_types() -> list[Any]:
+    """The globals NumPy's random state (``np.random.get_state()``, a uint32 array) pickles as, and no more."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: Path, data: Optional[bytes] = None) -> dict[str, Any]:
+    """Read the checkpoint at ``path`` (or its bytes ``data``) as data only: tensors, plain containers and NumPy's
+    random state; anything else (a pickle that would run code, another program's objects) is refused unread."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a file that is not a checkpoint (or from another program)
+        with torch.serialization.safe_globals(_numpy_rng_types()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes about odd pickles: the error below says it all
+            ckpt = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a file that is not a checkpoint, holds code or objects of another program
         raise VitpruneError(f"{path} is not a readable vitprune checkpoint ({type(e).__name__}); delete it to start "
                             "over.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise VitpruneError(f"{path} was written by another vitprune version; delete it to start over.")
+    missing = [k for k in KEYS if k not in ckpt]
+    if missing:
+        raise VitpruneError(f"{path} is not a vitprune checkpoint (no {missing[0]!r}); delete it to start over.")
     return ckpt
 
 
@@ -80,30 +132,75 @@ def _plain(v: Any) -> bool:
     return False
 
 
+#: method attributes rebuilt from the model, never saved or restored
+_METHOD_SKIP = frozenset({"options", "info", "_attached"})
+
+
 def method_state(method: Any) -> dict[str, Any]:
     """The method object's plain run-time attributes (schedules set by ``on_train_progress``...); its options,
     model facts and module references are rebuilt, not saved."""
     if method is None:
         return {}
-    skip = {"options", "info", "_attached"}
-    return {k: v for k, v in vars(method).items() if k not in skip and _plain(v)}
+    return {k: v for k, v in vars(method).items() if k not in _METHOD_SKIP and _plain(v)}
 
 
 def restore_method_state(method: Any, state: dict[str, Any]) -> None:
-    for k, v in (state or {}).items():
+    """Set back what ``method_state`` saved: plain values under plain attribute names, never over the method's
+    options, model facts, modules or methods."""
+    if method is None or not isinstance(state, dict):
+        return
+    for k, v in state.items():
+        if (not isinstance(k, str) or not k.isidentifier() or k.startswith("__") or k in _METHOD_SKIP
+                or not _plain(v) or (hasattr(method, k) and not _plain(getattr(method, k)))):
+            continue
         setattr(method, k, v)
 
 
-def check_resumable(path: Path, fingerprint: dict[str, Any], world_size: int) -> dict[str, Any]:
-    """Load the checkpoint at ``path`` and make sure it was written by a run with the same settings."""
-    c = load_checkpoint(path)
-    diff = fingerprint_diff(c.get("fingerprint", {}), fingerprint)
+def _verify(c: dict[str, Any], path: Path, fingerprint: dict[str, Any], world_size: int) -> None:
+    diff = fingerprint_diff(c.get("fingerprint") or {}, fingerprint)
     if diff:
         raise VitpruneError(f"--resume: the checkpoint in {path} was made with other settings ({diff}); use the same "
                             "ones, or start over with --overwrite.")
     if c.get("world_size", 1) != world_size:
         raise VitpruneError(f"--resume: the checkpoint was written by {c.get('world_size', 1)} process(es), this run "
                             f"has {world_size}; resume with the same number.")
+    if not isinstance(c["rng"], list) or len(c["rng"]) != world_size:
+        raise VitpruneError(f"{path} is not a vitprune checkpoint (random states); delete it to start over.")
+
+
+def check_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistInfo] = None) -> None:
+    """Refuse, on every process, a checkpoint that is unreadable or was written with other settings (process 0
+    reads it, the others get its verdict)."""
+    info = info or DistInfo()
+    problem = None
+    if info.main:
+        try:
+            _verify(load_checkpoint(path), path, fingerprint, info.world_size)
+        except VitpruneError as e:
+            problem = str(e)
+    problem = broadcast_object(info, problem)
+    if problem:
+        raise VitpruneError(problem)
+
+
+def load_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistInfo] = None) -> dict[str, Any]:
+    """The checkpoint at ``path`` as process 0 reads it, on every process (the others get its bytes, and read them
+    as data only as process 0 does), checked against this run's settings."""
+    info = info or DistInfo()
+    data, problem = None, None
+    if info.main:
+        if not Path(path).is_file():
+            problem = f"--resume: no checkpoint at {path}; run without --resume to start."
+        elif info.enabled:  # one process reads the file itself
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                problem = f"--resume: cannot read {path} ({e.strerror or type(e).__name__})."
+    data, problem = broadcast_object(info, (data, problem))
+    if problem:
+        raise VitpruneError(problem)
+    c = load_checkpoint(path, data)
+    _verify(c, path, fingerprint, info.world_size)
     return c
 
 

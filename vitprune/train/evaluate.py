@@ -48,7 +48,7 @@ def evaluate(
     Labels are mapped onto the model's head (``vitprune.data.match_head``); data whose classes do not fit the head
     raise ``DataError``. Unreadable images are skipped and counted (``skipped``).
     """
-    from ..data import Splits, build_split, collate, eval_transform
+    from ..data import Splits, build_split, collate, eval_transform, worker_init
     from ..hub import load_model
 
     if isinstance(model, str):
@@ -60,7 +60,7 @@ def evaluate(
     else:
         dataset = data
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate)
+                                         collate_fn=collate, worker_init_fn=worker_init)
     model = model.to(dev).eval()
     n, correct1, correct5, loss_sum = 0, 0, 0, 0.0
     skipped: list[str] = []

@@ -12,6 +12,16 @@ seeded per sample (``data.base.Prepared``); forward-pass randomness (Gumbel nois
 generator seeded with ``seed + rank``, saved in every checkpoint. Together with the optimizer, scheduler and
 scaler states this makes a resumed run continue bit for bit (on CPU) where the interrupted one stopped, even in
 the middle of an epoch.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM (what SLURM, Kubernetes and torchrun send before they kill a job) finish the
+current optimizer step, save a checkpoint and raise ``TrainingInterrupted``; a second signal acts as it would
+without vitprune. Under torchrun the stop flag is reduced across processes at every step boundary, so a signal
+to any process stops all of them after the same step.
+
+Divergence: before every optimizer step one host transfer reads the step's loss terms and (without an fp16 grad
+scaler, which skips steps with inf/NaN gradients by design) the gradient norm; before every checkpoint and at the
+end the weights are checked. Anything non-finite raises ``TrainingDiverged`` before it is applied or saved, so the
+last checkpoint is the last good state.
 """
 from __future__ import annotations
 
@@ -31,8 +41,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..data import Prepared, collate
-from ..errors import DataError, DeviceError, VitpruneError
+from ..data import Prepared, collate, worker_init
+from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
 from ..methods import TeacherOutput
 from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
@@ -45,12 +55,20 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: a checkpoint was saved; ``--resume`` continues from it."""
+    """Ctrl-C (SIGINT) or SIGTERM during training: a checkpoint of the finished step ``step`` was saved;
+    ``--resume`` continues from it. ``signum`` is the signal (the CLI exits with 128 + signum: 130, 143)."""
 
-    def __init__(self, message: str, checkpoint: Optional[Path]):
+    def __init__(self, message: str, checkpoint: Optional[Path], signum: int = signal.SIGINT,
+                 step: Optional[int] = None):
         super().__init__(message)
         self.message = message
         self.checkpoint = checkpoint
+        self.signum = int(signum)
+        self.step = step
+
+
+#: the signals that stop a run at the next step boundary with a checkpoint
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -226,7 +244,8 @@ class Trainer:
         self.d = dist_info or DistInfo()
         self.progress = progress if self.d.main else None
         self.new_prefixes = tuple(self.method.new_module_prefixes if self.method else ()) + tuple(new_prefixes)
-        self._stop = False
+        self._stop_signal: Optional[int] = None  # set by a SIGINT/SIGTERM handler
+        self._saved_step: Optional[int] = None  # the step of the last checkpoint written or resumed from
 
         b, w, a = settings.batch_size, self.d.world_size, settings.accum_steps
         self.global_batch = b * w * a
@@ -258,7 +277,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
             lr_lambda(g, self.recipe, self.lr * g["lr_scale"], self.steps_per_epoch, self.total_steps)
             for g in self.optimizer.param_groups])
-        self.scaler = torch.amp.GradScaler("cuda") if self.s.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(dev.type) if self.s.precision == "fp16" else None
         self.criterion = DistillationLoss(self.recipe["cls_weight"], self.recipe["label_smoothing"],
                                           self.recipe["kd_weight"] if self.teacher is not None else 0.0,
                                           self.recipe["kd_temperature"])
@@ -339,6 +358,7 @@ class Trainer:
               elapsed: float) -> None:
         if self.s.checkpoint is None:
             return
+        self._check_weights(step)
         rngs = gather_objects(self.d, ck.rng_state())
         if self.d.main:
             payload = self._payload(step, acc, history, skipped, elapsed)
@@ -346,50 +366,86 @@ class Trainer:
             payload["world_size"] = self.d.world_size
             ck.save_checkpoint(self.s.checkpoint, payload)
             self._event("checkpoint", step=step, path=str(self.s.checkpoint))
+        self._saved_step = step
         barrier(self.d)
 
     def _restore(self) -> tuple[int, dict[str, float], list[dict[str, Any]], list[str], float]:
         path = self.s.checkpoint
-        if path is None or not path.is_file():
-            raise VitpruneError(f"--resume: no checkpoint at {path}; run without --resume to start.")
-        c = ck.check_resumable(path, self.s.fingerprint, self.d.world_size)
-        self.model.load_state_dict(c["model"])
-        self.optimizer.load_state_dict(c["optimizer"])
-        self.scheduler.load_state_dict(c["scheduler"])
-        if self.scaler is not None and c.get("scaler"):
-            self.scaler.load_state_dict(c["scaler"])
-        ck.restore_method_state(self.method, c.get("method_state"))
-        ck.set_rng_state(c["rng"][self.d.rank])
-        return int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
+        if path is None:
+            raise VitpruneError("--resume: this run has no checkpoint path; run without --resume to start.")
+        c = ck.load_resumable(path, self.s.fingerprint, self.d)
+        try:  # the contents are data from a file: a malformed part is the file's fault, said in one line
+            self.model.load_state_dict(c["model"])
+            self.optimizer.load_state_dict(c["optimizer"])
+            self.scheduler.load_state_dict(c["scheduler"])
+            if self.scaler is not None and c.get("scaler"):
+                self.scaler.load_state_dict(c["scaler"])
+            ck.restore_method_state(self.method, c.get("method_state"))
+            ck.set_rng_state(c["rng"][self.d.rank])
+            state = int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            why = (str(e).splitlines() or [""])[0][:200]
+            raise VitpruneError(f"{path} cannot be resumed ({type(e).__name__}: {why}); delete it to start "
+                                "over.") from None
+        self._saved_step = state[0]
+        return state
 
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
         from ..hub import write_atomic
 
-        write_atomic(self.s.log_file, "".join(json.dumps(h) + "\n" for h in history))
+        try:
+            text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in history)
+        except ValueError:  # a non-finite metric (the validation loss of a model gone bad)
+            raise self._diverged(f"a metric of epoch {len(history)} is not finite ({history[-1]})") from None
+        write_atomic(self.s.log_file, text)
 
     def _event(self, kind: str, **data: Any) -> None:
         if self.progress is not None:
             self.progress({"event": kind, "stage": self.s.stage, **data})
 
-    # -- interruption --------------------------------------------------------------------------------
+    # -- interruption and divergence ----------------------------------------------------------------
     @contextlib.contextmanager
-    def _catch_sigint(self) -> Iterator[None]:
+    def _catch_stop_signals(self) -> Iterator[None]:
+        """While the run lasts (and only in the main thread, where Python delivers signals), the first SIGINT or
+        SIGTERM asks for a stop at the next step boundary and puts the previous handlers back, so a second signal
+        acts as it would without vitprune. Signals the process was told to ignore stay ignored."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        caught = [s for s, h in previous.items() if h is not signal.SIG_IGN]
 
-        def handler(signum, frame):  # first Ctrl-C: finish the step, save, stop; a second one stops at once
-            self._stop = True
-            signal.signal(signal.SIGINT, previous if callable(previous) else signal.default_int_handler)
+        def restore() -> None:
+            for s in caught:
+                signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
 
-        signal.signal(signal.SIGINT, handler)
+        def handler(signum, frame):
+            if self._stop_signal is None:
+                self._stop_signal = signum
+            restore()
+
+        for s in caught:
+            signal.signal(s, handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            restore()
+
+    def _diverged(self, what: str, step: Optional[int] = None) -> TrainingDiverged:
+        where = f" at step {step}/{self.total_steps}" if step is not None else ""
+        kept = (f"; the last checkpoint (step {self._saved_step}) is kept" if self._saved_step is not None
+                and self.s.checkpoint is not None else "; nothing was saved")
+        return TrainingDiverged(f"training diverged{where}: {what}; lower --lr (now {float(self.recipe['lr']):g}) or "
+                                f"clip the gradients with --clip-grad 1.0{kept}.")
+
+    def _check_weights(self, step: int) -> None:
+        """Every process: stop if a weight is not finite (one reduction and one host transfer)."""
+        bad = not math.isfinite(float(torch.nn.utils.get_total_norm(self.trainable, math.inf)))
+        if all_reduce_max(self.d, [1.0 if bad else 0.0], self.s.device)[0] > 0:
+            raise self._diverged("a weight is not finite" if bad else "a weight of another process is not finite",
+                                 step)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> TrainSummary:
@@ -402,12 +458,15 @@ class Trainer:
         random.seed(self.s.seed + self.d.rank)
         np.random.seed((self.s.seed + self.d.rank) % 2**32)
         step, acc, history, skipped, elapsed = 0, {}, [], [], 0.0
+        if self.s.checkpoint is not None and self.d.main:
+            ck.remove_stale_temp(self.s.checkpoint.parent)
         if self.s.resume:
             step, acc, history, skipped, elapsed = self._restore()
             self._event("resumed", step=step, total_steps=self.total_steps)
         try:
-            with self._catch_sigint():
+            with self._catch_stop_signals():
                 step, elapsed = self._epochs(step, acc, history, skipped, elapsed)
+            self._check_weights(step)
         except torch.OutOfMemoryError:
             raise DeviceError(
                 f"out of GPU memory at --batch-size {self.s.batch_size}; try --batch-size "
@@ -432,14 +491,14 @@ class Trainer:
                                    start_micro)
             loader = torch.utils.data.DataLoader(
                 self.data, batch_sampler=sampler, num_workers=self.s.workers, collate_fn=collate,
-                pin_memory=self.s.device.type == "cuda", generator=torch.Generator())
+                pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
             batches = iter(loader)
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
             set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
             while step < self.total_steps and step // spe == epoch:
                 if self.method is not None:
                     self.method.on_train_progress(self.model, step / spe, self.epochs)
-                terms_sum: dict[str, float] = {}
+                terms_sum: dict[str, torch.Tensor] = {}
                 n_img = 0
                 for micro in range(a):
                     images, targets, bad = next(batches)
@@ -453,21 +512,18 @@ class Trainer:
                     targets = targets.to(self.s.device, non_blocking=True)
                     n_img += targets.numel()
                     terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum)
+                terms, stop = self._check_step(terms_sum, step + 1)
                 self._optimizer_step()
                 step += 1
                 now = time.perf_counter()
                 dt, t_last = now - t_last, now
                 elapsed += dt
-                loss = sum(terms_sum.values())
-                if not math.isfinite(loss):
-                    raise VitpruneError(f"the training loss became {loss} at step {step}; lower --lr (or use "
-                                        "--clip-grad 1.0).")
+                loss = sum(terms.values())
                 acc["steps"] = acc.get("steps", 0) + 1
                 acc["images"] = acc.get("images", 0) + n_img
                 acc["seconds"] = acc.get("seconds", 0.0) + dt
-                for k, v in {"loss": loss, **terms_sum}.items():
+                for k, v in {"loss": loss, **terms}.items():
                     acc[k] = acc.get(k, 0.0) + v
-                stop = all_reduce_max(self.d, [1.0 if self._stop else 0.0], self.s.device)[0] > 0
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._event("step", epoch=epoch, epochs=self.epochs, step=step - epoch * spe, steps=spe,
                             global_step=step, total_steps=self.total_steps, loss=loss, lr=lr,
@@ -482,9 +538,10 @@ class Trainer:
                         self.s.max_steps is not None and step >= self.s.max_steps):
                     self._save(step, acc, history, skipped, elapsed)
                 if stop:
+                    what = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
                     raise TrainingInterrupted(
-                        f"interrupted at step {step}/{self.total_steps}; checkpoint saved to {self.s.checkpoint}; "
-                        "run the same command with --resume to continue.", self.s.checkpoint)
+                        f"{what} at step {step}/{self.total_steps}; checkpoint saved to {self.s.checkpoint}; "
+                        "run the same command with --resume to continue.", self.s.checkpoint, stop, step)
                 if self.s.max_steps is not None and step >= self.s.max_steps and step < self.total_steps:
                     self._event("stopped", step=step, total_steps=self.total_steps)
                     return step, elapsed
@@ -512,21 +569,51 @@ class Trainer:
                 else:
                     loss.backward()
             prefix = f"pass{i}/" if len(passes) > 1 else ""
-            for k, v in terms.items():
-                terms_sum[prefix + k] = terms_sum.get(prefix + k, 0.0) + float(v.detach()) / a
+            for k, v in terms.items():  # kept on the device: read once per step in _check_step
+                v = v.detach().float() / a
+                terms_sum[prefix + k] = terms_sum[prefix + k] + v if prefix + k in terms_sum else v
         return terms_sum
 
-    def _optimizer_step(self) -> None:
+    def _check_step(self, terms_sum: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], int]:
+        """Before optimizer step ``step``: the loss terms as floats, and the signal that asks every process to stop
+        after this step (0: none).
+
+        One host transfer reads the loss terms with the gradient norm (unscaled and clipped as the recipe says);
+        under torchrun one all-reduce shares the stop request and the divergence verdict. A non-finite loss, or a
+        non-finite gradient without an fp16 scaler, raises ``TrainingDiverged`` before anything is applied (with
+        a scaler, inf/NaN gradients are the scaler's business: it skips the step and lowers its scale)."""
         clip = self.recipe.get("clip_grad")
+        norm = None
         if self.scaler is not None:
             if clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
+        elif clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
+        else:  # the 2-norm clipping would use: one fused pass over the gradients (the inf-norm is ~6x slower on
+            # CPU); it is also inf when finite gradients are beyond ~1e19, which is divergence all the same
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        parts = list(terms_sum.values()) + ([norm] if norm is not None else [])
+        values = torch.stack([t.float().reshape(()) for t in parts]).tolist() if parts else []
+        terms = dict(zip(terms_sum, values))
+        loss = sum(terms.values())
+        problem = None
+        if not math.isfinite(loss):
+            problem = f"the loss is {loss}"
+        elif norm is not None and not math.isfinite(values[-1]):
+            problem = f"the gradient norm is {values[-1]}"
+        stop, bad = all_reduce_max(self.d, [float(self._stop_signal or 0), float(problem is not None)],
+                                   self.s.device)
+        if bad > 0:
+            raise self._diverged(problem or "another process's loss or gradients are not finite", step)
+        return terms, int(stop)
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.trainable, float(clip))
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # fp16: the scaler skips steps with inf gradients; the schedule goes on
