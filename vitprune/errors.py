@@ -37,6 +37,14 @@ class PushError(VitpruneError):
     """An upload to the Hugging Face Hub that failed; the local folder is left as it was."""
 
 
+class OutputFolderError(VitpruneError):
+    """An output folder vitprune cannot write: a file in its place, no permission, or files another tool made."""
+
+
+class FolderInUseError(OutputFolderError):
+    """An output folder that another vitprune process is writing; the message names its pid, host and start."""
+
+
 __all__ = [
     "VitpruneError",
     "ModelNotFoundError",
@@ -45,4 +53,6 @@ __all__ = [
     "DataError",
     "DeviceError",
     "PushError",
+    "OutputFolderError",
+    "FolderInUseError",
 ]

@@ -1,0 +1,120 @@
+"""The output-folder lock: a second process is refused in one line naming the owner, the lock is re-entrant in
+one process, a forked child does not inherit it, and the lock of a killed process is taken over. Real processes
+and real signals throughout."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vitprune.errors import FolderInUseError, OutputFolderError, VitpruneError
+from vitprune.hub.lock import host_name, output_lock, read_owner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOLDER = """
+import sys
+from vitprune.hub.lock import output_lock
+with output_lock(sys.argv[1], sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def hold(folder: Path, purpose: str = "compress") -> subprocess.Popen:
+    """A real process that holds ``folder``'s lock until a line arrives on its stdin."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), purpose], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.strip() == "held", line + proc.stderr.read()
+    return proc
+
+
+def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(tmp_path):
+    folder = tmp_path / "out"
+    proc = hold(folder, "compress")
+    try:
+        with pytest.raises(FolderInUseError) as e:
+            with output_lock(folder, "save"):
+                pass
+        msg = str(e.value)
+        assert f"is in use by pid {proc.pid} on {host_name()} since " in msg and "(compress)" in msg
+        assert "\n" not in msg and isinstance(e.value, VitpruneError)
+        assert read_owner(folder)["pid"] == proc.pid
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "released"
+        proc.wait(timeout=30)
+    assert read_owner(folder) is None  # the owner record goes with the lock
+    with output_lock(folder, "save"):
+        assert read_owner(folder)["pid"] == os.getpid() and read_owner(folder)["purpose"] == "save"
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+    folder = tmp_path / "out"
+    proc = hold(folder)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert read_owner(folder)["pid"] == proc.pid  # the dead owner's record is still there
+    with output_lock(folder, "save"):
+        assert read_owner(folder)["pid"] == os.getpid()
+
+
+def test_reentrant_in_one_process_and_not_inherited_by_a_fork(tmp_path):
+    folder = tmp_path / "out"
+    with output_lock(folder, "compress"):
+        with output_lock(folder, "save"):  # compress -> save: no deadlock
+            assert read_owner(folder)["purpose"] == "compress"
+        assert read_owner(folder)["pid"] == os.getpid()  # the inner exit did not let go
+        pid = os.fork()
+        if pid == 0:  # a forked child (a DataLoader worker, say) is another process: refused
+            try:
+                with output_lock(folder, "save"):
+                    os._exit(0)
+            except FolderInUseError:
+                os._exit(3)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3
+    # let go: another process takes it
+    res = subprocess.run([sys.executable, "-c", HOLDER, str(folder), "save"], input="\n", cwd=ROOT, text=True,
+                         capture_output=True, timeout=120)
+    assert res.stdout.split() == ["held", "released"], res.stderr
+
+
+def test_a_file_in_place_of_the_folder_is_one_line(tmp_path):
+    plain = tmp_path / "plainfile.txt"
+    plain.write_text("not a folder")
+    with pytest.raises(OutputFolderError, match="is a file, not a folder"):
+        with output_lock(plain, "compress"):
+            pass
+    with pytest.raises(OutputFolderError, match="a file is in the way"):
+        with output_lock(plain / "out", "compress"):
+            pass
+    assert plain.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_parent_is_one_line(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        with pytest.raises(OutputFolderError, match="permission denied"):
+            with output_lock(parent / "out", "compress"):
+                pass
+    finally:
+        parent.chmod(0o700)
+
+
+def test_owner_record_is_json_with_pid_host_purpose_since(tmp_path):
+    with output_lock(tmp_path / "o", "import-checkpoint"):
+        data = json.loads((tmp_path / "o" / ".vitprune" / "owner.json").read_text())
+    assert set(data) == {"pid", "host", "purpose", "since"} and data["purpose"] == "import-checkpoint"
