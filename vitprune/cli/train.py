@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from .app import app
 from .common import (
@@ -63,9 +64,9 @@ class Reporter:
         if kind in ("stage", "info"):
             if kind == "stage" and e.get("name") in ("evaluating", "profiling", "saving"):
                 self.close()
-            self._line(("· " if kind == "info" else "") + e["message"])
+            self._line(("· " if kind == "info" else "") + escape(e["message"]))
         elif kind == "warning":
-            self._line(f"[yellow]warning:[/] {e['message']}")
+            self._line(f"[bold yellow]warning:[/] {escape(e['message'])}")
         elif kind == "resumed":
             self._line(f"resumed at step {e['step']}/{e['total_steps']}")
         elif kind == "epoch_start":
@@ -130,8 +131,9 @@ def compress_table(report: dict[str, Any]):
 
     d, c, m = report["dense"], report["compressed"], report["measure"]
     opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
-    table = Table(title=f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val",
-                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
+    table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
+                  caption=escape(f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, "
+                                 "latency batch 1"),
                   title_justify="left", caption_justify="left")
     for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
         table.add_column(col, justify=just)
@@ -176,12 +178,16 @@ def compress(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="output folder (default vitprune-out/<model>-<method>).")] = None,
+        "--output", "-o", help="output folder (default vitprune-out/<model>-<method>-<setting>, e.g. "
+        "demo-evit-keep0.7).")] = None,
     teacher: Annotated[Optional[str], typer.Option(
         help="teacher model (default: the dense MODEL). Its head must fit the data's classes.")] = None,
     teacher_epochs: Annotated[Optional[float], typer.Option(
         help="epochs of fine-tuning the dense model first when its head had to be replaced (default: --epochs).")]
         = None,
+    new_head: Annotated[bool, typer.Option(
+        "--new-head", help="replace the head even when the data's classes fit it (e.g. matched by count only) and "
+        "fine-tune the dense model first as the teacher.")] = False,
     epochs: Annotated[Optional[float], typer.Option(
         help="training epochs (default: the method's recipe; 10 on the demo data).", rich_help_panel=_TRAIN)] = None,
     batch_size: Annotated[int, typer.Option(
@@ -245,7 +251,8 @@ def compress(
     resume: Annotated[bool, typer.Option(
         help="continue the run in --output from its last checkpoint.", rich_help_panel=_RUN)] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="discard an unfinished run's checkpoints in --output and start over.", rich_help_panel=_RUN)] = False,
+        help="replace the finished model in --output, or discard an unfinished run's checkpoints, and start over.",
+        rich_help_panel=_RUN)] = False,
     save_every: Annotated[Optional[int], typer.Option(
         min=1, help="also checkpoint every N optimizer steps (always at each epoch end).", rich_help_panel=_RUN)]
         = None,
@@ -310,31 +317,32 @@ def compress(
                 resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
                 eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
                 profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-                push_to=push_to, private=private, **opts)
+                push_to=push_to, private=private, new_head=new_head, **opts)
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
-                err.print(f"Interrupted: {e.message}", highlight=False)
+                err.print(f"Interrupted: {escape(e.message)}", highlight=False)
             raise typer.Exit(130) from None
         finally:
             reporter.close()
     if not _is_main_process():
         return
     if not result.finished:
-        err.print(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
-                  f"{result.checkpoint}; run the same command with --resume to finish.", highlight=False)
+        err.print(escape(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
+                         f"{result.checkpoint}; run the same command with --resume to finish."), highlight=False)
         return
     if json_out:
         print_json(result.report)
         return
     out.print(compress_table(result.report))
     m = result.metrics
-    out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
-              f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
-              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", highlight=False)
+    out.print(escape(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, "
+                     f"train_log.jsonl) in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense "
+                     f"{m['dense_top1']:.2f} % ({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× "
+                     "the GMACs."), highlight=False)
     if result.pushed is not None:
-        out.print(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:{result.pushed.repo_id}\")",
-                  highlight=False)
+        out.print(escape(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:"
+                         f"{result.pushed.repo_id}\")"), highlight=False)
 
 
 def _command_line() -> str:
@@ -405,7 +413,7 @@ def eval_(
         if json_out:
             res = run()
         else:
-            with err.status(f"evaluating {model} on {data} ({split})…"):
+            with err.status(escape(f"evaluating {model} on {data} ({split})…")):
                 res = run()
         info = {"model": model, "data": data, "split": split, **res.to_dict(),
                 "method": m.name if m else None, "options": m.options_dict() if m else {},
@@ -416,11 +424,11 @@ def eval_(
         from rich.table import Table
 
         title = f"{model} · {m.describe() if m else 'dense'} · {data} {split}"
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         for col in ("top-1 (%)", "top-5 (%)", "loss", "images"):
             table.add_column(col, justify="right")
         table.add_row(f"{res.top1:.2f}", f"{res.top5:.2f}", f"{res.loss:.4f}", f"{res.images:,}")
         out.print(table)
         if res.skipped:
             err.print(f"[yellow]warning:[/] {res.skipped} unreadable image(s) skipped "
-                      f"(e.g. {res.skipped_files[0]}).", highlight=False)
+                      f"(e.g. {escape(res.skipped_files[0])}).", highlight=False)

@@ -39,7 +39,7 @@ def describe_method(stats: ModelStats) -> str:
 
 def profile_table(report: ProfileReport) -> Table:
     c, d = report.compressed, report.dense
-    title = f"{report.model}" + (f" · {describe_method(c)}" if c else "")
+    title = escape(f"{report.model}" + (f" · {describe_method(c)}" if c else ""))
     caption = (f"{report.device_name} · {report.dtype} · batch {report.batch_size} · input "
                f"{'×'.join(map(str, report.input_size))}" + (f" · compiled ({report.compiled})" if report.compiled
                                                               else " · eager"))
