@@ -18,27 +18,29 @@ from typing import Optional
 import pytest
 
 import vitprune
+from tests.test_compress_push import data  # noqa: F401 - the fixture: real digits, 80 train and 30 val images
 from tests.test_train_utils import corrupt_png, digit_images, digits_folder, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenVitpruneEarly0c4d"  # a recognisable value to grep for
 
 
-def cli(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None, **kw) -> subprocess.CompletedProcess:
-    """``python -m vitprune ARGS`` in ``cwd`` (this checkout's code), stdout and stderr captured."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    base.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / ".hf-home"),
-                 "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "2"})
-    base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "vitprune", *args], cwd=cwd, env=base, capture_output=True,
-                          text=True, timeout=kw.pop("timeout", 300), **kw)
+def env(cwd: Path, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """This checkout's code, offline, no Hub settings of the user's, a private HF_HOME."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    out.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / ".hf-home"),
+                "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "2", **(extra or {})})
+    return out
+
+
+def cli(args: list[str], cwd: Path, extra: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """``python -m vitprune ARGS`` in ``cwd``, stdout and stderr captured."""
+    return subprocess.run([sys.executable, "-m", "vitprune", *args], cwd=cwd, env=env(cwd, extra),
+                          capture_output=True, text=True, timeout=300)
 
 
 def spawn(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-                "OMP_NUM_THREADS": "2"})
-    return subprocess.Popen([sys.executable, "-m", "vitprune", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "vitprune", *args], cwd=cwd, env=env(cwd), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -49,12 +51,6 @@ def one_line_error(res: subprocess.CompletedProcess, message: str, code: int = 1
     lines = everything.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], everything
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Real digits as an ImageFolder (80 train, 20 val images): a step of the demo teacher is quick."""
-    return digits_folder(tmp_path_factory.mktemp("digits") / "d", per_class=8, val_per_class=2)
 
 
 def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -95,11 +91,12 @@ def test_output_that_cannot_be_written_is_refused(data, tmp_path):
 
 
 def test_push_to_without_a_token_is_refused_before_training(data, tmp_path):
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # no HF_TOKEN, an empty HF_HOME
-    res = cli(compress_args(data, tmp_path / "out", "--push-to", "alice/demo-evit"), tmp_path, env)
+    online = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # no HF_TOKEN, an empty HF_HOME
+    res = cli(compress_args(data, tmp_path / "out", "--push-to", "alice/demo-evit"), tmp_path, online)
     one_line_error(res, "--push-to alice/demo-evit needs a Hugging Face token")
     # with a token but a bad name the token is never shown
-    res = cli(compress_args(data, tmp_path / "out", "--push-to", "not a repo"), tmp_path, {**env, "HF_TOKEN": TOKEN})
+    res = cli(compress_args(data, tmp_path / "out", "--push-to", "not a repo"), tmp_path,
+              {**online, "HF_TOKEN": TOKEN})
     one_line_error(res, "invalid repo name")
     assert TOKEN not in res.stdout + res.stderr
 
