@@ -96,4 +96,4 @@ def import_checkpoint(
 
         model = do_import(file, base, method, key=key, **method_options(keep_rate, r, extra=opt))
         folder = save(model, output, base_model=base)
-        out.print(escape(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}"))
+        out.print(f"Imported {file} as {model.vitprune_method.describe()} on {base} → {folder}")

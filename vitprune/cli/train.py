@@ -66,7 +66,7 @@ class Reporter:
                 self.close()
             self._line(("· " if kind == "info" else "") + escape(e["message"]))
         elif kind == "warning":
-            self._line(f"[bold yellow]warning:[/] {escape(e['message'])}")
+            self._line(f"[yellow]warning:[/] {escape(e['message'])}")
         elif kind == "resumed":
             self._line(f"resumed at step {e['step']}/{e['total_steps']}")
         elif kind == "epoch_start":
@@ -132,8 +132,7 @@ def compress_table(report: dict[str, Any]):
     d, c, m = report["dense"], report["compressed"], report["measure"]
     opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
     table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
-                  caption=escape(f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, "
-                                 "latency batch 1"),
+                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
                   title_justify="left", caption_justify="left")
     for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
         table.add_column(col, justify=just)
@@ -321,28 +320,28 @@ def compress(
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
-                err.print(f"Interrupted: {escape(e.message)}", highlight=False)
+                err.print(f"Interrupted: {e.message}", markup=False, highlight=False)
             raise typer.Exit(130) from None
         finally:
             reporter.close()
     if not _is_main_process():
         return
     if not result.finished:
-        err.print(escape(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
-                         f"{result.checkpoint}; run the same command with --resume to finish."), highlight=False)
+        err.print(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
+                  f"{result.checkpoint}; run the same command with --resume to finish.", markup=False, highlight=False)
         return
     if json_out:
         print_json(result.report)
         return
     out.print(compress_table(result.report))
     m = result.metrics
-    out.print(escape(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, "
-                     f"train_log.jsonl) in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense "
-                     f"{m['dense_top1']:.2f} % ({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× "
-                     "the GMACs."), highlight=False)
+    out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
+              f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
+              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", markup=False,
+              highlight=False)
     if result.pushed is not None:
-        out.print(escape(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:"
-                         f"{result.pushed.repo_id}\")"), highlight=False)
+        out.print(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:{result.pushed.repo_id}\")",
+                  markup=False, highlight=False)
 
 
 def _command_line() -> str:
@@ -431,4 +430,4 @@ def eval_(
         out.print(table)
         if res.skipped:
             err.print(f"[yellow]warning:[/] {res.skipped} unreadable image(s) skipped "
-                      f"(e.g. {escape(res.skipped_files[0])}).", highlight=False)
+                      f"(e.g. {escape(str(res.skipped_files[0]))}).", highlight=False)

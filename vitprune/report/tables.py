@@ -39,11 +39,11 @@ def describe_method(stats: ModelStats) -> str:
 
 def profile_table(report: ProfileReport) -> Table:
     c, d = report.compressed, report.dense
-    title = escape(f"{report.model}" + (f" · {describe_method(c)}" if c else ""))
+    title = f"{report.model}" + (f" · {describe_method(c)}" if c else "")
     caption = (f"{report.device_name} · {report.dtype} · batch {report.batch_size} · input "
                f"{'×'.join(map(str, report.input_size))}" + (f" · compiled ({report.compiled})" if report.compiled
                                                               else " · eager"))
-    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
     table.add_column("")
     table.add_column("dense", justify="right")
     if c:
