@@ -27,7 +27,6 @@ replaced to match the teacher's outputs if they differ.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -35,6 +34,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -194,7 +194,7 @@ def check_run_state(out: Path, *, resume: bool, overwrite: bool) -> None:
                                 "loadable until the new one is saved), or give another --output.")
 
 
-def hold_output(out: Path, info: Any, stack: contextlib.ExitStack) -> None:
+def hold_output(out: Path, info: Any, held: ExitStack) -> None:
     """Take the output folder's lock for the rest of the run (rank 0 under torchrun; every rank learns whether
     it got it, so all stop together when another run holds the folder)."""
     from .hub.lock import output_lock
@@ -203,7 +203,7 @@ def hold_output(out: Path, info: Any, stack: contextlib.ExitStack) -> None:
     refused: Optional[VitpruneError] = None
     if info.main:
         try:
-            stack.enter_context(output_lock(out, "compress"))
+            held.enter_context(output_lock(out, "compress"))
         except VitpruneError as e:
             refused = e
     message = broadcast_object(info, str(refused) if refused is not None else None)
@@ -321,7 +321,7 @@ def compress(
     if push_to:
         check_push_target(push_to)
     dist_info, dev = setup(device)
-    stack = contextlib.ExitStack()
+    held = ExitStack()
     try:
         prec = resolve_precision(precision, dev)
         if output:
@@ -445,7 +445,7 @@ def compress(
 
         # ---------------------------------------------------------------------- the output folder, held
         check_run_state(out, resume=resume, overwrite=overwrite)  # before the lock creates anything
-        hold_output(out, dist_info, stack)
+        hold_output(out, dist_info, held)
         check_run_state(out, resume=resume, overwrite=overwrite)  # now that no other run can change it
         if overwrite and not resume:
             if dist_info.main:
@@ -584,7 +584,7 @@ def compress(
         result.seconds = time.perf_counter() - t_start
         return result
     finally:
-        stack.close()
+        held.close()
         teardown(dist_info)
 
 
