@@ -96,8 +96,11 @@ def public_model(spec: str) -> str:
     try:
         config = read_config(folder)
     except Exception:  # noqa: BLE001 - unreadable here: loading it reports the problem
+        config = None
+    if not isinstance(config, dict):
         return "a local model"
-    recorded = (config.get(VITPRUNE_KEY) or {}).get("base_model")
+    section = config.get(VITPRUNE_KEY)
+    recorded = section.get("base_model") if isinstance(section, dict) else None
     if isinstance(recorded, str) and _is_public_base(recorded):
         return recorded
     arch = config.get("architecture")
