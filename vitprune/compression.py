@@ -175,14 +175,18 @@ def count_only_match(classes: list[str], model: nn.Module) -> Optional[str]:
             "If these are other classes, run again with --new-head (a new head, fine-tuned first as the teacher).")
 
 
-def check_run_state(out: Path, *, resume: bool, overwrite: bool) -> None:
+def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> None:
     """What the output folder already holds against --resume / --overwrite: a finished model is kept unless
-    --overwrite; an unfinished run (checkpoints) is continued with --resume or discarded with --overwrite."""
+    --overwrite; an unfinished run (checkpoints) is continued with --resume or discarded with --overwrite. What
+    counts is what process 0 sees (under torchrun on several nodes the others may have disks of their own)."""
+    from .train.ddp import broadcast_object
+
     ck_dir = out / CHECKPOINT_DIR
-    unfinished = (ck_dir / "last.pt").exists() or (ck_dir / "teacher.pt").exists()
-    finished = (out / "config.json").is_file()
+    places = (ck_dir / "last.pt", ck_dir / "teacher.pt", out / "teacher" / "config.json", out / "config.json")
+    last, teacher_ck, teacher_done, finished = broadcast_object(info, [p.is_file() for p in places])
+    unfinished = last or teacher_ck
     if resume:
-        if not (unfinished or (out / "teacher" / "config.json").exists()):
+        if not (unfinished or teacher_done):
             held = " (it holds a finished model: add --overwrite instead to train it again)" if finished else ""
             raise VitpruneError(f"--resume: {out} has no checkpoint to continue from{held}; run without --resume.")
     elif unfinished:
@@ -444,9 +448,9 @@ def compress(
                                         augment_default=splits.augment_default, base=TRAINER_DEFAULTS)
 
         # ---------------------------------------------------------------------- the output folder, held
-        check_run_state(out, resume=resume, overwrite=overwrite)  # before the lock creates anything
+        check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # before the lock creates anything
         hold_output(out, dist_info, held)
-        check_run_state(out, resume=resume, overwrite=overwrite)  # now that no other run can change it
+        check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # now that no other run can change it
         if overwrite and not resume:
             if dist_info.main:
                 shutil.rmtree(ck_dir, ignore_errors=True)
