@@ -177,9 +177,17 @@ def test_card_from_section_and_report_dicts(compressed_folder):
     ("demo", None),
     ("/some/local/folder", None),
     ("not_a_model_name", None),
+    ("vit_tiny_patch16_224 (local weights)", None),  # an architecture, not the weights of timm's Hub repo
 ])
 def test_hub_base_model(spec, repo):
     assert hub_base_model(spec) == repo
+
+
+def test_card_of_a_model_from_local_weights_names_its_architecture(tmp_path):
+    folder = make_saved_folder(tmp_path / "local", base_model="vit_tiny_patch16_224 (local weights)")
+    card = render_card(folder)
+    assert "base_model" not in metadata(card)
+    assert card.splitlines()[card.splitlines().index("---", 1) + 2].startswith("# vit_tiny_patch16_224 · EViT")
 
 
 def test_latency_change_says_faster_or_slower():

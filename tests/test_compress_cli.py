@@ -98,7 +98,11 @@ def test_new_head_fine_tunes_a_teacher_first_and_skips_an_unreadable_image(tmp_p
     assert teacher.num_classes == student.num_classes == 3
     assert student.pretrained_cfg["label_names"] == ["one", "two", "zero"]
     report = json.loads((out / "report.json").read_text())
-    assert report["teacher"] == str(out / "teacher") and report["train"]["skipped_images"] == 1
+    # published names: what the teacher was, not where it lies; the data by its own name (it is outside the
+    # working folder), never the absolute path
+    assert report["teacher"] == ("vit_tiny_patch16_224 (local weights) with a new 3-class head, fine-tuned on the "
+                                 "data first")
+    assert report["train"]["skipped_images"] == 1 and report["train"]["skipped_files"] == ["abc/train/one/broken.png"]
     assert report["teacher_stage"]["recipe"]["kd_weight"] == 0.0
     # the reported accuracy is the saved model's, on the held-out val images
     assert vitprune.evaluate(student, str(data), device="cpu").top1 == pytest.approx(report["compressed"]["top1"])

@@ -137,7 +137,7 @@ def test_cli_bad_drop_loc_is_one_line():
 
     res = CliRunner().invoke(app, ["profile", "demo", "--no-weights", "--method", "evit", "--opt", "drop_loc=x",
                                    "--no-speed"])
-    assert res.exit_code == 1 and "--drop-loc must be a non-empty list of 0-based block indices" in res.output
+    assert res.exit_code == 1 and "--drop-loc must be a comma list of integers or none, got 'x'" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
 

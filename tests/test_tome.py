@@ -507,8 +507,8 @@ def test_official_checkpoint_is_plain_timm_and_unknown_keys_are_refused(tmp_path
     ({"r": [4, 40]}, r"--r schedule entry 40 \(block 1\) is too large"),
     ({"r": 17, "inflection": -1.0}, r"--r schedule entry 34 \(block 0\) is too large"),
     ({"r": -1}, "--r must be a non-negative int or a comma list of them, got -1"),
-    ({"r": 2.5}, "--r must be a non-negative int"),
-    ({"r": True}, "--r must be a non-negative int"),
+    ({"r": 2.5}, "--r must be an integer or a comma list of integers, got 2.5"),  # the options' type check
+    ({"r": True}, "--r must be an integer or a comma list of integers, got True"),
     ({"r": [3, -1]}, "--r must be a non-negative int or a comma list"),
     ({"r": [1] * 7}, "--r lists 7 blocks but the model has 6"),
     ({"r": 4, "inflection": 1.5}, r"--inflection must be a number in \[-1, 1\], got 1.5"),

@@ -4,25 +4,35 @@ model on a dataset, evaluate and profile dense vs compressed, save the result as
 >>> result = vitprune.compress()                       # demo teacher, demo digits, DynamicViT, a short schedule
 >>> result = vitprune.compress("deit_small_patch16_224", "evit", data="imagenet/", keep_rate=0.7, epochs=30)
 
-The output folder (default ``vitprune-out/<model>-<method>``) holds the model (``model.safetensors``,
-``config.json`` with the method, base model, the recipe used and the metrics in its ``vitprune`` section,
-``README.md``), ``report.json`` (dense vs compressed: top-1/top-5/loss, GMACs, parameters, throughput and latency
-with device, dtype and batch size), ``train_log.jsonl`` (one line per epoch) and, while a run is unfinished,
-``checkpoints/`` (``resume=True`` continues from there).
+The output folder (default ``vitprune-out/<model>-<method>-<setting>``, e.g. ``demo-evit-keep0.7``) holds the model
+(``model.safetensors``, ``config.json`` with the method, base model, the recipe used and the metrics in its
+``vitprune`` section, ``README.md``), ``report.json`` (dense vs compressed: top-1/top-5/loss, GMACs, parameters,
+throughput and latency with device, dtype and batch size), ``train_log.jsonl`` (one line per epoch) and, while a
+run is unfinished, ``checkpoints/`` (``resume=True`` continues from there). One run holds the folder at a time (its
+lock, ``vitprune.hub.lock``); a folder with a finished model is only trained into again with ``overwrite=True``.
+What these files record travels with the model (``vitprune push``), so they name the data, the output and the base
+model without this machine's paths (``vitprune.report.redact``).
+
+Everything that can be checked is checked before the first training step: the push target (repo name, token),
+the output folder (writable, not a file, not holding a finished model), the device, the method options (types
+and values), the data (at least two classes), the head and the augmentation (timm builds it once).
 
 The head and the data's classes (see ``vitprune.data.match_head``): labels are mapped onto the head by name or
 index when they fit. When they do not, and no ``teacher`` is given, the head is replaced by a new one with one
 output per class and the dense model is first fine-tuned on the data with labels only (``teacher_epochs``,
 default: as many as the distillation); that model (saved in ``OUTPUT/teacher``) is the teacher and the starting
-point of the student. With ``teacher`` given, its head must fit the data; the student's head is replaced to match
-the teacher's outputs if they differ.
+point of the student. ``new_head=True`` does the same when the classes do fit (matched by count only, with other
+label names: a loud warning says so). With ``teacher`` given, its head must fit the data; the student's head is
+replaced to match the teacher's outputs if they differ.
 """
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import shutil
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
@@ -32,7 +42,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .errors import DataError, DeviceError, MethodOptionError, VitpruneError
+from .errors import DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError
+
+log = logging.getLogger("vitprune")
 
 #: the method `vitprune compress` uses when none is given (the first registered one if it is missing)
 DEFAULT_METHOD = "dynamicvit"
@@ -79,6 +91,144 @@ def model_slug(spec: str) -> str:
     name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
     name = Path(name.rstrip("/")).name or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def default_output(model: str, method: str, options: Any) -> Path:
+    """``vitprune-out/<model>-<method>-<headline setting>``: ``demo-evit-keep0.7``, ``demo-tome-r8``... so runs
+    of other settings never share a folder."""
+    from .methods.base import headline
+
+    short = headline(options)
+    name = f"{model_slug(model)}-{method}" + (f"-{short}" if short else "")
+    return Path("vitprune-out") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+# ---------------------------------------------------------------------------------------------- early checks
+
+
+def check_push_target(repo: str) -> str:
+    """Before any training: the repo name is valid and a token is there (``push_to``); returns the repo id.
+    The token itself is never read out or shown."""
+    from huggingface_hub import constants, get_token
+
+    from .hub.push import check_repo_id
+
+    repo_id = check_repo_id(repo)
+    if constants.HF_HUB_OFFLINE:
+        raise PushError(f"--push-to {repo_id} needs the network but HF_HUB_OFFLINE is set; unset it, or compress "
+                        "now and `vitprune push` later.")
+    if not get_token():
+        raise PushError(f"--push-to {repo_id} needs a Hugging Face token with write access: set HF_TOKEN or run "
+                        "`hf auth login` before training starts.")
+    return repo_id
+
+
+def check_output(out: Path) -> None:
+    """The output folder can be made here: not an existing file, no file in its way, and writable (checked by
+    writing a temporary file in it, or in its nearest existing parent, which is removed at once)."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--output {out} is a file; give a folder (created if needed).")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputFolderError(f"cannot create --output {out}: {probe} is a file.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise OutputFolderError(f"cannot write to {probe} ({e.strerror or type(e).__name__}); give a writable "
+                                "--output.") from None
+
+
+def check_augment(model: nn.Module, augment: Optional[dict[str, Any]]) -> None:
+    """Build the training transform once, so that an augmentation timm refuses (an unknown ``--auto-augment``
+    policy...) is one line now rather than a traceback when the first batch is read."""
+    if augment is None:
+        return
+    from .data import train_transform
+
+    try:
+        train_transform(model, augment)
+    except (AssertionError, ValueError, KeyError, TypeError, IndexError) as e:
+        policy = augment.get("auto_augment")
+        what = f"--auto-augment {policy!r}" if policy else "the augmentation settings"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MethodOptionError(f"timm refuses {what} ({reason}); see timm's auto_augment (e.g. "
+                                "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, v0).") from None
+
+
+def count_only_match(classes: list[str], model: nn.Module) -> Optional[str]:
+    """A warning when the data's classes land on the head only because the counts agree while the head's label
+    names are other names (class i becomes head output i, whatever it means there); None otherwise."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if isinstance(names, dict):
+        names = [names.get(i, names.get(str(i))) for i in range(int(model.num_classes))]
+    if not names or len(classes) != int(model.num_classes) or all(c in names for c in classes):
+        return None
+    other = [c for c in classes if c not in names]
+    shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+    heads = ", ".join(str(n) for n in list(names)[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"the data's classes match the head by COUNT ONLY ({len(classes)} each): {len(other)} class folder(s) "
+            f"({shown}) are not among the head's label names ({heads}), so class i is trained as head output i. "
+            "If these are other classes, run again with --new-head (a new head, fine-tuned first as the teacher).")
+
+
+def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> dict[Path, bool]:
+    """What the output folder already holds against --resume / --overwrite: a finished model is kept unless
+    --overwrite; an unfinished run (checkpoints) is continued with --resume or discarded with --overwrite. What
+    counts is what process 0 sees (under torchrun on several nodes the others may have disks of their own).
+    Returns, for the last checkpoint, the teacher checkpoint, the teacher folder's config and the model's config,
+    whether process 0 found them."""
+    from .train.ddp import broadcast_object
+
+    ck_dir = out / CHECKPOINT_DIR
+    places = (ck_dir / "last.pt", ck_dir / "teacher.pt", out / "teacher" / "config.json", out / "config.json")
+    foreign = None
+    if info.main:  # a config.json or README.md someone else wrote is never replaced
+        from .hub.save import check_overwritable
+
+        try:
+            check_overwritable(out)
+        except OutputFolderError as e:
+            foreign = str(e)
+    found, foreign = broadcast_object(info, ([p.is_file() for p in places], foreign))
+    if foreign is not None:
+        raise OutputFolderError(foreign)
+    last, teacher_ck, teacher_done, finished = found
+    unfinished = last or teacher_ck
+    if resume:
+        if not (unfinished or teacher_done):
+            held = " (it holds a finished model: add --overwrite instead to train it again)" if finished else ""
+            raise VitpruneError(f"--resume: {out} has no checkpoint to continue from{held}; run without --resume.")
+    elif unfinished:
+        if not overwrite:
+            raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add --resume to continue it or "
+                                "--overwrite to start over.")
+    if finished and not overwrite and not resume:
+        raise OutputFolderError(f"{out} already holds a finished model; add --overwrite to replace it (it stays "
+                                "loadable until the new one is saved), or give another --output.")
+    return dict(zip(places, found))
+
+
+def hold_output(out: Path, info: Any, held: ExitStack) -> None:
+    """Take the output folder's lock for the rest of the run (rank 0 under torchrun; every rank learns whether
+    it got it, so all stop together when another run holds the folder)."""
+    from .hub.lock import output_lock
+    from .train.ddp import broadcast_object
+
+    refused: Optional[VitpruneError] = None
+    if info.main:
+        try:
+            held.enter_context(output_lock(out, "compress"))
+        except VitpruneError as e:
+            refused = e
+    message = broadcast_object(info, str(refused) if refused is not None else None)
+    if refused is not None:
+        raise refused
+    if message is not None:
+        raise OutputFolderError(message)
 
 
 def resolve_precision(precision: Optional[str], device: torch.device) -> str:
@@ -147,6 +297,7 @@ def compress(
     command: Optional[str] = None,
     push_to: Optional[str] = None,
     private: bool = False,
+    new_head: bool = False,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -159,13 +310,17 @@ def compress(
     ``calibrate``: after training, let the method choose its data-dependent run-time defaults on up to
     ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs); skipped when the
     caller set one of the method's run-time options. ``command`` is recorded in report.json and the model card as
-    the way to make the model again. ``push_to`` uploads the saved folder with :func:`vitprune.push` (a failed
-    upload raises after the folder is saved, so nothing is lost).
+    the way to make the model again (redacted: local paths as public names, no ``--resume``/``--overwrite``).
+    ``push_to`` uploads the saved folder with :func:`vitprune.push` (its name and a token are checked before any
+    training; a failed upload raises after the folder is saved, so nothing is lost). ``overwrite`` replaces a
+    finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head`` replaces the head and
+    fine-tunes a teacher stage even when the classes fit.
     """
     from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
     from .hub import load_model, save
-    from .methods import apply_method, dense_copy, get_method
-    from .train.ddp import barrier, broadcast_object, broadcast_weights, setup, teardown
+    from .methods import apply_method, create_method, dense_copy, get_method
+    from .report.redact import public_command, public_model, public_spec, scrub
+    from .train.ddp import barrier, broadcast_weights, setup, teardown
     from .train.loop import RunSettings, Trainer
     from .train.recipe import TEACHER_RECIPE, TRAINER_DEFAULTS, build_recipe
 
@@ -181,14 +336,14 @@ def compress(
     if epochs is not None and (not isinstance(epochs, (int, float)) or epochs < 0):
         raise MethodOptionError(f"--epochs must be >= 0, got {epochs!r}.")
 
+    if push_to:
+        check_push_target(push_to)
     dist_info, dev = setup(device)
     held = ExitStack()
     try:
         prec = resolve_precision(precision, dev)
-        splits = load_data(data, val_split=val_split)
-        if splits.train is None or not splits.train[1]:
-            raise DataError(f"{splits.name} has no training images.")
-
+        if output:
+            check_output(Path(output))
         loaded = load_model(model)
         existing = get_method(loaded)
         if existing is not None and method is not None:
@@ -198,36 +353,36 @@ def compress(
         if existing is not None and method_options:
             raise MethodOptionError(f"{model} is already compressed with {existing.describe()}; its options are "
                                     "fixed (give its dense base model to compress with other options).")
+        if existing is not None and new_head:
+            raise MethodOptionError(f"{model} is already compressed; --new-head replaces the head of a dense model "
+                                    "(give its dense base model).")
+        if new_head and teacher is not None:
+            raise MethodOptionError("--new-head fine-tunes the dense model with a new head as the teacher; it does not "
+                                    "go with --teacher (whose head must fit the data).")
+        m_probe = existing if existing is not None else create_method(method_name, **method_options)
         dense = dense_copy(loaded) if existing is not None else loaded
 
-        out = Path(output) if output else Path("vitprune-out") / f"{model_slug(model)}-{method_name}"
-        if dist_info.main:  # one run per output folder, held until the save and the push end
-            from .hub.lock import output_lock
-
-            held.enter_context(output_lock(out, "compress"))
+        out = Path(output) if output else default_output(model, method_name, m_probe.options)
+        if not output:
+            check_output(out)
         ck_dir = out / CHECKPOINT_DIR
         ck_path = ck_dir / "last.pt"
         teacher_ck = ck_dir / "teacher.pt"
-        t_config = out / "teacher" / "config.json"
-        # what there is to resume is what process 0 sees (on several nodes the others may have their own disks)
-        found = dict(zip((ck_path, teacher_ck, t_config),
-                         broadcast_object(dist_info, [p.exists() for p in (ck_path, teacher_ck, t_config)])))
-        if resume and not any(found.values()):
-            raise VitpruneError(f"--resume: {out} has no checkpoint to continue from; run without --resume.")
-        if not resume and (found[ck_path] or found[teacher_ck]):
-            if not overwrite:
-                raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add --resume to continue it or "
-                                    "--overwrite to start over.")
-            if dist_info.main:
-                shutil.rmtree(ck_dir, ignore_errors=True)
-                shutil.rmtree(out / "teacher", ignore_errors=True)
-            barrier(dist_info)
+
+        splits = load_data(data, val_split=val_split)
+        if splits.train is None or not splits.train[1]:
+            raise DataError(f"{splits.name} has no training images.")
+        if len(splits.classes) < 2:
+            raise DataError(f"{splits.name} has one class ({splits.classes[0] if splits.classes else 'none'}); a "
+                            "classifier learns nothing from it: give the data at least two class folders.")
 
         # ---------------------------------------------------------------------- heads, teacher, student
         notes = list(splits.notes)
         stage_teacher = False
         match = match_head(splits.classes, dense)
-        teacher_spec = teacher or f"{model} (dense)"
+        public_base = public_model(model)
+        teacher_spec = public_model(teacher) if teacher is not None else f"{public_base} (dense)"
+        head_owner = dense
         if teacher is not None:
             t_model = load_model(teacher)
             if get_method(t_model) is not None:
@@ -236,12 +391,13 @@ def compress(
             if not t_match.fits:
                 raise head_error(splits.classes, t_model, "the teacher")
             target_map = t_match.target_map
+            head_owner = t_model
             student_base = dense if existing is None else loaded
             if student_base.num_classes != t_model.num_classes:
                 student_base = copy.deepcopy(student_base)
                 _copy_head(student_base, t_model)
                 notes.append(f"student head replaced by the teacher's ({t_model.num_classes} outputs)")
-        elif match.fits:
+        elif match.fits and not new_head:
             target_map = match.target_map
             t_model = copy.deepcopy(dense)
             student_base = dense if existing is None else loaded
@@ -250,12 +406,17 @@ def compress(
             if existing is not None:
                 raise head_error(splits.classes, dense, "the compressed model")
             torch.manual_seed(seed)
+            why = "--new-head" if new_head else match.how
             _replace_head(dense, splits.classes)
             target_map = None
             stage_teacher = True
             t_model = dense
             student_base = None
-            notes.append(f"head replaced ({match.how}); the dense model is fine-tuned first and becomes the teacher")
+            head_owner = None
+            notes.append(f"head replaced ({why}); the dense model is fine-tuned first and becomes the teacher")
+            teacher_spec = (f"{public_base} with a new {len(splits.classes)}-class head, fine-tuned on the data "
+                            "first")
+        count_only = count_only_match(splits.classes, head_owner) if head_owner is not None else None
 
         user: dict[str, Any] = dict(recipe or {})
         if epochs is not None:
@@ -264,16 +425,17 @@ def compress(
             user["augment"] = None
         is_demo = splits.kind == "demo"
         global_batch = batch_size * dist_info.world_size * accum_steps
-        method_recipe = _method_recipe(method_name, existing, method_options)
-        rec, sources = build_recipe(method_recipe, user, demo=is_demo, batch_size=global_batch,
+        rec, sources = build_recipe(m_probe.default_recipe(), user, demo=is_demo, batch_size=global_batch,
                                     augment_hints=splits.augment_hints, augment_default=splits.augment_default)
         if rec["kd_weight"] > 0 and rec["kd_temperature"] <= 0:
             raise MethodOptionError("kd-temperature must be > 0.")
+        check_augment(dense, rec["augment"])
 
         base_fp = {
             "model": model, "method": method_name, "options": method_options, "data": data, "val_split": val_split,
             "teacher": teacher, "batch_size": batch_size, "accum_steps": accum_steps,
             "world_size": dist_info.world_size, "seed": seed, "precision": prec,
+            **({"new_head": True} if new_head else {}),
         }
 
         def fingerprint(extra: dict[str, Any]) -> dict[str, Any]:
@@ -298,6 +460,20 @@ def compress(
             t_rec, t_src = build_recipe(TEACHER_RECIPE, t_user, demo=is_demo, batch_size=global_batch,
                                         augment_hints=splits.augment_hints,
                                         augment_default=splits.augment_default, base=TRAINER_DEFAULTS)
+
+        # ---------------------------------------------------------------------- the output folder, held
+        check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # before the lock creates anything
+        hold_output(out, dist_info, held)
+        found = check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # now no other run can change it
+        t_config = out / "teacher" / "config.json"
+        if overwrite and not resume:
+            if dist_info.main:
+                shutil.rmtree(ck_dir, ignore_errors=True)
+                shutil.rmtree(out / "teacher", ignore_errors=True)
+            barrier(dist_info)
+        if count_only:
+            log.warning(count_only)
+            _emit(progress, "warning", message=count_only)
         if resume:  # refuse a checkpoint from other settings before anything runs
             from .train.checkpoints import check_resumable
 
@@ -338,11 +514,10 @@ def compress(
                                           total_steps=summary.total_steps, checkpoint=teacher_ck,
                                           seconds=time.perf_counter() - t_start)
                 if dist_info.main:
-                    save(t_model.eval(), t_folder, base_model=model, recipe=t_rec,
+                    save(t_model.eval(), t_folder, base_model=public_base, recipe=t_rec,
                          metrics={"history": summary.history[-1:]})
                 barrier(dist_info)
                 teacher_record = {"recipe": t_rec, "sources": t_src, "history": summary.history}
-            teacher_spec = str(t_folder)
             t_model = t_model.eval()
             student_base = t_model
 
@@ -354,7 +529,8 @@ def compress(
             student = apply_method(copy.deepcopy(dense_copy(student_base)), method_name, **method_options)
         teacher_net = copy.deepcopy(t_model).eval()
         m_obj = get_method(student)
-        _emit(progress, "info", message=f"teacher: {teacher_spec}")
+        shown = t_folder if stage_teacher else (teacher or teacher_spec)
+        _emit(progress, "info", message=f"teacher: {shown}")
         rec_record = {**rec, "batch_size": batch_size, "accum_steps": accum_steps,
                       "world_size": dist_info.world_size, "global_batch": global_batch, "seed": seed,
                       "precision": prec}
@@ -392,15 +568,17 @@ def compress(
             _emit(progress, "stage", name="profiling", message="counting GMACs and timing dense vs compressed")
             prof = profile(student, device=str(dev), batch_size=profile_batch_size,
                            speed=speed, latency=speed)
-            report = _report(model, teacher_spec, method_name, m_obj, splits, rec_record, sources, summary,
-                             d_eval, c_eval, prof, dist_info.world_size, str(dev), teacher_record)
+            report = _report(public_spec(model), teacher_spec, method_name, m_obj, splits, rec_record, sources,
+                             summary, d_eval, c_eval, prof, dist_info.world_size, str(dev), teacher_record)
+            report["base_model"] = public_base
             report["seconds_total"] = round(time.perf_counter() - t_start, 2)
             if calibration is not None:
                 report["calibration"] = calibration
             if command:
-                report["command"] = command
+                report["command"] = public_command(command)
+            report = scrub(report, (data, str(out), model, teacher))
             metrics = {
-                "dataset": data, "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
+                "dataset": public_spec(data), "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
                 "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
                 "dense_top5": round(d_eval.top5, 4), "delta_top1": round(c_eval.top1 - d_eval.top1, 4),
                 "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
@@ -408,7 +586,7 @@ def compress(
                 "speedup": prof.speedup,
             }
             _emit(progress, "stage", name="saving", message=f"saving {out}")
-            save(student.eval(), out, base_model=model, recipe=rec_record, metrics=metrics,
+            save(student.eval(), out, base_model=public_base, recipe=rec_record, metrics=metrics,
                  extra_files={REPORT_NAME: json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"})
             if not keep_checkpoints:
                 shutil.rmtree(ck_dir, ignore_errors=True)
@@ -429,14 +607,6 @@ def compress(
     finally:
         held.close()
         teardown(dist_info)
-
-
-def _method_recipe(name: str, existing: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from .methods import create_method
-
-    if existing is not None:
-        return existing.default_recipe()
-    return create_method(name, **options).default_recipe()
 
 
 def _side(ev: Any, st: Any) -> dict[str, Any]:

@@ -177,12 +177,16 @@ def compress(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="output folder (default vitprune-out/<model>-<method>).")] = None,
+        "--output", "-o", help="output folder (default vitprune-out/<model>-<method>-<setting>, e.g. "
+        "demo-evit-keep0.7).")] = None,
     teacher: Annotated[Optional[str], typer.Option(
         help="teacher model (default: the dense MODEL). Its head must fit the data's classes.")] = None,
     teacher_epochs: Annotated[Optional[float], typer.Option(
         help="epochs of fine-tuning the dense model first when its head had to be replaced (default: --epochs).")]
         = None,
+    new_head: Annotated[bool, typer.Option(
+        "--new-head", help="replace the head even when the data's classes fit it (e.g. matched by count only) and "
+        "fine-tune the dense model first as the teacher.")] = False,
     epochs: Annotated[Optional[float], typer.Option(
         help="training epochs (default: the method's recipe; 10 on the demo data).", rich_help_panel=_TRAIN)] = None,
     batch_size: Annotated[int, typer.Option(
@@ -246,7 +250,8 @@ def compress(
     resume: Annotated[bool, typer.Option(
         help="continue the run in --output from its last checkpoint.", rich_help_panel=_RUN)] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="discard an unfinished run's checkpoints in --output and start over.", rich_help_panel=_RUN)] = False,
+        help="replace the finished model in --output, or discard an unfinished run's checkpoints, and start over.",
+        rich_help_panel=_RUN)] = False,
     save_every: Annotated[Optional[int], typer.Option(
         min=1, help="also checkpoint every N optimizer steps (always at each epoch end).", rich_help_panel=_RUN)]
         = None,
@@ -311,7 +316,7 @@ def compress(
                 resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
                 eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
                 profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-                push_to=push_to, private=private, **opts)
+                push_to=push_to, private=private, new_head=new_head, **opts)
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():

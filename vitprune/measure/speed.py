@@ -26,11 +26,15 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     """``cuda`` when available unless told otherwise; a clear error for ``cuda`` without a GPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):  # "gpu", "tpu", typos: torch lists every backend it knows
+        dev = None
+    if dev is None or dev.type not in ("cuda", "cpu"):
+        raise DeviceError(f"device {device!r} is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or "
+                          "--device cpu.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but no CUDA GPU is available here; use --device cpu.")
-    if dev.type not in ("cuda", "cpu"):
-        raise DeviceError(f"device {device!r} is not supported; use cuda or cpu.")
     return dev
 
 

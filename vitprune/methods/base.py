@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import typing
 from dataclasses import dataclass, field
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Optional
+from types import UnionType
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,13 +47,19 @@ from ..errors import MethodOptionError, UnsupportedModelError
 
 @dataclass
 class MethodOptions:
-    """Base of every method's options. Fields carry ``metadata={"help": ...}`` for ``vitprune methods``."""
+    """Base of every method's options. Fields carry ``metadata={"help": ...}`` for ``vitprune methods``; the
+    option that names a setting in short (an output folder ``demo-evit-keep0.7``) also carries
+    ``"headline": True`` with its ``"short"`` label, and ``"headline_when"`` when it only matters in some modes
+    (see :func:`headline`)."""
 
     def validate(self) -> None:
         """Raise MethodOptionError for a bad value. Subclasses extend."""
 
     @classmethod
     def from_dict(cls, method: str, values: dict[str, Any]) -> "MethodOptions":
+        """The options from ``values``: unknown names, values of the wrong type (each field's annotation: a bool
+        field takes only booleans, a float field numbers but not booleans, a list field a list...) and values
+        ``validate`` refuses all raise ``MethodOptionError``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -61,11 +70,90 @@ class MethodOptions:
             opts = cls(**values)
         except TypeError as e:  # pragma: no cover - dataclass signature problems
             raise MethodOptionError(f"bad options for {method}: {e}") from None
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(opts, f.name)
+            fits, typed = _fit(hints.get(f.name, Any), value)
+            if not fits:
+                raise MethodOptionError(
+                    f"--{f.name.replace('_', '-')} must be {_expected(hints[f.name])}, got {value!r}.")
+            setattr(opts, f.name, typed)
         opts.validate()
         return opts
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _fit(hint: Any, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` has the annotated type, and the value in that type's plain Python form (an int for a
+    float field becomes a float; a single int for a list-of-int field, a list of one)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if hint is type(None):
+        return value is None, value
+    if origin in (Union, UnionType):
+        for arg in args:
+            fits, typed = _fit(arg, value)
+            if fits:
+                return True, typed
+        return False, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok else value
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        item = args[0] if args else Any
+        if item is int and _fit(int, value)[0]:
+            return True, [int(value)]
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        typed = [_fit(item, v) for v in value]
+        return all(ok for ok, _ in typed), [v for _, v in typed]
+    return isinstance(value, hint) if isinstance(hint, type) else True, value
+
+
+def _expected(hint: Any) -> str:
+    """What a value of the annotated type looks like, in the words of the command line."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}
+    if hint in words:
+        return words[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, UnionType):
+        parts = [_expected(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or none" if type(None) in args else "")
+    if origin in (list, tuple):
+        item = {int: "integers", float: "numbers"}.get(args[0] if args else None, "values")
+        return f"a comma list of {item}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def headline(options: MethodOptions) -> str:
+    """The options' headline setting in short, for names: ``keep0.7`` (EViT), ``r8`` (ToMe), ``budget0.5`` (DGE),
+    ``fixed-keep0.7`` (SaiT in its fixed mode); read from the fields marked ``"headline": True`` (their
+    ``"short"`` label before the value; ``"headline_when"``: only when other options have these values)."""
+    values = options.to_dict()
+    parts = []
+    for f in dataclasses.fields(options):
+        if not f.metadata.get("headline"):
+            continue
+        when = f.metadata.get("headline_when") or {}
+        value = values[f.name]
+        if value is None or any(values.get(k) != v for k, v in when.items()):
+            continue
+        if isinstance(value, (list, tuple)):
+            text = "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{f.metadata.get('short', f.name)}{text}")
+    return "-".join(parts)
 
 
 def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:

@@ -75,7 +75,8 @@ MASK_EPS = 1e-6
 @dataclass
 class DynamicViTOptions(MethodOptions):
     keep_rate: float = field(default=0.7, metadata={
-        "help": "rho: stage s keeps int(patches * rho**s) of all patches (0.7 -> 137/96/67 of 196)"})
+        "help": "rho: stage s keeps int(patches * rho**s) of all patches (0.7 -> 137/96/67 of 196)",
+        "headline": True, "short": "keep"})
     pruning_loc: Optional[list[int]] = field(default=None, metadata={
         "help": "0-based blocks before which tokens are pruned (default 3,6,9 of 12, scaled to depth)"})
     ratio_weight: float = field(default=2.0, metadata={

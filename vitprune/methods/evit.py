@@ -32,7 +32,8 @@ from .registry import register
 
 @dataclass
 class EViTOptions(MethodOptions):
-    keep_rate: float = field(default=0.7, metadata={"help": "fraction of patch tokens kept at each drop location (ceil)"})
+    keep_rate: float = field(default=0.7, metadata={
+        "help": "fraction of patch tokens kept at each drop location (ceil)", "headline": True, "short": "keep"})
     fuse: bool = field(default=True, metadata={"help": "fuse inattentive tokens into one token (False: drop them)"})
     drop_loc: Optional[list[int]] = field(
         default=None, metadata={"help": "0-based blocks that reduce tokens (default 3,6,9 of 12, scaled to depth)"})

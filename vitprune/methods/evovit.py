@@ -106,7 +106,8 @@ def _is_number(v: Any) -> bool:
 class EvoViTOptions(MethodOptions):
     keep_rate: float = field(default=0.5, metadata={
         "help": "rho: each selection keeps k = int(P * rho) informative patches (P = the model's patches; 0.5 = "
-                "the paper's 98 of 196), in (0, 1]; the others are carried as placeholders"})
+                "the paper's 98 of 196), in (0, 1]; the others are carried as placeholders",
+        "headline": True, "short": "keep"})
     select_loc: Optional[list[int]] = field(default=None, metadata={
         "help": "0-based blocks at whose input all patches are re-ranked by the global class attention (stage "
                 "starts; default 4,8 of 12, scaled to depth; each >= 1)"})

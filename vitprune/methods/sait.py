@@ -102,9 +102,10 @@ def _check_range(name: str, value: Any) -> None:
 class SaiTOptions(MethodOptions):
     mode: str = field(default="adaptive", metadata={
         "help": "inference mode of the same weights: dense (no pruning, exact), fixed (keep_rate), adaptive "
-                "(threshold, per-image counts); switchable at run time"})
+                "(threshold, per-image counts); switchable at run time", "headline": True, "short": ""})
     keep_rate: float = field(default=0.5, metadata={
-        "help": "fixed mode: fraction of patch tokens kept at each location (ceil), in (0, 1]"})
+        "help": "fixed mode: fraction of patch tokens kept at each location (ceil), in (0, 1]",
+        "headline": True, "short": "keep", "headline_when": {"mode": "fixed"}})
     threshold: float = field(default=0.9, metadata={
         "help": "adaptive mode: class-attention mass kept per image, in (0, 1] (1 keeps all); calibrate with "
                 "SaiT.calibrate_threshold for a GMAC target"})

@@ -76,7 +76,7 @@ _R_HELP = ("tokens merged per block: an int (every block), a per-block list (CLI
 
 @dataclass
 class ToMeOptions(MethodOptions):
-    r: Union[int, list[int]] = field(default=13, metadata={"help": _R_HELP})
+    r: Union[int, list[int]] = field(default=13, metadata={"help": _R_HELP, "headline": True, "short": "r"})
     inflection: Optional[float] = field(
         default=None, metadata={"help": "schedule shape for an int r, in [-1, 1]: linear from int(r*(1-inflection)) "
                                         "to 2r minus that across the blocks; -1 = the paper's decreasing schedule "

@@ -63,14 +63,15 @@ def read_folder(folder: str | Path) -> tuple[dict[str, Any], Optional[dict[str, 
 
 
 def hub_base_model(base: Optional[str]) -> Optional[str]:
-    """The Hub repo id of a base-model spec, or None when it is not on the Hub (demo, local folder, unknown)."""
+    """The Hub repo id of a base-model spec, or None when it is not on the Hub (demo, local folder or weights,
+    unknown)."""
     if not base or not isinstance(base, str):
         return None
     if base.startswith(("hf-hub:", "hf_hub:")):
         repo = base.split(":", 1)[1].split("@", 1)[0]
         return repo if repo.count("/") == 1 else None
-    if base == "demo" or "/" in base or base.startswith((".", "~", "(")):
-        return None
+    if base == "demo" or "/" in base or base.startswith((".", "~", "(")) or any(c.isspace() for c in base):
+        return None  # "vit_tiny_patch16_224 (local weights)": an architecture, not the weights of a Hub repo
     try:
         from timm.models import get_pretrained_cfg
 
@@ -130,7 +131,7 @@ def _short_name(base: Optional[str]) -> str:
     """A short display name for a base-model spec."""
     if not base or str(base).startswith("("):
         return "ViT"
-    base = str(base)
+    base = str(base).split(" (", 1)[0]
     if base.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         base = base.split(":", 1)[1]
     return base.rstrip("/").split("/")[-1] or base

@@ -1,0 +1,94 @@
+"""Method options are typed: every value is checked against its field's annotation in one place
+(``MethodOptions.from_dict``), so the library, a saved config.json and every command refuse a wrong type with one
+message instead of a traceback later (or a string stored as a boolean); and each method names its headline setting
+for output folders."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+
+import pytest
+
+import vitprune
+from vitprune.errors import MethodOptionError
+from vitprune.methods import create_method, method_names
+try:
+    from vitprune.methods.base import headline
+except ImportError:
+    headline = None
+from vitprune.methods.registry import get_method_class
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("evit", {"keep_rate": "abc"}, "--keep-rate must be a number, got 'abc'"),
+    ("evit", {"keep_rate": True}, "--keep-rate must be a number, got True"),  # a bool is not a number here
+    ("evit", {"fuse": "maybe"}, "--fuse must be true or false, got 'maybe'"),
+    ("evit", {"fuse": 1}, "--fuse must be true or false, got 1"),
+    ("tome", {"r": "x"}, "--r must be an integer or a comma list of integers, got 'x'"),
+    ("tome", {"r": [8, "a"]}, "--r must be an integer or a comma list of integers"),
+    ("dge", {"region_size": 2.5}, "--region-size must be an integer or none, got 2.5"),
+    ("sait", {"buckets": 1.5}, "--buckets must be an integer, got 1.5"),
+    ("sait", {"keep_rate_range": [0.4, "x"]}, "--keep-rate-range must be a comma list of numbers"),
+    ("sait", {"mode": 1}, "--mode must be a word, got 1"),
+    ("dynamicvit", {"pruning_loc": [3, 6.5]}, "--pruning-loc must be a comma list of integers or none"),
+    ("evovit", {"representative": "no"}, "--representative must be true or false, got 'no'"),
+])
+def test_a_value_of_the_wrong_type_is_refused_by_name(method, options, message):
+    with pytest.raises(MethodOptionError, match=re.escape(message)):
+        create_method(method, **options)
+
+
+def test_numbers_take_their_fields_plain_type():
+    # an int given for a float option is that float; a single block index is a list of one
+    evit = create_method("evit", keep_rate=1, drop_loc=3).options
+    assert evit.keep_rate == 1.0 and isinstance(evit.keep_rate, float) and evit.drop_loc == [3]
+    sait = create_method("sait", keep_rate_range=[1, 1], buckets=2).options
+    assert sait.keep_rate_range == [1.0, 1.0] and all(isinstance(v, float) for v in sait.keep_rate_range)
+    assert create_method("tome", r=[8, 4]).options.r == [8, 4] and create_method("tome", r=8).options.r == 8
+
+
+def test_every_option_field_has_a_type_the_check_knows():
+    """A new option whose annotation the check cannot read would silently accept anything: every field of every
+    method resolves to a type and its default passes the check."""
+    for name in method_names():
+        cls = get_method_class(name)
+        hints = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            assert f.name in hints, (name, f.name)
+        create_method(name)  # the defaults pass their own types
+
+
+def test_apply_method_and_load_share_the_check(tmp_path):
+    model = vitprune.load_model("demo")
+    with pytest.raises(MethodOptionError, match="--fuse must be true or false"):
+        vitprune.apply_method(model, "evit", fuse="maybe")
+    # a config.json edited by hand (a string for a boolean) is refused on load, not silently taken as true
+    saved = vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "evit"), tmp_path / "m")
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["vitprune"]["options"]["fuse"] = "false"
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MethodOptionError, match="--fuse must be true or false, got 'false'"):
+        vitprune.load(saved)
+
+
+@pytest.mark.parametrize("method, options, name", [
+    ("evit", {}, "keep0.7"),
+    ("evit", {"keep_rate": 0.5}, "keep0.5"),
+    ("dynamicvit", {}, "keep0.7"),
+    ("evovit", {}, "keep0.5"),
+    ("tome", {"r": 8}, "r8"),
+    ("tome", {"r": [8, 4]}, "r8_4"),
+    ("dge", {"budget": 0.5}, "budget0.5"),
+    ("sait", {"mode": "fixed", "keep_rate": 0.7}, "fixed-keep0.7"),
+    ("sait", {}, "adaptive"),  # the threshold is calibrated after training: not part of the name
+    ("sait", {"mode": "dense"}, "dense"),
+])
+def test_headline_of_each_method(method, options, name):
+    assert headline(create_method(method, **options).options) == name
+
+
+def test_every_method_declares_a_headline():
+    for name in method_names():
+        assert headline(create_method(name).options), name
