@@ -146,6 +146,7 @@ def compress(
     command: Optional[str] = None,
     push_to: Optional[str] = None,
     private: bool = False,
+    export: Optional[str] = None,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -159,7 +160,8 @@ def compress(
     ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs); skipped when the
     caller set one of the method's run-time options. ``command`` is recorded in report.json and the model card as
     the way to make the model again. ``push_to`` uploads the saved folder with :func:`vitprune.push` (a failed
-    upload raises after the folder is saved, so nothing is lost).
+    upload raises after the folder is saved, so nothing is lost). ``export="onnx"`` writes ``OUT/model.onnx``
+    after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless ``speed=False``).
     """
     from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
     from .hub import load_model, save
@@ -179,6 +181,14 @@ def compress(
             raise MethodOptionError(f"--{name} must be an integer >= 1, got {v!r}.")
     if epochs is not None and (not isinstance(epochs, (int, float)) or epochs < 0):
         raise MethodOptionError(f"--epochs must be >= 0, got {epochs!r}.")
+
+    if export is not None:  # before any training: a missing extra or format is known now
+        from .exporter.core import FORMATS
+        from .exporter.graph import require_export_deps
+
+        if export not in FORMATS:
+            raise MethodOptionError(f"--export {export}: vitprune exports {', '.join(FORMATS)}.")
+        require_export_deps()
 
     dist_info, dev = setup(device)
     try:
@@ -402,6 +412,12 @@ def compress(
                 shutil.rmtree(ck_dir, ignore_errors=True)
             result.report, result.metrics = report, metrics
             result.checkpoint = ck_path if keep_checkpoints else None
+            if export is not None:
+                from .exporter import export as export_model
+
+                _emit(progress, "stage", name="exporting", message=f"exporting {out / 'model.onnx'}")
+                report["onnx"] = export_model(str(out), out / "model.onnx", format=export, measure=speed,
+                                              measure_batch_size=profile_batch_size).record()
             if push_to:
                 from .hub.push import push
 

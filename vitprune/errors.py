@@ -37,6 +37,11 @@ class PushError(VitpruneError):
     """An upload to the Hugging Face Hub that failed; the local folder is left as it was."""
 
 
+class ExportError(VitpruneError):
+    """An ONNX export that cannot be made (a method setting without a static inference path, the export extra not
+    installed) or that failed its checks (token counts per block, ONNX Runtime against PyTorch)."""
+
+
 __all__ = [
     "VitpruneError",
     "ModelNotFoundError",
@@ -45,4 +50,5 @@ __all__ = [
     "DataError",
     "DeviceError",
     "PushError",
+    "ExportError",
 ]

@@ -33,6 +33,9 @@ def push(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="list the files and print the model card that would go; send nothing.")] = False,
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="commit message.")] = None,
+    include_onnx: Annotated[bool, typer.Option(
+        "--include-onnx", help="upload model.onnx too, exported into the folder first when missing (`vitprune "
+                               "export`; needs vitprune[export]).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
 ) -> None:
     """Upload a saved folder to the Hugging Face Hub with a model card generated from its run.
@@ -44,10 +47,12 @@ def push(
         from ..hub.push import push as do_push
 
         if dry_run:
-            result = do_push(folder, repo, private=private, revision=revision, dry_run=True, commit_message=message)
+            result = do_push(folder, repo, private=private, revision=revision, dry_run=True, commit_message=message,
+                             include_onnx=include_onnx)
         else:
             with err.status(f"uploading {folder} to {repo}…"):
-                result = do_push(folder, repo, private=private, revision=revision, commit_message=message)
+                result = do_push(folder, repo, private=private, revision=revision, commit_message=message,
+                                 include_onnx=include_onnx)
         if json_out:
             print_json(result.to_dict())
             return

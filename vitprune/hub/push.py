@@ -24,6 +24,7 @@ from ..errors import PushError
 #: files and folders of a saved folder that are not uploaded (top level); hidden names are never uploaded either
 EXCLUDED = ("checkpoints",)
 CARD_NAME = "README.md"
+ONNX_NAME = "model.onnx"
 
 
 @dataclass
@@ -174,11 +175,14 @@ def push(
     dry_run: bool = False,
     token: Optional[str] = None,
     commit_message: Optional[str] = None,
+    include_onnx: bool = False,
 ) -> PushResult:
     """Upload a saved folder to the Hub repo ``repo`` (``user/name``), creating it if needed.
 
     ``revision`` pushes to that branch (created from main when missing). ``dry_run`` returns the files and the
     card that would go and sends nothing. Failures raise ``PushError`` (one line; the local folder is untouched).
+    ``include_onnx``: first export ``model.onnx`` into the folder when it has none (``vitprune.export``, checked
+    against PyTorch; the one thing a push writes locally), so that it goes with the model.
     """
     from ..report.card import render_card
 
@@ -187,6 +191,11 @@ def push(
     repo_id = check_repo_id(repo)
     if revision is not None and not revision.strip():
         raise PushError("--revision must be a branch name.")
+    onnx_missing = include_onnx and not (folder / ONNX_NAME).is_file()
+    if onnx_missing and not dry_run:
+        from ..exporter import export
+
+        export(str(folder), folder / ONNX_NAME)
     card = render_card(folder, repo_id=repo_id)
     rels = list_files(folder)
     files = [PushFile(rel.as_posix(), (folder / rel).stat().st_size, "folder") for rel in rels
@@ -198,6 +207,8 @@ def push(
     skipped = [p.name for p in folder.iterdir() if p.name in EXCLUDED]
     if skipped:
         result.notes.append(f"not uploaded: {', '.join(skipped)}/ (training state)")
+    if onnx_missing and dry_run:
+        result.notes.append(f"--include-onnx: {ONNX_NAME} would be exported into the folder first")
     if dry_run:
         return result
 
