@@ -3,8 +3,8 @@
 ``push(folder, "user/name")`` uploads every file of the folder except hidden ones and ``checkpoints/`` (training
 state for ``--resume``, not part of the model); the README.md that goes is the model card regenerated from the
 folder's ``config.json`` and ``report.json`` (``vitprune.report.card.render_card``) so that it names the repo it
-lives in. The local folder is never written: the upload reads the files through a temporary staging folder of
-links, and a failure leaves the folder exactly as it was.
+lives in. The local folder is never written (except ``model.onnx`` exported into it by ``include_onnx``): the
+upload reads the files through a temporary staging folder of links, and a failure leaves the folder as it was.
 
 The token comes from ``token=``, else ``HF_TOKEN``, else the user's ``hf auth login``. It is handed to
 huggingface_hub and nothing else: it is never printed, logged or put in an error message (messages from the
