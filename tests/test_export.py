@@ -272,3 +272,17 @@ def test_compress_export_onnx_writes_the_file_after_saving(tmp_path):
     with pytest.raises(vitprune.errors.MethodOptionError, match="--export tflite"):
         vitprune.compress("demo", "evit", data=str(data), output=str(tmp_path / "o2"), export="tflite")
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_export_measure_into_a_folder_records_the_speed_in_report_and_card(tmp_path):
+    from tests.test_card import make_saved_folder
+
+    folder = make_saved_folder(tmp_path / "evit-demo")
+    result = vitprune.export(folder, measure=True, repeats=1, measure_batch_size=4)
+    assert result.path == folder / "model.onnx"
+    speed = json.loads((folder / "report.json").read_text())["onnx"]["speed"]
+    assert speed["runtime"] == "onnxruntime" and speed["batch_size"] == 4
+    assert speed["speedup"] == pytest.approx(speed["compressed"]["throughput"] / speed["dense"]["throughput"])
+    card = (folder / "README.md").read_text()
+    assert "Measured in ONNX Runtime" in card and "| throughput (img/s, batch 4) |" in card
