@@ -75,14 +75,15 @@ def export(
             return
         with err.status(f"exporting {model} to ONNX and checking it in ONNX Runtime…"):
             result = run()
-        what = result.method or "dense"
+        from ..exporter.graph import compact
+        from ..report.card import short_method
+
+        what = short_method(result.method, result.options)
         batch = "dynamic batch" if result.batch == "dynamic" else f"batch {result.batch}"
         out.print(f"Exported {escape(result.model)} · {escape(what)} → {escape(str(result.path))} "
                   f"({_size(result.size_bytes)}, opset {result.opset}, {batch}, {result.seconds:.0f} s)",
                   highlight=False)
-        from ..exporter.graph import compact
-
-        owner = result.method.split("(")[0] + "'s" if result.method else "the dense"
+        owner = f"{result.method}'s" if result.method else "the dense"
         out.print(f"· tokens entering blocks in the graph: {compact(result.tokens)} ({owner} schedule)",
                   highlight=False)
         if result.verification is not None:

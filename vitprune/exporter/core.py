@@ -39,7 +39,7 @@ DEFAULT_DIR = "vitprune-out"
 class ExportResult:
     path: Path
     model: str
-    method: Optional[str]  # the method with its options, e.g. "evit(keep_rate=0.7, ...)"; None for a dense model
+    method: Optional[str]  # the method's name; None for a dense model
     options: dict[str, Any]
     opset: int
     batch: Union[str, int]  # "dynamic" or the fixed batch size
@@ -141,7 +141,7 @@ def export(
         for f in Path(tmp).iterdir():  # the file (and its external data, for models over 2 GB)
             os.replace(f, out.parent / f.name)
     result = ExportResult(
-        path=out, model=name, method=m_obj.describe() if m_obj else None,
+        path=out, model=name, method=m_obj.name if m_obj else None,
         options=m_obj.options_dict() if m_obj else {}, opset=int(graph_opset),
         batch=batch_size if batch_size else "dynamic", input_size=tuple(input_size), tokens=tokens,
         size_bytes=out.stat().st_size, seconds=time.perf_counter() - t0, verification=verification, speed=speed,
