@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                          # GPU: DeiT-S, bs 256 and 1, fp16 and bf16, eager + compiled
     python benchmarks/speed.py --device cpu --smoke     # CPU smoke run (tiny model, small batch), as the tests do
+    python benchmarks/speed.py --device cpu --runtime onnxruntime --batch-size 8   # the ONNX exports in ONNX Runtime
 
 For each dtype, all models (dense + each method at its headline setting) are timed interleaved — each repeat runs
 every model in turn, rotating the order — and the median over repeats is reported (vitprune.measure.speed).
@@ -37,9 +38,45 @@ HEADLINE: dict[str, dict] = {
     "dge": {"budget": 0.5, "router_init": "budget"},  # untrained routers start ~dense
     "sait": {},
 }
+#: ``--runtime onnxruntime``: settings that replace a headline one without a static inference path to export
+ONNX_HEADLINE: dict[str, dict] = {"sait": {"mode": "fixed", "keep_rate": 0.5}}
 
 
-def build(model_name: str, smoke: bool, methods: list[str]) -> dict[str, torch.nn.Module]:
+def headline(method: str, runtime: str) -> dict:
+    return {**HEADLINE.get(method, {}), **(ONNX_HEADLINE.get(method, {}) if runtime == "onnxruntime" else {})}
+
+
+def exportable(methods: list[str]) -> list[str]:
+    """The methods ``vitprune export`` turns into ONNX (the others are named and skipped)."""
+    from vitprune.methods import create_method
+
+    keep = []
+    for m in methods:
+        if create_method(m, **headline(m, "onnxruntime")).exportable:
+            keep.append(m)
+        else:
+            print(f"skipping {m}: no static inference path to export to ONNX", flush=True)
+    return keep
+
+
+def onnx_timings(models: dict[str, torch.nn.Module], input_size, dev, settings) -> dict:
+    """Export every model (token counts checked against its schedule) and time the files in ONNX Runtime,
+    interleaved, with torch's thread count (vitprune.measure.ort)."""
+    import tempfile
+
+    from vitprune.exporter import export_onnx, require_export_deps
+    from vitprune.measure.ort import benchmark_onnx
+
+    require_export_deps()
+    with tempfile.TemporaryDirectory(prefix="vitprune-speed-") as tmp:
+        files = {}
+        for name, m in models.items():
+            files[name] = Path(tmp) / f"{name}.onnx"
+            export_onnx(m.cpu(), files[name], input_size)
+        return benchmark_onnx(files, input_size, device=dev, settings=settings)
+
+
+def build(model_name: str, smoke: bool, methods: list[str], runtime: str = "torch") -> dict[str, torch.nn.Module]:
     if smoke:
         import timm
 
@@ -50,7 +87,7 @@ def build(model_name: str, smoke: bool, methods: list[str]) -> dict[str, torch.n
         dense = vitprune.load_model(model_name, pretrained=False)
     models = {"dense": dense}
     for m in methods:
-        models[m] = vitprune.apply_method(copy.deepcopy(dense), m, **HEADLINE.get(m, {}))
+        models[m] = vitprune.apply_method(copy.deepcopy(dense), m, **headline(m, runtime))
     return models
 
 
@@ -65,13 +102,21 @@ def main(argv=None) -> int:
                     help="none: eager only; auto: compiled only; both (GPU default): eager and compiled")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny model and few repeats (CPU CI smoke)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
+    ap.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime: time the ONNX exports (fp32, torch's thread count) instead of eager PyTorch")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON file (default benchmarks/results/speed.json, speed_onnxruntime.json for onnxruntime)")
     args = ap.parse_args(argv)
+    onnx = args.runtime == "onnxruntime"
+    if args.out is None:
+        args.out = Path("benchmarks/results/speed_onnxruntime.json" if onnx else "benchmarks/results/speed.json")
 
     dev = resolve_device(args.device)
     dtypes = args.dtypes.split(",") if args.dtypes else (["fp16", "bf16"] if dev.type == "cuda" else ["fp32"])
     compile_mode = args.compile or ("both" if dev.type == "cuda" else "none")
     methods = method_names() if args.methods == "all" else args.methods.split(",")
+    if onnx:  # the exports are fp32 graphs, timed as they are
+        dtypes, compile_mode, methods = ["fp32"], "none", exportable(methods)
     settings = SpeedSettings.default(dev, args.batch_size)
     if args.smoke:
         settings = SpeedSettings(batch_size=args.batch_size or 4, warmup=1, repeats=args.repeats or 2, iters=1,
@@ -79,7 +124,7 @@ def main(argv=None) -> int:
     elif args.repeats:
         settings.repeats = args.repeats
 
-    models = build(args.model, args.smoke, methods)
+    models = build(args.model, args.smoke, methods, args.runtime)
     input_size = model_input_size(models["dense"])
     gmacs = {name: count_macs(m, input_size).gmacs for name, m in models.items()}
     for m in models.values():
@@ -87,8 +132,13 @@ def main(argv=None) -> int:
 
     results: dict = {"device": dev.type, "device_name": device_name(dev), "model": "tiny (smoke)" if args.smoke
                      else args.model, "input_size": list(input_size), "batch_size": settings.batch_size,
-                     "settings": vars(settings), "headline": {m: HEADLINE.get(m, {}) for m in methods},
-                     "versions": versions(), "date": date.today().isoformat(), "gmacs": gmacs, "runs": {}}
+                     "settings": vars(settings), "headline": {m: headline(m, args.runtime) for m in methods},
+                     "versions": versions(args.runtime), "date": date.today().isoformat(), "gmacs": gmacs,
+                     "runtime": args.runtime, "runs": {}}
+    if onnx:
+        from vitprune.measure.ort import runtime_label
+
+        results["runtime_info"] = runtime_label(dev)
     for dt in dtypes:
         variants = {}
         if compile_mode in ("none", "both"):
@@ -96,7 +146,10 @@ def main(argv=None) -> int:
         if compile_mode in ("auto", "both"):
             variants.update({f"{n}+compiled": vitprune.optimize(m) for n, m in models.items()})
         t0 = time.time()
-        timings = benchmark(variants, input_size, device=dev, dtype=dt, settings=settings)
+        if onnx:
+            timings = onnx_timings(variants, input_size, dev, settings)
+        else:
+            timings = benchmark(variants, input_size, device=dev, dtype=dt, settings=settings)
         results["runs"][dt] = {n: t.to_dict() for n, t in timings.items()}
         results["runs"][dt]["_seconds"] = round(time.time() - t0, 1)
         print(table(results, dt), flush=True)
@@ -111,7 +164,8 @@ def table(results: dict, dt: str) -> str:
     base = run["dense"] if "dense" in run else None
     basec = run.get("dense+compiled")
     lines = [f"\n{results['device_name']} · {dt} · batch {results['batch_size']} (throughput) and 1 (latency) · "
-             f"{results['model']} · torch {results['versions']['torch']} · timm {results['versions']['timm']}",
+             f"{results['model']} · torch {results['versions']['torch']} · timm {results['versions']['timm']}"
+             + (f" · {results['runtime_info']}" if results.get("runtime_info") else ""),
              f"{'model':<22}{'GMACs':>7}{'img/s':>11}{'× dense':>9}{'× dense+c':>11}{'lat ms':>9}{'lat × dense':>13}"]
     for name, t in run.items():
         if name.startswith("_"):

@@ -57,3 +57,18 @@ def test_kernel_category_names(bench_modules):
     assert kernels.category("void at::native::sbtopk::gatherTopK<float, unsigned int, 2, false>") == "token ops"
     assert kernels.category("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>") \
         == "element-wise"
+
+
+@pytest.mark.slow
+def test_speed_smoke_in_onnxruntime_times_the_exports(tmp_path, bench_modules, capsys):
+    speed, _ = bench_modules
+    out = tmp_path / "speed_ort.json"
+    assert speed.main(["--smoke", "--device", "cpu", "--runtime", "onnxruntime", "--methods", "tome,dge",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    run = res["runs"]["fp32"]
+    assert set(run) == {"dense", "tome", "_seconds"}  # dge has no static path to export: skipped, named
+    assert all(run[m]["throughput"] > 0 and run[m]["latency_ms"] > 0 for m in ("dense", "tome"))
+    assert res["runtime"] == "onnxruntime" and "onnxruntime" in res["versions"]
+    text = capsys.readouterr().out
+    assert "skipping dge" in text and "intra-op threads" in text

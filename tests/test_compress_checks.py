@@ -238,3 +238,14 @@ def test_two_settings_without_output_go_to_two_folders(tmp_path, monkeypatch):
     assert first.output != second.output
     assert vitprune.load(first.output).vitprune_method.options.keep_rate == 0.7
     assert vitprune.load(second.output).vitprune_method.options.keep_rate == 0.5
+
+
+def test_a_folder_holding_someone_elses_config_is_refused_before_training(data, tmp_path):
+    """A config.json vitprune did not write (another tool's model) is never replaced, and the run says so before
+    it trains, not after hours when the save would fail."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "something-else"}\n')
+    res = cli(compress_args(data, out), tmp_path)
+    one_line_error(res, "was not written by vitprune")
+    assert (out / "config.json").read_text() == '{"model_type": "something-else"}\n'

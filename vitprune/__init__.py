@@ -7,6 +7,7 @@ Public API (imported lazily, so ``vitprune --help`` stays fast)::
     report = vitprune.profile("deit_small_patch16_224", method="evit", keep_rate=0.7, pretrained=False)
     vitprune.save(model, "out/")                                   # a Hugging Face Hub model folder
     model = vitprune.load("out/")                                  # rebuilds it exactly
+    vitprune.export("out/")                                        # out/model.onnx, pruning inside, checked
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ _EXPORTS = {
     "visualize": "vitprune.report.plots",
     "sweep": "vitprune.sweeps",
     "compress": "vitprune.compression",
+    "export": "vitprune.exporter",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

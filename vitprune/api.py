@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import platform
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -44,6 +46,8 @@ class ProfileReport:
     input_size: tuple[int, int, int]
     versions: dict[str, str] = field(default_factory=dict)
     compiled: Optional[str] = None
+    runtime: str = "torch"  # "torch" or "onnxruntime" (both models exported to ONNX and timed there)
+    runtime_info: Optional[str] = None  # how the runtime was set up (version, provider, threads)
 
     @property
     def speedup(self) -> Optional[float]:
@@ -75,13 +79,21 @@ class ProfileReport:
         return out
 
 
-def versions() -> dict[str, str]:
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def versions(runtime: str = "torch") -> dict[str, str]:
     import timm
 
     from . import __version__
 
-    return {"vitprune": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    out = {"vitprune": __version__, "torch": torch.__version__, "timm": timm.__version__,
+           "python": platform.python_version()}
+    if runtime == "onnxruntime":
+        from .exporter.graph import export_versions
+
+        out.update(export_versions())
+    return out
 
 
 def resolve_models(
@@ -123,16 +135,31 @@ def profile(
     repeats: Optional[int] = None,
     compile: Optional[str] = None,
     on_step: Optional[Callable[[], None]] = None,
+    runtime: str = "torch",
+    onnx_files: Optional[dict[str, str | os.PathLike]] = None,
     **method_options: Any,
 ) -> ProfileReport:
     """Parameters, GMACs, throughput and batch-1 latency of MODEL, and of MODEL with ``method`` beside it.
 
     Both are measured in this process, interleaved, so the ratio is fair. ``pretrained=False`` builds the
     architecture with random weights (enough for FLOPs and speed). ``compile`` (a ``vitprune.optimize`` mode such as
-    ``"auto"``) times both models compiled the same way.
+    ``"auto"``) times both models compiled the same way. ``runtime="onnxruntime"`` exports both models to ONNX
+    (token counts checked, as ``vitprune.export`` does) and times the files in ONNX Runtime instead, fp32, with
+    torch's thread count; ``onnx_files`` (``{"dense"|"compressed": path}``) times files already exported.
     """
     if batch_size is not None and batch_size < 1:
         raise MethodOptionError(f"batch size must be a positive number, got {batch_size}.")
+    if runtime not in RUNTIMES:
+        raise MethodOptionError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
+    if runtime == "onnxruntime":
+        from .exporter.graph import require_export_deps
+
+        require_export_deps()
+        if compile and compile != "none":
+            raise MethodOptionError("--compile times PyTorch models; it does not apply to --runtime onnxruntime.")
+        if dtype not in (None, "fp32"):
+            raise MethodOptionError(f"--runtime onnxruntime times the fp32 export; --dtype {dtype} does not apply.")
+        dtype = "fp32"
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     name, dense, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
@@ -160,7 +187,15 @@ def profile(
     if dense_stats.tokens is None:
         n = dense.patch_embed.num_patches + dense.num_prefix_tokens
         dense_stats.tokens = [n] * len(dense.blocks)
-    if speed or latency:
+    runtime_info = None
+    timings: dict[str, Timing] = {}
+    if (speed or latency) and runtime == "onnxruntime":
+        from .measure.ort import runtime_label
+
+        models = {"dense": dense} if compressed is None else {"dense": dense, "compressed": compressed}
+        timings = _time_onnx(models, input_size, dev, settings, onnx_files or {}, speed, latency, on_step)
+        runtime_info = runtime_label(dev)
+    elif speed or latency:
         from .fastpath import optimize
 
         def prepared(m: nn.Module) -> nn.Module:
@@ -170,15 +205,34 @@ def profile(
         models = {"dense": prepared(dense)}
         if compressed is not None:
             models["compressed"] = prepared(compressed)
-        timings: dict[str, Timing] = benchmark(
+        timings = benchmark(
             models, input_size, device=dev, dtype=dt, settings=settings, latency=latency, throughput=speed,
             on_step=on_step,
         )
+    if timings:
         for key, st in (("dense", dense_stats), ("compressed", comp_stats)):
             if st is not None:
                 st.throughput, st.latency_ms = timings[key].throughput, timings[key].latency_ms
     return ProfileReport(
         model=name, dense=dense_stats, compressed=comp_stats, device=dev.type, device_name=device_name(dev),
-        dtype=dt, batch_size=settings.batch_size, input_size=input_size, versions=versions(),
-        compiled=compile if compile and compile != "none" else None,
+        dtype=dt, batch_size=settings.batch_size, input_size=input_size, versions=versions(runtime),
+        compiled=compile if compile and compile != "none" else None, runtime=runtime, runtime_info=runtime_info,
     )
+
+
+def _time_onnx(models: dict[str, nn.Module], input_size: tuple[int, int, int], dev: torch.device,
+               settings: SpeedSettings, files: dict[str, Any], speed: bool, latency: bool,
+               on_step: Optional[Callable[[], None]]) -> dict[str, Timing]:
+    """Export each model without a file in ``files`` (dynamic batch, token counts checked) and time them all in
+    ONNX Runtime, interleaved."""
+    from .exporter.graph import export_onnx
+    from .measure.ort import benchmark_onnx
+
+    with tempfile.TemporaryDirectory(prefix="vitprune-onnx-") as tmp:
+        paths = dict(files)
+        for key, m in models.items():
+            if key not in paths:
+                paths[key] = os.path.join(tmp, f"{key}.onnx")
+                export_onnx(m.cpu(), paths[key], input_size)
+        return benchmark_onnx({k: paths[k] for k in models}, input_size, device=dev, settings=settings,
+                              latency=latency, throughput=speed, on_step=on_step)

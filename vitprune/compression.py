@@ -298,6 +298,7 @@ def compress(
     push_to: Optional[str] = None,
     private: bool = False,
     new_head: bool = False,
+    export: Optional[str] = None,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -314,7 +315,8 @@ def compress(
     ``push_to`` uploads the saved folder with :func:`vitprune.push` (its name and a token are checked before any
     training; a failed upload raises after the folder is saved, so nothing is lost). ``overwrite`` replaces a
     finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head`` replaces the head and
-    fine-tunes a teacher stage even when the classes fit.
+    fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes ``OUT/model.onnx``
+    after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless ``speed=False``).
     """
     from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
     from .hub import load_model, save
@@ -338,6 +340,14 @@ def compress(
 
     if push_to:
         check_push_target(push_to)
+    if export is not None:  # before any training: a missing extra or format is known now
+        from .exporter.core import FORMATS
+        from .exporter.graph import require_export_deps
+
+        if export not in FORMATS:
+            raise MethodOptionError(f"--export {export}: vitprune exports {', '.join(FORMATS)}.")
+        require_export_deps()
+
     dist_info, dev = setup(device)
     held = ExitStack()
     try:
@@ -592,6 +602,12 @@ def compress(
                 shutil.rmtree(ck_dir, ignore_errors=True)
             result.report, result.metrics = report, metrics
             result.checkpoint = ck_path if keep_checkpoints else None
+            if export is not None:
+                from .exporter import export as export_model
+
+                _emit(progress, "stage", name="exporting", message=f"exporting {out / 'model.onnx'}")
+                report["onnx"] = export_model(str(out), out / "model.onnx", format=export, measure=speed,
+                                              measure_batch_size=profile_batch_size).record()
             if push_to:
                 from .hub.push import push
 

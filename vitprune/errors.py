@@ -48,6 +48,9 @@ class OutputFolderError(VitpruneError):
 
 class FolderInUseError(OutputFolderError):
     """An output folder that another vitprune process is writing; the message names its pid, host and start."""
+class ExportError(VitpruneError):
+    """An ONNX export that cannot be made (a method setting without a static inference path, the export extra not
+    installed) or that failed its checks (token counts per block, ONNX Runtime against PyTorch)."""
 
 
 __all__ = [
@@ -61,4 +64,5 @@ __all__ = [
     "PushError",
     "OutputFolderError",
     "FolderInUseError",
+    "ExportError",
 ]

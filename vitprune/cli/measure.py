@@ -36,6 +36,10 @@ def profile(
     compile: Annotated[Optional[str], typer.Option(
         "--compile", help="time both models through vitprune.optimize: auto (CUDA graphs + compile on GPU), compile, "
                           "cudagraphs, max-autotune.")] = None,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="torch, or onnxruntime: export both models to ONNX (pruning inside, token counts "
+                          "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
+                          "vitprune[export].")] = "torch",
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON.")] = False,
 ) -> None:
     """Parameters, GMACs, throughput and latency: dense, and compressed beside it with --method."""
@@ -44,16 +48,18 @@ def profile(
         from ..report.tables import profile_notes, profile_table
 
         opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
+
+        def run():
+            return api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
+                               batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
+                               compile=compile, runtime=runtime, **opts)
+
         if json_out:
-            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
-                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
-                                 compile=compile, **opts)
-            print_json(report.to_dict())
+            print_json(run().to_dict())
             return
-        with err.status("loading, counting and timing (dense and compressed, interleaved)…"):
-            report = api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
-                                 batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
-                                 compile=compile, **opts)
+        what = "exporting to ONNX, " if runtime == "onnxruntime" and not no_speed else ""
+        with err.status(f"loading, {what}counting and timing (dense and compressed, interleaved)…"):
+            report = run()
         out.print(profile_table(report))
         for note in profile_notes(report):
             out.print(f"[dim]· {escape(note)}[/]")

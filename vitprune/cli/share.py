@@ -37,6 +37,9 @@ def push(
     include: Annotated[Optional[list[str]], typer.Option(
         "--include", help="also send files matching this glob, relative to the folder (repeatable), e.g. teacher, "
         "'samples/*.png'; still only files inside the folder.")] = None,
+    include_onnx: Annotated[bool, typer.Option(
+        "--include-onnx", help="upload model.onnx too, exported into the folder first when missing (`vitprune "
+                               "export`; needs vitprune[export]).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
 ) -> None:
     """Upload a saved model folder to the Hugging Face Hub with a model card generated from its run.
@@ -51,10 +54,10 @@ def push(
 
         kwargs = dict(private=private, revision=revision, commit_message=message, include=include or ())
         if dry_run:
-            result = do_push(folder, repo, dry_run=True, **kwargs)
+            result = do_push(folder, repo, dry_run=True, include_onnx=include_onnx, **kwargs)
         else:
             with err.status(f"uploading {escape(folder)} to {escape(repo)}…"):
-                result = do_push(folder, repo, **kwargs)
+                result = do_push(folder, repo, include_onnx=include_onnx, **kwargs)
         if json_out:
             print_json(result.to_dict())
             return

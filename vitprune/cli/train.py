@@ -275,6 +275,9 @@ def compress(
         rich_help_panel=_RUN)] = None,
     private: Annotated[bool, typer.Option(
         help="with --push-to: create the repo private.", rich_help_panel=_RUN)] = False,
+    export: Annotated[Optional[str], typer.Option(
+        "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
+        rich_help_panel=_RUN)] = None,
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
 
@@ -316,7 +319,7 @@ def compress(
                 resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
                 eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
                 profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-                push_to=push_to, private=private, new_head=new_head, **opts)
+                push_to=push_to, private=private, new_head=new_head, export=export, **opts)
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():

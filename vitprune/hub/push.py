@@ -33,6 +33,7 @@ ONNX_DATA = ("model.onnx.data", "model.onnx_data", "model.data")
 #: top-level folders of training state, named in the dry run's notes
 EXCLUDED = ("checkpoints",)
 CARD_NAME = "README.md"
+ONNX_NAME = "model.onnx"
 
 
 @dataclass
@@ -284,12 +285,15 @@ def push(
     token: Optional[str] = None,
     commit_message: Optional[str] = None,
     include: Iterable[str] = (),
+    include_onnx: bool = False,
 ) -> PushResult:
     """Upload a saved folder to the Hub repo ``repo`` (``user/name``), creating it if needed.
 
     Sends the files ``upload_plan`` lists (the model's allow-list plus ``include`` globs, see the module doc).
     ``revision`` pushes to that branch (created from main when missing). ``dry_run`` returns the files and the
     card that would go and sends nothing. Failures raise ``PushError`` (one line; the local folder is untouched).
+    ``include_onnx``: first export ``model.onnx`` into the folder when it has none (``vitprune.export``, checked
+    against PyTorch; the one thing a push writes locally), so that it goes with the model.
     """
     from ..report.card import render_card
 
@@ -298,10 +302,17 @@ def push(
     repo_id = check_repo_id(repo)
     if revision is not None and not revision.strip():
         raise PushError("--revision must be a branch name.")
+    onnx_missing = include_onnx and not (folder / ONNX_NAME).is_file()
+    if onnx_missing and not dry_run:
+        from ..exporter import export
+
+        export(str(folder), folder / ONNX_NAME)
     card = render_card(folder, repo_id=repo_id)
     files = upload_plan(folder, card, include)
     result = PushResult(repo_id=repo_id, revision=revision or "main", private=private, dry_run=dry_run, files=files,
                         card=card, notes=_not_sent(folder, files))
+    if onnx_missing and dry_run:
+        result.notes.append(f"--include-onnx: {ONNX_NAME} would be exported into the folder first")
     if dry_run:
         return result
 

@@ -350,11 +350,78 @@ def save(
     return folder
 
 
+def update_files(
+    folder: str | os.PathLike,
+    files: Mapping[str, bytes | str | os.PathLike],
+    *,
+    card: bool = False,
+) -> Path:
+    """Add or replace files of a saved model (an ONNX export, an updated report.json) as one new version.
+
+    ``files`` maps names relative to the folder to their content (bytes or str) or to a file whose content is
+    moved in. The new version holds the current model's files (hard links, so nothing is copied) plus ``files``;
+    with ``card=True`` the model card is rendered again from it. It is switched in like a save (one rename, under
+    the folder's lock), so the folder shows the old set or the new one, never a mix. A later ``save`` of another
+    model drops these files with the rest of the old version (an ONNX file never outlives its weights).
+    """
+    folder = Path(folder).expanduser()
+    for name in files:
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].startswith("."):
+            raise OutputFolderError(f"file name {name!r} must be a plain path inside the folder.")
+    with output_lock(folder, "update"):
+        store = folder / STORE
+        _sweep(folder, [(folder / n).parent for n in files])
+        old = current_version(folder)
+        new = store / VERSIONS / _tag("v")
+        new.mkdir(parents=True)
+        try:
+            base = old if old is not None else folder
+            for f in sorted(base.rglob("*")):  # the model as it is now (plain files of an older layout too)
+                rel = f.relative_to(base)
+                if not f.is_file() or rel.parts[0].startswith(".") or (old is None and rel.parts[0] in
+                                                                       ("checkpoints", "teacher")):
+                    continue
+                if old is None and not is_our_link(folder, rel.as_posix()) and rel.as_posix() not in (
+                        CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+                    continue  # a plain folder: only the model's own files become versioned
+                _take_in(f, new / rel)
+            for name, data in files.items():
+                target = new / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)  # a hard link to the old version's file must not be written through
+                if isinstance(data, (bytes, str)):
+                    target.write_bytes(data.encode() if isinstance(data, str) else data)
+                else:
+                    os.replace(data, target)
+            if card:
+                from ..report.card import render_card
+
+                (new / CARD_NAME).unlink(missing_ok=True)
+                (new / CARD_NAME).write_text(render_card(new), encoding="utf-8")
+            names = []
+            for f in sorted(new.rglob("*")):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    names.append(f.relative_to(new).as_posix())
+            _fsync_dir(new)
+            _step("staged")
+            if _symlinks_work(store):
+                _commit(folder, new, names)
+            else:
+                _commit_by_replace(folder, new, names)
+        finally:
+            if current_version(folder) != new:
+                shutil.rmtree(new, ignore_errors=True)
+    return folder
+
+
 def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``vitprune`` section of a saved folder's config.json ({} for a plain timm folder)."""
     cfg = json.loads((Path(folder) / CONFIG_NAME).read_text())
     return cfg.get(VITPRUNE_KEY) or {}
 
 
-__all__ = ["save", "write_atomic", "read_vitprune_section", "check_overwritable", "current_version",
+__all__ = ["save", "update_files", "write_atomic", "read_vitprune_section", "check_overwritable", "current_version",
            "written_by_vitprune", "WEIGHTS_NAME"]

@@ -23,7 +23,9 @@ What the rest of vitprune asks of a method:
   passes per step (SaiT dense/sparse) or changes with progress (EViT keep-rate schedule, Evo-ViT layer-wise mode);
 * ``default_recipe()`` / ``new_module_prefixes``: learning-rate groups and schedule defaults from the paper;
 * ``macs(model, images)``: an analytic count where fvcore cannot see input-dependent token counts (DGE, SaiT);
-* ``convert_official_state_dict(state_dict, model)``: map an official release's keys onto the vitprune model.
+* ``convert_official_state_dict(state_dict, model)``: map an official release's keys onto the vitprune model;
+* ``exportable`` / ``export_check(model)``: whether the current settings have a static inference path (the same
+  token counts for every image), which ``vitprune export`` turns into an ONNX graph with the pruning inside.
 """
 from __future__ import annotations
 
@@ -338,6 +340,11 @@ class TokenMethod:
     new_module_prefixes: ClassVar[tuple[str, ...]] = ()
     #: design choices vitprune made where the paper is silent (shown by `vitprune methods`)
     notes: ClassVar[tuple[str, ...]] = ()
+    #: the inference path keeps the same token counts for every image (static shapes, no host sync), so an ONNX
+    #: export holds the pruning; a method opts in once its export is tested against PyTorch
+    exportable: ClassVar[bool] = False
+    #: how ``vitprune export``'s refusals name this method among those that export (e.g. a mode that does)
+    export_hint: ClassVar[str] = ""
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -424,6 +431,16 @@ class TokenMethod:
     def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
         """Mean MACs per image when fvcore cannot count them (input-dependent token counts); else None."""
         return None
+
+    def export_check(self, model: nn.Module) -> None:
+        """Raise ``ExportError`` (one line) when the current settings cannot be exported with the pruning inside."""
+        if not self.exportable:
+            from ..errors import ExportError
+            from .registry import exportable_methods
+
+            raise ExportError(
+                f"{self.title} chooses its token counts per image, which a static ONNX graph cannot hold; methods "
+                f"that export: {exportable_methods()}.")
 
     def convert_official_state_dict(self, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
         """Map an official release's state dict onto this model's keys; raise MethodOptionError on unknown keys."""

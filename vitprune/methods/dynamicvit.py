@@ -154,6 +154,7 @@ class DynamicViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("score_predictor",)
     runtime_options = ("keep_rate",)
+    exportable = True
     #: set by ``on_train_progress``: train with the inference top-k masks (the ``topk_tail``); False outside a trainer
     train_topk: bool = False
     notes = (

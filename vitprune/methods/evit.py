@@ -60,6 +60,7 @@ class EViT(TokenMethod):
                "no new parameters")
     Options = EViTOptions
     runtime_options = ("keep_rate",)
+    exportable = True
     notes = (
         "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
         "Distilled and register models: all prefix tokens are kept; importance is the class token's row.",

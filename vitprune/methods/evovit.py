@@ -161,6 +161,7 @@ class EvoViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("norm_cls", "head_cls")
     runtime_options = ("keep_rate", "layer_wise", "representative")
+    exportable = True
     notes = (
         "Default head=model keeps the base model's own head (class token), so a pretrained timm ViT runs as is and "
         "keep_rate 1 is the dense model bit for bit; head=avg is the released models' LayerNorm(mean of patches) "

@@ -50,6 +50,13 @@ def create_method(name: str, **options: Any) -> TokenMethod:
     return cls(cls.Options.from_dict(cls.name, options))
 
 
+def exportable_methods() -> str:
+    """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
+    mode)``."""
+    _load_all()
+    return ", ".join(_REGISTRY[n].export_hint or n for n in method_names() if _REGISTRY[n].exportable)
+
+
 def describe_methods() -> list[dict[str, Any]]:
     """Every method with its paper, summary, notes and options (name, type, default, help)."""
     out = []

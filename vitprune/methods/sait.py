@@ -237,6 +237,8 @@ class SaiT(TokenMethod):
     Options = SaiTOptions
     runtime_options = ("mode", "keep_rate", "threshold", "buckets")
     needs_training = True
+    exportable = True  # fixed and dense modes; export_check refuses the adaptive mode
+    export_hint = "sait (fixed or dense mode)"
     new_module_prefixes = ()
     notes = (
         "No public code: the whole method below the paper's abstract is vitprune's reconstruction "
@@ -290,6 +292,14 @@ class SaiT(TokenMethod):
                 f"{getattr(model, 'global_pool', None)!r}: pruned or padded tokens would reach the head.")
         self._locations(info.depth)
         return info
+
+    def export_check(self, model: nn.Module) -> None:
+        if self.options.mode == "adaptive" and not self._skips():
+            from ..errors import ExportError
+
+            raise ExportError("SaiT's adaptive mode keeps a different number of tokens per image, which a static ONNX "
+                              "graph cannot hold; export its fixed mode (--mode fixed --keep-rate R) or dense mode "
+                              "(--mode dense), the same weights.")
 
     def _locations(self, depth: int) -> list[int]:
         return block_locations(self.options.prune_at, depth, (3,), "prune-at", first=1)

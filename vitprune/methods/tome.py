@@ -141,6 +141,7 @@ class ToMe(TokenMethod):
     Options = ToMeOptions
     needs_training = False
     runtime_options = ("r", "inflection", "prop_attn")
+    exportable = True
     notes = (
         "Keys for the similarity are taken after timm's k_norm (qk-norm models) and averaged over heads.",
         "Class, distillation and register tokens are taken out of the bipartite split: never merged, never "

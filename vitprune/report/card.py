@@ -420,6 +420,12 @@ def render_card(
         timm_where = where if repo_id else "local-dir:path/to/this/folder"
         lines += ["", f"Plain timm loads it too: `timm.create_model(\"{timm_where}\", pretrained=True)`."]
 
+    onnx_record = (report or {}).get("onnx")
+    if onnx_record or (folder is not None and (Path(folder) / "model.onnx").is_file()):
+        from ..exporter.card import onnx_card_lines
+
+        lines += onnx_card_lines(onnx_record, config, repo_id)
+
     versions = (report or {}).get("versions") or {}
     made = versions.get("vitprune") or section.get("version")
     if made:

@@ -40,9 +40,10 @@ def describe_method(stats: ModelStats) -> str:
 def profile_table(report: ProfileReport) -> Table:
     c, d = report.compressed, report.dense
     title = f"{report.model}" + (f" · {describe_method(c)}" if c else "")
+    how = (f" · {report.runtime_info}" if report.runtime_info else f" · compiled ({report.compiled})"
+           if report.compiled else " · eager")
     caption = (f"{report.device_name} · {report.dtype} · batch {report.batch_size} · input "
-               f"{'×'.join(map(str, report.input_size))}" + (f" · compiled ({report.compiled})" if report.compiled
-                                                              else " · eager"))
+               f"{'×'.join(map(str, report.input_size))}" + how)
     table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
     table.add_column("")
     table.add_column("dense", justify="right")

@@ -1,0 +1,225 @@
+"""``vitprune.export``: a model (dense, compressed, or dense + a method) to an ONNX file with the pruning inside,
+checked before it is reported.
+
+Order of work: resolve the model (a saved folder's run-time options can be changed, as ``eval`` does), refuse a
+setting without a static inference path (``method.export_check``), export into a temporary file next to the
+output, check the graph's token count per block against the method's schedule, run ONNX Runtime and PyTorch on the
+same images, optionally time the dense and compressed files side by side, and only then move the file into place.
+A failed check writes nothing.
+
+Into a saved folder (``DIR/model.onnx``) the export is also recorded in ``report.json`` (an ``onnx`` section: opset,
+batch axis, token counts, the check, the timing when measured) and the model card is regenerated, so that it
+shows how to run the file in ONNX Runtime.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from torch import nn
+
+from ..errors import ExportError, MethodOptionError
+from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
+from .verify import Verification, sample_images, verify
+
+ModelLike = Union[str, os.PathLike, nn.Module]
+FILE_NAME = "model.onnx"
+FORMATS = ("onnx",)
+#: where exports of a model name (or of a folder with another method) go by default: beside compress's outputs
+DEFAULT_DIR = "vitprune-out"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    model: str
+    method: Optional[str]  # the method's name; None for a dense model
+    options: dict[str, Any]
+    opset: int
+    batch: Union[str, int]  # "dynamic" or the fixed batch size
+    input_size: tuple[int, int, int]
+    tokens: list[int]  # tokens entering each block in the exported graph (checked against the schedule)
+    size_bytes: int
+    seconds: float
+    verification: Optional[Verification] = None
+    speed: Any = None  # a ProfileReport (runtime "onnxruntime") when measured
+    versions: dict[str, str] = field(default_factory=dict)
+    format: str = "onnx"
+
+    def record(self) -> dict[str, Any]:
+        """What report.json keeps about the export (paths relative to the folder)."""
+        return {
+            "file": self.path.name, "format": self.format, "opset": self.opset, "batch": self.batch,
+            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_size": list(self.input_size),
+            "tokens": self.tokens, "method": self.method, "options": self.options,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "speed": self.speed.to_dict() if self.speed is not None else None,
+            "versions": self.versions, "date": time.strftime("%Y-%m-%d"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record(), "path": str(self.path), "model": self.model, "size_bytes": self.size_bytes,
+                "seconds": round(self.seconds, 2)}
+
+
+def export(
+    model: ModelLike = "demo",
+    output: Optional[str | os.PathLike] = None,
+    *,
+    method: Optional[str] = None,
+    format: str = "onnx",
+    batch_size: Optional[int] = None,
+    opset: Optional[int] = None,
+    images: Optional[Sequence[Any]] = None,
+    check: bool = True,
+    measure: bool = False,
+    pretrained: bool = True,
+    repeats: Optional[int] = None,
+    measure_batch_size: Optional[int] = None,
+    on_step: Optional[Callable[[], None]] = None,
+    **method_options: Any,
+) -> ExportResult:
+    """Export MODEL (a name, ``hf-hub:`` repo, folder, ``demo`` or module) to ONNX with its pruning inside.
+
+    ``method`` and its options patch a dense model first (as ``profile``); options without ``method`` change a
+    compressed model's run-time options (SaiT ``mode="fixed"``...). The batch axis is dynamic unless
+    ``batch_size`` is given. Before the file is written: the graph's token counts per block must be the method's
+    schedule, and (``check=True``) ONNX Runtime must give PyTorch's logits on ``images`` (default: 8 demo digits
+    through the model's preprocessing) within ``RELATIVE_TOLERANCE`` of their scale. ``measure`` also times the
+    dense and the compressed files in ONNX Runtime, side by side (``result.speed``).
+
+    Default output: ``DIR/model.onnx`` for a folder ``DIR``; otherwise ``vitprune-out/<model>[-<method>].onnx``.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"--format {format}: vitprune exports {', '.join(FORMATS)}.")
+    if batch_size is not None and batch_size < 1:
+        raise ExportError(f"--batch-size must be a positive number, got {batch_size}.")
+    if opset is not None and opset < 1:
+        raise ExportError(f"--opset must be a positive number, got {opset}.")
+    require_export_deps()
+    from ..measure.flops import model_input_size
+    from ..measure.ort import OrtModel
+
+    folder = _folder_of(model)
+    name, net = _resolve(model, method, method_options, pretrained)
+    m_obj = getattr(net, "vitprune_method", None)
+    if m_obj is not None:
+        m_obj.export_check(net)  # before anything slow
+    out = Path(output).expanduser() if output is not None else _default_output(name, folder, method)
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"-o {out}: give a file name ending in .onnx.")
+    if out.is_dir():
+        raise ExportError(f"-o {out} is a folder; give a file name ending in .onnx.")
+    input_size = model_input_size(net)
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vitprune-export-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        tokens = export_onnx(net, staged, input_size, batch_size=batch_size, opset=opset)
+        verification = None
+        if check:
+            x, what = sample_images(net, images)
+            verification = verify(OrtModel(staged), net, x, what, batch_size=batch_size)
+        speed = None
+        if measure:
+            from ..api import profile
+
+            key = "compressed" if m_obj is not None else "dense"
+            speed = profile(net, runtime="onnxruntime", onnx_files={key: staged}, repeats=repeats,
+                            batch_size=measure_batch_size, on_step=on_step)
+            speed.model = name
+        import onnx
+
+        graph_opset = next(o.version for o in onnx.load(str(staged), load_external_data=False).opset_import
+                           if o.domain in ("", "ai.onnx"))
+        result = ExportResult(
+            path=out, model=name, method=m_obj.name if m_obj else None,
+            options=m_obj.options_dict() if m_obj else {}, opset=int(graph_opset),
+            batch=batch_size if batch_size else "dynamic", input_size=tuple(input_size), tokens=tokens,
+            size_bytes=staged.stat().st_size, seconds=time.perf_counter() - t0, verification=verification,
+            speed=speed, versions=export_versions(),
+        )
+        made = list(Path(tmp).iterdir())  # the file (and its external data, for models over 2 GB)
+        if folder is not None and out.parent.resolve() == folder.resolve() and _saved_by_vitprune(folder):
+            record_in_folder(folder, result, made)
+        else:
+            for f in made:
+                os.replace(f, out.parent / f.name)
+    return result
+
+
+def _saved_by_vitprune(folder: Path) -> bool:
+    from ..report.card import read_folder
+
+    try:
+        return bool(read_folder(folder)[0])
+    except Exception:  # noqa: BLE001 - an unreadable config.json is not a vitprune folder
+        return False
+
+
+def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -> None:
+    """Put the export into a saved vitprune folder with the rest of the model: ``model.onnx`` (and its external
+    data), report.json's ``onnx`` section and the regenerated card, switched in as one new version of the folder
+    (``vitprune.hub.save.update_files``: under the folder's lock, never half-written)."""
+    from ..hub.save import update_files
+    from ..report.card import read_folder
+
+    _, report, _ = read_folder(folder)
+    files: dict[str, Any] = {f.name: f for f in made}
+    if report is not None:
+        report["onnx"] = result.record()
+        files["report.json"] = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
+    update_files(folder, files, card=True)
+
+
+def _folder_of(model: ModelLike) -> Optional[Path]:
+    if isinstance(model, nn.Module):
+        return None
+    spec = str(model)
+    if spec.startswith("local-dir:"):
+        spec = spec.split(":", 1)[1]
+    elif spec == "demo" or spec.startswith(("hf-hub:", "hf_hub:")):
+        return None
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any],
+             pretrained: bool) -> tuple[str, nn.Module]:
+    """(name, the model to export): compressed with run-time options, dense + method, or dense."""
+    from ..api import resolve_models
+    from ..hub import load_model
+    from ..methods import get_method
+
+    spec = model if isinstance(model, nn.Module) else str(model)
+    if method is None and options:
+        net = load_model(spec, pretrained=pretrained) if isinstance(spec, str) else copy.deepcopy(spec)
+        m_obj = get_method(net)
+        if m_obj is None:
+            resolve_models(net, None, options)  # raises: options need --method on a dense model
+            raise MethodOptionError("method options need --method on a dense model.")  # pragma: no cover
+        m_obj.set_runtime(**options)
+        name = spec if isinstance(spec, str) else type(spec).__name__
+    else:
+        name, dense, compressed = resolve_models(spec, method, options, pretrained=pretrained)
+        net = compressed if compressed is not None else dense
+    if any(p.device.type != "cpu" for p in net.parameters()):
+        net = copy.deepcopy(net).cpu()  # the exporter traces on CPU; the caller's model stays where it is
+    return name, net.float().eval()
+
+
+def _default_output(name: str, folder: Optional[Path], method: Optional[str]) -> Path:
+    if folder is not None and method is None:
+        return folder / FILE_NAME
+    from ..compression import model_slug
+
+    return Path(DEFAULT_DIR) / (model_slug(name) + (f"-{method}" if method else "") + ".onnx")
+
+
+__all__ = ["ExportResult", "FILE_NAME", "export", "record_in_folder"]
