@@ -86,12 +86,13 @@ def test_checkpoint_load_allows_numpy_random_state_for_that_load_only(tmp_path):
     payload = {k: None for k in ck.KEYS}
     payload.update(model=model.state_dict(), rng=[ck.rng_state()], step=3)
     ck.save_checkpoint(path, payload)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     c = ck.load_checkpoint(path)
     assert c["step"] == 3 and isinstance(c["rng"][0]["numpy"][1], np.ndarray)
     assert torch.equal(c["model"]["pos_embed"], model.state_dict()["pos_embed"])
-    # nothing registered for later loads: a plain weights_only load of a NumPy array is still refused
-    assert torch.serialization.get_safe_globals() == before
+    # nothing registered for later loads (torch keeps them in a set: compare as one, order is arbitrary);
+    # a plain weights_only load of a NumPy array is still refused
+    assert set(torch.serialization.get_safe_globals()) == before
     torch.save({"a": np.zeros(3, np.uint32)}, tmp_path / "np.pt")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "np.pt", weights_only=True)
