@@ -32,6 +32,26 @@ def test_speed_smoke_writes_every_method_next_to_dense(tmp_path, bench_modules, 
     assert res["gmacs"]["evit"] < res["gmacs"]["dense"] and res["versions"]["torch"]
     table = capsys.readouterr().out
     assert "× dense" in table and "evit" in table
+    # each ratio is the method's throughput over dense's in the same session; the FLOP ratio is counted GMACs'
+    assert run["evit"]["ratio"] == pytest.approx(run["evit"]["throughput"] / run["dense"]["throughput"])
+    assert run["evit"]["flop_ratio"] == pytest.approx(res["gmacs"]["dense"] / res["gmacs"]["evit"])
+
+
+def test_speed_check_fails_below_the_targets_and_passes_above(tmp_path, bench_modules, capsys):
+    """Two sessions: ratios come with their range. --check compares them with the targets: a fraction no ratio
+    can reach fails (exit 1, one line per miss); fraction 0 passes."""
+    speed, _ = bench_modules
+    out = tmp_path / "speed.json"
+    argv = ["--smoke", "--device", "cpu", "--methods", "evit,dge", "--sessions", "2", "--out", str(out), "--check"]
+    assert speed.main(argv + ["--check-fraction", "1000"]) == 1
+    printed = capsys.readouterr().out
+    assert "BELOW TARGET: evit fp32 batch 4" in printed and "BELOW TARGET: dge fp32 batch 1" in printed
+    assert "median (range) of 2 sessions" in printed
+    res = json.loads(out.read_text())
+    run = res["runs"]["fp32"]
+    lo, hi = run["dge"]["latency_ratio_range"]
+    assert lo <= run["dge"]["latency_ratio"] <= hi and len(run["dge"]["latency_ms_sessions"]) == 2
+    assert len(speed.check(res, 1000)) == 4 and speed.check(res, 0.0) == []  # 2 methods x (batch 4, batch 1)
 
 
 def test_kernel_summary_smoke_groups_all_time_into_categories(tmp_path, bench_modules, capsys):
