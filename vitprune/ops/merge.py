@@ -21,6 +21,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .tokens import take_rows
+
 
 class Matching(NamedTuple):
     """The outcome of :func:`bipartite_matching` for one batch.
@@ -84,7 +86,7 @@ def bipartite_matching(metric: Tensor, r: int, num_prefix: int) -> Matching:
 
 
 def _take(x: Tensor, pos: Tensor) -> Tensor:
-    return torch.gather(x, 1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return take_rows(x, pos)
 
 
 def merge(x: Tensor, m: Matching, num_prefix: int, reduce: str = "sum") -> Tensor:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MethodOptionError
+from .tokens import take_rows
 
 _F = TypeVar("_F", bound=Callable)
 
@@ -222,16 +223,6 @@ def unpool_delta(x: Tensor, delta: Tensor, src: Tensor) -> Tensor:
     """Decompress with the residual: ``x + unpool(delta)``; every token (prefix included) receives the update of the
     query ``src`` names (``B x N``). One row gather, one add."""
     return x + take_rows(delta, src).to(x.dtype)
-
-
-def take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """``t[b, idx[b, j]]`` for every image ``b`` (``t``: ``B x L x C``, ``idx``: ``B x M`` long) -> ``B x M x C``.
-
-    The same as ``torch.gather`` along dim 1 with the index expanded over channels, as one ``index_select`` of whole
-    rows of the flattened batch: on CPU ``gather`` reads an index per element and is several times slower."""
-    b, length, c = t.shape
-    flat = idx + torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * length
-    return t.reshape(b * length, c).index_select(0, flat.reshape(-1)).view(b, idx.shape[1], c)
 
 
 def uniform_queries(x: Tensor, grid: tuple[int, int], region: int, level: int, num_prefix: int = 0) -> Tensor:
