@@ -7,8 +7,9 @@
 
 For each dtype, all models (dense + each method at its headline setting) are timed interleaved — each repeat runs
 every model in turn, rotating the order — and the median over repeats is reported (vitprune.measure.speed):
-throughput at the batch size, latency at batch 1. ``--sessions N`` repeats that whole measurement N times; the
-table gives the median of the N ratios to dense and their range (on a shared machine the range is the noise).
+throughput at the batch size, latency at batch 1. A ratio to dense is the median of per-round ratios (each round's
+runs were made seconds apart). ``--sessions N`` repeats that whole measurement N times; the table gives the median
+of the N ratios and their range (on a shared machine the range is the noise).
 "Compiled" variants go through ``vitprune.optimize`` (torch.compile; CUDA graphs on GPU); their ratios are to the
 compiled dense model (the eager ones to the eager dense model: timm's fused-SDPA DeiT-S).
 
@@ -101,18 +102,27 @@ def settings_for(args: argparse.Namespace, dev: torch.device) -> SpeedSettings:
     return s
 
 
+def paired_ratio(model: list[float], dense: list[float], inverse: bool) -> float:
+    """Median over rounds of the model's speed over dense's in the same round (``inverse``: for times, dense over
+    model). A round runs every model once, in turn, so a pair was measured within seconds: a load that comes and
+    goes on a shared machine moves both sides of a pair, not the ratio."""
+    return statistics.median((d / m) if inverse else (m / d) for m, d in zip(model, dense))
+
+
 def summarize(sessions: list[dict[str, dict]], gmacs: dict[str, float]) -> dict[str, dict]:
-    """Per model: the median throughput and latency over sessions, the median and range of the per-session ratios
-    to the matching dense model (eager to ``dense``, compiled to ``dense+compiled``), and the FLOP ratio."""
+    """Per model: the median throughput and latency over sessions; each session's ratio to the matching dense model
+    (eager to ``dense``, compiled to ``dense+compiled``: the median of per-round paired ratios), their median and
+    range over sessions; and the FLOP ratio."""
     out = {}
     for name in sessions[0]:
         base = "dense+compiled" if name.endswith("+compiled") else "dense"
         row = {k: sessions[0][name][k] for k in ("batch_size", "repeats")}
-        for key, label, inverse in (("throughput", "ratio", False), ("latency_ms", "latency_ratio", True)):
+        for key, samples, label, inverse in (("throughput", "throughput_samples", "ratio", False),
+                                             ("latency_ms", "latency_samples_ms", "latency_ratio", True)):
             if sessions[0][name][key] is None:
                 row[key] = row[label] = None
                 continue
-            per = [(s[base][key] / s[name][key]) if inverse else (s[name][key] / s[base][key]) for s in sessions]
+            per = [paired_ratio(s[name][samples], s[base][samples], inverse) for s in sessions]
             row[key] = statistics.median(s[name][key] for s in sessions)
             row[f"{key}_sessions"] = [s[name][key] for s in sessions]
             row[label], row[f"{label}_range"] = statistics.median(per), [min(per), max(per)]
@@ -199,7 +209,7 @@ def main(argv=None) -> int:
             variants.update({f"{n}+compiled": vitprune.optimize(m) for n, m in models.items()})
         t0 = time.time()
         sessions = [{n: t.to_dict() for n, t in benchmark(variants, input_size, device=dev, dtype=dt,
-                                                           settings=settings).items()}
+                                                           settings=settings, samples=True).items()}
                     for _ in range(args.sessions)]
         results["runs"][dt] = summarize(sessions, gmacs)
         results["runs"][dt]["_seconds"] = round(time.time() - t0, 1)
