@@ -65,7 +65,24 @@ TARGETS: dict[str, dict[str, tuple]] = {
 }
 
 
-def build(model_name: str, smoke: bool, methods: list[str]) -> dict[str, torch.nn.Module]:
+def load_baseline(path: Path):
+    """The ``vitprune`` package of another source tree (e.g. ``git worktree add /tmp/base <commit>``: pass
+    ``/tmp/base``), imported as ``vitprune_baseline`` next to this one, so that its methods run in the same process,
+    interleaved with these (before/after a change)."""
+    import importlib.util
+
+    pkg = Path(path) / "vitprune"
+    spec = importlib.util.spec_from_file_location("vitprune_baseline", pkg / "__init__.py",
+                                                  submodule_search_locations=[str(pkg)])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--baseline {path}: no vitprune package there")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(model_name: str, smoke: bool, methods: list[str], baseline=None) -> dict[str, torch.nn.Module]:
     if smoke:
         import timm
 
@@ -80,12 +97,15 @@ def build(model_name: str, smoke: bool, methods: list[str]) -> dict[str, torch.n
         models[name] = vitprune.apply_method(copy.deepcopy(dense), method, **HEADLINE.get(method, {}))
         for key, value in attrs.items():
             setattr(models[name].vitprune_method, key, value)
+        if baseline is not None and name not in VARIANTS:
+            models[f"{name}@baseline"] = baseline.apply_method(copy.deepcopy(dense), name, **HEADLINE.get(name, {}))
     return models
 
 
 def method_of(name: str) -> str:
-    """The method a measured model runs: ``tome-fused+compiled`` -> ``tome``, ``dense+compiled`` -> ``dense``."""
-    base = name.split("+")[0]
+    """The method a measured model runs: ``tome-fused+compiled`` -> ``tome``, ``dense+compiled`` -> ``dense``,
+    ``dge@baseline`` -> ``dge``."""
+    base = name.split("+")[0].split("@")[0]
     return VARIANTS.get(base, (base, {}))[0]
 
 
@@ -147,7 +167,9 @@ def check(results: dict, fraction: float) -> list[str]:
     failures = []
     for dt, run in results["runs"].items():
         for name, row in run.items():
-            want = None if name.startswith("_") else targets(results["device"], name, row["flop_ratio"])
+            if name.startswith("_") or "@" in name:  # bookkeeping, or another version measured for comparison
+                continue
+            want = targets(results["device"], name, row["flop_ratio"])
             if want is None:
                 continue
             for key, label, target in (("ratio", f"batch {row['batch_size']}", want[0]),
@@ -174,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", type=int, default=1, help="whole measurements: ratios as median and range")
     ap.add_argument("--check", action="store_true", help="exit 1 when a ratio is below --check-fraction x its target")
     ap.add_argument("--check-fraction", type=float, default=0.9)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a source tree of another vitprune version: its methods are measured too, as NAME@baseline")
     ap.add_argument("--smoke", action="store_true", help="tiny model and few repeats (CPU CI smoke)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = ap.parse_args(argv)
@@ -189,9 +213,10 @@ def main(argv=None) -> int:
         methods = args.methods.split(",")
     settings = settings_for(args, dev)
 
-    models = build(args.model, args.smoke, methods)
+    models = build(args.model, args.smoke, methods, load_baseline(args.baseline) if args.baseline else None)
     input_size = model_input_size(models["dense"])
-    gmacs = {name: count_macs(m, input_size).gmacs for name, m in models.items() if name not in VARIANTS}
+    gmacs = {name: count_macs(m, input_size).gmacs for name, m in models.items()
+             if name not in VARIANTS and "@" not in name}
     for m in models.values():
         m.to(dev)
 
@@ -200,6 +225,7 @@ def main(argv=None) -> int:
                      "settings": vars(settings), "sessions": args.sessions,
                      "headline": {m: HEADLINE.get(method_of(m), {}) for m in methods},
                      "variants": {v: VARIANTS[v][1] for v in methods if v in VARIANTS},
+                     "baseline": str(args.baseline) if args.baseline else None,
                      "versions": versions(), "date": date.today().isoformat(), "gmacs": gmacs, "runs": {}}
     for dt in dtypes:
         variants = {}

@@ -24,10 +24,13 @@ def bench_modules():
 def test_speed_smoke_writes_every_method_next_to_dense(tmp_path, bench_modules, capsys):
     speed, _ = bench_modules
     out = tmp_path / "speed.json"
-    assert speed.main(["--smoke", "--device", "cpu", "--methods", "evit,tome", "--out", str(out)]) == 0
+    root = BENCH.parent  # this checkout as its own baseline: its methods measured a second time, as NAME@baseline
+    assert speed.main(["--smoke", "--device", "cpu", "--methods", "evit,tome", "--baseline", str(root),
+                       "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     run = res["runs"]["fp32"]
-    assert set(run) == {"dense", "evit", "tome", "_seconds"}
+    assert set(run) == {"dense", "evit", "tome", "evit@baseline", "tome@baseline", "_seconds"}
+    assert run["evit@baseline"]["flop_ratio"] == run["evit"]["flop_ratio"]
     assert all(run[m]["throughput"] > 0 and run[m]["latency_ms"] > 0 for m in ("dense", "evit", "tome"))
     assert res["gmacs"]["evit"] < res["gmacs"]["dense"] and res["versions"]["torch"]
     table = capsys.readouterr().out
