@@ -5,8 +5,9 @@
 
 For every model, a few forward passes are profiled after warm-up; CUDA kernel time is grouped into categories
 (matrix products, fused attention, normalisation, element-wise, token ops = sort/top-k/gather/scatter/index,
-reductions, copies, other) and the top kernels are listed. Writes a JSON file next to the printed tables, so the
-note on issue 8 can say which kernels stand between a method and its target.
+reductions, copies, other) and the top kernels are listed. On CPU (``--device cpu``, ``--threads``) the same summary
+covers CPU operators' self time. Writes a JSON file next to the printed tables: the evidence for which kernels stand
+between a method and its speed target.
 """
 from __future__ import annotations
 
@@ -92,10 +93,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--compiled", action="store_true", help="profile vitprune.optimize(model, 'compile') instead")
     ap.add_argument("--device", default="cuda", help="cuda (what it is for) or cpu (to try the script)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, CPU operators (the tests run it so)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels.json"))
     args = ap.parse_args(argv)
     dev = resolve_device("cpu" if args.smoke else args.device)
+    if dev.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     methods = list(HEADLINE) if args.methods == "all" else args.methods.split(",")
     models = build(args.model, args.smoke, methods)
     x = torch.randn(args.batch_size, *model_input_size(models["dense"]), device=dev)

@@ -24,14 +24,44 @@ def bench_modules():
 def test_speed_smoke_writes_every_method_next_to_dense(tmp_path, bench_modules, capsys):
     speed, _ = bench_modules
     out = tmp_path / "speed.json"
-    assert speed.main(["--smoke", "--device", "cpu", "--methods", "evit,tome", "--out", str(out)]) == 0
+    root = BENCH.parent  # this checkout as its own baseline: its methods measured a second time, as NAME@baseline
+    assert speed.main(["--smoke", "--device", "cpu", "--methods", "evit,tome", "--baseline", str(root),
+                       "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     run = res["runs"]["fp32"]
-    assert set(run) == {"dense", "evit", "tome", "_seconds"}
+    assert set(run) == {"dense", "evit", "tome", "evit@baseline", "tome@baseline", "_seconds"}
+    assert run["evit@baseline"]["flop_ratio"] == run["evit"]["flop_ratio"]
     assert all(run[m]["throughput"] > 0 and run[m]["latency_ms"] > 0 for m in ("dense", "evit", "tome"))
     assert res["gmacs"]["evit"] < res["gmacs"]["dense"] and res["versions"]["torch"]
     table = capsys.readouterr().out
     assert "× dense" in table and "evit" in table
+    assert run["evit"]["ratio"] > 0 and run["evit"]["latency_ratio"] > 0
+    assert run["evit"]["flop_ratio"] == pytest.approx(res["gmacs"]["dense"] / res["gmacs"]["evit"])
+
+
+def test_ratios_pair_runs_of_the_same_round(bench_modules):
+    """Three rounds of a model next to dense's: speeds 2, 3, 8 vs 1, 6, 4 -> per-round 2, 0.5, 2, median 2 (the
+    ratio of the medians, 3 / 4, would carry dense's slow round 1 and the model's slow round 2); times: inverted."""
+    speed, _ = bench_modules
+    assert speed.paired_ratio([2.0, 3.0, 8.0], [1.0, 6.0, 4.0], inverse=False) == 2.0
+    assert speed.paired_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0], inverse=True) == 1.0  # 2/1, 2/2, 2/4 -> 1
+
+
+def test_speed_check_fails_below_the_targets_and_passes_above(tmp_path, bench_modules, capsys):
+    """Two sessions: ratios come with their range. --check compares them with the targets: a fraction no ratio
+    can reach fails (exit 1, one line per miss); fraction 0 passes."""
+    speed, _ = bench_modules
+    out = tmp_path / "speed.json"
+    argv = ["--smoke", "--device", "cpu", "--methods", "evit,dge", "--sessions", "2", "--out", str(out), "--check"]
+    assert speed.main(argv + ["--check-fraction", "1000"]) == 1
+    printed = capsys.readouterr().out
+    assert "BELOW TARGET: evit fp32 batch 4" in printed and "BELOW TARGET: dge fp32 batch 1" in printed
+    assert "median (range) of 2 sessions" in printed
+    res = json.loads(out.read_text())
+    run = res["runs"]["fp32"]
+    lo, hi = run["dge"]["latency_ratio_range"]
+    assert lo <= run["dge"]["latency_ratio"] <= hi and len(run["dge"]["latency_ms_sessions"]) == 2
+    assert len(speed.check(res, 1000)) == 4 and speed.check(res, 0.0) == []  # 2 methods x (batch 4, batch 1)
 
 
 def test_kernel_summary_smoke_groups_all_time_into_categories(tmp_path, bench_modules, capsys):

@@ -192,10 +192,13 @@ def test_macs_match_fvcore_on_uniform_configurations(digits):
         m = patched(base)
         meth, d = m.vitprune_method, len(base.blocks)
         x = digits[:1]
-        meth.set_levels(m, [2] * d)  # all coarsest: the traced forward is the compress/decompress path
-        assert meth.macs(m, x) == fvcore_macs(m, x).macs
-        meth.set_levels(m, [0] * d)  # all finest: timm's blocks; fvcore drops the routers (only steered Python)
         routers = d * 4 * base.embed_dim * 3
+        meth.set_levels(m, [2] * d)  # all coarsest: the traced forward is the compress/decompress path
+        meth.use_static_routers = False  # routed: fvcore sees the routers run
+        assert meth.macs(m, x) == fvcore_macs(m, x).macs
+        meth.use_static_routers = True  # static schedule: the routers decide from their biases, nothing runs
+        assert meth.macs(m, x) == fvcore_macs(m, x).macs + routers
+        meth.set_levels(m, [0] * d)  # all finest: timm's blocks; fvcore drops the routers (only steered Python)
         assert meth.macs(m, x) == fvcore_macs(m, x).macs + routers
         assert fvcore_macs(m, x).macs == count_macs(base, images=x).macs
 
@@ -234,7 +237,8 @@ def test_gmacs_deit_s_224_profile_setting(deit_small):
     meth.set_levels(m, [0] * 12)
     routers = 12 * 49 * 384 * 2 / 1e9
     assert count_macs(m).gmacs - routers == pytest.approx(4.608, rel=1e-3)  # PERF.md dense DeiT-S
-    meth.set_levels(m, [1] * 12)  # all coarsest on DeiT-S: analytic == fvcore
+    meth.set_levels(m, [1] * 12)  # all coarsest on DeiT-S: analytic == fvcore on the routed path
+    meth.use_static_routers = False
     x = torch.randn(1, 3, 224, 224)
     assert meth.macs(m, x) == fvcore_macs(m, x).macs
 
@@ -357,6 +361,165 @@ def test_budget_init_and_calibration_without_training(digits):
     assert m.vitprune_method.options.router_init == "calibrated"
     assert m.vitprune_method.mac_ratio(m, digits) == pytest.approx(info["ratio"])
     assert m.vitprune_method.calibrate(m, digits) is None  # the trainer's hook leaves trained routers alone
+
+
+# ------------------------------------------------------------------------------------------ fast inference paths
+
+
+def reference_logits(m, images):
+    """DGE inference written out plainly, one image and one region at a time (spec §2): the router reads each
+    region's mean, each chosen cell becomes one query (the mean of its patches), the block runs on the queries with
+    keys/values from every token, and each patch receives its cell's update. Softmax attention is explicit."""
+    meth = m.vitprune_method
+    region, npre = meth.region_size, m.num_prefix_tokens
+    h, w = vit_info(m, tuple(images.shape[-2:])).grid
+    cells = [region // s for s in meth.splits]  # cell side of each choice, finest first
+    with torch.no_grad():
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+        for blk, router in zip(m.blocks, m.dge_routers):
+            attn, out = blk.attn, []
+            for t in x:  # one image: N x C
+                grid = t[npre:].view(h, w, -1)
+                queries, members = [t[i] for i in range(npre)], [[i] for i in range(npre)]
+                for r0 in range(0, h, region):
+                    for c0 in range(0, w, region):
+                        choice = int(router(grid[r0:r0 + region, c0:c0 + region].mean(dim=(0, 1))).argmax())
+                        side = cells[choice]
+                        for a in range(r0, r0 + region, side):
+                            for b in range(c0, c0 + region, side):
+                                queries.append(grid[a:a + side, b:b + side].mean(dim=(0, 1)))
+                                members.append([npre + i * w + j for i in range(a, a + side) for j in range(b, b + side)])
+                q0 = torch.stack(queries)  # M x C
+                d, heads = attn.head_dim, attn.num_heads
+                wq, wk, wv = attn.qkv.weight.split(heads * d)
+                bq, bk, bv = attn.qkv.bias.split(heads * d)
+                kn, qn = blk.norm1(t), blk.norm1(q0)
+                q = (qn @ wq.T + bq).view(-1, heads, d).transpose(0, 1)
+                k = (kn @ wk.T + bk).view(-1, heads, d).transpose(0, 1)
+                v = (kn @ wv.T + bv).view(-1, heads, d).transpose(0, 1)
+                a_out = ((q @ k.transpose(1, 2)) * d ** -0.5).softmax(-1) @ v  # heads x M x d
+                q1 = q0 + blk.ls1(attn.proj(a_out.transpose(0, 1).reshape(len(queries), -1)))
+                q2 = q1 + blk.ls2(blk.mlp(blk.norm2(q1)))
+                new = t.clone()
+                for delta, tokens in zip(q2 - q0, members):
+                    new[tokens] = t[tokens] + delta
+                out.append(new)
+            x = torch.stack(out)
+        return m.forward_head(m.norm(x))
+
+
+def random_routers(m, seed, scale, coarse_bias):
+    """Content-dependent routers (as trained ones are): random weights; biases from 0 (finest) to coarse_bias."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in m.dge_routers:
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * scale)
+            lin.bias.copy_(torch.linspace(0, coarse_bias, lin.bias.numel()))
+
+
+# images, model and router settings of the fast-path tests: digits on an 8x8 grid (region 4 or 2), photos on a
+# 14x14 grid (224 px, patch 16: region 2, as DeiT-S at 224 px); scales picked so that decisions mix within a batch
+FAST_CASES = {
+    "digits-r4": (dict(img_size=32, patch_size=4), 4, 0.3, 0.5),
+    "digits-r2": (dict(img_size=32, patch_size=4), 2, 0.3, 0.5),
+    "photos-r2": (dict(img_size=224, patch_size=16), 2, 0.05, 0.3),
+}
+
+
+def fast_case(name, photos, digits):
+    arch, region, scale, bias = FAST_CASES[name]
+    base = make_vit(depth=4, embed_dim=48, **arch)
+    return base, region, scale, bias, (photos if arch["img_size"] == 224 else digits)
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_static_schedule_path_equals_the_plain_computation(case, photos, digits):
+    """router_init=budget: every router decides from its bias alone, so every block takes the pooled, index-free
+    path (no routing, no host read). Same logits as the region-by-region computation, batch and batch 1."""
+    base, region, _, _, x = fast_case(case, photos, digits)
+    for budget in (0.5, 0.7):
+        m = patched(base, router_init="budget", budget=budget, region_size=region)
+        meth = m.vitprune_method
+        levels = meth.static_levels(m)
+        assert None not in levels and len(set(levels)) > 1  # every block static, more than one granularity
+        ref = reference_logits(m, x)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(m(x[:1]), ref[:1], atol=2e-5, rtol=1e-5)
+            meth.use_static_routers = False  # the general routed path gives the same
+            torch.testing.assert_close(m(x), ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_routed_path_auto_and_static_width_equal_the_plain_computation(case, photos, digits):
+    """Content-dependent routers: queries gathered to the batch's widest image (auto) or to every token (static
+    width, no host read). Both give the region-by-region logits, for the batch and for each image alone."""
+    base, region, scale, bias, x = fast_case(case, photos, digits)
+    m = patched(base, region_size=region)
+    random_routers(m, 0, scale, bias)
+    meth = m.vitprune_method
+    assert meth.static_levels(m) == (None,) * 4
+    q = meth.decisions(m, x)["queries"]
+    n = 1 + vit_info(m, tuple(x.shape[-2:])).num_patches
+    assert (q.max(1).values > q.min(1).values).any()  # images of one batch take different query counts
+    assert (q.min(1).values < n).all()  # in every block some image pools: the query path runs everywhere
+    ref = reference_logits(m, x)
+    for width in ("auto", "static"):
+        meth.query_width = width
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref, atol=2e-5, rtol=1e-5)
+            alone = torch.cat([m(x[i:i + 1]) for i in range(len(x))])
+        torch.testing.assert_close(alone, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_all_finest_static_width_is_the_dense_model(digits):
+    base = make_vit(depth=4, embed_dim=96)
+    m = patched(base)  # paper init: content-dependent routers that pick the finest split everywhere
+    meth = m.vitprune_method
+    meth.query_width = "static"  # no host read, so no all-finest shortcut: the query path over every token
+    with torch.no_grad():
+        torch.testing.assert_close(m(digits), base(digits), atol=1e-5, rtol=0)
+    meth.set_levels(m, [0] * 4)  # static finest: timm's block, bit-exact whatever the width
+    with torch.no_grad():
+        assert torch.equal(m(digits), base(digits))
+
+
+def test_the_plan_follows_router_changes(digits):
+    """The static-level plan is kept between forwards and read again when a router parameter changes in place
+    (optimizer step, load_state_dict, editing by hand) or is replaced."""
+    m = patched(make_vit(depth=4), router_init="budget", budget=0.5)
+    meth = m.vitprune_method
+    assert None not in meth.static_levels(m)
+    random_routers(m, 1, 0.3, 0.5)
+    assert meth.static_levels(m) == (None,) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(m(digits), reference_logits(m, digits), atol=2e-5, rtol=1e-5)
+    meth.set_levels(m, [0, 1, 2, 2])
+    assert meth.static_levels(m) == (0, 1, 2, 2)
+    m.dge_routers[2].weight = torch.nn.Parameter(torch.ones_like(m.dge_routers[2].weight))
+    assert meth.static_levels(m) == (0, 1, None, 2)
+    fresh = patched(make_vit(depth=4))
+    random_routers(fresh, 2, 0.3, 0.5)
+    m.load_state_dict(fresh.state_dict())
+    assert meth.static_levels(m) == (None,) * 4
+    with torch.no_grad():
+        assert torch.equal(m(digits), fresh(digits))
+
+
+def test_tracking_records_the_same_maps_on_both_paths(digits):
+    m = patched(make_vit(depth=4), router_init="budget", budget=0.5)
+    meth = m.vitprune_method
+    runs = []
+    for static in (True, False):
+        meth.use_static_routers = static
+        with tracking(m), torch.no_grad():
+            m(digits)
+        st = m.vitprune_state
+        runs.append((st.counts, st.stages, st.aux["queries"], st.aux["decisions"]))
+    (c1, s1, q1, d1), (c2, s2, q2, d2) = runs
+    assert c1 == c2 and len(s1) == len(s2) > 0
+    assert all(b1 == b2 and torch.equal(a1, a2) for (b1, a1), (b2, a2) in zip(s1, s2))
+    assert all(torch.equal(a, b) for a, b in zip(q1, q2)) and all(torch.equal(a, b) for a, b in zip(d1, d2))
 
 
 # ------------------------------------------------------------------------------------------ save / load

@@ -28,6 +28,25 @@ def test_static_methods_compile_into_one_graph_with_equal_outputs(name, opts):
         assert torch.equal(compiled(x), m(x))
 
 
+@pytest.mark.parametrize("routers", ["budget", "content"])
+def test_dge_compiles_into_one_graph_with_equal_outputs(routers):
+    """DGE's inference has no host read under compile: static-schedule blocks run their fixed level, routed blocks
+    their static maximum width. fullgraph=True raises on a graph break (a .item()/.tolist() would be one)."""
+    from .test_dge import random_routers
+
+    torch._dynamo.reset()
+    m = vitprune.apply_method(make_vit(depth=6), "dge", router_init="budget", budget=0.5).eval()
+    if routers == "content":
+        random_routers(m, 0, 0.3, 0.5)
+    meth = m.vitprune_method
+    meth.prepare_inference(m)
+    assert (None in meth.static_levels(m)) == (routers == "content")
+    x = digits_batch(4)
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
+
+
 def test_inductor_fast_path_matches_plain_path_on_real_images():
     torch._dynamo.reset()
     m = vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7)

@@ -575,3 +575,40 @@ def test_methods_listing_shows_tome():
 def test_digits_are_real_images():
     x = digits_batch(4)
     assert x.shape == (4, 3, 32, 32) and x.std() > 0.5
+
+
+# ------------------------------------------------------------------------------------------ fused merge (fast path)
+
+
+def _fused_vs_plain(m, x, backend):
+    tome = m.vitprune_method
+    with tracking(m), torch.no_grad():
+        plain = m(x)
+    plain_maps = [a for _, a in m.vitprune_state.stages]
+    tome.fused_merge, tome.fused_backend = True, backend
+    try:
+        with tracking(m), torch.no_grad():
+            fused = m(x)
+    finally:
+        tome.fused_merge = False
+    fused_maps = [a for _, a in m.vitprune_state.stages]
+    return plain, fused, plain_maps, fused_maps
+
+
+def test_fused_merge_is_one_graph_per_step_with_the_plain_result(digits):
+    """backend='eager' replays what dynamo captured: fullgraph=True proves the matching and merge of a block are one
+    graph (no break, no host read), for every block's token count, and nothing changes in the result."""
+    torch._dynamo.reset()
+    m = patched(make_vit(depth=4), r=[8, 6, 6, 4])
+    plain, fused, pm, fm = _fused_vs_plain(m, digits, "eager")
+    assert torch.equal(plain, fused) and all(torch.equal(a, b) for a, b in zip(pm, fm)) and len(pm) == 4
+
+
+@pytest.mark.slow
+def test_fused_merge_compiled_by_inductor_matches_the_plain_path_on_photos(photos):
+    """The inductor kernels reorder float sums: logits within float tolerance, and the same tokens merged."""
+    torch._dynamo.reset()
+    m = patched(make_vit(depth=6, img_size=224, patch_size=16), r=13)
+    plain, fused, pm, fm = _fused_vs_plain(m, photos, "inductor")
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(pm, fm))

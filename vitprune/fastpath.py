@@ -7,8 +7,10 @@ batch 1. vitprune's methods keep token counts static per stage and never synchro
 so a patched model compiles into one graph per input shape.
 
 The compiled module shares its parameters with ``model``; the first call for a new input shape compiles (seconds to
-a minute), later calls are fast. Methods whose token counts depend on the image (SaiT adaptive mode, DGE) compile
-too but may recompile per count; their fixed modes are the fast path.
+a minute), later calls are fast. SaiT's adaptive mode, whose token counts depend on the image, compiles too but
+may recompile per count; its fixed mode is the fast path. DGE compiles into one graph with no host read: blocks
+with a static router schedule run their fixed level, routed blocks run at their static maximum width (see
+:mod:`vitprune.methods.dge`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ def optimize(model: nn.Module, mode: Mode = "auto", *, device: Optional[torch.de
     model.eval()
     if mode == "none":
         return model
+    method = getattr(model, "vitprune_method", None)
+    prepare = getattr(method, "prepare_inference", None)
+    if prepare is not None:  # what the compiled graph takes as constants (DGE: which routers are static)
+        prepare(model)
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")

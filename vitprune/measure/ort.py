@@ -94,13 +94,14 @@ def benchmark_onnx(
     latency: bool = True,
     throughput: bool = True,
     on_step: Optional[Callable[[], None]] = None,
+    samples: bool = False,
 ) -> dict[str, Timing]:
     """Time ONNX files in ONNX Runtime side by side (fp32 inputs, interleaved, medians), like ``benchmark``."""
     models = {name: OrtModel(path, device) for name, path in files.items()}
     # session.run returns when the outputs are on the host, whatever the provider: wall-clock timing on host
     # inputs (CUDA events would time torch's stream, which ONNX Runtime does not use)
     return benchmark(models, input_size, device=torch.device("cpu"), dtype="fp32", settings=settings,
-                     latency=latency, throughput=throughput, on_step=on_step)
+                     latency=latency, throughput=throughput, on_step=on_step, samples=samples)
 
 
 __all__ = ["OrtModel", "RUNTIME_NAME", "benchmark_onnx", "ort_session", "providers_for", "runtime_label"]

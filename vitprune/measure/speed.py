@@ -69,9 +69,17 @@ class Timing:
     latency_ms: Optional[float]  # median ms per image at batch 1
     batch_size: int
     repeats: int
+    # every repeat's images / s and every latency sample (ms), in round order, when benchmark(samples=True):
+    # round i of one model ran next to round i of the others, so per-round ratios pair runs made close in time
+    throughput_samples: Optional[list[float]] = None
+    latency_samples_ms: Optional[list[float]] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("throughput_samples", "latency_samples_ms"):
+            if d[key] is None:
+                del d[key]
+        return d
 
 
 @dataclass
@@ -119,8 +127,10 @@ def benchmark(
     latency: bool = True,
     throughput: bool = True,
     on_step: Optional[Callable[[], None]] = None,
+    samples: bool = False,
 ) -> dict[str, Timing]:
-    """Time every model on the same random inputs, interleaved; returns name -> Timing."""
+    """Time every model on the same random inputs, interleaved; returns name -> Timing (with every sample when
+    ``samples``)."""
     names = list(models)
     clock = _Clock(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -168,6 +178,8 @@ def benchmark(
             latency_ms=statistics.median(lats[n]) if lats[n] else None,
             batch_size=settings.batch_size,
             repeats=settings.repeats,
+            throughput_samples=rates[n] if samples and rates[n] else None,
+            latency_samples_ms=lats[n] if samples and lats[n] else None,
         )
         for n in names
     }

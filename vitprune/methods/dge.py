@@ -13,18 +13,45 @@ keys and values from all tokens: ``q = q0 + Attn(norm1(q0) -> queries; norm1(x) 
 The token sequence never shrinks (every block sees all ``N`` tokens as keys); the savings are in queries,
 attention rows, the output projection and the MLP. With the finest split everywhere a block is the dense block.
 
-Inference (``model.eval()``): hard argmax of the router. Queries per image vary; they are **padded to the widest
-image of the batch** (one gather packs them, one gather unpacks; padding slots are copies of unchosen cells whose
-results are never read). This needs the batch's widest query count on the host: one small device-to-host read per
-block, the only host sync of the forward pass. Why padding rather than grouping images by count: grouping needs the
-same read plus one pass of every kernel per group and a regather of keys/values per group; padding keeps one
-pass per block and costs only the gap between the widest and the average image (zero at batch 1, zero for a
-static schedule such as ``router_init='budget'``). Queries are independent of each other, so padding changes
-nothing in the results. A block whose every region of every image chose the finest split runs timm's own block
-(bit-exact with the dense model). Attention stays on fused SDPA with timm's weights (``ops.project_q`` /
-``ops.project_kv`` / ``ops.attend``). Optionally (``method.speculate_kv = True``, off by default until measured
-faster) a GPU queues the key/value projection before waiting for the read, which then goes through pinned memory,
-so the GPU has work while the host waits; the projection is wasted in blocks that turn out all-finest.
+Inference (``model.eval()``): hard argmax of the router. Every block takes one of two paths; both give what the
+region-by-region computation gives (tests compare them with it on real images):
+
+* **static schedule**: a router whose weights are all zero decides from its bias alone (``router_init='budget'``,
+  :meth:`DGE.set_levels`): for any finite input, every region of every image takes ``argmax(bias)``. The block
+  skips the router and runs without any index: its queries are the prefix tokens and that level's cells (pooled
+  2x2 at a time), its update is broadcast back to the patches (``regions.uniform_queries`` /
+  ``uniform_unpool_delta``); the finest level runs timm's block as is (bit-exact with the dense model). Static
+  shapes, no host read: the query count is known from the parameters. Which routers are static is read from the
+  parameters once (two small host reads) and kept with the routers until one of their parameters changes (tensor
+  identity and in-place version counter, compared on the host) or is loaded.
+* **routed**: the router reads the image; queries per image vary and are gathered (active sources first, one row
+  gather each way) to a common width, ``method.query_width``:
+
+  - ``"auto"`` (eager default): the batch's widest image. This needs that count on the host: one small
+    device-to-host read per routed block. Padding slots are copies of unchosen cells whose results are never
+    read; queries are independent, so padding changes nothing. A block whose every region of every image chose
+    the finest split runs timm's block.
+  - ``"static"`` (always under ``torch.compile`` and ``torch.export``): every token, ``N`` — the most queries any
+    decision can make, so no decision can overflow it. No host read, static shapes (CUDA graphs, export), exact;
+    the price is that such a block does the query work of a dense block. **The trade-off**: a fixed width below
+    ``N`` would be exact only if no image ever exceeded it, which nothing bounds for a router that reads the image
+    (it would need a host read to check, or dropped queries, which changes results); so the static width of a
+    routed block is its analytic maximum, and a trained DGE is fast under compile only where its routers are
+    static.
+
+  Why padding rather than grouping images by count: grouping needs the same read plus one pass of every kernel
+  per group and a regather of keys/values per group; padding keeps one pass per block and costs only the gap
+  between the widest and the average image (zero at batch 1).
+
+Under ``torch.compile``/export the kept plan is a constant of the graph (guarded: a plan read again by an eager
+forward, :meth:`DGE.prepare_inference` — which ``vitprune.optimize`` calls — or dropped by ``load_state_dict`` or a
+training forward makes the compiled model recompile); without a kept plan every block is taken as routed (exact,
+slower). Router weights edited in place between two compiled calls, with no eager forward in between, are not seen:
+call ``prepare_inference`` after such an edit. Attention stays on fused SDPA with timm's weights
+(``ops.project_q`` / ``ops.project_kv`` / ``ops.attend``). Optionally (``method.speculate_kv = True``, off by
+default until measured faster) a GPU queues the key/value projection of a routed block before waiting for the
+read, which then goes through pinned memory, so the GPU has work while the host waits; the projection is wasted
+in blocks that turn out all-finest.
 
 Under ``tracking`` each block that pooled records ``(block, assignment)``: for every patch, the index of the query
 that stands for it (``visualize`` draws the cells by granularity), plus the per-image query counts
@@ -39,7 +66,8 @@ counts) / (blocks' MACs at Nq = N)``; the trainer adds label CE and logit KD (``
 MACs (``macs()``): counted from each image's decisions (the paper's "MAC_avg"): per block ``Nq * per_query +
 N * per_key + Nq * N * 2 * attn_dim + regions * C * K`` with fvcore's conventions (linear layers, SDPA ``QK^T`` and
 ``AV``, 5 MACs per element of an affine LayerNorm, element-wise ops and pooling not counted); a block whose queries
-are all finest counts as the dense block (that is what runs), plus the router. Padding queries are not counted.
+are all finest counts as the dense block (that is what runs), plus the router (counted even where a static
+schedule lets inference skip it). Padding queries are not counted.
 Embedding, final norm and head come from the same conventions; the count agrees with fvcore on uniform
 configurations (tests).
 
@@ -214,8 +242,10 @@ class DGE(TokenMethod):
         "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate_budget(model, images) "
         "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows "
         "router_init.",
-        "Inference pads each block's queries to the batch's widest image (one host read per block, no loop over "
-        "images); a block whose queries are all finest runs timm's block as is (bit-exact).",
+        "Inference: a block whose router weights are zero (router_init=budget, set_levels) runs its fixed level "
+        "with no routing, no index and no host read; a block whose router reads the image pads its queries to the "
+        "batch's widest image (one host read per block), or to every token under torch.compile/export or "
+        "query_width='static' (no host read, dense-sized work); all-finest blocks run timm's block (bit-exact).",
         "GMACs come from the per-image decisions (mean over the batch, padding not counted), fvcore's conventions.",
         "Budget = fraction of the blocks' MACs (routers included); the embedding and head are outside it.",
         "Fine-tuned from the pretrained ViT with KD from the dense teacher (the paper trains from scratch); routers "
@@ -234,6 +264,12 @@ class DGE(TokenMethod):
         self.speculate_kv: bool = False
         #: what DGE.calibrate_budget did, if anything
         self.calibration: Optional[dict[str, Any]] = None
+        #: query count of a block whose router reads the image: "auto" = the batch's widest image (one host read per
+        #: such block, eager), "static" = every token (no host read; always so under torch.compile/export)
+        self.query_width: str = "auto"
+        #: blocks whose router weights are all zero run the static-level path (no routing, no index); False routes
+        #: every block (the general path; tests compare the two)
+        self.use_static_routers: bool = True
         self._costs: Optional[list[BlockCost]] = None
 
     # -- facts ---------------------------------------------------------------------------------------
@@ -301,6 +337,7 @@ class DGE(TokenMethod):
         ref = next(model.parameters())
         routers = nn.ModuleList([nn.Linear(model.embed_dim, self.num_choices) for _ in model.blocks])
         self.attach(model, "dge_routers", routers.to(device=ref.device, dtype=ref.dtype))
+        model.dge_routers.register_load_state_dict_post_hook(_forget_plan)
         self._costs = None
         self.reset_routers(model)
         if self.options.router_init == "budget":
@@ -371,37 +408,97 @@ class DGE(TokenMethod):
         return ops.mlp_residual(blk, q) - q0
 
     def _eval_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
-        npre, region, grid = state.num_prefix, self.region_size, state.grid
-        n = x.shape[1]
+        levels = self.static_levels(model)
+        static_width = self.query_width == "static" or _tracing()
         for i, (blk, router) in enumerate(zip(model.blocks, model.dge_routers)):
             state.enter(x)
-            bank = regions.coarse_bank(x, grid, region, npre)
-            decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
-            counts = regions.query_counts(decision, region, npre)  # B
+            if levels[i] is not None:
+                x = self._uniform_block(blk, x, levels[i], i, state)
+            else:
+                x = self._routed_block(blk, router, x, i, state, static_width)
+        return x
+
+    def _uniform_block(self, blk: nn.Module, x: Tensor, level: int, i: int, state: TokenState) -> Tensor:
+        """A block whose router decides from its bias alone: every region of every image takes ``level``. The
+        queries are the prefix tokens and the level's cells (pooled, no index), the update is broadcast back."""
+        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        if state.track:
+            b, g = x.shape[0], (grid[0] // region) * (grid[1] // region)
+            nq = npre + state.num_patches // 4 ** level
+            state.aux.setdefault("queries", []).append(torch.full((b,), nq, dtype=torch.long, device=x.device))
+            state.aux.setdefault("decisions", []).append(torch.full((b, g), level, dtype=torch.long, device=x.device))
+        if level == 0 and self.identity_shortcut:  # every query finest: timm's block, bit-exact
+            return blk(x)
+        xn = blk.norm1(x)
+        k, v = ops.project_kv(blk.attn, xn)
+        q0 = regions.uniform_queries(x, grid, region, level, npre)
+        qn = xn if level == 0 else blk.norm1(q0)
+        x = regions.uniform_unpool_delta(x, self._query_update(blk, q0, qn, k, v), grid, region, level, npre)
+        if state.track:
+            state.record(i, regions.uniform_assignment(x.shape[0], grid, region, level, x.device))
+        return x
+
+    def _routed_block(self, blk: nn.Module, router: nn.Module, x: Tensor, i: int, state: TokenState,
+                      static_width: bool) -> Tensor:
+        """A block whose router reads the image: per-region decisions, queries gathered (active sources first) to
+        the batch's widest image (one host read), or to every token with ``static_width`` (no host read)."""
+        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        n = x.shape[1]
+        bank = regions.coarse_bank(x, grid, region, npre)
+        decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
+        counts = regions.query_counts(decision, region, npre)  # B
+        if state.track:
+            state.aux.setdefault("queries", []).append(counts)
+            state.aux.setdefault("decisions", []).append(decision)
+        kv = None
+        if static_width:
+            low, high = None, n  # the most queries any decision can make: every region at its finest
+            xn = blk.norm1(x)
+        else:
             speculate = x.is_cuda and self.speculate_kv
             read = _HostRead(torch.stack(torch.aminmax(counts)), overlap=speculate)  # the block's one host read
             xn = blk.norm1(x)
             kv = ops.project_kv(blk.attn, xn) if speculate else None  # queued before waiting for the read
             low, high = read.get()
-            if state.track:
-                state.aux.setdefault("queries", []).append(counts)
-                state.aux.setdefault("decisions", []).append(decision)
-            if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
-                x = ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))
-                continue  # nothing pooled: no token map to record
-            order, src = regions.plan_queries(decision, grid, region, npre)
-            k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
-            q0 = regions.gather_queries(x, bank, order[:, :high])  # B x (widest image's queries) x C
-            x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v), src)
-            if state.track:
-                state.record(i, src[:, npre:] - npre)
+        if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
+            return ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))  # nothing pooled: no token map
+        order, src = regions.plan_queries(decision, grid, region, npre)
+        k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
+        q0 = regions.gather_queries(x, bank, order[:, :high])  # B x width x C
+        x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v), src)
+        if state.track:
+            state.record(i, src[:, npre:] - npre)
         return x
+
+    # -- inference plan ----------------------------------------------------------------------------------
+    def static_levels(self, model: nn.Module) -> tuple[Optional[int], ...]:
+        """Per block, the choice every region of every image takes when the block's router decides from its bias
+        alone (all weights zero: ``router_init='budget'``, :meth:`set_levels`), else None (the router reads the
+        image). Read from the parameters once and kept until a router changes (tensor identity and version
+        counter); under ``torch.compile``/export the kept plan is used as a constant (see the module doc)."""
+        routers = model.dge_routers
+        if not self.use_static_routers:
+            return (None,) * len(routers)
+        plan = getattr(routers, _PLAN, None)
+        if _tracing():
+            return plan[1] if plan is not None else (None,) * len(routers)
+        key = _params_key(routers)
+        if key is None or plan is None or plan[0] != key:
+            plan = (key, _static_choices(routers))
+            setattr(routers, _PLAN, plan)
+        return plan[1]
+
+    def prepare_inference(self, model: nn.Module) -> None:
+        """Read the routers now (eager), so that a compiled or exported forward starts from the current plan."""
+        _forget_plan(model.dge_routers)
+        self.static_levels(model)
 
     def _train_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
         """Training: hard Gumbel gates; every granularity computed in one static pass and mixed by the gates."""
         npre, region, grid = state.num_prefix, self.region_size, state.grid
         n = x.shape[1]
         g = (grid[0] // region) * (grid[1] // region)
+        _forget_plan(model.dge_routers)  # the routers are about to change: read them again at the next inference
         dyn, gates_all = [], []
         static = 0.0
         for blk, router, cost in zip(model.blocks, model.dge_routers, self.costs(model)):
@@ -583,3 +680,36 @@ class _HostRead:
 
 def _grid_for(model: nn.Module, images: Tensor) -> tuple[int, int]:
     return vit_info(model, (int(images.shape[-2]), int(images.shape[-1]))).grid
+
+
+def _tracing() -> bool:
+    """Inside torch.compile or torch.export: no host reads, shapes must be static."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+#: attribute of ``model.dge_routers`` holding the inference plan: (parameter key, static level or None per block)
+_PLAN = "_vitprune_static_plan"
+
+
+def _forget_plan(routers: nn.Module, *_: Any) -> None:
+    """Drop the kept plan (also a load_state_dict post-hook: loaded routers are read again, even by a compiled
+    forward, whose guards see the plan change)."""
+    routers.__dict__.pop(_PLAN, None)
+
+
+def _params_key(routers: nn.Module) -> Optional[tuple]:
+    """Identity and in-place version of every router parameter (None where tensors keep no version counter, e.g.
+    parameters made under ``torch.inference_mode``: then the plan is read again at every forward)."""
+    try:
+        return tuple((id(p), p.data_ptr(), p._version) for p in routers.parameters())
+    except RuntimeError:
+        return None
+
+
+def _static_choices(routers: nn.Module) -> tuple[Optional[int], ...]:
+    """For every router ``Linear(C, K)``: ``argmax(bias)`` when all its weights are zero (its logits are then its
+    bias for every finite input, so every region of every image takes that choice), else None. Two host reads."""
+    with torch.no_grad():
+        zero = torch.stack([(lin.weight == 0).all() for lin in routers]).tolist()
+        best = torch.stack([lin.bias.argmax() for lin in routers]).tolist()
+    return tuple(int(b) if z else None for z, b in zip(zero, best))

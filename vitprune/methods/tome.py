@@ -156,6 +156,15 @@ class ToMe(TokenMethod):
         "(the authors trained DeiT with ToMe from scratch; vitprune's choice).",
     )
 
+    def __init__(self, options: ToMeOptions):
+        super().__init__(options)
+        #: inference: run each block's matching and merge as one compiled region (ops.merge.compiled_match_and_merge)
+        #: instead of ~40 separate operations; the first forward compiles (seconds to minutes). Off by default;
+        #: the whole-model alternative is vitprune.optimize. Training (inputs that need gradients) stays eager.
+        self.fused_merge: bool = False
+        #: torch.compile backend of the fused merge ("eager" only checks that the region is one graph)
+        self.fused_backend: str = "inductor"
+
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
@@ -249,10 +258,11 @@ class ToMe(TokenMethod):
         x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
         m = None
         if r > 0:
-            with torch.no_grad():  # the matching takes no gradient
-                metric = k.mean(dim=1)
-            m = tm.bipartite_matching(metric, r, npre)
-            x, size = tm.merge_wavg(x, m, npre, size)
+            if self.fused_merge and not x.requires_grad and not torch.compiler.is_compiling():
+                ones = size if size is not None else x.new_ones(x.shape[0], x.shape[1], 1)  # same values as None
+                x, size, m = tm.compiled_match_and_merge(self.fused_backend)(k, x, ones, r, npre)
+            else:
+                x, size, m = tm.match_and_merge(k, x, size, r, npre)
         return ops.mlp_residual(blk, x), size, m
 
     # -- training --------------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from .attention import (
 )
 from .tokens import (
     fuse_tokens, gather_patches, gumbel_keep_decision, keep_mask, keep_tokens, num_kept, patch_scores_from_cls,
-    rank_patches, scatter_patches, split_prefix, topk_keep_decision, topk_patches, with_prefix_mask,
+    rank_patches, scatter_patches, split_prefix, take_rows, topk_keep_decision, topk_patches, with_prefix_mask,
 )
 
 __all__ = [
     "attend", "attention", "attn_residual", "class_attention", "fuse_tokens", "gather_patches",
     "gumbel_keep_decision", "keep_mask", "keep_tokens", "key_mask_bias", "masked_softmax_attention",
     "mlp_residual", "num_kept", "patch_scores_from_cls", "project_kv", "project_q", "project_qkv", "rank_patches",
-    "scatter_patches", "split_prefix", "topk_keep_decision", "topk_patches", "with_prefix_mask",
+    "scatter_patches", "split_prefix", "take_rows", "topk_keep_decision", "topk_patches", "with_prefix_mask",
 ]

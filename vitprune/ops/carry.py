@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .tokens import take_rows
+
 _EPS = 1e-12
 
 
@@ -29,7 +31,7 @@ def prefixed_index(idx: Tensor, num_prefix: int) -> Tensor:
 
 def take(x: Tensor, positions: Tensor) -> Tensor:
     """``x`` at sequence ``positions`` (``B x M`` from :func:`prefixed_index`) -> ``B x M x C``: one gather."""
-    return torch.gather(x, 1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return take_rows(x, positions)
 
 
 def put(x: Tensor, positions: Tensor, src: Tensor) -> Tensor:

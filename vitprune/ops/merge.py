@@ -15,10 +15,13 @@ and ``r``, so each step has a static output shape.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from functools import lru_cache
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from .tokens import take_rows
 
 
 class Matching(NamedTuple):
@@ -83,7 +86,7 @@ def bipartite_matching(metric: Tensor, r: int, num_prefix: int) -> Matching:
 
 
 def _take(x: Tensor, pos: Tensor) -> Tensor:
-    return torch.gather(x, 1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return take_rows(x, pos)
 
 
 def merge(x: Tensor, m: Matching, num_prefix: int, reduce: str = "sum") -> Tensor:
@@ -127,6 +130,27 @@ def merge_wavg(x: Tensor, m: Matching, num_prefix: int, size: Optional[Tensor] =
     delta = w * (_take(x, m.src_pos) - _take(x, m.dst_pos))
     out.scatter_add_(1, dst_index.expand(-1, -1, x.shape[-1]), delta)
     return out, new_size
+
+
+def match_and_merge(k: Tensor, x: Tensor, size: Optional[Tensor], r: int,
+                    num_prefix: int) -> tuple[Tensor, Tensor, Matching]:
+    """One ToMe merge step: the metric (keys ``k``, ``B x H x N x D``, averaged over heads, without gradient), the
+    bipartite matching of ``r`` pairs and the size-weighted merge of ``x``. Returns ``(x, size, matching)``."""
+    with torch.no_grad():
+        metric = k.mean(dim=1)
+    m = bipartite_matching(metric, r, num_prefix)
+    x, size = merge_wavg(x, m, num_prefix, size)
+    return x, size, m
+
+
+@lru_cache(maxsize=4)
+def compiled_match_and_merge(backend: str = "inductor") -> Callable[..., tuple[Tensor, Tensor, Matching]]:
+    """:func:`match_and_merge` as one ``torch.compile`` region (``fullgraph``, dynamic shapes: the token count
+    changes from block to block, one compilation serves them all; an odd and an even count compile apart). Inductor
+    fuses the ~40 small operations of a merge step (norms, index arithmetic, gathers, the size update) into a few
+    kernels; the similarity product and the sorts stay library calls. Pass a ``size`` tensor (ones before the first
+    merge) so that every block hits the same graph."""
+    return torch.compile(match_and_merge, backend=backend, dynamic=True, fullgraph=True)
 
 
 def merged_positions(m: Matching, num_patches: int) -> Tensor:

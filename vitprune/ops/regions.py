@@ -18,12 +18,28 @@ passed in by the caller).
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
 
 from ..errors import MethodOptionError
+from .tokens import take_rows
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _memo(fn: _F) -> _F:
+    """``lru_cache`` for small constant tensors built from shapes, bypassed while torch.compile traces (it builds
+    them into the graph as constants; dynamo warns about cache wrappers it has to look through)."""
+    cached = lru_cache(maxsize=64)(fn)
+
+    @wraps(fn)
+    def call(*args):
+        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    return call  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -60,13 +76,34 @@ def coarse_offsets(grid: tuple[int, int], region: int) -> list[int]:
 
 def pool_cells(x: Tensor, grid: tuple[int, int], cell: int, num_prefix: int = 0) -> Tensor:
     """Mean of the patch tokens over each ``cell x cell`` block of the grid: ``B x (H/cell * W/cell) x C``.
-    ``x`` is ``B x (num_prefix + H*W) x C``; prefix tokens are left out. ``cell == 1`` returns the patches."""
+    ``x`` is ``B x (num_prefix + H*W) x C``; prefix tokens are left out. ``cell == 1`` returns the patches.
+    A power-of-two cell is pooled 2x2 at a time (:func:`pool2x2`), as :func:`coarse_bank` does."""
     h, w = grid
     patches = x[:, num_prefix:]
     if cell == 1:
         return patches
+    if cell & (cell - 1) == 0:
+        for _ in range(cell.bit_length() - 1):
+            patches = pool2x2(patches, (h, w))
+            h, w = h // 2, w // 2
+        return patches
     b, _, c = patches.shape
     return patches.reshape(b, h // cell, cell, w // cell, cell, c).mean(dim=(2, 4)).reshape(b, -1, c)
+
+
+def pool2x2(patches: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Mean over every 2x2 block of a ``B x H*W x C`` grid of tokens (no prefix): ``B x (H/2 * W/2) x C``.
+
+    Three element-wise adds on strided views and one scale, accumulated in float32 for half types. A reduction
+    over the two size-2 dimensions of a 6-d view (``mean(dim=(2, 4))``) gives the same values up to float rounding
+    but is some 30x slower on CPU, where it was the largest cost of a DGE block after the matrix products."""
+    h, w = grid
+    b, _, c = patches.shape
+    v = patches.reshape(b, h // 2, 2, w // 2, 2, c)
+    if v.dtype in (torch.float16, torch.bfloat16):
+        v = v.float()
+    out = (v[:, :, 0, :, 0] + v[:, :, 0, :, 1]) + (v[:, :, 1, :, 0] + v[:, :, 1, :, 1])
+    return out.mul_(0.25).reshape(b, -1, c).to(patches.dtype)
 
 
 def unpool_cells(cells: Tensor, grid: tuple[int, int], cell: int) -> Tensor:
@@ -85,7 +122,7 @@ def coarse_bank(x: Tensor, grid: tuple[int, int], region: int, num_prefix: int =
     cells' means is the cells' mean). The last ``G`` rows are the region means."""
     levels, cur, g = [], x[:, num_prefix:], grid
     for _ in level_cells(region)[1:]:
-        cur = pool_cells(cur, g, 2)
+        cur = pool2x2(cur, g)
         g = (g[0] // 2, g[1] // 2)
         levels.append(cur)
     return torch.cat(levels, dim=1)
@@ -114,12 +151,12 @@ def soft_query_counts(gates: Tensor, region: int, num_prefix: int = 0) -> Tensor
     return (gates * _per_level(region, gates.device, gates.dtype)).sum(dim=(1, 2)) + num_prefix
 
 
-@lru_cache(maxsize=64)
+@_memo
 def _per_level(region: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor([(region // c) ** 2 for c in level_cells(region)], dtype=dtype).to(device)
 
 
-@lru_cache(maxsize=64)
+@_memo
 def _source_ids(grid: tuple[int, int], region: int, num_prefix: int, device: torch.device) -> Tensor:
     """``K x H*W``: source index of the level-``k`` cell holding each patch."""
     h, w = grid
@@ -168,24 +205,58 @@ def plan_queries(decision: Tensor, grid: tuple[int, int], region: int, num_prefi
     return order, src
 
 
-@lru_cache(maxsize=16)
+@_memo
 def _arange(n: int, device: torch.device) -> Tensor:
     return torch.arange(n, device=device)
 
 
 def gather_queries(x: Tensor, bank: Tensor, order: Tensor) -> Tensor:
     """Compress: the queries ``order`` names (``B x M``, source indices) from ``x`` (``B x N x C``) and the coarse
-    bank (``B x T x C``): ``B x M x C``. Two gathers of ``M`` rows each (no copy of ``x``)."""
+    bank (``B x T x C``): ``B x M x C``. Two row gathers of ``M`` rows each (no copy of ``x``)."""
     n = x.shape[1]
-    from_x = torch.gather(x, 1, order.clamp(max=n - 1).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    from_bank = torch.gather(bank, 1, (order - n).clamp(min=0).unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+    from_x = take_rows(x, order.clamp(max=n - 1))
+    from_bank = take_rows(bank, (order - n).clamp(min=0))
     return torch.where((order < n).unsqueeze(-1), from_x, from_bank.to(from_x.dtype))
 
 
 def unpool_delta(x: Tensor, delta: Tensor, src: Tensor) -> Tensor:
     """Decompress with the residual: ``x + unpool(delta)``; every token (prefix included) receives the update of the
-    query ``src`` names (``B x N``). One gather, one add."""
-    return x + torch.gather(delta, 1, src.unsqueeze(-1).expand(-1, -1, delta.shape[-1])).to(x.dtype)
+    query ``src`` names (``B x N``). One row gather, one add."""
+    return x + take_rows(delta, src).to(x.dtype)
+
+
+def uniform_queries(x: Tensor, grid: tuple[int, int], region: int, level: int, num_prefix: int = 0) -> Tensor:
+    """Compress when every region of every image takes the same ``level``: the prefix tokens, then the level's cells
+    in source order (``B x (num_prefix + H*W / 4^level) x C``): what :func:`gather_queries` returns for such a
+    decision, with no index and no padding. Level 0 is ``x`` itself."""
+    if level == 0:
+        return x
+    cells = pool_cells(x, grid, level_cells(region)[level], num_prefix)
+    return torch.cat([x[:, :num_prefix], cells.to(x.dtype)], dim=1)
+
+
+def uniform_unpool_delta(x: Tensor, delta: Tensor, grid: tuple[int, int], region: int, level: int,
+                         num_prefix: int = 0) -> Tensor:
+    """Decompress for :func:`uniform_queries`: ``x + unpool(delta)`` with every patch receiving its cell's update by
+    broadcasting (no index); the prefix tokens receive their own."""
+    delta = delta.to(x.dtype)
+    if level == 0:
+        return x + delta
+    h, w = grid
+    cell = level_cells(region)[level]
+    b, _, c = x.shape
+    patches = x[:, num_prefix:].reshape(b, h // cell, cell, w // cell, cell, c)
+    upd = patches + delta[:, num_prefix:].reshape(b, h // cell, 1, w // cell, 1, c)
+    return torch.cat([x[:, :num_prefix] + delta[:, :num_prefix], upd.reshape(b, h * w, c)], dim=1)
+
+
+def uniform_assignment(batch: int, grid: tuple[int, int], region: int, level: int, device: torch.device) -> Tensor:
+    """``B x H*W`` long: for every patch, the index of its level-``level`` cell among the cells (row-major), i.e.
+    the query (after the prefix tokens) that stands for it when every region takes ``level``."""
+    ids = source_ids(grid, region, 0, device)[level]
+    if level:
+        ids = ids - (grid[0] * grid[1] + coarse_offsets(grid, region)[level - 1])
+    return ids.expand(batch, -1)
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -19,15 +19,28 @@ def split_prefix(x: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
     return x[:, :num_prefix], x[:, num_prefix:]
 
 
+def take_rows(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[b, idx[b, j]]`` for every image ``b`` (``t``: ``B x L x C``, ``idx``: ``B x M`` long) -> ``B x M x C``.
+
+    The same values as ``torch.gather`` along dim 1 with the index expanded over channels. Without gradients it is
+    one ``index_select`` of whole rows of the flattened batch (``gather`` reads an index per element and is 6-8x
+    slower on CPU for a DeiT-S batch of 8); pass a contiguous ``t`` (a view such as ``x[:, 1:]`` is copied first).
+    With gradients it is ``torch.gather`` (training kept as it was)."""
+    b, length, c = t.shape
+    if t.requires_grad or b == 0:
+        return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, c))
+    flat = idx + torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * length
+    return t.reshape(b * length, c).index_select(0, flat.reshape(-1)).view(b, idx.shape[1], c)
+
+
 def gather_patches(patches: Tensor, idx: Tensor) -> Tensor:
     """Batched gather of tokens: ``patches`` ``B x P x C``, ``idx`` ``B x k`` -> ``B x k x C``."""
-    return torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+    return take_rows(patches, idx)
 
 
 def keep_tokens(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
     """``[prefix, patches[idx]]``: one gather per stage; prefix tokens always kept, first."""
-    prefix, patches = split_prefix(x, num_prefix)
-    return torch.cat([prefix, gather_patches(patches, idx)], dim=1)
+    return torch.cat([x[:, :num_prefix], take_rows(x, idx + num_prefix)], dim=1)
 
 
 def rank_patches(scores: Tensor) -> Tensor:
