@@ -93,19 +93,6 @@ def rel_err(got, ref) -> float:
     return ((got - ref).abs().max() / ref.abs().max()).item()
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 # --------------------------------------------------------------------------------------------- outputs
 
 
@@ -235,6 +222,20 @@ def test_saved_converted_model_reloads_as_timm_with_the_repo_as_base(tmp_path, o
     assert rel_err(got, ref) <= REL_TOL
 
 
+@pytest.mark.parametrize("case", ["deit-distilled", "dinov2-registers"])
+def test_profile_cli_takes_a_transformers_folder_and_repo(case, tmp_path, offline_cache):
+    """A command given the folder or its hf-hub: name: EViT at keep rate 0.5 drops half of the 16 patch tokens
+    (32-px images, 8-px patches) from its first pruning block on, so it counts fewer GMACs than the dense model."""
+    folder = save_hf(make_hf(case), tmp_path / case)
+    populate_from_folder(offline_cache, f"someone/{case}", folder)
+    for spec in (str(folder), f"hf-hub:someone/{case}"):
+        res = CliRunner().invoke(app, ["profile", spec, "--method", "evit", "--keep-rate", "0.5", "--no-speed",
+                                       "--json"])
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert report["input_size"] == [3, 32, 32] and 0 < report["gmacs_ratio"] < 1, spec
+
+
 # --------------------------------------------------------------------------------------------- refused
 
 
@@ -339,7 +340,6 @@ def demo_as_transformers(folder):
     return folder, demo, hf
 
 
-@pytest.mark.slow
 def test_compress_a_transformers_repo_through_the_cli(tmp_path, offline_cache):
     folder, demo, hf = demo_as_transformers(tmp_path / "demo-hf")
     x = digits_batch(8)
@@ -363,3 +363,88 @@ def test_compress_a_transformers_repo_through_the_cli(tmp_path, offline_cache):
     assert json.loads((out / "report.json").read_text())["base_model"] == "hf-hub:someone/demo-vit"
     assert vitprune.load(out).vitprune_method.name == "evit"
 
+
+
+# --------------------------------------------------------------------------------------------- files as data
+
+
+HOSTILE = """import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+"""
+
+
+class _Planted:
+    """A pickle that writes a file when unpickled without ``weights_only``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_code_in_a_transformers_folder_is_never_run(tmp_path):
+    """A repo may ship its own modeling code (``auto_map`` + ``modeling_*.py``, what ``trust_remote_code`` runs) or a
+    pickle: the conversion reads config.json and tensors only, so neither runs."""
+    hf = make_hf("vit")
+    folder = save_hf(hf, tmp_path / "vit")
+    marker = tmp_path / "ran"
+    for name in ("modeling_evil.py", "configuration_evil.py", "__init__.py"):
+        (folder / name).write_text(HOSTILE.format(marker=str(marker)))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
+                       "AutoModelForImageClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    x = torch.randn(2, 3, 32, 32)
+    _, ref = hf_outputs(hf, x)
+    assert rel_err(timm_outputs(load_model(str(folder)), "logits", x), ref) <= REL_TOL
+    res = CliRunner().invoke(app, ["profile", str(folder), "--no-speed", "--json"])
+    assert res.exit_code == 0, res.output
+    assert not marker.exists()
+    # a pytorch_model.bin that is a pickle with a payload (and no model.safetensors): refused in one line, not run
+    (folder / "model.safetensors").unlink()
+    torch.save({"vit.embeddings.cls_token": _Planted(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelNotFoundError, match="not a readable PyTorch checkpoint"):
+        load_model(str(folder))
+    res = CliRunner().invoke(app, ["profile", str(folder), "--no-speed"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and res.output.startswith("Error: ")
+    assert not marker.exists()
+
+
+NO_TRANSFORMERS = """
+import sys
+sys.modules["transformers"] = None  # any import of transformers now fails
+import torch
+from vitprune.hub import load_model
+import vitprune.hub.transformers
+try:
+    import transformers
+except ImportError:
+    pass
+else:
+    raise SystemExit("transformers was importable")
+model = load_model(sys.argv[1])
+with torch.no_grad():
+    got = model(torch.load(sys.argv[2], weights_only=True))
+torch.save(got, sys.argv[3])
+assert not any(name == "transformers" or name.startswith("transformers.") for name, m in sys.modules.items()
+               if m is not None)
+"""
+
+
+def test_conversion_does_not_need_transformers(tmp_path):
+    """transformers writes the folder here; a process in which transformers cannot be imported converts it."""
+    import subprocess
+    import sys
+
+    hf = make_hf("deit-distilled")
+    folder = save_hf(hf, tmp_path / "deit")
+    x = torch.randn(2, 3, 32, 32)
+    _, ref = hf_outputs(hf, x)
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "convert.py"
+    script.write_text(NO_TRANSFORMERS)
+    proc = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rel_err(torch.load(tmp_path / "y.pt", weights_only=True), ref) <= REL_TOL
