@@ -100,3 +100,17 @@ def assert_keep_one_is_dense(patched, deit_small, photos, tiny_vit, digits) -> N
     t = patched(tiny_vit, keep_rate=1.0)
     with torch.no_grad():
         assert torch.equal(t(digits), tiny_vit(digits))
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty Hub cache in a temp dir, offline; huggingface_hub reads these at call time."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

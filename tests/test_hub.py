@@ -18,20 +18,6 @@ from .test_train_utils import same_weights
 from .hubcache import populate, populate_from_folder
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """An empty Hub cache in a temp dir, offline; huggingface_hub reads these at call time."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_timm_name_loads_weights_from_offline_cache(offline_cache):
     ref = timm.create_model("test_vit.r160_in1k", pretrained=False)
     save_file(ref.state_dict(), str(offline_cache / "w.safetensors"))

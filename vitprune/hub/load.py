@@ -5,7 +5,9 @@ MODEL may be:
 * ``demo`` - the demo teacher bundled with vitprune (a small ViT trained on scikit-learn's digits);
 * a timm model name (``deit_small_patch16_224``, with or without a ``.tag``);
 * ``hf-hub:org/repo[@revision]`` - a timm or vitprune repo on the Hugging Face Hub (or in the local cache);
-* a local folder: a timm folder (``config.json`` + weights) or a folder saved by ``vitprune.save``.
+* a local folder: a timm folder (``config.json`` + weights) or a folder saved by ``vitprune.save``;
+* a Hugging Face ``transformers`` ViT, DeiT or DINOv2 (a folder or ``hf-hub:``), converted to the equivalent timm
+  ViT by :mod:`vitprune.hub.transformers`.
 
 Without network access the local Hugging Face cache is used: either ``HF_HUB_OFFLINE=1`` is set, or a quick
 reachability probe of the Hub endpoint fails, and vitprune switches huggingface_hub to offline mode so nothing
@@ -319,6 +321,10 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     where = source or str(folder)
     files = _model_files(folder)
     cfg = read_config(files, where)
+    from .transformers import is_transformers_config, load_transformers_folder
+
+    if is_transformers_config(cfg):
+        return load_transformers_folder(files, cfg, pretrained=pretrained, source=where)
     if pretrained:
         weights = files / WEIGHTS_NAME
         plan = plan_model(cfg, where)
@@ -362,6 +368,10 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
                                  "'-', '_', '.').") from None
     cfg_path = _hub_call(spec, hf_hub_download, repo_id, CONFIG_NAME, revision=revision or None)
     cfg = parse_config(Path(cfg_path).read_bytes(), f"{spec}/{CONFIG_NAME}")
+    from .transformers import is_transformers_config, load_transformers_hub
+
+    if is_transformers_config(cfg):
+        return load_transformers_hub(spec, repo_id, revision or None, cfg, pretrained=pretrained)
     if VITPRUNE_KEY not in cfg:  # a timm repo: checked (type, size, ViT) before timm downloads its weights
         plan_model(cfg, spec)
     if VITPRUNE_KEY in cfg:

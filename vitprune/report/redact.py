@@ -6,8 +6,9 @@ folder and the models as the user would say them to someone else:
 * a local path is its name relative to the working folder when it lies inside it (``data/digits``), else its last
   component (``digits``): never an absolute path, never the home folder;
 * a base model is a Hub repo (``hf-hub:org/name``), a timm name, ``demo``, or for a local folder what it was made
-  from when that folder recorded it (its own vitprune ``base_model``, or the Hub repo of a Hugging Face cache
-  snapshot), else its timm architecture followed by ``(local weights)``: never the folder's name;
+  from when that folder recorded it (its own vitprune ``base_model``, the Hub repo of a Hugging Face cache
+  snapshot, or a transformers config's ``_name_or_path`` when that is a Hub repo id), else its timm (or
+  transformers) architecture followed by ``(local weights)``: never the folder's name;
 * the recorded command keeps every argument but the local paths, which are redacted as above.
 """
 from __future__ import annotations
@@ -99,6 +100,11 @@ def public_model(spec: str) -> str:
         config = None
     if not isinstance(config, dict):
         return "a local model"
+    from ..hub.transformers import public_base
+
+    converted = public_base(config)  # a transformers folder: the Hub repo it names, else its architecture
+    if converted is not None:
+        return converted
     section = config.get(VITPRUNE_KEY)
     recorded = section.get("base_model") if isinstance(section, dict) else None
     if isinstance(recorded, str) and _is_public_base(recorded):
