@@ -3,6 +3,7 @@ parameters really unchanged after real optimizer steps, the per-iteration schedu
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -14,35 +15,33 @@ from vitprune.data import Prepared, eval_transform, load_data
 from vitprune.errors import MethodOptionError
 from vitprune.train.loop import RunSettings, Trainer, lr_lambda, param_groups
 from vitprune.train.losses import DistillationLoss, soft_distillation
-from vitprune.train.recipe import (
-    DEMO_CLIP_GRAD, DEMO_EPOCHS, DEMO_LR_MULT, TRAINER_DEFAULTS, build_recipe, scaled_lr,
-)
+from vitprune.train.recipe import DEMO_CLIP_GRAD, DEMO_EPOCHS, DEMO_LR_MULT, Recipe, build_recipe, scaled_lr
 from tests.test_train_utils import tiny_vit
 
 
 def test_precedence_trainer_method_demo_user():
     method = vitprune.methods.create_method("dynamicvit").default_recipe()
     rec, src = build_recipe(method, {"kd_weight": 0.25}, demo=False, batch_size=64)
-    assert rec["lr"] == method["lr"] and src["lr"] == "method"
-    assert rec["kd_weight"] == 0.25 and src["kd_weight"] == "user"
-    assert rec["drop_path"] is TRAINER_DEFAULTS["drop_path"] and src["drop_path"] == "trainer"
+    assert rec.lr == method["lr"] and src["lr"] == "method"
+    assert rec.kd_weight == 0.25 and src["kd_weight"] == "user"
+    assert rec.drop_path is Recipe().drop_path and src["drop_path"] == "trainer"
     demo, dsrc = build_recipe(method, {}, demo=True, batch_size=64, augment_hints={"hflip": 0.0})
-    assert demo["epochs"] == DEMO_EPOCHS and dsrc["epochs"] == "demo"
-    assert demo["lr"] == pytest.approx(method["lr"] * DEMO_LR_MULT) and demo["lr_batch_ref"] == 64
+    assert demo.epochs == DEMO_EPOCHS and dsrc["epochs"] == "demo"
+    assert demo.lr == pytest.approx(method["lr"] * DEMO_LR_MULT) and demo.lr_batch_ref == 64
     # warm-up and frozen phases keep their share of the schedule
-    assert demo["freeze_backbone_epochs"] == pytest.approx(method["freeze_backbone_epochs"] * DEMO_EPOCHS / 30, 1e-3)
-    assert demo["augment"]["hflip"] == 0.0 and dsrc["augment"] == "data"
-    assert demo["backbone_lr_scale"] == 0.1 and dsrc["backbone_lr_scale"] == "demo"  # 0.01 would barely move
+    assert demo.freeze_backbone_epochs == pytest.approx(method["freeze_backbone_epochs"] * DEMO_EPOCHS / 30, 1e-3)
+    assert demo.augment["hflip"] == 0.0 and dsrc["augment"] == "data"
+    assert demo.backbone_lr_scale == 0.1 and dsrc["backbone_lr_scale"] == "demo"  # 0.01 would barely move
     # the demo's high lr is clipped (new modules saturated without it); elsewhere no clipping unless asked for
-    assert demo["clip_grad"] == DEMO_CLIP_GRAD and dsrc["clip_grad"] == "demo" and rec["clip_grad"] is None
-    assert build_recipe(method, {"clip_grad": 5.0}, demo=True)[0]["clip_grad"] == 5.0
+    assert demo.clip_grad == DEMO_CLIP_GRAD and dsrc["clip_grad"] == "demo" and rec.clip_grad is None
+    assert build_recipe(method, {"clip_grad": 5.0}, demo=True)[0].clip_grad == 5.0
     plain, psrc = build_recipe(method, {}, demo=True, augment_hints={"hflip": 0.0}, augment_default=False)
-    assert plain["augment"] is None and psrc["augment"] == "data"  # the digits train on plain images...
+    assert plain.augment is None and psrc["augment"] == "data"  # the digits train on plain images...
     asked, _ = build_recipe(method, {"augment": {"scale": [0.5, 1.0]}}, demo=True, augment_hints={"hflip": 0.0},
                             augment_default=False)
-    assert asked["augment"]["scale"] == [0.5, 1.0] and asked["augment"]["hflip"] == 0.0  # ...unless asked, no flips
+    assert asked.augment["scale"] == [0.5, 1.0] and asked.augment["hflip"] == 0.0  # ...unless asked, no flips
     user, usrc = build_recipe(method, {"epochs": 3, "lr": 1e-2}, demo=True, batch_size=64)
-    assert (user["epochs"], user["lr"], usrc["lr"]) == (3, 1e-2, "user")
+    assert (user.epochs, user.lr, usrc["lr"]) == (3, 1e-2, "user")
 
 
 @pytest.mark.parametrize("bad", [{"lr": -1.0}, {"kd_temperature": 0.0}, {"nope": 1}, {"frozen": "cls_token"},
@@ -52,24 +51,62 @@ def test_bad_recipe_values(bad):
         build_recipe({}, bad)
 
 
+def test_an_unknown_user_key_is_one_line_with_the_closest_key():
+    with pytest.raises(MethodOptionError, match=r"unknown recipe key\(s\) kd_weigth \(did you mean kd_weight\?\)"):
+        build_recipe({}, {"kd_weigth": 0.25})
+
+
+def test_an_unknown_key_in_a_methods_recipe_is_an_error_not_the_trainer_default():
+    """A misspelt key in a method's default_recipe() used to be dropped, so the trainer's default ran silently."""
+    from vitprune.methods.evit import EViT
+
+    class Misspelt(EViT):
+        name = "evit_misspelt_recipe_test"
+
+        def default_recipe(self):
+            return {**super().default_recipe(), "warmup_epoch": 0}
+
+    method = Misspelt(Misspelt.Options())
+    with pytest.raises(TypeError, match=r"evit_misspelt_recipe_test's default_recipe\(\) returns an unknown "
+                                        r"recipe key\(s\) warmup_epoch \(did you mean warmup_epochs\?\)"):
+        build_recipe(method.default_recipe(), {}, method=method.name)
+
+
+def test_every_registered_methods_recipe_uses_known_keys():
+    for name in vitprune.methods.method_names():
+        method = vitprune.methods.create_method(name)
+        rec, src = build_recipe(method.default_recipe(), {}, method=name)
+        assert {k for k, v in src.items() if v == "method"} == set(method.default_recipe())
+        assert isinstance(rec, Recipe)
+
+
+def test_recipe_fields_carry_help_and_record_as_plain_json():
+    from vitprune.train.recipe import recipe_help
+
+    helps = recipe_help()
+    assert list(helps) == list(Recipe().to_dict()) and all(helps.values())
+    rec, _ = build_recipe({}, {"frozen": ["cls_token"], "augment": None})
+    assert json.loads(json.dumps(rec.to_dict())) == rec.to_dict()
+
+
 def test_param_groups_lr_scales_weight_decay_and_frozen_names():
     model = vitprune.apply_method(tiny_vit(), "dynamicvit", keep_rate=0.7)
     rec, _ = build_recipe(model.vitprune_method.default_recipe(), {})
     groups = param_groups(model, rec, model.vitprune_method.new_module_prefixes)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["score_predictor.0.in_conv.1.weight"]["lr_scale"] == 1.0
-    assert by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == rec["backbone_lr_scale"] == 0.01
-    assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == rec["weight_decay"]
+    assert by_name["blocks.0.attn.qkv.weight"]["lr_scale"] == rec.backbone_lr_scale == 0.01
+    assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == rec.weight_decay
     for n in ("blocks.0.attn.qkv.bias", "blocks.0.norm1.weight", "score_predictor.0.in_conv.0.weight"):
         assert by_name[n]["weight_decay"] == 0.0
     assert "cls_token" not in by_name and "pos_embed" not in by_name  # DynamicViT's recipe freezes them
     assert not model.cls_token.requires_grad
     with pytest.raises(vitprune.errors.VitpruneError, match="matches no parameter"):
-        param_groups(tiny_vit(), {**rec, "frozen": ["no_such_param"]}, ())
+        param_groups(tiny_vit(), rec.replace(frozen=["no_such_param"]), ())
 
 
 def test_schedule_warmup_cosine_and_frozen_backbone():
-    rec = {**TRAINER_DEFAULTS, "warmup_epochs": 2, "freeze_backbone_epochs": 1, "min_lr": 1e-5, "warmup_lr": 1e-6}
+    rec = Recipe(warmup_epochs=2, freeze_backbone_epochs=1, min_lr=1e-5, warmup_lr=1e-6)
     base = 1e-3
     head = lr_lambda({"lr_scale": 1.0, "backbone": False}, rec, base, steps_per_epoch=10, total_steps=100)
     back = lr_lambda({"lr_scale": 0.1, "backbone": True}, rec, base * 0.1, steps_per_epoch=10, total_steps=100)

@@ -324,7 +324,7 @@ def compress(
     from .report.redact import public_command, public_model, public_spec, scrub
     from .train.ddp import barrier, broadcast_weights, setup, teardown
     from .train.loop import RunSettings, Trainer
-    from .train.recipe import TEACHER_RECIPE, TRAINER_DEFAULTS, build_recipe
+    from .train.recipe import TEACHER_RECIPE, build_recipe
 
     t_start = time.perf_counter()
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
@@ -436,10 +436,9 @@ def compress(
         is_demo = splits.kind == "demo"
         global_batch = batch_size * dist_info.world_size * accum_steps
         rec, sources = build_recipe(m_probe.default_recipe(), user, demo=is_demo, batch_size=global_batch,
-                                    augment_hints=splits.augment_hints, augment_default=splits.augment_default)
-        if rec["kd_weight"] > 0 and rec["kd_temperature"] <= 0:
-            raise MethodOptionError("kd-temperature must be > 0.")
-        check_augment(dense, rec["augment"])
+                                    augment_hints=splits.augment_hints, augment_default=splits.augment_default,
+                                    method=method_name)
+        check_augment(dense, rec.augment)
 
         base_fp = {
             "model": model, "method": method_name, "options": method_options, "data": data, "val_split": val_split,
@@ -466,10 +465,10 @@ def compress(
         t_rec = t_src = None
         if stage_teacher:
             t_user = {k: v for k, v in user.items() if k in ("augment",)}
-            t_user["epochs"] = teacher_epochs if teacher_epochs is not None else rec["epochs"]
+            t_user["epochs"] = teacher_epochs if teacher_epochs is not None else rec.epochs
             t_rec, t_src = build_recipe(TEACHER_RECIPE, t_user, demo=is_demo, batch_size=global_batch,
                                         augment_hints=splits.augment_hints,
-                                        augment_default=splits.augment_default, base=TRAINER_DEFAULTS)
+                                        augment_default=splits.augment_default)
 
         # ---------------------------------------------------------------------- the output folder, held
         check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # before the lock creates anything
@@ -487,7 +486,7 @@ def compress(
         if resume:  # refuse a checkpoint from other settings before anything runs
             from .train.checkpoints import check_resumable
 
-            for path, extra in ((ck_path, {"recipe": rec}), (teacher_ck, {"teacher_recipe": t_rec})):
+            for path, extra in ((ck_path, {"recipe": rec.to_dict()}), (teacher_ck, {"teacher_recipe": t_rec.to_dict() if t_rec else None})):
                 if found[path]:
                     check_resumable(path, fingerprint(extra), dist_info)
         for n in notes:
@@ -513,21 +512,21 @@ def compress(
             else:
                 _emit(progress, "stage", name="teacher",
                       message=f"fine-tuning the dense model with a new {len(splits.classes)}-class head")
-                tr, va = datasets(t_model, t_rec["augment"], None)
+                tr, va = datasets(t_model, t_rec.augment, None)
                 trainer = Trainer(t_model, None, tr, t_rec,
-                                  settings("teacher", teacher_ck, {"teacher_recipe": t_rec}, log=False),
+                                  settings("teacher", teacher_ck, {"teacher_recipe": t_rec.to_dict() if t_rec else None}, log=False),
                                   dist_info, new_prefixes=(t_model.default_cfg.get("classifier", "head"),),
                                   val_set=va, progress=progress)
                 summary = trainer.run()
                 if not summary.finished:
-                    return CompressResult(out, False, method_name, recipe=rec, steps=summary.steps,
+                    return CompressResult(out, False, method_name, recipe=rec.to_dict(), steps=summary.steps,
                                           total_steps=summary.total_steps, checkpoint=teacher_ck,
                                           seconds=time.perf_counter() - t_start)
                 if dist_info.main:
-                    save(t_model.eval(), t_folder, base_model=public_base, recipe=t_rec,
+                    save(t_model.eval(), t_folder, base_model=public_base, recipe=t_rec.to_dict(),
                          metrics={"history": summary.history[-1:]})
                 barrier(dist_info)
-                teacher_record = {"recipe": t_rec, "sources": t_src, "history": summary.history}
+                teacher_record = {"recipe": t_rec.to_dict(), "sources": t_src, "history": summary.history}
             t_model = t_model.eval()
             student_base = t_model
 
@@ -541,12 +540,12 @@ def compress(
         m_obj = get_method(student)
         shown = t_folder if stage_teacher else (teacher or teacher_spec)
         _emit(progress, "info", message=f"teacher: {shown}")
-        rec_record = {**rec, "batch_size": batch_size, "accum_steps": accum_steps,
+        rec_record = {**rec.to_dict(), "batch_size": batch_size, "accum_steps": accum_steps,
                       "world_size": dist_info.world_size, "global_batch": global_batch, "seed": seed,
                       "precision": prec}
-        tr, va = datasets(student, rec["augment"], target_map)
+        tr, va = datasets(student, rec.augment, target_map)
         _emit(progress, "stage", name="distill", message=f"distilling {m_obj.describe()} from the dense teacher")
-        trainer = Trainer(student, teacher_net, tr, rec, settings("distill", ck_path, {"recipe": rec}, log=True),
+        trainer = Trainer(student, teacher_net, tr, rec, settings("distill", ck_path, {"recipe": rec.to_dict()}, log=True),
                           dist_info, val_set=va, progress=progress)
         rec_record["peak_lr"] = trainer.lr
         summary = trainer.run()

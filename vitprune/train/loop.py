@@ -43,11 +43,12 @@ from torch import nn
 
 from ..data import Prepared, collate, worker_init
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
+from ..measure.speed import autocast
 from ..methods import TeacherOutput
 from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, total
-from .recipe import scaled_lr
+from .recipe import Recipe, scaled_lr
 
 log = logging.getLogger("vitprune")
 
@@ -110,13 +111,13 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
     """AdamW groups: (new module | backbone) x (decay | no decay); ``frozen`` names get ``requires_grad=False``.
 
     New modules (``new_prefixes``) train at lr x 1, the backbone at lr x ``backbone_lr_scale``; biases, norm
     weights, other 1-D parameters and the model's ``no_weight_decay()`` names get no weight decay.
     """
-    frozen = list(recipe.get("frozen") or [])
+    frozen = list(recipe.frozen or [])
     unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
     if unknown:
         raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
@@ -133,8 +134,8 @@ def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[s
         no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip or _matches(name, list(skip))
         g = groups.setdefault((new, no_decay), {
             "params": [], "names": [], "backbone": not new,
-            "lr_scale": 1.0 if new else float(recipe["backbone_lr_scale"]),
-            "weight_decay": 0.0 if no_decay else float(recipe["weight_decay"]),
+            "lr_scale": 1.0 if new else float(recipe.backbone_lr_scale),
+            "weight_decay": 0.0 if no_decay else float(recipe.weight_decay),
         })
         g["params"].append(p)
         g["names"].append(name)
@@ -143,15 +144,15 @@ def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[s
     return [groups[k] for k in sorted(groups)]
 
 
-def lr_lambda(group: dict[str, Any], recipe: dict[str, Any], base_lr: float, steps_per_epoch: int,
+def lr_lambda(group: dict[str, Any], recipe: Recipe, base_lr: float, steps_per_epoch: int,
               total_steps: int) -> Callable[[int], float]:
     """Multiplier of the group's lr at optimizer step ``s``: frozen phase (backbone: 0), linear warm-up from
     ``warmup_lr``, cosine to ``min_lr`` (both scaled like the group)."""
     scale = group["lr_scale"]
-    warm = round(float(recipe["warmup_epochs"]) * steps_per_epoch)
-    freeze = round(float(recipe["freeze_backbone_epochs"]) * steps_per_epoch) if group["backbone"] else 0
-    lo = min(float(recipe["min_lr"]), base_lr)
-    w0 = min(float(recipe["warmup_lr"]), base_lr)
+    warm = round(float(recipe.warmup_epochs) * steps_per_epoch)
+    freeze = round(float(recipe.freeze_backbone_epochs) * steps_per_epoch) if group["backbone"] else 0
+    lo = min(float(recipe.min_lr), base_lr)
+    w0 = min(float(recipe.warmup_lr), base_lr)
 
     def f(step: int) -> float:
         if base_lr <= 0 or scale <= 0 or step < freeze:
@@ -226,7 +227,7 @@ class Trainer:
         student: nn.Module,
         teacher: Optional[nn.Module],
         train_set: Prepared,
-        recipe: dict[str, Any],
+        recipe: Recipe,
         settings: RunSettings,
         dist_info: Optional[DistInfo] = None,
         *,
@@ -255,15 +256,15 @@ class Trainer:
             raise DataError(
                 f"the train split has {len(train_set)} images, fewer than one optimizer step needs ({b} x {w} "
                 f"process(es) x {a} accumulation step(s)); lower --batch-size or --accum-steps.")
-        self.epochs = float(recipe["epochs"])
+        self.epochs = float(recipe.epochs)
         self.total_steps = int(round(self.epochs * self.steps_per_epoch))
         self.lr = scaled_lr(recipe, self.global_batch)
 
     # -- setup ---------------------------------------------------------------------------------------
     def _prepare(self) -> None:
         dev = self.s.device
-        if self.recipe.get("drop_path") is not None:
-            set_drop_path(self.model, float(self.recipe["drop_path"]))
+        if self.recipe.drop_path is not None:
+            set_drop_path(self.model, float(self.recipe.drop_path))
         self.model.to(dev)
         if self.teacher is not None:
             self.teacher.to(dev).eval().requires_grad_(False)
@@ -278,9 +279,9 @@ class Trainer:
             lr_lambda(g, self.recipe, self.lr * g["lr_scale"], self.steps_per_epoch, self.total_steps)
             for g in self.optimizer.param_groups])
         self.scaler = torch.amp.GradScaler(dev.type) if self.s.precision == "fp16" else None
-        self.criterion = DistillationLoss(self.recipe["cls_weight"], self.recipe["label_smoothing"],
-                                          self.recipe["kd_weight"] if self.teacher is not None else 0.0,
-                                          self.recipe["kd_temperature"])
+        r = self.recipe
+        self.criterion = DistillationLoss(r.cls_weight, r.label_smoothing,
+                                          r.kd_weight if self.teacher is not None else 0.0, r.kd_temperature)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ddp = None
         if self.d.enabled:
@@ -291,10 +292,7 @@ class Trainer:
                            find_unused_parameters=unused, broadcast_buffers=False)
 
     def _autocast(self):
-        if self.s.precision == "fp32":
-            return contextlib.nullcontext()
-        dt = torch.bfloat16 if self.s.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.s.device.type, dtype=dt)
+        return autocast(self.s.device, self.s.precision)
 
     def _overrides(self, settings: dict[str, Any]):
         return self.method.overrides(**settings) if self.method is not None and settings else contextlib.nullcontext()
@@ -329,7 +327,7 @@ class Trainer:
         devices = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
-            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             if self.method is not None:
                 self.method.on_train_progress(self.model, 0.0, self.epochs)
             x = torch.randn(2, c, h, w, device=dev)
@@ -437,7 +435,7 @@ class Trainer:
         where = f" at step {step}/{self.total_steps}" if step is not None else ""
         kept = (f"; the last checkpoint (step {self._saved_step}) is kept" if self._saved_step is not None
                 and self.s.checkpoint is not None else "; nothing was saved")
-        return TrainingDiverged(f"training diverged{where}: {what}; lower --lr (now {float(self.recipe['lr']):g}) or "
+        return TrainingDiverged(f"training diverged{where}: {what}; lower --lr (now {float(self.recipe.lr):g}) or "
                                 f"clip the gradients with --clip-grad 1.0{kept}.")
 
     def _check_weights(self, step: int) -> None:
@@ -494,7 +492,7 @@ class Trainer:
                 pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
             batches = iter(loader)
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
-            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             while step < self.total_steps and step // spe == epoch:
                 if self.method is not None:
                     self.method.on_train_progress(self.model, step / spe, self.epochs)
@@ -582,7 +580,7 @@ class Trainer:
         under torchrun one all-reduce shares the stop request and the divergence verdict. A non-finite loss, or a
         non-finite gradient without an fp16 scaler, raises ``TrainingDiverged`` before anything is applied (with
         a scaler, inf/NaN gradients are the scaler's business: it skips the step and lowers its scale)."""
-        clip = self.recipe.get("clip_grad")
+        clip = self.recipe.clip_grad
         norm = None
         if self.scaler is not None:
             if clip:
@@ -645,5 +643,5 @@ class Trainer:
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             r = evaluate(self.model, self.val, batch_size=self.s.batch_size, device=str(dev),
                          dtype="fp32" if self.s.precision == "fp32" else self.s.precision, workers=self.s.workers)
-        set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+        set_train_mode(self.model, bool(self.recipe.train_mode_eval))
         return {"val_top1": r.top1, "val_top5": r.top5, "val_loss": r.loss}
