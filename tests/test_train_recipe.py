@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import vitprune
 from vitprune.data import Prepared, eval_transform, load_data
 from vitprune.errors import MethodOptionError
+from vitprune.methods import StepContext
 from vitprune.train.loop import RunSettings, Trainer, lr_lambda, param_groups
 from vitprune.train.losses import DistillationLoss, soft_distillation
 from vitprune.train.recipe import DEMO_CLIP_GRAD, DEMO_EPOCHS, DEMO_LR_MULT, Recipe, build_recipe, scaled_lr
@@ -180,12 +181,14 @@ def test_method_hooks_progress_and_several_passes_per_step():
     class TwoPassEViT(EViT):  # a real method whose training runs two student passes per step
         name = "evit_two_pass_test"
         seen: list = []
+        steps: list = []
 
-        def training_passes(self):
+        def training_passes(self, step=None):
             return [{"keep_rate": 1.0}, {}]
 
-        def aux_losses(self, model, state, teacher):
+        def aux_losses(self, model, state, teacher, *, targets=None, step=None):
             TwoPassEViT.seen.append(self.options.keep_rate)
+            TwoPassEViT.steps.append((step, step.epoch, targets.shape))
             return {}
 
     teacher = tiny_vit()
@@ -200,6 +203,11 @@ def test_method_hooks_progress_and_several_passes_per_step():
         registry._REGISTRY.pop("evit_two_pass_test", None)
     m = model.vitprune_method
     assert TwoPassEViT.seen == [1.0, 0.5, 1.0, 0.5]  # each pass under its own settings, restored afterwards
+    # both passes of a step share one step context (epoch 0, then 0.5: two steps per epoch), each step a new one,
+    # and the labels of the 32-image micro-batch reach the method's losses
+    (c0, e0, y0), (c1, e1, _), (c2, e2, _), (c3, e3, _) = TwoPassEViT.steps
+    assert c0 is c1 and c2 is c3 and c0 is not c2 and (e0, e1, e2, e3) == (0.0, 0.0, 0.5, 0.5)
+    assert y0 == (32,)
     assert m.options.keep_rate == 0.5
     assert m.train_keep_rate == pytest.approx(m.scheduled_keep_rate(0.5))  # set before the last step (epoch 0.5)
     assert {"pass0/cls", "pass1/cls", "pass0/kd"} <= set(summary.history[0])
@@ -216,7 +224,7 @@ def test_the_trainer_hands_labels_to_method_losses():
     tr._prepare()
     images, labels = next(iter(torch.utils.data.DataLoader(tr.data, batch_size=8)))
     model.train()
-    terms = tr._losses(images, labels, tr._teacher_out(images), model)
+    terms = tr._losses(images, labels, tr._teacher_out(images), model, StepContext(0.0, 1.0))
     with torch.no_grad():  # the same training-mode forward again (no randomness left), for its class-token logits
         model(images)
     cls_logits = model.__dict__.pop("vitprune_state").aux["cls_logits"].float()

@@ -79,7 +79,9 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import regions
-from .base import MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info
+from .base import (
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
+)
 from .registry import register
 
 #: softmax probability of the favoured split at initialisation (the reference's p0)
@@ -541,7 +543,8 @@ class DGE(TokenMethod):
         return dict(self.calibration)
 
     # -- training --------------------------------------------------------------------------------------
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
         dyn = state.aux.get("dge_macs")
         if dyn is None:
             return {}

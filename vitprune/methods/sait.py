@@ -76,7 +76,7 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import adaptive as aops
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     check_fraction, require_class_token, tracking, vit_info,
 )
 from .registry import register
@@ -277,11 +277,6 @@ class SaiT(TokenMethod):
         "a set of images is 40 % below dense (compress runs it on up to 256 training images).",
     )
 
-    def __init__(self, options: SaiTOptions):
-        super().__init__(options)
-        self._epoch = 0.0
-        self._self_target: Optional[Tensor] = None
-
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
@@ -479,7 +474,7 @@ class SaiT(TokenMethod):
         self._enter(state, x, None)
         out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
-        self._self_target = ops.patch_scores_from_cls(rows, state.num_prefix).detach()
+        state.aux["sait_self_target"] = ops.patch_scores_from_cls(rows, state.num_prefix).detach()
         return x
 
     # -- analytic facts -----------------------------------------------------------------------------------
@@ -653,15 +648,19 @@ class SaiT(TokenMethod):
         return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens,
                              extras={"sait_cls_attn": ops.patch_scores_from_cls(rows, teacher.num_prefix_tokens)})
 
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
+        own = state.aux.get("sait_self_target")
+        if own is not None and step is not None:  # a dense pass: the fallback target of this step's sparse pass
+            step.carry["sait_self_target"] = own
         sel = state.aux.get("sait_sel")
         if not sel or self.options.sel_weight == 0:
             return {}
         B, P0 = sel[0][0].shape
         target = teacher.extras.get("sait_cls_attn") if (teacher is not None and self.options.sel_target == "teacher") \
             else None
-        if target is None or tuple(target.shape) != (B, P0):
-            target = self._self_target
+        if (target is None or tuple(target.shape) != (B, P0)) and step is not None:
+            target = step.carry.get("sait_self_target")
         if target is None or tuple(target.shape) != (B, P0):
             return {}
         target = target.detach().to(sel[0][0].device)
@@ -678,13 +677,11 @@ class SaiT(TokenMethod):
         lo, hi = o.threshold_range
         return {"mode": "adaptive", "threshold": lo + (hi - lo) * u}
 
-    def training_passes(self) -> list[dict[str, Any]]:
+    def training_passes(self, step: Optional[StepContext] = None) -> list[dict[str, Any]]:
         if self.options.sait_schedule == "both":
             return [{"mode": "dense"}, self.sparse_pass()]
-        return [{"mode": "dense"}] if int(self._epoch) % 2 == 0 else [self.sparse_pass()]
-
-    def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
-        self._epoch = epoch
+        epoch = step.epoch if step is not None else 0.0
+        return [{"mode": "dense"}] if int(epoch) % 2 == 0 else [self.sparse_pass()]
 
     def default_recipe(self) -> dict[str, Any]:
         # The paper's recipe is not public; DeiT-style fine-tuning from the pretrained model (vitprune's choice):

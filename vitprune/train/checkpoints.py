@@ -3,8 +3,8 @@
 A checkpoint holds the student's weights, the optimizer, scheduler and grad-scaler states, the position (global
 optimizer step; the data order is a pure function of the seed and the epoch, so the step is enough to find the
 next batch), the partial metrics of the current epoch, the history of finished epochs, the random states of every
-process (Python, NumPy, torch CPU and CUDA), the method's plain run-time attributes, and a fingerprint of the
-settings that decide the result (a resumed run must use the same ones).
+process (Python, NumPy, torch CPU and CUDA), the method's own training state (``method.state_dict()``), and a
+fingerprint of the settings that decide the result (a resumed run must use the same ones).
 
 Written to a temporary file in the same folder (``.NAME.pt.tmp-XXXXXXXX``), flushed to disk, then renamed over the
 previous checkpoint: a run killed at any moment leaves the previous checkpoint or the new one, never a partial
@@ -117,43 +117,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-_PLAIN = (int, float, bool, str, type(None))
-
-
-def _plain(v: Any) -> bool:
-    if isinstance(v, _PLAIN):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-    return False
-
-
-#: method attributes rebuilt from the model, never saved or restored
-_METHOD_SKIP = frozenset({"options", "info", "_attached"})
-
-
-def method_state(method: Any) -> dict[str, Any]:
-    """The method object's plain run-time attributes (schedules set by ``on_train_progress``...); its options,
-    model facts and module references are rebuilt, not saved."""
-    if method is None:
-        return {}
-    return {k: v for k, v in vars(method).items() if k not in _METHOD_SKIP and _plain(v)}
-
-
-def restore_method_state(method: Any, state: dict[str, Any]) -> None:
-    """Set back what ``method_state`` saved: plain values under plain attribute names, never over the method's
-    options, model facts, modules or methods."""
-    if method is None or not isinstance(state, dict):
-        return
-    for k, v in state.items():
-        if (not isinstance(k, str) or not k.isidentifier() or k.startswith("__") or k in _METHOD_SKIP
-                or not _plain(v) or (hasattr(method, k) and not _plain(getattr(method, k)))):
-            continue
-        setattr(method, k, v)
 
 
 def _verify(c: dict[str, Any], path: Path, fingerprint: dict[str, Any], world_size: int) -> None:

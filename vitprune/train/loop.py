@@ -1,11 +1,12 @@
 """The distillation training loop, written against the method contract only (``methods/base.py``).
 
-One optimizer step = ``accum_steps`` micro-batches; for each micro-batch the teacher runs once
-(``method.teacher_forward`` under ``no_grad`` in eval mode) and the student runs once per entry of
-``method.training_passes()``, each pass under ``method.overrides(**pass_settings)``, with loss
-``cls_weight * CE + kd_weight * KD + sum(method.aux_losses(model, model.vitprune_state, teacher_out))``,
-divided by ``accum_steps``, back-propagated right away (gradients are synchronised across processes on the last
-backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before every step.
+One optimizer step = ``accum_steps`` micro-batches; for each micro-batch the trainer makes a fresh
+``StepContext``, the teacher runs once (``method.teacher_forward`` under ``no_grad`` in eval mode) and the student
+runs once per entry of ``method.training_passes(step)``, each pass under ``method.overrides(**pass_settings)``,
+with loss ``cls_weight * CE + kd_weight * KD + sum(method.aux_losses(model, state, teacher_out, targets=labels,
+step=step))``, divided by ``accum_steps``, back-propagated right away (gradients are synchronised across processes
+on the last backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before
+every step; what it sets is the method's ``state_dict()``, saved in every checkpoint.
 
 Order and randomness: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; augmentation is
 seeded per sample (``data.base.Prepared``); forward-pass randomness (Gumbel noise, drop-path) comes from the torch
@@ -44,7 +45,7 @@ from torch import nn
 from ..data import Prepared, collate, worker_init
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
 from ..measure.speed import autocast
-from ..methods import TeacherOutput
+from ..methods import StepContext, TeacherOutput
 from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, total
@@ -297,8 +298,8 @@ class Trainer:
     def _overrides(self, settings: dict[str, Any]):
         return self.method.overrides(**settings) if self.method is not None and settings else contextlib.nullcontext()
 
-    def _passes(self) -> list[dict[str, Any]]:
-        return self.method.training_passes() if self.method is not None else [{}]
+    def _passes(self, step: StepContext) -> list[dict[str, Any]]:
+        return self.method.training_passes(step) if self.method is not None else [{}]
 
     def _teacher_out(self, images: torch.Tensor) -> Optional[TeacherOutput]:
         if self.teacher is None:
@@ -309,14 +310,13 @@ class Trainer:
             return TeacherOutput(logits=self.teacher(images))
 
     def _losses(self, images: torch.Tensor, targets: torch.Tensor, t_out: Optional[TeacherOutput],
-                forward: nn.Module) -> dict[str, torch.Tensor]:
+                forward: nn.Module, step: StepContext) -> dict[str, torch.Tensor]:
         with self._autocast():
             logits = forward(images)
             terms = self.criterion(logits, targets, t_out.logits if t_out is not None else None)
             state = self.model.__dict__.pop("vitprune_state", None)  # this forward's; the graph keeps what it needs
             if self.method is not None and state is not None:
-                state.aux.setdefault("targets", targets)  # for methods with a label loss of their own (Evo-ViT)
-                for k, v in self.method.aux_losses(self.model, state, t_out).items():
+                for k, v in self.method.aux_losses(self.model, state, t_out, targets=targets, step=step).items():
                     terms[k] = v.float()
         return terms
 
@@ -333,9 +333,10 @@ class Trainer:
             x = torch.randn(2, c, h, w, device=dev)
             y = torch.zeros(2, dtype=torch.long, device=dev)
             t_out = self._teacher_out(x)
-            for settings in self._passes():
+            step = StepContext(0.0, self.epochs)
+            for settings in self._passes(step):
                 with self._overrides(settings):
-                    total(self._losses(x, y, t_out, self.model)).backward()
+                    total(self._losses(x, y, t_out, self.model, step)).backward()
             unused = any(p.grad is None for p in self.trainable)
             self.optimizer.zero_grad(set_to_none=True)
         return unused
@@ -349,7 +350,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "acc": dict(acc), "history": list(history), "skipped": list(skipped), "elapsed": elapsed,
-            "method_state": ck.method_state(self.method),
+            "method_state": self.method.state_dict() if self.method is not None else {},
         }
 
     def _save(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
@@ -378,7 +379,8 @@ class Trainer:
             self.scheduler.load_state_dict(c["scheduler"])
             if self.scaler is not None and c.get("scaler"):
                 self.scaler.load_state_dict(c["scaler"])
-            ck.restore_method_state(self.method, c.get("method_state"))
+            if self.method is not None:
+                self.method.load_state_dict(dict(c.get("method_state") or {}))
             ck.set_rng_state(c["rng"][self.d.rank])
             state = int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
@@ -494,8 +496,9 @@ class Trainer:
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
             set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             while step < self.total_steps and step // spe == epoch:
+                progress = step / spe
                 if self.method is not None:
-                    self.method.on_train_progress(self.model, step / spe, self.epochs)
+                    self.method.on_train_progress(self.model, progress, self.epochs)
                 terms_sum: dict[str, torch.Tensor] = {}
                 n_img = 0
                 for micro in range(a):
@@ -509,7 +512,7 @@ class Trainer:
                     images = images.to(self.s.device, non_blocking=True)
                     targets = targets.to(self.s.device, non_blocking=True)
                     n_img += targets.numel()
-                    terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum)
+                    terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum, progress)
                 terms, stop = self._check_step(terms_sum, step + 1)
                 self._optimizer_step()
                 step += 1
@@ -546,9 +549,10 @@ class Trainer:
         return step, elapsed
 
     def _micro_step(self, images: torch.Tensor, targets: torch.Tensor, last_micro: bool, forward: nn.Module,
-                    terms_sum: dict[str, float]) -> dict[str, float]:
+                    terms_sum: dict[str, float], epoch: float) -> dict[str, float]:
         a = self.s.accum_steps
-        passes = self._passes()
+        step = StepContext(epoch, self.epochs)  # what this micro-batch's passes share, gone after it
+        passes = self._passes(step)
         if targets.numel() == 0:  # every image of this micro-batch was unreadable: contribute zero gradients
             ctx = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
             with ctx:
@@ -560,7 +564,7 @@ class Trainer:
             sync = last_micro and i == len(passes) - 1
             ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with ctx, self._overrides(settings):
-                terms = self._losses(images, targets, t_out, forward)
+                terms = self._losses(images, targets, t_out, forward, step)
                 loss = total(terms) / a
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
