@@ -12,7 +12,8 @@ from vitprune import ops
 from vitprune.errors import MethodOptionError, UnsupportedModelError
 from vitprune.measure import count_macs
 from vitprune.methods import StepContext, TeacherOutput, tracking
-from vitprune.methods.sait import SaiT, analytic_macs, calibrate_threshold
+from vitprune.measure.analytic import token_macs
+from vitprune.methods.sait import SaiT, calibrate_threshold
 from vitprune.ops import adaptive as aops
 
 from .conftest import digits_batch, make_vit
@@ -151,7 +152,7 @@ def test_analytic_macs_equal_fvcore(arch, kwargs, opts, digits):
     """macs() (adaptive mode) counts with fvcore's conventions: on static schedules both agree exactly."""
     m = patched(make_vit(arch=arch, **kwargs), **opts)
     tokens = torch.tensor(m.vitprune_method.token_schedule(m))[None]
-    ours = analytic_macs(m, tokens, m.vitprune_method._selection_blocks(m))
+    ours = token_macs(m, tokens, m.vitprune_method._selection_blocks(m))
     assert float(ours[0]) == count_macs(m, images=digits[:1]).macs
 
 

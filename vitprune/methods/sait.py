@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..measure.analytic import token_macs
 from ..ops import adaptive as aops
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
@@ -175,52 +176,6 @@ class ThresholdCalibration:
         import dataclasses
 
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------- MAC counting
-# fvcore's conventions (what ``vitprune.measure.count_macs`` reports): Linear = in x out per token, affine
-# LayerNorm = 5 x elements, SDPA = QK^T + AV, the class row = q_cls K^T, element-wise ops and gathers free.
-
-
-def _norm_macs(mod: nn.Module) -> int:
-    if isinstance(mod, nn.LayerNorm):
-        return (5 if mod.elementwise_affine else 4) * math.prod(mod.normalized_shape)
-    return 0
-
-
-def _per_token_macs(module: nn.Module, heads: int = 1) -> int:
-    total = 0
-    for name, mod in module.named_modules():
-        if isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
-        elif isinstance(mod, nn.LayerNorm):
-            # qk-norm LayerNorms act on every head's vector of every token
-            total += _norm_macs(mod) * (heads if name.endswith(("q_norm", "k_norm")) else 1)
-    return total
-
-
-def analytic_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int] = ()) -> Tensor:
-    """MACs per image (``B``, float64) of a patched ViT whose images see ``tokens[b, i]`` tokens (prefix included)
-    entering block ``i`` (``B x depth``), counted with fvcore's conventions. ``selection_blocks`` compute the
-    class-attention row (``q_cls K^T``) besides their own attention."""
-    tokens = tokens.double()
-    sel = set(selection_blocks)
-    pe = model.patch_embed
-    n0 = tokens[:, 0]
-    num_patches = n0 - model.num_prefix_tokens
-    macs = num_patches * float(pe.proj.weight.numel()) + num_patches * _norm_macs(getattr(pe, "norm", nn.Identity()))
-    macs = macs + n0 * _norm_macs(model.norm_pre)
-    for i, blk in enumerate(model.blocks):
-        n = tokens[:, i]
-        attn_dim = blk.attn.num_heads * blk.attn.head_dim
-        macs = macs + n * _per_token_macs(blk, blk.attn.num_heads) + 2.0 * n * n * attn_dim
-        if i in sel:
-            macs = macs + n * attn_dim
-    macs = macs + tokens[:, -1] * _norm_macs(model.norm) + _per_token_macs(model.fc_norm)
-    for head in (model.head, getattr(model, "head_dist", None)):
-        if head is not None:
-            macs = macs + _per_token_macs(head)
-    return macs
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -524,7 +479,7 @@ class SaiT(TokenMethod):
             tokens = torch.stack(state.aux["sait_tokens"], dim=1)
         else:  # skip path: every block sees every token
             tokens = torch.tensor(state.counts, device=images.device).expand(images.shape[0], -1)
-        return analytic_macs(model, tokens, self._selection_blocks(model)), kept
+        return token_macs(model, tokens, self._selection_blocks(model)), kept
 
     # -- calibration -------------------------------------------------------------------------------------
     def calibrate_threshold(
@@ -627,7 +582,7 @@ class SaiT(TokenMethod):
         depth = len(model.blocks)
         tokens = torch.where(torch.arange(depth, device=curves.device)[None, :] < location,
                              torch.full_like(after, npre + P)[:, None], after[:, None])
-        return float(analytic_macs(model, tokens, [location - 1]).mean())
+        return float(token_macs(model, tokens, [location - 1]).mean())
 
     # -- training ------------------------------------------------------------------------------------------
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
