@@ -58,7 +58,7 @@ def list_methods() -> list[str]:
 
 
 __all__ = [
-    "MethodOptions", "PatchedViT", "StepContext", "TeacherOutput", "TokenMethod", "TokenState", "apply_method", "create_method",
-    "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods", "method_names", "patched_class",
+    "MethodOptions", "PatchedViT", "StepContext", "TeacherOutput", "TokenMethod", "TokenState", "apply_method",
+    "create_method", "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods", "method_names", "patched_class",
     "register", "tracking", "vit_info",
 ]

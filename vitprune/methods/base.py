@@ -189,16 +189,23 @@ class ViTInfo:
         return self.grid[0] * self.grid[1]
 
 
-def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
-    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+def check_vit(model: nn.Module, what: str = "the model") -> None:
+    """UnsupportedModelError unless ``model`` is a timm VisionTransformer (the one check of what vitprune loads,
+    measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
+    from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         raise UnsupportedModelError(
-            f"{type(model).__name__} is not a timm VisionTransformer; token methods patch timm ViTs "
-            "(deit_*, vit_*, distilled and register variants)."
-        )
+            f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on timm "
+            "VisionTransformer models (deit_*, vit_*, including distilled and register variants).")
+
+
+def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
+    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    check_vit(model)
     for i, blk in enumerate(model.blocks):
         if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
             raise UnsupportedModelError(

@@ -21,7 +21,6 @@ import io
 import os
 import random
 import re
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -30,32 +29,18 @@ import numpy as np
 import torch
 
 from ..errors import VitpruneError
+from ..files import write_atomic
 from .ddp import DistInfo, broadcast_object
 
 FORMAT = 1
 #: what every checkpoint holds (a file without them is not a vitprune checkpoint)
 KEYS = ("fingerprint", "step", "model", "optimizer", "scheduler", "acc", "history", "skipped", "elapsed", "rng")
-#: the temporary name of a checkpoint being written: ``.last.pt.tmp-1a2b3c4d`` for ``last.pt``
+#: the temporary name of a checkpoint being written (``files.temp_name``): ``.last.pt.tmp-1a2b3c4d`` for ``last.pt``
 _TEMP = re.compile(r"^\..+\.pt\.tmp-[0-9a-f]{8}$")
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def remove_stale_temp(folder: Path) -> list[str]:

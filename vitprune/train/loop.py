@@ -393,7 +393,7 @@ class Trainer:
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
-        from ..hub import write_atomic
+        from ..files import write_atomic
 
         try:
             text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in history)
