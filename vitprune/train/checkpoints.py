@@ -107,10 +107,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _verify(c: dict[str, Any], path: Path, fingerprint: dict[str, Any], world_size: int) -> None:
     diff = fingerprint_diff(c.get("fingerprint") or {}, fingerprint)
     if diff:
-        raise VitpruneError(f"--resume: the checkpoint in {path} was made with other settings ({diff}); use the same "
-                            "ones, or start over with --overwrite.")
+        raise VitpruneError(f"`resume`: the checkpoint in {path} was made with other settings ({diff}); use the same "
+                            "ones, or start over with `overwrite`.")
     if c.get("world_size", 1) != world_size:
-        raise VitpruneError(f"--resume: the checkpoint was written by {c.get('world_size', 1)} process(es), this run "
+        raise VitpruneError(f"`resume`: the checkpoint was written by {c.get('world_size', 1)} process(es), this run "
                             f"has {world_size}; resume with the same number.")
     if not isinstance(c["rng"], list) or len(c["rng"]) != world_size:
         raise VitpruneError(f"{path} is not a vitprune checkpoint (random states); delete it to start over.")
@@ -138,12 +138,12 @@ def load_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistI
     data, problem = None, None
     if info.main:
         if not Path(path).is_file():
-            problem = f"--resume: no checkpoint at {path}; run without --resume to start."
+            problem = f"`resume`: no checkpoint at {path}; run without `resume` to start."
         elif info.enabled:  # one process reads the file itself
             try:
                 data = Path(path).read_bytes()
             except OSError as e:
-                problem = f"--resume: cannot read {path} ({e.strerror or type(e).__name__})."
+                problem = f"`resume`: cannot read {path} ({e.strerror or type(e).__name__})."
     data, problem = broadcast_object(info, (data, problem))
     if problem:
         raise VitpruneError(problem)

@@ -256,7 +256,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise DataError(
                 f"the train split has {len(train_set)} images, fewer than one optimizer step needs ({b} x {w} "
-                f"process(es) x {a} accumulation step(s)); lower --batch-size or --accum-steps.")
+                f"process(es) x {a} accumulation step(s)); lower `batch_size` or `accum_steps`.")
         self.epochs = float(recipe.epochs)
         self.total_steps = int(round(self.epochs * self.steps_per_epoch))
         self.lr = scaled_lr(recipe, self.global_batch)
@@ -371,7 +371,7 @@ class Trainer:
     def _restore(self) -> tuple[int, dict[str, float], list[dict[str, Any]], list[str], float]:
         path = self.s.checkpoint
         if path is None:
-            raise VitpruneError("--resume: this run has no checkpoint path; run without --resume to start.")
+            raise VitpruneError("`resume`: this run has no checkpoint path; run without `resume` to start.")
         c = ck.load_resumable(path, self.s.fingerprint, self.d)
         try:  # the contents are data from a file: a malformed part is the file's fault, said in one line
             self.model.load_state_dict(c["model"])
@@ -437,8 +437,8 @@ class Trainer:
         where = f" at step {step}/{self.total_steps}" if step is not None else ""
         kept = (f"; the last checkpoint (step {self._saved_step}) is kept" if self._saved_step is not None
                 and self.s.checkpoint is not None else "; nothing was saved")
-        return TrainingDiverged(f"training diverged{where}: {what}; lower --lr (now {float(self.recipe.lr):g}) or "
-                                f"clip the gradients with --clip-grad 1.0{kept}.")
+        return TrainingDiverged(f"training diverged{where}: {what}; lower `lr` (now {float(self.recipe.lr):g}) or "
+                                f"clip the gradients with `clip_grad` 1.0{kept}.")
 
     def _check_weights(self, step: int) -> None:
         """Every process: stop if a weight is not finite (one reduction and one host transfer)."""
@@ -469,8 +469,8 @@ class Trainer:
             self._check_weights(step)
         except torch.OutOfMemoryError:
             raise DeviceError(
-                f"out of GPU memory at --batch-size {self.s.batch_size}; try --batch-size "
-                f"{max(1, self.s.batch_size // 2)} --accum-steps {self.s.accum_steps * 2} (same effective batch)"
+                f"out of GPU memory at `batch_size` {self.s.batch_size}; try `batch_size` "
+                f"{max(1, self.s.batch_size // 2)} with `accum_steps` {self.s.accum_steps * 2} (same effective batch)"
                 + (f"; the last checkpoint {self.s.checkpoint} is kept" if self.s.checkpoint else "") + ".") from None
         skipped_all = sorted(set(sum(gather_objects(self.d, skipped), [])))
         return TrainSummary(
@@ -542,7 +542,7 @@ class Trainer:
                     what = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
                     raise TrainingInterrupted(
                         f"{what} at step {step}/{self.total_steps}; checkpoint saved to {self.s.checkpoint}; "
-                        "run the same command with --resume to continue.", self.s.checkpoint, stop, step)
+                        "run the same command with `resume` to continue.", self.s.checkpoint, stop, step)
                 if self.s.max_steps is not None and step >= self.s.max_steps and step < self.total_steps:
                     self._event("stopped", step=step, total_steps=self.total_steps)
                     return step, elapsed
