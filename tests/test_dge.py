@@ -15,7 +15,8 @@ from vitprune.cli.main import app
 from vitprune.errors import MethodOptionError, UnsupportedModelError
 from vitprune.measure import count_macs
 from vitprune.methods import tracking, vit_info
-from vitprune.methods.dge import block_cost, init_bias
+from vitprune.measure.analytic import block_cost
+from vitprune.methods.dge import init_bias
 from vitprune.ops import regions
 
 from .conftest import make_vit, photo_batch
@@ -556,7 +557,7 @@ def test_bad_options_and_unsupported_models():
         vitprune.apply_method(make_vit(depth=1, img_size=28), "dge")
     with pytest.raises(UnsupportedModelError, match="patch_drop_rate"):
         vitprune.apply_method(make_vit(depth=1, patch_drop_rate=0.5), "dge")
-    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="not a Vision Transformer"):
         vitprune.apply_method(torch.nn.Sequential(torch.nn.Linear(2, 2)), "dge")
 
 

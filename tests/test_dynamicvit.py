@@ -515,7 +515,7 @@ def test_unsupported_models():
         vitprune.apply_method(make_vit(class_token=False, global_pool="avg"), "dynamicvit")
     with pytest.raises(UnsupportedModelError, match="global_pool='avg'"):
         vitprune.apply_method(make_vit(global_pool="avg"), "dynamicvit")
-    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="not a Vision Transformer"):
         vitprune.apply_method(torch.nn.Linear(2, 2), "dynamicvit")
 
 

@@ -267,11 +267,10 @@ def test_aux_cls_loss_values(digits):
     cls_logits = state.aux["cls_logits"].detach()
     # without labels: KL to the dense teacher, zero at the target
     assert ev.aux_losses(m, state, TeacherOutput(logits=cls_logits.clone()))["aux_cls"].abs() < 1e-6
-    # with labels (a trainer that puts them in state.aux): 0.5 x smoothed CE of the class-token head
+    # with labels (the trainer passes them): 0.5 x smoothed CE of the class-token head
     labels = torch.arange(8) % 10
-    state.aux["targets"] = labels
     want = 0.5 * F.cross_entropy(cls_logits, labels, label_smoothing=0.1)
-    torch.testing.assert_close(ev.aux_losses(m, state, None)["aux_cls"], want)
+    torch.testing.assert_close(ev.aux_losses(m, state, None, targets=labels)["aux_cls"], want)
     # head=model has no class-token branch; neither has aux_cls_weight=0
     for opts in ({}, {"head": "avg", "aux_cls_weight": 0.0}):
         mm = patched(make_vit(), **opts).train()

@@ -270,7 +270,7 @@ def test_compress_export_onnx_writes_the_file_after_saving(tmp_path):
     assert record == result.report["onnx"] and record["verification"]["passed"]
     assert record["tokens"] == result.model.vitprune_method.token_schedule(result.model)
     assert "## Run it with ONNX Runtime" in (out / "README.md").read_text()
-    with pytest.raises(vitprune.errors.MethodOptionError, match="--export tflite"):
+    with pytest.raises(vitprune.errors.MethodOptionError, match="`export` tflite"):
         vitprune.compress("demo", "evit", data=str(data), output=str(tmp_path / "o2"), export="tflite")
     assert not (tmp_path / "o2").exists()
 

@@ -11,8 +11,9 @@ import vitprune
 from vitprune import ops
 from vitprune.errors import MethodOptionError, UnsupportedModelError
 from vitprune.measure import count_macs
-from vitprune.methods import TeacherOutput, tracking
-from vitprune.methods.sait import SaiT, analytic_macs, calibrate_threshold
+from vitprune.methods import StepContext, TeacherOutput, tracking
+from vitprune.measure.analytic import token_macs
+from vitprune.methods.sait import SaiT, calibrate_threshold
 from vitprune.ops import adaptive as aops
 
 from .conftest import digits_batch, make_vit
@@ -151,7 +152,7 @@ def test_analytic_macs_equal_fvcore(arch, kwargs, opts, digits):
     """macs() (adaptive mode) counts with fvcore's conventions: on static schedules both agree exactly."""
     m = patched(make_vit(arch=arch, **kwargs), **opts)
     tokens = torch.tensor(m.vitprune_method.token_schedule(m))[None]
-    ours = analytic_macs(m, tokens, m.vitprune_method._selection_blocks(m))
+    ours = token_macs(m, tokens, m.vitprune_method._selection_blocks(m))
     assert float(ours[0]) == count_macs(m, images=digits[:1]).macs
 
 
@@ -375,18 +376,26 @@ def test_training_pass_backward_and_selection_distillation(digits):
 
 
 def test_selection_target_falls_back_to_the_students_own_dense_pass(digits):
+    """The dense pass leaves its class attention in the step context for the sparse pass of the same images;
+    nothing stays on the method, so the next step (a new context) cannot use a stale map of other images."""
     m = patched(make_vit(depth=4), prune_at=[2]).train()
     method = m.vitprune_method
     no_map = TeacherOutput(logits=torch.zeros(8, 10))
-    passes = method.training_passes()
+    step = StepContext(epoch=0.0, total_epochs=1.0)
+    passes = method.training_passes(step)
     with method.overrides(**passes[0]):
         m(digits)
-    assert method.aux_losses(m, m.vitprune_state, no_map) == {}
+    assert method.aux_losses(m, m.vitprune_state, no_map, step=step) == {}
+    carried = step.carry["sait_self_target"]
+    assert carried.shape == (8, 64) and not carried.requires_grad
+    assert not any(isinstance(v, torch.Tensor) for v in vars(method).values())
     with method.overrides(**passes[1]):
         m(digits)
-    loss = method.aux_losses(m, m.vitprune_state, no_map)["sait_sel"]
+    sparse_state = m.vitprune_state
+    loss = method.aux_losses(m, sparse_state, no_map, step=step)["sait_sel"]
     assert torch.isfinite(loss) and loss > 0
-    assert method._self_target.shape == (8, 64) and not method._self_target.requires_grad
+    # a sparse pass of another step has no dense map of its images: no selection loss rather than a stale one
+    assert method.aux_losses(m, sparse_state, no_map, step=StepContext()) == {}
 
 
 def test_training_passes_dense_and_sparse_levels_from_the_range():
@@ -403,10 +412,8 @@ def test_training_passes_dense_and_sparse_levels_from_the_range():
     rates = [fixed.training_passes()[1]["keep_rate"] for _ in range(50)]
     assert 0.4 <= min(rates) < max(rates) <= 0.9
     alt = patched(make_vit(depth=4), sait_schedule="alternate").vitprune_method
-    alt.on_train_progress(None, 0.5, 4)
-    assert alt.training_passes() == [{"mode": "dense"}]
-    alt.on_train_progress(None, 1.2, 4)
-    (only,) = alt.training_passes()
+    assert alt.training_passes(StepContext(epoch=0.5, total_epochs=4)) == [{"mode": "dense"}]
+    (only,) = alt.training_passes(StepContext(epoch=1.2, total_epochs=4))
     assert only["mode"] == "adaptive"
     recipe = method.default_recipe()
     assert recipe["kd_weight"] == recipe["cls_weight"] == 0.5 and recipe["kd_temperature"] == 1.0

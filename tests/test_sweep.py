@@ -109,3 +109,37 @@ def test_trained_points_go_through_compress(tmp_path):
         assert vitprune.load(str(folder)).vitprune_method.options.keep_rate == v
     assert res.points[0].gmacs < res.points[1].gmacs < res.dense["gmacs"]
     assert res.dense["top1"] == json.loads((Path(res.points[0].folder) / "report.json").read_text())["dense"]["top1"]
+
+
+def test_a_vit_built_at_64_px_profiles_and_sweeps_at_64_px():
+    """profile and sweep measure with one function and one input-size rule (the model's own patch embedding): a
+    ViT built with img_size=64 keeps pretrained_cfg's 224 px, which sweep used to feed it (an AssertionError)."""
+    from tests.conftest import make_vit
+
+    model = make_vit(depth=4, img_size=64, patch_size=8)
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 224, 224)
+    prof = vitprune.profile(model, "evit", keep_rate=0.5, speed=False, device="cpu")
+    res = vitprune.sweep(model, "evit", [0.5, 0.9], out=None, speed=False, device="cpu")
+    assert prof.input_size == (3, 64, 64) and res.input_size == [3, 64, 64]
+    assert res.dense["gmacs"] == prof.dense.gmacs and res.points[0].gmacs == prof.compressed.gmacs
+    # 8x8 patches of 8 px + class token; EViT prunes in blocks 1, 2, 3 (3/6/9 of 12 scaled to 4 blocks) and fuses
+    # the rest into one token: ceil(0.5 x 64) + 1 + 1 = 34 tokens enter block 2, ceil(0.5 x 33) + 1 + 1 = 19 block 3
+    assert res.points[0].tokens == prof.compressed.tokens == [65, 65, 34, 19]
+
+
+def test_run_time_options_on_a_compressed_model_without_a_method():
+    """Options without a method on a compressed model are run-time overrides (one place, api.resolve_models):
+    the model given is left as it was; on a dense model they still need a method."""
+    from tests.conftest import make_vit
+    from vitprune.api import resolve_models
+
+    model = vitprune.apply_method(make_vit(depth=4), "evit", keep_rate=0.7)
+    _, dense, compressed = resolve_models(model, None, {"keep_rate": 0.5})
+    assert compressed.vitprune_method.options.keep_rate == 0.5 and model.vitprune_method.options.keep_rate == 0.7
+    assert getattr(dense, "vitprune_method", None) is None
+    prof = vitprune.profile(model, keep_rate=0.5, speed=False, device="cpu")
+    assert prof.compressed.options["keep_rate"] == 0.5
+    with pytest.raises(vitprune.errors.MethodOptionError, match="cannot be changed at run time"):
+        resolve_models(model, None, {"drop_loc": [1]})
+    with pytest.raises(vitprune.errors.MethodOptionError, match="`keep_rate` needs `method`"):
+        resolve_models(make_vit(depth=4), None, {"keep_rate": 0.5})

@@ -528,7 +528,7 @@ def test_unsupported_model_is_refused():
 
     swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=4,
                              window_size=4, embed_dim=24, depths=(1, 1), num_heads=(1, 2), num_classes=10)
-    with pytest.raises(UnsupportedModelError, match="SwinTransformer is not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="is a SwinTransformer, not a Vision Transformer"):
         vitprune.apply_method(swin, "tome", r=2)
     with pytest.raises(MethodOptionError, match="already patched with tome"):
         vitprune.apply_method(patched(make_vit(depth=2), r=2), "tome", r=2)

@@ -98,19 +98,26 @@ def test_checkpoint_load_allows_numpy_random_state_for_that_load_only(tmp_path):
         torch.load(tmp_path / "np.pt", weights_only=True)
 
 
-def test_restored_method_state_sets_plain_attributes_only():
+@pytest.mark.parametrize("name", ["dynamicvit", "evit", "evovit", "tome", "dge", "sait"])
+def test_method_state_round_trips_through_a_weights_only_checkpoint(name, tmp_path):
+    """Each method saves its own training state (what on_train_progress set) as plain data; a checkpoint holding it
+    is read back with weights_only and a fresh method continues from the same state."""
     from vitprune.methods import apply_method
 
-    model = apply_method(tiny_vit(), "dynamicvit", keep_rate=0.7)
+    model = apply_method(tiny_vit(), name)
     method = model.vitprune_method
-    method.on_train_progress(model, 0.9, 1.0)
-    assert ck.method_state(method) == {"train_topk": True}  # DynamicViT's run-time switch (its top-k tail)
-    fresh = apply_method(tiny_vit(), "dynamicvit", keep_rate=0.7).vitprune_method
-    options, overrides = fresh.options, fresh.overrides
-    ck.restore_method_state(fresh, {"train_topk": True, "options": {"keep_rate": 0.1}, "overrides": 1,
-                                    "__class__": "x", "pruning": [1.0, 2.0]})
-    assert fresh.train_topk is True and fresh.pruning == [1.0, 2.0]  # a plain value, also one set lazily
-    assert fresh.options is options and fresh.overrides == overrides and type(fresh).__name__ != "x"
+    method.on_train_progress(model, 0.9, 1.0)  # late in training: DynamicViT's top-k tail, EViT's final rate...
+    state = method.state_dict()
+    ck.save_checkpoint(tmp_path / "last.pt", {**{k: {} for k in ck.KEYS}, "method_state": state})
+    fresh = apply_method(tiny_vit(), name).vitprune_method
+    fresh.load_state_dict(ck.load_checkpoint(tmp_path / "last.pt")["method_state"])
+    assert fresh.state_dict() == state
+    # 0.9 of training is past each schedule's switch (EViT's keep-rate shrink ends at its keep rate)
+    schedule = {"dynamicvit": {"train_topk": True}, "evit": {"train_keep_rate": 0.7},
+                "evovit": {"train_layer_wise": False}}
+    assert state == schedule.get(name, {})
+    fresh.load_state_dict({})  # a checkpoint without the method's state: the state before any progress
+    assert fresh.state_dict() == apply_method(tiny_vit(), name).vitprune_method.state_dict()
 
 
 def test_a_diverged_run_stops_before_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path):

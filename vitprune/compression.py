@@ -3,19 +3,28 @@ model on a dataset, evaluate and profile dense vs compressed, save the result as
 
 >>> result = vitprune.compress()                       # demo teacher, demo digits, DynamicViT, a short schedule
 >>> result = vitprune.compress("deit_small_patch16_224", "evit", data="imagenet/", keep_rate=0.7, epochs=30)
+>>> result = CompressJob(CompressConfig(model="demo", method="evit", epochs=1)).run()     # the same, as a job
 
 The output folder (default ``vitprune-out/<model>-<method>-<setting>``, e.g. ``demo-evit-keep0.7``) holds the model
 (``model.safetensors``, ``config.json`` with the method, base model, the recipe used and the metrics in its
 ``vitprune`` section, ``README.md``), ``report.json`` (dense vs compressed: top-1/top-5/loss, GMACs, parameters,
 throughput and latency with device, dtype and batch size), ``train_log.jsonl`` (one line per epoch) and, while a
 run is unfinished, ``checkpoints/`` (``resume=True`` continues from there). One run holds the folder at a time (its
-lock, ``vitprune.hub.lock``); a folder with a finished model is only trained into again with ``overwrite=True``.
-What these files record travels with the model (``vitprune push``), so they name the data, the output and the base
-model without this machine's paths (``vitprune.report.redact``).
+lock, ``vitprune.hub.lock``) from before training until its save and push end; a folder with a finished model is
+only trained into again with ``overwrite=True``. What these files record travels with the model (``vitprune
+push``), so they name the data, the output and the base model without this machine's paths
+(``vitprune.report.redact``).
+
+A run is a ``CompressJob`` over a ``CompressConfig`` (what ``compress``'s keyword arguments build), in stages, each
+a method of the job that can run on its own: ``resolve`` (model, method, output folder) -> ``prepare_data`` ->
+``plan_heads`` (which teacher, which head) -> ``make_recipes`` -> ``claim_output`` (run state, lock) ->
+``teacher`` (fine-tune the dense model first when its head was replaced) -> ``train`` (distillation) ->
+``calibrate`` -> ``evaluate`` -> ``measure`` -> ``save`` -> ``export`` (when asked) -> ``push`` (when asked).
 
 Everything that can be checked is checked before the first training step: the push target (repo name, token),
 the output folder (writable, not a file, not holding a finished model), the device, the method options (types
-and values), the data (at least two classes), the head and the augmentation (timm builds it once).
+and values), the data (at least two classes), the head and the augmentation (timm builds it once). Under torchrun
+process 0 decides what the output folder holds and every process learns it (``broadcast_object``).
 
 The head and the data's classes (see ``vitprune.data.match_head``): labels are mapped onto the head by name or
 index when they fit. When they do not, and no ``teacher`` is given, the head is replaced by a new one with one
@@ -46,12 +55,17 @@ from .errors import DataError, DeviceError, MethodOptionError, OutputFolderError
 
 log = logging.getLogger("vitprune")
 
-#: the method `vitprune compress` uses when none is given (the first registered one if it is missing)
+#: the method `vitprune compress` uses when none is given
 DEFAULT_METHOD = "dynamicvit"
 DEFAULT_BATCH_SIZE = 64
 CHECKPOINT_DIR = "checkpoints"
+TEACHER_DIR = "teacher"
 LOG_NAME = "train_log.jsonl"
 REPORT_NAME = "report.json"
+#: training images the post-training calibration looks at (eval transform; the val split stays untouched)
+CALIBRATION_IMAGES = 256
+
+Progress = Optional[Callable[[dict[str, Any]], None]]
 
 
 @dataclass
@@ -76,15 +90,63 @@ class CompressResult:
         return out
 
 
-def default_method() -> str:
-    from .methods import method_names
+@dataclass
+class CompressConfig:
+    """Everything a compress run is told (``vitprune.compress``'s arguments; see its docstring)."""
 
-    names = method_names()
-    if DEFAULT_METHOD in names:
-        return DEFAULT_METHOD
-    if not names:  # pragma: no cover - the registry always has EViT
-        raise MethodOptionError("no token method is installed.")
-    return names[0]
+    model: str = "demo"
+    method: Optional[str] = None
+    data: str = "demo"
+    output: Optional[str] = None
+    teacher: Optional[str] = None
+    epochs: Optional[float] = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    accum_steps: int = 1
+    workers: int = 0
+    seed: int = 0
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    val_split: Optional[float] = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    augment: bool = True
+    teacher_epochs: Optional[float] = None
+    resume: bool = False
+    overwrite: bool = False
+    save_every: Optional[int] = None
+    max_steps: Optional[int] = None
+    eval_every: int = 1
+    keep_checkpoints: bool = False
+    speed: bool = True
+    profile_batch_size: Optional[int] = None
+    calibrate: bool = True
+    command: Optional[str] = None
+    push_to: Optional[str] = None
+    private: bool = False
+    new_head: bool = False
+    export: Optional[str] = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """The types and ranges of the run's own settings (``MethodOptionError`` in one line)."""
+        for name, lo in (("batch_size", 1), ("accum_steps", 1), ("workers", 0), ("eval_every", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise MethodOptionError(f"`{name}` must be an integer >= {lo}, got {v!r}.")
+        for name in ("save_every", "max_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise MethodOptionError(f"`{name}` must be an integer >= 1, got {v!r}.")
+        if self.epochs is not None and (not isinstance(self.epochs, (int, float)) or self.epochs < 0):
+            raise MethodOptionError(f"`epochs` must be >= 0, got {self.epochs!r}.")
+
+    def user_recipe(self) -> dict[str, Any]:
+        """The recipe keys the caller set (``recipe``, plus ``epochs`` and ``augment=False``)."""
+        user = dict(self.recipe or {})
+        if self.epochs is not None:
+            user["epochs"] = self.epochs
+        if not self.augment:
+            user["augment"] = None
+        return user
 
 
 def model_slug(spec: str) -> str:
@@ -115,12 +177,24 @@ def check_push_target(repo: str) -> str:
 
     repo_id = check_repo_id(repo)
     if constants.HF_HUB_OFFLINE:
-        raise PushError(f"--push-to {repo_id} needs the network but HF_HUB_OFFLINE is set; unset it, or compress "
+        raise PushError(f"`push_to` {repo_id} needs the network but HF_HUB_OFFLINE is set; unset it, or compress "
                         "now and `vitprune push` later.")
     if not get_token():
-        raise PushError(f"--push-to {repo_id} needs a Hugging Face token with write access: set HF_TOKEN or run "
+        raise PushError(f"`push_to` {repo_id} needs a Hugging Face token with write access: set HF_TOKEN or run "
                         "`hf auth login` before training starts.")
     return repo_id
+
+
+def check_export(export: Optional[str]) -> None:
+    """Before any training: the export format and the optional extra it needs."""
+    if export is None:
+        return
+    from .exporter.core import FORMATS
+    from .exporter.graph import require_export_deps
+
+    if export not in FORMATS:
+        raise MethodOptionError(f"`export` {export}: vitprune exports {', '.join(FORMATS)}.")
+    require_export_deps()
 
 
 def check_output(out: Path) -> None:
@@ -128,22 +202,22 @@ def check_output(out: Path) -> None:
     writing a temporary file in it, or in its nearest existing parent, which is removed at once)."""
     out = out.expanduser()
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"--output {out} is a file; give a folder (created if needed).")
+        raise OutputFolderError(f"`output` {out} is a file; give a folder (created if needed).")
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputFolderError(f"cannot create --output {out}: {probe} is a file.")
+        raise OutputFolderError(f"cannot create `output` {out}: {probe} is a file.")
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
         raise OutputFolderError(f"cannot write to {probe} ({e.strerror or type(e).__name__}); give a writable "
-                                "--output.") from None
+                                "`output`.") from None
 
 
 def check_augment(model: nn.Module, augment: Optional[dict[str, Any]]) -> None:
-    """Build the training transform once, so that an augmentation timm refuses (an unknown ``--auto-augment``
+    """Build the training transform once, so that an augmentation timm refuses (an unknown ``auto_augment``
     policy...) is one line now rather than a traceback when the first batch is read."""
     if augment is None:
         return
@@ -153,7 +227,7 @@ def check_augment(model: nn.Module, augment: Optional[dict[str, Any]]) -> None:
         train_transform(model, augment)
     except (AssertionError, ValueError, KeyError, TypeError, IndexError) as e:
         policy = augment.get("auto_augment")
-        what = f"--auto-augment {policy!r}" if policy else "the augmentation settings"
+        what = f"`auto_augment` {policy!r}" if policy else "the augmentation settings"
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MethodOptionError(f"timm refuses {what} ({reason}); see timm's auto_augment (e.g. "
                                 "rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, v0).") from None
@@ -176,15 +250,15 @@ def count_only_match(classes: list[str], model: nn.Module) -> Optional[str]:
 
 
 def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> dict[Path, bool]:
-    """What the output folder already holds against --resume / --overwrite: a finished model is kept unless
-    --overwrite; an unfinished run (checkpoints) is continued with --resume or discarded with --overwrite. What
-    counts is what process 0 sees (under torchrun on several nodes the others may have disks of their own).
+    """What the output folder already holds against ``resume`` / ``overwrite``: a finished model is kept unless
+    ``overwrite``; an unfinished run (checkpoints) is continued with ``resume`` or discarded with ``overwrite``.
+    What counts is what process 0 sees (under torchrun on several nodes the others may have disks of their own).
     Returns, for the last checkpoint, the teacher checkpoint, the teacher folder's config and the model's config,
     whether process 0 found them."""
     from .train.ddp import broadcast_object
 
     ck_dir = out / CHECKPOINT_DIR
-    places = (ck_dir / "last.pt", ck_dir / "teacher.pt", out / "teacher" / "config.json", out / "config.json")
+    places = (ck_dir / "last.pt", ck_dir / "teacher.pt", out / TEACHER_DIR / "config.json", out / "config.json")
     foreign = None
     if info.main:  # a config.json or README.md someone else wrote is never replaced
         from .hub.save import check_overwritable
@@ -200,15 +274,15 @@ def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> d
     unfinished = last or teacher_ck
     if resume:
         if not (unfinished or teacher_done):
-            held = " (it holds a finished model: add --overwrite instead to train it again)" if finished else ""
-            raise VitpruneError(f"--resume: {out} has no checkpoint to continue from{held}; run without --resume.")
+            held = " (it holds a finished model: add `overwrite` instead to train it again)" if finished else ""
+            raise VitpruneError(f"`resume`: {out} has no checkpoint to continue from{held}; run without `resume`.")
     elif unfinished:
         if not overwrite:
-            raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add --resume to continue it or "
-                                "--overwrite to start over.")
+            raise VitpruneError(f"{out} holds an unfinished run (checkpoints/); add `resume` to continue it or "
+                                "`overwrite` to start over.")
     if finished and not overwrite and not resume:
-        raise OutputFolderError(f"{out} already holds a finished model; add --overwrite to replace it (it stays "
-                                "loadable until the new one is saved), or give another --output.")
+        raise OutputFolderError(f"{out} already holds a finished model; add `overwrite` to replace it (it stays "
+                                "loadable until the new one is saved), or give another `output`.")
     return dict(zip(places, found))
 
 
@@ -237,9 +311,9 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision not in ("fp32", "bf16", "fp16"):
-        raise MethodOptionError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}.")
+        raise MethodOptionError(f"`precision` must be auto, fp32, bf16 or fp16, not {precision!r}.")
     if precision == "fp16" and device.type != "cuda":
-        raise DeviceError("fp16 training needs a GPU; on CPU use --precision fp32 (or bf16).")
+        raise DeviceError("fp16 training needs a GPU; on CPU use fp32 (or bf16) `precision`.")
     return precision
 
 
@@ -261,9 +335,520 @@ def _copy_head(dst: nn.Module, src: nn.Module) -> None:
     dst.pretrained_cfg = cfg
 
 
-def _emit(progress: Optional[Callable], kind: str, **data: Any) -> None:
-    if progress is not None:
-        progress({"event": kind, **data})
+# ---------------------------------------------------------------------------------------------- stage products
+
+
+@dataclass
+class Target:
+    """``resolve``: the model as loaded, the method (already on the model, or to apply) and the dense backbone."""
+
+    loaded: nn.Module
+    existing: Any  # the method of an already compressed model, else None
+    method: str
+    probe: Any  # a method object with the run's options (not attached to any model)
+    dense: nn.Module
+
+
+@dataclass
+class Heads:
+    """``plan_heads``: the teacher (or the dense model its head-replaced fine-tuning starts from), the student's
+    starting point and how the data's labels map onto the head."""
+
+    teacher: nn.Module
+    student_base: Optional[nn.Module]  # None: the fine-tuned teacher
+    target_map: Optional[list[int]]
+    fine_tune_teacher: bool
+    teacher_spec: str
+    notes: list[str]
+    count_only: Optional[str] = None
+
+
+@dataclass
+class Recipes:
+    """``make_recipes``: the distillation recipe and, when the teacher is fine-tuned first, the teacher's."""
+
+    student: Any  # train.recipe.Recipe
+    sources: dict[str, str]
+    teacher: Any = None
+    teacher_sources: Optional[dict[str, str]] = None
+
+
+@dataclass
+class Trained:
+    """``train``: the distilled student, its teacher, the trainer's summary and the recipe as recorded."""
+
+    student: nn.Module
+    teacher: nn.Module
+    summary: Any
+    recipe: dict[str, Any]
+
+
+class _Stopped(Exception):
+    """A training stage stopped early (``max_steps``) with a checkpoint: the run ends unfinished."""
+
+    def __init__(self, summary: Any, checkpoint: Path, recipe: dict[str, Any]):
+        super().__init__("stopped")
+        self.summary, self.checkpoint, self.recipe = summary, checkpoint, recipe
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+
+class CompressJob:
+    """One compress run in stages (see the module doc). ``run()`` runs them all; inside ``with job:`` (the
+    process group, device and precision set up) each stage can also run on its own."""
+
+    def __init__(self, config: CompressConfig, progress: Progress = None):
+        self.cfg = config
+        self.progress = progress
+        self.t_start = time.perf_counter()
+        self.held = ExitStack()  # the output folder's lock, from claim_output to the end of the run
+        self.out: Optional[Path] = None
+        self.found: dict[Path, bool] = {}
+
+    def __enter__(self) -> "CompressJob":
+        from .train.ddp import setup, teardown
+
+        self.dist, self.dev = setup(self.cfg.device)
+        try:
+            self.prec = resolve_precision(self.cfg.precision, self.dev)
+        except BaseException:
+            teardown(self.dist)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from .train.ddp import teardown
+
+        try:
+            self.held.close()
+        finally:
+            teardown(self.dist)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        if self.progress is not None:
+            self.progress({"event": kind, **data})
+
+    @property
+    def ck_dir(self) -> Path:
+        return self.out / CHECKPOINT_DIR
+
+    @property
+    def ck_path(self) -> Path:
+        return self.ck_dir / "last.pt"
+
+    @property
+    def teacher_ck(self) -> Path:
+        return self.ck_dir / "teacher.pt"
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> CompressResult:
+        """Every stage in order: the early checks, then training, measuring and saving (see the module doc)."""
+        self.cfg.check()
+        if self.cfg.push_to:
+            check_push_target(self.cfg.push_to)
+        check_export(self.cfg.export)
+        with self:
+            try:
+                return self._stages()
+            except _Stopped as s:
+                return CompressResult(self.out, False, self.method, recipe=s.recipe, steps=s.summary.steps,
+                                      total_steps=s.summary.total_steps, checkpoint=s.checkpoint,
+                                      seconds=time.perf_counter() - self.t_start)
+
+    def _stages(self) -> CompressResult:
+        from .train.ddp import barrier
+
+        target = self.resolve()
+        splits = self.prepare_data()
+        heads = self.plan_heads(target, splits)
+        recipes = self.make_recipes(target, splits, heads)
+        self.claim_output(recipes)
+        self.announce(heads)
+        teacher, teacher_record = self.teacher(heads, recipes, splits)
+        trained = self.train(target, heads, recipes, splits, teacher)
+        calibration = self.calibrate(trained.student, splits, heads.target_map)
+        result = CompressResult(self.out, True, self.method, recipe=trained.recipe, steps=trained.summary.steps,
+                                total_steps=trained.summary.total_steps, model=trained.student)
+        if self.dist.main:
+            evals = self.evaluate(trained, splits, heads.target_map)
+            prof = self.measure(trained.student)
+            result.report, result.metrics = self.build_report(target, splits, recipes, trained, evals, prof,
+                                                              teacher_record, heads.teacher_spec, calibration)
+            result.checkpoint = self.save(trained.student, result.report, result.metrics, trained.recipe)
+            self.export(result.report)
+            result.pushed = self.push()
+        barrier(self.dist)
+        result.seconds = time.perf_counter() - self.t_start
+        return result
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def resolve(self) -> Target:
+        """Load MODEL, decide the method (an already compressed model keeps its own) and the output folder."""
+        from .hub import load_model
+        from .methods import create_method, dense_copy, get_method
+
+        cfg = self.cfg
+        if cfg.output:
+            check_output(Path(cfg.output))
+        loaded = load_model(cfg.model)
+        existing = get_method(loaded)
+        self._check_method(existing)
+        self.method = existing.name if existing is not None else (cfg.method or DEFAULT_METHOD)
+        probe = existing if existing is not None else create_method(self.method, **cfg.method_options)
+        self.out = Path(cfg.output) if cfg.output else default_output(cfg.model, self.method, probe.options)
+        if not cfg.output:
+            check_output(self.out)
+        return Target(loaded, existing, self.method, probe, dense_copy(loaded) if existing is not None else loaded)
+
+    def _check_method(self, existing: Any) -> None:
+        cfg = self.cfg
+        if existing is not None and cfg.method is not None:
+            raise MethodOptionError(f"{cfg.model} is already compressed with {existing.name}; give its dense base "
+                                    "model to compress it with another method.")
+        if existing is not None and cfg.method_options:
+            raise MethodOptionError(f"{cfg.model} is already compressed with {existing.describe()}; its options are "
+                                    "fixed (give its dense base model to compress with other options).")
+        if existing is not None and cfg.new_head:
+            raise MethodOptionError(f"{cfg.model} is already compressed; `new_head` replaces the head of a dense "
+                                    "model (give its dense base model).")
+        if cfg.new_head and cfg.teacher is not None:
+            raise MethodOptionError("`new_head` fine-tunes the dense model with a new head as the teacher; it does "
+                                    "not go with `teacher` (whose head must fit the data).")
+
+    def prepare_data(self) -> Any:
+        """Read the dataset (``vitprune.data.Splits``): training images and at least two classes."""
+        from .data import load_data
+
+        splits = load_data(self.cfg.data, val_split=self.cfg.val_split)
+        if splits.train is None or not splits.train[1]:
+            raise DataError(f"{splits.name} has no training images.")
+        if len(splits.classes) < 2:
+            raise DataError(f"{splits.name} has one class ({splits.classes[0] if splits.classes else 'none'}); a "
+                            "classifier learns nothing from it: give the data at least two class folders.")
+        return splits
+
+    def plan_heads(self, target: Target, splits: Any) -> Heads:
+        """Which teacher, which head: the given teacher, the dense model when the head fits the data, else a new
+        head and a teacher fine-tuned first."""
+        from .data import match_head
+
+        if self.cfg.teacher is not None:
+            heads = self._given_teacher(target, splits)
+        else:
+            match = match_head(splits.classes, target.dense)
+            if match.fits and not self.cfg.new_head:
+                base = target.dense if target.existing is None else target.loaded
+                heads = Heads(copy.deepcopy(target.dense), base, match.target_map, False, self._dense_spec(),
+                              [*splits.notes, match.how])
+            else:
+                return self._new_head(target, splits, match.how)
+        heads.count_only = count_only_match(splits.classes, heads.teacher)
+        return heads
+
+    def _dense_spec(self) -> str:
+        from .report.redact import public_model
+
+        return f"{public_model(self.cfg.model)} (dense)"
+
+    def _given_teacher(self, target: Target, splits: Any) -> Heads:
+        from .data import head_error, match_head
+        from .hub import load_model
+        from .methods import dense_copy, get_method
+        from .report.redact import public_model
+
+        t_model = load_model(self.cfg.teacher)
+        if get_method(t_model) is not None:
+            t_model = dense_copy(t_model)
+        t_match = match_head(splits.classes, t_model)
+        if not t_match.fits:
+            raise head_error(splits.classes, t_model, "the teacher")
+        notes = list(splits.notes)
+        base = target.dense if target.existing is None else target.loaded
+        if base.num_classes != t_model.num_classes:
+            base = copy.deepcopy(base)
+            _copy_head(base, t_model)
+            notes.append(f"student head replaced by the teacher's ({t_model.num_classes} outputs)")
+        return Heads(t_model, base, t_match.target_map, False, public_model(self.cfg.teacher), notes)
+
+    def _new_head(self, target: Target, splits: Any, how: str) -> Heads:
+        """A head with one output per class on the dense model, which is fine-tuned first and becomes the
+        teacher and the student's starting point."""
+        from .data import head_error
+        from .report.redact import public_model
+
+        if target.existing is not None:
+            raise head_error(splits.classes, target.dense, "the compressed model")
+        torch.manual_seed(self.cfg.seed)
+        _replace_head(target.dense, splits.classes)
+        why = "--new-head" if self.cfg.new_head else how
+        notes = [*splits.notes, f"head replaced ({why}); the dense model is fine-tuned first and becomes the teacher"]
+        spec = (f"{public_model(self.cfg.model)} with a new {len(splits.classes)}-class head, fine-tuned on the data "
+                "first")
+        return Heads(target.dense, None, None, True, spec, notes)
+
+    def make_recipes(self, target: Target, splits: Any, heads: Heads) -> Recipes:
+        """The distillation recipe (trainer < method < demo preset < user) and the teacher's, checked, and that
+        the training split holds at least one optimizer step."""
+        from .train.recipe import TEACHER_RECIPE, build_recipe
+
+        cfg, user = self.cfg, self.cfg.user_recipe()
+        kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
+                  augment_default=splits.augment_default)
+        rec, sources = build_recipe(target.probe.default_recipe(), user, method=self.method, **kw)
+        check_augment(target.dense, rec.augment)
+        n_train = len(splits.train[1])
+        if n_train // (cfg.batch_size * self.dist.world_size) // cfg.accum_steps < 1:
+            raise DataError(
+                f"the train split has {n_train} images, fewer than one optimizer step needs ({cfg.batch_size} x "
+                f"{self.dist.world_size} process(es) x {cfg.accum_steps} accumulation step(s)); lower `batch_size`.")
+        recipes = Recipes(rec, sources)
+        if heads.fine_tune_teacher:
+            t_user = {k: v for k, v in user.items() if k in ("augment",)}
+            t_user["epochs"] = cfg.teacher_epochs if cfg.teacher_epochs is not None else rec.epochs
+            recipes.teacher, recipes.teacher_sources = build_recipe(TEACHER_RECIPE, t_user, **kw)
+        return recipes
+
+    def claim_output(self, recipes: Recipes) -> None:
+        """The output folder's state against ``resume``/``overwrite``, checked before and again after taking its
+        lock (held to the end of the run); ``overwrite`` clears an old run's checkpoints and teacher; ``resume``
+        refuses a checkpoint made with other settings before anything runs."""
+        from .train.checkpoints import check_resumable
+        from .train.ddp import barrier
+
+        cfg, out = self.cfg, self.out
+        check_run_state(out, self.dist, resume=cfg.resume, overwrite=cfg.overwrite)  # before the lock makes a folder
+        hold_output(out, self.dist, self.held)
+        self.found = check_run_state(out, self.dist, resume=cfg.resume, overwrite=cfg.overwrite)  # now it is ours
+        if cfg.overwrite and not cfg.resume:
+            if self.dist.main:
+                shutil.rmtree(self.ck_dir, ignore_errors=True)
+                shutil.rmtree(out / TEACHER_DIR, ignore_errors=True)
+            barrier(self.dist)
+        if cfg.resume:
+            for path, extra in ((self.ck_path, {"recipe": recipes.student.to_dict()}),
+                                (self.teacher_ck, {"teacher_recipe": _as_dict(recipes.teacher)})):
+                if self.found[path]:
+                    check_resumable(path, self.fingerprint(extra), self.dist)
+
+    def announce(self, heads: Heads) -> None:
+        """The head plan's warning and notes, before training starts."""
+        if heads.count_only:
+            log.warning(heads.count_only)
+            self.emit("warning", message=heads.count_only)
+        for note in heads.notes:
+            self.emit("info", message=note)
+
+    def teacher(self, heads: Heads, recipes: Recipes, splits: Any) -> tuple[nn.Module, Optional[dict[str, Any]]]:
+        """The teacher: as planned, or (new head) the dense model fine-tuned on the labels first and saved in
+        ``OUT/teacher`` (on ``resume``, the one saved there: process 0's, sent to every process). Returns it and
+        the fine-tuning's record for the report."""
+        from .hub import load_model, save
+        from .report.redact import public_model
+        from .train.ddp import barrier, broadcast_weights
+        from .train.loop import Trainer
+
+        if not heads.fine_tune_teacher:
+            return heads.teacher, None
+        t_model, t_folder = heads.teacher, self.out / TEACHER_DIR
+        if self.found[t_folder / "config.json"] and self.cfg.resume:
+            if self.dist.main:
+                t_model = load_model(str(t_folder))
+            broadcast_weights(self.dist, t_model, self.dev)  # process 0's teacher (its disk may be the only copy)
+            self.emit("info", message=f"using the fine-tuned teacher in {t_folder}")
+            return t_model.eval(), None
+        self.emit("stage", name="teacher",
+                  message=f"fine-tuning the dense model with a new {len(splits.classes)}-class head")
+        train_set, val_set = self.datasets(splits, t_model, recipes.teacher.augment, None)
+        t_rec = recipes.teacher.to_dict()
+        settings = self.run_settings("teacher", self.teacher_ck, {"teacher_recipe": t_rec}, log=False)
+        trainer = Trainer(t_model, None, train_set, recipes.teacher, settings, self.dist, val_set=val_set,
+                          new_prefixes=(t_model.default_cfg.get("classifier", "head"),), progress=self.progress)
+        summary = trainer.run()
+        if not summary.finished:
+            raise _Stopped(summary, self.teacher_ck, recipes.student.to_dict())
+        if self.dist.main:
+            save(t_model.eval(), t_folder, base_model=public_model(self.cfg.model), recipe=t_rec,
+                 metrics={"history": summary.history[-1:]})
+        barrier(self.dist)
+        return t_model.eval(), {"recipe": t_rec, "sources": recipes.teacher_sources, "history": summary.history}
+
+    def train(self, target: Target, heads: Heads, recipes: Recipes, splits: Any, teacher: nn.Module) -> Trained:
+        """Patch a copy of the student's starting point with the method (or continue a compressed model) and
+        distil it from a frozen copy of the teacher."""
+        from .train.loop import Trainer
+
+        cfg = self.cfg
+        student = self.make_student(target, heads, teacher)
+        teacher_net = copy.deepcopy(teacher).eval()
+        shown = self.out / TEACHER_DIR if heads.fine_tune_teacher else (cfg.teacher or heads.teacher_spec)
+        self.emit("info", message=f"teacher: {shown}")
+        record = {**recipes.student.to_dict(), "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps,
+                  "world_size": self.dist.world_size, "global_batch": self.global_batch, "seed": cfg.seed,
+                  "precision": self.prec}
+        train_set, val_set = self.datasets(splits, student, recipes.student.augment, heads.target_map)
+        self.emit("stage", name="distill", message=f"distilling {student.vitprune_method.describe()} from the dense "
+                                                   "teacher")
+        settings = self.run_settings("distill", self.ck_path, {"recipe": recipes.student.to_dict()}, log=True)
+        trainer = Trainer(student, teacher_net, train_set, recipes.student, settings, self.dist, val_set=val_set,
+                          progress=self.progress)
+        record["peak_lr"] = trainer.lr
+        summary = trainer.run()
+        record["param_groups"] = trainer.group_info
+        if not summary.finished:
+            raise _Stopped(summary, self.ck_path, record)
+        return Trained(student, teacher_net, summary, record)
+
+    def make_student(self, target: Target, heads: Heads, teacher: nn.Module) -> nn.Module:
+        """The model to distil, its method's new modules initialised from ``seed``."""
+        from .methods import apply_method, dense_copy
+
+        torch.manual_seed(self.cfg.seed)
+        base = heads.student_base if heads.student_base is not None else teacher
+        if target.existing is not None and base is target.loaded:
+            return copy.deepcopy(target.loaded)
+        return apply_method(copy.deepcopy(dense_copy(base)), self.method, **self.cfg.method_options)
+
+    def calibrate(self, student: nn.Module, splits: Any, target_map: Optional[list[int]]) -> Optional[dict[str, Any]]:
+        """Let the method choose its data-dependent run-time defaults on up to ``CALIBRATION_IMAGES`` training
+        images (SaiT: the adaptive threshold), unless the caller set one of its run-time options."""
+        from .data import eval_transform
+
+        m_obj = student.vitprune_method
+        if not self.cfg.calibrate or not self.dist.main or set(self.cfg.method_options) & set(m_obj.runtime_options):
+            return None
+        found = _calibrate(student, m_obj, splits, eval_transform(student), target_map, self.dev,
+                           self.cfg.batch_size)
+        if found is not None:
+            self.emit("info", message=f"calibrated on training images: {_describe(found)}")
+        return found
+
+    def evaluate(self, trained: Trained, splits: Any, target_map: Optional[list[int]]) -> tuple[Any, Any]:
+        """Top-1/top-5/loss of the dense teacher and the compressed student on the val split."""
+        from .train.evaluate import evaluate
+
+        self.emit("stage", name="evaluating", message="evaluating dense and compressed on the val split")
+        val_set = self.val_set(splits, trained.student, target_map)
+        kw = dict(batch_size=self.cfg.batch_size, device=str(self.dev), dtype=self.prec, workers=self.cfg.workers)
+        return evaluate(trained.teacher, val_set, **kw), evaluate(trained.student, val_set, **kw)
+
+    def measure(self, student: nn.Module) -> Any:
+        """GMACs, parameters, throughput and latency of dense vs compressed (``vitprune.profile``)."""
+        from .api import profile
+
+        self.emit("stage", name="profiling", message="counting GMACs and timing dense vs compressed")
+        cfg = self.cfg
+        return profile(student, device=str(self.dev), batch_size=cfg.profile_batch_size, speed=cfg.speed,
+                       latency=cfg.speed)
+
+    def build_report(self, target: Target, splits: Any, recipes: Recipes, trained: Trained, evals: tuple[Any, Any],
+                     prof: Any, teacher_record: Optional[dict[str, Any]], teacher_spec: str,
+                     calibration: Optional[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """report.json (paths redacted, the command as it would make the model again) and config.json's
+        metrics."""
+        from .report.redact import public_command, public_model, public_spec, scrub
+
+        cfg, (d_eval, c_eval) = self.cfg, evals
+        report = _report(public_spec(cfg.model), teacher_spec, self.method, trained.student.vitprune_method, splits,
+                         trained.recipe, recipes.sources, trained.summary, d_eval, c_eval, prof,
+                         self.dist.world_size, str(self.dev), teacher_record)
+        report["base_model"] = public_model(cfg.model)
+        report["seconds_total"] = round(time.perf_counter() - self.t_start, 2)
+        if calibration is not None:
+            report["calibration"] = calibration
+        if cfg.command:
+            report["command"] = public_command(cfg.command)
+        report = scrub(report, (cfg.data, str(self.out), cfg.model, cfg.teacher))
+        return report, _metrics(public_spec(cfg.data), d_eval, c_eval, prof)
+
+    def save(self, student: nn.Module, report: dict[str, Any], metrics: dict[str, Any],
+             recipe: dict[str, Any]) -> Optional[Path]:
+        """The model folder (weights, config.json, report.json, card); checkpoints go unless kept. Returns the
+        checkpoint kept, if any."""
+        from .hub import save
+        from .report.redact import public_model
+
+        self.emit("stage", name="saving", message=f"saving {self.out}")
+        text = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
+        save(student.eval(), self.out, base_model=public_model(self.cfg.model), recipe=recipe, metrics=metrics,
+             extra_files={REPORT_NAME: text})
+        if self.cfg.keep_checkpoints:
+            return self.ck_path
+        shutil.rmtree(self.ck_dir, ignore_errors=True)
+        return None
+
+    def export(self, report: dict[str, Any]) -> None:
+        """``OUT/model.onnx`` when asked (``vitprune.export``: checked against PyTorch, timed unless not
+        ``speed``), recorded in ``report``."""
+        if self.cfg.export is None:
+            return
+        from .exporter import export as export_model
+
+        onnx = self.out / "model.onnx"
+        self.emit("stage", name="exporting", message=f"exporting {onnx}")
+        report["onnx"] = export_model(str(self.out), onnx, format=self.cfg.export, measure=self.cfg.speed,
+                                      measure_batch_size=self.cfg.profile_batch_size).record()
+
+    def push(self) -> Any:
+        """Upload the saved folder when asked; a failed upload says where the model is and how to push later."""
+        cfg = self.cfg
+        if not cfg.push_to:
+            return None
+        from .hub.push import push
+
+        self.emit("stage", name="pushing", message=f"pushing {self.out} to {cfg.push_to}")
+        try:
+            return push(self.out, cfg.push_to, private=cfg.private)
+        except VitpruneError as e:
+            raise type(e)(f"{e} The model is saved in {self.out}; push it later with `vitprune push {self.out} "
+                          f"--repo {cfg.push_to}`.") from None
+
+    # -- shared by the stages --------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.dist.world_size * self.cfg.accum_steps
+
+    def fingerprint(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The settings that decide a training stage's result, as JSON: a checkpoint resumes only under the same."""
+        cfg = self.cfg
+        base = {"model": cfg.model, "method": self.method, "options": cfg.method_options, "data": cfg.data,
+                "val_split": cfg.val_split, "teacher": cfg.teacher, "batch_size": cfg.batch_size,
+                "accum_steps": cfg.accum_steps, "world_size": self.dist.world_size, "seed": cfg.seed,
+                "precision": self.prec, **({"new_head": True} if cfg.new_head else {})}
+        return json.loads(json.dumps({**base, **extra}, default=str))
+
+    def run_settings(self, stage: str, path: Path, fp_extra: dict[str, Any], log: bool) -> Any:
+        from .train.loop import RunSettings
+
+        cfg = self.cfg
+        return RunSettings(
+            device=self.dev, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, workers=cfg.workers,
+            seed=cfg.seed, precision=self.prec, checkpoint=path, save_every=cfg.save_every,
+            max_steps=cfg.max_steps, resume=cfg.resume and self.found[path], eval_every=cfg.eval_every,
+            stage=stage, log_file=(self.out / LOG_NAME) if log else None, fingerprint=self.fingerprint(fp_extra))
+
+    def datasets(self, splits: Any, model: nn.Module, augment: Optional[dict[str, Any]],
+                 target_map: Optional[list[int]]) -> tuple[Any, Any]:
+        """The train split through ``model``'s training transform with ``augment`` (seeded per image), and the val
+        split (``val_set``)."""
+        from .data import Prepared, train_transform
+
+        src, idx = splits.train
+        train = Prepared(src, idx, train_transform(model, augment), seed=self.cfg.seed,
+                         random_transform=augment is not None, target_map=target_map)
+        return train, self.val_set(splits, model, target_map)
+
+    @staticmethod
+    def val_set(splits: Any, model: nn.Module, target_map: Optional[list[int]]) -> Any:
+        """The val split through ``model``'s evaluation transform, labels mapped onto the head."""
+        from .data import Prepared, eval_transform
+
+        vsrc, vidx = splits.val
+        return Prepared(vsrc, vidx, eval_transform(model), target_map=target_map)
+
+
+def _as_dict(recipe: Any) -> Optional[dict[str, Any]]:
+    return recipe.to_dict() if recipe is not None else None
 
 
 def compress(
@@ -292,7 +877,7 @@ def compress(
     keep_checkpoints: bool = False,
     speed: bool = True,
     profile_batch_size: Optional[int] = None,
-    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    progress: Progress = None,
     calibrate: bool = True,
     command: Optional[str] = None,
     push_to: Optional[str] = None,
@@ -303,326 +888,36 @@ def compress(
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
 
-    ``recipe`` overrides recipe keys (``vitprune.train.recipe``: lr, warmup_epochs, kd_weight, frozen, augment...);
-    ``epochs`` is a shortcut for ``recipe={"epochs": ...}``; ``augment=False`` trains on the evaluation transform.
-    ``batch_size`` is per process (under torchrun the global batch is ``batch_size x processes x accum_steps``).
-    ``max_steps`` stops after that many optimizer steps with a checkpoint (``finished=False``).
-    ``progress`` receives event dicts (stage, epoch_start, step, epoch_end, checkpoint, warning, info...).
-    ``calibrate``: after training, let the method choose its data-dependent run-time defaults on up to
-    ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs); skipped when the
-    caller set one of the method's run-time options. ``command`` is recorded in report.json and the model card as
-    the way to make the model again (redacted: local paths as public names, no ``--resume``/``--overwrite``).
-    ``push_to`` uploads the saved folder with :func:`vitprune.push` (its name and a token are checked before any
-    training; a failed upload raises after the folder is saved, so nothing is lost). ``overwrite`` replaces a
-    finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head`` replaces the head and
-    fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes ``OUT/model.onnx``
-    after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless ``speed=False``).
+    Builds a ``CompressConfig`` from these arguments and runs a ``CompressJob`` (see the module doc).
+    ``recipe`` overrides recipe keys (``vitprune.train.recipe.Recipe``: lr, warmup_epochs, kd_weight, frozen,
+    augment...; an unknown key is an error); ``epochs`` is a shortcut for ``recipe={"epochs": ...}``;
+    ``augment=False`` trains on the evaluation transform. ``batch_size`` is per process (under torchrun the global
+    batch is ``batch_size x processes x accum_steps``). ``max_steps`` stops after that many optimizer steps with a
+    checkpoint (``finished=False``). ``progress`` receives event dicts (stage, epoch_start, step, epoch_end,
+    checkpoint, warning, info...). ``calibrate``: after training, let the method choose its data-dependent run-time
+    defaults on up to ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs);
+    skipped when the caller set one of the method's run-time options. ``command`` is recorded in report.json and
+    the model card as the way to make the model again (redacted: local paths as public names, no
+    ``--resume``/``--overwrite``). ``push_to`` uploads the saved folder with :func:`vitprune.push` (its name and a
+    token are checked before any training; a failed upload raises after the folder is saved, so nothing is lost).
+    ``overwrite`` replaces a finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head``
+    replaces the head and fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes
+    ``OUT/model.onnx`` after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless
+    ``speed=False``).
     """
-    from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
-    from .hub import load_model, save
-    from .methods import apply_method, create_method, dense_copy, get_method
-    from .report.redact import public_command, public_model, public_spec, scrub
-    from .train.ddp import barrier, broadcast_weights, setup, teardown
-    from .train.loop import RunSettings, Trainer
-    from .train.recipe import TEACHER_RECIPE, TRAINER_DEFAULTS, build_recipe
+    config = CompressConfig(
+        model=model, method=method, data=data, output=output, teacher=teacher, epochs=epochs,
+        batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size, accum_steps=accum_steps,
+        workers=workers, seed=seed, device=device, precision=precision, val_split=val_split,
+        recipe=dict(recipe or {}), augment=augment, teacher_epochs=teacher_epochs, resume=resume,
+        overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
+        keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
+        command=command, push_to=push_to, private=private, new_head=new_head, export=export,
+        method_options=dict(method_options))
+    return CompressJob(config, progress).run()
 
-    t_start = time.perf_counter()
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    for name, v, lo in (("batch-size", batch_size, 1), ("accum-steps", accum_steps, 1), ("workers", workers, 0),
-                        ("eval-every", eval_every, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise MethodOptionError(f"--{name} must be an integer >= {lo}, got {v!r}.")
-    for name, v in (("save-every", save_every), ("max-steps", max_steps)):
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise MethodOptionError(f"--{name} must be an integer >= 1, got {v!r}.")
-    if epochs is not None and (not isinstance(epochs, (int, float)) or epochs < 0):
-        raise MethodOptionError(f"--epochs must be >= 0, got {epochs!r}.")
 
-    if push_to:
-        check_push_target(push_to)
-    if export is not None:  # before any training: a missing extra or format is known now
-        from .exporter.core import FORMATS
-        from .exporter.graph import require_export_deps
-
-        if export not in FORMATS:
-            raise MethodOptionError(f"--export {export}: vitprune exports {', '.join(FORMATS)}.")
-        require_export_deps()
-
-    dist_info, dev = setup(device)
-    held = ExitStack()
-    try:
-        prec = resolve_precision(precision, dev)
-        if output:
-            check_output(Path(output))
-        loaded = load_model(model)
-        existing = get_method(loaded)
-        if existing is not None and method is not None:
-            raise MethodOptionError(f"{model} is already compressed with {existing.name}; give its dense base model "
-                                    "to compress it with another method.")
-        method_name = existing.name if existing is not None else (method or default_method())
-        if existing is not None and method_options:
-            raise MethodOptionError(f"{model} is already compressed with {existing.describe()}; its options are "
-                                    "fixed (give its dense base model to compress with other options).")
-        if existing is not None and new_head:
-            raise MethodOptionError(f"{model} is already compressed; --new-head replaces the head of a dense model "
-                                    "(give its dense base model).")
-        if new_head and teacher is not None:
-            raise MethodOptionError("--new-head fine-tunes the dense model with a new head as the teacher; it does not "
-                                    "go with --teacher (whose head must fit the data).")
-        m_probe = existing if existing is not None else create_method(method_name, **method_options)
-        dense = dense_copy(loaded) if existing is not None else loaded
-
-        out = Path(output) if output else default_output(model, method_name, m_probe.options)
-        if not output:
-            check_output(out)
-        ck_dir = out / CHECKPOINT_DIR
-        ck_path = ck_dir / "last.pt"
-        teacher_ck = ck_dir / "teacher.pt"
-
-        splits = load_data(data, val_split=val_split)
-        if splits.train is None or not splits.train[1]:
-            raise DataError(f"{splits.name} has no training images.")
-        if len(splits.classes) < 2:
-            raise DataError(f"{splits.name} has one class ({splits.classes[0] if splits.classes else 'none'}); a "
-                            "classifier learns nothing from it: give the data at least two class folders.")
-
-        # ---------------------------------------------------------------------- heads, teacher, student
-        notes = list(splits.notes)
-        stage_teacher = False
-        match = match_head(splits.classes, dense)
-        public_base = public_model(model)
-        teacher_spec = public_model(teacher) if teacher is not None else f"{public_base} (dense)"
-        head_owner = dense
-        if teacher is not None:
-            t_model = load_model(teacher)
-            if get_method(t_model) is not None:
-                t_model = dense_copy(t_model)
-            t_match = match_head(splits.classes, t_model)
-            if not t_match.fits:
-                raise head_error(splits.classes, t_model, "the teacher")
-            target_map = t_match.target_map
-            head_owner = t_model
-            student_base = dense if existing is None else loaded
-            if student_base.num_classes != t_model.num_classes:
-                student_base = copy.deepcopy(student_base)
-                _copy_head(student_base, t_model)
-                notes.append(f"student head replaced by the teacher's ({t_model.num_classes} outputs)")
-        elif match.fits and not new_head:
-            target_map = match.target_map
-            t_model = copy.deepcopy(dense)
-            student_base = dense if existing is None else loaded
-            notes.append(match.how)
-        else:
-            if existing is not None:
-                raise head_error(splits.classes, dense, "the compressed model")
-            torch.manual_seed(seed)
-            why = "--new-head" if new_head else match.how
-            _replace_head(dense, splits.classes)
-            target_map = None
-            stage_teacher = True
-            t_model = dense
-            student_base = None
-            head_owner = None
-            notes.append(f"head replaced ({why}); the dense model is fine-tuned first and becomes the teacher")
-            teacher_spec = (f"{public_base} with a new {len(splits.classes)}-class head, fine-tuned on the data "
-                            "first")
-        count_only = count_only_match(splits.classes, head_owner) if head_owner is not None else None
-
-        user: dict[str, Any] = dict(recipe or {})
-        if epochs is not None:
-            user["epochs"] = epochs
-        if not augment:
-            user["augment"] = None
-        is_demo = splits.kind == "demo"
-        global_batch = batch_size * dist_info.world_size * accum_steps
-        rec, sources = build_recipe(m_probe.default_recipe(), user, demo=is_demo, batch_size=global_batch,
-                                    augment_hints=splits.augment_hints, augment_default=splits.augment_default)
-        if rec["kd_weight"] > 0 and rec["kd_temperature"] <= 0:
-            raise MethodOptionError("kd-temperature must be > 0.")
-        check_augment(dense, rec["augment"])
-
-        base_fp = {
-            "model": model, "method": method_name, "options": method_options, "data": data, "val_split": val_split,
-            "teacher": teacher, "batch_size": batch_size, "accum_steps": accum_steps,
-            "world_size": dist_info.world_size, "seed": seed, "precision": prec,
-            **({"new_head": True} if new_head else {}),
-        }
-
-        def fingerprint(extra: dict[str, Any]) -> dict[str, Any]:
-            return json.loads(json.dumps({**base_fp, **extra}, default=str))
-
-        def settings(stage: str, path: Path, fp_extra: dict[str, Any], log: bool) -> RunSettings:
-            return RunSettings(
-                device=dev, batch_size=batch_size, accum_steps=accum_steps, workers=workers, seed=seed,
-                precision=prec, checkpoint=path, save_every=save_every, max_steps=max_steps,
-                resume=resume and found[path], eval_every=eval_every, stage=stage,
-                log_file=(out / LOG_NAME) if log else None, fingerprint=fingerprint(fp_extra))
-
-        n_train = len(splits.train[1])
-        if n_train // (batch_size * dist_info.world_size) // accum_steps < 1:
-            raise DataError(
-                f"the train split has {n_train} images, fewer than one optimizer step needs ({batch_size} x "
-                f"{dist_info.world_size} process(es) x {accum_steps} accumulation step(s)); lower --batch-size.")
-        t_rec = t_src = None
-        if stage_teacher:
-            t_user = {k: v for k, v in user.items() if k in ("augment",)}
-            t_user["epochs"] = teacher_epochs if teacher_epochs is not None else rec["epochs"]
-            t_rec, t_src = build_recipe(TEACHER_RECIPE, t_user, demo=is_demo, batch_size=global_batch,
-                                        augment_hints=splits.augment_hints,
-                                        augment_default=splits.augment_default, base=TRAINER_DEFAULTS)
-
-        # ---------------------------------------------------------------------- the output folder, held
-        check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # before the lock creates anything
-        hold_output(out, dist_info, held)
-        found = check_run_state(out, dist_info, resume=resume, overwrite=overwrite)  # now no other run can change it
-        t_config = out / "teacher" / "config.json"
-        if overwrite and not resume:
-            if dist_info.main:
-                shutil.rmtree(ck_dir, ignore_errors=True)
-                shutil.rmtree(out / "teacher", ignore_errors=True)
-            barrier(dist_info)
-        if count_only:
-            log.warning(count_only)
-            _emit(progress, "warning", message=count_only)
-        if resume:  # refuse a checkpoint from other settings before anything runs
-            from .train.checkpoints import check_resumable
-
-            for path, extra in ((ck_path, {"recipe": rec}), (teacher_ck, {"teacher_recipe": t_rec})):
-                if found[path]:
-                    check_resumable(path, fingerprint(extra), dist_info)
-        for n in notes:
-            _emit(progress, "info", message=n)
-
-        def datasets(m: nn.Module, aug: Optional[dict[str, Any]], tmap) -> tuple[Prepared, Prepared]:
-            src, idx = splits.train
-            tr = Prepared(src, idx, train_transform(m, aug), seed=seed, random_transform=aug is not None,
-                          target_map=tmap)
-            vsrc, vidx = splits.val
-            va = Prepared(vsrc, vidx, eval_transform(m), target_map=tmap)
-            return tr, va
-
-        # ---------------------------------------------------------------------- stage 1: teacher (new head)
-        teacher_record = None
-        if stage_teacher:
-            t_folder = out / "teacher"
-            if found[t_config] and resume:
-                if dist_info.main:
-                    t_model = load_model(str(t_folder))
-                broadcast_weights(dist_info, t_model, dev)  # process 0's teacher (its disk may be the only copy)
-                _emit(progress, "info", message=f"using the fine-tuned teacher in {t_folder}")
-            else:
-                _emit(progress, "stage", name="teacher",
-                      message=f"fine-tuning the dense model with a new {len(splits.classes)}-class head")
-                tr, va = datasets(t_model, t_rec["augment"], None)
-                trainer = Trainer(t_model, None, tr, t_rec,
-                                  settings("teacher", teacher_ck, {"teacher_recipe": t_rec}, log=False),
-                                  dist_info, new_prefixes=(t_model.default_cfg.get("classifier", "head"),),
-                                  val_set=va, progress=progress)
-                summary = trainer.run()
-                if not summary.finished:
-                    return CompressResult(out, False, method_name, recipe=rec, steps=summary.steps,
-                                          total_steps=summary.total_steps, checkpoint=teacher_ck,
-                                          seconds=time.perf_counter() - t_start)
-                if dist_info.main:
-                    save(t_model.eval(), t_folder, base_model=public_base, recipe=t_rec,
-                         metrics={"history": summary.history[-1:]})
-                barrier(dist_info)
-                teacher_record = {"recipe": t_rec, "sources": t_src, "history": summary.history}
-            t_model = t_model.eval()
-            student_base = t_model
-
-        # ---------------------------------------------------------------------- stage 2: distillation
-        torch.manual_seed(seed)
-        if existing is not None and student_base is loaded:
-            student = copy.deepcopy(loaded)
-        else:
-            student = apply_method(copy.deepcopy(dense_copy(student_base)), method_name, **method_options)
-        teacher_net = copy.deepcopy(t_model).eval()
-        m_obj = get_method(student)
-        shown = t_folder if stage_teacher else (teacher or teacher_spec)
-        _emit(progress, "info", message=f"teacher: {shown}")
-        rec_record = {**rec, "batch_size": batch_size, "accum_steps": accum_steps,
-                      "world_size": dist_info.world_size, "global_batch": global_batch, "seed": seed,
-                      "precision": prec}
-        tr, va = datasets(student, rec["augment"], target_map)
-        _emit(progress, "stage", name="distill", message=f"distilling {m_obj.describe()} from the dense teacher")
-        trainer = Trainer(student, teacher_net, tr, rec, settings("distill", ck_path, {"recipe": rec}, log=True),
-                          dist_info, val_set=va, progress=progress)
-        rec_record["peak_lr"] = trainer.lr
-        summary = trainer.run()
-        rec_record["param_groups"] = trainer.group_info
-        if not summary.finished:
-            return CompressResult(out, False, method_name, recipe=rec_record, steps=summary.steps,
-                                  total_steps=summary.total_steps, checkpoint=ck_path,
-                                  seconds=time.perf_counter() - t_start)
-
-        calibration = None
-        if calibrate and dist_info.main and not set(method_options) & set(m_obj.runtime_options):
-            calibration = _calibrate(student, m_obj, splits, eval_transform(student), target_map, dev, batch_size)
-            if calibration is not None:
-                _emit(progress, "info", message=f"calibrated on training images: {_describe(calibration)}")
-
-        # ---------------------------------------------------------------------- evaluate, profile, save
-        result = CompressResult(out, True, method_name, recipe=rec_record, steps=summary.steps,
-                                total_steps=summary.total_steps, model=student)
-        if dist_info.main:
-            from .api import profile
-            from .train.evaluate import evaluate
-
-            _emit(progress, "stage", name="evaluating", message="evaluating dense and compressed on the val split")
-            eval_dtype = "fp32" if prec == "fp32" else prec
-            d_eval = evaluate(teacher_net, va, batch_size=batch_size, device=str(dev), dtype=eval_dtype,
-                              workers=workers)
-            c_eval = evaluate(student, va, batch_size=batch_size, device=str(dev), dtype=eval_dtype,
-                              workers=workers)
-            _emit(progress, "stage", name="profiling", message="counting GMACs and timing dense vs compressed")
-            prof = profile(student, device=str(dev), batch_size=profile_batch_size,
-                           speed=speed, latency=speed)
-            report = _report(public_spec(model), teacher_spec, method_name, m_obj, splits, rec_record, sources,
-                             summary, d_eval, c_eval, prof, dist_info.world_size, str(dev), teacher_record)
-            report["base_model"] = public_base
-            report["seconds_total"] = round(time.perf_counter() - t_start, 2)
-            if calibration is not None:
-                report["calibration"] = calibration
-            if command:
-                report["command"] = public_command(command)
-            report = scrub(report, (data, str(out), model, teacher))
-            metrics = {
-                "dataset": public_spec(data), "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
-                "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
-                "dense_top5": round(d_eval.top5, 4), "delta_top1": round(c_eval.top1 - d_eval.top1, 4),
-                "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
-                "throughput": prof.compressed.throughput, "dense_throughput": prof.dense.throughput,
-                "speedup": prof.speedup,
-            }
-            _emit(progress, "stage", name="saving", message=f"saving {out}")
-            save(student.eval(), out, base_model=public_base, recipe=rec_record, metrics=metrics,
-                 extra_files={REPORT_NAME: json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"})
-            if not keep_checkpoints:
-                shutil.rmtree(ck_dir, ignore_errors=True)
-            result.report, result.metrics = report, metrics
-            result.checkpoint = ck_path if keep_checkpoints else None
-            if export is not None:
-                from .exporter import export as export_model
-
-                _emit(progress, "stage", name="exporting", message=f"exporting {out / 'model.onnx'}")
-                report["onnx"] = export_model(str(out), out / "model.onnx", format=export, measure=speed,
-                                              measure_batch_size=profile_batch_size).record()
-            if push_to:
-                from .hub.push import push
-
-                _emit(progress, "stage", name="pushing", message=f"pushing {out} to {push_to}")
-                try:
-                    result.pushed = push(out, push_to, private=private)
-                except VitpruneError as e:
-                    raise type(e)(f"{e} The model is saved in {out}; push it later with `vitprune push {out} "
-                                  f"--repo {push_to}`.") from None
-        barrier(dist_info)
-        result.seconds = time.perf_counter() - t_start
-        return result
-    finally:
-        held.close()
-        teardown(dist_info)
+# ---------------------------------------------------------------------------------------------- report
 
 
 def _side(ev: Any, st: Any) -> dict[str, Any]:
@@ -652,8 +947,16 @@ def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, reci
     }
 
 
-#: training images the post-training calibration looks at (eval transform; the val split stays untouched)
-CALIBRATION_IMAGES = 256
+def _metrics(dataset: str, d_eval: Any, c_eval: Any, prof: Any) -> dict[str, Any]:
+    """config.json's ``metrics``: the compressed model's accuracy and cost beside the dense model's."""
+    return {
+        "dataset": dataset, "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
+        "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
+        "dense_top5": round(d_eval.top5, 4), "delta_top1": round(c_eval.top1 - d_eval.top1, 4),
+        "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
+        "throughput": prof.compressed.throughput, "dense_throughput": prof.dense.throughput,
+        "speedup": prof.speedup,
+    }
 
 
 def _calibrate(model: nn.Module, m_obj: Any, splits: Any, transform: Any, target_map: Any, dev: torch.device,

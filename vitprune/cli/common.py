@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from contextlib import contextmanager
 from typing import Annotated, Any, Iterator, Optional
@@ -16,13 +17,29 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def as_flags(message: str) -> str:
+    """Library messages name parameters by their Python keyword in backticks (`batch_size`); here, those that are
+    options of the running command read as its flags (--batch-size)."""
+    try:  # typer runs its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - a typer that uses click itself
+        from click import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return message
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0])
+             for p in ctx.command.params if p.param_type_name == "option" and p.opts}
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn vitprune's user-facing errors into one line on stderr and exit code 1 (no traceback)."""
     try:
         yield
     except VitpruneError as e:
-        err.print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[bold red]Error:[/] {escape(as_flags(str(e)))}", highlight=False)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("Interrupted.")

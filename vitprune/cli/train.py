@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from .app import app
 from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, RegionOpt, ROpt, ThresholdOpt, err, method_options, out,
+    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, RegionOpt, ROpt, ThresholdOpt, as_flags, err,
+    method_options, out,
     print_json,
     user_errors,
 )
@@ -323,7 +324,7 @@ def compress(
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
-                err.print(f"Interrupted: {e.message}", markup=False, highlight=False)
+                err.print(f"Interrupted: {as_flags(e.message)}", markup=False, highlight=False)
             raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
         finally:
             reporter.close()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from torch import nn
 
-from ..errors import ExportError, MethodOptionError
+from ..errors import ExportError
 from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
 from .verify import Verification, sample_images, verify
 
@@ -194,21 +194,10 @@ def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any],
              pretrained: bool) -> tuple[str, nn.Module]:
     """(name, the model to export): compressed with run-time options, dense + method, or dense."""
     from ..api import resolve_models
-    from ..hub import load_model
-    from ..methods import get_method
 
     spec = model if isinstance(model, nn.Module) else str(model)
-    if method is None and options:
-        net = load_model(spec, pretrained=pretrained) if isinstance(spec, str) else copy.deepcopy(spec)
-        m_obj = get_method(net)
-        if m_obj is None:
-            resolve_models(net, None, options)  # raises: options need --method on a dense model
-            raise MethodOptionError("method options need --method on a dense model.")  # pragma: no cover
-        m_obj.set_runtime(**options)
-        name = spec if isinstance(spec, str) else type(spec).__name__
-    else:
-        name, dense, compressed = resolve_models(spec, method, options, pretrained=pretrained)
-        net = compressed if compressed is not None else dense
+    name, dense, compressed = resolve_models(spec, method, options, pretrained=pretrained)
+    net = compressed if compressed is not None else dense
     if any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).cpu()  # the exporter traces on CPU; the caller's model stays where it is
     return name, net.float().eval()

@@ -30,7 +30,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..errors import ModelNotFoundError
+from ..methods.base import check_vit
 
 VITPRUNE_KEY = "vitprune"
 WEIGHTS_NAME = "model.safetensors"
@@ -105,18 +106,6 @@ def _hub_call(spec: str, fn, *args, **kwargs):
 # --------------------------------------------------------------------------------------------- checks
 
 
-def check_vit(model: nn.Module, spec: str = "the model") -> None:
-    """Raise UnsupportedModelError unless ``model`` is a timm VisionTransformer."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
-        kind = type(model).__name__
-        raise UnsupportedModelError(
-            f"{spec} is a {kind}, not a Vision Transformer; vitprune works on timm VisionTransformer models "
-            "(deit_*, vit_*, including distilled and register variants)."
-        )
-
-
 def _suggest(name: str) -> str:
     import timm
 
@@ -151,12 +140,21 @@ def parse_config(data: bytes, where: str) -> dict[str, Any]:
     return cfg
 
 
-def read_config(folder: Path, where: Optional[str] = None) -> dict[str, Any]:
+def read_config(folder: str | os.PathLike, where: Optional[str] = None) -> dict[str, Any]:
+    """The JSON object in ``folder``'s config.json (the one reader of config.json files), or ModelNotFoundError in
+    one line (missing, too large, not JSON, not an object)."""
+    folder = Path(folder)
     where = where or str(folder)
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
         raise ModelNotFoundError(f"{where} has no {CONFIG_NAME}; it is not a timm or vitprune model folder.")
     return parse_config(cfg_file.read_bytes(), f"{where}/{CONFIG_NAME}")
+
+
+def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``vitprune`` section of a saved folder's config.json ({} for a plain timm folder)."""
+    section = read_config(folder).get(VITPRUNE_KEY)
+    return section if isinstance(section, dict) else {}
 
 
 def _check_args(args: dict[str, Any], where: str) -> None:

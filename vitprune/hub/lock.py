@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import FolderInUseError, OutputFolderError
+from ..files import write_atomic
 
 #: hidden folder of vitprune's own bookkeeping inside an output folder (the lock, saved versions)
 STORE = ".vitprune"
@@ -128,9 +129,7 @@ def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[Path]:
     try:
         owner = {"pid": os.getpid(), "host": host_name(), "purpose": purpose,
                  "since": datetime.now().astimezone().isoformat(timespec="seconds")}
-        tmp = store / f".{OWNER_NAME}.{os.getpid()}"
-        tmp.write_text(json.dumps(owner) + "\n")
-        os.replace(tmp, store / OWNER_NAME)
+        write_atomic(store / OWNER_NAME, json.dumps(owner) + "\n")
         with _guard:
             _held[key] = [os.getpid(), lock, 1]
         yield folder

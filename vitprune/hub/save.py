@@ -24,7 +24,6 @@ this one or is dead on this host; another live process's are never touched.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -35,7 +34,8 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from ..errors import OutputFolderError
-from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME
+from ..files import fsync_dir, write_atomic
+from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
 from .lock import STORE, host_name, output_lock, pid_alive
 
 CARD_NAME = "README.md"
@@ -75,31 +75,6 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the renames are still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write one file atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- owned names
@@ -151,7 +126,7 @@ def _point_current(store: Path, version: Path) -> None:
     tmp = store / _tag(".current")
     os.symlink(f"{VERSIONS}/{version.name}", tmp)
     os.replace(tmp, store / CURRENT)
-    _fsync_dir(store)
+    fsync_dir(store)
 
 
 def _link(folder: Path, rel: str) -> None:
@@ -207,16 +182,17 @@ def _sweep(folder: Path, dirs: list[Path]) -> None:
 
 def written_by_vitprune(path: Path) -> bool:
     """Whether a config.json (has a ``vitprune`` section) or README.md (card tagged ``vitprune``) is vitprune's."""
+    from ..errors import ModelNotFoundError
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
     if path.name == CONFIG_NAME:
         try:
-            cfg = json.loads(text)
-        except ValueError:
+            return isinstance(parse_config(text.encode(), str(path)).get(VITPRUNE_KEY), dict)
+        except ModelNotFoundError:
             return False
-        return isinstance(cfg, dict) and isinstance(cfg.get(VITPRUNE_KEY), dict)
     if not text.startswith("---"):  # no Hub metadata block: not a card vitprune rendered
         return False
     from huggingface_hub import ModelCard
@@ -263,7 +239,7 @@ def _commit(folder: Path, new: Path, names: list[str]) -> None:
         if not is_our_link(folder, n):  # a name the old model lacks: its link dangles until the switch
             _link(folder, n)
             _step(f"linked {n}")
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _point_current(store, new)
     _step("switched")
     if old is not None and old != new:
@@ -274,7 +250,7 @@ def _commit(folder: Path, new: Path, names: list[str]) -> None:
                 (folder / rel).unlink()  # it dangles now: the new model has no such file
                 _step(f"unlinked {rel}")
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _step("done")
 
 
@@ -285,7 +261,7 @@ def _commit_by_replace(folder: Path, new: Path, names: list[str]) -> None:
         os.replace(new / n, folder / n)
         _step(f"replaced {n}")
     shutil.rmtree(new, ignore_errors=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def save(
@@ -338,7 +314,7 @@ def save(
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
                     names.append(f.relative_to(new).as_posix())
-            _fsync_dir(new)
+            fsync_dir(new)
             _step("staged")
             if _symlinks_work(store):
                 _commit(folder, new, names)
@@ -405,7 +381,7 @@ def update_files(
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
                     names.append(f.relative_to(new).as_posix())
-            _fsync_dir(new)
+            fsync_dir(new)
             _step("staged")
             if _symlinks_work(store):
                 _commit(folder, new, names)
@@ -415,12 +391,6 @@ def update_files(
             if current_version(folder) != new:
                 shutil.rmtree(new, ignore_errors=True)
     return folder
-
-
-def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``vitprune`` section of a saved folder's config.json ({} for a plain timm folder)."""
-    cfg = json.loads((Path(folder) / CONFIG_NAME).read_text())
-    return cfg.get(VITPRUNE_KEY) or {}
 
 
 __all__ = ["save", "update_files", "write_atomic", "read_vitprune_section", "check_overwritable", "current_version",

@@ -35,7 +35,7 @@ def providers_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise DeviceError("ONNX Runtime here has no CUDAExecutionProvider (install onnxruntime-gpu); use "
-                              "--device cpu.")
+                              "`device` cpu.")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

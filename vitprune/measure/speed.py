@@ -31,10 +31,10 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     except (RuntimeError, TypeError, ValueError):  # "gpu", "tpu", typos: torch lists every backend it knows
         dev = None
     if dev is None or dev.type not in ("cuda", "cpu"):
-        raise DeviceError(f"device {device!r} is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or "
-                          "--device cpu.")
+        raise DeviceError(f"device {device!r} is not supported; use `device` cuda (an NVIDIA GPU, or cuda:N) or "
+                          "`device` cpu.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for but no CUDA GPU is available here; use --device cpu.")
+        raise DeviceError("`device` cuda was asked for but no CUDA GPU is available here; use `device` cpu.")
     return dev
 
 
@@ -43,9 +43,9 @@ def resolve_dtype(dtype: Optional[str], device: torch.device) -> str:
     if dtype is None:
         return "fp16" if device.type == "cuda" else "fp32"
     if dtype not in DTYPES:
-        raise MethodOptionError(f"dtype must be one of fp16, bf16, fp32, not {dtype!r}.")
+        raise MethodOptionError(f"`dtype` must be one of fp16, bf16, fp32, not {dtype!r}.")
     if device.type == "cpu" and dtype == "fp16":
-        raise DeviceError("fp16 inference is a GPU setting; on CPU use --dtype fp32 or bf16.")
+        raise DeviceError("fp16 inference is a GPU setting; on CPU use `dtype` fp32 or bf16.")
     return dtype
 
 
@@ -170,7 +170,7 @@ def benchmark(
                         on_step()
     except torch.cuda.OutOfMemoryError:
         raise DeviceError(
-            f"the GPU ran out of memory at batch size {settings.batch_size}; try a smaller --batch-size."
+            f"the GPU ran out of memory at batch size {settings.batch_size}; try a smaller `batch_size`."
         ) from None
     return {
         n: Timing(

@@ -6,7 +6,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import MethodOptionError
-from .base import MethodOptions, PatchedViT, TeacherOutput, TokenMethod, TokenState, patched_class, tracking, vit_info
+from .base import (
+    MethodOptions, PatchedViT, StepContext, TeacherOutput, TokenMethod, TokenState, patched_class, tracking, vit_info,
+)
 from .registry import create_method, describe_methods, get_method_class, method_names, register
 
 
@@ -56,7 +58,7 @@ def list_methods() -> list[str]:
 
 
 __all__ = [
-    "MethodOptions", "PatchedViT", "TeacherOutput", "TokenMethod", "TokenState", "apply_method", "create_method",
-    "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods", "method_names", "patched_class",
+    "MethodOptions", "PatchedViT", "StepContext", "TeacherOutput", "TokenMethod", "TokenState", "apply_method",
+    "create_method", "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods", "method_names", "patched_class",
     "register", "tracking", "vit_info",
 ]

@@ -17,10 +17,14 @@ needs afterwards (``aux``), and, when asked (``track=True``), which original pat
 What the rest of vitprune asks of a method:
 
 * ``token_schedule(model)``: tokens entering each block in eval mode, analytically (reports, tests);
-* ``aux_losses(model, state, teacher)``: extra training losses (ratio, budget, token distillation...) with the
-  paper's weights as defaults; ``teacher_forward`` says what the trainer must compute on the dense teacher;
-* ``training_passes()`` and ``on_train_progress()``: hooks for methods whose training runs several forward
+* ``aux_losses(model, state, teacher, targets=, step=)``: extra training losses (ratio, budget, token
+  distillation...) with the paper's weights as defaults; the trainer hands it the batch's labels (``targets``) and
+  the ``StepContext`` of the micro-batch; ``teacher_forward`` says what the trainer must compute on the teacher;
+* ``training_passes(step)`` and ``on_train_progress()``: hooks for methods whose training runs several forward
   passes per step (SaiT dense/sparse) or changes with progress (EViT keep-rate schedule, Evo-ViT layer-wise mode);
+  what one pass leaves for a later pass of the same images goes into ``step.carry``, never onto the method;
+* ``state_dict()`` / ``load_state_dict()``: the method's own training state (a schedule's current value), as
+  plain data saved in every checkpoint (read back with ``weights_only``), so a resumed run continues exactly;
 * ``default_recipe()`` / ``new_module_prefixes``: learning-rate groups and schedule defaults from the paper;
 * ``macs(model, images)``: an analytic count where fvcore cannot see input-dependent token counts (DGE, SaiT);
 * ``convert_official_state_dict(state_dict, model)``: map an official release's keys onto the vitprune model;
@@ -36,7 +40,7 @@ import typing
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 from types import UnionType
-from typing import Any, ClassVar, Iterator, Optional, Union
+from typing import Any, ClassVar, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -185,16 +189,23 @@ class ViTInfo:
         return self.grid[0] * self.grid[1]
 
 
-def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
-    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+def check_vit(model: nn.Module, what: str = "the model") -> None:
+    """UnsupportedModelError unless ``model`` is a timm VisionTransformer (the one check of what vitprune loads,
+    measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
+    from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         raise UnsupportedModelError(
-            f"{type(model).__name__} is not a timm VisionTransformer; token methods patch timm ViTs "
-            "(deit_*, vit_*, distilled and register variants)."
-        )
+            f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on timm "
+            "VisionTransformer models (deit_*, vit_*, including distilled and register variants).")
+
+
+def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
+    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    check_vit(model)
     for i, blk in enumerate(model.blocks):
         if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
             raise UnsupportedModelError(
@@ -316,6 +327,17 @@ class TokenState:
 
 
 @dataclass
+class StepContext:
+    """What the student passes over one micro-batch share. The trainer makes a new one for every micro-batch and
+    hands it to ``training_passes`` and to every pass's ``aux_losses``; it is dropped afterwards, so nothing of one
+    batch reaches the next (SaiT's dense pass leaves its selection target for the sparse pass in ``carry``)."""
+
+    epoch: float = 0.0  # fractional epoch of this step (what ``on_train_progress`` was told)
+    total_epochs: float = 0.0
+    carry: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TeacherOutput:
     """What the trainer computed on the dense teacher for a batch."""
 
@@ -382,8 +404,12 @@ class TokenMethod:
         info = vit_info(model, img_size)
         return [info.num_prefix_tokens + info.num_patches] * info.depth
 
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
-        """Weighted auxiliary training losses (already multiplied by their weights)."""
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
+        """Weighted auxiliary training losses (already multiplied by their weights) of one student pass: ``state``
+        is that pass's, ``teacher`` what ``teacher_forward`` computed (None without a teacher), ``targets`` the
+        micro-batch's labels (class indices, or soft targets ``B x classes``) and ``step`` its ``StepContext``. The
+        trainer always passes both; other callers may not."""
         return {}
 
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
@@ -391,12 +417,21 @@ class TokenMethod:
         tokens = teacher.forward_features(images)
         return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens)
 
-    def training_passes(self) -> list[dict[str, Any]]:
-        """Runtime settings for each student forward in one training step (SaiT: dense and sparse)."""
+    def training_passes(self, step: Optional[StepContext] = None) -> list[dict[str, Any]]:
+        """Runtime settings for each student forward over one micro-batch (SaiT: dense and sparse)."""
         return [{}]
 
     def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
         """Called by the trainer before each step with the fractional epoch (schedules)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own training state that neither the weights nor the options hold (what
+        ``on_train_progress`` set...), as plain data (numbers, strings, booleans, None, lists, dicts): the trainer
+        saves it in every checkpoint, which is read back with ``weights_only``. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (from a checkpoint file: keys may be missing)."""
 
     def default_recipe(self) -> dict[str, Any]:
         """The paper's fine-tuning recipe adapted to vitprune; trainer flags override each key.

@@ -106,8 +106,11 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..measure.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
-from .base import MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info
+from .base import (
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
+)
 from .registry import register
 
 #: softmax probability of the favoured split at initialisation (the reference's p0)
@@ -154,71 +157,6 @@ class DGEOptions(MethodOptions):
         if self.router_init not in ROUTER_INITS:
             raise MethodOptionError(
                 f"router-init must be one of {', '.join(ROUTER_INITS)}, got {self.router_init!r}.")
-
-
-# ------------------------------------------------------------------------------------------ MAC model
-
-
-@dataclass(frozen=True)
-class BlockCost:
-    """MACs of one DGE block with fvcore's conventions, as a function of queries ``nq`` and tokens ``n``."""
-
-    per_query: float  # norm1 (queries), q projection, q_norm, attn norm/gate, out projection, norm2, MLP
-    per_key: float  # norm1 (keys), k/v projection, k_norm
-    per_pair: float  # SDPA: QK^T and AV, per query-key pair
-    norm1: float  # norm1 per token (counted once per token in the dense block)
-    router: float  # Linear(C, K) per region
-
-    def packed(self, nq: Any, n: int, regions_: int) -> Any:
-        """Queries computed apart from keys (the compress/decompress path); works on tensors too."""
-        return nq * (self.per_query + n * self.per_pair) + n * self.per_key + regions_ * self.router
-
-    def dense(self, n: int, regions_: int) -> float:
-        """The block run as timm's own (every query finest), plus the router that decided so."""
-        return self.packed(n, n, regions_) - n * self.norm1
-
-
-def _norm_macs(module: nn.Module, numel: int) -> float:
-    """fvcore's LayerNorm convention: 5 per element with an affine transform, 4 without; others 0."""
-    if isinstance(module, nn.LayerNorm):
-        return (5 if module.elementwise_affine else 4) * numel
-    return 0.0
-
-
-def _linear_macs(module: Optional[nn.Module]) -> float:
-    return float(module.in_features * module.out_features) if isinstance(module, nn.Linear) else 0.0
-
-
-def block_cost(blk: nn.Module, num_choices: int) -> BlockCost:
-    attn, dim = blk.attn, blk.attn.qkv.in_features
-    adim = attn.num_heads * attn.head_dim
-    ln1 = _norm_macs(blk.norm1, dim)
-    mlp = sum(_linear_macs(m) for m in blk.mlp.modules())
-    mlp += sum(_norm_macs(m, m.normalized_shape[0]) for m in blk.mlp.modules() if isinstance(m, nn.LayerNorm))
-    per_query = (ln1 + dim * adim + _norm_macs(attn.q_norm, adim) + _norm_macs(getattr(attn, "norm", None), adim)
-                 + _linear_macs(getattr(attn, "gate", None)) + _linear_macs(attn.proj)
-                 + _norm_macs(blk.norm2, dim) + mlp)
-    per_key = ln1 + 2 * dim * adim + _norm_macs(attn.k_norm, adim)
-    return BlockCost(per_query=per_query, per_key=per_key, per_pair=2.0 * adim, norm1=ln1,
-                     router=float(dim * num_choices))
-
-
-def outside_macs(model: nn.Module, grid: tuple[int, int]) -> Optional[float]:
-    """MACs of everything but the blocks (patch embedding, norms, head) with fvcore's conventions, or None for a
-    part this count does not know (then fvcore counts the whole model)."""
-    p = grid[0] * grid[1]
-    n = p + model.num_prefix_tokens
-    c = model.embed_dim
-    pe = model.patch_embed
-    if not isinstance(pe.proj, nn.Conv2d) or getattr(model, "attn_pool", None) is not None:
-        return None
-    w = pe.proj.weight
-    total = float(p * w.shape[0] * w.shape[1] * w.shape[2] * w.shape[3])
-    total += _norm_macs(pe.norm, p * c) + _norm_macs(model.norm_pre, n * c) + _norm_macs(model.norm, n * c)
-    total += _norm_macs(getattr(model, "fc_norm", None), c)
-    for name in ("head", "head_dist"):
-        total += _linear_macs(getattr(model, name, None))
-    return total
 
 
 # ------------------------------------------------------------------------------------------ the method
@@ -558,7 +496,7 @@ class DGE(TokenMethod):
     def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
         """Mean MACs per image over ``images``, from each image's decisions in every block (see the module doc)."""
         grid = _grid_for(model, images)
-        outside = outside_macs(model, grid)
+        outside = outside_macs(model, grid[0] * grid[1])
         if outside is None:
             return None
         q = self.decisions(model, images)["queries"].double()  # depth x B
@@ -638,7 +576,8 @@ class DGE(TokenMethod):
         return dict(self.calibration)
 
     # -- training --------------------------------------------------------------------------------------
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
         dyn = state.aux.get("dge_macs")
         if dyn is None:
             return {}

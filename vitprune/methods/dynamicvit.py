@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     check_fraction, vit_info,
 )
 from .registry import register
@@ -276,6 +276,12 @@ class DynamicViT(TokenMethod):
         tail = self.options.topk_tail
         self.train_topk = tail > 0 and total_epochs > 0 and epoch >= (1.0 - tail) * total_epochs
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_topk": self.train_topk}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.train_topk = bool(state.get("train_topk", False))
+
     # -- schedule -------------------------------------------------------------------------------------
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
         info = vit_info(model, img_size)
@@ -290,13 +296,14 @@ class DynamicViT(TokenMethod):
         return out
 
     # -- training -------------------------------------------------------------------------------------
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
         decisions: list[Tensor] = state.aux.get("decisions") or []
         if not decisions:  # keep rate 1.0: nothing to learn
             return {}
         out: dict[str, Tensor] = {}
-        targets = state.aux.get("keep_targets") or self.keep_targets(len(decisions))
-        ratio = sum(((d.float().mean(dim=1) - t) ** 2).mean() for d, t in zip(decisions, targets))
+        keep = state.aux.get("keep_targets") or self.keep_targets(len(decisions))
+        ratio = sum(((d.float().mean(dim=1) - t) ** 2).mean() for d, t in zip(decisions, keep))
         out["ratio"] = self.options.ratio_weight * ratio / len(decisions)
         final = state.aux.get("final_tokens")
         if self.options.distill_weight > 0 and final is not None and teacher is not None \

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +141,13 @@ class EViT(TokenMethod):
 
     def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
         self.train_keep_rate = self.scheduled_keep_rate(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_keep_rate": self.train_keep_rate}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        rate = state.get("train_keep_rate")
+        self.train_keep_rate = None if rate is None else float(rate)
 
     def default_recipe(self) -> dict[str, Any]:
         # finetune.sh: lr 2e-5 per 512 images, no warm-up, weight decay 1e-6, min lr 2e-6, model in eval mode

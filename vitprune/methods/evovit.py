@@ -55,9 +55,9 @@ vitprune choices and deviations from the reference code
   softmax runs over all keys (prefix tokens included, like the reference's class key); only patch keys are scored.
   With a representative token its key takes part in the softmax but its entry is not a patch score.
 * Every prefix token is kept and processed in every block and never scored; the class token (index 0) is the query.
-* The auxiliary class-token loss needs labels, which ``aux_losses`` does not receive from the trainer; it uses
-  ``state.aux["targets"]`` when a trainer puts the labels there, and otherwise ``KL(teacher || head_cls)`` against
-  the dense teacher's logits (temperature 1).
+* The auxiliary class-token loss is a label cross-entropy on the labels the trainer hands ``aux_losses``; without
+  labels (a caller outside the trainer) it is ``KL(teacher || head_cls)`` against the dense teacher's logits
+  (temperature 1).
 * Not implemented (LeViT code only): learned per-layer evolution weights, mean over heads, re-normalisation.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import carry
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     require_class_token, vit_info,
 )
 from .registry import register
@@ -178,8 +178,8 @@ class EvoViT(TokenMethod):
         "every prefix token is kept and processed, never scored.",
         "The class-attention row is computed alone (q_cls K^T) so attention stays on fused SDPA; before the first "
         "selection only the block just before it computes it (the code's weight 1 overwrites earlier rows).",
-        "Assisted class-token loss: labels from state.aux['targets'] when the trainer provides them, otherwise KL "
-        "to the dense teacher's logits (aux_losses receives no labels).",
+        "Assisted class-token loss: cross-entropy on the labels the trainer passes to aux_losses; without labels, "
+        "KL to the dense teacher's logits.",
         "Recipe: no official fine-tuning recipe exists (the paper trains 300 epochs from scratch without KD); "
         "vitprune fine-tunes 30 epochs DeiT-style (AdamW, wd 0.05, drop path 0.1, smoothing 0.1) with logit KD 0.5.",
     )
@@ -361,13 +361,20 @@ class EvoViT(TokenMethod):
     def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
         self.train_layer_wise = total_epochs > 0 and epoch < self.options.layer_wise_fraction * total_epochs
 
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput]) -> dict[str, Tensor]:
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_layer_wise": self.train_layer_wise}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        layer_wise = state.get("train_layer_wise")
+        self.train_layer_wise = None if layer_wise is None else bool(layer_wise)
+
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
         logits = state.aux.get("cls_logits")
         w = self.options.aux_cls_weight
         if logits is None or w <= 0:
             return {}
         logits = logits.float()
-        targets = state.aux.get("targets")
         if targets is not None:
             if targets.dtype.is_floating_point:  # soft targets (mixup / cutmix)
                 loss = torch.sum(-targets.float() * F.log_softmax(logits, dim=-1), dim=-1).mean()

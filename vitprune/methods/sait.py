@@ -74,9 +74,10 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..measure.analytic import token_macs
 from ..ops import adaptive as aops
 from .base import (
-    MethodOptions, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
+    MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     check_fraction, require_class_token, tracking, vit_info,
 )
 from .registry import register
@@ -177,52 +178,6 @@ class ThresholdCalibration:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------- MAC counting
-# fvcore's conventions (what ``vitprune.measure.count_macs`` reports): Linear = in x out per token, affine
-# LayerNorm = 5 x elements, SDPA = QK^T + AV, the class row = q_cls K^T, element-wise ops and gathers free.
-
-
-def _norm_macs(mod: nn.Module) -> int:
-    if isinstance(mod, nn.LayerNorm):
-        return (5 if mod.elementwise_affine else 4) * math.prod(mod.normalized_shape)
-    return 0
-
-
-def _per_token_macs(module: nn.Module, heads: int = 1) -> int:
-    total = 0
-    for name, mod in module.named_modules():
-        if isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
-        elif isinstance(mod, nn.LayerNorm):
-            # qk-norm LayerNorms act on every head's vector of every token
-            total += _norm_macs(mod) * (heads if name.endswith(("q_norm", "k_norm")) else 1)
-    return total
-
-
-def analytic_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int] = ()) -> Tensor:
-    """MACs per image (``B``, float64) of a patched ViT whose images see ``tokens[b, i]`` tokens (prefix included)
-    entering block ``i`` (``B x depth``), counted with fvcore's conventions. ``selection_blocks`` compute the
-    class-attention row (``q_cls K^T``) besides their own attention."""
-    tokens = tokens.double()
-    sel = set(selection_blocks)
-    pe = model.patch_embed
-    n0 = tokens[:, 0]
-    num_patches = n0 - model.num_prefix_tokens
-    macs = num_patches * float(pe.proj.weight.numel()) + num_patches * _norm_macs(getattr(pe, "norm", nn.Identity()))
-    macs = macs + n0 * _norm_macs(model.norm_pre)
-    for i, blk in enumerate(model.blocks):
-        n = tokens[:, i]
-        attn_dim = blk.attn.num_heads * blk.attn.head_dim
-        macs = macs + n * _per_token_macs(blk, blk.attn.num_heads) + 2.0 * n * n * attn_dim
-        if i in sel:
-            macs = macs + n * attn_dim
-    macs = macs + tokens[:, -1] * _norm_macs(model.norm) + _per_token_macs(model.fc_norm)
-    for head in (model.head, getattr(model, "head_dist", None)):
-        if head is not None:
-            macs = macs + _per_token_macs(head)
-    return macs
-
-
 # ---------------------------------------------------------------------------------------------- the method
 
 
@@ -276,11 +231,6 @@ class SaiT(TokenMethod):
         "The default threshold 0.9 is a placeholder: calibrate_threshold picks the threshold whose mean GMACs on "
         "a set of images is 40 % below dense (compress runs it on up to 256 training images).",
     )
-
-    def __init__(self, options: SaiTOptions):
-        super().__init__(options)
-        self._epoch = 0.0
-        self._self_target: Optional[Tensor] = None
 
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
@@ -479,7 +429,7 @@ class SaiT(TokenMethod):
         self._enter(state, x, None)
         out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
-        self._self_target = ops.patch_scores_from_cls(rows, state.num_prefix).detach()
+        state.aux["sait_self_target"] = ops.patch_scores_from_cls(rows, state.num_prefix).detach()
         return x
 
     # -- analytic facts -----------------------------------------------------------------------------------
@@ -529,7 +479,7 @@ class SaiT(TokenMethod):
             tokens = torch.stack(state.aux["sait_tokens"], dim=1)
         else:  # skip path: every block sees every token
             tokens = torch.tensor(state.counts, device=images.device).expand(images.shape[0], -1)
-        return analytic_macs(model, tokens, self._selection_blocks(model)), kept
+        return token_macs(model, tokens, self._selection_blocks(model)), kept
 
     # -- calibration -------------------------------------------------------------------------------------
     def calibrate_threshold(
@@ -632,7 +582,7 @@ class SaiT(TokenMethod):
         depth = len(model.blocks)
         tokens = torch.where(torch.arange(depth, device=curves.device)[None, :] < location,
                              torch.full_like(after, npre + P)[:, None], after[:, None])
-        return float(analytic_macs(model, tokens, [location - 1]).mean())
+        return float(token_macs(model, tokens, [location - 1]).mean())
 
     # -- training ------------------------------------------------------------------------------------------
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
@@ -653,15 +603,19 @@ class SaiT(TokenMethod):
         return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens,
                              extras={"sait_cls_attn": ops.patch_scores_from_cls(rows, teacher.num_prefix_tokens)})
 
-    def aux_losses(self, model: nn.Module, state: TokenState, teacher: TeacherOutput) -> dict[str, Tensor]:
+    def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
+                   targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:
+        own = state.aux.get("sait_self_target")
+        if own is not None and step is not None:  # a dense pass: the fallback target of this step's sparse pass
+            step.carry["sait_self_target"] = own
         sel = state.aux.get("sait_sel")
         if not sel or self.options.sel_weight == 0:
             return {}
         B, P0 = sel[0][0].shape
         target = teacher.extras.get("sait_cls_attn") if (teacher is not None and self.options.sel_target == "teacher") \
             else None
-        if target is None or tuple(target.shape) != (B, P0):
-            target = self._self_target
+        if (target is None or tuple(target.shape) != (B, P0)) and step is not None:
+            target = step.carry.get("sait_self_target")
         if target is None or tuple(target.shape) != (B, P0):
             return {}
         target = target.detach().to(sel[0][0].device)
@@ -678,13 +632,11 @@ class SaiT(TokenMethod):
         lo, hi = o.threshold_range
         return {"mode": "adaptive", "threshold": lo + (hi - lo) * u}
 
-    def training_passes(self) -> list[dict[str, Any]]:
+    def training_passes(self, step: Optional[StepContext] = None) -> list[dict[str, Any]]:
         if self.options.sait_schedule == "both":
             return [{"mode": "dense"}, self.sparse_pass()]
-        return [{"mode": "dense"}] if int(self._epoch) % 2 == 0 else [self.sparse_pass()]
-
-    def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
-        self._epoch = epoch
+        epoch = step.epoch if step is not None else 0.0
+        return [{"mode": "dense"}] if int(epoch) % 2 == 0 else [self.sparse_pass()]
 
     def default_recipe(self) -> dict[str, Any]:
         # The paper's recipe is not public; DeiT-style fine-tuning from the pretrained model (vitprune's choice):

@@ -39,16 +39,10 @@ _AUGMENT_FLAGS = {"hflip": "--hflip", "scale": "--scale", "ratio": "--ratio", "c
 
 def read_folder(folder: str | Path) -> tuple[dict[str, Any], Optional[dict[str, Any]], dict[str, Any]]:
     """(vitprune section, report or None, whole config.json) of a saved folder."""
-    from ..errors import ModelNotFoundError
+    from ..hub.load import read_config
 
     folder = Path(folder)
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise ModelNotFoundError(f"{folder} has no config.json; it is not a folder saved by vitprune (or timm).")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelNotFoundError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    config = read_config(folder)
     report = None
     rep_file = folder / "report.json"
     if rep_file.is_file():

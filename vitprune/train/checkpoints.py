@@ -3,8 +3,8 @@
 A checkpoint holds the student's weights, the optimizer, scheduler and grad-scaler states, the position (global
 optimizer step; the data order is a pure function of the seed and the epoch, so the step is enough to find the
 next batch), the partial metrics of the current epoch, the history of finished epochs, the random states of every
-process (Python, NumPy, torch CPU and CUDA), the method's plain run-time attributes, and a fingerprint of the
-settings that decide the result (a resumed run must use the same ones).
+process (Python, NumPy, torch CPU and CUDA), the method's own training state (``method.state_dict()``), and a
+fingerprint of the settings that decide the result (a resumed run must use the same ones).
 
 Written to a temporary file in the same folder (``.NAME.pt.tmp-XXXXXXXX``), flushed to disk, then renamed over the
 previous checkpoint: a run killed at any moment leaves the previous checkpoint or the new one, never a partial
@@ -21,7 +21,6 @@ import io
 import os
 import random
 import re
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -30,32 +29,18 @@ import numpy as np
 import torch
 
 from ..errors import VitpruneError
+from ..files import write_atomic
 from .ddp import DistInfo, broadcast_object
 
 FORMAT = 1
 #: what every checkpoint holds (a file without them is not a vitprune checkpoint)
 KEYS = ("fingerprint", "step", "model", "optimizer", "scheduler", "acc", "history", "skipped", "elapsed", "rng")
-#: the temporary name of a checkpoint being written: ``.last.pt.tmp-1a2b3c4d`` for ``last.pt``
+#: the temporary name of a checkpoint being written (``files.temp_name``): ``.last.pt.tmp-1a2b3c4d`` for ``last.pt``
 _TEMP = re.compile(r"^\..+\.pt\.tmp-[0-9a-f]{8}$")
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def remove_stale_temp(folder: Path) -> list[str]:
@@ -119,50 +104,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_PLAIN = (int, float, bool, str, type(None))
-
-
-def _plain(v: Any) -> bool:
-    if isinstance(v, _PLAIN):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-    return False
-
-
-#: method attributes rebuilt from the model, never saved or restored
-_METHOD_SKIP = frozenset({"options", "info", "_attached"})
-
-
-def method_state(method: Any) -> dict[str, Any]:
-    """The method object's plain run-time attributes (schedules set by ``on_train_progress``...); its options,
-    model facts and module references are rebuilt, not saved."""
-    if method is None:
-        return {}
-    return {k: v for k, v in vars(method).items() if k not in _METHOD_SKIP and _plain(v)}
-
-
-def restore_method_state(method: Any, state: dict[str, Any]) -> None:
-    """Set back what ``method_state`` saved: plain values under plain attribute names, never over the method's
-    options, model facts, modules or methods."""
-    if method is None or not isinstance(state, dict):
-        return
-    for k, v in state.items():
-        if (not isinstance(k, str) or not k.isidentifier() or k.startswith("__") or k in _METHOD_SKIP
-                or not _plain(v) or (hasattr(method, k) and not _plain(getattr(method, k)))):
-            continue
-        setattr(method, k, v)
-
-
 def _verify(c: dict[str, Any], path: Path, fingerprint: dict[str, Any], world_size: int) -> None:
     diff = fingerprint_diff(c.get("fingerprint") or {}, fingerprint)
     if diff:
-        raise VitpruneError(f"--resume: the checkpoint in {path} was made with other settings ({diff}); use the same "
-                            "ones, or start over with --overwrite.")
+        raise VitpruneError(f"`resume`: the checkpoint in {path} was made with other settings ({diff}); use the same "
+                            "ones, or start over with `overwrite`.")
     if c.get("world_size", 1) != world_size:
-        raise VitpruneError(f"--resume: the checkpoint was written by {c.get('world_size', 1)} process(es), this run "
+        raise VitpruneError(f"`resume`: the checkpoint was written by {c.get('world_size', 1)} process(es), this run "
                             f"has {world_size}; resume with the same number.")
     if not isinstance(c["rng"], list) or len(c["rng"]) != world_size:
         raise VitpruneError(f"{path} is not a vitprune checkpoint (random states); delete it to start over.")
@@ -190,12 +138,12 @@ def load_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistI
     data, problem = None, None
     if info.main:
         if not Path(path).is_file():
-            problem = f"--resume: no checkpoint at {path}; run without --resume to start."
+            problem = f"`resume`: no checkpoint at {path}; run without `resume` to start."
         elif info.enabled:  # one process reads the file itself
             try:
                 data = Path(path).read_bytes()
             except OSError as e:
-                problem = f"--resume: cannot read {path} ({e.strerror or type(e).__name__})."
+                problem = f"`resume`: cannot read {path} ({e.strerror or type(e).__name__})."
     data, problem = broadcast_object(info, (data, problem))
     if problem:
         raise VitpruneError(problem)

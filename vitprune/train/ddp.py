@@ -89,14 +89,6 @@ def all_reduce_max(info: DistInfo, values: list[float], device: torch.device) ->
     return t.tolist()
 
 
-def all_reduce_sum(info: DistInfo, values: list[float], device: torch.device) -> list[float]:
-    if not info.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     if not info.enabled:
         return [obj]

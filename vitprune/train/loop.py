@@ -1,11 +1,12 @@
 """The distillation training loop, written against the method contract only (``methods/base.py``).
 
-One optimizer step = ``accum_steps`` micro-batches; for each micro-batch the teacher runs once
-(``method.teacher_forward`` under ``no_grad`` in eval mode) and the student runs once per entry of
-``method.training_passes()``, each pass under ``method.overrides(**pass_settings)``, with loss
-``cls_weight * CE + kd_weight * KD + sum(method.aux_losses(model, model.vitprune_state, teacher_out))``,
-divided by ``accum_steps``, back-propagated right away (gradients are synchronised across processes on the last
-backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before every step.
+One optimizer step = ``accum_steps`` micro-batches; for each micro-batch the trainer makes a fresh
+``StepContext``, the teacher runs once (``method.teacher_forward`` under ``no_grad`` in eval mode) and the student
+runs once per entry of ``method.training_passes(step)``, each pass under ``method.overrides(**pass_settings)``,
+with loss ``cls_weight * CE + kd_weight * KD + sum(method.aux_losses(model, state, teacher_out, targets=labels,
+step=step))``, divided by ``accum_steps``, back-propagated right away (gradients are synchronised across processes
+on the last backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before
+every step; what it sets is the method's ``state_dict()``, saved in every checkpoint.
 
 Order and randomness: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; augmentation is
 seeded per sample (``data.base.Prepared``); forward-pass randomness (Gumbel noise, drop-path) comes from the torch
@@ -43,11 +44,12 @@ from torch import nn
 
 from ..data import Prepared, collate, worker_init
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
-from ..methods import TeacherOutput
+from ..measure.speed import autocast
+from ..methods import StepContext, TeacherOutput
 from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, total
-from .recipe import scaled_lr
+from .recipe import Recipe, scaled_lr
 
 log = logging.getLogger("vitprune")
 
@@ -110,13 +112,13 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
     """AdamW groups: (new module | backbone) x (decay | no decay); ``frozen`` names get ``requires_grad=False``.
 
     New modules (``new_prefixes``) train at lr x 1, the backbone at lr x ``backbone_lr_scale``; biases, norm
     weights, other 1-D parameters and the model's ``no_weight_decay()`` names get no weight decay.
     """
-    frozen = list(recipe.get("frozen") or [])
+    frozen = list(recipe.frozen or [])
     unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
     if unknown:
         raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
@@ -133,8 +135,8 @@ def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[s
         no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip or _matches(name, list(skip))
         g = groups.setdefault((new, no_decay), {
             "params": [], "names": [], "backbone": not new,
-            "lr_scale": 1.0 if new else float(recipe["backbone_lr_scale"]),
-            "weight_decay": 0.0 if no_decay else float(recipe["weight_decay"]),
+            "lr_scale": 1.0 if new else float(recipe.backbone_lr_scale),
+            "weight_decay": 0.0 if no_decay else float(recipe.weight_decay),
         })
         g["params"].append(p)
         g["names"].append(name)
@@ -143,15 +145,15 @@ def param_groups(model: nn.Module, recipe: dict[str, Any], new_prefixes: tuple[s
     return [groups[k] for k in sorted(groups)]
 
 
-def lr_lambda(group: dict[str, Any], recipe: dict[str, Any], base_lr: float, steps_per_epoch: int,
+def lr_lambda(group: dict[str, Any], recipe: Recipe, base_lr: float, steps_per_epoch: int,
               total_steps: int) -> Callable[[int], float]:
     """Multiplier of the group's lr at optimizer step ``s``: frozen phase (backbone: 0), linear warm-up from
     ``warmup_lr``, cosine to ``min_lr`` (both scaled like the group)."""
     scale = group["lr_scale"]
-    warm = round(float(recipe["warmup_epochs"]) * steps_per_epoch)
-    freeze = round(float(recipe["freeze_backbone_epochs"]) * steps_per_epoch) if group["backbone"] else 0
-    lo = min(float(recipe["min_lr"]), base_lr)
-    w0 = min(float(recipe["warmup_lr"]), base_lr)
+    warm = round(float(recipe.warmup_epochs) * steps_per_epoch)
+    freeze = round(float(recipe.freeze_backbone_epochs) * steps_per_epoch) if group["backbone"] else 0
+    lo = min(float(recipe.min_lr), base_lr)
+    w0 = min(float(recipe.warmup_lr), base_lr)
 
     def f(step: int) -> float:
         if base_lr <= 0 or scale <= 0 or step < freeze:
@@ -226,7 +228,7 @@ class Trainer:
         student: nn.Module,
         teacher: Optional[nn.Module],
         train_set: Prepared,
-        recipe: dict[str, Any],
+        recipe: Recipe,
         settings: RunSettings,
         dist_info: Optional[DistInfo] = None,
         *,
@@ -254,16 +256,16 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise DataError(
                 f"the train split has {len(train_set)} images, fewer than one optimizer step needs ({b} x {w} "
-                f"process(es) x {a} accumulation step(s)); lower --batch-size or --accum-steps.")
-        self.epochs = float(recipe["epochs"])
+                f"process(es) x {a} accumulation step(s)); lower `batch_size` or `accum_steps`.")
+        self.epochs = float(recipe.epochs)
         self.total_steps = int(round(self.epochs * self.steps_per_epoch))
         self.lr = scaled_lr(recipe, self.global_batch)
 
     # -- setup ---------------------------------------------------------------------------------------
     def _prepare(self) -> None:
         dev = self.s.device
-        if self.recipe.get("drop_path") is not None:
-            set_drop_path(self.model, float(self.recipe["drop_path"]))
+        if self.recipe.drop_path is not None:
+            set_drop_path(self.model, float(self.recipe.drop_path))
         self.model.to(dev)
         if self.teacher is not None:
             self.teacher.to(dev).eval().requires_grad_(False)
@@ -278,9 +280,9 @@ class Trainer:
             lr_lambda(g, self.recipe, self.lr * g["lr_scale"], self.steps_per_epoch, self.total_steps)
             for g in self.optimizer.param_groups])
         self.scaler = torch.amp.GradScaler(dev.type) if self.s.precision == "fp16" else None
-        self.criterion = DistillationLoss(self.recipe["cls_weight"], self.recipe["label_smoothing"],
-                                          self.recipe["kd_weight"] if self.teacher is not None else 0.0,
-                                          self.recipe["kd_temperature"])
+        r = self.recipe
+        self.criterion = DistillationLoss(r.cls_weight, r.label_smoothing,
+                                          r.kd_weight if self.teacher is not None else 0.0, r.kd_temperature)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ddp = None
         if self.d.enabled:
@@ -291,16 +293,13 @@ class Trainer:
                            find_unused_parameters=unused, broadcast_buffers=False)
 
     def _autocast(self):
-        if self.s.precision == "fp32":
-            return contextlib.nullcontext()
-        dt = torch.bfloat16 if self.s.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.s.device.type, dtype=dt)
+        return autocast(self.s.device, self.s.precision)
 
     def _overrides(self, settings: dict[str, Any]):
         return self.method.overrides(**settings) if self.method is not None and settings else contextlib.nullcontext()
 
-    def _passes(self) -> list[dict[str, Any]]:
-        return self.method.training_passes() if self.method is not None else [{}]
+    def _passes(self, step: StepContext) -> list[dict[str, Any]]:
+        return self.method.training_passes(step) if self.method is not None else [{}]
 
     def _teacher_out(self, images: torch.Tensor) -> Optional[TeacherOutput]:
         if self.teacher is None:
@@ -311,14 +310,13 @@ class Trainer:
             return TeacherOutput(logits=self.teacher(images))
 
     def _losses(self, images: torch.Tensor, targets: torch.Tensor, t_out: Optional[TeacherOutput],
-                forward: nn.Module) -> dict[str, torch.Tensor]:
+                forward: nn.Module, step: StepContext) -> dict[str, torch.Tensor]:
         with self._autocast():
             logits = forward(images)
             terms = self.criterion(logits, targets, t_out.logits if t_out is not None else None)
             state = self.model.__dict__.pop("vitprune_state", None)  # this forward's; the graph keeps what it needs
             if self.method is not None and state is not None:
-                state.aux.setdefault("targets", targets)  # for methods with a label loss of their own (Evo-ViT)
-                for k, v in self.method.aux_losses(self.model, state, t_out).items():
+                for k, v in self.method.aux_losses(self.model, state, t_out, targets=targets, step=step).items():
                     terms[k] = v.float()
         return terms
 
@@ -329,15 +327,16 @@ class Trainer:
         devices = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
-            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             if self.method is not None:
                 self.method.on_train_progress(self.model, 0.0, self.epochs)
             x = torch.randn(2, c, h, w, device=dev)
             y = torch.zeros(2, dtype=torch.long, device=dev)
             t_out = self._teacher_out(x)
-            for settings in self._passes():
+            step = StepContext(0.0, self.epochs)
+            for settings in self._passes(step):
                 with self._overrides(settings):
-                    total(self._losses(x, y, t_out, self.model)).backward()
+                    total(self._losses(x, y, t_out, self.model, step)).backward()
             unused = any(p.grad is None for p in self.trainable)
             self.optimizer.zero_grad(set_to_none=True)
         return unused
@@ -351,7 +350,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "acc": dict(acc), "history": list(history), "skipped": list(skipped), "elapsed": elapsed,
-            "method_state": ck.method_state(self.method),
+            "method_state": self.method.state_dict() if self.method is not None else {},
         }
 
     def _save(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
@@ -372,7 +371,7 @@ class Trainer:
     def _restore(self) -> tuple[int, dict[str, float], list[dict[str, Any]], list[str], float]:
         path = self.s.checkpoint
         if path is None:
-            raise VitpruneError("--resume: this run has no checkpoint path; run without --resume to start.")
+            raise VitpruneError("`resume`: this run has no checkpoint path; run without `resume` to start.")
         c = ck.load_resumable(path, self.s.fingerprint, self.d)
         try:  # the contents are data from a file: a malformed part is the file's fault, said in one line
             self.model.load_state_dict(c["model"])
@@ -380,7 +379,8 @@ class Trainer:
             self.scheduler.load_state_dict(c["scheduler"])
             if self.scaler is not None and c.get("scaler"):
                 self.scaler.load_state_dict(c["scaler"])
-            ck.restore_method_state(self.method, c.get("method_state"))
+            if self.method is not None:
+                self.method.load_state_dict(dict(c.get("method_state") or {}))
             ck.set_rng_state(c["rng"][self.d.rank])
             state = int(c["step"]), dict(c["acc"]), list(c["history"]), list(c["skipped"]), float(c["elapsed"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
@@ -393,7 +393,7 @@ class Trainer:
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
-        from ..hub import write_atomic
+        from ..files import write_atomic
 
         try:
             text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in history)
@@ -437,8 +437,8 @@ class Trainer:
         where = f" at step {step}/{self.total_steps}" if step is not None else ""
         kept = (f"; the last checkpoint (step {self._saved_step}) is kept" if self._saved_step is not None
                 and self.s.checkpoint is not None else "; nothing was saved")
-        return TrainingDiverged(f"training diverged{where}: {what}; lower --lr (now {float(self.recipe['lr']):g}) or "
-                                f"clip the gradients with --clip-grad 1.0{kept}.")
+        return TrainingDiverged(f"training diverged{where}: {what}; lower `lr` (now {float(self.recipe.lr):g}) or "
+                                f"clip the gradients with `clip_grad` 1.0{kept}.")
 
     def _check_weights(self, step: int) -> None:
         """Every process: stop if a weight is not finite (one reduction and one host transfer)."""
@@ -469,8 +469,8 @@ class Trainer:
             self._check_weights(step)
         except torch.OutOfMemoryError:
             raise DeviceError(
-                f"out of GPU memory at --batch-size {self.s.batch_size}; try --batch-size "
-                f"{max(1, self.s.batch_size // 2)} --accum-steps {self.s.accum_steps * 2} (same effective batch)"
+                f"out of GPU memory at `batch_size` {self.s.batch_size}; try `batch_size` "
+                f"{max(1, self.s.batch_size // 2)} with `accum_steps` {self.s.accum_steps * 2} (same effective batch)"
                 + (f"; the last checkpoint {self.s.checkpoint} is kept" if self.s.checkpoint else "") + ".") from None
         skipped_all = sorted(set(sum(gather_objects(self.d, skipped), [])))
         return TrainSummary(
@@ -494,10 +494,11 @@ class Trainer:
                 pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
             batches = iter(loader)
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
-            set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+            set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             while step < self.total_steps and step // spe == epoch:
+                progress = step / spe
                 if self.method is not None:
-                    self.method.on_train_progress(self.model, step / spe, self.epochs)
+                    self.method.on_train_progress(self.model, progress, self.epochs)
                 terms_sum: dict[str, torch.Tensor] = {}
                 n_img = 0
                 for micro in range(a):
@@ -511,7 +512,7 @@ class Trainer:
                     images = images.to(self.s.device, non_blocking=True)
                     targets = targets.to(self.s.device, non_blocking=True)
                     n_img += targets.numel()
-                    terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum)
+                    terms_sum = self._micro_step(images, targets, micro == a - 1, forward, terms_sum, progress)
                 terms, stop = self._check_step(terms_sum, step + 1)
                 self._optimizer_step()
                 step += 1
@@ -541,16 +542,17 @@ class Trainer:
                     what = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
                     raise TrainingInterrupted(
                         f"{what} at step {step}/{self.total_steps}; checkpoint saved to {self.s.checkpoint}; "
-                        "run the same command with --resume to continue.", self.s.checkpoint, stop, step)
+                        "run the same command with `resume` to continue.", self.s.checkpoint, stop, step)
                 if self.s.max_steps is not None and step >= self.s.max_steps and step < self.total_steps:
                     self._event("stopped", step=step, total_steps=self.total_steps)
                     return step, elapsed
         return step, elapsed
 
     def _micro_step(self, images: torch.Tensor, targets: torch.Tensor, last_micro: bool, forward: nn.Module,
-                    terms_sum: dict[str, float]) -> dict[str, float]:
+                    terms_sum: dict[str, float], epoch: float) -> dict[str, float]:
         a = self.s.accum_steps
-        passes = self._passes()
+        step = StepContext(epoch, self.epochs)  # what this micro-batch's passes share, gone after it
+        passes = self._passes(step)
         if targets.numel() == 0:  # every image of this micro-batch was unreadable: contribute zero gradients
             ctx = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else contextlib.nullcontext()
             with ctx:
@@ -562,7 +564,7 @@ class Trainer:
             sync = last_micro and i == len(passes) - 1
             ctx = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with ctx, self._overrides(settings):
-                terms = self._losses(images, targets, t_out, forward)
+                terms = self._losses(images, targets, t_out, forward, step)
                 loss = total(terms) / a
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -582,7 +584,7 @@ class Trainer:
         under torchrun one all-reduce shares the stop request and the divergence verdict. A non-finite loss, or a
         non-finite gradient without an fp16 scaler, raises ``TrainingDiverged`` before anything is applied (with
         a scaler, inf/NaN gradients are the scaler's business: it skips the step and lowers its scale)."""
-        clip = self.recipe.get("clip_grad")
+        clip = self.recipe.clip_grad
         norm = None
         if self.scaler is not None:
             if clip:
@@ -645,5 +647,5 @@ class Trainer:
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             r = evaluate(self.model, self.val, batch_size=self.s.batch_size, device=str(dev),
                          dtype="fp32" if self.s.precision == "fp32" else self.s.precision, workers=self.s.workers)
-        set_train_mode(self.model, bool(self.recipe.get("train_mode_eval")))
+        set_train_mode(self.model, bool(self.recipe.train_mode_eval))
         return {"val_top1": r.top1, "val_top5": r.top5, "val_loss": r.loss}
