@@ -427,17 +427,17 @@ def test_runtime_keep_rate_override(deit_small):
 
 
 def test_bad_options_and_models():
-    with pytest.raises(MethodOptionError, match=r"--keep-rate must be in \(0, 1\]"):
+    with pytest.raises(MethodOptionError, match=r"`keep_rate` must be in \(0, 1\]"):
         vitprune.apply_method(make_vit(), "evovit", keep_rate=1.5)
-    with pytest.raises(MethodOptionError, match="--keep-rate"):
+    with pytest.raises(MethodOptionError, match="`keep_rate`"):
         vitprune.apply_method(make_vit(), "evovit", keep_rate=0.0)
-    with pytest.raises(MethodOptionError, match="--select-loc"):
+    with pytest.raises(MethodOptionError, match="`select_loc`"):
         vitprune.apply_method(make_vit(), "evovit", select_loc=[0, 4])
     with pytest.raises(MethodOptionError, match="outside the model's blocks"):
         vitprune.apply_method(make_vit(depth=6), "evovit", select_loc=[4, 8])
-    with pytest.raises(MethodOptionError, match="--head must be one of model, avg"):
+    with pytest.raises(MethodOptionError, match="`head` must be one of model, avg"):
         vitprune.apply_method(make_vit(), "evovit", head="max")
-    with pytest.raises(MethodOptionError, match="--layer-wise-fraction"):
+    with pytest.raises(MethodOptionError, match="`layer_wise_fraction`"):
         vitprune.apply_method(make_vit(), "evovit", layer_wise_fraction=2)
     with pytest.raises(MethodOptionError, match="not an option of evovit"):
         vitprune.apply_method(make_vit(), "evovit", r=8)
