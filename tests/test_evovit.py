@@ -462,8 +462,8 @@ def test_cli_bad_option_and_official_checkpoint_import(tmp_path):
     torch.save({"model": official_layout(src.state_dict(), 192), "epoch": 299}, tmp_path / "evo.pth")
     args = ["import-checkpoint", str(tmp_path / "evo.pth"), "--method", "evovit", "--base", "deit_tiny_patch16_224"]
     res = CliRunner().invoke(app, args + ["-o", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "head=avg" in res.output  # the official head averages the patches
-    res = CliRunner().invoke(app, args + ["--opt", "head=avg", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "import them with --head avg" in res.output  # the official head averages patches
+    res = CliRunner().invoke(app, args + ["--head", "avg", "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     model = vitprune.load(tmp_path / "o")
     assert model.vitprune_method.options.head == "avg"

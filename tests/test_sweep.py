@@ -69,19 +69,20 @@ def test_runtime_sweep_of_one_saved_checkpoint(tmp_path):
         vitprune.sweep(str(folder), values=[0.0, 1.0], option="shrink_epochs", out=None, speed=False)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "evit"], "exactly one of --keep-rates"),
-    (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values"),
-    (["--method", "evit", "--keep-rates", "0.5,abc"], "--keep-rates takes numbers"),
-    (["--method", "evit", "--keep-rates", "0.5,1.5", "--no-speed"], "keep-rate must be in (0, 1]"),
-    (["--keep-rates", "0.5"], "sweep needs --method"),
+@pytest.mark.parametrize("args, message, code", [  # a malformed command line exits 2, a refused setting 1
+    (["--method", "evit"], "exactly one of --keep-rates", 2),
+    (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values", 2),
+    (["--method", "evit", "--keep-rates", "0.5,abc"], "--keep-rates takes numbers", 2),
+    (["--method", "evit", "--keep-rates", "0.5", "--option", "fuse"], "--option goes with --values", 2),
+    (["--method", "evit", "--keep-rates", "0.5,1.5", "--no-speed"], "keep-rate must be in (0, 1]", 1),
+    (["--keep-rates", "0.5"], "sweep needs --method", 1),
     (["--method", "dynamicvit", "--keep-rates", "0.5,0.7", "--data", "demo", "--no-speed"],
-     "parameters that must be trained: give --epochs N"),
-    (["--method", "evit", "--keep-rates", "0.5", "--epochs", "1"], "needs --data"),
+     "parameters that must be trained: give --epochs N", 1),
+    (["--method", "evit", "--keep-rates", "0.5", "--epochs", "1"], "needs --data", 1),
 ])
-def test_sweep_refusals_are_one_line(args, message, tmp_path):
+def test_sweep_refusals_are_one_line(args, message, code, tmp_path):
     res = runner.invoke(app, ["sweep", "demo", *args, "--out", str(tmp_path / "s")], env={"COLUMNS": "200"})
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
 

@@ -88,7 +88,8 @@ def test_tome_on_photos_with_deit_small_shape(photos, tmp_path):
 
 def test_tome_groups_and_dge_regions_come_from_the_assignment_maps(photos):
     import vitprune
-    from vitprune.report.plots import collect_token_maps, panel_style
+    from vitprune.report.plots import panel_style
+    from vitprune.tokenmaps import collect_token_maps
 
     tome = vitprune.apply_method(vitprune.load_model("demo"), "tome", r=8)
     maps = collect_token_maps(tome, ["demo:1", "demo:2"], name="demo")

@@ -413,6 +413,8 @@ class TokenState:
     stages: list[tuple[int, Tensor]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     aux: dict[str, Any] = field(default_factory=dict)
+    #: (when ``track``) a reduction fused the tokens it removed into an extra token (EViT, SaiT with ``fuse``)
+    fused: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -432,6 +434,7 @@ class TokenState:
             origin = torch.gather(self.origin, 1, idx)
             if extra_synthetic:
                 origin = torch.cat([origin, origin.new_full((origin.shape[0], extra_synthetic), -1)], 1)
+                self.fused = True
             self.origin = origin
 
     def record(self, block: int, assignment: Optional[Tensor] = None) -> None:
@@ -478,6 +481,9 @@ class TokenMethod:
     exportable: ClassVar[bool] = False
     #: how ``vitprune export``'s refusals name this method among those that export (e.g. a mode that does)
     export_hint: ClassVar[str] = ""
+    #: what becomes of the patch tokens a stage removes, for token-map legends (a fused extra token is seen from
+    #: the tracked state and said instead)
+    removed_tokens: ClassVar[str] = "dropped"
 
     def __init__(self, options: MethodOptions):
         self.options = options

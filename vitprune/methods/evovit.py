@@ -157,6 +157,7 @@ class EvoViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("norm_cls", "head_cls")
     exportable = True
+    removed_tokens = "carried along, not processed"
     notes = (
         "Default head=model keeps the base model's own head (class token), so a pretrained timm ViT runs as is and "
         "keep_rate 1 is the dense model bit for bit; head=avg is the released models' LayerNorm(mean of patches) "

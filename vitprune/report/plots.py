@@ -1,13 +1,13 @@
 """Plots: which tokens each stage keeps (``visualize``) and the accuracy-speed curve of a sweep (``pareto.png``).
 
-Both need matplotlib, the optional extra ``vitprune[plot]``; without it they raise one clear line.
+Both need matplotlib, the optional extra ``vitprune[plot]``; without it they raise one clear line. This module
+only draws: the token maps are collected by ``vitprune.tokenmaps`` (which runs the model), the sweep's numbers by
+``vitprune.sweep``.
 
-Token maps come from the method contract, never from method names: under ``vitprune.methods.tracking(model)`` a
-forward pass records, after each step that changes the token set, ``(block, assignment)`` where ``assignment``
-(``B x num_patches``) gives for every original patch the index of the token representing it, or -1 when it was
-dropped or fused into a catch-all token. From that map alone each panel draws:
+A token map gives, per stage, every original patch's token or -1 (see ``vitprune.tokenmaps``). From that map alone
+each panel draws:
 
-* patches with -1: greyed out (pruned, or fused into the one "rest" token as EViT does);
+* patches with -1: greyed out (the legend says what became of them: dropped, or fused into one extra token);
 * patches alone in their token: the image as is;
 * several patches sharing one token: a coloured group. When every such group is an aligned square block of
   patches (region pooling, as DGE's router chooses per region) the colour says the granularity (2×2, 4×4... patches
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import DataError, MethodOptionError, VitpruneError
+from ..errors import VitpruneError
+
+if TYPE_CHECKING:
+    from ..tokenmaps import TokenMaps
 
 #: layout of the token-map figure, in inches at ``dpi`` (default 100 dpi: 200-pixel panels)
 PANEL_IN = 2.0
@@ -51,134 +53,6 @@ def require_matplotlib():
 
 
 # ------------------------------------------------------------------------------------------ token maps
-
-
-@dataclass
-class Stage:
-    block: int
-    assignment: np.ndarray  # B x P (token index per original patch, -1 = dropped/fused)
-
-
-@dataclass
-class TokenMaps:
-    """Everything a token-map figure shows."""
-
-    images: np.ndarray  # B x H x W x 3 in [0, 1]: what the model sees (after its eval transform)
-    labels: list[str]
-    grid: tuple[int, int]
-    stages: list[Stage]
-    method: str
-    model: str
-    predictions: list[Optional[str]] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)  # tokens entering each block (batch, padded where adaptive)
-
-    def kept(self, stage: Stage, i: int) -> int:
-        a = stage.assignment[i]
-        return int(np.unique(a[a >= 0]).size)
-
-    def to_dict(self) -> dict[str, Any]:
-        P = self.grid[0] * self.grid[1]
-        return {"model": self.model, "method": self.method, "grid": list(self.grid), "images": self.labels,
-                "predictions": self.predictions, "tokens_entering_blocks": self.counts,
-                "stages": [{"block": s.block, "patch_tokens": [self.kept(s, i) for i in range(len(self.labels))],
-                            "dropped_patches": [int((s.assignment[i] < 0).sum()) for i in range(len(self.labels))],
-                            "of": P} for s in self.stages]}
-
-
-def _demo_image(spec: str):
-    from ..data.demo import DigitsDemo
-
-    ds = DigitsDemo("val")
-    try:
-        i = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise DataError(f"{spec!r}: write demo:N with N a number (an image of the demo val split).") from None
-    if not 0 <= i < len(ds):
-        raise DataError(f"{spec!r}: the demo val split has images 0..{len(ds) - 1}.")
-    img, label = ds[i]
-    return img, f"demo:{i} (a {label})"
-
-
-def load_images(images: Sequence[Any]):
-    """PIL RGB images and labels from files, ``demo:N`` (the N-th demo val digit) or PIL images."""
-    from PIL import Image, UnidentifiedImageError
-
-    out, labels = [], []
-    if not images:
-        raise DataError("give at least one image (a file, or demo:N for a bundled digit).")
-    for item in images:
-        if isinstance(item, Image.Image):
-            out.append(item.convert("RGB"))
-            labels.append(f"image {len(out)}")
-            continue
-        spec = str(item)
-        if spec.startswith("demo:") and not Path(spec).exists():
-            img, label = _demo_image(spec)
-            out.append(img)
-            labels.append(label)
-            continue
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise DataError(f"image {spec} does not exist" + (" (it is a folder)" if path.is_dir() else "") + ".")
-        try:
-            with Image.open(path) as im:
-                out.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{spec} is not an image vitprune can read ({type(e).__name__}).") from None
-        labels.append(path.name)
-    return out, labels
-
-
-def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
-                       blocks: Optional[Sequence[int]] = None) -> TokenMaps:
-    """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
-    import torch
-    from timm.data import resolve_data_config
-
-    from ..data import eval_transform
-    from ..methods import get_method, tracking
-
-    method = get_method(model)
-    if method is None:
-        raise MethodOptionError(f"{name} is a dense model: give --method (and its options) to see what a method "
-                                "keeps, or a compressed model folder.")
-    pil, labels = load_images(images)
-    transform = eval_transform(model)
-    batch = torch.stack([transform(im) for im in pil])
-    cfg = resolve_data_config(model=model)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    shown = (batch * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    model = model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode(), tracking(model):
-        logits = model(batch.to(device))
-    state = model.vitprune_state
-    grid = tuple(int(g) for g in state.grid)
-    stages = [Stage(int(b), a.detach().cpu().numpy().astype(np.int64)) for b, a in state.stages]
-    if blocks is not None:
-        wanted = set(int(b) for b in blocks)
-        recorded = sorted({s.block for s in stages})
-        missing = sorted(wanted - set(recorded))
-        if missing:
-            raise MethodOptionError(
-                f"--blocks {','.join(map(str, missing))}: {method.name} records token maps after blocks "
-                f"{','.join(map(str, recorded)) or 'none'} for this model.")
-        stages = [s for s in stages if s.block in wanted]
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-    probs = logits.float().softmax(-1).cpu()
-    preds: list[Optional[str]] = []
-    for p in probs:
-        if names:
-            k = int(p.argmax())
-            preds.append(f"{names[k] if k < len(names) else k} ({100 * float(p[k]):.0f} %)")
-        else:
-            preds.append(None)
-    from .card import short_method
-
-    return TokenMaps(images=shown, labels=labels, grid=grid, stages=stages,
-                     method=short_method(method.name, method.options_dict()), model=name,
-                     predictions=preds, counts=list(state.counts))
 
 
 def _groups(assign: np.ndarray) -> dict[int, np.ndarray]:
@@ -250,7 +124,7 @@ def figure_size(rows: int, cols: int, dpi: int = 100) -> tuple[int, int]:
     return (round((LEFT_IN + cols * PANEL_IN) * dpi), round((TOP_IN + rows * PANEL_IN + BOTTOM_IN) * dpi))
 
 
-def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) -> tuple[int, int]:
+def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100) -> tuple[int, int]:
     """Write the token-map figure (PNG): one row per image, the input then one column per stage."""
     plt = require_matplotlib()
     from matplotlib.patches import Patch, Rectangle
@@ -307,7 +181,7 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
     fig.suptitle(f"{maps.model} · {maps.method}", fontsize=10, y=1 - 0.12 / height_in, va="top")
     handles = [Patch(facecolor="white", edgecolor="0.3", label="patch kept as its own token")]
     if any_dropped:
-        handles.append(Patch(facecolor=GREY, edgecolor="0.3", label="pruned (or fused into one rest token)"))
+        handles.append(Patch(facecolor=GREY, edgecolor="0.3", label=f"pruned: {maps.removed}"))
     if "merged" in styles_seen:
         import matplotlib
 
@@ -324,47 +198,6 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
     size = fig.canvas.get_width_height()
     plt.close(fig)
     return size
-
-
-@dataclass
-class VisualizeResult:
-    path: Path
-    size: tuple[int, int]
-    maps: TokenMaps
-
-
-def visualize(
-    model: Any,
-    images: Sequence[Any],
-    out: str | os.PathLike = "tokens.png",
-    *,
-    method: Optional[str] = None,
-    blocks: Optional[Sequence[int]] = None,
-    dpi: int = 100,
-    pretrained: bool = True,
-    **method_options: Any,
-) -> VisualizeResult:
-    """Draw which tokens each stage keeps for ``images`` (files, ``demo:N`` or PIL images) into ``out`` (PNG).
-
-    ``model`` is a compressed model (folder, ``hf-hub:`` repo or module), or a dense one with ``method`` and its
-    options to try the method on it.
-    """
-    require_matplotlib()  # fail before loading anything
-    if not str(out).lower().endswith(".png"):
-        raise MethodOptionError(f"--out {out}: visualize writes a PNG; give a file name ending in .png.")
-    if dpi < 20 or dpi > 600:
-        raise MethodOptionError(f"--dpi must be between 20 and 600, got {dpi}.")
-    from ..api import resolve_models
-
-    name, _, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
-    if compressed is None:
-        raise MethodOptionError(f"{name} is a dense model: give --method (and its options) to see what a method "
-                                "keeps, or a compressed model folder.")
-    if not pretrained:
-        name += " (random weights)"
-    maps = collect_token_maps(compressed, images, name=name, blocks=blocks)
-    size = draw_token_maps(maps, out, dpi=dpi)
-    return VisualizeResult(Path(out), size, maps)
 
 
 # ------------------------------------------------------------------------------------------ pareto
@@ -418,5 +251,4 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
     return size
 
 
-__all__ = ["visualize", "collect_token_maps", "draw_token_maps", "pareto_plot", "figure_size", "require_matplotlib",
-           "TokenMaps", "VisualizeResult", "load_images", "panel_style"]
+__all__ = ["draw_token_maps", "pareto_plot", "figure_size", "require_matplotlib", "panel_style"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Optional
+from typing import Any, Optional
 
 from rich.markup import escape
 from rich.table import Table
@@ -84,6 +84,90 @@ def profile_notes(report: ProfileReport) -> list[str]:
     if report.latency_ratio is not None:
         notes.append("latency ratio > 1× means the compressed model answers faster than the dense one.")
     return notes
+
+
+def compress_table(report: dict[str, Any]) -> Table:
+    """The table `vitprune compress` ends with: the dense teacher against the compressed model."""
+    from .card import latency_change
+
+    d, c, m = report["dense"], report["compressed"], report["measure"]
+    opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
+    table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
+                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
+                  title_justify="left", caption_justify="left")
+    for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
+        table.add_column(col, justify=just)
+
+    def fmt(v, digits):
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    def row(label, key, digits, change):
+        dv, cv = d.get(key), c.get(key)
+        table.add_row(label, fmt(dv, digits), fmt(cv, digits), change(dv, cv) if None not in (dv, cv) else "")
+
+    row("top-1 (%)", "top1", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("top-5 (%)", "top5", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("loss", "loss", 4, lambda a, b: f"{b - a:+.4f}")
+    table.add_row("params (M)", fmt(d["params"] / 1e6, 3), fmt(c["params"] / 1e6, 3),
+                  f"{c['params'] / d['params']:.2f}×")
+    row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
+    row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
+    row("latency (ms, median)", "latency_ms", 2, latency_change)
+    return table
+
+
+def sweep_table(result: Any) -> Table:
+    """The table of a sweep: the dense reference row, then one row per value."""
+    d = result.dense
+    has_acc = d.get("top1") is not None
+    has_speed = d.get("throughput") is not None
+    has_lat = d.get("latency_ms") is not None
+    has_params = any(p.params != d["params"] for p in result.points)
+    caption = f"{result.device_name} · {result.dtype} · throughput at batch {result.batch_size}"
+    if has_lat:
+        caption += ", latency at batch 1"
+    if not has_params:
+        caption += f" · {d['params'] / 1e6:.2f} M parameters"
+    if has_acc:
+        caption += f" · top-1 on {result.data} val"
+    table = Table(title=escape(f"{result.model} · {result.method} · {result.option} swept ({result.mode})"),
+                  caption=escape(caption), title_justify="left", caption_justify="left")
+    table.add_column(escape(result.option), no_wrap=True, min_width=len(result.option))
+    table.add_column(GMACS_LABEL, justify="right")
+    table.add_column("×dense", justify="right")
+    if has_params:
+        table.add_column("params (M)", justify="right")
+    if has_speed:
+        table.add_column("img/s", justify="right")
+        table.add_column("speedup", justify="right")
+    if has_lat:
+        table.add_column("latency ms", justify="right")
+    if has_acc:
+        table.add_column("top-1 %", justify="right")
+        table.add_column("Δ pt", justify="right")
+
+    def num(v: Optional[float], digits: int) -> str:
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    def row(label: str, p: dict, dense: bool) -> None:
+        cells = [label, f"{p['gmacs']:.4f}", "1.00×" if dense else f"{p['gmacs'] / d['gmacs']:.2f}×"]
+        if has_params:
+            cells.append(f"{p['params'] / 1e6:.2f}")
+        if has_speed:
+            thr = p.get("throughput")
+            cells += [num(thr, 0 if thr is not None and thr >= 100 else 1),
+                      "1.00×" if dense else (f"{p['speedup']:.2f}×" if p.get("speedup") is not None else "-")]
+        if has_lat:
+            cells.append(num(p.get("latency_ms"), 2))
+        if has_acc:
+            cells += [num(p.get("top1"), 2),
+                      "" if dense or p.get("top1") is None else f"{p['top1'] - d['top1']:+.2f}"]
+        table.add_row(*cells, style="bold" if dense else None)
+
+    row("dense", d, True)
+    for p in result.points:
+        row(str(p.value), p.__dict__, False)
+    return table
 
 
 def methods_tables(info: list[dict]) -> list[Table]:
