@@ -149,6 +149,10 @@ def profile(
     """
     if batch_size is not None and batch_size < 1:
         raise MethodOptionError(f"batch size must be a positive number, got {batch_size}.")
+    if compile is not None:
+        from .fastpath import check_mode
+
+        check_mode(compile, "compile")
     if runtime not in RUNTIMES:
         raise MethodOptionError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
     if runtime == "onnxruntime":

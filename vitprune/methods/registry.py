@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import MethodOptionError
-from .base import TokenMethod, option_specs
+from .base import TokenMethod, _expected, option_specs
 
 _REGISTRY: dict[str, type[TokenMethod]] = {}
 
@@ -59,7 +59,7 @@ def describe_methods() -> list[dict[str, Any]]:
     out = []
     for name, cls in _REGISTRY.items():
         opts = [{"name": s.name, "flag": s.flag, "aliases": list(s.aliases), "type": _type_name(s.type),
-                 "default": s.default, "help": s.help, "headline": s.headline, "runtime": s.runtime,
+                 "accepts": _expected(s.type), "default": s.default, "help": s.help, "headline": s.headline, "runtime": s.runtime,
                  "sweep_flag": s.sweep_flag, "applies_when": dict(s.applies_when)} for s in option_specs(cls)]
         out.append({
             "name": name, "title": cls.title, "paper": cls.paper, "summary": cls.summary,

@@ -182,10 +182,12 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
             args += [flag, _value(recipe[key])]
     if recipe.get("precision"):
         args += ["--precision", str(recipe["precision"])]
+    from ..methods.base import flag_name
+
     sources = (report or {}).get("recipe_sources") or {}
     for k in _RECIPE_FLAGS:
         if sources.get(k) == "user" and k in recipe:
-            args += ["--" + k.replace("_", "-"), _value(recipe[k])]
+            args += [flag_name(k), _value(recipe[k])]
     if sources.get("frozen") == "user":
         args += ["--frozen", _value(recipe.get("frozen") or "none")]
     if sources.get("train_mode_eval") == "user":

@@ -170,25 +170,44 @@ def sweep_table(result: Any) -> Table:
     return table
 
 
+def _value(v: object) -> str:
+    """A default as it is typed on the command line."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return {True: "true", False: "false", None: "none"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
+
+
+def option_flags(option: dict) -> str:
+    """How the commands take an option of ``describe_methods()``: ``--keep-rate``, ``--fuse/--no-fuse``,
+    ``--tome-r (or --r)``."""
+    flag = option["flag"]
+    if option["type"] == "bool":
+        return f"{flag}/--no-{flag[2:]}"
+    return flag + "".join(f" (or {a})" for a in option.get("aliases", ()))
+
+
 def methods_tables(info: list[dict]) -> list[Table]:
-    """One table per method: its options with type, default and help; paper and notes in the caption."""
+    """One table per method: each option as the flag the commands take, its type, default, meaning and roles
+    (run-time: changes a saved model in eval, profile, visualize, export and sweep; the flag sweep takes its
+    values with); paper and notes in the caption."""
     tables = []
     for m in info:
         caption = [m["paper"]]
-        if m["runtime_options"]:
-            caption.append("switchable at run time: " + ", ".join(m["runtime_options"]))
         caption += [f"note: {n}" for n in m["notes"]]
         caption = [escape(c) for c in caption]
         training = "fine-tune with `vitprune compress`" if m["needs_training"] else "works off the shelf"
         t = Table(title=f"[bold]{m['name']}[/] — {escape(m['title'])}: {escape(m['summary'])} ({training})",
                   title_justify="left",
                   caption="\n".join(caption), caption_justify="left", expand=False)
-        t.add_column("option")
-        t.add_column("type")
+        t.add_column("flag", no_wrap=True)
+        t.add_column("value")
         t.add_column("default")
+        t.add_column("run-time")
         t.add_column("meaning")
         for o in m["options"]:
-            flag = "--" + o["name"].replace("_", "-")
-            t.add_row(flag, escape(o["type"].replace("typing.", "")), escape(str(o["default"])), escape(o["help"]))
+            roles = "yes" if o["runtime"] else ""
+            meaning = o["help"] + (f" (sweep: {o['sweep_flag']})" if o.get("sweep_flag") else "")
+            t.add_row(escape(option_flags(o)), escape(o["accepts"]), escape(_value(o["default"])), roles,
+                      escape(meaning))
         tables.append(t)
     return tables
