@@ -254,3 +254,42 @@ def test_compile_times_both_models_compiled_on_cpu():
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["compiled"] == "auto" and rep["dense"]["throughput"] > 0 and rep["compressed"]["throughput"] > 0
+
+
+# ------------------------------------------------------------------------------------------ run-time options
+
+
+def test_eval_mode_dense_on_sait_is_the_dense_model(tmp_path):
+    folder = vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "sait", mode="fixed", keep_rate=0.5),
+                           tmp_path / "sait")
+    dense = json.loads(runner.invoke(app, ["eval", "demo", "--json"]).stdout)
+    res = runner.invoke(app, ["eval", str(folder), "--mode", "dense", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    # SaiT's dense mode prunes nothing and runs timm's blocks: the demo teacher's own numbers
+    assert got["options"]["mode"] == "dense" and got["top1"] == dense["top1"]
+    assert got["loss"] == pytest.approx(dense["loss"], rel=1e-5)
+    assert json.loads(runner.invoke(app, ["eval", str(folder), "--json"]).stdout)["options"]["mode"] == "fixed"
+
+
+def test_run_time_options_change_a_saved_model_in_profile_and_visualize(tmp_path):
+    folder = str(vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7),
+                               tmp_path / "evit"))
+
+    def profiled(*extra):
+        res = runner.invoke(app, ["profile", folder, *extra, "--no-speed", "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["compressed"]
+
+    saved, lower = profiled(), profiled("--keep-rate", "0.5")
+    assert saved["options"]["keep_rate"] == 0.7 and lower["options"]["keep_rate"] == 0.5
+    assert lower["gmacs"] < saved["gmacs"] and lower["tokens"][-1] < saved["tokens"][-1]
+
+    def kept(*extra):
+        res = runner.invoke(app, ["visualize", folder, "demo:0", *extra, "--out", str(tmp_path / "t.png"), "--json"])
+        assert res.exit_code == 0, res.output
+        return [s["patch_tokens"][0] for s in json.loads(res.stdout)["stages"]]
+
+    assert kept("--keep-rate", "0.5") < kept()  # ceil(0.5 x 64) = 32 < ceil(0.7 x 64) = 45 patches after block 1
+    res = runner.invoke(app, ["profile", folder, "--drop-loc", "2", "--no-speed"])
+    assert res.exit_code == 1 and "--drop-loc cannot be changed at run time for evit" in one_line(res)

@@ -110,3 +110,16 @@ def test_trained_points_go_through_compress(tmp_path):
         assert vitprune.load(str(folder)).vitprune_method.options.keep_rate == v
     assert res.points[0].gmacs < res.points[1].gmacs < res.dense["gmacs"]
     assert res.dense["top1"] == json.loads((Path(res.points[0].folder) / "report.json").read_text())["dense"]["top1"]
+
+
+def test_the_accuracy_axis_does_not_make_one_image_a_cliff():
+    from vitprune.report.plots import MIN_SPAN_IMAGES, accuracy_limits
+
+    one_image = 100 / 359  # the demo val split: 359 digits
+    lo, hi = accuracy_limits([98.33, 98.33 - one_image], 359)
+    assert hi - lo >= MIN_SPAN_IMAGES * one_image and lo < 98.33 - one_image and hi > 98.33
+    assert hi <= 100.0  # never above 100 %
+    lo, hi = accuracy_limits([89.69, 98.33], 359)  # a real spread is shown as it is, padded
+    assert lo < 89.69 and 98.33 < hi <= 100.0 and hi - lo < 12
+    lo, hi = accuracy_limits([80.0, 80.1], 50_000)  # ImageNet-sized val: still at least a point wide
+    assert hi - lo >= 1.0

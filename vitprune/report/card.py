@@ -20,6 +20,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from . import DENSE_TEACHER
+
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 BASE_TAGS = ("vitprune", "image-classification", "token-pruning")
 
@@ -207,7 +209,7 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
 
 
 def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]]) -> tuple[list[list[str]], str]:
-    """Rows of the dense-vs-compressed table and the line saying how it was measured."""
+    """Rows of the dense-teacher-vs-compressed table and the lines saying how it was measured and how to read it."""
     rows: list[list[str]] = []
     if report and report.get("dense") and report.get("compressed"):
         d, c = report["dense"], report["compressed"]
@@ -248,6 +250,7 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
         both = isinstance(dv, (int, float)) and isinstance(cv, (int, float))
         rows.append([label, _num(dv, digits), _num(cv, digits), change(dv, cv) if both else ""])
 
+    how = " ".join([how, *reading_notes(d, c, bs)])
     add("top-1 (%)", "top1", 2, change_pts)
     add("top-5 (%)", "top5", 2, change_pts)
     add(GMACS_LABEL, "gmacs", 3, ratio)
@@ -287,6 +290,22 @@ def latency_change(dense_ms: Optional[float], compressed_ms: Optional[float]) ->
     if dense_ms >= compressed_ms:
         return f"{dense_ms / compressed_ms:.2f}× faster"
     return f"{compressed_ms / dense_ms:.2f}× slower"
+
+
+def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size: Any) -> list[str]:
+    """What a reader of a dense-vs-compressed table may wonder about, in one line each: more parameters than
+    dense (the method's own modules), and a throughput gain next to a batch-1 latency loss."""
+    notes = []
+    if dense.get("params") and (compressed.get("params") or 0) > dense["params"]:
+        notes.append(f"params: +{(compressed['params'] - dense['params']) / 1e6:.3f} M for the method's own modules "
+                     "(their MACs are in the GMACs).")
+    thr, lat = (compressed.get("throughput"), dense.get("throughput")), (compressed.get("latency_ms"),
+                                                                          dense.get("latency_ms"))
+    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1]:
+        batch = f" (batch {batch_size})" if batch_size else ""
+        notes.append(f"throughput{batch} gains from fewer tokens; at batch 1 the method's own steps "
+                     "(scoring, gathering tokens) cost more than the tokens save on this device, so latency is higher.")
+    return notes
 
 
 def render_card(
@@ -350,7 +369,7 @@ def render_card(
     if method:
         rows, how = _metrics_rows(section, report)
         if rows:
-            lines += ["", "## Results", "", _table(["", "dense", "compressed", "change"], rows), "", how]
+            lines += ["", "## Results", "", _table(["", DENSE_TEACHER, "compressed", "change"], rows), "", how]
     elif section.get("metrics"):
         rows = [[str(k), _scalar(v)] for k, v in section["metrics"].items()]
         lines += ["", "## Metrics", "", _table(["metric", "value"], rows)]

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..api import ModelStats, ProfileReport
+from . import DENSE_SAME_WEIGHTS, DENSE_TEACHER, sweep_dense
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 
@@ -44,9 +45,11 @@ def profile_table(report: ProfileReport) -> Table:
            if report.compiled else " · eager")
     caption = (f"{report.device_name} · {report.dtype} · batch {report.batch_size} · input "
                f"{'×'.join(map(str, report.input_size))}" + how)
+    if c:
+        caption += f"\n{DENSE_SAME_WEIGHTS}: the same model without the method"
     table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
     table.add_column("")
-    table.add_column("dense", justify="right")
+    table.add_column(DENSE_SAME_WEIGHTS if c else "dense", justify="right")
     if c:
         table.add_column("compressed", justify="right")
         table.add_column("ratio", justify="right")
@@ -88,14 +91,16 @@ def profile_notes(report: ProfileReport) -> list[str]:
 
 def compress_table(report: dict[str, Any]) -> Table:
     """The table `vitprune compress` ends with: the dense teacher against the compressed model."""
-    from .card import latency_change
+    from .card import latency_change, reading_notes, short_method
 
     d, c, m = report["dense"], report["compressed"], report["measure"]
-    opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
-    table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
-                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
-                  title_justify="left", caption_justify="left")
-    for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
+    what = short_method(report["method"], report["options"])
+    caption = [f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
+               f"{DENSE_TEACHER}: {report.get('teacher') or 'the dense model'}, distilled into the compressed model",
+               *reading_notes(d, c, m["batch_size"])]
+    table = Table(title=escape(f"{report['model']} · {what} · {report['data']['data']} val"),
+                  caption=escape("\n".join(caption)), title_justify="left", caption_justify="left")
+    for col, just in (("", "left"), (DENSE_TEACHER, "right"), ("compressed", "right"), ("change", "right")):
         table.add_column(col, justify=just)
 
     def fmt(v, digits):
@@ -130,6 +135,7 @@ def sweep_table(result: Any) -> Table:
         caption += f" · {d['params'] / 1e6:.2f} M parameters"
     if has_acc:
         caption += f" · top-1 on {result.data} val"
+    caption += f"\n{sweep_dense(result.mode)}"
     table = Table(title=escape(f"{result.model} · {result.method} · {result.option} swept ({result.mode})"),
                   caption=escape(caption), title_justify="left", caption_justify="left")
     table.add_column(escape(result.option), no_wrap=True, min_width=len(result.option))
