@@ -27,8 +27,6 @@ from typing import Any, Callable, Optional, Sequence
 
 from .errors import MethodOptionError
 
-#: the options a sweep varies by default, in this order of preference (the first the method has)
-HEADLINE_OPTIONS = ("keep_rate", "r", "budget", "threshold")
 SWEEP_JSON = "sweep.json"
 PARETO_PNG = "pareto.png"
 
@@ -80,16 +78,11 @@ class SweepResult:
 
 
 def headline_option(method_cls: Any) -> str:
-    """The option a sweep varies unless told: the first of keep_rate, r, budget, threshold the method has."""
-    import dataclasses
+    """The option a sweep varies unless told: the method's headline option with a sweep flag (its options'
+    metadata, see ``vitprune.methods.base.sweep_option``)."""
+    from .methods.base import sweep_option
 
-    names = [f.name for f in dataclasses.fields(method_cls.Options)]
-    for name in HEADLINE_OPTIONS:
-        if name in names:
-            return name
-    if not names:
-        raise MethodOptionError(f"{method_cls.name} has no option to sweep.")
-    return names[0]
+    return sweep_option(method_cls)
 
 
 def _emit(progress: Optional[Callable[[dict[str, Any]], None]], **event: Any) -> None:
@@ -344,4 +337,4 @@ def _measure(models: dict[str, Any], *, device: Optional[str], dtype: Optional[s
     return stats, timings, meta
 
 
-__all__ = ["sweep", "SweepResult", "SweepPoint", "headline_option", "HEADLINE_OPTIONS"]
+__all__ = ["sweep", "SweepResult", "SweepPoint", "headline_option"]

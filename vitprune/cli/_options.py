@@ -91,7 +91,7 @@ def method_flags(runtime_only: bool = False) -> list[MethodFlag]:
         methods = ", ".join(m for m, _ in pairs)
         text = min((s.help for s in specs if s.help), key=len, default="")
         run_time = " Run-time: changes a saved model." if all(s.runtime for s in specs) else ""
-        flags.append(MethodFlag(name, specs[0].flags, kind, f"({methods}) {text}.{run_time}".replace("..", ".")))
+        flags.append(MethodFlag(name, specs[0].flags, kind, f"({methods}) {text.rstrip('.')}.{run_time}"))
     return flags
 
 
