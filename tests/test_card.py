@@ -196,3 +196,15 @@ def test_latency_change_says_faster_or_slower():
     assert latency_change(4.0, 2.0) == "2.00× faster"
     assert latency_change(3.19, 4.19) == "1.31× slower"  # never "0.76× faster"
     assert latency_change(None, 2.0) == latency_change(3.0, 0.0) == ""
+
+
+def test_reading_notes_explain_more_parameters_and_a_latency_loss_next_to_a_throughput_gain():
+    from vitprune.report.card import reading_notes
+
+    # the demo table in README: DynamicViT adds its predictors; 1.51x throughput, 1.28x slower at batch 1
+    dense = {"params": 683_000, "throughput": 685.0, "latency_ms": 4.21}
+    comp = {"params": 729_000, "throughput": 1034.4, "latency_ms": 5.41}
+    notes = reading_notes(dense, comp, 32)
+    assert notes[0] == "params: +0.046 M for the method's own modules (their MACs are in the GMACs)."
+    assert notes[1].startswith("throughput (batch 32) gains from fewer tokens; at batch 1")
+    assert reading_notes({**dense, "latency_ms": 6.0}, {**comp, "params": 683_000}, 32) == []  # faster both ways

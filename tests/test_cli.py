@@ -54,6 +54,9 @@ def test_profile_table_names_device_dtype_batch_and_units():
     assert res.exit_code == 0, res.output
     assert "GMACs (papers' GFLOPs)" in res.output
     assert "fp32" in res.output and "batch 32" in res.output
+    # beside a compressed model, "dense" says what it is: the same weights without the method
+    res = runner.invoke(app, ["profile", "demo", "--method", "evit", "--no-speed"], env={"COLUMNS": "200"})
+    assert "dense (same weights)" in res.output and "the same model without the method" in res.output
 
 
 @pytest.mark.parametrize(

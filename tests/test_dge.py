@@ -543,17 +543,17 @@ def test_save_load_round_trip_with_routers(tmp_path, digits):
 
 
 def test_bad_options_and_unsupported_models():
-    with pytest.raises(MethodOptionError, match=r"budget must be in \(0, 1\]"):
+    with pytest.raises(MethodOptionError, match=r"`budget` must be in \(0, 1\]"):
         vitprune.apply_method(make_vit(depth=1), "dge", budget=0.0)
-    with pytest.raises(MethodOptionError, match="region-size must be 4 or 2"):
+    with pytest.raises(MethodOptionError, match="`region_size` must be 4 or 2"):
         vitprune.apply_method(make_vit(depth=1), "dge", region_size=3)
-    with pytest.raises(MethodOptionError, match="router-init must be one of"):
+    with pytest.raises(MethodOptionError, match="`router_init` must be one of"):
         vitprune.apply_method(make_vit(depth=1), "dge", router_init="random")
-    with pytest.raises(MethodOptionError, match="budget-weight must be a number >= 0"):
+    with pytest.raises(MethodOptionError, match="`budget_weight` must be a number >= 0"):
         vitprune.apply_method(make_vit(depth=1), "dge", budget_weight=-1)
     with pytest.raises(MethodOptionError, match="not an option of dge"):
         vitprune.apply_method(make_vit(depth=1), "dge", keep_rate=0.7)
-    with pytest.raises(MethodOptionError, match=r"--region-size 4 or 2.*the 7x7 patch grid .* is divisible by neither"):
+    with pytest.raises(MethodOptionError, match=r"`region_size` 4 or 2.*the 7x7 patch grid .* is divisible by neither"):
         vitprune.apply_method(make_vit(depth=1, img_size=28), "dge")
     with pytest.raises(UnsupportedModelError, match="patch_drop_rate"):
         vitprune.apply_method(make_vit(depth=1, patch_drop_rate=0.5), "dge")

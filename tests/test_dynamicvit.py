@@ -495,15 +495,15 @@ def test_import_checkpoint_cli_end_to_end(tmp_path, digits):
 
 
 @pytest.mark.parametrize("opts, message", [
-    ({"keep_rate": 0.0}, r"keep-rate must be in \(0, 1\]"),
-    ({"keep_rate": 1.5}, r"keep-rate must be in \(0, 1\]"),
-    ({"ratio_weight": -1.0}, "ratio-weight must be a number >= 0"),
-    ({"distill_weight": float("nan")}, "distill-weight must be a number >= 0"),
-    ({"pruning_loc": [3, 3]}, "pruning-loc must not repeat"),
-    ({"topk_tail": 1.5}, r"topk-tail must be a fraction of the run in \[0, 1\]"),
-    ({"pruning_loc": []}, "pruning-loc must be a non-empty list"),
+    ({"keep_rate": 0.0}, r"`keep_rate` must be in \(0, 1\]"),
+    ({"keep_rate": 1.5}, r"`keep_rate` must be in \(0, 1\]"),
+    ({"ratio_weight": -1.0}, "`ratio_weight` must be a number >= 0"),
+    ({"distill_weight": float("nan")}, "`distill_weight` must be a number >= 0"),
+    ({"pruning_loc": [3, 3]}, "`pruning_loc` must not repeat"),
+    ({"topk_tail": 1.5}, r"`topk_tail` must be a fraction of the run in \[0, 1\]"),
+    ({"pruning_loc": []}, "`pruning_loc` must be a non-empty list"),
     ({"pruning_loc": [3, 12]}, r"outside the model's blocks 0..11"),
-    ({"r": 8}, "--r is not an option of dynamicvit"),
+    ({"r": 8}, "`r` is not an option of dynamicvit"),
 ])
 def test_bad_options(opts, message):
     with pytest.raises(MethodOptionError, match=message):

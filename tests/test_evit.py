@@ -118,13 +118,13 @@ def test_macs_deit_s_within_one_percent(deit_small):
 
 
 def test_bad_options():
-    with pytest.raises(MethodOptionError, match="keep-rate"):
+    with pytest.raises(MethodOptionError, match="`keep_rate`"):
         vitprune.apply_method(make_vit(), "evit", keep_rate=0.0)
     with pytest.raises(MethodOptionError, match="not an option of evit"):
         vitprune.apply_method(make_vit(), "evit", r=8)
     with pytest.raises(UnsupportedModelError):
         vitprune.apply_method(make_vit(class_token=False, global_pool="avg"), "evit")
-    with pytest.raises(MethodOptionError, match="--drop-loc must not repeat a block"):
+    with pytest.raises(MethodOptionError, match="`drop_loc` must not repeat a block"):
         vitprune.apply_method(make_vit(), "evit", drop_loc=[3, 3])
     assert vitprune.apply_method(make_vit(), "evit", drop_loc=[9, 3]).vitprune_method.options.drop_loc == [3, 9]
 

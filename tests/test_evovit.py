@@ -426,17 +426,17 @@ def test_runtime_keep_rate_override(deit_small):
 
 
 def test_bad_options_and_models():
-    with pytest.raises(MethodOptionError, match=r"--keep-rate must be in \(0, 1\]"):
+    with pytest.raises(MethodOptionError, match=r"`keep_rate` must be in \(0, 1\]"):
         vitprune.apply_method(make_vit(), "evovit", keep_rate=1.5)
-    with pytest.raises(MethodOptionError, match="--keep-rate"):
+    with pytest.raises(MethodOptionError, match="`keep_rate`"):
         vitprune.apply_method(make_vit(), "evovit", keep_rate=0.0)
-    with pytest.raises(MethodOptionError, match="--select-loc"):
+    with pytest.raises(MethodOptionError, match="`select_loc`"):
         vitprune.apply_method(make_vit(), "evovit", select_loc=[0, 4])
     with pytest.raises(MethodOptionError, match="outside the model's blocks"):
         vitprune.apply_method(make_vit(depth=6), "evovit", select_loc=[4, 8])
-    with pytest.raises(MethodOptionError, match="--head must be one of model, avg"):
+    with pytest.raises(MethodOptionError, match="`head` must be one of model, avg"):
         vitprune.apply_method(make_vit(), "evovit", head="max")
-    with pytest.raises(MethodOptionError, match="--layer-wise-fraction"):
+    with pytest.raises(MethodOptionError, match="`layer_wise_fraction`"):
         vitprune.apply_method(make_vit(), "evovit", layer_wise_fraction=2)
     with pytest.raises(MethodOptionError, match="not an option of evovit"):
         vitprune.apply_method(make_vit(), "evovit", r=8)
@@ -461,8 +461,8 @@ def test_cli_bad_option_and_official_checkpoint_import(tmp_path):
     torch.save({"model": official_layout(src.state_dict(), 192), "epoch": 299}, tmp_path / "evo.pth")
     args = ["import-checkpoint", str(tmp_path / "evo.pth"), "--method", "evovit", "--base", "deit_tiny_patch16_224"]
     res = CliRunner().invoke(app, args + ["-o", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "head=avg" in res.output  # the official head averages the patches
-    res = CliRunner().invoke(app, args + ["--opt", "head=avg", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "import them with --head avg" in res.output  # the official head averages patches
+    res = CliRunner().invoke(app, args + ["--head", "avg", "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     model = vitprune.load(tmp_path / "o")
     assert model.vitprune_method.options.head == "avg"

@@ -270,7 +270,7 @@ def test_padded_batch_equals_each_image_alone_and_buckets_equal_padding(demo, di
         torch.testing.assert_close(padded[:8], alone, atol=1e-5, rtol=1e-5)
         m.vitprune_method.set_runtime(buckets=3)
         torch.testing.assert_close(m(digits32), padded, atol=1e-5, rtol=1e-5)
-    with pytest.raises(MethodOptionError, match="fuse cannot be changed at run time"):
+    with pytest.raises(MethodOptionError, match="`fuse` cannot be changed at run time"):
         m.vitprune_method.set_runtime(fuse=True)
 
 
@@ -467,17 +467,17 @@ def test_save_load_round_trip_keeps_the_runtime_default(tmp_path, demo, digits32
 
 
 def test_bad_options_and_models():
-    for opts, msg in ((dict(keep_rate=0.0), r"keep-rate must be in \(0, 1\]"),
-                      (dict(keep_rate=1.5), r"keep-rate must be in \(0, 1\]"),
-                      (dict(threshold=0.0), r"threshold must be in \(0, 1\]"),
-                      (dict(threshold=1.01), r"threshold must be in \(0, 1\]"),
-                      (dict(mode="sparse"), "--mode must be one of dense, fixed, adaptive"),
-                      (dict(prune_at=[0]), "--prune-at must be a non-empty list of 0-based block indices >= 1"),
-                      (dict(prune_at=[3, 3]), "--prune-at must not repeat a block"),
-                      (dict(prune_at=[12]), "--prune-at 12 is outside the model's blocks"),
-                      (dict(threshold_range=[0.9, 0.8]), "--threshold-range must be two numbers"),
-                      (dict(sait_schedule="epochs"), "--sait-schedule must be one of both, alternate"),
-                      (dict(r=8), "--r is not an option of sait")):
+    for opts, msg in ((dict(keep_rate=0.0), r"`keep_rate` must be in \(0, 1\]"),
+                      (dict(keep_rate=1.5), r"`keep_rate` must be in \(0, 1\]"),
+                      (dict(threshold=0.0), r"`threshold` must be in \(0, 1\]"),
+                      (dict(threshold=1.01), r"`threshold` must be in \(0, 1\]"),
+                      (dict(mode="sparse"), "`mode` must be one of dense, fixed, adaptive"),
+                      (dict(prune_at=[0]), "`prune_at` must be a non-empty list of 0-based block indices >= 1"),
+                      (dict(prune_at=[3, 3]), "`prune_at` must not repeat a block"),
+                      (dict(prune_at=[12]), "`prune_at` 12 is outside the model's blocks"),
+                      (dict(threshold_range=[0.9, 0.8]), "`threshold_range` must be two numbers"),
+                      (dict(sait_schedule="epochs"), "`sait_schedule` must be one of both, alternate"),
+                      (dict(r=8), "`r` is not an option of sait")):
         with pytest.raises(MethodOptionError, match=msg):
             patched(make_vit(depth=12), **opts)
     assert patched(make_vit(depth=12), prune_at=3).vitprune_method.options.prune_at == [3]

@@ -69,19 +69,20 @@ def test_runtime_sweep_of_one_saved_checkpoint(tmp_path):
         vitprune.sweep(str(folder), values=[0.0, 1.0], option="shrink_epochs", out=None, speed=False)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "evit"], "exactly one of --keep-rates"),
-    (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values"),
-    (["--method", "evit", "--keep-rates", "0.5,abc"], "--keep-rates takes numbers"),
-    (["--method", "evit", "--keep-rates", "0.5,1.5", "--no-speed"], "keep-rate must be in (0, 1]"),
-    (["--keep-rates", "0.5"], "sweep needs --method"),
+@pytest.mark.parametrize("args, message, code", [  # a malformed command line exits 2, a refused setting 1
+    (["--method", "evit"], "exactly one of --keep-rates", 2),
+    (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values", 2),
+    (["--method", "evit", "--keep-rates", "0.5,abc"], "--keep-rates takes numbers", 2),
+    (["--method", "evit", "--keep-rates", "0.5", "--option", "fuse"], "--option goes with --values", 2),
+    (["--method", "evit", "--keep-rates", "0.5,1.5", "--no-speed"], "keep-rate must be in (0, 1]", 1),
+    (["--keep-rates", "0.5"], "sweep needs --method", 1),
     (["--method", "dynamicvit", "--keep-rates", "0.5,0.7", "--data", "demo", "--no-speed"],
-     "parameters that must be trained: give --epochs N"),
-    (["--method", "evit", "--keep-rates", "0.5", "--epochs", "1"], "needs --data"),
+     "parameters that must be trained: give --epochs N", 1),
+    (["--method", "evit", "--keep-rates", "0.5", "--epochs", "1"], "needs --data", 1),
 ])
-def test_sweep_refusals_are_one_line(args, message, tmp_path):
+def test_sweep_refusals_are_one_line(args, message, code, tmp_path):
     res = runner.invoke(app, ["sweep", "demo", *args, "--out", str(tmp_path / "s")], env={"COLUMNS": "200"})
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
 
@@ -143,3 +144,16 @@ def test_run_time_options_on_a_compressed_model_without_a_method():
         resolve_models(model, None, {"drop_loc": [1]})
     with pytest.raises(vitprune.errors.MethodOptionError, match="`keep_rate` needs `method`"):
         resolve_models(make_vit(depth=4), None, {"keep_rate": 0.5})
+
+
+def test_the_accuracy_axis_does_not_make_one_image_a_cliff():
+    from vitprune.report.plots import MIN_SPAN_IMAGES, accuracy_limits
+
+    one_image = 100 / 359  # the demo val split: 359 digits
+    lo, hi = accuracy_limits([98.33, 98.33 - one_image], 359)
+    assert hi - lo >= MIN_SPAN_IMAGES * one_image and lo < 98.33 - one_image and hi > 98.33
+    assert hi <= 100.0  # never above 100 %
+    lo, hi = accuracy_limits([89.69, 98.33], 359)  # a real spread is shown as it is, padded
+    assert lo < 89.69 and 98.33 < hi <= 100.0 and hi - lo < 12
+    lo, hi = accuracy_limits([80.0, 80.1], 50_000)  # ImageNet-sized val: still at least a point wide
+    assert hi - lo >= 1.0

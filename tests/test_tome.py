@@ -503,19 +503,19 @@ def test_official_checkpoint_is_plain_timm_and_unknown_keys_are_refused(tmp_path
 
 
 @pytest.mark.parametrize("opts, message", [
-    ({"r": 33}, r"--r 33 is too large: this model has 64 patch tokens .* at most 32 \(use r <= 32\)"),
-    ({"r": [4, 40]}, r"--r schedule entry 40 \(block 1\) is too large"),
-    ({"r": 17, "inflection": -1.0}, r"--r schedule entry 34 \(block 0\) is too large"),
-    ({"r": -1}, "--r must be a non-negative int or a comma list of them, got -1"),
-    ({"r": 2.5}, "--r must be an integer or a comma list of integers, got 2.5"),  # the options' type check
-    ({"r": True}, "--r must be an integer or a comma list of integers, got True"),
-    ({"r": [3, -1]}, "--r must be a non-negative int or a comma list"),
-    ({"r": [1] * 7}, "--r lists 7 blocks but the model has 6"),
-    ({"r": 4, "inflection": 1.5}, r"--inflection must be a number in \[-1, 1\], got 1.5"),
-    ({"r": [4, 4], "inflection": 0.5}, "--inflection shapes a single int --r"),
+    ({"r": 33}, r"`r` 33 is too large: this model has 64 patch tokens .* at most 32 \(use r <= 32\)"),
+    ({"r": [4, 40]}, r"`r` schedule entry 40 \(block 1\) is too large"),
+    ({"r": 17, "inflection": -1.0}, r"`r` schedule entry 34 \(block 0\) is too large"),
+    ({"r": -1}, "`r` must be a non-negative int or a comma list of them, got -1"),
+    ({"r": 2.5}, "`r` must be an integer or a comma list of integers, got 2.5"),  # the options' type check
+    ({"r": True}, "`r` must be an integer or a comma list of integers, got True"),
+    ({"r": [3, -1]}, "`r` must be a non-negative int or a comma list"),
+    ({"r": [1] * 7}, "`r` lists 7 blocks but the model has 6"),
+    ({"r": 4, "inflection": 1.5}, r"`inflection` must be a number in \[-1, 1\], got 1.5"),
+    ({"r": [4, 4], "inflection": 0.5}, "`inflection` shapes a single int `r`"),
     ({"r": (4, 0.5), "inflection": 0.5}, "give the inflection once"),
-    ({"prop_attn": "yes"}, "--prop-attn must be true or false"),
-    ({"keep_rate": 0.7}, r"--keep-rate is not an option of tome \(its options: inflection, prop_attn, r\)"),
+    ({"prop_attn": "yes"}, "`prop_attn` must be true or false"),
+    ({"keep_rate": 0.7}, r"`keep_rate` is not an option of tome \(its options: `inflection`, `prop_attn`, `r`\)"),
 ])
 def test_bad_options_raise_one_clear_line(opts, message):
     with pytest.raises(MethodOptionError, match=message) as info:

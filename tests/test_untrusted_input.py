@@ -155,7 +155,7 @@ def test_push_dry_run_and_import_print_bracketed_paths_as_they_are(tmp_path, goo
 
 
 def test_compress_progress_lines_print_messages_as_they_are(capsys):
-    from vitprune.cli.train import Reporter
+    from vitprune.cli.compress import Reporter
 
     report = Reporter(plain=True)
     report({"event": "warning", "message": "skipped unreadable image data/train/3/bad[/x].png (truncated)"})

@@ -88,7 +88,8 @@ def test_tome_on_photos_with_deit_small_shape(photos, tmp_path):
 
 def test_tome_groups_and_dge_regions_come_from_the_assignment_maps(photos):
     import vitprune
-    from vitprune.report.plots import collect_token_maps, panel_style
+    from vitprune.report.plots import panel_style
+    from vitprune.tokenmaps import collect_token_maps
 
     tome = vitprune.apply_method(vitprune.load_model("demo"), "tome", r=8)
     maps = collect_token_maps(tome, ["demo:1", "demo:2"], name="demo")
@@ -150,3 +151,28 @@ def test_missing_matplotlib_is_one_clear_line(tmp_path):
     assert len(lines) == 1, lines
     assert "plots need matplotlib" in lines[0] and "pip install 'vitprune[plot]'" in lines[0]
     assert not any(tmp_path.iterdir())  # failed before writing anything
+
+
+def test_the_map_says_the_mode_and_what_became_of_the_pruned_patches():
+    import vitprune
+    from vitprune.tokenmaps import collect_token_maps
+
+    def maps(method, **options):
+        return collect_token_maps(vitprune.apply_method(vitprune.load_model("demo"), method, **options), ["demo:1"])
+
+    assert maps("evit", keep_rate=0.7).removed == "fused into one extra token"  # EViT's default: fuse
+    assert maps("evit", keep_rate=0.7, fuse=False).removed == "dropped"
+    sait = maps("sait", mode="fixed", keep_rate=0.5)
+    assert sait.method == "sait(mode=fixed, keep_rate=0.5)" and sait.removed == "dropped"
+    assert maps("sait", mode="adaptive").method.startswith("sait(mode=adaptive")  # the default mode is named too
+    assert maps("evovit").removed == "carried along, not processed"
+
+
+def test_token_maps_are_collected_outside_report():
+    """report/ renders; running the model lives in vitprune.tokenmaps, which vitprune.visualize is."""
+    import vitprune
+    import vitprune.report.plots as plots
+    import vitprune.tokenmaps as tokenmaps
+
+    assert vitprune.visualize is tokenmaps.visualize
+    assert not hasattr(plots, "collect_token_maps") and not hasattr(plots, "visualize")

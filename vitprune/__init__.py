@@ -31,7 +31,7 @@ _EXPORTS = {
     "optimize": "vitprune.fastpath",
     "evaluate": "vitprune.train",
     "push": "vitprune.hub.push",
-    "visualize": "vitprune.report.plots",
+    "visualize": "vitprune.tokenmaps",
     "sweep": "vitprune.sweeps",
     "compress": "vitprune.compression",
     "export": "vitprune.exporter",

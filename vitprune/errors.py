@@ -1,7 +1,10 @@
 """The few exceptions a vitprune user can meet.
 
-Each carries a one-line message that says what is wrong and what to do. The CLI prints ``Error: <message>``
-and exits with ``exit_code`` (1); usage errors found by the command-line parser exit 2. Anything that is not a
+Each carries a one-line message that says what is wrong and what to do. Messages name arguments and method options
+by their Python names in backticks (`keep_rate`, `batch_size`), never by command-line flags: the command line's one
+error edge prints ``Error: <message>`` with each name that is a parameter of the running command written as its flag
+(`--keep-rate`), and exits with ``exit_code``: 2 for a ``UsageError`` (a command line that asks for something
+malformed or contradictory, like the parser's own errors), 1 for everything else. Anything that is not a
 ``VitpruneError`` is a bug in vitprune and keeps its traceback.
 """
 from __future__ import annotations
@@ -11,6 +14,13 @@ class VitpruneError(Exception):
     """Base class: a problem with the user's input or environment, reported in one line."""
 
     exit_code = 1
+
+
+class UsageError(VitpruneError):
+    """Arguments that do not go together or a value outside a fixed set (``compile="bogus"``, two sweeps at once):
+    the command line was wrong, exit code 2."""
+
+    exit_code = 2
 
 
 class ModelNotFoundError(VitpruneError):
@@ -48,13 +58,22 @@ class OutputFolderError(VitpruneError):
 
 class FolderInUseError(OutputFolderError):
     """An output folder that another vitprune process is writing; the message names its pid, host and start."""
+
+
 class ExportError(VitpruneError):
     """An ONNX export that cannot be made (a method setting without a static inference path, the export extra not
     installed) or that failed its checks (token counts per block, ONNX Runtime against PyTorch)."""
 
 
+class VitpruneWarning(UserWarning):
+    """Something asked for that has no effect (an option the chosen mode ignores); the CLI prints
+    ``warning: <message>`` with the same flag names as its errors."""
+
+
 __all__ = [
     "VitpruneError",
+    "UsageError",
+    "VitpruneWarning",
     "ModelNotFoundError",
     "UnsupportedModelError",
     "MethodOptionError",

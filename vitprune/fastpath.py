@@ -14,12 +14,22 @@ with a static router schedule run their fixed level, routed blocks run at their 
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 Mode = Literal["auto", "compile", "cudagraphs", "max-autotune", "none"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+def check_mode(mode: str, name: str = "mode") -> str:
+    """``mode`` when it is one of :data:`MODES`; else a ``UsageError`` naming the argument ``name``."""
+    if mode not in MODES:
+        raise UsageError(f"`{name}` must be one of {', '.join(MODES)}, got {mode!r}.")
+    return mode
 
 
 def optimize(model: nn.Module, mode: Mode = "auto", *, device: Optional[torch.device] = None) -> nn.Module:
@@ -29,6 +39,7 @@ def optimize(model: nn.Module, mode: Mode = "auto", *, device: Optional[torch.de
     ``cudagraphs`` = inductor with CUDA graphs; ``max-autotune`` = inductor with autotuned kernels and CUDA graphs
     (slow to compile); ``none`` = the model as is.
     """
+    check_mode(mode)
     model.eval()
     if mode == "none":
         return model

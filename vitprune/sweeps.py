@@ -32,8 +32,6 @@ from torch import nn
 
 from .errors import MethodOptionError
 
-#: the options a sweep varies by default, in this order of preference (the first the method has)
-HEADLINE_OPTIONS = ("keep_rate", "r", "budget", "threshold")
 SWEEP_JSON = "sweep.json"
 PARETO_PNG = "pareto.png"
 
@@ -145,16 +143,11 @@ class Points:
 
 
 def headline_option(method_cls: Any) -> str:
-    """The option a sweep varies unless told: the first of keep_rate, r, budget, threshold the method has."""
-    import dataclasses
+    """The option a sweep varies unless told: the method's headline option with a sweep flag (its options'
+    metadata, see ``vitprune.methods.base.sweep_option``)."""
+    from .methods.base import sweep_option
 
-    names = [f.name for f in dataclasses.fields(method_cls.Options)]
-    for name in HEADLINE_OPTIONS:
-        if name in names:
-            return name
-    if not names:
-        raise MethodOptionError(f"{method_cls.name} has no option to sweep.")
-    return names[0]
+    return sweep_option(method_cls)
 
 
 def _emit(progress: Progress, **event: Any) -> None:
@@ -442,4 +435,4 @@ def write(result: SweepResult, out_dir: Path, *, plot: bool = True) -> None:
     write_atomic(out_dir / SWEEP_JSON, json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False) + "\n")
 
 
-__all__ = ["sweep", "run_sweep", "SweepConfig", "SweepResult", "SweepPoint", "headline_option", "HEADLINE_OPTIONS"]
+__all__ = ["sweep", "run_sweep", "SweepConfig", "SweepResult", "SweepPoint", "headline_option"]

@@ -1,117 +1,112 @@
-"""What every command shares: consoles, the error edge, and the method-option flags."""
+"""What every command shares: the consoles, the one error edge, JSON output and the common arguments.
+
+The error edge (:class:`VitpruneGroup`) is the only place where library exceptions meet the user: a
+``VitpruneError`` becomes one line, ``Error: <message>``, and the exit code the error carries (2 for a
+``UsageError``, 1 for the rest); Ctrl-C becomes "Interrupted." and 130; anything else is a bug and keeps its
+traceback. Library messages name arguments and method options by their Python names in backticks (`keep_rate`);
+the edge writes each name that is a parameter of the running command as that command's flag (``--keep-rate``,
+or the alias the user typed), so no message is written twice and no flag name is kept by hand. ``VitpruneWarning``
+s (an option the chosen mode ignores) are printed as ``warning: <message>`` the same way.
+"""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
-from contextlib import contextmanager
-from typing import Annotated, Any, Iterator, Optional
+import warnings
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
-from ..errors import MethodOptionError, VitpruneError
+from ..errors import VitpruneError, VitpruneWarning
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+_NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def cli_message(message: str, command: Any, typed: tuple[str, ...] = ()) -> str:
+    """``message`` with each backticked name that is a parameter of ``command`` written as the command line says
+    it: an option as its flag (the spelling in ``typed`` when the user used an alias), an argument as its metavar
+    (``MODEL``). Other backticked names (an option this command does not take) stay as they are."""
+    names: dict[str, str] = {}
+    for p in command.params if command is not None else ():  # typer's own click: no isinstance with click's
+        if p.param_type_name == "option":
+            spelled = [o for o in p.opts if o in typed]
+            longs = [o for o in p.opts if o.startswith("--")]
+            names[p.name] = (spelled or longs or p.opts)[0]
+        elif p.param_type_name == "argument":
+            names[p.name] = getattr(p, "metavar", None) or p.name.upper()
+    return _NAME.sub(lambda m: names.get(m.group(1), m.group(0)), message)
+
 
 def as_flags(message: str) -> str:
-    """Library messages name parameters by their Python keyword in backticks (`batch_size`); here, those that are
-    options of the running command read as its flags (--batch-size)."""
+    """``message`` as :func:`cli_message` writes it for the command running now (outside the group's edge: a line
+    a command prints itself)."""
     try:  # typer runs its own copy of click
         from typer._click.globals import get_current_context
     except ImportError:  # pragma: no cover - a typer that uses click itself
         from click import get_current_context
 
     ctx = get_current_context(silent=True)
-    if ctx is None:
-        return message
-    flags = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0])
-             for p in ctx.command.params if p.param_type_name == "option" and p.opts}
-    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+    return message if ctx is None else cli_message(message, ctx.command)
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn vitprune's user-facing errors into one line on stderr and exit code 1 (no traceback)."""
-    try:
-        yield
-    except VitpruneError as e:
-        err.print(f"[bold red]Error:[/] {escape(as_flags(str(e)))}", highlight=False)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("Interrupted.")
-        raise typer.Exit(130) from None
+class VitpruneGroup(TyperGroup):
+    """The ``vitprune`` command group, with the error edge around every command (see the module docstring)."""
+
+    def resolve_command(self, ctx: Any, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta["vitprune.command"] = (cmd, tuple(a.split("=", 1)[0] for a in rest if a.startswith("-")))
+        return name, cmd, rest
+
+    def invoke(self, ctx: Any) -> Any:
+        def say(text: str) -> str:
+            command, typed = ctx.meta.get("vitprune.command", (None, ()))
+            return escape(cli_message(text, command, typed))
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, VitpruneWarning):
+                if is_main_process():
+                    err.print(f"[yellow]warning:[/] {say(str(message))}", highlight=False)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", VitpruneWarning)  # each different line once per command
+            shown, warnings.showwarning = warnings.showwarning, show
+            try:
+                return super().invoke(ctx)
+            except VitpruneError as e:
+                err.print(f"[bold red]Error:[/] {say(str(e))}", highlight=False)
+                raise typer.Exit(e.exit_code) from None
+            except KeyboardInterrupt:
+                err.print("Interrupted.")
+                raise typer.Exit(130) from None
+
+
+def is_main_process() -> bool:
+    """False on the other ranks under ``torchrun`` (they stay quiet)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-# ----------------------------------------------------------------------------- method options
+# ----------------------------------------------------------------------------- arguments shared by commands
 
 ModelArg = Annotated[str, typer.Argument(
     help="timm model name, hf-hub:org/repo, a local folder (timm or vitprune), or 'demo' (bundled).")]
 MethodOpt = Annotated[Optional[str], typer.Option(
-    "--method", "-m", help="token method (see `vitprune methods`): dynamicvit, evovit, sait, dge, tome, evit.")]
-KeepRateOpt = Annotated[Optional[float], typer.Option(
-    "--keep-rate", help="fraction of patch tokens kept (dynamicvit, evit, evovit, sait fixed mode).")]
-ROpt = Annotated[Optional[str], typer.Option(
-    "--r", help="ToMe: tokens merged per block (int, or comma list per block).")]
-BudgetOpt = Annotated[Optional[float], typer.Option("--budget", help="DGE: target fraction of dense MACs.")]
-RegionOpt = Annotated[Optional[int], typer.Option("--region-size", help="DGE: region side in patches.")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(
-    "--threshold", help="SaiT adaptive mode: cumulative class-attention mass kept per image.")]
-ModeOpt = Annotated[Optional[str], typer.Option(
-    "--mode", help="SaiT: dense, fixed or adaptive (switchable at run time without retraining).")]
-ExtraOpt = Annotated[Optional[list[str]], typer.Option(
-    "--opt", help="any other method option as KEY=VALUE (repeatable), e.g. --opt fuse=false.")]
-
-
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    if "," in text:
-        return [_parse_value(t) for t in text.split(",") if t.strip()]
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def method_options(
-    keep_rate: Optional[float] = None,
-    r: Optional[str] = None,
-    budget: Optional[float] = None,
-    region_size: Optional[int] = None,
-    threshold: Optional[float] = None,
-    extra: Optional[list[str]] = None,
-    mode: Optional[str] = None,
-) -> dict[str, Any]:
-    """Only the options the user gave, by their method-option names."""
-    opts: dict[str, Any] = {}
-    if keep_rate is not None:
-        opts["keep_rate"] = keep_rate
-    if r is not None:
-        opts["r"] = _parse_value(r)
-    if budget is not None:
-        opts["budget"] = budget
-    if region_size is not None:
-        opts["region_size"] = region_size
-    if threshold is not None:
-        opts["threshold"] = threshold
-    if mode is not None:
-        opts["mode"] = mode
-    for item in extra or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MethodOptionError(f"--opt takes KEY=VALUE, got {item!r}.")
-        opts[key.strip().replace("-", "_")] = _parse_value(value)
-    return opts
+    "--method", "-m", help="token method to apply (see `vitprune methods`); its options are the flags under "
+                           "Method options.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when available).")]
+NoWeightsOpt = Annotated[bool, typer.Option(
+    "--no-weights", help="build the architecture with random weights; download nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON.")]

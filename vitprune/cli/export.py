@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 
-from .app import app
-from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, ModelArg, RegionOpt, ROpt, ThresholdOpt, err, method_options,
-    out, print_json, user_errors,
-)
+from ..errors import UsageError
+from ._options import method_options
+from .common import JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, err, out, print_json
 
 
 class Format(str, Enum):
@@ -22,7 +20,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
-@app.command("export")
+@method_options()
 def export(
     model: ModelArg = "demo",
     format: Annotated[Format, typer.Option("--format", "-f", help="file format.")] = Format.onnx,
@@ -35,13 +33,6 @@ def export(
         "--dynamic-batch", help="a dynamic batch axis, one file for any batch size (the default).")] = False,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     method: MethodOpt = None,
-    keep_rate: KeepRateOpt = None,
-    r: ROpt = None,
-    budget: BudgetOpt = None,
-    region_size: RegionOpt = None,
-    threshold: ThresholdOpt = None,
-    mode: ModeOpt = None,
-    opt: ExtraOpt = None,
     images: Annotated[Optional[list[str]], typer.Option(
         "--images", help="an image file or demo:N to check the export on (repeatable; default: 8 demo digits "
                          "through the model's own preprocessing).")] = None,
@@ -49,9 +40,9 @@ def export(
         "--measure", help="also time the dense and the compressed ONNX files in ONNX Runtime, side by side "
                           "(recorded in report.json and the model card of a folder).")] = False,
     repeats: Annotated[Optional[int], typer.Option(min=1, help="--measure: timed repeats (median).")] = None,
-    no_weights: Annotated[bool, typer.Option(
-        "--no-weights", help="build the architecture with random weights; download nothing.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
+    no_weights: NoWeightsOpt = False,
+    json_out: JsonOpt = False,
+    method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Export to ONNX with the pruning inside; ONNX Runtime must give PyTorch's logits before the file is written.
 
@@ -59,34 +50,32 @@ def export(
     model is patched first, as in `vitprune profile`.
     """
     if batch_size is not None and dynamic_batch:
-        raise typer.BadParameter("give --batch-size N or --dynamic-batch, not both.", param_hint="--batch-size")
-    with user_errors():
-        from ..exporter import export as do_export
-        from ..report.tables import profile_table
+        raise UsageError("give `batch_size` N or `dynamic_batch`, not both.")
+    from ..exporter import export as do_export
+    from ..report.tables import profile_table
 
-        opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
+    def run():
+        return do_export(model, output, method=method, format=format.value, batch_size=batch_size, opset=opset,
+                         images=images, measure=measure, repeats=repeats, pretrained=not no_weights,
+                         **method_options)
 
-        def run():
-            return do_export(model, output, method=method, format=format.value, batch_size=batch_size, opset=opset,
-                             images=images, measure=measure, repeats=repeats, pretrained=not no_weights, **opts)
+    if json_out:
+        print_json(run().to_dict())
+        return
+    with err.status(f"exporting {model} to ONNX and checking it in ONNX Runtime…"):
+        result = run()
+    from ..exporter.graph import compact
+    from ..report.card import short_method
 
-        if json_out:
-            print_json(run().to_dict())
-            return
-        with err.status(f"exporting {model} to ONNX and checking it in ONNX Runtime…"):
-            result = run()
-        from ..exporter.graph import compact
-        from ..report.card import short_method
-
-        what = short_method(result.method, result.options)
-        batch = "dynamic batch" if result.batch == "dynamic" else f"batch {result.batch}"
-        out.print(f"Exported {escape(result.model)} · {escape(what)} → {escape(str(result.path))} "
-                  f"({_size(result.size_bytes)}, opset {result.opset}, {batch}, {result.seconds:.0f} s)",
-                  highlight=False)
-        owner = f"{result.method}'s" if result.method else "the dense"
-        out.print(f"· tokens entering blocks in the graph: {compact(result.tokens)} ({owner} schedule)",
-                  highlight=False)
-        if result.verification is not None:
-            out.print(f"· {escape(result.verification.summary())}", highlight=False)
-        if result.speed is not None:
-            out.print(profile_table(result.speed))
+    what = short_method(result.method, result.options)
+    batch = "dynamic batch" if result.batch == "dynamic" else f"batch {result.batch}"
+    out.print(f"Exported {escape(result.model)} · {escape(what)} → {escape(str(result.path))} "
+              f"({_size(result.size_bytes)}, opset {result.opset}, {batch}, {result.seconds:.0f} s)",
+              highlight=False)
+    owner = f"{result.method}'s" if result.method else "the dense"
+    out.print(f"· tokens entering blocks in the graph: {compact(result.tokens)} ({owner} schedule)",
+              highlight=False)
+    if result.verification is not None:
+        out.print(f"· {escape(result.verification.summary())}", highlight=False)
+    if result.speed is not None:
+        out.print(profile_table(result.speed))

@@ -223,10 +223,10 @@ class _Plan:
             raise ModelNotFoundError(f"{self.where} does not describe a {self.arch} timm can build "
                                      f"({type(e).__name__}: {first}).") from None
         if self.method:
-            from ..methods import apply_method
+            from ..methods import create_method, patch_with
 
             with torch.device("meta") if meta else contextlib.nullcontext():
-                apply_method(model, self.method, **self.options)
+                patch_with(model, create_method(self.method, **self.options))  # recorded, not asked: no warnings
         return model
 
 

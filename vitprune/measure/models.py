@@ -78,6 +78,10 @@ def check_settings(*, batch_size: Optional[int] = None, runtime: str = "torch", 
     """Refuse settings that do not go together, before any model is loaded; returns the dtype to use."""
     if batch_size is not None and batch_size < 1:
         raise MethodOptionError(f"`batch_size` must be a positive number, got {batch_size}.")
+    if compile is not None:
+        from ..fastpath import check_mode
+
+        check_mode(compile, "compile")
     if runtime not in RUNTIMES:
         raise MethodOptionError(f"`runtime` must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
     if runtime != "onnxruntime":

@@ -1,4 +1,8 @@
-"""Token-sparsification methods behind one contract (see ``base.py``) and a registry."""
+"""Token-sparsification methods behind one contract (see ``base.py``) and a registry.
+
+Every method module is imported here, once, in the order ``vitprune methods`` lists them; importing it registers
+its class (``@register``). A new method is one module plus its line below.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -7,9 +11,11 @@ from torch import nn
 
 from ..errors import MethodOptionError
 from .base import (
-    MethodOptions, PatchedViT, StepContext, TeacherOutput, TokenMethod, TokenState, patched_class, tracking, vit_info,
+    MethodOptions, OptionSpec, PatchedViT, StepContext, TeacherOutput, TokenMethod, TokenState, option_specs,
+    patched_class, tracking, vit_info, warn_ignored,
 )
-from .registry import create_method, describe_methods, get_method_class, method_names, register
+from .registry import create_method, describe_methods, get_method_class, method_classes, method_names, register
+from . import dynamicvit, evit, evovit, tome, dge, sait  # noqa: E402, F401, I001  (each registers its method)
 
 
 def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
@@ -20,10 +26,17 @@ def apply_method(model: nn.Module, method: str, **options: Any) -> nn.Module:
 
     The patched model trains (the paper's training behaviour) and infers (tokens really removed) as is.
     """
+    m = create_method(method, **options)
+    warn_ignored(m.options, options)  # an option the chosen setting ignores says so
+    return patch_with(model, m)
+
+
+def patch_with(model: nn.Module, m: TokenMethod) -> nn.Module:
+    """Patch ``model`` in place with the method object ``m`` (``apply_method`` without the option handling; what
+    ``vitprune.load`` uses to rebuild a saved model from its recorded options)."""
     if getattr(model, "vitprune_method", None) is not None:
         raise MethodOptionError(
             f"this model is already patched with {model.vitprune_method.name}; start from the dense model.")
-    m = create_method(method, **options)
     m.info = m.supports(model)
     m.patch(model)
     model.__class__ = patched_class(type(model))
@@ -58,7 +71,8 @@ def list_methods() -> list[str]:
 
 
 __all__ = [
-    "MethodOptions", "PatchedViT", "StepContext", "TeacherOutput", "TokenMethod", "TokenState", "apply_method",
-    "create_method", "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods", "method_names", "patched_class",
-    "register", "tracking", "vit_info",
+    "MethodOptions", "OptionSpec", "PatchedViT", "StepContext", "TeacherOutput", "TokenMethod", "TokenState", "apply_method",
+    "create_method", "describe_methods", "dense_copy", "get_method", "get_method_class", "list_methods",
+    "method_classes", "method_names", "option_specs", "patch_with", "patched_class", "register", "tracking",
+    "vit_info",
 ]

@@ -53,10 +53,21 @@ from ..errors import MethodOptionError, UnsupportedModelError
 
 @dataclass
 class MethodOptions:
-    """Base of every method's options. Fields carry ``metadata={"help": ...}`` for ``vitprune methods``; the
-    option that names a setting in short (an output folder ``demo-evit-keep0.7``) also carries
-    ``"headline": True`` with its ``"short"`` label, and ``"headline_when"`` when it only matters in some modes
-    (see :func:`headline`)."""
+    """Base of every method's options. Each field is declared once, with everything the rest of vitprune derives
+    from it in its ``metadata`` (read with :func:`option_specs`):
+
+    * ``"help"``: what the option means (``vitprune methods``, every command's ``--help``);
+    * ``"flag"``: the command-line flag (default ``--`` + the name with dashes: ``keep_rate`` -> ``--keep-rate``;
+      a bool option is ``--fuse/--no-fuse``), and ``"aliases"``: other spellings the commands also accept;
+    * ``"headline": True`` (with its ``"short"`` label): the option that names a setting in short (output folders
+      ``demo-evit-keep0.7``, the model card's title) and that ``sweep`` varies unless told otherwise;
+    * ``"runtime": True``: the option can change on a trained model without retraining (``eval``, ``profile``,
+      ``visualize``, ``export`` and ``sweep`` change it on a saved model);
+    * ``"sweep": True`` (or the flag, e.g. ``"--r-values"``): ``sweep`` takes this option's values with a flag of
+      its own (default: the option's flag plus ``s``: ``--keep-rates``);
+    * ``"applies_when": {"mode": "fixed"}``: the option has an effect only while other options have these values
+      (a tuple: any of them); given otherwise it is reported as ignored, and it is left out of the headline.
+    """
 
     def validate(self) -> None:
         """Raise MethodOptionError for a bad value. Subclasses extend."""
@@ -69,9 +80,9 @@ class MethodOptions:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
-            known = ", ".join(sorted(names)) or "none"
-            raise MethodOptionError(f"{flags} is not an option of {method} (its options: {known}).")
+            given = ", ".join(f"`{u}`" for u in unknown)
+            known = ", ".join(f"`{n}`" for n in sorted(names)) or "none"
+            raise MethodOptionError(f"{given} is not an option of {method} (its options: {known}).")
         try:
             opts = cls(**values)
         except TypeError as e:  # pragma: no cover - dataclass signature problems
@@ -81,8 +92,7 @@ class MethodOptions:
             value = getattr(opts, f.name)
             fits, typed = _fit(hints.get(f.name, Any), value)
             if not fits:
-                raise MethodOptionError(
-                    f"--{f.name.replace('_', '-')} must be {_expected(hints[f.name])}, got {value!r}.")
+                raise MethodOptionError(f"`{f.name}` must be {_expected(hints[f.name])}, got {value!r}.")
             setattr(opts, f.name, typed)
         opts.validate()
         return opts
@@ -141,25 +151,148 @@ def _expected(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+#: the metadata keys an option field may carry (anything else is a typo and refused)
+OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "runtime", "sweep", "applies_when"})
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a Python name: ``keep_rate`` -> ``--keep-rate``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One method option as its field declares it (see :class:`MethodOptions`): the one record the commands' flags,
+    ``vitprune methods``, ``sweep``, run-time overrides, output-folder names and the model card are derived from."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    flag: str
+    aliases: tuple[str, ...] = ()
+    headline: bool = False
+    short: str = ""
+    runtime: bool = False
+    sweep_flag: Optional[str] = None
+    applies_when: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag, *self.aliases)
+
+    @property
+    def is_bool(self) -> bool:
+        return self.type is bool
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        """Whether the option has an effect with these option values (its ``applies_when``)."""
+        return all(values.get(k) in (want if isinstance(want, tuple) else (want,)) for k, want in self.applies_when)
+
+
+def _options_class(obj: Any) -> type[MethodOptions]:
+    """The options dataclass of an options class or instance, or of a method class or instance."""
+    if isinstance(obj, MethodOptions):
+        return type(obj)
+    if isinstance(obj, type) and issubclass(obj, MethodOptions):
+        return obj
+    options = getattr(obj, "Options", None)
+    if isinstance(options, type) and issubclass(options, MethodOptions):
+        return options
+    raise TypeError(f"{obj!r} is neither a method nor its options")
+
+
+_SPECS: dict[type, tuple[OptionSpec, ...]] = {}
+
+
+def option_specs(obj: Any) -> tuple[OptionSpec, ...]:
+    """Every option of a method (class or instance) or of its options (class or instance), in field order."""
+    cls = _options_class(obj)
+    if cls not in _SPECS:
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            unknown = sorted(set(meta) - OPTION_METADATA)
+            if unknown:
+                raise TypeError(f"{cls.__name__}.{f.name}: unknown option metadata {unknown}; known: "
+                                f"{sorted(OPTION_METADATA)}")
+            flag = meta.get("flag") or flag_name(f.name)
+            sweep = meta.get("sweep")
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            specs.append(OptionSpec(
+                name=f.name, type=hints.get(f.name, Any), default=default, help=meta.get("help", ""), flag=flag,
+                aliases=tuple(meta.get("aliases", ())), headline=bool(meta.get("headline")),
+                short=meta.get("short", f.name), runtime=bool(meta.get("runtime")),
+                sweep_flag=(sweep if isinstance(sweep, str) else flag + "s") if sweep else None,
+                applies_when=tuple((meta.get("applies_when") or {}).items())))
+        _SPECS[cls] = tuple(specs)
+    return _SPECS[cls]
+
+
+def runtime_options(obj: Any) -> tuple[str, ...]:
+    """Names of the options that can change on a trained model without retraining."""
+    return tuple(s.name for s in option_specs(obj) if s.runtime)
+
+
+def sweep_option(obj: Any) -> str:
+    """The option ``sweep`` varies unless told: the headline option with a sweep flag (else the first option with
+    one, else the first option)."""
+    specs = option_specs(obj)
+    for pick in (lambda s: s.headline and s.sweep_flag, lambda s: s.sweep_flag, lambda s: True):
+        for s in specs:
+            if pick(s):
+                return s.name
+    raise MethodOptionError(f"{getattr(obj, 'name', obj)} has no option to sweep.")
+
+
 def headline(options: MethodOptions) -> str:
     """The options' headline setting in short, for names: ``keep0.7`` (EViT), ``r8`` (ToMe), ``budget0.5`` (DGE),
     ``fixed-keep0.7`` (SaiT in its fixed mode); read from the fields marked ``"headline": True`` (their
-    ``"short"`` label before the value; ``"headline_when"``: only when other options have these values)."""
+    ``"short"`` label before the value) that apply with the other options' values."""
     values = options.to_dict()
     parts = []
-    for f in dataclasses.fields(options):
-        if not f.metadata.get("headline"):
-            continue
-        when = f.metadata.get("headline_when") or {}
-        value = values[f.name]
-        if value is None or any(values.get(k) != v for k, v in when.items()):
+    for spec in option_specs(options):
+        value = values[spec.name]
+        if not spec.headline or value is None or not spec.applies(values):
             continue
         if isinstance(value, (list, tuple)):
             text = "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
         else:
             text = f"{value:g}" if isinstance(value, float) else str(value)
-        parts.append(f"{f.metadata.get('short', f.name)}{text}")
+        parts.append(f"{spec.short}{text}")
     return "-".join(parts)
+
+
+def ignored_options(options: MethodOptions, given: Any) -> list[str]:
+    """One line for each of the ``given`` option names that has no effect with these values (``applies_when``),
+    e.g. "`threshold` has no effect while `mode` is fixed (it applies when `mode` is adaptive)."."""
+    values = options.to_dict()
+    lines = []
+    for spec in option_specs(options):
+        if spec.name not in given or spec.applies(values):
+            continue
+        now = " and ".join(f"`{k}` is {_words(values.get(k))}" for k, _ in spec.applies_when)
+        want = " and ".join(f"`{k}` is {_words(v)}" for k, v in spec.applies_when)
+        lines.append(f"`{spec.name}` has no effect while {now} (it applies when {want}).")
+    return lines
+
+
+def warn_ignored(options: MethodOptions, given: Any) -> None:
+    """Warn (``VitpruneWarning``) for each given option these values ignore (see :func:`ignored_options`)."""
+    import warnings
+
+    from ..errors import VitpruneWarning
+
+    for line in ignored_options(options, given):
+        warnings.warn(line, VitpruneWarning, stacklevel=3)
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " or ".join(map(str, value))
+    return str(value)
 
 
 def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
@@ -167,7 +300,7 @@ def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
     ok = value is not None and math.isfinite(value) and 0.0 < value and (value <= 1.0 if allow_one else value < 1.0)
     if not ok:
         interval = "(0, 1]" if allow_one else "(0, 1)"
-        raise MethodOptionError(f"{name.replace('_', '-')} must be in {interval}, got {value}.")
+        raise MethodOptionError(f"`{name}` must be in {interval}, got {value}.")
 
 
 # ------------------------------------------------------------------------------------------ model facts
@@ -236,30 +369,30 @@ def scale_locations(depth: int, reference: tuple[int, ...], reference_depth: int
     return sorted({max(1, min(depth - 1, (r * depth) // reference_depth)) for r in reference})
 
 
-def check_block_list(value: Any, flag: str, *, minimum: int = 0, example: str = "3,6,9") -> Optional[list[int]]:
+def check_block_list(value: Any, name: str, *, minimum: int = 0, example: str = "3,6,9") -> Optional[list[int]]:
     """A user's list of 0-based block indices (an int is a list of one): sorted, each ``>= minimum``, no repeats;
-    None stays None (the method's default). Raises ``MethodOptionError`` naming ``--flag``."""
+    None stays None (the method's default). Raises ``MethodOptionError`` naming the option ``name``."""
     if value is None:
         return None
     locs = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(locs, (list, tuple)) or not locs
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= minimum for b in locs)):
         raise MethodOptionError(
-            f"--{flag} must be a non-empty list of 0-based block indices >= {minimum} (e.g. {example}), got {locs!r}.")
+            f"`{name}` must be a non-empty list of 0-based block indices >= {minimum} (e.g. {example}), got {locs!r}.")
     if len(set(locs)) != len(locs):
-        raise MethodOptionError(f"--{flag} must not repeat a block, got {list(locs)}.")
+        raise MethodOptionError(f"`{name}` must not repeat a block, got {list(locs)}.")
     return sorted(int(b) for b in locs)
 
 
 def block_locations(
-    given: Optional[list[int]], depth: int, reference: tuple[int, ...], flag: str, first: int = 0,
+    given: Optional[list[int]], depth: int, reference: tuple[int, ...], name: str, first: int = 0,
 ) -> list[int]:
     """The blocks a method acts at: the user's list (checked against ``first..depth-1``) or the paper's 12-block
     ``reference`` scaled to this depth."""
     locs = sorted(set(given)) if given is not None else scale_locations(depth, reference)
     bad = [b for b in locs if not first <= b < depth]
     if bad:
-        raise MethodOptionError(f"--{flag} {bad[0]} is outside the model's blocks {first}..{depth - 1}.")
+        raise MethodOptionError(f"`{name}` {bad[0]} is outside the model's blocks {first}..{depth - 1}.")
     return locs
 
 
@@ -291,6 +424,8 @@ class TokenState:
     stages: list[tuple[int, Tensor]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     aux: dict[str, Any] = field(default_factory=dict)
+    #: (when ``track``) a reduction fused the tokens it removed into an extra token (EViT, SaiT with ``fuse``)
+    fused: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -310,6 +445,7 @@ class TokenState:
             origin = torch.gather(self.origin, 1, idx)
             if extra_synthetic:
                 origin = torch.cat([origin, origin.new_full((origin.shape[0], extra_synthetic), -1)], 1)
+                self.fused = True
             self.origin = origin
 
     def record(self, block: int, assignment: Optional[Tensor] = None) -> None:
@@ -367,6 +503,9 @@ class TokenMethod:
     exportable: ClassVar[bool] = False
     #: how ``vitprune export``'s refusals name this method among those that export (e.g. a mode that does)
     export_hint: ClassVar[str] = ""
+    #: what becomes of the patch tokens a stage removes, for token-map legends (a fused extra token is seen from
+    #: the tracked state and said instead)
+    removed_tokens: ClassVar[str] = "dropped"
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -482,24 +621,45 @@ class TokenMethod:
         return dict(state_dict)
 
     # -- runtime settings ---------------------------------------------------------------------
-    #: names of options that may change at run time without retraining (e.g. SaiT mode, EViT keep rate)
+    #: names of the options that may change at run time without retraining (e.g. SaiT mode, EViT keep rate):
+    #: derived from the options' ``"runtime": True`` metadata when the class is defined, never declared here
     runtime_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "runtime_options" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: mark run-time options with metadata={{'runtime': True}} on their "
+                            "Options fields instead of a runtime_options tuple")
+        options = getattr(cls, "Options", None)
+        cls.runtime_options = runtime_options(options) if options is not None else ()
 
     @contextmanager
     def overrides(self, **values: Any) -> Iterator[None]:
         """Temporarily change run-time options (one training pass, one evaluation)."""
         saved = self.options
         if values:
-            self.set_runtime(**values)
+            self._set_runtime(values)
         try:
             yield
         finally:
             self.options = saved
 
     def set_runtime(self, **values: Any) -> None:
+        """Change run-time options of a trained method (refused for the others); a given option the resulting
+        setting ignores (SaiT's ``threshold`` in fixed mode) is reported with a ``VitpruneWarning``."""
+        self._set_runtime(values)
+        warn_ignored(self.options, values)
+
+    def _set_runtime(self, values: dict[str, Any]) -> None:
+        names = {s.name for s in option_specs(self)}
         for k in values:
+            if k not in names:
+                known = ", ".join(f"`{n}`" for n in sorted(names)) or "none"
+                raise MethodOptionError(f"`{k}` is not an option of {self.name} (its options: {known}).")
             if k not in self.runtime_options:
-                raise MethodOptionError(f"{k} cannot be changed at run time for {self.name}.")
+                allowed = ", ".join(f"`{n}`" for n in self.runtime_options) or "none"
+                raise MethodOptionError(f"`{k}` cannot be changed at run time for {self.name} (run-time options: "
+                                        f"{allowed}); it needs retraining.")
         merged = {**self.options.to_dict(), **values}
         self.options = type(self.options).from_dict(self.name, merged)
 

@@ -137,7 +137,7 @@ def init_bias(num_choices: int, favoured: int = 0, prob: float = INIT_PROB) -> T
 class DGEOptions(MethodOptions):
     budget: float = field(default=0.5, metadata={
         "help": "target fraction of the blocks' dense MACs (training loss; router_init=budget, calibrate_budget)",
-        "headline": True, "short": "budget"})
+        "headline": True, "short": "budget", "sweep": True})
     region_size: Optional[int] = field(default=None, metadata={
         "help": "region side in patches, 4 or 2 (default: 4, or 2 when the patch grid is not divisible by 4)"})
     budget_weight: float = field(default=1.0, metadata={
@@ -150,13 +150,13 @@ class DGEOptions(MethodOptions):
         check_fraction("budget", self.budget)
         rs = self.region_size
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs not in REGION_SIZES):
-            raise MethodOptionError(f"region-size must be 4 or 2 (patches per region side), got {rs!r}.")
+            raise MethodOptionError(f"`region_size` must be 4 or 2 (patches per region side), got {rs!r}.")
         w = self.budget_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise MethodOptionError(f"budget-weight must be a number >= 0, got {w!r}.")
+            raise MethodOptionError(f"`budget_weight` must be a number >= 0, got {w!r}.")
         if self.router_init not in ROUTER_INITS:
             raise MethodOptionError(
-                f"router-init must be one of {', '.join(ROUTER_INITS)}, got {self.router_init!r}.")
+                f"`router_init` must be one of {', '.join(ROUTER_INITS)}, got {self.router_init!r}.")
 
 
 # ------------------------------------------------------------------------------------------ the method
@@ -246,10 +246,10 @@ class DGE(TokenMethod):
         if asked is not None:
             if h % asked or w % asked:
                 other = [r for r in REGION_SIZES if r != asked and not (h % r or w % r)]
-                alt = f"--region-size {other[0]} or " if other else ""
+                alt = f"`region_size` {other[0]} or " if other else ""
                 raise MethodOptionError(
-                    f"--region-size {asked} does not divide {where}; use {alt}{size_for(asked)}.")
-            return asked, f"region size {asked} (splits {self._splits_text(asked)}), set by --region-size"
+                    f"`region_size` {asked} does not divide {where}; use {alt}{size_for(asked)}.")
+            return asked, f"region size {asked} (splits {self._splits_text(asked)}), set by `region_size`"
         for r in REGION_SIZES:
             if not (h % r or w % r):
                 if r == REGION_SIZES[0]:
@@ -257,7 +257,7 @@ class DGE(TokenMethod):
                 return r, (f"region size {r} (splits {self._splits_text(r)}): {where} is not divisible by "
                            f"{REGION_SIZES[0]}")
         raise MethodOptionError(
-            f"DGE needs a patch grid divisible by its region size (--region-size 4 or 2), and {where} is divisible "
+            f"DGE needs a patch grid divisible by its region size (`region_size` 4 or 2), and {where} is divisible "
             f"by neither; use {size_for(2)}.")
 
     @staticmethod

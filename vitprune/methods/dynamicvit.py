@@ -76,7 +76,7 @@ MASK_EPS = 1e-6
 class DynamicViTOptions(MethodOptions):
     keep_rate: float = field(default=0.7, metadata={
         "help": "rho: stage s keeps int(patches * rho**s) of all patches (0.7 -> 137/96/67 of 196)",
-        "headline": True, "short": "keep"})
+        "headline": True, "short": "keep", "runtime": True, "sweep": True})
     pruning_loc: Optional[list[int]] = field(default=None, metadata={
         "help": "0-based blocks before which tokens are pruned (default 3,6,9 of 12, scaled to depth)"})
     ratio_weight: float = field(default=2.0, metadata={
@@ -92,11 +92,11 @@ class DynamicViTOptions(MethodOptions):
         for name in ("ratio_weight", "distill_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise MethodOptionError(f"{name.replace('_', '-')} must be a number >= 0, got {v!r}.")
+                raise MethodOptionError(f"`{name}` must be a number >= 0, got {v!r}.")
         t = self.topk_tail
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-            raise MethodOptionError(f"topk-tail must be a fraction of the run in [0, 1], got {t!r}.")
-        self.pruning_loc = check_block_list(self.pruning_loc, "pruning-loc", minimum=0, example="3,6,9")
+            raise MethodOptionError(f"`topk_tail` must be a fraction of the run in [0, 1], got {t!r}.")
+        self.pruning_loc = check_block_list(self.pruning_loc, "pruning_loc", minimum=0, example="3,6,9")
 
 
 # ------------------------------------------------------------------------------------------ prediction module
@@ -153,7 +153,6 @@ class DynamicViT(TokenMethod):
     Options = DynamicViTOptions
     needs_training = True
     new_module_prefixes = ("score_predictor",)
-    runtime_options = ("keep_rate",)
     exportable = True
     #: set by ``on_train_progress``: train with the inference top-k masks (the ``topk_tail``); False outside a trainer
     train_topk: bool = False
@@ -187,7 +186,7 @@ class DynamicViT(TokenMethod):
 
     def locations(self, depth: int) -> list[int]:
         """0-based blocks before which tokens are pruned."""
-        return block_locations(self.options.pruning_loc, depth, (3, 6, 9), "pruning-loc")
+        return block_locations(self.options.pruning_loc, depth, (3, 6, 9), "pruning_loc")
 
     def keep_counts(self, num_patches: int, rate: Optional[float] = None, stages: Optional[int] = None) -> list[int]:
         """Patches kept after each stage: ``int(num_patches * rate**s)`` (at least 1), s = 1..stages."""

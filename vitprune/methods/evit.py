@@ -33,7 +33,8 @@ from .registry import register
 @dataclass
 class EViTOptions(MethodOptions):
     keep_rate: float = field(default=0.7, metadata={
-        "help": "fraction of patch tokens kept at each drop location (ceil)", "headline": True, "short": "keep"})
+        "help": "fraction of patch tokens kept at each drop location (ceil)", "headline": True, "short": "keep",
+        "runtime": True, "sweep": True})
     fuse: bool = field(default=True, metadata={"help": "fuse inattentive tokens into one token (False: drop them)"})
     drop_loc: Optional[list[int]] = field(
         default=None, metadata={"help": "0-based blocks that reduce tokens (default 3,6,9 of 12, scaled to depth)"})
@@ -44,11 +45,11 @@ class EViTOptions(MethodOptions):
 
     def validate(self) -> None:
         check_fraction("keep_rate", self.keep_rate)
-        self.drop_loc = check_block_list(self.drop_loc, "drop-loc", minimum=0, example="3,6,9")
+        self.drop_loc = check_block_list(self.drop_loc, "drop_loc", minimum=0, example="3,6,9")
         if self.shrink_start < 0 or self.shrink_epochs < 0:
             from ..errors import MethodOptionError
 
-            raise MethodOptionError("shrink-start and shrink-epochs must be >= 0.")
+            raise MethodOptionError("`shrink_start` and `shrink_epochs` must be >= 0.")
 
 
 @register
@@ -59,7 +60,6 @@ class EViT(TokenMethod):
     summary = ("keeps the patches the class token attends to most at 3 blocks, fuses the rest into one token; "
                "no new parameters")
     Options = EViTOptions
-    runtime_options = ("keep_rate",)
     exportable = True
     notes = (
         "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
@@ -78,7 +78,7 @@ class EViT(TokenMethod):
         return info
 
     def _locations(self, info: ViTInfo) -> list[int]:
-        return block_locations(self.options.drop_loc, info.depth, (3, 6, 9), "drop-loc")
+        return block_locations(self.options.drop_loc, info.depth, (3, 6, 9), "drop_loc")
 
     def keep_rate(self, training: bool) -> float:
         if training and self.train_keep_rate is not None:

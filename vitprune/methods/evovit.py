@@ -91,10 +91,6 @@ HEADS = ("model", "avg")
 _OFFICIAL_ATTN = re.compile(r"^(norms|qks|vs|projs)\.(\d+)\.(.+)$")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -107,7 +103,7 @@ class EvoViTOptions(MethodOptions):
     keep_rate: float = field(default=0.5, metadata={
         "help": "rho: each selection keeps k = int(P * rho) informative patches (P = the model's patches; 0.5 = "
                 "the paper's 98 of 196), in (0, 1]; the others are carried as placeholders",
-        "headline": True, "short": "keep"})
+        "headline": True, "short": "keep", "runtime": True, "sweep": True})
     select_loc: Optional[list[int]] = field(default=None, metadata={
         "help": "0-based blocks at whose input all patches are re-ranked by the global class attention (stage "
                 "starts; default 4,8 of 12, scaled to depth; each >= 1)"})
@@ -117,33 +113,33 @@ class EvoViTOptions(MethodOptions):
                 "(norm_cls/head_cls); needs fine-tuning"})
     aux_cls_weight: float = field(default=0.5, metadata={
         "help": "head=avg, training: weight of the assisted class-token loss on head_cls (paper 0.5); 0 removes "
-                "norm_cls/head_cls"})
+                "norm_cls/head_cls", "applies_when": {"head": "avg"}})
     layer_wise_fraction: float = field(default=0.3, metadata={
         "help": "training: fraction of training run layer-wise (re-rank before every block from the first "
                 "selection on) before switching to stage-wise; the paper: 200 of 300 epochs from scratch"})
     layer_wise: bool = field(default=False, metadata={
-        "help": "run layer-wise always, inference included (default: stage-wise at inference)"})
+        "help": "run layer-wise always, inference included (default: stage-wise at inference)", "runtime": True})
     representative: bool = field(default=False, metadata={
         "help": "the paper's representative token and fast update of the placeholders (off: the released DeiT "
-                "code, placeholders carried unchanged)"})
+                "code, placeholders carried unchanged)", "runtime": True})
 
     def validate(self) -> None:
         if not _is_number(self.keep_rate) or not 0.0 < self.keep_rate <= 1.0:
             raise MethodOptionError(
-                f"--keep-rate must be in (0, 1] (each selection keeps int(patches x keep-rate) patches), got "
+                f"`keep_rate` must be in (0, 1] (each selection keeps int(patches x keep_rate) patches), got "
                 f"{self.keep_rate!r}.")
-        self.select_loc = check_block_list(self.select_loc, "select-loc", minimum=1, example="4,8")
+        self.select_loc = check_block_list(self.select_loc, "select_loc", minimum=1, example="4,8")
         if self.head not in HEADS:
-            raise MethodOptionError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}.")
+            raise MethodOptionError(f"`head` must be one of {', '.join(HEADS)}, got {self.head!r}.")
         if not _is_number(self.aux_cls_weight) or self.aux_cls_weight < 0:
-            raise MethodOptionError(f"--aux-cls-weight must be a number >= 0, got {self.aux_cls_weight!r}.")
+            raise MethodOptionError(f"`aux_cls_weight` must be a number >= 0, got {self.aux_cls_weight!r}.")
         if not _is_number(self.layer_wise_fraction) or not 0.0 <= self.layer_wise_fraction <= 1.0:
             raise MethodOptionError(
-                f"--layer-wise-fraction must be in [0, 1] (fraction of training run layer-wise), got "
+                f"`layer_wise_fraction` must be in [0, 1] (fraction of training run layer-wise), got "
                 f"{self.layer_wise_fraction!r}.")
         for name in ("layer_wise", "representative"):
             if not isinstance(getattr(self, name), bool):
-                raise MethodOptionError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}.")
+                raise MethodOptionError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
 
 
 # ------------------------------------------------------------------------------------------ the method
@@ -160,8 +156,8 @@ class EvoViT(TokenMethod):
     Options = EvoViTOptions
     needs_training = True
     new_module_prefixes = ("norm_cls", "head_cls")
-    runtime_options = ("keep_rate", "layer_wise", "representative")
     exportable = True
+    removed_tokens = "carried along, not processed"
     notes = (
         "Default head=model keeps the base model's own head (class token), so a pretrained timm ViT runs as is and "
         "keep_rate 1 is the dense model bit for bit; head=avg is the released models' LayerNorm(mean of patches) "
@@ -200,18 +196,18 @@ class EvoViT(TokenMethod):
             pool = getattr(model, "global_pool", None)
             if hasattr(model, "head_dist"):
                 raise UnsupportedModelError(
-                    "--head avg replaces the class-token head by average pooling; a distilled ViT's two heads read "
-                    "the class and distillation tokens (use --opt head=model).")
+                    "`head` avg replaces the class-token head by average pooling; a distilled ViT's two heads read "
+                    "the class and distillation tokens (use `head` model).")
             if getattr(model, "attn_pool", None) is not None or pool not in ("token", "avg"):
                 raise UnsupportedModelError(
-                    f"--head avg needs a ViT that pools with its class token or the patch mean; this one has "
-                    f"global_pool={pool!r} (use --opt head=model).")
+                    f"`head` avg needs a ViT that pools with its class token or the patch mean; this one has "
+                    f"global_pool={pool!r} (use `head` model).")
         self.locations(info.depth)  # validates select_loc against the depth
         return info
 
     def locations(self, depth: int) -> list[int]:
         """0-based blocks at whose input the patches are re-ranked (stage-wise)."""
-        return block_locations(self.options.select_loc, depth, (4, 8), "select-loc", first=1)
+        return block_locations(self.options.select_loc, depth, (4, 8), "select_loc", first=1)
 
     def num_informative(self, num_patches: int, rate: Optional[float] = None) -> int:
         """``k = int(num_patches * keep_rate)``, at least 1."""
@@ -405,7 +401,7 @@ class EvoViT(TokenMethod):
         if self.options.head != "avg":
             raise MethodOptionError(
                 "official Evo-ViT checkpoints classify from the mean of the patch tokens; import them with "
-                "--opt head=avg.")
+                "`head` avg.")
         own = model.state_dict()
         out: dict[str, Tensor] = {}
         halves: dict[tuple[int, str], dict[str, Tensor]] = {}

@@ -1,46 +1,44 @@
-"""Method name -> class. Each method module registers itself with ``@register``; ``vitprune methods`` reads this."""
+"""Method name -> class. Each method module registers its class with ``@register``; ``vitprune/methods/__init__.py``
+imports every method module once, so the registry is complete as soon as ``vitprune.methods`` is imported (as
+timm's model registry is filled by its model modules)."""
 from __future__ import annotations
 
-import dataclasses
-from importlib import import_module
 from typing import Any
 
 from ..errors import MethodOptionError
-from .base import TokenMethod
+from .base import TokenMethod, _expected, option_specs
 
 _REGISTRY: dict[str, type[TokenMethod]] = {}
-#: modules that define the methods (imported on first use so the registry is complete)
-_METHOD_MODULES = ("dynamicvit", "evit", "evovit", "tome", "dge", "sait")
-_loaded = False
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
 
 
 def register(cls: type[TokenMethod]) -> type[TokenMethod]:
+    """Add a method class under its ``name``; a name taken already (also spelt with other dashes or case) is a
+    programming error."""
+    for other_name, other in _REGISTRY.items():
+        if _key(other_name) == _key(cls.name):
+            raise ValueError(f"a method named {other_name!r} is registered already ({other.__module__}."
+                             f"{other.__qualname__}); {cls.__module__}.{cls.__qualname__} needs another name")
+    option_specs(cls)  # the options' metadata is read once here, so a typo in it fails at import
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def _load_all() -> None:
-    global _loaded
-    if not _loaded:
-        for mod in _METHOD_MODULES:
-            try:
-                import_module(f"vitprune.methods.{mod}")
-            except ModuleNotFoundError as e:  # a method whose file has not landed yet
-                if e.name != f"vitprune.methods.{mod}":
-                    raise
-        _loaded = True
-
-
 def method_names() -> list[str]:
-    _load_all()
-    return [m for m in _METHOD_MODULES if m in _REGISTRY] + sorted(set(_REGISTRY) - set(_METHOD_MODULES))
+    """Registered methods, in registration order."""
+    return list(_REGISTRY)
+
+
+def method_classes() -> list[type[TokenMethod]]:
+    return list(_REGISTRY.values())
 
 
 def get_method_class(name: str) -> type[TokenMethod]:
-    _load_all()
-    key = name.lower().replace("-", "").replace("_", "")
     for n, cls in _REGISTRY.items():
-        if n.replace("-", "").replace("_", "") == key:
+        if _key(n) == _key(name):
             return cls
     raise MethodOptionError(f"unknown method {name!r}; available: {', '.join(method_names())}.")
 
@@ -53,23 +51,23 @@ def create_method(name: str, **options: Any) -> TokenMethod:
 def exportable_methods() -> str:
     """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
     mode)``."""
-    _load_all()
-    return ", ".join(_REGISTRY[n].export_hint or n for n in method_names() if _REGISTRY[n].exportable)
+    return ", ".join(cls.export_hint or cls.name for cls in _REGISTRY.values() if cls.exportable)
 
 
 def describe_methods() -> list[dict[str, Any]]:
-    """Every method with its paper, summary, notes and options (name, type, default, help)."""
+    """Every method with its paper, summary, notes and options (name, flag, type, default, help and roles)."""
     out = []
-    for name in method_names():
-        cls = _REGISTRY[name]
-        opts = []
-        for f in dataclasses.fields(cls.Options):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            opts.append({"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help", "")})
+    for name, cls in _REGISTRY.items():
+        opts = [{"name": s.name, "flag": s.flag, "aliases": list(s.aliases), "type": _type_name(s.type),
+                 "accepts": _expected(s.type), "default": s.default, "help": s.help, "headline": s.headline, "runtime": s.runtime,
+                 "sweep_flag": s.sweep_flag, "applies_when": dict(s.applies_when)} for s in option_specs(cls)]
         out.append({
             "name": name, "title": cls.title, "paper": cls.paper, "summary": cls.summary,
             "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
             "notes": list(cls.notes), "options": opts,
         })
     return out
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")

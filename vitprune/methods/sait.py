@@ -87,29 +87,30 @@ MODES = ("dense", "fixed", "adaptive")
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise MethodOptionError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}.")
+        raise MethodOptionError(f"`{name}` must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 def _check_range(name: str, value: Any) -> None:
-    flag = "--" + name.replace("_", "-")
     ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 < v <= 1.0
         for v in value) and value[0] <= value[1]
     if not ok:
-        raise MethodOptionError(f"{flag} must be two numbers lo,hi with 0 < lo <= hi <= 1, got {value!r}.")
+        raise MethodOptionError(f"`{name}` must be two numbers lo,hi with 0 < lo <= hi <= 1, got {value!r}.")
 
 
 @dataclass
 class SaiTOptions(MethodOptions):
     mode: str = field(default="adaptive", metadata={
         "help": "inference mode of the same weights: dense (no pruning, exact), fixed (keep_rate), adaptive "
-                "(threshold, per-image counts); switchable at run time", "headline": True, "short": ""})
+                "(threshold, per-image counts); switchable at run time", "headline": True, "short": "",
+        "runtime": True})
     keep_rate: float = field(default=0.5, metadata={
         "help": "fixed mode: fraction of patch tokens kept at each location (ceil), in (0, 1]",
-        "headline": True, "short": "keep", "headline_when": {"mode": "fixed"}})
+        "headline": True, "short": "keep", "applies_when": {"mode": "fixed"}, "runtime": True, "sweep": True})
     threshold: float = field(default=0.9, metadata={
         "help": "adaptive mode: class-attention mass kept per image, in (0, 1] (1 keeps all); calibrate with "
-                "SaiT.calibrate_threshold for a GMAC target"})
+                "SaiT.calibrate_threshold for a GMAC target",
+        "applies_when": {"mode": "adaptive"}, "runtime": True, "sweep": True})
     prune_at: Optional[list[int]] = field(default=None, metadata={
         "help": "0-based blocks before which tokens are pruned, ranked by the previous block's class attention "
                 "(default 3 of 12, scaled to depth; a list applies the rule at each)"})
@@ -135,17 +136,18 @@ class SaiTOptions(MethodOptions):
                 "epochs in turn, dense first)"})
     buckets: int = field(default=1, metadata={
         "help": "adaptive inference: 1 pads the batch to its largest count; G > 1 sorts images by count into G "
-                "groups, each padded to its own largest count"})
+                "groups, each padded to its own largest count", "applies_when": {"mode": "adaptive"},
+        "runtime": True})
 
     def validate(self) -> None:
         _check_choice("mode", self.mode, MODES)
         check_fraction("keep_rate", self.keep_rate)
         check_fraction("threshold", self.threshold)
         check_fraction("k_min", self.k_min)
-        self.prune_at = check_block_list(self.prune_at, "prune-at", minimum=1, example="3")
+        self.prune_at = check_block_list(self.prune_at, "prune_at", minimum=1, example="3")
         if not (isinstance(self.sel_weight, (int, float)) and math.isfinite(self.sel_weight)
                 and self.sel_weight >= 0):
-            raise MethodOptionError(f"--sel-weight must be a number >= 0, got {self.sel_weight!r}.")
+            raise MethodOptionError(f"`sel_weight` must be a number >= 0, got {self.sel_weight!r}.")
         _check_choice("sel_target", self.sel_target, ("teacher", "self"))
         _check_choice("sparse_train_mode", self.sparse_train_mode, ("adaptive", "fixed"))
         _check_range("keep_rate_range", self.keep_rate_range)
@@ -154,7 +156,7 @@ class SaiTOptions(MethodOptions):
         self.threshold_range = [float(v) for v in self.threshold_range]
         _check_choice("sait_schedule", self.sait_schedule, ("both", "alternate"))
         if not (isinstance(self.buckets, int) and not isinstance(self.buckets, bool) and self.buckets >= 1):
-            raise MethodOptionError(f"--buckets must be an integer >= 1, got {self.buckets!r}.")
+            raise MethodOptionError(f"`buckets` must be an integer >= 1, got {self.buckets!r}.")
 
 
 @dataclass
@@ -190,7 +192,6 @@ class SaiT(TokenMethod):
                "(adaptive, attention-mass threshold), a fixed rate, or none (dense) from the same weights, "
                "switchable at run time; dense/sparse training; no new parameters")
     Options = SaiTOptions
-    runtime_options = ("mode", "keep_rate", "threshold", "buckets")
     needs_training = True
     exportable = True  # fixed and dense modes; export_check refuses the adaptive mode
     export_hint = "sait (fixed or dense mode)"
@@ -252,7 +253,7 @@ class SaiT(TokenMethod):
                               "(--mode dense), the same weights.")
 
     def _locations(self, depth: int) -> list[int]:
-        return block_locations(self.options.prune_at, depth, (3,), "prune-at", first=1)
+        return block_locations(self.options.prune_at, depth, (3,), "prune_at", first=1)
 
     def _skips(self) -> bool:
         """True when no location can prune (dense mode, keep rate 1 or threshold 1): the plain timm blocks run."""

@@ -70,25 +70,28 @@ from ..ops import merge as tm
 from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, vit_info
 from .registry import register
 
-_R_HELP = ("tokens merged per block: an int (every block), a per-block list (CLI: --r 13,12,11; padded with 0), "
-           "or (r, inflection) in Python; each block's r is clipped to (tokens - prefix) // 2")
+_R_HELP = ("tokens merged per block: an int (every block), a per-block list (13,12,11; padded with 0), or "
+           "(r, inflection) in Python; each block's r is clipped to (tokens - prefix) // 2")
 
 
 @dataclass
 class ToMeOptions(MethodOptions):
-    r: Union[int, list[int]] = field(default=13, metadata={"help": _R_HELP, "headline": True, "short": "r"})
+    r: Union[int, list[int]] = field(default=13, metadata={
+        "help": _R_HELP, "flag": "--tome-r", "aliases": ("--r",), "headline": True, "short": "r", "runtime": True,
+        "sweep": "--r-values"})
     inflection: Optional[float] = field(
         default=None, metadata={"help": "schedule shape for an int r, in [-1, 1]: linear from int(r*(1-inflection)) "
-                                        "to 2r minus that across the blocks; -1 = the paper's decreasing schedule "
-                                        "(CLI: --opt inflection=-1); none = constant r"})
+                                        "to 2r minus that across the blocks; -1 = the paper's decreasing schedule; "
+                                        "none = constant r", "runtime": True})
     prop_attn: bool = field(
-        default=True, metadata={"help": "proportional attention: add log(token size) to the attention logits"})
+        default=True, metadata={"help": "proportional attention: add log(token size) to the attention logits",
+                                "runtime": True})
 
     def __post_init__(self) -> None:
         if isinstance(self.r, tuple):
             if len(self.r) == 2:  # the reference's (r, inflection) form
                 if self.inflection is not None:
-                    raise MethodOptionError("give the inflection once: --r (r, inflection) or --inflection, not both.")
+                    raise MethodOptionError("give the inflection once: `r` (r, inflection) or `inflection`, not both.")
                 self.r, self.inflection = self.r[0], self.r[1]
             else:
                 self.r = list(self.r)
@@ -97,25 +100,25 @@ class ToMeOptions(MethodOptions):
         r = self.r
         if isinstance(r, list):
             if not r or not all(_is_count(v) for v in r):
-                raise MethodOptionError(f"--r must be a non-negative int or a comma list of them, got {r!r}.")
+                raise MethodOptionError(f"`r` must be a non-negative int or a comma list of them, got {r!r}.")
             if self.inflection is not None:
-                raise MethodOptionError("--inflection shapes a single int --r; give either a per-block --r list or "
-                                        "an int --r with --inflection.")
+                raise MethodOptionError("`inflection` shapes a single int `r`; give either a per-block `r` list or "
+                                        "an int `r` with `inflection`.")
         elif not _is_count(r):
-            raise MethodOptionError(f"--r must be a non-negative int or a comma list of them, got {r!r}.")
+            raise MethodOptionError(f"`r` must be a non-negative int or a comma list of them, got {r!r}.")
         inf = self.inflection
         if inf is not None and (isinstance(inf, bool) or not isinstance(inf, (int, float)) or not math.isfinite(inf)
                                 or not -1.0 <= inf <= 1.0):
-            raise MethodOptionError(f"--inflection must be a number in [-1, 1], got {inf!r}.")
+            raise MethodOptionError(f"`inflection` must be a number in [-1, 1], got {inf!r}.")
         if not isinstance(self.prop_attn, bool):
-            raise MethodOptionError(f"--prop-attn must be true or false, got {self.prop_attn!r}.")
+            raise MethodOptionError(f"`prop_attn` must be true or false, got {self.prop_attn!r}.")
 
     def per_block(self, depth: int) -> list[int]:
         """The requested r of each block (before clipping to what the token count allows)."""
         r = self.r
         if isinstance(r, list):
             if len(r) > depth:
-                raise MethodOptionError(f"--r lists {len(r)} blocks but the model has {depth}.")
+                raise MethodOptionError(f"`r` lists {len(r)} blocks but the model has {depth}.")
             return [int(v) for v in r] + [0] * (depth - len(r))
         if self.inflection is None:
             return [int(r)] * depth
@@ -140,7 +143,6 @@ class ToMe(TokenMethod):
                "attention, size-weighted, with proportional attention; no parameters, works without training")
     Options = ToMeOptions
     needs_training = False
-    runtime_options = ("r", "inflection", "prop_attn")
     exportable = True
     notes = (
         "Keys for the similarity are taken after timm's k_norm (qk-norm models) and averaged over heads.",
@@ -178,8 +180,8 @@ class ToMe(TokenMethod):
         limit = info.num_patches // 2
         for i, v in enumerate(rs):
             if v > limit:
-                what = f"--r {v}" if not isinstance(self.options.r, list) and self.options.inflection is None \
-                    else f"--r schedule entry {v} (block {i})"
+                what = f"`r` {v}" if not isinstance(self.options.r, list) and self.options.inflection is None \
+                    else f"`r` schedule entry {v} (block {i})"
                 raise MethodOptionError(
                     f"{what} is too large: this model has {info.num_patches} patch tokens and one bipartite merge "
                     f"removes at most {limit} (use r <= {limit}).")

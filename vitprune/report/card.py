@@ -20,12 +20,11 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from . import DENSE_TEACHER
+
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 BASE_TAGS = ("vitprune", "image-classification", "token-pruning")
 
-#: method option -> the flag `vitprune compress` takes for it (the others go through --opt KEY=VALUE)
-_OPTION_FLAGS = {"keep_rate": "--keep-rate", "r": "--r", "budget": "--budget", "region_size": "--region-size",
-                 "threshold": "--threshold"}
 #: recipe keys that `vitprune compress` takes as --kebab-case flags with a value
 _RECIPE_FLAGS = ("lr", "lr_batch_ref", "backbone_lr_scale", "freeze_backbone_epochs", "warmup_epochs", "warmup_lr",
                  "min_lr", "weight_decay", "kd_weight", "kd_temperature", "cls_weight", "label_smoothing",
@@ -76,19 +75,19 @@ def hub_base_model(base: Optional[str]) -> Optional[str]:
 
 
 def method_info(name: Optional[str]) -> dict[str, Any]:
-    """Title, paper, summary and default options of a registered method ({} when unknown here)."""
+    """Title, paper, summary and options (by name: their declarations) of a registered method ({} when unknown
+    here)."""
     if not name:
         return {}
     try:
-        from ..methods import create_method, get_method_class
+        from ..methods import get_method_class, option_specs
 
         cls = get_method_class(name)
-        defaults = create_method(cls.name).options_dict()
     except Exception:  # a folder from a vitprune with a method this one lacks: the card still renders
         return {}
-    return {"title": cls.title, "paper": cls.paper, "summary": cls.summary, "defaults": defaults,
-            "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
-            "adds_modules": bool(cls.new_module_prefixes)}
+    return {"title": cls.title, "paper": cls.paper, "summary": cls.summary,
+            "specs": {s.name: s for s in option_specs(cls)}, "needs_training": cls.needs_training,
+            "runtime_options": list(cls.runtime_options), "adds_modules": bool(cls.new_module_prefixes)}
 
 
 def _num(v: Any, digits: int) -> str:
@@ -108,17 +107,24 @@ def _value(v: Any) -> str:
 
 
 def short_method(name: Optional[str], options: Mapping[str, Any]) -> str:
-    """``evit(keep_rate=0.5)``: the method with its headline and non-default options (``dense`` for none)."""
+    """``evit(keep_rate=0.5)``, ``sait(mode=adaptive, threshold=0.87)``: the method with its headline and
+    non-default options (``dense`` for none)."""
     if not name:
         return "dense"
-    return f"{name}({_describe_options(options, method_info(name).get('defaults'))})"
+    return f"{name}({_describe_options(options, method_info(name).get('specs'))})"
 
 
-def _describe_options(options: Mapping[str, Any], defaults: Optional[Mapping[str, Any]] = None) -> str:
-    """``keep_rate=0.7, fuse=false``: the headline options (those with their own flag) and any non-default one."""
-    shown = {k: v for k, v in options.items() if v is not None and (
-        defaults is None or k in _OPTION_FLAGS or k not in defaults or defaults[k] != v)}
-    return ", ".join(f"{k}={_value(v)}" for k, v in shown.items())
+def _shown_options(options: Mapping[str, Any], specs: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The options that say what a model is: its headline options (those in effect with the other values, so
+    SaiT's keep rate only in its fixed mode) and every option that is not at its default."""
+    values = dict(options)
+    return {k: v for k, v in options.items() if v is not None and (
+        not specs or k not in specs or v != specs[k].default or (specs[k].headline and specs[k].applies(values)))}
+
+
+def _describe_options(options: Mapping[str, Any], specs: Optional[Mapping[str, Any]] = None) -> str:
+    """``keep_rate=0.7, fuse=false``: see :func:`_shown_options`."""
+    return ", ".join(f"{k}={_value(v)}" for k, v in _shown_options(options, specs).items())
 
 
 def _short_name(base: Optional[str]) -> str:
@@ -148,15 +154,16 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
         return None
     model = (report or {}).get("model") or section.get("base_model") or "MODEL"
     options = dict((report or {}).get("options") or section.get("options") or {})
-    defaults = method_info(method).get("defaults")
+    specs = method_info(method).get("specs") or {}
     args = ["vitprune", "compress", str(model), "--method", str(method)]
-    for k, v in options.items():
-        if defaults is not None and k in defaults and defaults[k] == v and k not in _OPTION_FLAGS:
-            continue
-        if defaults is not None and k in defaults and defaults[k] == v and v is None:
-            continue
-        flag = _OPTION_FLAGS.get(k)
-        args += [flag, _value(v)] if flag else ["--opt", f"{k}={_value(v)}"]
+    for k, v in _shown_options(options, specs).items():
+        spec = specs.get(k)
+        if spec is None:  # an option this vitprune does not know: --opt passes it on as recorded
+            args += ["--opt", f"{k}={_value(v)}"]
+        elif spec.is_bool:
+            args.append(spec.flag if v else f"--no-{spec.flag[2:]}")
+        else:
+            args += [spec.flag, _value(v)]
     data = ((report or {}).get("data") or {}).get("data") or (section.get("metrics") or {}).get("dataset")
     if data:
         args += ["--data", str(data)]
@@ -171,10 +178,12 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
             args += [flag, _value(recipe[key])]
     if recipe.get("precision"):
         args += ["--precision", str(recipe["precision"])]
+    from ..methods.base import flag_name
+
     sources = (report or {}).get("recipe_sources") or {}
     for k in _RECIPE_FLAGS:
         if sources.get(k) == "user" and k in recipe:
-            args += ["--" + k.replace("_", "-"), _value(recipe[k])]
+            args += [flag_name(k), _value(recipe[k])]
     if sources.get("frozen") == "user":
         args += ["--frozen", _value(recipe.get("frozen") or "none")]
     if sources.get("train_mode_eval") == "user":
@@ -194,7 +203,7 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
 
 
 def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]]) -> tuple[list[list[str]], str]:
-    """Rows of the dense-vs-compressed table and the line saying how it was measured."""
+    """Rows of the dense-teacher-vs-compressed table and the lines saying how it was measured and how to read it."""
     rows: list[list[str]] = []
     if report and report.get("dense") and report.get("compressed"):
         d, c = report["dense"], report["compressed"]
@@ -235,6 +244,7 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
         both = isinstance(dv, (int, float)) and isinstance(cv, (int, float))
         rows.append([label, _num(dv, digits), _num(cv, digits), change(dv, cv) if both else ""])
 
+    how = " ".join([how, *reading_notes(d, c, bs)])
     add("top-1 (%)", "top1", 2, change_pts)
     add("top-5 (%)", "top5", 2, change_pts)
     add(GMACS_LABEL, "gmacs", 3, ratio)
@@ -274,6 +284,22 @@ def latency_change(dense_ms: Optional[float], compressed_ms: Optional[float]) ->
     if dense_ms >= compressed_ms:
         return f"{dense_ms / compressed_ms:.2f}× faster"
     return f"{compressed_ms / dense_ms:.2f}× slower"
+
+
+def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size: Any) -> list[str]:
+    """What a reader of a dense-vs-compressed table may wonder about, in one line each: more parameters than
+    dense (the method's own modules), and a throughput gain next to a batch-1 latency loss."""
+    notes = []
+    if dense.get("params") and (compressed.get("params") or 0) > dense["params"]:
+        notes.append(f"params: +{(compressed['params'] - dense['params']) / 1e6:.3f} M for the method's own modules "
+                     "(their MACs are in the GMACs).")
+    thr, lat = (compressed.get("throughput"), dense.get("throughput")), (compressed.get("latency_ms"),
+                                                                          dense.get("latency_ms"))
+    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1]:
+        batch = f" (batch {batch_size})" if batch_size else ""
+        notes.append(f"throughput{batch} gains from fewer tokens; at batch 1 the method's own steps "
+                     "(scoring, gathering tokens) cost more than the tokens save on this device, so latency is higher.")
+    return notes
 
 
 def render_card(
@@ -318,7 +344,7 @@ def render_card(
     title_method = info.get("title") or method
     lines: list[str] = []
     if method:
-        opts = _describe_options(options, info.get("defaults"))
+        opts = _describe_options(options, info.get("specs"))
         lines.append(f"# {name} · {title_method}" + (f" ({opts})" if opts else ""))
         lines.append("")
         lines.append(
@@ -337,7 +363,7 @@ def render_card(
     if method:
         rows, how = _metrics_rows(section, report)
         if rows:
-            lines += ["", "## Results", "", _table(["", "dense", "compressed", "change"], rows), "", how]
+            lines += ["", "## Results", "", _table(["", DENSE_TEACHER, "compressed", "change"], rows), "", how]
     elif section.get("metrics"):
         rows = [[str(k), _scalar(v)] for k, v in section["metrics"].items()]
         lines += ["", "## Metrics", "", _table(["metric", "value"], rows)]

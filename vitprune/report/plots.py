@@ -1,13 +1,13 @@
 """Plots: which tokens each stage keeps (``visualize``) and the accuracy-speed curve of a sweep (``pareto.png``).
 
-Both need matplotlib, the optional extra ``vitprune[plot]``; without it they raise one clear line.
+Both need matplotlib, the optional extra ``vitprune[plot]``; without it they raise one clear line. This module
+only draws: the token maps are collected by ``vitprune.tokenmaps`` (which runs the model), the sweep's numbers by
+``vitprune.sweep``.
 
-Token maps come from the method contract, never from method names: under ``vitprune.methods.tracking(model)`` a
-forward pass records, after each step that changes the token set, ``(block, assignment)`` where ``assignment``
-(``B x num_patches``) gives for every original patch the index of the token representing it, or -1 when it was
-dropped or fused into a catch-all token. From that map alone each panel draws:
+A token map gives, per stage, every original patch's token or -1 (see ``vitprune.tokenmaps``). From that map alone
+each panel draws:
 
-* patches with -1: greyed out (pruned, or fused into the one "rest" token as EViT does);
+* patches with -1: greyed out (the legend says what became of them: dropped, or fused into one extra token);
 * patches alone in their token: the image as is;
 * several patches sharing one token: a coloured group. When every such group is an aligned square block of
   patches (region pooling, as DGE's router chooses per region) the colour says the granularity (2×2, 4×4... patches
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import DataError, MethodOptionError, VitpruneError
+from ..errors import VitpruneError
+
+if TYPE_CHECKING:
+    from ..tokenmaps import TokenMaps
 
 #: layout of the token-map figure, in inches at ``dpi`` (default 100 dpi: 200-pixel panels)
 PANEL_IN = 2.0
@@ -51,134 +53,6 @@ def require_matplotlib():
 
 
 # ------------------------------------------------------------------------------------------ token maps
-
-
-@dataclass
-class Stage:
-    block: int
-    assignment: np.ndarray  # B x P (token index per original patch, -1 = dropped/fused)
-
-
-@dataclass
-class TokenMaps:
-    """Everything a token-map figure shows."""
-
-    images: np.ndarray  # B x H x W x 3 in [0, 1]: what the model sees (after its eval transform)
-    labels: list[str]
-    grid: tuple[int, int]
-    stages: list[Stage]
-    method: str
-    model: str
-    predictions: list[Optional[str]] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)  # tokens entering each block (batch, padded where adaptive)
-
-    def kept(self, stage: Stage, i: int) -> int:
-        a = stage.assignment[i]
-        return int(np.unique(a[a >= 0]).size)
-
-    def to_dict(self) -> dict[str, Any]:
-        P = self.grid[0] * self.grid[1]
-        return {"model": self.model, "method": self.method, "grid": list(self.grid), "images": self.labels,
-                "predictions": self.predictions, "tokens_entering_blocks": self.counts,
-                "stages": [{"block": s.block, "patch_tokens": [self.kept(s, i) for i in range(len(self.labels))],
-                            "dropped_patches": [int((s.assignment[i] < 0).sum()) for i in range(len(self.labels))],
-                            "of": P} for s in self.stages]}
-
-
-def _demo_image(spec: str):
-    from ..data.demo import DigitsDemo
-
-    ds = DigitsDemo("val")
-    try:
-        i = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise DataError(f"{spec!r}: write demo:N with N a number (an image of the demo val split).") from None
-    if not 0 <= i < len(ds):
-        raise DataError(f"{spec!r}: the demo val split has images 0..{len(ds) - 1}.")
-    img, label = ds[i]
-    return img, f"demo:{i} (a {label})"
-
-
-def load_images(images: Sequence[Any]):
-    """PIL RGB images and labels from files, ``demo:N`` (the N-th demo val digit) or PIL images."""
-    from PIL import Image, UnidentifiedImageError
-
-    out, labels = [], []
-    if not images:
-        raise DataError("give at least one image (a file, or demo:N for a bundled digit).")
-    for item in images:
-        if isinstance(item, Image.Image):
-            out.append(item.convert("RGB"))
-            labels.append(f"image {len(out)}")
-            continue
-        spec = str(item)
-        if spec.startswith("demo:") and not Path(spec).exists():
-            img, label = _demo_image(spec)
-            out.append(img)
-            labels.append(label)
-            continue
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise DataError(f"image {spec} does not exist" + (" (it is a folder)" if path.is_dir() else "") + ".")
-        try:
-            with Image.open(path) as im:
-                out.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{spec} is not an image vitprune can read ({type(e).__name__}).") from None
-        labels.append(path.name)
-    return out, labels
-
-
-def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
-                       blocks: Optional[Sequence[int]] = None) -> TokenMaps:
-    """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
-    import torch
-    from timm.data import resolve_data_config
-
-    from ..data import eval_transform
-    from ..methods import get_method, tracking
-
-    method = get_method(model)
-    if method is None:
-        raise MethodOptionError(f"{name} is a dense model: give --method (and its options) to see what a method "
-                                "keeps, or a compressed model folder.")
-    pil, labels = load_images(images)
-    transform = eval_transform(model)
-    batch = torch.stack([transform(im) for im in pil])
-    cfg = resolve_data_config(model=model)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    shown = (batch * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    model = model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode(), tracking(model):
-        logits = model(batch.to(device))
-    state = model.vitprune_state
-    grid = tuple(int(g) for g in state.grid)
-    stages = [Stage(int(b), a.detach().cpu().numpy().astype(np.int64)) for b, a in state.stages]
-    if blocks is not None:
-        wanted = set(int(b) for b in blocks)
-        recorded = sorted({s.block for s in stages})
-        missing = sorted(wanted - set(recorded))
-        if missing:
-            raise MethodOptionError(
-                f"--blocks {','.join(map(str, missing))}: {method.name} records token maps after blocks "
-                f"{','.join(map(str, recorded)) or 'none'} for this model.")
-        stages = [s for s in stages if s.block in wanted]
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-    probs = logits.float().softmax(-1).cpu()
-    preds: list[Optional[str]] = []
-    for p in probs:
-        if names:
-            k = int(p.argmax())
-            preds.append(f"{names[k] if k < len(names) else k} ({100 * float(p[k]):.0f} %)")
-        else:
-            preds.append(None)
-    from .card import short_method
-
-    return TokenMaps(images=shown, labels=labels, grid=grid, stages=stages,
-                     method=short_method(method.name, method.options_dict()), model=name,
-                     predictions=preds, counts=list(state.counts))
 
 
 def _groups(assign: np.ndarray) -> dict[int, np.ndarray]:
@@ -250,7 +124,7 @@ def figure_size(rows: int, cols: int, dpi: int = 100) -> tuple[int, int]:
     return (round((LEFT_IN + cols * PANEL_IN) * dpi), round((TOP_IN + rows * PANEL_IN + BOTTOM_IN) * dpi))
 
 
-def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) -> tuple[int, int]:
+def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100) -> tuple[int, int]:
     """Write the token-map figure (PNG): one row per image, the input then one column per stage."""
     plt = require_matplotlib()
     from matplotlib.patches import Patch, Rectangle
@@ -307,7 +181,7 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
     fig.suptitle(f"{maps.model} · {maps.method}", fontsize=10, y=1 - 0.12 / height_in, va="top")
     handles = [Patch(facecolor="white", edgecolor="0.3", label="patch kept as its own token")]
     if any_dropped:
-        handles.append(Patch(facecolor=GREY, edgecolor="0.3", label="pruned (or fused into one rest token)"))
+        handles.append(Patch(facecolor=GREY, edgecolor="0.3", label=f"pruned: {maps.removed}"))
     if "merged" in styles_seen:
         import matplotlib
 
@@ -326,81 +200,72 @@ def draw_token_maps(maps: TokenMaps, out: str | os.PathLike, *, dpi: int = 100) 
     return size
 
 
-@dataclass
-class VisualizeResult:
-    path: Path
-    size: tuple[int, int]
-    maps: TokenMaps
-
-
-def visualize(
-    model: Any,
-    images: Sequence[Any],
-    out: str | os.PathLike = "tokens.png",
-    *,
-    method: Optional[str] = None,
-    blocks: Optional[Sequence[int]] = None,
-    dpi: int = 100,
-    pretrained: bool = True,
-    **method_options: Any,
-) -> VisualizeResult:
-    """Draw which tokens each stage keeps for ``images`` (files, ``demo:N`` or PIL images) into ``out`` (PNG).
-
-    ``model`` is a compressed model (folder, ``hf-hub:`` repo or module), or a dense one with ``method`` and its
-    options to try the method on it.
-    """
-    require_matplotlib()  # fail before loading anything
-    if not str(out).lower().endswith(".png"):
-        raise MethodOptionError(f"--out {out}: visualize writes a PNG; give a file name ending in .png.")
-    if dpi < 20 or dpi > 600:
-        raise MethodOptionError(f"--dpi must be between 20 and 600, got {dpi}.")
-    from ..api import resolve_models
-
-    name, _, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
-    if compressed is None:
-        raise MethodOptionError(f"{name} is a dense model: give --method (and its options) to see what a method "
-                                "keeps, or a compressed model folder.")
-    if not pretrained:
-        name += " (random weights)"
-    maps = collect_token_maps(compressed, images, name=name, blocks=blocks)
-    size = draw_token_maps(maps, out, dpi=dpi)
-    return VisualizeResult(Path(out), size, maps)
-
-
 # ------------------------------------------------------------------------------------------ pareto
 
 
+#: the narrowest top-1 range a Pareto plot shows, in images of the val split and in points: a one-image
+#: difference (0.28 pt on the 359 demo digits) must not fill the whole axis
+MIN_SPAN_IMAGES = 10
+MIN_SPAN_PT = 1.0
+
+
+def accuracy_limits(values: list[float], images: Optional[int]) -> tuple[float, float]:
+    """y-axis limits (percent) for top-1 values measured on ``images`` images: the values' range widened to at
+    least :data:`MIN_SPAN_IMAGES` images' worth (and :data:`MIN_SPAN_PT`), padded, kept within [0, 100]."""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, MIN_SPAN_PT, MIN_SPAN_IMAGES * 100.0 / images if images else 0.0)
+    mid, half = (lo + hi) / 2, span / 2 * 1.25
+    bottom, top = mid - half, mid + half
+    if top > 100.0:
+        bottom, top = bottom - (top - 100.0), 100.0
+    if bottom < 0.0:
+        bottom, top = 0.0, min(100.0, top - bottom)
+    return bottom, top
+
+
 def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple[int, int]:
-    """``pareto.png`` of a sweep: top-1 vs throughput (or GMACs vs throughput without accuracy), dense marked."""
+    """``pareto.png`` of a sweep: top-1 vs throughput (or GMACs vs throughput without accuracy), dense marked.
+    Returns the PNG's size in pixels."""
+    from PIL import Image
+
+    from . import sweep_dense
+
     plt = require_matplotlib()
     data = result if isinstance(result, dict) else result.to_dict()
     dense, points = data["dense"], data["points"]
     has_acc = dense.get("top1") is not None and all(p.get("top1") is not None for p in points)
     has_speed = dense.get("throughput") is not None and all(p.get("throughput") is not None for p in points)
-    fig, ax = plt.subplots(figsize=(7.0, 5.0), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(7.0, 5.0), dpi=dpi, layout="constrained")
     # accuracy vs throughput; without timings accuracy vs GMACs; without accuracy GMACs vs throughput
     x_key = "throughput" if has_speed else "gmacs"
     y_key = "top1" if has_acc else "gmacs"
     if x_key == y_key:  # neither accuracy nor timings: parameters vs GMACs says little, but still one picture
         y_key = "params"
+    images = next((p.get("images") for p in points if p.get("images")), None)
+    per_image = f", {images:,} images: 1 image = {100.0 / images:.2f} pt" if images else ""
     labels = {"throughput": f"throughput (images/s, batch {data.get('batch_size')}, {data.get('dtype')})",
-              "gmacs": "GMACs per image (papers' GFLOPs)", "top1": f"top-1 accuracy (%) on {data.get('data')}",
-              "params": "parameters"}
+              "gmacs": "GMACs per image (papers' GFLOPs)",
+              "top1": f"top-1 (%) on {data.get('data')} val{per_image}", "params": "parameters"}
     xs = [p[x_key] for p in points]
     ys = [p[y_key] for p in points]
     option = data["option"]
+    reference = sweep_dense(data.get("mode", "")).replace(" = ", ": ")
     ax.plot(xs, ys, "-o", color="tab:blue", label=f"{data['method']} ({data.get('mode', '')}), {option} swept",
             zorder=3)
-    for p, x, y in zip(points, xs, ys):
-        ax.annotate(f"{option}={p['value']}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    right = max(xs + [dense[x_key]])
+    for p, x, y in zip(points, xs, ys):  # the rightmost label points left, so it stays inside the axes
+        ax.annotate(f"{option}={p['value']}", (x, y), textcoords="offset points", fontsize=8,
+                    xytext=(-6, 6) if x == right else (6, 6), ha="right" if x == right else "left")
     ax.plot([dense[x_key]], [dense[y_key]], marker="*", markersize=16, color="tab:red", linestyle="none",
-            label="dense (reference)", zorder=4)
+            label=reference, zorder=4)
     ax.annotate("dense", (dense[x_key], dense[y_key]), textcoords="offset points", xytext=(6, -12), fontsize=8,
                 color="tab:red")
     if x_key == "throughput":
         ax.axvline(dense[x_key], color="tab:red", linewidth=0.8, linestyle=":")
     if y_key == "top1":
         ax.axhline(dense[y_key], color="tab:red", linewidth=0.8, linestyle=":")
+        ax.set_ylim(*accuracy_limits(ys + [dense[y_key]], images))
+    ax.margins(x=0.08)
     ax.set_xlabel(labels[x_key])
     ax.set_ylabel(labels[y_key])
     short = {"throughput": "throughput", "gmacs": "GMACs", "top1": "top-1", "params": "parameters"}
@@ -409,14 +274,12 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
-    size = fig.canvas.get_width_height()
+    fig.savefig(out, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)  # nothing clipped
     plt.close(fig)
-    return size
+    with Image.open(out) as im:
+        return im.size
 
 
-__all__ = ["visualize", "collect_token_maps", "draw_token_maps", "pareto_plot", "figure_size", "require_matplotlib",
-           "TokenMaps", "VisualizeResult", "load_images", "panel_style"]
+__all__ = ["draw_token_maps", "pareto_plot", "accuracy_limits", "figure_size", "require_matplotlib", "panel_style"]

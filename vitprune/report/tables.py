@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Optional
+from typing import Any, Optional
 
 from rich.markup import escape
 from rich.table import Table
 
 from ..api import ModelStats, ProfileReport
+from . import DENSE_SAME_WEIGHTS, DENSE_TEACHER, sweep_dense
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 
@@ -44,9 +45,11 @@ def profile_table(report: ProfileReport) -> Table:
            if report.compiled else " · eager")
     caption = (f"{report.device_name} · {report.dtype} · batch {report.batch_size} · input "
                f"{'×'.join(map(str, report.input_size))}" + how)
+    if c:
+        caption += f"\n{DENSE_SAME_WEIGHTS}: the same model without the method"
     table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
     table.add_column("")
-    table.add_column("dense", justify="right")
+    table.add_column(DENSE_SAME_WEIGHTS if c else "dense", justify="right")
     if c:
         table.add_column("compressed", justify="right")
         table.add_column("ratio", justify="right")
@@ -86,25 +89,131 @@ def profile_notes(report: ProfileReport) -> list[str]:
     return notes
 
 
+def compress_table(report: dict[str, Any]) -> Table:
+    """The table `vitprune compress` ends with: the dense teacher against the compressed model."""
+    from .card import latency_change, reading_notes, short_method
+
+    d, c, m = report["dense"], report["compressed"], report["measure"]
+    what = short_method(report["method"], report["options"])
+    caption = [f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
+               f"{DENSE_TEACHER}: {report.get('teacher') or 'the dense model'}, distilled into the compressed model",
+               *reading_notes(d, c, m["batch_size"])]
+    table = Table(title=escape(f"{report['model']} · {what} · {report['data']['data']} val"),
+                  caption=escape("\n".join(caption)), title_justify="left", caption_justify="left")
+    for col, just in (("", "left"), (DENSE_TEACHER, "right"), ("compressed", "right"), ("change", "right")):
+        table.add_column(col, justify=just)
+
+    def fmt(v, digits):
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    def row(label, key, digits, change):
+        dv, cv = d.get(key), c.get(key)
+        table.add_row(label, fmt(dv, digits), fmt(cv, digits), change(dv, cv) if None not in (dv, cv) else "")
+
+    row("top-1 (%)", "top1", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("top-5 (%)", "top5", 2, lambda a, b: f"{b - a:+.2f} pt")
+    row("loss", "loss", 4, lambda a, b: f"{b - a:+.4f}")
+    table.add_row("params (M)", fmt(d["params"] / 1e6, 3), fmt(c["params"] / 1e6, 3),
+                  f"{c['params'] / d['params']:.2f}×")
+    row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
+    row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
+    row("latency (ms, median)", "latency_ms", 2, latency_change)
+    return table
+
+
+def sweep_table(result: Any) -> Table:
+    """The table of a sweep: the dense reference row, then one row per value."""
+    d = result.dense
+    has_acc = d.get("top1") is not None
+    has_speed = d.get("throughput") is not None
+    has_lat = d.get("latency_ms") is not None
+    has_params = any(p.params != d["params"] for p in result.points)
+    caption = f"{result.device_name} · {result.dtype} · throughput at batch {result.batch_size}"
+    if has_lat:
+        caption += ", latency at batch 1"
+    if not has_params:
+        caption += f" · {d['params'] / 1e6:.2f} M parameters"
+    if has_acc:
+        caption += f" · top-1 on {result.data} val"
+    caption += f"\n{sweep_dense(result.mode)}"
+    table = Table(title=escape(f"{result.model} · {result.method} · {result.option} swept ({result.mode})"),
+                  caption=escape(caption), title_justify="left", caption_justify="left")
+    table.add_column(escape(result.option), no_wrap=True, min_width=len(result.option))
+    table.add_column(GMACS_LABEL, justify="right")
+    table.add_column("×dense", justify="right")
+    if has_params:
+        table.add_column("params (M)", justify="right")
+    if has_speed:
+        table.add_column("img/s", justify="right")
+        table.add_column("speedup", justify="right")
+    if has_lat:
+        table.add_column("latency ms", justify="right")
+    if has_acc:
+        table.add_column("top-1 %", justify="right")
+        table.add_column("Δ pt", justify="right")
+
+    def num(v: Optional[float], digits: int) -> str:
+        return "-" if v is None else f"{v:,.{digits}f}"
+
+    def row(label: str, p: dict, dense: bool) -> None:
+        cells = [label, f"{p['gmacs']:.4f}", "1.00×" if dense else f"{p['gmacs'] / d['gmacs']:.2f}×"]
+        if has_params:
+            cells.append(f"{p['params'] / 1e6:.2f}")
+        if has_speed:
+            thr = p.get("throughput")
+            cells += [num(thr, 0 if thr is not None and thr >= 100 else 1),
+                      "1.00×" if dense else (f"{p['speedup']:.2f}×" if p.get("speedup") is not None else "-")]
+        if has_lat:
+            cells.append(num(p.get("latency_ms"), 2))
+        if has_acc:
+            cells += [num(p.get("top1"), 2),
+                      "" if dense or p.get("top1") is None else f"{p['top1'] - d['top1']:+.2f}"]
+        table.add_row(*cells, style="bold" if dense else None)
+
+    row("dense", d, True)
+    for p in result.points:
+        row(str(p.value), p.__dict__, False)
+    return table
+
+
+def _value(v: object) -> str:
+    """A default as it is typed on the command line."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return {True: "true", False: "false", None: "none"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
+
+
+def option_flags(option: dict) -> str:
+    """How the commands take an option of ``describe_methods()``: ``--keep-rate``, ``--fuse/--no-fuse``,
+    ``--tome-r (or --r)``."""
+    flag = option["flag"]
+    if option["type"] == "bool":
+        return f"{flag}/--no-{flag[2:]}"
+    return flag + "".join(f" (or {a})" for a in option.get("aliases", ()))
+
+
 def methods_tables(info: list[dict]) -> list[Table]:
-    """One table per method: its options with type, default and help; paper and notes in the caption."""
+    """One table per method: each option as the flag the commands take, its type, default, meaning and roles
+    (run-time: changes a saved model in eval, profile, visualize, export and sweep; the flag sweep takes its
+    values with); paper and notes in the caption."""
     tables = []
     for m in info:
         caption = [m["paper"]]
-        if m["runtime_options"]:
-            caption.append("switchable at run time: " + ", ".join(m["runtime_options"]))
         caption += [f"note: {n}" for n in m["notes"]]
         caption = [escape(c) for c in caption]
         training = "fine-tune with `vitprune compress`" if m["needs_training"] else "works off the shelf"
         t = Table(title=f"[bold]{m['name']}[/] — {escape(m['title'])}: {escape(m['summary'])} ({training})",
                   title_justify="left",
                   caption="\n".join(caption), caption_justify="left", expand=False)
-        t.add_column("option")
-        t.add_column("type")
+        t.add_column("flag", no_wrap=True)
+        t.add_column("value")
         t.add_column("default")
+        t.add_column("run-time")
         t.add_column("meaning")
         for o in m["options"]:
-            flag = "--" + o["name"].replace("_", "-")
-            t.add_row(flag, escape(o["type"].replace("typing.", "")), escape(str(o["default"])), escape(o["help"]))
+            roles = "yes" if o["runtime"] else ""
+            meaning = o["help"] + (f" (sweep: {o['sweep_flag']})" if o.get("sweep_flag") else "")
+            t.add_row(escape(option_flags(o)), escape(o["accepts"]), escape(_value(o["default"])), roles,
+                      escape(meaning))
         tables.append(t)
     return tables

@@ -1,21 +1,14 @@
-"""`vitprune compress` and `vitprune eval`: parse the flags, call ``vitprune.compress`` / ``vitprune.evaluate``,
-render progress and the final table."""
+"""`vitprune compress`: parse the flags, call ``vitprune.compress``, render progress and the final table."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 
-from .app import app
-from .common import (
-    BudgetOpt, ExtraOpt, KeepRateOpt, MethodOpt, ModeOpt, RegionOpt, ROpt, ThresholdOpt, as_flags, err,
-    method_options, out,
-    print_json,
-    user_errors,
-)
+from ._options import method_options
+from .common import MethodOpt, as_flags, err, is_main_process, out, print_json
 
 _TRAIN = "Training"
 _RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
@@ -23,22 +16,18 @@ _AUG = "Augmentation"
 _RUN = "Run control"
 
 
-def _floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+def _floats(text: Optional[str], name: str) -> Optional[list[float]]:
     if text is None:
         return None
-    from ..errors import MethodOptionError
+    from ..errors import UsageError
 
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
-        raise MethodOptionError(f"{flag} takes two numbers MIN,MAX, got {text!r}.") from None
+        vals = []
     if len(vals) != 2:
-        raise MethodOptionError(f"{flag} takes two numbers MIN,MAX, got {text!r}.")
+        raise UsageError(f"`{name}` takes two numbers MIN,MAX, got {text!r}.")
     return vals
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 class Reporter:
@@ -124,53 +113,14 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def compress_table(report: dict[str, Any]):
-    from rich.table import Table
-
-    from ..report.card import latency_change
-    from ..report.tables import GMACS_LABEL
-
-    d, c, m = report["dense"], report["compressed"], report["measure"]
-    opts = ", ".join(f"{k}={v}" for k, v in report["options"].items() if v is not None)
-    table = Table(title=escape(f"{report['model']} · {report['method']}({opts}) · {report['data']['data']} val"),
-                  caption=f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
-                  title_justify="left", caption_justify="left")
-    for col, just in (("", "left"), ("dense", "right"), ("compressed", "right"), ("change", "right")):
-        table.add_column(col, justify=just)
-
-    def fmt(v, digits):
-        return "-" if v is None else f"{v:,.{digits}f}"
-
-    def row(label, key, digits, change):
-        dv, cv = d.get(key), c.get(key)
-        table.add_row(label, fmt(dv, digits), fmt(cv, digits), change(dv, cv) if None not in (dv, cv) else "")
-
-    row("top-1 (%)", "top1", 2, lambda a, b: f"{b - a:+.2f} pt")
-    row("top-5 (%)", "top5", 2, lambda a, b: f"{b - a:+.2f} pt")
-    row("loss", "loss", 4, lambda a, b: f"{b - a:+.4f}")
-    table.add_row("params (M)", fmt(d["params"] / 1e6, 3), fmt(c["params"] / 1e6, 3),
-                  f"{c['params'] / d['params']:.2f}×")
-    row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
-    row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
-    row("latency (ms, median)", "latency_ms", 2, latency_change)
-    return table
-
-
 # ------------------------------------------------------------------------------------------ compress
 
 
-@app.command()
+@method_options()
 def compress(
     model: Annotated[str, typer.Argument(
         help="timm model name, hf-hub:org/repo, a local folder, or 'demo' (the bundled teacher).")] = "demo",
     method: MethodOpt = None,
-    keep_rate: KeepRateOpt = None,
-    r: ROpt = None,
-    budget: BudgetOpt = None,
-    region_size: RegionOpt = None,
-    threshold: ThresholdOpt = None,
-    mode: ModeOpt = None,
-    opt: ExtraOpt = None,
     data: Annotated[str, typer.Option(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
         "--val-split), or a folder saved with datasets' save_to_disk.")] = "demo",
@@ -279,56 +229,56 @@ def compress(
     export: Annotated[Optional[str], typer.Option(
         "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
         rich_help_panel=_RUN)] = None,
+    method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
 
     With no arguments: the bundled demo teacher and digits, DynamicViT at keep rate 0.7, a short CPU schedule.
-    Under `torchrun --nproc_per_node N -m vitprune compress ...` it trains with DistributedDataParallel.
+    Under `torchrun --nproc_per_node N -m vitprune compress ...` it trains with DistributedDataParallel (give
+    ToMe's r as --tome-r there: torchrun takes --r for its own --rdzv-* flags).
     """
     from ..train.loop import TrainingInterrupted
 
     import logging
 
     logging.getLogger("vitprune").addHandler(logging.NullHandler())  # warnings reach the user as events
-    reporter = Reporter(plain=quiet or json_out, silent=not _is_main_process())
+    reporter = Reporter(plain=quiet or json_out, silent=not is_main_process())
     t0 = time.perf_counter()
-    with user_errors():
-        try:
-            from ..compression import compress as run_compress
+    try:
+        from ..compression import compress as run_compress
 
-            opts = method_options(keep_rate, r, budget, region_size, threshold, opt, mode)
-            recipe: dict[str, Any] = {k: v for k, v in {
-                "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
-                "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
-                "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "kd_weight": kd_weight,
-                "kd_temperature": kd_temperature, "cls_weight": cls_weight, "label_smoothing": label_smoothing,
-                "train_mode_eval": train_mode_eval, "drop_path": drop_path, "clip_grad": clip_grad,
-            }.items() if v is not None}
-            if frozen is not None:
-                recipe["frozen"] = [] if frozen.strip().lower() in ("", "none") else [
-                    f.strip() for f in frozen.split(",") if f.strip()]
-            aug = {k: v for k, v in {
-                "hflip": hflip, "scale": _floats(scale, "--scale"), "ratio": _floats(ratio, "--ratio"),
-                "color_jitter": color_jitter, "auto_augment": auto_augment, "re_prob": re_prob}.items()
-                if v is not None}
-            if aug and not no_augment:
-                recipe["augment"] = aug
-            result = run_compress(
-                model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
-                accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
-                val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
-                resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
-                eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
-                profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-                push_to=push_to, private=private, new_head=new_head, export=export, **opts)
-        except TrainingInterrupted as e:
-            reporter.close()
-            if _is_main_process():
-                err.print(f"Interrupted: {as_flags(e.message)}", markup=False, highlight=False)
-            raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
-        finally:
-            reporter.close()
-    if not _is_main_process():
+        recipe: dict[str, Any] = {k: v for k, v in {
+            "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
+            "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
+            "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "kd_weight": kd_weight,
+            "kd_temperature": kd_temperature, "cls_weight": cls_weight, "label_smoothing": label_smoothing,
+            "train_mode_eval": train_mode_eval, "drop_path": drop_path, "clip_grad": clip_grad,
+        }.items() if v is not None}
+        if frozen is not None:
+            recipe["frozen"] = [] if frozen.strip().lower() in ("", "none") else [
+                f.strip() for f in frozen.split(",") if f.strip()]
+        aug = {k: v for k, v in {
+            "hflip": hflip, "scale": _floats(scale, "scale"), "ratio": _floats(ratio, "ratio"),
+            "color_jitter": color_jitter, "auto_augment": auto_augment, "re_prob": re_prob}.items()
+            if v is not None}
+        if aug and not no_augment:
+            recipe["augment"] = aug
+        result = run_compress(
+            model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
+            accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
+            val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
+            resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
+            eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
+            profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
+            push_to=push_to, private=private, new_head=new_head, export=export, **method_options)
+    except TrainingInterrupted as e:
+        reporter.close()
+        if is_main_process():
+            err.print(f"Interrupted: {as_flags(e.message)}", markup=False, highlight=False)
+        raise typer.Exit(128 + e.signum) from None  # 130 for Ctrl-C, 143 for SIGTERM
+    finally:
+        reporter.close()
+    if not is_main_process():
         return
     if not result.finished:
         err.print(f"Stopped after {result.steps}/{result.total_steps} steps (--max-steps); checkpoint "
@@ -337,6 +287,8 @@ def compress(
     if json_out:
         print_json(result.report)
         return
+    from ..report.tables import compress_table
+
     out.print(compress_table(result.report))
     m = result.metrics
     out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
@@ -358,80 +310,3 @@ def _command_line() -> str:
     if not args or args[0] != "compress":
         return ""
     return shlex.join(["vitprune", *args])
-
-
-# ------------------------------------------------------------------------------------------ eval
-
-
-@app.command("eval")
-def eval_(
-    model: Annotated[str, typer.Argument(
-        help="a folder saved by vitprune, hf-hub:org/repo, a timm name, or 'demo'.")],
-    data: Annotated[str, typer.Option(
-        "--data", "-d", help="'demo', an ImageFolder-style folder, or a save_to_disk folder.")] = "demo",
-    split: Annotated[str, typer.Option(help="train or val.")] = "val",
-    val_split: Annotated[Optional[float], typer.Option(
-        help="for one folder / one split: the held-out fraction (default 0.1, seed 0, as compress).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    device: Annotated[Optional[str], typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (default fp32 on CPU, fp16 on GPU).")]
-        = None,
-    workers: Annotated[int, typer.Option(min=0)] = 0,
-    keep_rate: KeepRateOpt = None,
-    r: ROpt = None,
-    budget: BudgetOpt = None,
-    region_size: RegionOpt = None,
-    threshold: ThresholdOpt = None,
-    opt: ExtraOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON.")] = False,
-) -> None:
-    """Top-1/top-5 and loss of a model or saved folder on a dataset split.
-
-    Run-time method options (e.g. --keep-rate for methods whose keep rate can change without retraining) apply to
-    this evaluation only.
-    """
-    import logging
-
-    logging.getLogger("vitprune").addHandler(logging.NullHandler())  # one summary warning below
-    with user_errors():
-        from ..errors import MethodOptionError
-        from ..hub import load_model
-        from ..methods import get_method
-        from ..train.evaluate import evaluate
-
-        if split not in ("train", "val"):
-            raise MethodOptionError(f"--split must be train or val, not {split!r}.")
-        opts = method_options(keep_rate, r, budget, region_size, threshold, opt)
-        net = load_model(model)
-        m = get_method(net)
-        if opts:
-            if m is None:
-                raise MethodOptionError(f"{model} is a dense model; method options apply to compressed models.")
-            m.set_runtime(**opts)
-
-        def run():
-            return evaluate(net, data, split=split, batch_size=batch_size, device=device, dtype=dtype,
-                            workers=workers, val_split=val_split)
-
-        if json_out:
-            res = run()
-        else:
-            with err.status(escape(f"evaluating {model} on {data} ({split})…")):
-                res = run()
-        info = {"model": model, "data": data, "split": split, **res.to_dict(),
-                "method": m.name if m else None, "options": m.options_dict() if m else {},
-                "device": str(next(net.parameters()).device), "batch_size": batch_size}
-        if json_out:
-            print_json(info)
-            return
-        from rich.table import Table
-
-        title = f"{model} · {m.describe() if m else 'dense'} · {data} {split}"
-        table = Table(title=escape(title), title_justify="left")
-        for col in ("top-1 (%)", "top-5 (%)", "loss", "images"):
-            table.add_column(col, justify="right")
-        table.add_row(f"{res.top1:.2f}", f"{res.top5:.2f}", f"{res.loss:.4f}", f"{res.images:,}")
-        out.print(table)
-        if res.skipped:
-            err.print(f"[yellow]warning:[/] {res.skipped} unreadable image(s) skipped "
-                      f"(e.g. {escape(str(res.skipped_files[0]))}).", highlight=False)

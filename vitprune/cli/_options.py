@@ -1,0 +1,194 @@
+"""Method options as command-line flags, derived from the registry.
+
+Every option of every registered method is declared once, in its options dataclass (see
+``vitprune.methods.base.MethodOptions``). :func:`method_options` adds one flag per option name to a command (the
+union over all methods, so ``--keep-rate`` serves DynamicViT, EViT, Evo-ViT and SaiT), in the "Method options"
+help panel, and hands the command only the options the user gave, as ``method_options``; ``--opt KEY=VALUE`` stays
+for scripts that build option names. :func:`sweep_values` adds ``sweep``'s value flags (``--keep-rates``,
+``--r-values``...) from the options marked ``sweep``. typer reads a command's parameters with
+``inspect.signature``, so the wrapper's ``__signature__`` is the command's own parameters plus the derived ones.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Optional, Union
+
+import typer
+
+from ..errors import UsageError
+
+PANEL = "Method options"
+SWEEP_PANEL = "Values to sweep (one of these)"
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on the command line: true/false, none, a comma list, a JSON number, else the text."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t.strip()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _cli_type(hint: Any) -> Any:
+    """The type click converts a flag's text to: bool, int, float or str for plain (optional) fields; None for
+    the rest (lists, unions), whose text goes through :func:`parse_value` and the options' own type check."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Union and len(args) == 1:
+        hint = args[0]
+    return hint if hint in (bool, int, float, str) else None
+
+
+@dataclass(frozen=True)
+class MethodFlag:
+    """One option name as a flag: what all the methods that have it agree on."""
+
+    name: str
+    decls: tuple[str, ...]
+    type: Any  # bool, int, float, str; None: text parsed by parse_value
+    help: str
+
+    def parameter(self) -> inspect.Parameter:
+        decls = (f"{self.decls[0]}/--no-{self.decls[0][2:]}",) if self.type is bool else self.decls
+        info = typer.Option(*decls, help=self.help, rich_help_panel=PANEL, show_default=False)
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[Optional[self.type or str], info])
+
+    def value(self, given: Any) -> Any:
+        return parse_value(given) if self.type is None else given
+
+
+def method_flags(runtime_only: bool = False) -> list[MethodFlag]:
+    """One flag per option name over every registered method (``runtime_only``: the options some method can
+    change on a trained model), in registration and field order."""
+    from ..methods import method_classes, option_specs
+
+    uses: dict[str, list[tuple[str, Any]]] = {}
+    for cls in method_classes():
+        for spec in option_specs(cls):
+            if spec.runtime or not runtime_only:
+                uses.setdefault(spec.name, []).append((cls.name, spec))
+    flags = []
+    for name, pairs in uses.items():
+        specs = [s for _, s in pairs]
+        if len({s.flags for s in specs}) > 1:
+            raise TypeError(f"methods spell the flags of option {name!r} differently: "
+                            + "; ".join(f"{m}: {', '.join(s.flags)}" for m, s in pairs))
+        types = {_cli_type(s.type) for s in specs}
+        kind = types.pop() if len(types) == 1 else None
+        methods = ", ".join(m for m, _ in pairs)
+        text = min((s.help for s in specs if s.help), key=len, default="")
+        run_time = " Run-time: changes a saved model." if all(s.runtime for s in specs) else ""
+        flags.append(MethodFlag(name, specs[0].flags, kind, f"({methods}) {text.rstrip('.')}.{run_time}"))
+    return flags
+
+
+ExtraOpt = Annotated[Optional[list[str]], typer.Option(
+    "--opt", rich_help_panel=PANEL,
+    help="a method option as KEY=VALUE (repeatable), the same as its flag: --opt keep_rate=0.7.")]
+
+
+def _declared(param: inspect.Parameter) -> set[str]:
+    """The flags a command's own typer parameter declares (to refuse a method option that would shadow one)."""
+    decls: set[str] = set()
+    for info in getattr(param.annotation, "__metadata__", ()):
+        for d in (getattr(info, "param_decls", None) or ()) + ((info.default,) if isinstance(
+                getattr(info, "default", None), str) else ()):
+            decls.update(p for p in d.split("/") if p.startswith("-"))
+    return decls | {"--" + param.name.replace("_", "-")}
+
+
+def _with_parameters(fn: Callable, extra: list[inspect.Parameter], replaces: str,
+                     collect: Callable[[dict], Any]) -> Callable:
+    """``fn`` with ``extra`` keyword parameters in its signature instead of its parameter ``replaces``, which
+    receives ``collect(values of the extra parameters)``."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != replaces]
+    taken = {d: p.name for p in own for d in _declared(p)}
+    for p in extra:
+        clash = sorted((_declared(p) & set(taken)) | ({p.name} & {q.name for q in own}))
+        if clash:
+            raise TypeError(f"{fn.__name__}: a derived flag of {p.name!r} clashes with the command's own "
+                            f"{', '.join(clash)}; give the option another \"flag\" in its metadata")
+    names = [p.name for p in extra]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs[replaces] = collect({n: kwargs.pop(n) for n in names})
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def method_options(*, runtime_only: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: add every method option's flag (and ``--opt``) to a command, which receives the options the
+    user gave as its ``method_options`` parameter (a dict by option name; empty when none)."""
+
+    def decorate(fn: Callable) -> Callable:
+        flags = method_flags(runtime_only)
+        extra = [f.parameter() for f in flags]
+        extra.append(inspect.Parameter("opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ExtraOpt))
+
+        def collect(given: dict[str, Any]) -> dict[str, Any]:
+            opts = {f.name: f.value(given[f.name]) for f in flags if given[f.name] is not None}
+            for item in given["opt"] or []:
+                key, sep, value = item.partition("=")
+                key = key.strip().replace("-", "_")
+                if not sep or not key:
+                    raise UsageError(f"`opt` takes KEY=VALUE, got {item!r}.")
+                if key in opts:
+                    raise UsageError(f"`{key}` is given twice (its flag and `opt`); give it once.")
+                opts[key] = parse_value(value)
+            return opts
+
+        return _with_parameters(fn, extra, "method_options", collect)
+
+    return decorate
+
+
+def sweep_flags() -> dict[str, tuple[str, str]]:
+    """``sweep``'s value flags: flag -> (option name, help), from the options marked ``sweep``."""
+    from ..methods import method_classes, option_specs
+
+    found: dict[str, tuple[str, list[str]]] = {}
+    for cls in method_classes():
+        for spec in option_specs(cls):
+            if spec.sweep_flag:
+                name, methods = found.setdefault(spec.sweep_flag, (spec.name, []))
+                if name != spec.name:
+                    raise TypeError(f"{spec.sweep_flag} sweeps both {name!r} and {spec.name!r}")
+                methods.append(cls.name)
+    return {flag: (name, f"sweep {name} ({', '.join(methods)}) over these values, e.g. 0.5,0.7,0.9 or 4,8,12.")
+            for flag, (name, methods) in found.items()}
+
+
+def sweep_values() -> Callable[[Callable], Callable]:
+    """Decorator: add ``sweep``'s value flags; the command receives ``swept``: {option name: (flag, text)} for
+    those the user gave."""
+
+    def decorate(fn: Callable) -> Callable:
+        flags = sweep_flags()
+        params = {flag[2:].replace("-", "_"): (flag, name, text) for flag, (name, text) in flags.items()}
+        extra = [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[str], typer.Option(flag, help=text, rich_help_panel=SWEEP_PANEL)])
+            for p, (flag, _, text) in params.items()]
+
+        def collect(given: dict[str, Any]) -> dict[str, tuple[str, str]]:
+            return {params[p][1]: (params[p][0], v) for p, v in given.items() if v is not None}
+
+        return _with_parameters(fn, extra, "swept", collect)
+
+    return decorate

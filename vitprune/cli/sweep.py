@@ -1,0 +1,101 @@
+"""`vitprune sweep`: one method at several settings of an option, measured side by side, with a Pareto plot."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from ..errors import UsageError
+from ._options import method_options, parse_value, sweep_flags, sweep_values
+from .common import DeviceOpt, MethodOpt, err, print_json
+from .common import out as console
+
+
+def _values(text: str, flag: str) -> list[Any]:
+    vals = [parse_value(t) for t in text.split(",") if t.strip()]
+    bad = [v for v in vals if isinstance(v, (str, bool)) or v is None]
+    if not vals or bad:
+        raise UsageError(f"{flag} takes numbers separated by commas (e.g. 0.5,0.7,0.9), got {text!r}.")
+    return vals
+
+
+@sweep_values()
+@method_options()
+def sweep(
+    model: Annotated[str, typer.Argument(
+        help="dense model (timm name, hf-hub:, folder, 'demo') with --method, or a compressed folder to sweep its "
+        "run-time options.")] = "demo",
+    method: MethodOpt = None,
+    values: Annotated[Optional[str], typer.Option(
+        help="values of --option (default: the method's headline option).", rich_help_panel="Values to sweep "
+        "(one of these)")] = None,
+    option: Annotated[Optional[str], typer.Option(
+        help="the method option --values sweeps.", rich_help_panel="Values to sweep (one of these)")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", "-d", help="add top-1 accuracy on this data's val split ('demo', a folder...).")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="held-out fraction for one-folder data.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="fine-tune every point for this many epochs with `vitprune compress` (needs --data).")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="folder for sweep.json and pareto.png.")] =
+        "vitprune-sweep",
+    device: DeviceOpt = None,
+    dtype: Annotated[Optional[str], typer.Option(help="fp16, bf16 or fp32 (default fp16 on GPU, fp32 on CPU).")]
+        = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats per point (median).")] = None,
+    no_latency: Annotated[bool, typer.Option("--no-latency", help="skip the batch-1 latency timing.")] = False,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="GMACs (and accuracy) only, no timing.")] = False,
+    no_weights: Annotated[bool, typer.Option(
+        "--no-weights", help="random weights (speed and GMACs only; download nothing).")] = False,
+    no_plot: Annotated[bool, typer.Option(
+        "--no-plot", help="write sweep.json and print the table only (no matplotlib needed).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print sweep.json instead of the table.")] = False,
+    method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
+    swept: dict[str, tuple[str, str]] = {},  # noqa: B006 - replaced by the value flags (see _options)
+) -> None:
+    """Accuracy, GMACs and throughput of one method over several settings, with a Pareto plot.
+
+    Give the values with the flag of the option they set (--keep-rates, --r-values...; see Values to sweep), or
+    --values with --option NAME for any other option; fix the method's other options with their flags. Writes
+    OUT/sweep.json and OUT/pareto.png (top-1 vs throughput with the dense model as the reference; without --data,
+    GMACs vs throughput).
+    """
+    from ..sweeps import sweep as do_sweep
+    from ..report.tables import sweep_table
+
+    given = [(flag, name, text) for name, (flag, text) in swept.items()]
+    if values is not None:
+        given.append(("--values", option.replace("-", "_") if option else None, values))
+    if len(given) != 1:
+        names = ", ".join(flag for flag, _, _ in given) or "none"
+        raise UsageError(f"give the values to sweep with exactly one of {', '.join(sweep_flags())} or --values "
+                         f"(given: {names}).")
+    (flag, name, text), = given
+    if option is not None and flag != "--values":
+        raise UsageError(f"`option` goes with `values`; {flag} already names the option ({name}).")
+    vals = _values(text, flag)
+
+    def progress(e: dict[str, Any]) -> None:
+        if json_out or e["event"] != "point_done":
+            return
+        p = e["point"]
+        parts = [f"{name or 'value'}={p.value}", f"{p.gmacs:.4f} GMACs"]
+        if p.throughput is not None:
+            parts.append(f"{p.throughput:,.1f} img/s")
+        if p.top1 is not None:
+            parts.append(f"top-1 {p.top1:.2f} %")
+        err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), markup=False, highlight=False)
+
+    res = do_sweep(model, method, vals, option=name, data=data, epochs=epochs, out=out, device=device,
+                   dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
+                   latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
+                   plot=not no_plot, progress=progress, **method_options)
+    if json_out:
+        print_json(res.to_dict())
+        return
+    console.print(sweep_table(res))
+    for note in res.notes:
+        console.print(f"[dim]· {escape(note)}[/]")
+    console.print(f"Wrote {', '.join(res.files)}", markup=False, highlight=False)
