@@ -299,6 +299,7 @@ def compress(
     private: bool = False,
     new_head: bool = False,
     export: Optional[str] = None,
+    streaming: bool = False,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -317,8 +318,9 @@ def compress(
     finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head`` replaces the head and
     fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes ``OUT/model.onnx``
     after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless ``speed=False``).
+    ``streaming`` reads a Hub dataset (``data="hf:org/name"``) as a stream.
     """
-    from .data import Prepared, eval_transform, head_error, load_data, match_head, train_transform
+    from .data import eval_transform, head_error, load_data, match_head, prepare, train_transform
     from .hub import load_model, save
     from .methods import apply_method, create_method, dense_copy, get_method
     from .report.redact import public_command, public_model, public_spec, scrub
@@ -379,7 +381,7 @@ def compress(
         ck_path = ck_dir / "last.pt"
         teacher_ck = ck_dir / "teacher.pt"
 
-        splits = load_data(data, val_split=val_split)
+        splits = load_data(data, val_split=val_split, streaming=streaming)
         if splits.train is None or not splits.train[1]:
             raise DataError(f"{splits.name} has no training images.")
         if len(splits.classes) < 2:
@@ -446,6 +448,7 @@ def compress(
             "teacher": teacher, "batch_size": batch_size, "accum_steps": accum_steps,
             "world_size": dist_info.world_size, "seed": seed, "precision": prec,
             **({"new_head": True} if new_head else {}),
+            **({"streamed": True, "workers": workers} if splits.streamed else {}),  # a stream's batches depend on both
         }
 
         def fingerprint(extra: dict[str, Any]) -> dict[str, Any]:
@@ -493,12 +496,10 @@ def compress(
         for n in notes:
             _emit(progress, "info", message=n)
 
-        def datasets(m: nn.Module, aug: Optional[dict[str, Any]], tmap) -> tuple[Prepared, Prepared]:
-            src, idx = splits.train
-            tr = Prepared(src, idx, train_transform(m, aug), seed=seed, random_transform=aug is not None,
-                          target_map=tmap)
-            vsrc, vidx = splits.val
-            va = Prepared(vsrc, vidx, eval_transform(m), target_map=tmap)
+        def datasets(m: nn.Module, aug: Optional[dict[str, Any]], tmap) -> tuple[Any, Any]:
+            tr = prepare(splits.train, train_transform(m, aug), seed=seed, random_transform=aug is not None,
+                         target_map=tmap)
+            va = prepare(splits.val, eval_transform(m), target_map=tmap)
             return tr, va
 
         # ---------------------------------------------------------------------- stage 1: teacher (new head)
@@ -663,6 +664,8 @@ def _calibrate(model: nn.Module, m_obj: Any, splits: Any, transform: Any, target
     src, idx = splits.train
     g = torch.Generator().manual_seed(0)
     pick = [idx[int(i)] for i in torch.randperm(len(idx), generator=g)[:CALIBRATION_IMAGES]]
+    if getattr(src, "sequential", False):  # a stream without seeking (a streamed Hub dataset): its first images
+        pick = list(idx[:CALIBRATION_IMAGES])
     ds = Prepared(src, pick, transform, target_map=target_map)
     images = [item[0] for item in (ds[i] for i in range(len(ds))) if not isinstance(item, Unreadable)]
     if not images:

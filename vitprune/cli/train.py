@@ -172,7 +172,9 @@ def compress(
     opt: ExtraOpt = None,
     data: Annotated[str, typer.Option(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
-        "--val-split), or a folder saved with datasets' save_to_disk.")] = "demo",
+        "--val-split), a folder saved with datasets' save_to_disk, a folder with train/ and val/ webdataset .tar "
+        "shards, or hf:org/name (a Hub dataset).")] = "demo",
+    streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
     val_split: Annotated[Optional[float], typer.Option(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,
@@ -319,7 +321,7 @@ def compress(
                 resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
                 eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
                 profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-                push_to=push_to, private=private, new_head=new_head, export=export, **opts)
+                push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming, **opts)
         except TrainingInterrupted as e:
             reporter.close()
             if _is_main_process():
@@ -367,7 +369,9 @@ def eval_(
     model: Annotated[str, typer.Argument(
         help="a folder saved by vitprune, hf-hub:org/repo, a timm name, or 'demo'.")],
     data: Annotated[str, typer.Option(
-        "--data", "-d", help="'demo', an ImageFolder-style folder, or a save_to_disk folder.")] = "demo",
+        "--data", "-d", help="'demo', an ImageFolder-style folder, a save_to_disk folder, a folder of webdataset "
+        "shards, or hf:org/name.")] = "demo",
+    streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
     split: Annotated[str, typer.Option(help="train or val.")] = "val",
     val_split: Annotated[Optional[float], typer.Option(
         help="for one folder / one split: the held-out fraction (default 0.1, seed 0, as compress).")] = None,
@@ -410,7 +414,7 @@ def eval_(
 
         def run():
             return evaluate(net, data, split=split, batch_size=batch_size, device=device, dtype=dtype,
-                            workers=workers, val_split=val_split)
+                            workers=workers, val_split=val_split, streaming=streaming)
 
         if json_out:
             res = run()
