@@ -75,7 +75,7 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
     if streaming:
         from .shards import require_webdataset
 
-        require_webdataset()
+        require_webdataset("--streaming")
         if val_split is not None:
             raise DataError("--val-split needs the whole train split at hand; with --streaming the dataset needs a "
                             "validation split of its own.")
@@ -117,6 +117,15 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
     return Splits(spec, "hub", classes, (train, range(len(train))), (val, range(len(val))), notes=notes)
 
 
+def _rows(ds: Any, batch: int = 64) -> Iterator[dict[str, Any]]:
+    """The rows of an IterableDataset, read through ``iter`` (plain iteration inside a DataLoader worker would
+    hand this worker only some of the dataset's shards: vitprune splits the work itself)."""
+    for b in ds.iter(batch_size=batch):
+        cols = list(b)
+        for i in range(len(b[cols[0]]) if cols else 0):
+            yield {c: b[c][i] for c in cols}
+
+
 class HubStream(StreamSource):
     """One split of a Hub dataset loaded with ``streaming=True``, read shard by shard (the dataset's own shards:
     its data files)."""
@@ -130,7 +139,7 @@ class HubStream(StreamSource):
         self.values, self.shard_sizes = [], []
         labels = ds.select_columns([label_col])
         for s in range(self.n_shards):
-            part = [row[label_col] for row in labels.shard(num_shards=self.n_shards, index=s)]
+            part = [row[label_col] for row in _rows(labels.shard(num_shards=self.n_shards, index=s))]
             self.values += part
             self.shard_sizes.append(len(part))
         self.label_problems: dict[int, str] = {}
@@ -141,7 +150,7 @@ class HubStream(StreamSource):
         return sum(self.shard_sizes)
 
     def read(self, shard: int, skip: int, take: int) -> Iterator[Any]:
-        rows = self.ds.shard(num_shards=self.n_shards, index=shard)
+        rows = _rows(self.ds.shard(num_shards=self.n_shards, index=shard))
         for row in islice(rows, skip, skip + take):
             yield row[self.image_col]
 
@@ -154,7 +163,7 @@ class HubStream(StreamSource):
         s, j = self.locate(i)
         cursor = getattr(self, "_cursor", None)
         if cursor is None or cursor[0] != s or cursor[1] > j:
-            cursor = [s, 0, iter(self.ds.shard(num_shards=self.n_shards, index=s))]
+            cursor = [s, 0, _rows(self.ds.shard(num_shards=self.n_shards, index=s))]
         for _ in range(j - cursor[1]):
             next(cursor[2], None)
         row = next(cursor[2], None)

@@ -40,13 +40,12 @@ CLASS_FILES = ("classes.txt", "classes.json")
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members it never reads
 
 
-def require_webdataset():
+def require_webdataset(what: str = "reading webdataset shards"):
     """The webdataset module, or one line naming the extra."""
     try:
         import webdataset
     except ImportError:
-        raise DataError(f"reading webdataset shards needs the webdataset package; install the extra: {EXTRA}.") \
-            from None
+        raise DataError(f"{what} needs the webdataset package; install the extra: {EXTRA}.") from None
     return webdataset
 
 
