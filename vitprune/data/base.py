@@ -176,7 +176,9 @@ def make_item(load: Callable[[], Image.Image], target: int, index: int, where: C
     py_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
-        torch.manual_seed(seed)
+        # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording
+        # a stack trace each time) every accelerator backend, which costs more than decoding a small image
+        torch.default_generator.manual_seed(seed)
         try:
             return transform(img), target
         finally:
