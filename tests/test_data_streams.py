@@ -275,6 +275,8 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    # fixed at import from the user's cache: the tests write there, so it must be the temporary one too
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", Path(cache) / "downloads")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     return cache
 
