@@ -2,6 +2,7 @@
 
     python benchmarks/data.py                 # 384 JPEGs at ImageNet-like sizes, 1 worker, 5 interleaved rounds
     python benchmarks/data.py --workers 2 --rounds 7 --out data.json
+    python benchmarks/data.py --timm-fresh-workers   # timm's workers restarted each epoch too
     python benchmarks/data.py --smoke         # tiny run, as the tests do
 
 The images are scikit-image's sample photos (astronaut, chelsea, coffee, rocket, ...) cut and resized at random to
@@ -13,7 +14,8 @@ training transform, timm's ``create_transform(is_training=True)`` at 224 px with
 * ``vitprune``: what the trainer reads a folder with (``Prepared`` with per-sample seeded augmentation,
   ``EpochBatches`` sampler, vitprune's collate, a fresh ``DataLoader`` per epoch);
 * ``timm``: ``timm.data.create_loader`` over ``timm.data.ImageDataset`` of the same folder (no prefetcher: that
-  one normalises on a CUDA device), persistent workers;
+  one normalises on a CUDA device), persistent workers (``--timm-fresh-workers``: started afresh every epoch, as
+  vitprune's are, which compares the per-image work alone);
 * ``shards``: vitprune's stream reader over the same images as ``.tar`` shards (``StreamSet.epoch_loader``:
   webdataset reading, shuffle buffer, seeded augmentation); the one-off pass that counts the shards is timed too.
 
@@ -120,7 +122,7 @@ def vitprune_epochs(folder: Path, model, batch: int, workers: int):
         epoch += 1
 
 
-def timm_epochs(folder: Path, model, batch: int, workers: int):
+def timm_epochs(folder: Path, model, batch: int, workers: int, persistent: bool = True):
     from timm.data import ImageDataset, create_loader
 
     a = _transform_args(model)
@@ -128,7 +130,7 @@ def timm_epochs(folder: Path, model, batch: int, workers: int):
     loader = create_loader(ds, a["input_size"], batch, is_training=True, scale=a["scale"], ratio=a["ratio"],
                            hflip=a["hflip"], color_jitter=a["color_jitter"], interpolation=a["interpolation"],
                            mean=a["mean"], std=a["std"], num_workers=workers, use_prefetcher=False,
-                           device=torch.device("cpu"), persistent_workers=workers > 0)
+                           device=torch.device("cpu"), persistent_workers=persistent and workers > 0)
     while True:
         yield loader
 
@@ -164,6 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--timm-fresh-workers", action="store_true",
+                   help="start timm's workers afresh every epoch, as vitprune's trainer does (default: persistent)")
     p.add_argument("--smoke", action="store_true", help="48 small images, 2 rounds (checks that it works)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
         shards = make_shards(folder, Path(tmp) / "shards")
         w = max(1, args.workers)
         loaders = {"vitprune": vitprune_epochs(folder, model, args.batch_size, args.workers),
-                   "timm": timm_epochs(folder, model, args.batch_size, args.workers),
+                   "timm": timm_epochs(folder, model, args.batch_size, args.workers, not args.timm_fresh_workers),
                    "shards": shard_epochs(shards, model, args.batch_size, args.workers, index_seconds)}
         names = list(loaders)
         rates: dict[str, list[float]] = {k: [] for k in names}
@@ -193,6 +197,7 @@ def main(argv=None) -> int:
     res = {
         "date": date.today().isoformat(), "command": "python benchmarks/data.py " + " ".join(argv or sys.argv[1:]),
         "images": args.images, "batch_size": args.batch_size, "workers": args.workers, "rounds": args.rounds,
+        "timm_workers": "fresh each epoch" if args.timm_fresh_workers else "persistent",
         "unit": "decoded + augmented images/s per worker (after the first batch), median over rounds",
         "median": {k: statistics.median(v) for k, v in rates.items()}, "ratio_to_timm": ratios, "rounds_data": rates,
         "shard_index_seconds": statistics.median(index_seconds) if index_seconds else None,
