@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -102,3 +104,28 @@ def test_speed_smoke_in_onnxruntime_times_the_exports(tmp_path, bench_modules, c
     assert res["runtime"] == "onnxruntime" and "onnxruntime" in res["versions"]
     text = capsys.readouterr().out
     assert "skipping dge" in text and "intra-op threads" in text
+
+
+def test_data_loader_benchmark_smoke_runs_as_a_script(tmp_path):
+    """``benchmarks/data.py --smoke`` as a user runs it (a real subprocess with loader worker processes): the three
+    loaders are measured side by side in every round and reported with positive rates (no speed threshold: the
+    machine is shared)."""
+    pytest.importorskip("webdataset")
+    pytest.importorskip("skimage")
+    out = tmp_path / "data.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(BENCH / "data.py"), "--smoke", "--out", str(out)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    loaders = {"vitprune", "timm", "shards"}
+    # --smoke is 48 images, batch 8, 2 rounds (the setting in benchmarks/data.py)
+    assert (data["images"], data["batch_size"], data["rounds"], data["workers"]) == (48, 8, 2, 1)
+    assert set(data["median"]) == loaders and all(data["median"][k] > 0 for k in loaders)
+    assert all(len(data["rounds_data"][k]) == 2 and min(data["rounds_data"][k]) > 0 for k in loaders)
+    assert set(data["ratio_to_timm"]) == {"vitprune", "shards"} and all(v > 0 for v in data["ratio_to_timm"].values())
+    assert data["shard_index_seconds"] > 0 and data["versions"]["webdataset"]
+    assert data["command"].startswith("python benchmarks/data.py --smoke")
+    table = res.stdout
+    assert "× timm" in table and all(f"  {k} " in table for k in loaders)

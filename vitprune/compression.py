@@ -124,6 +124,7 @@ class CompressConfig:
     private: bool = False
     new_head: bool = False
     export: Optional[str] = None
+    streaming: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -405,6 +406,7 @@ class CompressJob:
         self.held = ExitStack()  # the output folder's lock, from claim_output to the end of the run
         self.out: Optional[Path] = None
         self.found: dict[Path, bool] = {}
+        self.streamed = False  # the data is a stream (its batches depend on the loader workers too)
 
     def __enter__(self) -> "CompressJob":
         from .train.ddp import setup, teardown
@@ -520,7 +522,8 @@ class CompressJob:
         """Read the dataset (``vitprune.data.Splits``): training images and at least two classes."""
         from .data import load_data
 
-        splits = load_data(self.cfg.data, val_split=self.cfg.val_split)
+        splits = load_data(self.cfg.data, val_split=self.cfg.val_split, streaming=self.cfg.streaming)
+        self.streamed = bool(splits.streamed)
         if splits.train is None or not splits.train[1]:
             raise DataError(f"{splits.name} has no training images.")
         if len(splits.classes) < 2:
@@ -814,7 +817,8 @@ class CompressJob:
         base = {"model": cfg.model, "method": self.method, "options": cfg.method_options, "data": cfg.data,
                 "val_split": cfg.val_split, "teacher": cfg.teacher, "batch_size": cfg.batch_size,
                 "accum_steps": cfg.accum_steps, "world_size": self.dist.world_size, "seed": cfg.seed,
-                "precision": self.prec, **({"new_head": True} if cfg.new_head else {})}
+                "precision": self.prec, **({"new_head": True} if cfg.new_head else {}),
+                **({"streamed": True, "workers": cfg.workers} if self.streamed else {})}
         return json.loads(json.dumps({**base, **extra}, default=str))
 
     def run_settings(self, stage: str, path: Path, fp_extra: dict[str, Any], log: bool) -> Any:
@@ -831,20 +835,18 @@ class CompressJob:
                  target_map: Optional[list[int]]) -> tuple[Any, Any]:
         """The train split through ``model``'s training transform with ``augment`` (seeded per image), and the val
         split (``val_set``)."""
-        from .data import Prepared, train_transform
+        from .data import prepare, train_transform
 
-        src, idx = splits.train
-        train = Prepared(src, idx, train_transform(model, augment), seed=self.cfg.seed,
-                         random_transform=augment is not None, target_map=target_map)
+        train = prepare(splits.train, train_transform(model, augment), seed=self.cfg.seed,
+                        random_transform=augment is not None, target_map=target_map)
         return train, self.val_set(splits, model, target_map)
 
     @staticmethod
     def val_set(splits: Any, model: nn.Module, target_map: Optional[list[int]]) -> Any:
         """The val split through ``model``'s evaluation transform, labels mapped onto the head."""
-        from .data import Prepared, eval_transform
+        from .data import eval_transform, prepare
 
-        vsrc, vidx = splits.val
-        return Prepared(vsrc, vidx, eval_transform(model), target_map=target_map)
+        return prepare(splits.val, eval_transform(model), target_map=target_map)
 
 
 def _as_dict(recipe: Any) -> Optional[dict[str, Any]]:
@@ -884,6 +886,7 @@ def compress(
     private: bool = False,
     new_head: bool = False,
     export: Optional[str] = None,
+    streaming: bool = False,
     **method_options: Any,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -903,7 +906,7 @@ def compress(
     ``overwrite`` replaces a finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head``
     replaces the head and fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes
     ``OUT/model.onnx`` after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless
-    ``speed=False``).
+    ``speed=False``). ``streaming`` reads a Hub dataset (``data="hf:org/name"``) as a stream.
     """
     config = CompressConfig(
         model=model, method=method, data=data, output=output, teacher=teacher, epochs=epochs,
@@ -912,7 +915,7 @@ def compress(
         recipe=dict(recipe or {}), augment=augment, teacher_epochs=teacher_epochs, resume=resume,
         overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
         keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
-        command=command, push_to=push_to, private=private, new_head=new_head, export=export,
+        command=command, push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
         method_options=dict(method_options))
     return CompressJob(config, progress).run()
 
@@ -966,6 +969,8 @@ def _calibrate(model: nn.Module, m_obj: Any, splits: Any, transform: Any, target
     src, idx = splits.train
     g = torch.Generator().manual_seed(0)
     pick = [idx[int(i)] for i in torch.randperm(len(idx), generator=g)[:CALIBRATION_IMAGES]]
+    if getattr(src, "sequential", False):  # a stream without seeking (a streamed Hub dataset): its first images
+        pick = list(idx[:CALIBRATION_IMAGES])
     ds = Prepared(src, pick, transform, target_map=target_map)
     images = [item[0] for item in (ds[i] for i in range(len(ds))) if not isinstance(item, Unreadable)]
     if not images:

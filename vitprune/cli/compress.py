@@ -123,7 +123,9 @@ def compress(
     method: MethodOpt = None,
     data: Annotated[str, typer.Option(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
-        "--val-split), or a folder saved with datasets' save_to_disk.")] = "demo",
+        "--val-split), a folder saved with datasets' save_to_disk, a folder with train/ and val/ webdataset .tar "
+        "shards, or hf:org/name (a Hub dataset).")] = "demo",
+    streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
     val_split: Annotated[Optional[float], typer.Option(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,
@@ -270,7 +272,8 @@ def compress(
             resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
             eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-            push_to=push_to, private=private, new_head=new_head, export=export, **method_options)
+            push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
+            **method_options)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():

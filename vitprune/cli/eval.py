@@ -21,7 +21,9 @@ def eval_(
     model: Annotated[str, typer.Argument(
         help="a folder saved by vitprune, hf-hub:org/repo, a timm name, or 'demo'.")],
     data: Annotated[str, typer.Option(
-        "--data", "-d", help="'demo', an ImageFolder-style folder, or a save_to_disk folder.")] = "demo",
+        "--data", "-d", help="'demo', an ImageFolder-style folder, a save_to_disk folder, a folder of webdataset "
+        "shards, or hf:org/name.")] = "demo",
+    streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
     split: Annotated[Split, typer.Option(help="train or val.")] = Split.val,
     val_split: Annotated[Optional[float], typer.Option(
         help="for one folder / one split: the held-out fraction (default 0.1, seed 0, as compress).")] = None,
@@ -55,7 +57,7 @@ def eval_(
 
     def run():
         return evaluate(net, data, split=split.value, batch_size=batch_size, device=device, dtype=dtype,
-                        workers=workers, val_split=val_split)
+                        workers=workers, val_split=val_split, streaming=streaming)
 
     if json_out:
         res = run()

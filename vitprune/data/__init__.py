@@ -1,8 +1,11 @@
-"""Datasets: the bundled demo digits, ImageFolder-style folders, and Hugging Face datasets saved with
-``save_to_disk``.
+"""Datasets: the bundled demo digits, ImageFolder-style folders, Hugging Face datasets saved with ``save_to_disk``
+or loaded from the Hub, and webdataset shards.
 
 ``--data`` is ``demo``, a folder with ``train/`` and ``val/`` class folders (or one folder of class folders split
-with ``--val-split``, stratified and seeded), or a ``save_to_disk`` folder (image and label columns detected).
+with ``--val-split``, stratified and seeded), a ``save_to_disk`` folder (image and label columns detected), a
+folder with ``train/`` and ``val/`` webdataset ``.tar`` shards (``shards.py``), or ``hf:org/name``, a Hub dataset
+(``hub.py``; ``streaming=True`` reads it as a stream). Shards and streamed Hub datasets become a ``StreamSet``
+(``stream.py``), which the trainer asks for one loader per epoch; everything else a map-style ``Prepared``.
 
 Preprocessing always comes from the model's own ``pretrained_cfg`` through timm's ``resolve_data_config`` and
 ``create_transform``, so a dataset is read exactly as the model expects; training adds timm's augmentation
@@ -26,6 +29,7 @@ from torch import nn
 
 from ..errors import DataError
 from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, worker_init
+from .stream import StreamSet, StreamSource
 
 #: timm training augmentation used unless the data or a flag says otherwise (timm's create_transform defaults)
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -77,10 +81,19 @@ class DemoImages(ImageSource):
         return f"demo digit {i}"
 
 
-def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int = 0) -> Splits:
-    """Read dataset ``spec`` (``demo``, an ImageFolder-style folder, or a ``save_to_disk`` folder)."""
+def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int = 0,
+              streaming: bool = False) -> Splits:
+    """Read dataset ``spec`` (``demo``, an ImageFolder-style folder, a ``save_to_disk`` folder, a folder of
+    webdataset shards, or ``hf:org/name``); ``streaming``: read a Hub dataset as a stream."""
     if val_split is not None and not 0.0 < val_split < 1.0:
         raise DataError(f"--val-split must be between 0 and 1 (a fraction of the images), got {val_split}.")
+    from .hub import PREFIX, load_hub
+
+    if spec.startswith(PREFIX):
+        return load_hub(spec, streaming=streaming, val_split=val_split, split_seed=split_seed)
+    if streaming:
+        raise DataError("--streaming reads a Hub dataset (hf:org/name) as a stream; folders of webdataset shards are "
+                        "always streamed, other data never.")
     if spec == "demo":
         if val_split is not None:
             raise DataError("the demo data has a fixed train/val split; --val-split does not apply to it.")
@@ -92,7 +105,7 @@ def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int =
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"data folder {path} does not exist; give an ImageFolder-style folder, a folder saved with "
-                        "datasets' save_to_disk, or 'demo'.")
+                        "datasets' save_to_disk, a folder of webdataset shards, hf:org/name, or 'demo'.")
     if not path.is_dir():
         raise DataError(f"{path} is a file; --data takes a folder (class sub-folders, or a save_to_disk dataset) or "
                         "'demo'.")
@@ -100,6 +113,10 @@ def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int =
 
     if is_saved_dataset(path):
         return load_hf(path, val_split=val_split, split_seed=split_seed)
+    from .shards import is_shard_folder, load_shards
+
+    if is_shard_folder(path):
+        return load_shards(path, val_split=val_split)
     from .folder import load_folder
 
     return load_folder(path, val_split=val_split, split_seed=split_seed)
@@ -142,14 +159,23 @@ def head_error(classes: list[str], model: nn.Module, what: str = "the model") ->
         "label names do not cover them: labels outside the head cannot be scored.")
 
 
+def prepare(part: tuple[ImageSource, Any], transform: Optional[Callable] = None, **kw: Any) -> Prepared | StreamSet:
+    """The dataset loaders read for one split ``part`` (``(source, indices)`` of a ``Splits``): a ``StreamSet``
+    for a stream source, else a ``Prepared``; ``kw`` as ``Prepared``'s (seed, random_transform, target_map)."""
+    src, indices = part
+    if isinstance(src, StreamSource):
+        return StreamSet(src, transform, **kw)
+    return Prepared(src, indices, transform, **kw)
+
+
 def build_split(spec: Any, split: str, transform: Optional[Callable] = None, *, val_split: Optional[float] = None,
-                model: Optional[nn.Module] = None) -> Prepared:
+                model: Optional[nn.Module] = None, streaming: bool = False) -> Prepared | StreamSet:
     """The ``split`` ("train" or "val") of dataset ``spec`` (a spec string or a loaded ``Splits``) with
     ``transform`` applied to each image; with ``model``, labels are mapped onto its head (``DataError`` when they
     do not fit)."""
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val', not {split!r}.")
-    data = spec if isinstance(spec, Splits) else load_data(str(spec), val_split=val_split)
+    data = spec if isinstance(spec, Splits) else load_data(str(spec), val_split=val_split, streaming=streaming)
     tmap = None
     if model is not None:
         m = match_head(data.classes, model)
@@ -159,11 +185,11 @@ def build_split(spec: Any, split: str, transform: Optional[Callable] = None, *, 
     part = data.train if split == "train" else data.val
     if part is None or not part[1]:
         raise DataError(f"{data.name} has no images in its {split} split.")
-    return Prepared(part[0], part[1], transform, target_map=tmap)
+    return prepare(part, transform, target_map=tmap)
 
 
 __all__ = [
-    "Batch", "DEFAULT_AUGMENT", "DEMO_AUGMENT", "HeadMatch", "ImageSource", "Prepared", "Splits", "Unreadable",
-    "build_split", "collate", "eval_transform", "head_error", "load_data", "match_head", "stratified_split",
-    "train_transform", "worker_init",
+    "Batch", "DEFAULT_AUGMENT", "DEMO_AUGMENT", "HeadMatch", "ImageSource", "Prepared", "Splits", "StreamSet",
+    "StreamSource", "Unreadable", "build_split", "collate", "eval_transform", "head_error", "load_data", "match_head",
+    "prepare", "stratified_split", "train_transform", "worker_init",
 ]

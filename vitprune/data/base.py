@@ -149,33 +149,40 @@ class Prepared(torch.utils.data.Dataset):
     def __getitem__(self, key: Any):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         j = self.indices[i]
-        try:
-            img = self.source.load(j)
-            img.load()
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-        except READ_ERRORS as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            return Unreadable(i, self.source.describe(j), reason)
-        target = self.source.targets[j]
-        if self.target_map is not None:
-            target = self.target_map[target]
-        if self.transform is None:
-            return img, target
-        if not self.random_transform:
-            return self.transform(img), target
-        return self._seeded(img, sample_seed(self.seed, epoch, i)), target
+        return make_item(lambda: self.source.load(j), self.source.targets[j], i, lambda: self.source.describe(j),
+                         self.transform, self.target_map,
+                         sample_seed(self.seed, epoch, i) if self.random_transform else None)
 
-    def _seeded(self, img: Image.Image, seed: int):
-        """Apply the random transform with its own random state, leaving the process's state as it was."""
-        py_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            torch.manual_seed(seed)
-            try:
-                return self.transform(img)
-            finally:
-                random.setstate(py_state)
+
+def make_item(load: Callable[[], Image.Image], target: int, index: int, where: Callable[[], str],
+              transform: Optional[Callable], target_map: Optional[Sequence[int]], seed: Optional[int]):
+    """One sample as the loaders give it: ``(transform(image), target)``, or ``Unreadable`` when ``load`` fails
+    with a read error. ``seed``: apply the (random) transform with its own random state seeded so (the
+    process's random state is left as it was); None: apply it as is."""
+    try:
+        img = load()
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+    except READ_ERRORS as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return Unreadable(index, where(), reason)
+    if target_map is not None:
+        target = target_map[target]
+    if transform is None:
+        return img, target
+    if seed is None:
+        return transform(img), target
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording
+        # a stack trace each time) every accelerator backend, which costs more than decoding a small image
+        torch.default_generator.manual_seed(seed)
+        try:
+            return transform(img), target
+        finally:
+            random.setstate(py_state)
 
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -204,7 +211,7 @@ class Splits:
     """A loaded dataset: the source(s) and the image indices of each split."""
 
     name: str  # what the user gave (for reports)
-    kind: str  # demo | folder | hf
+    kind: str  # demo | folder | hf | shards
     classes: list[str]
     train: Optional[tuple[ImageSource, list[int]]]
     val: Optional[tuple[ImageSource, list[int]]]
@@ -215,10 +222,17 @@ class Splits:
     notes: list[str] = field(default_factory=list)
     val_split: Optional[float] = None
 
+    @property
+    def streamed(self) -> bool:
+        """True when the training images are read as a stream (``vitprune.data.stream``), not by index."""
+        from .stream import StreamSource
+
+        return self.train is not None and isinstance(self.train[0], StreamSource)
+
     def describe(self) -> dict[str, Any]:
         return {
             "data": self.name, "kind": self.kind, "classes": len(self.classes),
             "train_images": len(self.train[1]) if self.train else 0,
             "val_images": len(self.val[1]) if self.val else 0,
-            "val_split": self.val_split,
+            "val_split": self.val_split, **({"streamed": True} if self.streamed else {}),
         }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from PIL import Image
 
@@ -32,7 +32,7 @@ def is_saved_dataset(path: Path) -> bool:
         (path / "dataset_info.json").is_file() and (path / "state.json").is_file())
 
 
-def _columns(ds: Any, where: str) -> tuple[str, str]:
+def columns(ds: Any, where: str) -> tuple[str, str]:
     import datasets
 
     feats = ds.features
@@ -47,37 +47,54 @@ def _columns(ds: Any, where: str) -> tuple[str, str]:
     return image, label
 
 
-class HFImages(ImageSource):
-    def __init__(self, ds: Any, image_col: str, label_col: str, classes: list[str], where: str, root: Path):
-        import datasets
+def undecoded(ds: Any, image_col: str) -> Any:
+    """``ds`` with its Image column read as ``{"bytes", "path"}`` (vitprune decodes, so one bad image is skipped)."""
+    import datasets
 
+    if isinstance(ds.features[image_col], datasets.Image):
+        ds = ds.cast_column(image_col, datasets.Image(decode=False))
+    return ds
+
+
+def check_labels(targets: list, classes: list[str], label_col: str, where: str) -> None:
+    bad = [t for t in targets if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(classes)]
+    if bad:
+        raise DataError(
+            f"label {bad[0]!r} in column '{label_col}' of {where} is outside the classes 0..{len(classes) - 1} "
+            f"({len(bad)} such rows); unlabelled rows (-1) must be removed first.")
+
+
+def decode_value(value: Any, resolve: Callable[[str], Path]) -> Image.Image:
+    """An image cell (``{"bytes", "path"}`` or a PIL image) as a PIL image; a path is opened only as ``resolve``
+    allows it (``RefusedFile`` otherwise), and never through a final symlink."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return Image.open(io.BytesIO(value["bytes"]))
+        if value.get("path"):
+            return open_image(resolve(str(value["path"])), follow_symlinks=False)
+    raise ValueError(f"no image data ({type(value).__name__})")
+
+
+class HFImages(ImageSource):
+    """The rows of one split; ``resolve`` turns an image stored as a path into the file to open (confined)."""
+
+    def __init__(self, ds: Any, image_col: str, label_col: str, classes: list[str], where: str,
+                 resolve: Callable[[str], Path]):
         self.where = where
-        self.root = root  # image paths are read only from inside this folder
+        self.resolve = resolve
         self.image_col = image_col
-        if isinstance(ds.features[image_col], datasets.Image):
-            ds = ds.cast_column(image_col, datasets.Image(decode=False))
-        self.ds = ds
+        self.ds = undecoded(ds, image_col)
         self.classes = classes
         targets = ds[label_col]
         if hasattr(targets, "to_pylist"):  # datasets >= 4 returns a Column
             targets = targets.to_pylist()
-        bad = [t for t in targets if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(classes)]
-        if bad:
-            raise DataError(
-                f"label {bad[0]!r} in column '{label_col}' of {where} is outside the classes 0..{len(classes) - 1} "
-                f"({len(bad)} such rows); unlabelled rows (-1) must be removed first.")
+        check_labels(targets, classes, label_col, where)
         self.targets = list(targets)
 
     def load(self, i: int) -> Image.Image:
-        value = self.ds[i][self.image_col]
-        if isinstance(value, Image.Image):
-            return value
-        if isinstance(value, dict):
-            if value.get("bytes") is not None:
-                return Image.open(io.BytesIO(value["bytes"]))
-            if value.get("path"):
-                return open_image(confined(self.root, str(value["path"])), follow_symlinks=False)
-        raise ValueError(f"no image data ({type(value).__name__})")
+        return decode_value(self.ds[i][self.image_col], self.resolve)
 
     def describe(self, i: int) -> str:
         return f"{self.where} row {i}"
@@ -93,6 +110,11 @@ def _classes(splits: list[Any], label_col: str) -> list[str]:
     for ds in splits:
         col = ds[label_col]
         values.update(col.to_pylist() if hasattr(col, "to_pylist") else col)
+    return numeric_classes(values, label_col)
+
+
+def numeric_classes(values: set, label_col: str) -> list[str]:
+    """Class names ``"0" .. str(max)`` for the plain integer labels ``values`` (one line when one is not)."""
     ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
     if len(ints) != len(values):
         bad = next(v for v in values if v not in ints)
@@ -108,25 +130,37 @@ def load_hf(path: Path, *, val_split: Optional[float] = None, split_seed: int = 
         loaded = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises FileNotFoundError, ValueError... for a broken folder
         raise DataError(f"{path} looks like a saved dataset but cannot be read: {str(e).splitlines()[0]}") from None
-    if isinstance(loaded, datasets.DatasetDict):
+    return dataset_splits(loaded, str(path), lambda name: confined(path, name), val_split=val_split,
+                          split_seed=split_seed)
+
+
+def pick_splits(loaded: Any, where: str) -> tuple[str, Optional[str], Any, Any]:
+    """(train name, val name or None, train split, val split or None) of a loaded Dataset or DatasetDict."""
+    if isinstance(loaded, dict):  # DatasetDict, IterableDatasetDict
         train_key = next((k for k in TRAIN_NAMES if k in loaded), None)
         val_key = next((k for k in VAL_NAMES if k in loaded), None)
         if train_key is None:
-            raise DataError(f"the dataset in {path} has splits {', '.join(loaded)} but no 'train' split.")
-        train_ds, val_ds = loaded[train_key], (loaded[val_key] if val_key else None)
-    else:
-        train_key, val_key, train_ds, val_ds = "train", None, loaded, None
+            raise DataError(f"the dataset in {where} has splits {', '.join(loaded)} but no 'train' split.")
+        return train_key, val_key, loaded[train_key], (loaded[val_key] if val_key else None)
+    return "train", None, loaded, None
+
+
+def dataset_splits(loaded: Any, where: str, resolve: Callable[[str], Path], *, val_split: Optional[float] = None,
+                   split_seed: int = 0, name: Optional[str] = None, kind: str = "hf") -> Splits:
+    """``Splits`` of a loaded (map-style) Dataset or DatasetDict; image paths are opened through ``resolve``."""
+    train_key, val_key, train_ds, val_ds = pick_splits(loaded, where)
     if len(train_ds) == 0:
-        raise DataError(f"the train split of {path} is empty.")
-    image_col, label_col = _columns(train_ds, str(path))
+        raise DataError(f"the train split of {where} is empty.")
+    image_col, label_col = columns(train_ds, where)
     classes = _classes([d for d in (train_ds, val_ds) if d is not None], label_col)
-    train = HFImages(train_ds, image_col, label_col, classes, f"{path}[{train_key}]", path)
+    train = HFImages(train_ds, image_col, label_col, classes, f"{where}[{train_key}]", resolve)
+    name = name or where
     if val_ds is not None and val_split is None:
-        val = HFImages(val_ds, image_col, label_col, classes, f"{path}[{val_key}]", path)
-        return Splits(str(path), "hf", classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
+        val = HFImages(val_ds, image_col, label_col, classes, f"{where}[{val_key}]", resolve)
+        return Splits(name, kind, classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
                       notes=[f"columns: image={image_col!r}, label={label_col!r}; val = split {val_key!r}"])
     frac = 0.1 if val_split is None else val_split
     tr, va = stratified_split(train.targets, frac, split_seed)
     notes = [f"columns: image={image_col!r}, label={label_col!r}; val = {frac:g} of {train_key!r} per class "
              f"(seed {split_seed})"]
-    return Splits(str(path), "hf", classes, (train, tr), (train, va), val_split=frac, notes=notes)
+    return Splits(name, kind, classes, (train, tr), (train, va), val_split=frac, notes=notes)

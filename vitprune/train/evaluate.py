@@ -40,10 +40,12 @@ def evaluate(
     dtype: Optional[str] = None,
     workers: int = 0,
     val_split: Optional[float] = None,
+    streaming: bool = False,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> EvalResult:
     """Evaluate ``model`` (or MODEL spec) on ``data``: a dataset spec (``demo``, an ImageFolder-style folder, a
-    ``save_to_disk`` folder), a loaded ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``.
+    ``save_to_disk`` folder, webdataset shards, ``hf:org/name``; ``streaming`` as ``load_data``'s), a loaded
+    ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``.
 
     Labels are mapped onto the model's head (``vitprune.data.match_head``); data whose classes do not fit the head
     raise ``DataError``. Unreadable images are skipped and counted (``skipped``).
@@ -56,7 +58,8 @@ def evaluate(
     dev = resolve_device(device)
     dt = "fp32" if dtype is None and dev.type == "cpu" else resolve_dtype(dtype, dev)
     if isinstance(data, (str, Splits)):
-        dataset = build_split(data, split, eval_transform(model), val_split=val_split, model=model)
+        dataset = build_split(data, split, eval_transform(model), val_split=val_split, model=model,
+                              streaming=streaming)
     else:
         dataset = data
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

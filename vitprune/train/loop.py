@@ -487,11 +487,16 @@ class Trainer:
         while step < self.total_steps:
             epoch = step // spe
             start_micro = (step % spe) * a
-            sampler = EpochBatches(len(self.data), self.s.batch_size, self.d, self.s.seed, epoch, spe * a,
-                                   start_micro)
-            loader = torch.utils.data.DataLoader(
-                self.data, batch_sampler=sampler, num_workers=self.s.workers, collate_fn=collate,
-                pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
+            if hasattr(self.data, "epoch_loader"):  # a stream (vitprune.data.stream) splits its epochs itself
+                loader = self.data.epoch_loader(
+                    epoch, self.s.batch_size, rank=self.d.rank, world_size=self.d.world_size, micro_batches=spe * a,
+                    start=start_micro, workers=self.s.workers, pin_memory=self.s.device.type == "cuda")
+            else:
+                sampler = EpochBatches(len(self.data), self.s.batch_size, self.d, self.s.seed, epoch, spe * a,
+                                       start_micro)
+                loader = torch.utils.data.DataLoader(
+                    self.data, batch_sampler=sampler, num_workers=self.s.workers, collate_fn=collate,
+                    pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
             batches = iter(loader)
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
             set_train_mode(self.model, bool(self.recipe.train_mode_eval))
