@@ -306,24 +306,30 @@ def save(
 
                 card = render_card(new)
             (new / CARD_NAME).write_text(card, encoding="utf-8")
-            mode = 0o666 & ~_umask()
-            names = []
-            for f in sorted(new.rglob("*")):
-                if f.is_file():
-                    os.chmod(f, mode)  # some writers create 0600 temp files; saved models follow the umask
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    names.append(f.relative_to(new).as_posix())
-            fsync_dir(new)
-            _step("staged")
-            if _symlinks_work(store):
-                _commit(folder, new, names)
-            else:
-                _commit_by_replace(folder, new, names)
+            _switch_to(folder, new, store, mode=0o666 & ~_umask())  # some writers create 0600 temp files
         finally:
             if current_version(folder) != new:  # failed before the switch: this save's own staging goes
                 shutil.rmtree(new, ignore_errors=True)
     return folder
+
+
+def _switch_to(folder: Path, new: Path, store: Path, mode: Optional[int] = None) -> None:
+    """Make the staged version ``new`` durable (every file fsynced; ``mode``: also set each file's permissions, as
+    a saved model follows the umask) and switch ``folder`` to it."""
+    names = []
+    for f in sorted(new.rglob("*")):
+        if f.is_file():
+            if mode is not None:
+                os.chmod(f, mode)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            names.append(f.relative_to(new).as_posix())
+    fsync_dir(new)
+    _step("staged")
+    if _symlinks_work(store):
+        _commit(folder, new, names)
+    else:
+        _commit_by_replace(folder, new, names)
 
 
 def update_files(
@@ -375,18 +381,7 @@ def update_files(
 
                 (new / CARD_NAME).unlink(missing_ok=True)
                 (new / CARD_NAME).write_text(render_card(new), encoding="utf-8")
-            names = []
-            for f in sorted(new.rglob("*")):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    names.append(f.relative_to(new).as_posix())
-            fsync_dir(new)
-            _step("staged")
-            if _symlinks_work(store):
-                _commit(folder, new, names)
-            else:
-                _commit_by_replace(folder, new, names)
+            _switch_to(folder, new, store)
         finally:
             if current_version(folder) != new:
                 shutil.rmtree(new, ignore_errors=True)
