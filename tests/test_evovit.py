@@ -390,7 +390,7 @@ def test_official_conversion_refuses_unknown_keys_and_the_token_head(deit_small)
     partial = {k: v for k, v in official.items() if k != "vs.3.v.bias"}
     with pytest.raises(MethodOptionError, match="vs.3.v.bias"):
         m.vitprune_method.convert_official_state_dict(partial, m)
-    with pytest.raises(MethodOptionError, match="head=avg"):
+    with pytest.raises(MethodOptionError, match="`head` avg"):
         patched(deit_small).vitprune_method.convert_official_state_dict(official, deit_small)
 
 
