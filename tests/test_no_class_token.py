@@ -141,3 +141,13 @@ def test_refusals_and_the_deviation_is_listed():
     notes = {d["name"]: d["notes"] for d in describe_methods()}
     for method in NOOP:
         assert any(n.startswith("No class token (deviation from the paper)") for n in notes[method])
+
+
+def test_saved_model_card_states_the_deviation(tmp_path):
+    m = vitprune.apply_method(base_model("siglip-map"), "evit", keep_rate=0.7)
+    folder = vitprune.save(m, tmp_path / "evit-siglip")
+    card = (folder / "README.md").read_text()
+    assert "Deviation from the paper on this model: no class token: importance is the attention each patch " \
+           "receives" in card
+    dense = vitprune.save(base_model("siglip-map"), tmp_path / "dense")
+    assert "Deviation" not in (dense / "README.md").read_text()
