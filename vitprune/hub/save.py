@@ -61,6 +61,8 @@ def vitprune_section(
     from .. import __version__
 
     method = getattr(model, "vitprune_method", None)
+    # how the method deviates from its paper on this model (no class token), for the model card
+    deviations = [n for n in method.report_notes(model) if n.startswith("no class token: ")] if method else []
     return {
         "version": __version__,
         "method": method.name if method is not None else None,
@@ -68,6 +70,7 @@ def vitprune_section(
         "base_model": base_model or getattr(model, "vitprune_base_model", None) or getattr(model, "vitprune_source", None),
         "recipe": dict(recipe) if recipe else None,
         "metrics": dict(metrics) if metrics else None,
+        **({"deviations": deviations} if deviations else {}),
     }
 
 

@@ -75,10 +75,10 @@ def block_cost(blk: nn.Module, num_choices: int = 0) -> BlockCost:
 def outside_macs(model: nn.Module, num_patches: Any, final_tokens: Any = None) -> Optional[Any]:
     """MACs of everything but the blocks: patch embedding, ``norm_pre`` (prefix + patch tokens), the final norm
     (on ``final_tokens``, default every token), ``fc_norm`` and heads. ``num_patches``/``final_tokens`` may be
-    per-image tensors. None for a part this count does not know (a patch embedding without a Conv2d, attention
-    pooling): fvcore then counts the whole model."""
+    per-image tensors. None for a part this count does not know (a patch embedding without a Conv2d): fvcore then
+    counts the whole model."""
     pe = model.patch_embed
-    if not isinstance(pe.proj, nn.Conv2d) or getattr(model, "attn_pool", None) is not None:
+    if not isinstance(pe.proj, nn.Conv2d):
         return None
     c = model.embed_dim
     n = num_patches + model.num_prefix_tokens
@@ -86,15 +86,32 @@ def outside_macs(model: nn.Module, num_patches: Any, final_tokens: Any = None) -
     total = num_patches * float(pe.proj.weight.numel()) + norm_macs(getattr(pe, "norm", None), num_patches * c)
     total = total + norm_macs(model.norm_pre, n * c) + norm_macs(model.norm, final * c)
     total = total + norm_macs(getattr(model, "fc_norm", None), c)
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None:
+        pooled = final - (0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens)
+        total = total + attn_pool_macs(pool, pooled)
     for name in ("head", "head_dist"):
         total = total + linear_macs(getattr(model, name, None))
     return total
 
 
-def token_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int] = ()) -> Tensor:
+def attn_pool_macs(pool: nn.Module, n: Any) -> Any:
+    """timm's ``AttentionPoolLatent`` (SigLIP's ``map`` head) on ``n`` tokens: kv projection per token, its
+    latent queries' projection, attention (``QK^T`` and ``AV``), output projection, norm and MLP."""
+    latents = pool.latent_len
+    adim = pool.num_heads * pool.head_dim
+    mlp = sum(linear_macs(m) for m in pool.mlp.modules()) if pool.mlp is not None else 0.0
+    per_latent = (linear_macs(pool.q) + norm_macs(pool.q_norm, adim) + linear_macs(pool.proj)
+                  + norm_macs(pool.norm, pool.proj.out_features) + mlp)
+    return n * (linear_macs(pool.kv) + norm_macs(pool.k_norm, adim)) + latents * (per_latent + 2.0 * n * adim)
+
+
+def token_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int] = (),
+               all_rows: bool = False) -> Tensor:
     """MACs per image (``B``, float64) of a ViT whose image ``b`` has ``tokens[b, i]`` tokens (prefix included)
     entering block ``i`` (``B x depth``): every block as timm runs it at that count, the final norm on the tokens
-    of the last block. ``selection_blocks`` also compute the class-attention row (``q_cls K^T``, one query)."""
+    of the last block. ``selection_blocks`` also compute the class-attention row (``q_cls K^T``, one query), or
+    with ``all_rows`` every query's row (the attention each token receives, on ViTs without a class token)."""
     tokens = tokens.double()
     outside = outside_macs(model, tokens[:, 0] - model.num_prefix_tokens, tokens[:, -1])
     if outside is None:
@@ -106,8 +123,8 @@ def token_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int]
         n = tokens[:, i]
         macs = macs + block_cost(blk).dense(n)
         if i in sel:
-            macs = macs + n * blk.attn.num_heads * blk.attn.head_dim
+            macs = macs + (n * n if all_rows else n) * blk.attn.num_heads * blk.attn.head_dim
     return macs
 
 
-__all__ = ["BlockCost", "block_cost", "linear_macs", "norm_macs", "outside_macs", "token_macs"]
+__all__ = ["BlockCost", "attn_pool_macs", "block_cost", "linear_macs", "norm_macs", "outside_macs", "token_macs"]

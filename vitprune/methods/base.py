@@ -327,6 +327,11 @@ def check_vit(model: nn.Module, what: str = "the model") -> None:
     measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
     from timm.models.vision_transformer import VisionTransformer
 
+    if type(model).__name__ == "Eva":
+        raise UnsupportedModelError(
+            f"{what} is a timm Eva model (EVA, EVA02: rotary position embeddings); timm Eva models are not "
+            "supported yet: vitprune works on timm VisionTransformer models (deit_*, vit_*, including distilled "
+            "and register variants).")
     if not isinstance(model, VisionTransformer):
         raise UnsupportedModelError(
             f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on timm "
@@ -400,6 +405,18 @@ def require_class_token(info: ViTInfo, title: str) -> None:
     """Methods that rank or keep patches through the class token need one."""
     if not info.has_class_token:
         raise UnsupportedModelError(f"{title} ranks patches through the class token; this ViT has no class token.")
+
+
+def require_pooled_head(model: nn.Module, info: ViTInfo, title: str) -> None:
+    """A ViT without a class token must pool by average or attention (``global_pool`` ``avg`` or ``map``): the
+    pooled head is then restricted to the tokens a method keeps (``ops.pooling``); other pools are refused."""
+    from ..ops.pooling import pool_kind
+
+    kind = pool_kind(model)
+    if not info.has_class_token and kind not in ("avg", "map"):
+        raise UnsupportedModelError(
+            f"{title} on a ViT without a class token needs average or attention pooling (global_pool 'avg' or "
+            f"'map'); this one pools with {kind!r}.")
 
 
 # ------------------------------------------------------------------------------------------ per-forward state
@@ -506,6 +523,9 @@ class TokenMethod:
     #: what becomes of the patch tokens a stage removes, for token-map legends (a fused extra token is seen from
     #: the tracked state and said instead)
     removed_tokens: ClassVar[str] = "dropped"
+    #: how the method works on a ViT without a class token, where that deviates from the paper (shown by
+    #: `vitprune methods`, and in reports and cards of such models); empty: the paper's method applies as is
+    no_class_token: ClassVar[str] = ""
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -589,7 +609,10 @@ class TokenMethod:
         return {}
 
     def report_notes(self, model: nn.Module) -> list[str]:
-        """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start)."""
+        """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start); a
+        model without a class token gets the method's ``no_class_token`` deviation."""
+        if self.no_class_token and getattr(model, "cls_token", None) is None:
+            return [f"no class token: {self.no_class_token}"]
         return []
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:

@@ -75,8 +75,10 @@ vitprune choices where the paper is silent, and deviations from the reference:
 
 * region size 4 by default; when the patch grid is not divisible by 4 (224 px / patch 16 -> 14 x 14; the paper
   used 256 px) and ``--region-size`` is not given, 2 is used (splits 2, 1) and written into the options;
-  ``method.region_note`` says why. A user-set size that does not divide the grid, or a grid neither divides, is a
-  ``MethodOptionError`` naming the grid and the options;
+  ``method.region_note`` says why. A grid that neither divides (or a user-set size that does not divide it) is
+  padded to whole regions (``ops.gridpad``): the last regions are partial, each cell the mean of its real patches,
+  padding slots are zero tokens hidden as keys, and the real tokens are returned; all-finest blocks run timm's block
+  on the real tokens (bit-exact);
 * the budget is a fraction of the blocks' MACs (routers included); the patch embedding and head are outside it;
 * the router reads the block's input tokens (before ``norm1``); every prefix token is a query of its own;
 * starting points without training (``router_init``): ``dense`` (the paper's init: softmax of the bias =
@@ -108,6 +110,7 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..measure.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
+from ..ops.gridpad import GridPad
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
 )
@@ -176,6 +179,9 @@ class DGE(TokenMethod):
         "Region size 4 (splits 4/2/1); a patch grid not divisible by 4 (224 px / patch 16 = 14x14; the paper used "
         "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
         "options and method.region_note says why.",
+        "A grid no region size divides (DINOv2 at 518 px: 37x37; FlexiViT at 240 px: 15x15) is padded to whole "
+        "regions: border cells average their real patches, padding slots are hidden as keys and dropped at the "
+        "end; the padded grid's empty cells are computed as queries and counted in the MACs.",
         "Untrained routers start ~dense (paper init, router_init=dense). For an untrained model at the budget use "
         "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate_budget(model, images) "
         "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows "
@@ -237,28 +243,21 @@ class DGE(TokenMethod):
         patch = tuple(getattr(model.patch_embed, "patch_size", None) or (1, 1))
         where = f"the {h}x{w} patch grid" + (f" ({img[0]}x{img[1]} px, patch {patch[0]})" if len(img) == 2 else "")
 
-        def size_for(r: int) -> str:
-            if len(img) != 2:
-                return f"an input size whose patch grid is a multiple of {r}"
-            side = math.ceil(img[0] / (r * patch[0])) * r * patch[0]
-            return f"an input size whose patch grid is a multiple of {r} (e.g. {side} px)"
-
         if asked is not None:
-            if h % asked or w % asked:
-                other = [r for r in REGION_SIZES if r != asked and not (h % r or w % r)]
-                alt = f"`region_size` {other[0]} or " if other else ""
-                raise MethodOptionError(
-                    f"`region_size` {asked} does not divide {where}; use {alt}{size_for(asked)}.")
-            return asked, f"region size {asked} (splits {self._splits_text(asked)}), set by `region_size`"
+            partial = f"; {where} is not divisible by {asked}: the last regions are partial" if h % asked or w % asked \
+                else ""
+            return asked, f"region size {asked} (splits {self._splits_text(asked)}), set by `region_size`{partial}"
         for r in REGION_SIZES:
             if not (h % r or w % r):
                 if r == REGION_SIZES[0]:
                     return r, f"region size {r} (splits {self._splits_text(r)})"
                 return r, (f"region size {r} (splits {self._splits_text(r)}): {where} is not divisible by "
                            f"{REGION_SIZES[0]}")
-        raise MethodOptionError(
-            f"DGE needs a patch grid divisible by its region size (`region_size` 4 or 2), and {where} is divisible "
-            f"by neither; use {size_for(2)}.")
+        r = REGION_SIZES[-1]  # the least padding
+        hp, wp = math.ceil(h / r) * r, math.ceil(w / r) * r
+        return r, (f"region size {r} (splits {self._splits_text(r)}): {where} is divisible by no region size, so "
+                   f"the last regions are partial (cells average their real patches; the grid is padded to "
+                   f"{hp}x{wp}, padding hidden as keys)")
 
     @staticmethod
     def _splits_text(region: int) -> str:
@@ -305,7 +304,7 @@ class DGE(TokenMethod):
         """The static per-block schedule whose MAC ratio is the closest to ``budget``: finest choices in the first
         blocks, coarser ones in the last (where pooled patch queries matter least for the class token)."""
         budget = self.options.budget if budget is None else budget
-        grid = grid or vit_info(model).grid
+        grid = self.padded_grid(grid or vit_info(model).grid)
         depth, k = len(model.blocks), self.num_choices
         costs = self.costs(model)
         npre = model.num_prefix_tokens
@@ -329,27 +328,60 @@ class DGE(TokenMethod):
 
     # -- forward --------------------------------------------------------------------------------------
     def forward_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
-        regions.check_grid(state.grid, self.region_size)
-        if model.training:
-            return self._train_blocks(model, x, state)
-        return self._eval_blocks(model, x, state)
+        pad = GridPad.of(state.grid, self.region_size, state.num_prefix, x.device)
+        if pad is not None:  # partial border regions: run on the padded grid, return the real tokens
+            state.aux["dge_pad"] = pad
+            x = pad.pad(x)
+        x = self._train_blocks(model, x, state) if model.training else self._eval_blocks(model, x, state)
+        return x if pad is None else pad.crop(x)
+
+    @staticmethod
+    def _grid(state: TokenState) -> tuple[int, int]:
+        """The grid the regions tile: the patch grid, or its padding to whole regions."""
+        pad = state.aux.get("dge_pad")
+        return state.grid if pad is None else pad.padded
+
+    @staticmethod
+    def _enter(state: TokenState, x: Tensor) -> Tensor:
+        """Start of a block: count the real tokens; padding slots back to zero."""
+        pad = state.aux.get("dge_pad")
+        state.enter(x if pad is None else x[:, :pad.num_real])
+        return x if pad is None else pad.zero(x)
+
+    def _bank(self, x: Tensor, state: TokenState) -> Tensor:
+        pad = state.aux.get("dge_pad")
+        return regions.coarse_bank(x, state.grid, self.region_size, state.num_prefix) if pad is None else pad.bank(x)
+
+    @staticmethod
+    def _dense_block(blk: nn.Module, x: Tensor, state: TokenState) -> Tensor:
+        """timm's block on the real tokens (bit-exact with the dense model; padding slots stay zero)."""
+        pad = state.aux.get("dge_pad")
+        return blk(x) if pad is None else pad.pad(blk(pad.crop(x)))
+
+    def _record(self, state: TokenState, block: int, assignment: Tensor) -> None:
+        pad = state.aux.get("dge_pad")
+        state.record(block, assignment if pad is None else pad.crop_patches(assignment))
 
     def _route(self, router: nn.Module, bank: Tensor, state: TokenState) -> Tensor:
         """Router logits ``B x G x K`` from the block's input patches averaged over each region."""
-        return router(regions.region_means(bank, state.grid, self.region_size))
+        return router(regions.region_means(bank, self._grid(state), self.region_size))
 
     @staticmethod
-    def _query_update(blk: nn.Module, q0: Tensor, qn: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _query_update(blk: nn.Module, q0: Tensor, qn: Tensor, k: Tensor, v: Tensor,
+                      state: Optional[TokenState] = None) -> Tensor:
         """The block on queries ``q0`` (``qn`` = their ``norm1``) with keys/values ``k, v`` from all tokens'
-        ``norm1``: returns the update ``q - q0`` (timm's LayerScale, drop-path and MLP; fused SDPA)."""
-        q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn), k, v, qn))
+        ``norm1``: returns the update ``q - q0`` (timm's LayerScale, drop-path and MLP; fused SDPA). Padding
+        slots of a padded grid are hidden as keys."""
+        pad = state.aux.get("dge_pad") if state is not None else None
+        bias = None if pad is None else pad.key_bias(k.dtype)
+        q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn), k, v, qn, bias))
         return ops.mlp_residual(blk, q) - q0
 
     def _eval_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
         levels = self.static_levels(model)
         static_width = self.query_width == "static" or _tracing()
         for i, (blk, router) in enumerate(zip(model.blocks, model.dge_routers)):
-            state.enter(x)
+            x = self._enter(state, x)
             if levels[i] is not None:
                 x = self._uniform_block(blk, x, levels[i], i, state)
             else:
@@ -359,30 +391,33 @@ class DGE(TokenMethod):
     def _uniform_block(self, blk: nn.Module, x: Tensor, level: int, i: int, state: TokenState) -> Tensor:
         """A block whose router decides from its bias alone: every region of every image takes ``level``. The
         queries are the prefix tokens and the level's cells (pooled, no index), the update is broadcast back."""
-        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        npre, region, grid = state.num_prefix, self.region_size, self._grid(state)
         if state.track:
             b, g = x.shape[0], (grid[0] // region) * (grid[1] // region)
-            nq = npre + state.num_patches // 4 ** level
+            nq = npre + grid[0] * grid[1] // 4 ** level
             state.aux.setdefault("queries", []).append(torch.full((b,), nq, dtype=torch.long, device=x.device))
             state.aux.setdefault("decisions", []).append(torch.full((b, g), level, dtype=torch.long, device=x.device))
         if level == 0 and self.identity_shortcut:  # every query finest: timm's block, bit-exact
-            return blk(x)
+            return self._dense_block(blk, x, state)
         xn = blk.norm1(x)
         k, v = ops.project_kv(blk.attn, xn)
         q0 = regions.uniform_queries(x, grid, region, level, npre)
+        pad = state.aux.get("dge_pad")
+        if pad is not None and level > 0:  # border cells: the mean of their real patches
+            q0 = torch.cat([q0[:, :npre], q0[:, npre:] * pad.level_scale(level).to(q0.dtype)], dim=1)
         qn = xn if level == 0 else blk.norm1(q0)
-        x = regions.uniform_unpool_delta(x, self._query_update(blk, q0, qn, k, v), grid, region, level, npre)
+        x = regions.uniform_unpool_delta(x, self._query_update(blk, q0, qn, k, v, state), grid, region, level, npre)
         if state.track:
-            state.record(i, regions.uniform_assignment(x.shape[0], grid, region, level, x.device))
+            self._record(state, i, regions.uniform_assignment(x.shape[0], grid, region, level, x.device))
         return x
 
     def _routed_block(self, blk: nn.Module, router: nn.Module, x: Tensor, i: int, state: TokenState,
                       static_width: bool) -> Tensor:
         """A block whose router reads the image: per-region decisions, queries gathered (active sources first) to
         the batch's widest image (one host read), or to every token with ``static_width`` (no host read)."""
-        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        npre, region, grid = state.num_prefix, self.region_size, self._grid(state)
         n = x.shape[1]
-        bank = regions.coarse_bank(x, grid, region, npre)
+        bank = self._bank(x, state)
         decision = self._route(router, bank, state).argmax(dim=-1)  # B x G, 0 = finest
         counts = regions.query_counts(decision, region, npre)  # B
         if state.track:
@@ -399,13 +434,15 @@ class DGE(TokenMethod):
             kv = ops.project_kv(blk.attn, xn) if speculate else None  # queued before waiting for the read
             low, high = read.get()
         if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
+            if "dge_pad" in state.aux:
+                return self._dense_block(blk, x, state)
             return ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))  # nothing pooled: no token map
         order, src = regions.plan_queries(decision, grid, region, npre)
         k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
         q0 = regions.gather_queries(x, bank, order[:, :high])  # B x width x C
-        x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v), src)
+        x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v, state), src)
         if state.track:
-            state.record(i, src[:, npre:] - npre)
+            self._record(state, i, src[:, npre:] - npre)
         return x
 
     # -- inference plan ----------------------------------------------------------------------------------
@@ -433,22 +470,22 @@ class DGE(TokenMethod):
 
     def _train_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
         """Training: hard Gumbel gates; every granularity computed in one static pass and mixed by the gates."""
-        npre, region, grid = state.num_prefix, self.region_size, state.grid
+        npre, region, grid = state.num_prefix, self.region_size, self._grid(state)
         n = x.shape[1]
         g = (grid[0] // region) * (grid[1] // region)
         _forget_plan(model.dge_routers)  # the routers are about to change: read them again at the next inference
         dyn, gates_all = [], []
         static = 0.0
         for blk, router, cost in zip(model.blocks, model.dge_routers, self.costs(model)):
-            state.enter(x)
-            bank = regions.coarse_bank(x, grid, region, npre)
+            x = self._enter(state, x)
+            bank = self._bank(x, state)
             logits = self._route(router, bank, state)
             gates = F.gumbel_softmax(logits.float(), tau=1.0, hard=True)  # B x G x K, straight-through
             xn = blk.norm1(x)
             k, v = ops.project_kv(blk.attn, xn)
             q0 = regions.all_sources(x, bank)  # every level's cells as queries: static shape
             qn = torch.cat([xn, blk.norm1(bank).to(xn.dtype)], dim=1)  # = norm1(q0), x's part reused
-            delta = self._query_update(blk, q0, qn, k, v)
+            delta = self._query_update(blk, q0, qn, k, v, state)
             x = x + regions.mix_level_deltas(delta, gates, grid, region, npre).to(x.dtype)
             nq = regions.soft_query_counts(gates, region, npre)  # B, differentiable
             dyn.append(cost.packed(nq, n, g))
@@ -476,9 +513,16 @@ class DGE(TokenMethod):
         info = vit_info(model, img_size)
         return [info.num_prefix_tokens + info.num_patches] * info.depth
 
+    def padded_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The grid the regions tile: ``grid`` rounded up to whole regions (partial regions at the border)."""
+        r = self.region_size
+        return (math.ceil(grid[0] / r) * r, math.ceil(grid[1] / r) * r)
+
     def query_count(self, info: ViTInfo, choice: int) -> int:
-        """Queries of a block whose every region takes ``choice`` (0 = finest): prefix + P / 4^choice."""
-        return info.num_prefix_tokens + info.num_patches // 4 ** choice
+        """Queries of a block whose every region takes ``choice`` (0 = finest): prefix + P / 4^choice, with ``P``
+        the patches of the padded grid (a padded grid's empty cells are computed and counted too)."""
+        h, w = self.padded_grid(info.grid)
+        return info.num_prefix_tokens + h * w // 4 ** choice
 
     def decisions(self, model: nn.Module, images: Tensor) -> dict[str, Tensor]:
         """Eval-mode decisions on ``images``: ``queries`` (depth x B) and ``choices`` (depth x B x G)."""
@@ -501,16 +545,18 @@ class DGE(TokenMethod):
             return None
         q = self.decisions(model, images)["queries"].double()  # depth x B
         npre = model.num_prefix_tokens
-        n = npre + grid[0] * grid[1]
-        g = (grid[0] // self.region_size) * (grid[1] // self.region_size)
+        real = npre + grid[0] * grid[1]
+        gp = self.padded_grid(grid)
+        n = npre + gp[0] * gp[1]  # keys of a pooled block: the padded grid's tokens (padding hidden, computed)
+        g = (gp[0] // self.region_size) * (gp[1] // self.region_size)
         per_image = torch.full((q.shape[1],), outside, dtype=torch.float64)
-        for c, qi in zip(self.costs(model), q):
-            per_image += torch.where(qi == n, torch.full_like(qi, c.dense(n, g)), c.packed(qi, n, g))
+        for c, qi in zip(self.costs(model), q):  # every query finest: timm's block on the real tokens
+            per_image += torch.where(qi == n, torch.full_like(qi, c.dense(real, g)), c.packed(qi, n, g))
         return float(per_image.mean())
 
     def mac_ratio(self, model: nn.Module, images: Tensor) -> float:
         """The budget's ratio on ``images`` in eval mode: mean blocks' MACs / blocks' MACs at Nq = N."""
-        grid = _grid_for(model, images)
+        grid = self.padded_grid(_grid_for(model, images))
         q = self.decisions(model, images)["queries"].double()
         n = model.num_prefix_tokens + grid[0] * grid[1]
         g = (grid[0] // self.region_size) * (grid[1] // self.region_size)

@@ -32,7 +32,9 @@ vitprune choices where the paper and code are silent or specific to 224 px DeiT:
 
 * keep counts come from the actual patch count (the reference hard-codes 196), clamped to at least one patch;
 * every prefix token (class, distillation, register tokens) is always kept and never scored (the reference
-  assumes exactly one class token); the model must classify from the class token (``global_pool='token'``);
+  assumes exactly one class token); a model that pools instead (``global_pool`` ``avg`` or ``map``, with or
+  without a class token) pools the kept tokens only: in eval the others are gone, in training the pool is weighted
+  by the last keep decision (``ops.pooling``);
 * blocks before the first pruning location run timm's plain attention in training too (the reference runs them
   through the masked softmax with an all-ones policy, which differs from plain softmax only by its 1e-6 epsilon);
 * keep rate 1.0 is the dense model: predictors and gathers are skipped, in eval and in training;
@@ -59,6 +61,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..ops.pooling import POOLS, pool_kind, weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     check_fraction, vit_info,
@@ -158,11 +161,13 @@ class DynamicViT(TokenMethod):
     train_topk: bool = False
     notes = (
         "Keep counts int(P * rho**s) use the model's real patch count P (the reference hard-codes 196), at least 1.",
-        "Every prefix token (class, distillation, registers) is always kept and never scored; the head must read "
-        "the class token.",
+        "Every prefix token (class, distillation, registers) is always kept and never scored.",
         "Training: blocks before the first pruning location use plain attention (reference: masked softmax with an "
         "all-ones policy, equal up to its 1e-6 epsilon).",
         "Keep rate 1.0 is the dense model (predictors and gathers skipped).",
+        "Average- or attention-pooled heads (global_pool 'avg'/'map', with or without a class token) pool the kept "
+        "tokens only: at inference the others are gone; in training, where they stay masked, the pool is weighted "
+        "by the last keep decision (straight-through, so the head's loss reaches the predictors too).",
         "The predictor's masked mean is guarded against an all-zero mask (the reference would give NaN).",
         "Recipe: the T-PAMI (v2) script: lr 1e-3 per 1024 images, backbone lr x0.01 and frozen for 5 warm-up "
         "epochs, cosine to 1e-6, 30 epochs, cls_token/pos_embed frozen; use ratio_weight 5.0 for DeiT-B and "
@@ -173,14 +178,17 @@ class DynamicViT(TokenMethod):
         "(demo: +1.4 pt over three seeds); topk_tail=0 is the paper's Gumbel training throughout.",
     )
 
+    no_class_token = ("the prediction modules need no class token; the average or attention pool reads the kept "
+                      "tokens only (in training: weighted by the last keep decision).")
+
     # -- facts ---------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        if not info.has_class_token or getattr(model, "global_pool", "token") != "token":
-            pool = getattr(model, "global_pool", None)
+        kind = pool_kind(model)
+        if kind not in POOLS or (not info.has_class_token and kind == "token"):
             raise UnsupportedModelError(
-                f"DynamicViT needs a ViT that classifies from its class token (global_pool='token'); this one has "
-                f"{'no class token' if not info.has_class_token else f'global_pool={pool!r}'}.")
+                f"DynamicViT needs a ViT that classifies from its class token or by average or attention pooling "
+                f"(global_pool 'token', 'avg' or 'map'); this one pools with {kind!r}.")
         self.locations(info.depth)  # validates pruning_loc against the depth
         return info
 
@@ -269,7 +277,13 @@ class DynamicViT(TokenMethod):
         state.aux["decisions"] = decisions
         state.aux["keep_targets"] = self.keep_targets(len(decisions))
         state.aux["final_tokens"] = x  # pre-norm; aux_losses applies model.norm
+        if decisions and pool_kind(model) != "token":
+            state.aux["pool_weight"] = decisions[-1]  # the pooled head reads the kept tokens only
         return x
+
+    def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
+        """Training of an average- or attention-pooled ViT: pool the tokens the last decision keeps."""
+        return weighted_pool(model, x, state.aux.get("pool_weight"), pool_type)
 
     def on_train_progress(self, model: nn.Module, epoch: float, total_epochs: float) -> None:
         tail = self.options.topk_tail

@@ -23,9 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops import carry
+from ..ops.importance import attention_importance
+from ..ops.pooling import weighted_pool
 from .base import (
     MethodOptions, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list, check_fraction,
-    require_class_token, vit_info,
+    require_pooled_head, vit_info,
 )
 from .registry import register
 
@@ -65,6 +68,11 @@ class EViT(TokenMethod):
         "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
         "Distilled and register models: all prefix tokens are kept; importance is the class token's row.",
     )
+    no_class_token = (
+        "importance is the attention each patch receives (softmax columns averaged over all queries and heads, "
+        "full attention computed at the drop locations); the fused token is the importance-weighted mean of the "
+        "tokens it replaces and counts as that many patches in the pooled head (size-weighted average, or "
+        "log-size bias in attention pooling).")
 
     def __init__(self, options: EViTOptions):
         super().__init__(options)
@@ -73,7 +81,7 @@ class EViT(TokenMethod):
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        require_class_token(info, "EViT")
+        require_pooled_head(model, info, "EViT")
         self._locations(info)  # validates drop_loc
         return info
 
@@ -94,12 +102,12 @@ class EViT(TokenMethod):
             if i not in locs or rate >= 1.0:
                 x = blk(x)
                 continue
-            out, cls_attn, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+            out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token)
             x = ops.attn_residual(blk, x, out)
             p = x.shape[1] - npre
             k = ops.num_kept(rate, p, "ceil")
             if k < p:
-                x = self._reduce(x, ops.patch_scores_from_cls(cls_attn, npre), k, state)
+                x = self._reduce(x, scores, k, state)
                 state.record(i)
             x = ops.mlp_residual(blk, x)
         return x
@@ -112,9 +120,20 @@ class EViT(TokenMethod):
             return ops.keep_tokens(x, idx, npre)
         order = ops.rank_patches(scores)
         keep, rest = order[:, :k], order[:, k:]
-        fused = ops.fuse_tokens(x[:, npre:], scores, rest)
+        if self.info.has_class_token:
+            fused = ops.fuse_tokens(x[:, npre:], scores, rest)
+        else:  # pooled head: a weighted mean standing for its tokens' patches (see ``no_class_token``)
+            size = state.aux.get("pool_weight")
+            size = torch.ones_like(scores) if size is None else size
+            fused = carry.rest_weighted_token(x[:, npre:], scores * size, keep)
+            state.aux["pool_weight"] = torch.cat(
+                [torch.gather(size, 1, keep), (size * carry.rest_mask(keep, size.shape[1])).sum(1, keepdim=True)], 1)
         state.keep(keep, extra_synthetic=1)
         return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
+
+    def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
+        """Without a class token: the pooled head counts a fused token as the patches it stands for."""
+        return weighted_pool(model, x, state.aux.get("pool_weight"), pool_type)
 
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
         info = vit_info(model, img_size)

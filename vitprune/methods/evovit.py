@@ -76,9 +76,10 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops import carry
+from ..ops.importance import attention_importance
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    require_class_token, vit_info,
+    require_pooled_head, vit_info,
 )
 from .registry import register
 
@@ -180,6 +181,10 @@ class EvoViT(TokenMethod):
         "vitprune fine-tunes 30 epochs DeiT-style (AdamW, wd 0.05, drop path 0.1, smoothing 0.1) with logit KD 0.5.",
     )
 
+    no_class_token = ("the global attention is the attention each patch receives (softmax columns averaged over "
+                      "all processed queries and heads) instead of the class token's row; the final sequence keeps "
+                      "every token, so the model's average or attention pool is unchanged.")
+
     def __init__(self, options: EvoViTOptions):
         super().__init__(options)
         #: set by ``on_train_progress``: run the training forward layer-wise (None before any progress report)
@@ -188,12 +193,16 @@ class EvoViT(TokenMethod):
     # -- facts ---------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        require_class_token(info, "Evo-ViT")
+        require_pooled_head(model, info, "Evo-ViT")
         if info.depth < 2:
             raise UnsupportedModelError("Evo-ViT needs at least 2 blocks (one to rank the patches, one to run on "
                                         f"the informative ones); this ViT has {info.depth}.")
         if self.options.head == "avg":
             pool = getattr(model, "global_pool", None)
+            if not info.has_class_token:
+                raise UnsupportedModelError(
+                    "`head` avg adds the paper's class-token classifier; this ViT has no class token and already "
+                    "pools (use `head` model).")
             if hasattr(model, "head_dist"):
                 raise UnsupportedModelError(
                     "`head` avg replaces the class-token head by average pooling; a distilled ViT's two heads read "
@@ -290,14 +299,14 @@ class EvoViT(TokenMethod):
                 if i < starts[0] - 1:
                     x = blk(x)
                 else:  # the block before the first selection builds g (its row, weight 1)
-                    x, row = _block_with_class_row(blk, x)
-                    g = row[:, npre:]
+                    x, row = _block_with_class_row(blk, x, npre, self.info.has_class_token)
+                    g = row
             else:
                 xs = stage["x"]
                 state.enter(xs)
-                xs, row = _block_with_class_row(blk, xs)
+                xs, row = _block_with_class_row(blk, xs, npre, self.info.has_class_token)
                 stage["x"] = xs
-                stage["g"] = (1.0 - STAGE_ALPHA) * stage["g"] + STAGE_ALPHA * row[:, npre:npre + k]
+                stage["g"] = (1.0 - STAGE_ALPHA) * stage["g"] + STAGE_ALPHA * row[:, :k]
         if stage is not None:
             x, g = self._end_stage(x, g, stage, state, P)
             if state.track:
@@ -466,10 +475,11 @@ class EvoViT(TokenMethod):
         return out
 
 
-def _block_with_class_row(blk: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def _block_with_class_row(blk: nn.Module, x: Tensor, num_prefix: int, class_token: bool) -> tuple[Tensor, Tensor]:
     """One timm block (fused attention, its LayerScale and drop-path) that also returns the class token's attention
-    row summed over heads (``B x N``, float32, softmax over all keys)."""
-    out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+    row over the keys after the prefix, summed over heads (``B x (N - num_prefix)``, float32, softmax over all
+    keys); without a class token the attention those keys receive (``ops.importance``)."""
+    out, scores = attention_importance(blk.attn, blk.norm1(x), num_prefix, class_token, reduce="sum")
     x = ops.attn_residual(blk, x, out)
     x = ops.mlp_residual(blk, x)
-    return x, rows[:, :, 0].sum(dim=1)
+    return x, scores

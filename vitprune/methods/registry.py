@@ -64,7 +64,8 @@ def describe_methods() -> list[dict[str, Any]]:
         out.append({
             "name": name, "title": cls.title, "paper": cls.paper, "summary": cls.summary,
             "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
-            "notes": list(cls.notes), "options": opts,
+            "notes": [*cls.notes, *([f"No class token (deviation from the paper): {cls.no_class_token}"]
+                                     if cls.no_class_token else [])], "options": opts,
         })
     return out
 

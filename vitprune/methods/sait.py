@@ -76,9 +76,11 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..measure.analytic import token_macs
 from ..ops import adaptive as aops
+from ..ops.importance import attention_importance
+from ..ops.pooling import weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, require_class_token, tracking, vit_info,
+    check_fraction, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
 
@@ -196,6 +198,10 @@ class SaiT(TokenMethod):
     exportable = True  # fixed and dense modes; export_check refuses the adaptive mode
     export_hint = "sait (fixed or dense mode)"
     new_module_prefixes = ()
+    no_class_token = ("importance is the attention each patch receives (softmax columns averaged over the live "
+                      "queries and heads) instead of the class token's row, for selection and its distillation; "
+                      "the average or attention pool reads the live tokens only; `fuse` is refused and `buckets` "
+                      "runs as padding.")
     notes = (
         "No public code: the whole method below the paper's abstract is vitprune's reconstruction "
         "(shared/methods/sait.md).",
@@ -236,8 +242,13 @@ class SaiT(TokenMethod):
     # -- contract ------------------------------------------------------------------------------------
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
-        require_class_token(info, "SaiT")
-        if getattr(model, "attn_pool", None) is not None or getattr(model, "global_pool", "token") != "token":
+        require_pooled_head(model, info, "SaiT")
+        if not info.has_class_token and self.options.fuse:
+            raise UnsupportedModelError(
+                "SaiT's `fuse` token is weighted by class attention; this ViT has no class token (use `fuse` "
+                "false: the pooled head then averages the kept tokens).")
+        if info.has_class_token and (getattr(model, "attn_pool", None) is not None
+                                     or getattr(model, "global_pool", "token") != "token"):
             raise UnsupportedModelError(
                 f"SaiT needs class-token pooling (global_pool='token'), this ViT pools with "
                 f"{getattr(model, 'global_pool', None)!r}: pruned or padded tokens would reach the head.")
@@ -301,19 +312,26 @@ class SaiT(TokenMethod):
             if not prunes:
                 x = blk(x) if bias is None else blk(x, attn_mask=bias)
                 continue
-            out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1, bias=bias)
+            live = None if valid is None else ops.with_prefix_mask(valid, npre)
+            out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token, bias=bias,
+                                               query_mask=live)
             x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
-            scores = ops.patch_scores_from_cls(rows, npre)
             if state.training:
                 x, valid, alive = self._mask_stage(x, scores, valid, alive, state, i)
             elif self.options.mode == "fixed":
                 x, alive = self._fixed_stage(x, scores, alive, state, i)
-            elif buckets > 1 and x.shape[0] > 1 and not state.track:
+            elif buckets > 1 and x.shape[0] > 1 and not state.track and self.info.has_class_token:
                 return self._bucketed(model, x, scores, valid, state, i, buckets)
             else:
                 x, valid = self._adaptive_stage(x, scores, valid, state, i)
             bias = self._bias(valid, npre, x.dtype)
+        if valid is not None and not self.info.has_class_token:
+            state.aux["pool_weight"] = valid  # the pooled head reads the live tokens only
         return x
+
+    def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
+        """Without a class token: pool the live tokens only (not the masked or padding slots)."""
+        return weighted_pool(model, x, state.aux.get("pool_weight"), pool_type)
 
     # -- one pruning location ---------------------------------------------------------------------------
     def _mask_stage(self, x: Tensor, scores: Tensor, valid: Optional[Tensor], alive: Optional[int],
@@ -428,9 +446,9 @@ class SaiT(TokenMethod):
             x = blk(x)
         blk = model.blocks[-1]
         self._enter(state, x, None)
-        out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+        out, scores = attention_importance(blk.attn, blk.norm1(x), state.num_prefix, model.cls_token is not None)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
-        state.aux["sait_self_target"] = ops.patch_scores_from_cls(rows, state.num_prefix).detach()
+        state.aux["sait_self_target"] = scores.detach()
         return x
 
     # -- analytic facts -----------------------------------------------------------------------------------
@@ -480,7 +498,7 @@ class SaiT(TokenMethod):
             tokens = torch.stack(state.aux["sait_tokens"], dim=1)
         else:  # skip path: every block sees every token
             tokens = torch.tensor(state.counts, device=images.device).expand(images.shape[0], -1)
-        return token_macs(model, tokens, self._selection_blocks(model)), kept
+        return token_macs(model, tokens, self._selection_blocks(model), model.cls_token is None), kept
 
     # -- calibration -------------------------------------------------------------------------------------
     def calibrate_threshold(
@@ -568,10 +586,11 @@ class SaiT(TokenMethod):
                 for blk in model.blocks[: location - 1]:
                     x = blk(x)
                 blk = model.blocks[location - 1]
-                _, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+                _, scores = attention_importance(blk.attn, blk.norm1(x), model.num_prefix_tokens,
+                                                 model.cls_token is not None)
         finally:
             model.train(was_training)
-        return aops.order_by_score(ops.patch_scores_from_cls(rows, model.num_prefix_tokens))[0]
+        return aops.order_by_score(scores)[0]
 
     def _macs_from_curves(self, model: nn.Module, curves: Tensor, location: int, threshold: float) -> float:
         """Mean MACs in adaptive mode at ``threshold`` for images with these sorted importances (one location)."""
@@ -583,7 +602,7 @@ class SaiT(TokenMethod):
         depth = len(model.blocks)
         tokens = torch.where(torch.arange(depth, device=curves.device)[None, :] < location,
                              torch.full_like(after, npre + P)[:, None], after[:, None])
-        return float(token_macs(model, tokens, [location - 1]).mean())
+        return float(token_macs(model, tokens, [location - 1], model.cls_token is None).mean())
 
     # -- training ------------------------------------------------------------------------------------------
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
@@ -592,17 +611,17 @@ class SaiT(TokenMethod):
             vit_info(teacher)
         except UnsupportedModelError:
             return super().teacher_forward(teacher, images)
-        if teacher.cls_token is None or self.options.sel_weight == 0:
+        if self.options.sel_weight == 0:
             return super().teacher_forward(teacher, images)
         x = teacher.norm_pre(teacher.patch_drop(teacher._pos_embed(teacher.patch_embed(images))))
         for blk in teacher.blocks[:-1]:
             x = blk(x)
         blk = teacher.blocks[-1]
-        out, rows, _ = ops.attention(blk.attn, blk.norm1(x), cls_rows=1)
+        out, scores = attention_importance(blk.attn, blk.norm1(x), teacher.num_prefix_tokens,
+                                           teacher.cls_token is not None)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
         tokens = teacher.norm(x)
-        return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens,
-                             extras={"sait_cls_attn": ops.patch_scores_from_cls(rows, teacher.num_prefix_tokens)})
+        return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens, extras={"sait_cls_attn": scores})
 
     def aux_losses(self, model: nn.Module, state: TokenState, teacher: Optional[TeacherOutput], *,
                    targets: Optional[Tensor] = None, step: Optional[StepContext] = None) -> dict[str, Tensor]:

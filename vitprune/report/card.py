@@ -375,6 +375,8 @@ def render_card(
         if options:
             rows = [[f"`{k}`", f"`{_value(v)}`"] for k, v in options.items()]
             lines += ["", _table(["option", "value"], rows, ["left", "left"])]
+        for note in section.get("deviations") or []:
+            lines += ["", f"Deviation from the paper on this model: {note}"]
         if info.get("runtime_options"):
             lines += ["", "Switchable at inference without retraining: "
                       + ", ".join(f"`{o}`" for o in info["runtime_options"]) + "."]

@@ -1,0 +1,177 @@
+"""Which timm ViT families each method supports: apply, one forward, GMACs below dense, identity at no-op.
+
+Twelve families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; each family's own patch size, pooling,
+prefix tokens, LayerScale, norms, and its own patch grid or one with the same divisibility) x every method.
+A cell is ``ok`` when the patched model runs, counts fewer GMACs than the dense model at the method's sparse
+setting, and gives the dense model's logits exactly at its no-op setting; otherwise it holds the method's one-line
+refusal (or the first check that failed). README's "Supported models" table is this script's output
+(``python benchmarks/model_matrix.py --write-readme``; ``tests/test_model_matrix.py`` keeps them equal).
+
+    python benchmarks/model_matrix.py                 # print the table
+    python benchmarks/model_matrix.py --write-readme  # regenerate README's table
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import timm
+import torch
+
+import vitprune
+from vitprune.errors import VitpruneError
+from vitprune.measure import count_macs
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- model-matrix:begin -->", "<!-- model-matrix:end -->"
+_BLOCK = re.compile(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), re.S)
+#: the tiny backbone every family is shrunk to (timm keyword arguments)
+TINY = dict(pretrained=False, depth=4, embed_dim=64, num_heads=2, num_classes=10)
+
+
+@dataclass(frozen=True)
+class Family:
+    label: str  # the README row
+    arch: str  # the timm model it is shrunk from
+    kwargs: tuple[tuple[str, Any], ...] = ()  # timm keyword arguments beyond TINY
+
+
+#: twelve families, at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
+#: (224/256 px at patch 16 or 14), a 9 x 9 grid for DINOv2 (its 37 x 37 at 518 px) and 7 x 7 for FlexiViT (its
+#: 15 x 15 at 240 px): odd grids that no region size divides, as theirs
+FAMILIES = (
+    Family("DeiT (class token)", "deit_tiny_patch16_224", (("img_size", 128),)),
+    Family("DeiT distilled (class + distillation token)", "deit_tiny_distilled_patch16_224", (("img_size", 128),)),
+    Family("ViT with qk-norm", "vit_tiny_patch16_224", (("img_size", 128), ("qk_norm", True))),
+    Family("ViT gap (no class token, avg pool)", "vit_medium_patch16_gap_256", (("img_size", 128),)),
+    Family("ViT registers + gap (no class token)", "vit_little_patch16_reg4_gap_256", (("img_size", 128),)),
+    Family("SigLIP (no class token, attention pool)", "vit_base_patch16_siglip_224", (("img_size", 128),)),
+    Family("SigLIP so400m-style (patch 14, attention pool)", "vit_so400m_patch14_siglip_224", (("img_size", 112),)),
+    Family("DINOv2 (LayerScale, patch 14, odd grid as 37x37)", "vit_small_patch14_dinov2", (("img_size", 126),)),
+    Family("DINOv2 + registers (odd grid)", "vit_small_patch14_reg4_dinov2", (("img_size", 126),)),
+    Family("FlexiViT (odd grid as 15x15 at 240 px)", "flexivit_small", (("img_size", 112),)),
+    Family("CLIP ViT (pre-norm)", "vit_base_patch16_clip_224", (("img_size", 128),)),
+    Family("EVA02 (timm Eva: rotary embeddings, SwiGLU)", "eva02_tiny_patch14_224", (("img_size", 112),)),
+)
+
+
+def _dge_finest(model: torch.nn.Module) -> None:
+    model.vitprune_method.set_levels(model, [0] * len(model.blocks))
+
+
+#: per method: (sparse options, no-op options, what to do to the patched model at the no-op setting)
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any], Optional[Callable[[torch.nn.Module], None]]]] = {
+    "dynamicvit": ({"keep_rate": 0.7}, {"keep_rate": 1.0}, None),
+    "evovit": ({"keep_rate": 0.5}, {"keep_rate": 1.0}, None),
+    "sait": ({"mode": "fixed", "keep_rate": 0.7}, {"mode": "dense"}, None),
+    "dge": ({"budget": 0.5, "router_init": "budget"}, {}, _dge_finest),
+    "tome": ({"r": 8}, {"r": 0}, None),
+    "evit": ({"keep_rate": 0.7}, {"keep_rate": 1.0}, None),
+}
+METHODS = tuple(SETTINGS)
+
+
+@lru_cache(maxsize=None)
+def dense_model(family: Family) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(family.arch, **{**TINY, **dict(family.kwargs)}).eval()
+
+
+@lru_cache(maxsize=None)
+def dense_macs(family: Family) -> float:
+    base = dense_model(family)
+    return count_macs(base, images=_images(base)[:1]).macs
+
+
+def _images(model: torch.nn.Module) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, *model.patch_embed.img_size, generator=g)
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@lru_cache(maxsize=None)
+def check(family: Family, method: str) -> str:
+    """``"ok"``, or why the family x method cell is not supported (a refusal or the first failed check)."""
+    base = dense_model(family)
+    sparse, noop, prepare = SETTINGS[method]
+    images = _images(base)
+    try:
+        model = vitprune.apply_method(copy.deepcopy(base), method, **sparse).eval()
+        with torch.no_grad():
+            out = model(images)
+        if out.shape != (images.shape[0], base.num_classes) or not torch.isfinite(out).all():
+            return "forward gives no finite logits"
+        if not count_macs(model, images=images[:1]).macs < dense_macs(family):
+            return "GMACs not below dense"
+        ident = vitprune.apply_method(copy.deepcopy(base), method, **noop).eval()
+        if prepare is not None:
+            prepare(ident)
+        with torch.no_grad():
+            if not torch.equal(ident(images), base(images)):
+                return "no-op setting differs from the dense model"
+    except VitpruneError as e:
+        return _one_line(e)
+    return "ok"
+
+
+def matrix() -> dict[Family, dict[str, str]]:
+    return {f: {m: check(f, m) for m in METHODS} for f in FAMILIES}
+
+
+def render(results: dict[Family, dict[str, str]]) -> str:
+    """The Markdown table: ✓ per supported cell, else a numbered reason listed under the table."""
+    reasons: list[str] = []
+    rows = []
+    for fam, cells in results.items():
+        row = [f"{fam.label} · `{fam.arch}`"]
+        for m in METHODS:
+            text = cells[m]
+            if text == "ok":
+                row.append("✓")
+                continue
+            if text not in reasons:
+                reasons.append(text)
+            row.append(f"✗ ({reasons.index(text) + 1})")
+        rows.append(row)
+    lines = ["| family · timm model | " + " | ".join(f"`{m}`" for m in METHODS) + " |",
+             "|---|" + "---|" * len(METHODS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + [f"{i}. {text}" for i, text in enumerate(reasons, 1)]
+    return "\n".join(lines)
+
+
+def readme_table(text: str) -> str:
+    m = _BLOCK.search(text)
+    if m is None:
+        raise SystemExit(f"README has no {BEGIN} ... {END} block")
+    return m.group(1).rstrip("\n")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write-readme", action="store_true", help="replace README's table with the generated one")
+    args = ap.parse_args(argv)
+    table = render(matrix())
+    if args.write_readme:
+        text = README.read_text()
+        readme_table(text)
+        new = _BLOCK.sub(lambda _: f"{BEGIN}\n{table}\n{END}", text)
+        tmp = README.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(README)
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

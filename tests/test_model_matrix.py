@@ -1,0 +1,57 @@
+"""The model-family matrix (benchmarks/model_matrix.py): twelve timm ViT families x six methods, and README's
+"Supported models" table is exactly what the matrix generates."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import model_matrix as mm  # noqa: E402
+
+sys.path.remove(str(BENCH))
+
+NO_CLASS_TOKEN = ("vit_medium_patch16_gap_256", "vit_little_patch16_reg4_gap_256", "vit_base_patch16_siglip_224",
+                  "vit_so400m_patch14_siglip_224")
+
+
+def readme_cells() -> dict[tuple[str, str], str]:
+    """README's table, cell by cell: ``(timm model, method) -> "ok" or the reason``."""
+    table = mm.readme_table(mm.README.read_text())
+    reasons = dict(re.findall(r"^(\d+)\. (.+)$", table, re.M))
+    cells = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| "):
+            continue
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        arch = re.search(r"`([^`]+)`", parts[0]).group(1)
+        for method, cell in zip(mm.METHODS, parts[1:]):
+            num = re.fullmatch(r"✗ \((\d+)\)", cell)
+            cells[arch, method] = "ok" if cell == "✓" else reasons[num.group(1)]
+    return cells
+
+
+def test_twelve_families_that_exist_in_timm():
+    import timm
+
+    assert len(mm.FAMILIES) == 12 and len(mm.METHODS) == 6
+    assert all(timm.is_model(f.arch) for f in mm.FAMILIES)
+
+
+@pytest.mark.parametrize("method", mm.METHODS)
+@pytest.mark.parametrize("family", mm.FAMILIES, ids=lambda f: f.arch)
+def test_cell(family, method):
+    """Apply, one forward, GMACs below dense, identity at the no-op setting -- or the one-line refusal README
+    shows (a crash that is not a vitprune refusal fails here)."""
+    got = mm.check(family, method)
+    assert got == readme_cells()[family.arch, method]
+    if family.arch in NO_CLASS_TOKEN:
+        assert got == "ok"
+    assert "\n" not in got
+
+
+def test_readme_table_is_the_generated_one():
+    assert mm.readme_table(mm.README.read_text()) == mm.render(mm.matrix())
