@@ -80,7 +80,8 @@ def test_bad_input_is_one_line_before_any_training(data, tmp_path, extra, messag
 def test_output_that_is_a_file_is_refused_and_left_alone(data, tmp_path):
     plain = tmp_path / "plainfile.txt"
     plain.write_text("mine\n")
-    one_line_error(cli(compress_args(data, plain), tmp_path), "--output")
+    # the flag as the user typed it (-o; --output when spelt out)
+    one_line_error(cli(compress_args(data, plain), tmp_path), "-o ")
     one_line_error(cli(compress_args(data, plain / "sub"), tmp_path), "plainfile.txt is a file")
     assert plain.read_text() == "mine\n"
 
