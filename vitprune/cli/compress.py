@@ -7,9 +7,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
+from ..train.recipe import recipe_help
 from ._options import method_options
 from .common import MethodOpt, as_flags, err, is_main_process, out, print_json
 
+_HELP = recipe_help()
 _TRAIN = "Training"
 _RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
 _AUG = "Augmentation"
@@ -85,6 +87,8 @@ class Reporter:
                 parts.append(f"{e['img_per_s']:.0f} img/s")
             parts.append(f"{e['seconds']:.1f} s")
             self._line("  ".join(parts))
+        elif kind == "best":
+            self._line(f"· best so far: epoch {e['epoch']} (val top-1 {e['val_top1']:.2f} %)")
         elif kind == "stopped":
             self.close()
 
@@ -168,7 +172,11 @@ def compress(
         = None,
     min_lr: Annotated[Optional[float], typer.Option(help="cosine schedule floor.", rich_help_panel=_RECIPE)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(
-        help="AdamW weight decay (never on biases, norms, 1-D params).", rich_help_panel=_RECIPE)] = None,
+        help=_HELP["weight_decay"] + ".", rich_help_panel=_RECIPE)] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help=_HELP["optimizer"] + "; default adamw.", rich_help_panel=_RECIPE)] = None,
+    layer_decay: Annotated[Optional[float], typer.Option(
+        help=_HELP["layer_decay"] + ".", rich_help_panel=_RECIPE)] = None,
     kd_weight: Annotated[Optional[float], typer.Option(
         help="weight of the soft distillation (KL on logits) from the teacher.", rich_help_panel=_RECIPE)] = None,
     kd_temperature: Annotated[Optional[float], typer.Option(
@@ -215,6 +223,12 @@ def compress(
         min=0, help="validate every N epochs during training (0: only at the end).", rich_help_panel=_RUN)] = 1,
     keep_checkpoints: Annotated[bool, typer.Option(
         help="keep checkpoints/ after a finished run.", rich_help_panel=_RUN)] = False,
+    keep_best: Annotated[bool, typer.Option(
+        "--keep-best", help="save the epoch with the best val top-1 (kept in checkpoints/best.pt while training), not "
+        "the last; report.json records best_epoch.", rich_help_panel=_RUN)] = False,
+    logger: Annotated[Optional[list[str]], typer.Option(
+        "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv "
+        "(summary.csv), wandb (if installed); repeatable or a comma list.", rich_help_panel=_RUN)] = None,
     no_speed: Annotated[bool, typer.Option(
         "--no-speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,
     profile_batch_size: Annotated[Optional[int], typer.Option(
@@ -252,7 +266,8 @@ def compress(
         recipe: dict[str, Any] = {k: v for k, v in {
             "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
             "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
-            "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "kd_weight": kd_weight,
+            "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "optimizer": optimizer,
+            "layer_decay": layer_decay, "kd_weight": kd_weight,
             "kd_temperature": kd_temperature, "cls_weight": cls_weight, "label_smoothing": label_smoothing,
             "train_mode_eval": train_mode_eval, "drop_path": drop_path, "clip_grad": clip_grad,
         }.items() if v is not None}
@@ -273,7 +288,7 @@ def compress(
             eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
             push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-            **method_options)
+            keep_best=keep_best, loggers=logger or (), **method_options)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():
