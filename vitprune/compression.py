@@ -46,7 +46,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -131,6 +131,9 @@ class CompressConfig:
     streaming: bool = False
     keep_best: bool = False
     loggers: tuple[str, ...] = ()
+    #: where the recipe keys the caller set came from when not from the caller itself ({key: "config file"});
+    #: recorded in the recipe's sources instead of "user"
+    sources: dict[str, str] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -471,6 +474,20 @@ class CompressJob:
                                       total_steps=s.summary.total_steps, checkpoint=s.checkpoint,
                                       seconds=time.perf_counter() - self.t_start)
 
+    def plan(self) -> dict[str, Any]:
+        """What ``run()`` would train, without training: the model, the method and its options, the data, the output
+        folder, the device and precision, and the recipe with each key's source (trainer, method, data, demo, user,
+        config file), as ``resolve`` -> ``prepare_data`` -> ``plan_heads`` -> ``make_recipes`` find them."""
+        self.cfg.check()
+        check_export(self.cfg.export)
+        with self:
+            target = self.resolve()
+            splits = self.prepare_data()
+            recipes = self.make_recipes(target, splits, self.plan_heads(target, splits))
+        return {"model": self.cfg.model, "method": self.method, "options": target.probe.options_dict(),
+                "data": self.cfg.data, "output": str(self.out), "device": str(self.dev), "precision": self.prec,
+                "recipe": recipes.student.to_dict(), "sources": recipes.sources}
+
     def _stages(self) -> CompressResult:
         from .train.ddp import barrier
 
@@ -612,6 +629,7 @@ class CompressJob:
         kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
                   augment_default=splits.augment_default)
         rec, sources = build_recipe(target.probe.default_recipe(), user, method=self.method, **kw)
+        sources.update({k: v for k, v in cfg.sources.items() if sources.get(k) == "user"})
         check_augment(target.dense, rec.augment)
         n_train = len(splits.train[1])
         if n_train // (cfg.batch_size * self.dist.world_size) // cfg.accum_steps < 1:
@@ -916,8 +934,10 @@ def compress(
     streaming: bool = False,
     keep_best: bool = False,
     loggers: Any = (),
+    sources: Optional[dict[str, str]] = None,
+    dry_run: bool = False,
     **method_options: Any,
-) -> CompressResult:
+) -> Union[CompressResult, dict[str, Any]]:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
 
     Builds a ``CompressConfig`` from these arguments and runs a ``CompressJob`` (see the module doc).
@@ -945,8 +965,9 @@ def compress(
         overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
         keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
         command=command, push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-        keep_best=keep_best, loggers=loggers, method_options=dict(method_options))
-    return CompressJob(config, progress).run()
+        keep_best=keep_best, loggers=loggers, sources=dict(sources or {}), method_options=dict(method_options))
+    job = CompressJob(config, progress)
+    return job.plan() if dry_run else job.run()
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -1,6 +1,7 @@
 """`vitprune compress`: parse the flags, call ``vitprune.compress``, render progress and the final table."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Annotated, Any, Optional
 
@@ -120,8 +121,26 @@ def _hms(seconds: float) -> str:
 # ------------------------------------------------------------------------------------------ compress
 
 
+def _load_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+    """``--config`` (eager: before the other flags): the file's values become the command's defaults."""
+    if value is not None:
+        from .recipe_file import config_defaults
+
+        ctx.default_map = {**(ctx.default_map or {}), **config_defaults(ctx.command, value)}
+    return value
+
+
+#: the command's settings that --print-config shows besides the plan (the rest only steer this invocation)
+_SHOWN = ("teacher", "teacher_epochs", "new_head", "val_split", "streaming", "batch_size", "accum_steps", "workers",
+          "seed", "save_every", "max_steps", "eval_every", "keep_checkpoints", "keep_best", "logger", "no_speed",
+          "profile_batch_size", "push_to", "private", "export")
+#: the command's augmentation flags: recorded as the recipe key ``augment``
+_AUG_FLAGS = ("no_augment", "hflip", "scale", "ratio", "color_jitter", "auto_augment", "re_prob")
+
+
 @method_options()
 def compress(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(
         help="timm model name, hf-hub:org/repo, a local folder, or 'demo' (the bundled teacher).")] = "demo",
     method: MethodOpt = None,
@@ -224,7 +243,7 @@ def compress(
     keep_checkpoints: Annotated[bool, typer.Option(
         help="keep checkpoints/ after a finished run.", rich_help_panel=_RUN)] = False,
     keep_best: Annotated[bool, typer.Option(
-        "--keep-best", help="save the epoch with the best val top-1 (kept in checkpoints/best.pt while training), not "
+        "--keep-best/--no-keep-best", help="save the epoch with the best val top-1 (kept in checkpoints/best.pt while training), not "
         "the last; report.json records best_epoch.", rich_help_panel=_RUN)] = False,
     logger: Annotated[Optional[list[str]], typer.Option(
         "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv "
@@ -245,6 +264,13 @@ def compress(
     export: Annotated[Optional[str], typer.Option(
         "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
         rich_help_panel=_RUN)] = None,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "-c", is_eager=True, callback=_load_config, rich_help_panel=_RUN,
+        help="read settings from a YAML recipe file (keys: these long option names with underscores, e.g. "
+        "keep_rate: 0.7); flags given here win over it.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="print the settings that would run (recipe resolved) as YAML and exit.",
+        rich_help_panel=_RUN)] = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
@@ -280,6 +306,25 @@ def compress(
             if v is not None}
         if aug and not no_augment:
             recipe["augment"] = aug
+        sources = {}
+        if config is not None:
+            from .recipe_file import from_file
+
+            filed = from_file(ctx)
+            sources = {("augment" if k in _AUG_FLAGS else k): "config file" for k in filed}
+        if print_config:
+            from .recipe_file import settings_yaml
+
+            plan = run_compress(
+                model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
+                accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
+                val_split=val_split, recipe=recipe, augment=not no_augment, new_head=new_head, export=export,
+                streaming=streaming, keep_best=keep_best, loggers=logger or (), eval_every=eval_every,
+                sources=sources, dry_run=True, **method_options)
+            shown = {k: v for k, v in locals().items() if k in _SHOWN}
+            shown["logger"] = list(logger or [])
+            sys.stdout.write(settings_yaml(plan, shown))
+            return
         result = run_compress(
             model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
             accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
@@ -288,7 +333,7 @@ def compress(
             eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
             push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-            keep_best=keep_best, loggers=logger or (), **method_options)
+            keep_best=keep_best, loggers=logger or (), sources=sources, **method_options)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():

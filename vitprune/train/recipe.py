@@ -8,7 +8,8 @@ in the method, which a silent fallback to the trainer default would hide).
 
 Precedence (later wins): the trainer's defaults (``Recipe()``) < ``method.default_recipe()`` < demo preset (only
 for ``data="demo"``, only keys the user did not set) < the user's values. The recipe used, with where each key came
-from (``trainer``, ``method``, ``data``, ``demo``, ``user``), is written into the output's ``config.json``
+from (``trainer``, ``method``, ``data``, ``demo``, ``user``; ``config file`` for the user's keys that a recipe
+file set, see ``vitprune compress --config``), is written into the output's ``config.json``
 (``vitprune.recipe``) and ``report.json`` (``recipe`` and ``recipe_sources``).
 
 The demo preset: the papers' schedules (30 epochs on ImageNet, lr per 512-1024 images) would take hours on 2 CPU
