@@ -39,12 +39,17 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
 
 
-def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+def _events(folder: Path):
+    """TensorBoard's own reader over the event files in ``folder``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(folder))
     acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+    return acc
+
+
+def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in _events(folder).Scalars(tag)]
 
 
 def _check_keep_best(out: Path, log: list[dict]) -> None:
@@ -71,7 +76,7 @@ def test_tensorboard_csv_and_keep_best(setup):
     top1 = _tb_scalars(out / "logs", "val/top1")
     assert top1 == [(line["epoch"], pytest.approx(line["val_top1"], rel=1e-6)) for line in log]
     assert [s for s, _ in _tb_scalars(out / "logs", "train/loss")] == [1, 2, 3]
-    assert {"train/kd", "train/cls", "train/lr", "train/img_per_s"} <= set(_tags(out / "logs"))
+    assert {"train/kd", "train/cls", "train/lr", "train/img_per_s"} <= set(_events(out / "logs").Tags()["scalars"])
     with open(out / "logs" / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -80,14 +85,6 @@ def test_tensorboard_csv_and_keep_best(setup):
         assert float(r["val_top1"]) == pytest.approx(line["val_top1"]) and float(r["lr"]) == line["lr"]
         assert float(r["train_loss"]) == pytest.approx(line["loss"])
     _check_keep_best(out, log)
-
-
-def _tags(folder: Path) -> list[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder))
-    acc.Reload()
-    return acc.Tags()["scalars"]
 
 
 def test_keep_best_and_logs_survive_resume(setup):

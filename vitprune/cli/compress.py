@@ -312,28 +312,23 @@ def compress(
 
             filed = from_file(ctx)
             sources = {("augment" if k in _AUG_FLAGS else k): "config file" for k in filed}
+        settings = dict(
+            teacher=teacher, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, workers=workers, seed=seed,
+            device=device, precision=precision, val_split=val_split, recipe=recipe, augment=not no_augment,
+            teacher_epochs=teacher_epochs, resume=resume, overwrite=overwrite, save_every=save_every,
+            max_steps=max_steps, eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
+            profile_batch_size=profile_batch_size, command=_command_line(), push_to=push_to, private=private,
+            new_head=new_head, export=export, streaming=streaming, keep_best=keep_best, loggers=logger or (),
+            sources=sources, **method_options)
         if print_config:
             from .recipe_file import settings_yaml
 
-            plan = run_compress(
-                model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
-                accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
-                val_split=val_split, recipe=recipe, augment=not no_augment, new_head=new_head, export=export,
-                streaming=streaming, keep_best=keep_best, loggers=logger or (), eval_every=eval_every,
-                sources=sources, dry_run=True, **method_options)
+            plan = run_compress(model, method, data, output, dry_run=True, **settings)
             shown = {k: v for k, v in locals().items() if k in _SHOWN}
             shown["logger"] = list(logger or [])
             sys.stdout.write(settings_yaml(plan, shown))
             return
-        result = run_compress(
-            model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
-            accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
-            val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
-            resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
-            eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
-            profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-            push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-            keep_best=keep_best, loggers=logger or (), sources=sources, **method_options)
+        result = run_compress(model, method, data, output, progress=reporter, **settings)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():
