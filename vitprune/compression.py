@@ -46,7 +46,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -61,6 +61,10 @@ DEFAULT_BATCH_SIZE = 64
 CHECKPOINT_DIR = "checkpoints"
 TEACHER_DIR = "teacher"
 LOG_NAME = "train_log.jsonl"
+#: experiment logs (``loggers``: TensorBoard event files, summary.csv, wandb's folder)
+LOGS_DIR = "logs"
+#: the weights of the epoch with the best val top-1 (``keep_best``), in the checkpoint folder
+BEST_NAME = "best.pt"
 REPORT_NAME = "report.json"
 #: training images the post-training calibration looks at (eval transform; the val split stays untouched)
 CALIBRATION_IMAGES = 256
@@ -125,6 +129,11 @@ class CompressConfig:
     new_head: bool = False
     export: Optional[str] = None
     streaming: bool = False
+    keep_best: bool = False
+    loggers: tuple[str, ...] = ()
+    #: where the recipe keys the caller set came from when not from the caller itself ({key: "config file"});
+    #: recorded in the recipe's sources instead of "user"
+    sources: dict[str, str] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -139,6 +148,12 @@ class CompressConfig:
                 raise MethodOptionError(f"`{name}` must be an integer >= 1, got {v!r}.")
         if self.epochs is not None and (not isinstance(self.epochs, (int, float)) or self.epochs < 0):
             raise MethodOptionError(f"`epochs` must be >= 0, got {self.epochs!r}.")
+        if self.keep_best and not self.eval_every:
+            raise MethodOptionError("`keep_best` picks the epoch with the best val top-1: it needs validation during "
+                                    "training (`eval_every` 1 or more).")
+        from .train.loggers import check_loggers
+
+        self.loggers = check_loggers(self.loggers)
 
     def user_recipe(self) -> dict[str, Any]:
         """The recipe keys the caller set (``recipe``, plus ``epochs`` and ``augment=False``)."""
@@ -382,6 +397,7 @@ class Trained:
     teacher: nn.Module
     summary: Any
     recipe: dict[str, Any]
+    best: Optional[dict[str, Any]] = None  # keep_best: the epoch whose weights the student holds, its val top-1
 
 
 class _Stopped(Exception):
@@ -457,6 +473,20 @@ class CompressJob:
                 return CompressResult(self.out, False, self.method, recipe=s.recipe, steps=s.summary.steps,
                                       total_steps=s.summary.total_steps, checkpoint=s.checkpoint,
                                       seconds=time.perf_counter() - self.t_start)
+
+    def plan(self) -> dict[str, Any]:
+        """What ``run()`` would train, without training: the model, the method and its options, the data, the output
+        folder, the device and precision, and the recipe with each key's source (trainer, method, data, demo, user,
+        config file), as ``resolve`` -> ``prepare_data`` -> ``plan_heads`` -> ``make_recipes`` find them."""
+        self.cfg.check()
+        check_export(self.cfg.export)
+        with self:
+            target = self.resolve()
+            splits = self.prepare_data()
+            recipes = self.make_recipes(target, splits, self.plan_heads(target, splits))
+        return {"model": self.cfg.model, "method": self.method, "options": target.probe.options_dict(),
+                "data": self.cfg.data, "output": str(self.out), "device": str(self.dev), "precision": self.prec,
+                "recipe": recipes.student.to_dict(), "sources": recipes.sources}
 
     def _stages(self) -> CompressResult:
         from .train.ddp import barrier
@@ -599,6 +629,7 @@ class CompressJob:
         kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
                   augment_default=splits.augment_default)
         rec, sources = build_recipe(target.probe.default_recipe(), user, method=self.method, **kw)
+        sources.update({k: v for k, v in cfg.sources.items() if sources.get(k) == "user"})
         check_augment(target.dense, rec.augment)
         n_train = len(splits.train[1])
         if n_train // (cfg.batch_size * self.dist.world_size) // cfg.accum_steps < 1:
@@ -693,6 +724,13 @@ class CompressJob:
         self.emit("stage", name="distill", message=f"distilling {student.vitprune_method.describe()} from the dense "
                                                    "teacher")
         settings = self.run_settings("distill", self.ck_path, {"recipe": recipes.student.to_dict()}, log=True)
+        if cfg.loggers:
+            from .report.redact import public_spec
+            from .train.loggers import Loggers
+
+            settings.loggers = Loggers(cfg.loggers, self.out / LOGS_DIR, run_name=self.out.name, config={
+                **record, "model": public_spec(cfg.model), "method": self.method,
+                "options": student.vitprune_method.options_dict(), "data": public_spec(cfg.data)})
         trainer = Trainer(student, teacher_net, train_set, recipes.student, settings, self.dist, val_set=val_set,
                           progress=self.progress)
         record["peak_lr"] = trainer.lr
@@ -700,7 +738,10 @@ class CompressJob:
         record["param_groups"] = trainer.group_info
         if not summary.finished:
             raise _Stopped(summary, self.ck_path, record)
-        return Trained(student, teacher_net, summary, record)
+        best = trainer.load_best()
+        if best is not None:
+            self.emit("info", message=f"keeping the best epoch {best['epoch']} (val top-1 {best['val_top1']:.2f} %)")
+        return Trained(student, teacher_net, summary, record, best)
 
     def make_student(self, target: Target, heads: Heads, teacher: nn.Module) -> nn.Module:
         """The model to distil, its method's new modules initialised from ``seed``."""
@@ -759,6 +800,8 @@ class CompressJob:
         report["seconds_total"] = round(time.perf_counter() - self.t_start, 2)
         if calibration is not None:
             report["calibration"] = calibration
+        if trained.best is not None:
+            report["best_epoch"], report["best_val_top1"] = trained.best["epoch"], trained.best["val_top1"]
         if cfg.command:
             report["command"] = public_command(cfg.command)
         report = scrub(report, (cfg.data, str(self.out), cfg.model, cfg.teacher))
@@ -818,6 +861,7 @@ class CompressJob:
                 "val_split": cfg.val_split, "teacher": cfg.teacher, "batch_size": cfg.batch_size,
                 "accum_steps": cfg.accum_steps, "world_size": self.dist.world_size, "seed": cfg.seed,
                 "precision": self.prec, **({"new_head": True} if cfg.new_head else {}),
+                **({"keep_best": True} if cfg.keep_best else {}),  # its best.pt must cover every epoch
                 **({"streamed": True, "workers": cfg.workers} if self.streamed else {})}
         return json.loads(json.dumps({**base, **extra}, default=str))
 
@@ -829,7 +873,8 @@ class CompressJob:
             device=self.dev, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, workers=cfg.workers,
             seed=cfg.seed, precision=self.prec, checkpoint=path, save_every=cfg.save_every,
             max_steps=cfg.max_steps, resume=cfg.resume and self.found[path], eval_every=cfg.eval_every,
-            stage=stage, log_file=(self.out / LOG_NAME) if log else None, fingerprint=self.fingerprint(fp_extra))
+            stage=stage, log_file=(self.out / LOG_NAME) if log else None, fingerprint=self.fingerprint(fp_extra),
+            best_checkpoint=self.ck_dir / BEST_NAME if log and cfg.keep_best else None)
 
     def datasets(self, splits: Any, model: nn.Module, augment: Optional[dict[str, Any]],
                  target_map: Optional[list[int]]) -> tuple[Any, Any]:
@@ -887,8 +932,12 @@ def compress(
     new_head: bool = False,
     export: Optional[str] = None,
     streaming: bool = False,
+    keep_best: bool = False,
+    loggers: Any = (),
+    sources: Optional[dict[str, str]] = None,
+    dry_run: bool = False,
     **method_options: Any,
-) -> CompressResult:
+) -> Union[CompressResult, dict[str, Any]]:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
 
     Builds a ``CompressConfig`` from these arguments and runs a ``CompressJob`` (see the module doc).
@@ -916,8 +965,9 @@ def compress(
         overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
         keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
         command=command, push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-        method_options=dict(method_options))
-    return CompressJob(config, progress).run()
+        keep_best=keep_best, loggers=loggers, sources=dict(sources or {}), method_options=dict(method_options))
+    job = CompressJob(config, progress)
+    return job.plan() if dry_run else job.run()
 
 
 # ---------------------------------------------------------------------------------------------- report

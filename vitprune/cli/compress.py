@@ -1,15 +1,18 @@
 """`vitprune compress`: parse the flags, call ``vitprune.compress``, render progress and the final table."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 
+from ..train.recipe import recipe_help
 from ._options import method_options
 from .common import MethodOpt, as_flags, err, is_main_process, out, print_json
 
+_HELP = recipe_help()
 _TRAIN = "Training"
 _RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
 _AUG = "Augmentation"
@@ -85,6 +88,8 @@ class Reporter:
                 parts.append(f"{e['img_per_s']:.0f} img/s")
             parts.append(f"{e['seconds']:.1f} s")
             self._line("  ".join(parts))
+        elif kind == "best":
+            self._line(f"· best so far: epoch {e['epoch']} (val top-1 {e['val_top1']:.2f} %)")
         elif kind == "stopped":
             self.close()
 
@@ -116,8 +121,26 @@ def _hms(seconds: float) -> str:
 # ------------------------------------------------------------------------------------------ compress
 
 
+def _load_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+    """``--config`` (eager: before the other flags): the file's values become the command's defaults."""
+    if value is not None:
+        from .recipe_file import config_defaults
+
+        ctx.default_map = {**(ctx.default_map or {}), **config_defaults(ctx.command, value)}
+    return value
+
+
+#: the command's settings that --print-config shows besides the plan (the rest only steer this invocation)
+_SHOWN = ("teacher", "teacher_epochs", "new_head", "val_split", "streaming", "batch_size", "accum_steps", "workers",
+          "seed", "save_every", "max_steps", "eval_every", "keep_checkpoints", "keep_best", "logger", "no_speed",
+          "profile_batch_size", "push_to", "private", "export")
+#: the command's augmentation flags: recorded as the recipe key ``augment``
+_AUG_FLAGS = ("no_augment", "hflip", "scale", "ratio", "color_jitter", "auto_augment", "re_prob")
+
+
 @method_options()
 def compress(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(
         help="timm model name, hf-hub:org/repo, a local folder, or 'demo' (the bundled teacher).")] = "demo",
     method: MethodOpt = None,
@@ -168,7 +191,11 @@ def compress(
         = None,
     min_lr: Annotated[Optional[float], typer.Option(help="cosine schedule floor.", rich_help_panel=_RECIPE)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(
-        help="AdamW weight decay (never on biases, norms, 1-D params).", rich_help_panel=_RECIPE)] = None,
+        help=_HELP["weight_decay"] + ".", rich_help_panel=_RECIPE)] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help=_HELP["optimizer"] + "; default adamw.", rich_help_panel=_RECIPE)] = None,
+    layer_decay: Annotated[Optional[float], typer.Option(
+        help=_HELP["layer_decay"] + ".", rich_help_panel=_RECIPE)] = None,
     kd_weight: Annotated[Optional[float], typer.Option(
         help="weight of the soft distillation (KL on logits) from the teacher.", rich_help_panel=_RECIPE)] = None,
     kd_temperature: Annotated[Optional[float], typer.Option(
@@ -215,6 +242,12 @@ def compress(
         min=0, help="validate every N epochs during training (0: only at the end).", rich_help_panel=_RUN)] = 1,
     keep_checkpoints: Annotated[bool, typer.Option(
         help="keep checkpoints/ after a finished run.", rich_help_panel=_RUN)] = False,
+    keep_best: Annotated[bool, typer.Option(
+        "--keep-best/--no-keep-best", help="save the epoch with the best val top-1 (kept in checkpoints/best.pt while training), not "
+        "the last; report.json records best_epoch.", rich_help_panel=_RUN)] = False,
+    logger: Annotated[Optional[list[str]], typer.Option(
+        "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv "
+        "(summary.csv), wandb (if installed); repeatable or a comma list.", rich_help_panel=_RUN)] = None,
     no_speed: Annotated[bool, typer.Option(
         "--no-speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,
     profile_batch_size: Annotated[Optional[int], typer.Option(
@@ -231,6 +264,13 @@ def compress(
     export: Annotated[Optional[str], typer.Option(
         "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
         rich_help_panel=_RUN)] = None,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "-c", is_eager=True, callback=_load_config, rich_help_panel=_RUN,
+        help="read settings from a YAML recipe file (keys: these long option names with underscores, e.g. "
+        "keep_rate: 0.7); flags given here win over it.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="print the settings that would run (recipe resolved) as YAML and exit.",
+        rich_help_panel=_RUN)] = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
@@ -252,7 +292,8 @@ def compress(
         recipe: dict[str, Any] = {k: v for k, v in {
             "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
             "freeze_backbone_epochs": freeze_backbone_epochs, "warmup_epochs": warmup_epochs,
-            "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "kd_weight": kd_weight,
+            "warmup_lr": warmup_lr, "min_lr": min_lr, "weight_decay": weight_decay, "optimizer": optimizer,
+            "layer_decay": layer_decay, "kd_weight": kd_weight,
             "kd_temperature": kd_temperature, "cls_weight": cls_weight, "label_smoothing": label_smoothing,
             "train_mode_eval": train_mode_eval, "drop_path": drop_path, "clip_grad": clip_grad,
         }.items() if v is not None}
@@ -265,15 +306,29 @@ def compress(
             if v is not None}
         if aug and not no_augment:
             recipe["augment"] = aug
-        result = run_compress(
-            model, method, data, output, teacher=teacher, epochs=epochs, batch_size=batch_size,
-            accum_steps=accum_steps, workers=workers, seed=seed, device=device, precision=precision,
-            val_split=val_split, recipe=recipe, augment=not no_augment, teacher_epochs=teacher_epochs,
-            resume=resume, overwrite=overwrite, save_every=save_every, max_steps=max_steps,
-            eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
-            profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
-            push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-            **method_options)
+        sources = {}
+        if config is not None:
+            from .recipe_file import from_file
+
+            filed = from_file(ctx)
+            sources = {("augment" if k in _AUG_FLAGS else k): "config file" for k in filed}
+        settings = dict(
+            teacher=teacher, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, workers=workers, seed=seed,
+            device=device, precision=precision, val_split=val_split, recipe=recipe, augment=not no_augment,
+            teacher_epochs=teacher_epochs, resume=resume, overwrite=overwrite, save_every=save_every,
+            max_steps=max_steps, eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
+            profile_batch_size=profile_batch_size, command=_command_line(), push_to=push_to, private=private,
+            new_head=new_head, export=export, streaming=streaming, keep_best=keep_best, loggers=logger or (),
+            sources=sources, **method_options)
+        if print_config:
+            from .recipe_file import settings_yaml
+
+            plan = run_compress(model, method, data, output, dry_run=True, **settings)
+            shown = {k: v for k, v in locals().items() if k in _SHOWN}
+            shown["logger"] = list(logger or [])
+            sys.stdout.write(settings_yaml(plan, shown))
+            return
+        result = run_compress(model, method, data, output, progress=reporter, **settings)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():

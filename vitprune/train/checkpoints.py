@@ -43,6 +43,31 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
+def save_best(path: Path, payload: dict[str, Any]) -> None:
+    """The best epoch's weights (``keep_best``): ``epoch``, ``val_top1``, ``step``, ``model``, ``method_state``."""
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, "kind": "best", **payload}, f))
+
+
+def load_best(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """The best-epoch file at ``path``, read as data only, refused unless it holds the ``expected`` epoch (the
+    run's log and the file must agree)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitpruneError(f"`keep_best`: {path} is missing (epoch {expected['epoch']} was the best); run again "
+                            "with `overwrite`.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise VitpruneError(f"{path} is not a readable vitprune checkpoint ({type(e).__name__}); run again with "
+                            "`overwrite`.") from None
+    if not isinstance(c, dict) or c.get("kind") != "best" or "model" not in c or c.get("epoch") != expected["epoch"]:
+        raise VitpruneError(f"{path} does not hold the best epoch {expected['epoch']} of this run; run again with "
+                            "`overwrite`.")
+    return c
+
+
 def remove_stale_temp(folder: Path) -> list[str]:
     """Delete the temporary files that killed checkpoint writes left in ``folder`` (only names of the form
     ``.NAME.pt.tmp-XXXXXXXX``, regular files, in that folder itself); returns their names."""

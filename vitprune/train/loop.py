@@ -87,6 +87,8 @@ class RunSettings:
     resume: bool = False
     eval_every: int = 1  # epochs between validation passes (0: none during training)
     log_file: Optional[Path] = None  # JSONL, one line per epoch (rewritten whole, atomically)
+    best_checkpoint: Optional[Path] = None  # keep the weights of the best val top-1 here (``keep_best``)
+    loggers: Any = None  # experiment loggers (``train.loggers.Loggers``), process 0 only
     stage: str = "distill"
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -112,11 +114,28 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """AdamW groups: (new module | backbone) x (decay | no decay); ``frozen`` names get ``requires_grad=False``.
+def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Each parameter's layer-wise lr scale, as timm's ``param_groups_layer_decay`` (BEiT) gives it: the model's
+    ``group_matcher(coarse=False)`` numbers its layers 0..L (patch embedding and tokens 0, block i at i + 1, the
+    final norm and head L), and layer ``l`` trains at ``layer_decay ** (L - l)``; parameters the matcher does not
+    name (a method's new modules) count as the top layer (scale 1)."""
+    from timm.models import group_parameters
 
-    New modules (``new_prefixes``) train at lr x 1, the backbone at lr x ``backbone_lr_scale``; biases, norm
-    weights, other 1-D parameters and the model's ``no_weight_decay()`` names get no weight decay.
+    if not hasattr(model, "group_matcher"):
+        raise VitpruneError(f"`layer_decay` needs a model with timm's group_matcher(); {type(model).__name__} has "
+                            "none.")
+    layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    top = max(layer_map.values())
+    return {name: float(layer_decay) ** (top - layer_map.get(name, top)) for name, _ in model.named_parameters()}
+
+
+def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Optimizer groups: (new module | backbone) x (decay | no decay) [x layer with ``layer_decay``]; ``frozen``
+    names get ``requires_grad=False``.
+
+    New modules (``new_prefixes``) train at lr x 1, the backbone at lr x ``backbone_lr_scale`` (times its layer's
+    scale with ``layer_decay``: ``layer_scales``); biases, norm weights, other 1-D parameters and the model's
+    ``no_weight_decay()`` names get no weight decay.
     """
     frozen = list(recipe.frozen or [])
     unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
@@ -124,7 +143,8 @@ def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]
         raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
                             "pos_embed, patch_embed, blocks.0).")
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    layer = layer_scales(model, recipe.layer_decay) if recipe.layer_decay is not None else {}
+    groups: dict[tuple[bool, bool, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if _matches(name, frozen):
             p.requires_grad_(False)
@@ -133,9 +153,10 @@ def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]
             continue
         new = _matches(name, list(new_prefixes))
         no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip or _matches(name, list(skip))
-        g = groups.setdefault((new, no_decay), {
+        depth = 1.0 if new else layer.get(name, 1.0)
+        g = groups.setdefault((new, no_decay, -depth), {
             "params": [], "names": [], "backbone": not new,
-            "lr_scale": 1.0 if new else float(recipe.backbone_lr_scale),
+            "lr_scale": (1.0 if new else float(recipe.backbone_lr_scale)) * depth,
             "weight_decay": 0.0 if no_decay else float(recipe.weight_decay),
         })
         g["params"].append(p)
@@ -143,6 +164,20 @@ def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]
     if not groups:
         raise VitpruneError("nothing to train: every parameter is frozen.")
     return [groups[k] for k in sorted(groups)]
+
+
+def make_optimizer(groups: list[dict[str, Any]], recipe: Recipe, lr: float, device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """The recipe's optimizer from timm's factory (``timm.optim.create_optimizer_v2``) over ``groups``, each of
+    which carries its own lr and weight decay."""
+    from timm.optim import create_optimizer_v2
+
+    foreach = {"foreach": True} if device.type == "cuda" else {}
+    try:
+        return create_optimizer_v2(groups, opt=str(recipe.optimizer), lr=lr, **foreach)
+    except (ValueError, TypeError, ImportError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise VitpruneError(f"timm cannot build `optimizer` {recipe.optimizer!r} ({why}).") from None
 
 
 def lr_lambda(group: dict[str, Any], recipe: Recipe, base_lr: float, steps_per_epoch: int,
@@ -189,6 +224,16 @@ def set_train_mode(model: nn.Module, train_mode_eval: bool) -> None:
         for m in model.modules():
             if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, DropPath, Attention)):
                 m.eval()
+
+
+def best_epoch(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The first epoch of ``history`` with the highest val top-1, as ``{"epoch", "val_top1"}`` (None: none
+    validated)."""
+    best = None
+    for line in history:
+        if "val_top1" in line and (best is None or line["val_top1"] > best["val_top1"]):
+            best = {"epoch": int(line["epoch"]), "val_top1": float(line["val_top1"])}
+    return best
 
 
 # ------------------------------------------------------------------------------------------ data order
@@ -248,6 +293,7 @@ class Trainer:
         self.new_prefixes = tuple(self.method.new_module_prefixes if self.method else ()) + tuple(new_prefixes)
         self._stop_signal: Optional[int] = None  # set by a SIGINT/SIGTERM handler
         self._saved_step: Optional[int] = None  # the step of the last checkpoint written or resumed from
+        self.best: Optional[dict[str, Any]] = None  # the epoch with the best val top-1 so far (process 0)
 
         b, w, a = settings.batch_size, self.d.world_size, settings.accum_steps
         self.global_batch = b * w * a
@@ -274,8 +320,7 @@ class Trainer:
             g["lr"] = self.lr * g["lr_scale"]
         self.group_info = [{"names": len(g.pop("names")), "lr_scale": g["lr_scale"], "backbone": g["backbone"],
                             "weight_decay": g["weight_decay"]} for g in groups]
-        fused = {"foreach": True} if dev.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(groups, lr=self.lr, **fused)
+        self.optimizer = make_optimizer(groups, self.recipe, self.lr, dev)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
             lr_lambda(g, self.recipe, self.lr * g["lr_scale"], self.steps_per_epoch, self.total_steps)
             for g in self.optimizer.param_groups])
@@ -390,6 +435,28 @@ class Trainer:
         self._saved_step = state[0]
         return state
 
+    def _keep_best(self, history: list[dict[str, Any]], step: int) -> None:
+        """Process 0, after an epoch's validation: when its val top-1 beats every earlier epoch's (strictly, as
+        timm's CheckpointSaver), write the weights to ``best_checkpoint`` (atomically) and remember the epoch."""
+        if self.s.best_checkpoint is None or not self.d.main or best_epoch(history) == self.best:
+            return
+        self.best = best_epoch(history)
+        ck.save_best(self.s.best_checkpoint, {
+            **self.best, "step": step, "model": self.model.state_dict(),
+            "method_state": self.method.state_dict() if self.method is not None else {}})
+        self._event("best", **self.best, path=str(self.s.best_checkpoint))
+
+    def load_best(self) -> Optional[dict[str, Any]]:
+        """Process 0, after training with ``best_checkpoint``: put the best epoch's weights (and method state) back
+        into the model; returns that epoch and its val top-1 (None when no epoch was validated)."""
+        if self.s.best_checkpoint is None or not self.d.main or self.best is None:
+            return None
+        saved = ck.load_best(self.s.best_checkpoint, self.best)
+        self.model.load_state_dict(saved["model"])
+        if self.method is not None:
+            self.method.load_state_dict(dict(saved.get("method_state") or {}))
+        return dict(self.best)
+
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
@@ -462,8 +529,12 @@ class Trainer:
             ck.remove_stale_temp(self.s.checkpoint.parent)
         if self.s.resume:
             step, acc, history, skipped, elapsed = self._restore()
+            self.best = best_epoch(history)
             self._event("resumed", step=step, total_steps=self.total_steps)
+        loggers = self.s.loggers if self.d.main else None
         try:
+            if loggers is not None:
+                loggers.open(done_epochs=len(history))
             with self._catch_stop_signals():
                 step, elapsed = self._epochs(step, acc, history, skipped, elapsed)
             self._check_weights(step)
@@ -472,6 +543,9 @@ class Trainer:
                 f"out of GPU memory at `batch_size` {self.s.batch_size}; try `batch_size` "
                 f"{max(1, self.s.batch_size // 2)} with `accum_steps` {self.s.accum_steps * 2} (same effective batch)"
                 + (f"; the last checkpoint {self.s.checkpoint} is kept" if self.s.checkpoint else "") + ".") from None
+        finally:
+            if loggers is not None:
+                loggers.close()
         skipped_all = sorted(set(sum(gather_objects(self.d, skipped), [])))
         return TrainSummary(
             steps=step, total_steps=self.total_steps, epochs=self.epochs, seconds=elapsed,
@@ -540,6 +614,9 @@ class Trainer:
                     history.append(self._end_epoch(epoch, acc, len(skipped)))
                     acc.clear()
                     self._write_log(history)
+                    if self.s.loggers is not None and self.d.main:
+                        self.s.loggers.log(history)
+                    self._keep_best(history, step)
                 if stop or end_of_epoch or (self.s.save_every and step % self.s.save_every == 0) or (
                         self.s.max_steps is not None and step >= self.s.max_steps):
                     self._save(step, acc, history, skipped, elapsed)

@@ -8,7 +8,8 @@ in the method, which a silent fallback to the trainer default would hide).
 
 Precedence (later wins): the trainer's defaults (``Recipe()``) < ``method.default_recipe()`` < demo preset (only
 for ``data="demo"``, only keys the user did not set) < the user's values. The recipe used, with where each key came
-from (``trainer``, ``method``, ``data``, ``demo``, ``user``), is written into the output's ``config.json``
+from (``trainer``, ``method``, ``data``, ``demo``, ``user``; ``config file`` for the user's keys that a recipe
+file set, see ``vitprune compress --config``), is written into the output's ``config.json``
 (``vitprune.recipe``) and ``report.json`` (``recipe`` and ``recipe_sources``).
 
 The demo preset: the papers' schedules (30 epochs on ImageNet, lr per 512-1024 images) would take hours on 2 CPU
@@ -53,7 +54,11 @@ class Recipe:
     warmup_epochs: float = _key(1, "linear warm-up epochs from warmup_lr (per iteration), then cosine to min_lr")
     warmup_lr: float = _key(1e-6, "lr at the start of warm-up")
     min_lr: float = _key(1e-6, "floor of the cosine schedule")
-    weight_decay: float = _key(0.05, "AdamW weight decay (never on biases, norms, other 1-D parameters)")
+    weight_decay: float = _key(0.05, "weight decay (never on biases, norms, other 1-D parameters)")
+    optimizer: str = _key("adamw", "optimizer, by timm's name (timm.optim.create_optimizer_v2: adamw, lamb, sgd, "
+                          "adan, lion...; see timm.optim.list_optimizers())")
+    layer_decay: Optional[float] = _key(None, "layer-wise lr decay (timm's, as BEiT): block i of N trains at lr x "
+                                        "this^(N + 1 - i); None: off")
     kd_weight: float = _key(0.5, "weight of the soft distillation (KL on logits) from the teacher")
     kd_temperature: float = _key(1.0, "distillation temperature T (the KL is scaled by T**2, as DeiT)")
     cls_weight: float = _key(1.0, "weight of the label cross-entropy")
@@ -92,6 +97,10 @@ class Recipe:
             raise MethodOptionError(f"`frozen` must be a list of parameter names, got {self.frozen!r}.")
         if self.augment is not None:
             _check_augment(self.augment)
+        _check_optimizer(self.optimizer)
+        if self.layer_decay is not None and (isinstance(self.layer_decay, bool) or not isinstance(
+                self.layer_decay, (int, float)) or not 0 < self.layer_decay <= 1):
+            raise MethodOptionError(f"`layer_decay` must be a number in (0, 1] or None, got {self.layer_decay!r}.")
 
 
 #: keys that hold a number >= 0
@@ -102,6 +111,19 @@ _NUMBER_KEYS = ("lr", "backbone_lr_scale", "freeze_backbone_epochs", "warmup_epo
 def _check_number(name: str, v: Any, what: str = "a number >= 0") -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
         raise MethodOptionError(f"`{name}` must be {what}, got {v!r}.")
+
+
+def _check_optimizer(name: Any) -> None:
+    """An optimizer timm's factory knows (``create_optimizer_v2``'s names; a ``lookahead_`` prefix too)."""
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    base = name.lower().split("_")[-1] if isinstance(name, str) else None
+    if base not in known:
+        close = difflib.get_close_matches(str(name).lower(), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise MethodOptionError(f"`optimizer` {name!r} is not one of timm's optimizers{hint}; e.g. adamw, lamb, sgd, "
+                                "adan, lion (timm.optim.list_optimizers()).")
 
 
 def _check_augment(aug: Any) -> None:
