@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import MethodOpt, as_flags, err, is_main_process, out, print_json
+from .common import MethodOpt, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _TRAIN = "Training"
 _RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
@@ -231,6 +231,7 @@ def compress(
     export: Annotated[Optional[str], typer.Option(
         "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
         rich_help_panel=_RUN)] = None,
+    target_gmacs: TargetGmacsOpt = None,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
@@ -273,7 +274,7 @@ def compress(
             eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, progress=reporter, command=_command_line(),
             push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-            **method_options)
+            target_gmacs=target_gmacs, **method_options)
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():
