@@ -81,3 +81,22 @@ def test_cli_prints_the_chosen_setting_and_refuses_a_conflict(tmp_path):
                               "0.5", "--no-speed"])
     assert bad.exit_code == 2
     assert bad.output.strip().splitlines()[-1] == "Error: --target-gmacs chooses --keep-rate; give one of them, not both."
+
+
+@pytest.mark.slow
+def test_compress_records_the_budget_in_report_and_config(tmp_path):
+    import json
+
+    from vitprune import compress
+
+    out = tmp_path / "out"
+    res = compress("demo", "evit", "demo", str(out), epochs=0.02, speed=False, target_gmacs=0.6)
+    assert res.finished
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    for budget in (report["budget"], config["vitprune"]["metrics"]["budget"]):
+        assert budget["target_gmacs"] == 0.6 and budget["option"] == "keep_rate"
+        assert abs(budget["achieved"] - 0.6) <= TOLERANCE * 0.6
+    assert report["options"]["keep_rate"] == report["budget"]["value"]
+    # EViT's keep rate is static: the trained model measures what the budget counted
+    assert report["gmacs_ratio"] == pytest.approx(report["budget"]["achieved"], rel=1e-6)
