@@ -100,3 +100,15 @@ def test_compress_records_the_budget_in_report_and_config(tmp_path):
     assert report["options"]["keep_rate"] == report["budget"]["value"]
     # EViT's keep rate is static: the trained model measures what the budget counted
     assert report["gmacs_ratio"] == pytest.approx(report["budget"]["achieved"], rel=1e-6)
+
+
+def test_sweep_solves_one_point_per_target():
+    from vitprune import sweep
+
+    res = sweep(make_vit(depth=4), "evit", target_gmacs=[0.6, 0.8], speed=False, out=None)
+    assert res.option == "keep_rate" and [b["target_gmacs"] for b in res.budgets] == [0.6, 0.8]
+    for point, budget in zip(res.points, res.budgets):
+        assert point.value == budget["value"]
+        # the sweep's own count of each point is the ratio the solver reached
+        assert point.gmacs_ratio == pytest.approx(budget["achieved"], rel=1e-6)
+        assert abs(budget["achieved"] - budget["target_gmacs"]) <= TOLERANCE * budget["target_gmacs"]
