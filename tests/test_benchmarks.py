@@ -129,3 +129,19 @@ def test_data_loader_benchmark_smoke_runs_as_a_script(tmp_path):
     assert data["command"].startswith("python benchmarks/data.py --smoke")
     table = res.stdout
     assert "× timm" in table and all(f"  {k} " in table for k in loaders)
+
+
+@pytest.mark.slow
+def test_accuracy_smoke_compresses_at_the_target_gmacs(tmp_path):
+    out = tmp_path / "acc.json"
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    proc = subprocess.run([sys.executable, str(BENCH / "accuracy.py"), "--smoke", "--seeds", "0", "--json", str(out),
+                           "--out-dir", str(tmp_path / "runs")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["method"] == "evit" and row["budget"]["target_gmacs"] == 0.65
+    # the trained model's counted GMACs are the budget's (EViT's keep rate is static): within 1 % of 0.65x dense
+    assert row["gmacs"] / row["dense_gmacs"] == pytest.approx(0.65, rel=0.01)
+    assert row["options"]["keep_rate"] == row["budget"]["value"]
+    assert "| evit | keep_rate=" in proc.stdout and "(" in proc.stdout.split("| evit |")[1]

@@ -30,6 +30,7 @@ class ProfileReport:
     compiled: Optional[str] = None
     runtime: str = "torch"  # "torch" or "onnxruntime" (both models exported to ONNX and timed there)
     runtime_info: Optional[str] = None  # how the runtime was set up (version, provider, threads)
+    budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
 
     @property
     def speedup(self) -> Optional[float]:
@@ -64,11 +65,21 @@ class ProfileReport:
 def resolve_models(
     model: ModelLike, method: Optional[str], method_options: dict[str, Any], *, pretrained: bool = True,
 ) -> tuple[str, nn.Module, Optional[nn.Module]]:
-    """(name, dense, compressed-or-None) for MODEL and an optional method.
+    """(name, dense, compressed-or-None) for MODEL and an optional method (see :func:`resolve_budget`)."""
+    return resolve_budget(model, method, method_options, pretrained=pretrained)[:3]
+
+
+def resolve_budget(
+    model: ModelLike, method: Optional[str], method_options: dict[str, Any], *, pretrained: bool = True,
+    target_gmacs: Optional[float] = None,
+) -> tuple[str, nn.Module, Optional[nn.Module], Any]:
+    """(name, dense, compressed-or-None, budget solution-or-None) for MODEL and an optional method.
 
     A compressed model (a saved folder, or a patched module) comes back as the compressed one, with its dense
     backbone beside it; ``method_options`` without a method are then its run-time overrides (``set_runtime``: EViT's
     keep rate, SaiT's mode...), applied to a copy of a module passed in. On a dense model they need a method.
+    ``target_gmacs`` (a dense model with a method): the method's headline option is solved for that fraction of the
+    dense GMACs (:func:`vitprune.budget.solve_for_gmacs`), and the solution comes back fourth.
     """
     from .hub import load_model
     from .methods import apply_method, dense_copy, get_method
@@ -76,6 +87,9 @@ def resolve_models(
     name = model if isinstance(model, str) else type(model).__name__
     loaded = load_model(model, pretrained=pretrained) if isinstance(model, str) else model
     existing = get_method(loaded)
+    if target_gmacs is not None and (existing is not None or method is None):
+        raise MethodOptionError("`target_gmacs` solves a method's option on a dense model: give a dense model and "
+                                "`method`.")
     if existing is not None:
         if method is not None:
             raise MethodOptionError(f"{name} is already compressed with {existing.name}; give its dense base model "
@@ -84,13 +98,19 @@ def resolve_models(
         if method_options:
             compressed = copy.deepcopy(loaded) if loaded is model else loaded
             get_method(compressed).set_runtime(**method_options)
-        return name, dense_copy(loaded), compressed
+        return name, dense_copy(loaded), compressed, None
     if method_options and method is None:
         names = ", ".join(f"`{k}`" for k in method_options)
         raise MethodOptionError(f"{names} needs `method` (see `vitprune methods`), or a compressed model.")
     if method is None:
-        return name, loaded, None
-    return name, loaded, apply_method(copy.deepcopy(loaded), method, **method_options)
+        return name, loaded, None, None
+    solution = None
+    if target_gmacs is not None:
+        from .budget import solve_for_gmacs
+
+        solution = solve_for_gmacs(loaded, method, target_gmacs, **method_options)
+        method_options = solution.untrained_options
+    return name, loaded, apply_method(copy.deepcopy(loaded), method, **method_options), solution
 
 
 def profile(
@@ -108,6 +128,7 @@ def profile(
     on_step: Optional[Callable[[], None]] = None,
     runtime: str = "torch",
     onnx_files: Optional[dict[str, str | os.PathLike]] = None,
+    target_gmacs: Optional[float] = None,
     **method_options: Any,
 ) -> ProfileReport:
     """Parameters, GMACs, throughput and batch-1 latency of MODEL, and of MODEL with ``method`` beside it.
@@ -118,14 +139,17 @@ def profile(
     models compiled the same way. ``runtime="onnxruntime"`` exports both models to ONNX (token counts checked, as
     ``vitprune.export`` does) and times the files in ONNX Runtime instead, fp32, with torch's thread count;
     ``onnx_files`` (``{"dense"|"compressed": path}``) times files already exported. ``method_options`` without a
-    method change a compressed model's run-time options for this measurement.
+    method change a compressed model's run-time options for this measurement. ``target_gmacs`` (e.g. 0.65) solves
+    the method's headline option for that fraction of the dense GMACs (``ProfileReport.budget`` says what it chose).
     """
     check_settings(batch_size=batch_size, runtime=runtime, compile=compile, dtype=dtype)
-    name, dense, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
+    name, dense, compressed, solution = resolve_budget(model, method, method_options, pretrained=pretrained,
+                                                       target_gmacs=target_gmacs)
     models = {"dense": dense} if compressed is None else {"dense": dense, "compressed": compressed}
     m = measure_models(models, device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=speed,
                        latency=latency, compile=compile, runtime=runtime, onnx_files=onnx_files, on_step=on_step)
     return ProfileReport(
         model=name, dense=m.stats["dense"], compressed=m.stats.get("compressed"), device=m.device,
         device_name=m.device_name, dtype=m.dtype, batch_size=m.batch_size, input_size=m.input_size,
-        versions=m.versions, compiled=m.compiled, runtime=m.runtime, runtime_info=m.runtime_info)
+        versions=m.versions, compiled=m.compiled, runtime=m.runtime, runtime_info=m.runtime_info,
+        budget=None if solution is None else solution.record())

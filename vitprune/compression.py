@@ -134,6 +134,7 @@ class CompressConfig:
     #: where the recipe keys the caller set came from when not from the caller itself ({key: "config file"});
     #: recorded in the recipe's sources instead of "user"
     sources: dict[str, str] = field(default_factory=dict)
+    target_gmacs: Optional[float] = None
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -423,6 +424,7 @@ class CompressJob:
         self.out: Optional[Path] = None
         self.found: dict[Path, bool] = {}
         self.streamed = False  # the data is a stream (its batches depend on the loader workers too)
+        self.budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
 
     def __enter__(self) -> "CompressJob":
         from .train.ddp import setup, teardown
@@ -527,11 +529,29 @@ class CompressJob:
         existing = get_method(loaded)
         self._check_method(existing)
         self.method = existing.name if existing is not None else (cfg.method or DEFAULT_METHOD)
+        if cfg.target_gmacs is not None:
+            self._solve_budget(loaded, existing)
         probe = existing if existing is not None else create_method(self.method, **cfg.method_options)
         self.out = Path(cfg.output) if cfg.output else default_output(cfg.model, self.method, probe.options)
         if not cfg.output:
             check_output(self.out)
         return Target(loaded, existing, self.method, probe, dense_copy(loaded) if existing is not None else loaded)
+
+    def _solve_budget(self, loaded: nn.Module, existing: Any) -> None:
+        """``target_gmacs``: the method's headline option solved on the dense model (``vitprune.budget``); the
+        other options are kept, and the choice is announced and recorded in report.json and config.json."""
+        from .budget import check_no_conflict, check_ratio, solve_for_gmacs
+
+        cfg = self.cfg
+        check_ratio(cfg.target_gmacs)
+        check_no_conflict(self.method, cfg.method_options)
+        if existing is not None:
+            raise MethodOptionError(f"{cfg.model} is already compressed; `target_gmacs` solves a method's option "
+                                    "on its dense base model.")
+        solution = solve_for_gmacs(loaded, self.method, cfg.target_gmacs, **cfg.method_options)
+        cfg.method_options = solution.options
+        self.budget = solution.record()
+        self.emit("info", message=f"budget: {solution.describe()}")
 
     def _check_method(self, existing: Any) -> None:
         cfg = self.cfg
@@ -802,10 +822,15 @@ class CompressJob:
             report["calibration"] = calibration
         if trained.best is not None:
             report["best_epoch"], report["best_val_top1"] = trained.best["epoch"], trained.best["val_top1"]
+        if self.budget is not None:
+            report["budget"] = self.budget
         if cfg.command:
             report["command"] = public_command(cfg.command)
         report = scrub(report, (cfg.data, str(self.out), cfg.model, cfg.teacher))
-        return report, _metrics(public_spec(cfg.data), d_eval, c_eval, prof)
+        metrics = _metrics(public_spec(cfg.data), d_eval, c_eval, prof)
+        if self.budget is not None:
+            metrics["budget"] = self.budget
+        return report, metrics
 
     def save(self, student: nn.Module, report: dict[str, Any], metrics: dict[str, Any],
              recipe: dict[str, Any]) -> Optional[Path]:
@@ -936,6 +961,7 @@ def compress(
     loggers: Any = (),
     sources: Optional[dict[str, str]] = None,
     dry_run: bool = False,
+    target_gmacs: Optional[float] = None,
     **method_options: Any,
 ) -> Union[CompressResult, dict[str, Any]]:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -965,7 +991,8 @@ def compress(
         overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
         keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
         command=command, push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-        keep_best=keep_best, loggers=loggers, sources=dict(sources or {}), method_options=dict(method_options))
+        target_gmacs=target_gmacs, keep_best=keep_best, loggers=loggers, sources=dict(sources or {}),
+        method_options=dict(method_options))
     job = CompressJob(config, progress)
     return job.plan() if dry_run else job.run()
 

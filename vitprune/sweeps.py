@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
-from .errors import MethodOptionError
+from .errors import MethodOptionError, UsageError
 
 SWEEP_JSON = "sweep.json"
 PARETO_PNG = "pareto.png"
@@ -75,6 +75,7 @@ class SweepResult:
     versions: dict[str, str] = field(default_factory=dict)
     out: Optional[str] = None
     files: list[str] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # target_gmacs: what each point was solved for
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,6 +109,7 @@ class SweepConfig:
     workers: int = 0
     compress_options: Optional[dict[str, Any]] = None
     method_options: dict[str, Any] = field(default_factory=dict)
+    target_gmacs: Optional[Sequence[float]] = None  # fractions of the dense GMACs: the values are solved for these
 
     @property
     def name(self) -> str:
@@ -129,6 +131,7 @@ class SweepPlan:
     values: list[Any]
     mode: str
     notes: list[str] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # target_gmacs: each solved setting
 
 
 @dataclass
@@ -177,17 +180,20 @@ def sweep(
     workers: int = 0,
     compress_options: Optional[dict[str, Any]] = None,
     progress: Progress = None,
+    target_gmacs: Optional[Sequence[float]] = None,
     **method_options: Any,
 ) -> SweepResult:
     """Measure ``method`` on ``model`` at each of ``values`` of ``option`` (default: the method's headline option).
 
     ``data`` adds top-1 accuracy (the val split); ``epochs`` fine-tunes every point with ``vitprune.compress``.
     ``method_options`` fix the method's other options. Writes ``sweep.json`` and ``pareto.png`` into ``out``
-    (``out=None``: nothing written).
+    (``out=None``: nothing written). ``target_gmacs`` (e.g. ``[0.5, 0.6, 0.7]``, fractions of the dense GMACs)
+    replaces ``values``: each point's headline option is solved for that cost (:mod:`vitprune.budget`), so methods
+    are compared at equal GMACs.
     """
     cfg = SweepConfig(model, method, values, option, data, epochs, out, device, dtype, batch_size, repeats, speed,
                       latency, plot, pretrained, val_split, eval_batch_size, workers, compress_options,
-                      dict(method_options))
+                      dict(method_options), target_gmacs)
     return run_sweep(cfg, progress)
 
 
@@ -229,6 +235,8 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     plan = _runtime_plan(cfg, loaded, existing) if existing is not None else _dense_plan(cfg, loaded)
     if not cfg.pretrained and cfg.data is not None:
         plan.notes.insert(0, "random weights (--no-weights): the accuracies say nothing about the method")
+    if cfg.target_gmacs is not None:
+        _solve_values(cfg, plan)
     if plan.option in cfg.method_options:
         raise MethodOptionError(f"{plan.option} is the swept option; give its values, not a fixed value of it.")
     plan.values = _check_values(cfg.values, plan.option)
@@ -236,6 +244,28 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     for v in plan.values:
         plan.cls.Options.from_dict(plan.cls.name, {**base, **cfg.method_options, plan.option: v})
     return plan
+
+
+def _solve_values(cfg: SweepConfig, plan: SweepPlan) -> None:
+    """``target_gmacs``: the values of the method's headline option solved for each fraction of the dense GMACs
+    (what each option needs to apply, e.g. SaiT's fixed mode, joins the fixed options)."""
+    from .budget import check_no_conflict, solve_for_gmacs
+
+    if plan.mode == "runtime":
+        raise MethodOptionError("`target_gmacs` solves a method's option on a dense model; give the dense base model "
+                                "and `method`.")
+    if cfg.option is not None:
+        raise UsageError("`target_gmacs` sets the values of the method's headline option; it does not go with "
+                         "`option`.")
+    check_no_conflict(plan.cls.name, cfg.method_options)
+    ratios = _check_values(cfg.target_gmacs, "target_gmacs")
+    found = [solve_for_gmacs(plan.dense, plan.cls.name, r, **cfg.method_options) for r in ratios]
+    plan.option = found[0].option
+    fixed = found[0].solved_with if plan.mode == "trained" else {**found[0].solved_with, **found[0].counted_with}
+    cfg.method_options = {**cfg.method_options, **fixed}  # trained points train to DGE's budget from its own init
+    cfg.values = [s.options[s.option] for s in found]
+    plan.budgets = [s.record() for s in found]
+    plan.notes.extend(s.describe() for s in found)
 
 
 def _runtime_plan(cfg: SweepConfig, loaded: nn.Module, existing: Any) -> SweepPlan:
@@ -395,10 +425,11 @@ def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: 
         model=cfg.name, method=plan.cls.name, option=plan.option, values=plan.values, mode=plan.mode, data=cfg.data,
         device=m.device, device_name=m.device_name, dtype=m.dtype, batch_size=m.batch_size,
         input_size=list(m.input_size), dense=dense_row, points=[], notes=plan.notes, versions=m.versions,
-        out=str(cfg.out_dir) if cfg.out_dir is not None else None)
+        out=str(cfg.out_dir) if cfg.out_dir is not None else None, budgets=plan.budgets)
     for i, (v, model) in enumerate(zip(plan.values, points.models)):
         result.points.append(_point(v, model, m.stats[f"p{i}"], d, points.evals[i] or {}, points.folders[i]))
-        _emit(progress, event="point_done", index=i, total=len(plan.values), point=result.points[-1])
+        _emit(progress, event="point_done", index=i, total=len(plan.values), point=result.points[-1],
+              option=plan.option)
     if d.throughput is not None:
         result.notes.append(f"speed: the dense model and all {len(plan.values)} settings timed in one run, "
                             f"interleaved in each of {m.repeats} repeats (median)")

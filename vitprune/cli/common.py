@@ -110,3 +110,12 @@ DeviceOpt = Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (def
 NoWeightsOpt = Annotated[bool, typer.Option(
     "--no-weights", help="build the architecture with random weights; download nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON.")]
+TargetGmacsOpt = Annotated[Optional[float], typer.Option(
+    "--target-gmacs", metavar="RATIO", help="with --method on a dense model: solve the method's headline option "
+    "(keep rate, r, budget) so the model counts RATIO x the dense GMACs (within 1 %, else the closest), e.g. 0.65.")]
+
+
+def print_budget(budget: Optional[dict]) -> None:
+    """The setting --target-gmacs chose, in one line."""
+    if budget:
+        out.print(f"Budget: {budget['setting']}", markup=False, highlight=False)

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from ..train.recipe import recipe_help
 from ._options import method_options
-from .common import MethodOpt, as_flags, err, is_main_process, out, print_json
+from .common import MethodOpt, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _HELP = recipe_help()
 _TRAIN = "Training"
@@ -271,6 +271,7 @@ def compress(
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="print the settings that would run (recipe resolved) as YAML and exit.",
         rich_help_panel=_RUN)] = False,
+    target_gmacs: TargetGmacsOpt = None,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.
@@ -318,7 +319,8 @@ def compress(
             teacher_epochs=teacher_epochs, resume=resume, overwrite=overwrite, save_every=save_every,
             max_steps=max_steps, eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, command=_command_line(), push_to=push_to, private=private,
-            new_head=new_head, export=export, streaming=streaming, keep_best=keep_best, loggers=logger or (),
+            new_head=new_head, export=export, streaming=streaming, target_gmacs=target_gmacs, keep_best=keep_best,
+            loggers=logger or (),
             sources=sources, **method_options)
         if print_config:
             from .recipe_file import settings_yaml

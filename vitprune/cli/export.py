@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options
-from .common import JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, err, out, print_json
+from .common import JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out, print_budget, print_json
 
 
 class Format(str, Enum):
@@ -41,6 +41,7 @@ def export(
                           "(recorded in report.json and the model card of a folder).")] = False,
     repeats: Annotated[Optional[int], typer.Option(min=1, help="--measure: timed repeats (median).")] = None,
     no_weights: NoWeightsOpt = False,
+    target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
@@ -57,13 +58,14 @@ def export(
     def run():
         return do_export(model, output, method=method, format=format.value, batch_size=batch_size, opset=opset,
                          images=images, measure=measure, repeats=repeats, pretrained=not no_weights,
-                         **method_options)
+                         target_gmacs=target_gmacs, **method_options)
 
     if json_out:
         print_json(run().to_dict())
         return
     with err.status(f"exporting {model} to ONNX and checking it in ONNX Runtime…"):
         result = run()
+    print_budget(result.budget)
     from ..exporter.graph import compact
     from ..report.card import short_method
 

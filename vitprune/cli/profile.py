@@ -7,7 +7,8 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, err, out, print_json
+from .common import (DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out, print_budget,
+                     print_json)
 
 
 @method_options()
@@ -33,6 +34,7 @@ def profile(
         "--runtime", help="torch, or onnxruntime: export both models to ONNX (pruning inside, token counts "
                           "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
                           "vitprune[export].")] = "torch",
+    target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
@@ -48,7 +50,7 @@ def profile(
         return api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                            batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
                            compile=compile or ("auto" if compile_auto else None), runtime=runtime,
-                           **method_options)
+                           target_gmacs=target_gmacs, **method_options)
 
     if json_out:
         print_json(run().to_dict())
@@ -56,6 +58,7 @@ def profile(
     what = "exporting to ONNX, " if runtime == "onnxruntime" and not no_speed else ""
     with err.status(f"loading, {what}counting and timing (dense and compressed, interleaved)…"):
         report = run()
+    print_budget(report.budget)
     out.print(profile_table(report))
     for note in profile_notes(report):
         out.print(f"[dim]· {escape(note)}[/]")

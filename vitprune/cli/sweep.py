@@ -32,6 +32,10 @@ def sweep(
         "(one of these)")] = None,
     option: Annotated[Optional[str], typer.Option(
         help="the method option --values sweeps.", rich_help_panel="Values to sweep (one of these)")] = None,
+    target_gmacs: Annotated[Optional[str], typer.Option(
+        "--target-gmacs", metavar="RATIOS", help="fractions of the dense GMACs, e.g. 0.5,0.6,0.7: the method's "
+        "headline option is solved for each (within 1 %, else the closest), so methods compare at equal cost.",
+        rich_help_panel="Values to sweep (one of these)")] = None,
     data: Annotated[Optional[str], typer.Option(
         "--data", "-d", help="add top-1 accuracy on this data's val split ('demo', a folder...).")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="held-out fraction for one-folder data.")] = None,
@@ -68,27 +72,30 @@ def sweep(
     given = [(flag, name, text) for name, (flag, text) in swept.items()]
     if values is not None:
         given.append(("--values", option.replace("-", "_") if option else None, values))
+    if target_gmacs is not None:
+        given.append(("--target-gmacs", None, target_gmacs))
     if len(given) != 1:
         names = ", ".join(flag for flag, _, _ in given) or "none"
-        raise UsageError(f"give the values to sweep with exactly one of {', '.join(sweep_flags())} or --values "
-                         f"(given: {names}).")
+        raise UsageError(f"give the values to sweep with exactly one of {', '.join(sweep_flags())}, --values or "
+                         f"--target-gmacs (given: {names}).")
     (flag, name, text), = given
     if option is not None and flag != "--values":
         raise UsageError(f"`option` goes with `values`; {flag} already names the option ({name}).")
     vals = _values(text, flag)
+    ratios = vals if flag == "--target-gmacs" else None
 
     def progress(e: dict[str, Any]) -> None:
         if json_out or e["event"] != "point_done":
             return
         p = e["point"]
-        parts = [f"{name or 'value'}={p.value}", f"{p.gmacs:.4f} GMACs"]
+        parts = [f"{e.get('option') or name or 'value'}={p.value}", f"{p.gmacs:.4f} GMACs"]
         if p.throughput is not None:
             parts.append(f"{p.throughput:,.1f} img/s")
         if p.top1 is not None:
             parts.append(f"top-1 {p.top1:.2f} %")
         err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), markup=False, highlight=False)
 
-    res = do_sweep(model, method, vals, option=name, data=data, epochs=epochs, out=out, device=device,
+    res = do_sweep(model, method, vals, option=name, target_gmacs=ratios, data=data, epochs=epochs, out=out, device=device,
                    dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
                    latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
                    plot=not no_plot, progress=progress, **method_options)

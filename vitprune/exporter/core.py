@@ -51,6 +51,7 @@ class ExportResult:
     speed: Any = None  # a ProfileReport (runtime "onnxruntime") when measured
     versions: dict[str, str] = field(default_factory=dict)
     format: str = "onnx"
+    budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
 
     def record(self) -> dict[str, Any]:
         """What report.json keeps about the export (paths relative to the folder)."""
@@ -61,6 +62,7 @@ class ExportResult:
             "verification": self.verification.to_dict() if self.verification else None,
             "speed": self.speed.to_dict() if self.speed is not None else None,
             "versions": self.versions, "date": time.strftime("%Y-%m-%d"),
+            **({"budget": self.budget} if self.budget else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +85,7 @@ def export(
     repeats: Optional[int] = None,
     measure_batch_size: Optional[int] = None,
     on_step: Optional[Callable[[], None]] = None,
+    target_gmacs: Optional[float] = None,
     **method_options: Any,
 ) -> ExportResult:
     """Export MODEL (a name, ``hf-hub:`` repo, folder, ``demo`` or module) to ONNX with its pruning inside.
@@ -92,7 +95,8 @@ def export(
     ``batch_size`` is given. Before the file is written: the graph's token counts per block must be the method's
     schedule, and (``check=True``) ONNX Runtime must give PyTorch's logits on ``images`` (default: 8 demo digits
     through the model's preprocessing) within ``RELATIVE_TOLERANCE`` of their scale. ``measure`` also times the
-    dense and the compressed files in ONNX Runtime, side by side (``result.speed``).
+    dense and the compressed files in ONNX Runtime, side by side (``result.speed``). ``target_gmacs`` with
+    ``method`` solves the method's headline option for that fraction of the dense GMACs (``result.budget``).
 
     Default output: ``DIR/model.onnx`` for a folder ``DIR``; otherwise ``vitprune-out/<model>[-<method>].onnx``.
     """
@@ -107,7 +111,7 @@ def export(
     from ..measure.ort import OrtModel
 
     folder = _folder_of(model)
-    name, net = _resolve(model, method, method_options, pretrained)
+    name, net, budget = _resolve(model, method, method_options, pretrained, target_gmacs)
     m_obj = getattr(net, "vitprune_method", None)
     if m_obj is not None:
         m_obj.export_check(net)  # before anything slow
@@ -143,7 +147,7 @@ def export(
             options=m_obj.options_dict() if m_obj else {}, opset=int(graph_opset),
             batch=batch_size if batch_size else "dynamic", input_size=tuple(input_size), tokens=tokens,
             size_bytes=staged.stat().st_size, seconds=time.perf_counter() - t0, verification=verification,
-            speed=speed, versions=export_versions(),
+            speed=speed, versions=export_versions(), budget=budget,
         )
         made = list(Path(tmp).iterdir())  # the file (and its external data, for models over 2 GB)
         if folder is not None and out.parent.resolve() == folder.resolve() and _saved_by_vitprune(folder):
@@ -190,17 +194,20 @@ def _folder_of(model: ModelLike) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any],
-             pretrained: bool) -> tuple[str, nn.Module]:
-    """(name, the model to export): compressed with run-time options, dense + method, or dense."""
-    from ..api import resolve_models
+def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any], pretrained: bool,
+             target_gmacs: Optional[float]) -> tuple[str, nn.Module, Optional[dict[str, Any]]]:
+    """(name, the model to export, the budget's record): compressed with run-time options, dense + method (its
+    headline option solved for ``target_gmacs`` when given), or dense."""
+    from ..api import resolve_budget
 
     spec = model if isinstance(model, nn.Module) else str(model)
-    name, dense, compressed = resolve_models(spec, method, options, pretrained=pretrained)
+    name, dense, compressed, solution = resolve_budget(spec, method, options, pretrained=pretrained,
+                                                       target_gmacs=target_gmacs)
     net = compressed if compressed is not None else dense
     if any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).cpu()  # the exporter traces on CPU; the caller's model stays where it is
-    return name, net.float().eval()
+    budget = None if solution is None else solution.record()
+    return name, net.float().eval(), budget
 
 
 def _default_output(name: str, folder: Optional[Path], method: Optional[str]) -> Path:

@@ -66,7 +66,9 @@ class MethodOptions:
     * ``"sweep": True`` (or the flag, e.g. ``"--r-values"``): ``sweep`` takes this option's values with a flag of
       its own (default: the option's flag plus ``s``: ``--keep-rates``);
     * ``"applies_when": {"mode": "fixed"}``: the option has an effect only while other options have these values
-      (a tuple: any of them); given otherwise it is reported as ignored, and it is left out of the headline.
+      (a tuple: any of them); given otherwise it is reported as ignored, and it is left out of the headline;
+    * ``"count_with": {"router_init": "budget"}``: other option values under which a headline option's GMACs are
+      counted when ``--target-gmacs`` solves it (the method's static setting, used for counting only).
     """
 
     def validate(self) -> None:
@@ -152,7 +154,8 @@ def _expected(hint: Any) -> str:
 
 
 #: the metadata keys an option field may carry (anything else is a typo and refused)
-OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "runtime", "sweep", "applies_when"})
+OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "runtime", "sweep", "applies_when",
+                             "count_with"})
 
 
 def flag_name(name: str) -> str:
@@ -176,6 +179,7 @@ class OptionSpec:
     runtime: bool = False
     sweep_flag: Optional[str] = None
     applies_when: tuple[tuple[str, Any], ...] = ()
+    count_with: tuple[tuple[str, Any], ...] = ()
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -226,7 +230,8 @@ def option_specs(obj: Any) -> tuple[OptionSpec, ...]:
                 aliases=tuple(meta.get("aliases", ())), headline=bool(meta.get("headline")),
                 short=meta.get("short", f.name), runtime=bool(meta.get("runtime")),
                 sweep_flag=(sweep if isinstance(sweep, str) else flag + "s") if sweep else None,
-                applies_when=tuple((meta.get("applies_when") or {}).items())))
+                applies_when=tuple((meta.get("applies_when") or {}).items()),
+                count_with=tuple((meta.get("count_with") or {}).items())))
         _SPECS[cls] = tuple(specs)
     return _SPECS[cls]
 

@@ -140,7 +140,7 @@ def init_bias(num_choices: int, favoured: int = 0, prob: float = INIT_PROB) -> T
 class DGEOptions(MethodOptions):
     budget: float = field(default=0.5, metadata={
         "help": "target fraction of the blocks' dense MACs (training loss; router_init=budget, calibrate_budget)",
-        "headline": True, "short": "budget", "sweep": True})
+        "headline": True, "short": "budget", "sweep": True, "count_with": {"router_init": "budget"}})
     region_size: Optional[int] = field(default=None, metadata={
         "help": "region side in patches, 4 or 2 (default: 4, or 2 when the patch grid is not divisible by 4)"})
     budget_weight: float = field(default=1.0, metadata={
