@@ -43,6 +43,19 @@ def test_measured_counts_equal_schedule_on_demo_sized_model(digits):
     assert m.vitprune_method.token_schedule(m) == [65, 65, 47, 47, 35, 26]
 
 
+def test_keep_counts_are_the_plain_ceil_of_the_reference_at_288px():
+    """The EViT reference keeps ``math.ceil(keep_rate * (N - 1))`` patches (``N - 1`` = the patch tokens, fused
+    token included) with no tolerance. At 288 px (18 x 18 = 324 patches), keep 0.55, fused: ceil(0.55*324) = 179,
+    +cls +fused = 181; 0.55*180 = 99.00000000000001 in float -> 100, +2 = 102; 0.55*101 = 55.55 -> 56, +2 = 58."""
+    base = make_vit(img_size=288, patch_size=16, embed_dim=24)
+    m = patched(base, keep_rate=0.55)
+    schedule = m.vitprune_method.token_schedule(m)  # drop locations 3, 6, 9: stages start at blocks 0, 4, 7, 10
+    assert [schedule[i] for i in (0, 4, 7, 10)] == [325, 181, 102, 58]
+    with tracking(m), torch.no_grad():
+        m(torch.randn(1, 3, 288, 288))
+    assert m.vitprune_state.counts == m.vitprune_method.token_schedule(m)
+
+
 def test_gather_equivalence_without_fusion(digits):
     """Oracle 6: dense block-3 tensor after attention, gather [cls, top-k], rest of the model == EViT output."""
     base = make_vit(depth=4)

@@ -80,11 +80,13 @@ def scatter_patches(dst: Tensor, idx: Tensor, src: Tensor) -> Tensor:
 
 
 def num_kept(fraction: float, n: int, rounding: str = "floor", minimum: int = 1) -> int:
-    """Tokens kept out of ``n`` at ``fraction``: ``floor`` = ``int(fraction * n)`` (DynamicViT, Evo-ViT),
-    ``ceil`` (EViT). Clamped to ``[minimum, n]``."""
+    """Tokens kept out of ``n`` at ``fraction``: ``floor`` = ``int(fraction * n)`` (Evo-ViT), ``ceil`` =
+    ``math.ceil(fraction * n)`` (EViT), both on the plain float product with no tolerance, as the reference code
+    computes them (``0.55 * 180`` is ``99.00000000000001`` in floating point, so EViT keeps 100). Clamped to
+    ``[minimum, n]``."""
     import math
 
-    k = math.ceil(fraction * n - 1e-9) if rounding == "ceil" else int(fraction * n + 1e-9)
+    k = math.ceil(fraction * n) if rounding == "ceil" else int(fraction * n)
     return max(min(k, n), min(minimum, n))
 
 
