@@ -506,6 +506,9 @@ class TokenMethod:
     #: what becomes of the patch tokens a stage removes, for token-map legends (a fused extra token is seen from
     #: the tracked state and said instead)
     removed_tokens: ClassVar[str] = "dropped"
+    #: arguments of the authors' training script that set an option (argument name -> option name), read from
+    #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
+    official_args: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, options: MethodOptions):
         self.options = options

@@ -55,6 +55,7 @@ class EViTOptions(MethodOptions):
 @register
 class EViT(TokenMethod):
     name = "evit"
+    official_args = {"base_keep_rate": "keep_rate", "drop_loc": "drop_loc", "fuse_token": "fuse"}
     title = "EViT"
     paper = "Liang et al., Not All Patches are What You Need (ICLR 2022, arXiv 2202.07800)"
     summary = ("keeps the patches the class token attends to most at 3 blocks, fuses the rest into one token; "
