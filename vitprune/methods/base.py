@@ -509,6 +509,9 @@ class TokenMethod:
     #: arguments of the authors' training script that set an option (argument name -> option name), read from
     #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
     official_args: ClassVar[Mapping[str, str]] = {}
+    #: the option values under which the method removes nothing, so the patched model computes exactly the dense
+    #: model (every method declares it; the registry-wide contract tests check it bit for bit)
+    noop_options: ClassVar[Optional[Mapping[str, Any]]] = None
 
     def __init__(self, options: MethodOptions):
         self.options = options

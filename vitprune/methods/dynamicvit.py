@@ -145,6 +145,7 @@ class ScorePredictor(nn.Module):
 @register
 class DynamicViT(TokenMethod):
     name = "dynamicvit"
+    noop_options = {"keep_rate": 1.0}
     official_args = {"base_rate": "keep_rate", "pruning_loc": "pruning_loc"}
     title = "DynamicViT"
     paper = "Rao et al., DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification " \

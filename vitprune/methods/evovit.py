@@ -148,6 +148,7 @@ class EvoViTOptions(MethodOptions):
 @register
 class EvoViT(TokenMethod):
     name = "evovit"
+    noop_options = {"keep_rate": 1.0}
     title = "Evo-ViT"
     paper = "Xu et al., Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer (AAAI 2022, " \
             "arXiv 2108.01390)"

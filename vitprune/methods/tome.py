@@ -137,6 +137,7 @@ def _is_count(v: Any) -> bool:
 @register
 class ToMe(TokenMethod):
     name = "tome"
+    noop_options = {"r": 0}
     title = "ToMe"
     paper = "Bolya et al., Token Merging: Your ViT But Faster (ICLR 2023, arXiv 2210.09461)"
     summary = ("merges the r most similar token pairs (bipartite matching on head-averaged keys) after each block's "
