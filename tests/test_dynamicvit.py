@@ -130,7 +130,7 @@ def test_kept_tokens_are_the_top_scores_in_descending_order(digits):
     assert (ks[:, -1] >= dropped_max).all()  # the top 32
     # the tokens entering block 3 are exactly [cls, kept patches in that order]
     assert torch.equal(seen[3][:, :1], outs[2][:, :1])
-    assert torch.equal(seen[3][:, 1:], ops.gather_patches(outs[2][:, 1:], kept))
+    assert torch.equal(seen[3][:, 1:], ops.take_rows(outs[2][:, 1:], kept))
 
 
 def test_runtime_keep_rate_override(deit_small):
@@ -421,7 +421,7 @@ def test_masked_attention_hides_dropped_tokens_and_equals_the_gathered_forward(d
         for b in range(8):
             idx = torch.nonzero(keep[b]).flatten()[None]
             ref = blk(ops.keep_tokens(x[b:b + 1], idx, 1))
-            got = torch.cat([out[b:b + 1, :1], ops.gather_patches(out[b:b + 1, 1:], idx)], 1)
+            got = torch.cat([out[b:b + 1, :1], ops.take_rows(out[b:b + 1, 1:], idx)], 1)
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 import typer
 
 from ..errors import UsageError
+from ..methods.base import flag_name
 
 PANEL = "Method options"
 SWEEP_PANEL = "Values to sweep (one of these)"
@@ -107,7 +108,7 @@ def _declared(param: inspect.Parameter) -> set[str]:
         for d in (getattr(info, "param_decls", None) or ()) + ((info.default,) if isinstance(
                 getattr(info, "default", None), str) else ()):
             decls.update(p for p in d.split("/") if p.startswith("-"))
-    return decls | {"--" + param.name.replace("_", "-")}
+    return decls | {flag_name(param.name)}
 
 
 def _with_parameters(fn: Callable, extra: list[inspect.Parameter], replaces: str,

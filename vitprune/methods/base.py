@@ -155,6 +155,12 @@ def _expected(hint: Any) -> str:
 OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "runtime", "sweep", "applies_when"})
 
 
+def embed_tokens(model: nn.Module, images: Tensor) -> Tensor:
+    """timm's VisionTransformer prologue, the one every patched forward and every partial forward starts with: patch
+    embedding, position embedding with the prefix tokens, patch dropout, pre-norm -> ``B x (prefix + P) x C``."""
+    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a Python name: ``keep_rate`` -> ``--keep-rate``."""
     return "--" + name.replace("_", "-")
@@ -700,10 +706,7 @@ class PatchedViT:
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("vitprune-patched models do not take attention masks")
-        x = self.patch_embed(x)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        x = self.norm_pre(x)
+        x = embed_tokens(self, x)
         grid = _grid_of(self, x)
         state = TokenState(num_prefix=self.num_prefix_tokens, grid=grid, training=self.training,
                            track=self._vitprune_track)

@@ -78,7 +78,7 @@ from ..measure.analytic import token_macs
 from ..ops import adaptive as aops
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, require_class_token, tracking, vit_info,
+    check_fraction, embed_tokens, require_class_token, tracking, vit_info,
 )
 from .registry import register
 
@@ -565,7 +565,7 @@ class SaiT(TokenMethod):
         model.eval()
         try:
             with torch.no_grad():
-                x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+                x = embed_tokens(model, images)
                 for blk in model.blocks[: location - 1]:
                     x = blk(x)
                 blk = model.blocks[location - 1]
@@ -595,7 +595,7 @@ class SaiT(TokenMethod):
             return super().teacher_forward(teacher, images)
         if teacher.cls_token is None or self.options.sel_weight == 0:
             return super().teacher_forward(teacher, images)
-        x = teacher.norm_pre(teacher.patch_drop(teacher._pos_embed(teacher.patch_embed(images))))
+        x = embed_tokens(teacher, images)
         for blk in teacher.blocks[:-1]:
             x = blk(x)
         blk = teacher.blocks[-1]
