@@ -11,7 +11,7 @@ records the command and date that produced it), and the printed table shows them
 
 Settings "at keep 0.7": ``keep_rate=0.7`` for the methods that have one (SaiT in its fixed mode), ``budget=0.7`` for
 DGE, and for ToMe the ``r`` whose GMACs come closest to EViT's at keep 0.7 (counted, not guessed). The target
-(PERF.md, issue #6) is a compressed val top-1 within 0.5 points of the teacher's (98.33 % on 359 digits: one image
+is a compressed val top-1 within 0.5 points of the teacher's (98.33 % on 359 digits: one image
 is 0.28 points, so single runs differ by a point or so from seed to seed: ``--seeds`` repeats each method and
 reports the mean with the range). This is a script, not a test: it trains each method for the demo schedule (one to
 two minutes per run on 2 CPU cores).

@@ -1,4 +1,4 @@
-"""EViT against its spec (shared/methods/evit.md §7)."""
+"""EViT: its token counts, fused token, reduction steps and MACs against the paper and the reference code."""
 from __future__ import annotations
 
 import copy
@@ -19,7 +19,7 @@ def patched(model, **opts):
     return vitprune.apply_method(copy.deepcopy(model), "evit", **opts)
 
 
-def test_token_schedule_deit_s_matches_spec(deit_small):
+def test_token_schedule_deit_s_is_the_ceil_rule(deit_small):
     m = patched(deit_small, keep_rate=0.7)
     assert m.vitprune_method.token_schedule(m) == [197] * 4 + [140] * 3 + [100] * 3 + [72] * 2
     m = patched(deit_small, keep_rate=0.7, fuse=False)
@@ -90,7 +90,7 @@ def test_distilled_model_runs_and_keeps_both_prefix_tokens(digits):
         assert m(digits).shape == (8, 10)
 
 
-def test_keep_rate_schedule_matches_spec():
+def test_keep_rate_schedule_is_the_cosine_shrink():
     m = patched(make_vit(), keep_rate=0.7, shrink_start=10, shrink_epochs=100)
     ev = m.vitprune_method
     assert ev.scheduled_keep_rate(5) == 1.0
@@ -141,7 +141,7 @@ def test_digits_batch_is_real_data():
 
 
 def test_official_checkpoint_imports_and_unknown_keys_are_refused(tmp_path):
-    """EViT releases are plain timm DeiT state dicts under 'model' (spec §5); method settings come from options."""
+    """EViT releases are plain timm DeiT state dicts under 'model'; method settings come from options."""
     import argparse
 
     from typer.testing import CliRunner

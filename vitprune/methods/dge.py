@@ -1,7 +1,7 @@
 """Dynamic Grained Encoder (DGE): per-region query granularity chosen by a router in every block.
 
 Song et al., "Dynamic Grained Encoder for Vision Transformers", NeurIPS 2021 (arXiv 2301.03831); reference code
-StevenGrove/vtpack. Spec: ``shared/methods/dge.md``.
+StevenGrove/vtpack.
 
 What it does. The ``H x W`` patch grid is tiled by regions of ``R x R`` patches (R = 4, or 2, see below). In every
 block a router (average-pool the block's input patches over each region, then ``Linear(C, K)``, one per block,
@@ -86,7 +86,7 @@ vitprune choices where the paper is silent, and deviations from the reference:
   to float rounding;
 * the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
   routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning];
-* the routers are ``dge_routers.{i}`` (the spec gives no official checkpoint layout, so there is no importer);
+* the routers are ``dge_routers.{i}`` (the authors publish no official checkpoint layout, so there is no importer);
   the reference's lambda flag is the option ``budget_weight``.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DynamicViT: learned prediction modules drop the least informative patch tokens before three blocks.
 
 Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification", NeurIPS 2021
-(arXiv 2106.02034; T-PAMI extension arXiv 2207.01580). Spec: ``shared/methods/dynamicvit.md``.
+(arXiv 2106.02034; T-PAMI extension arXiv 2207.01580).
 
 Where it acts. Before each pruning location ``L`` (0-based blocks 3, 6, 9 of 12; ``scale_locations`` for other
 depths, ``pruning_loc`` to choose), a small prediction module ``score_predictor.{s}`` looks at the patch tokens

@@ -1,6 +1,6 @@
 """ToMe: merge the ``r`` most similar token pairs in every block (bipartite soft matching).
 
-Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461). Spec: ``shared/methods/tome.md``.
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461).
 
 Where it acts. In every block, between the attention residual and the MLP::
 
