@@ -17,6 +17,7 @@ import typer.main
 from typer.testing import CliRunner
 
 import vitprune
+from vitprune.cli.common import METHOD_PARAM
 from vitprune.cli.main import app
 from vitprune.methods import get_method_class, method_names, option_specs
 
@@ -72,7 +73,7 @@ def test_every_flag_vitprune_methods_shows_is_accepted_by_compress():
                 spellings.append(f"--no-{option['flag'][2:]}")
             for flag in spellings:
                 ctx = dry_parse(["compress", "demo", "--method", method["name"], flag, *sample(option)])
-                assert ctx.params[option["name"]] is not None, (method["name"], flag)
+                assert ctx.params[METHOD_PARAM + option["name"]] is not None, (method["name"], flag)
                 shown += 1
     assert shown >= 40  # 32 options over six methods, 4 bool ones with --no-, ToMe's --r
 
@@ -186,6 +187,36 @@ def test_a_derived_flag_that_would_shadow_a_commands_own_flag_is_refused():
             method_options()(command)
     finally:
         del _REGISTRY["shadow"]
+
+
+def test_an_option_may_share_a_commands_parameter_name_under_another_flag():
+    """A method option ``seed`` with the flag ``--drop-seed`` sits next to a command's own ``--seed``: each value
+    reaches its own place."""
+    import dataclasses
+
+    import typer
+
+    from vitprune.cli._options import method_options
+    from vitprune.methods.base import MethodOptions, TokenMethod
+    from vitprune.methods.registry import _REGISTRY
+
+    @dataclasses.dataclass
+    class SeedOptions(MethodOptions):
+        seed: int = dataclasses.field(default=0, metadata={"flag": "--drop-seed"})
+
+    _REGISTRY["seeded"] = type("Seeded", (TokenMethod,), {"name": "seeded", "Options": SeedOptions})
+    got = {}
+    try:
+        def command(seed: int = 0, method_options: dict = {}) -> None:  # noqa: B006
+            got.update(own=seed, method=method_options)
+
+        one = typer.Typer()
+        one.command()(method_options()(command))
+        res = CliRunner().invoke(one, ["--seed", "3", "--drop-seed", "7"])
+    finally:
+        del _REGISTRY["seeded"]
+    assert res.exit_code == 0, res.output
+    assert got == {"own": 3, "method": {"seed": 7}}
 
 
 # ------------------------------------------------------------------------------------------ values and warnings

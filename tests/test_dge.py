@@ -1,4 +1,4 @@
-"""Dynamic Grained Encoder against its spec (shared/methods/dge.md; §7 test oracle items 1-7)."""
+"""Dynamic Grained Encoder against the paper and the reference code: identity, counts, ops, MACs, training, bad input."""
 from __future__ import annotations
 
 import copy
@@ -44,7 +44,7 @@ def sharpen(model, factor=100.0):
             lin.bias.mul_(factor)
 
 
-# ------------------------------------------------------------------------------------------ oracle 1: identity
+# ------------------------------------------------------------------------------------------ identity
 
 
 def test_all_finest_is_the_dense_model_bit_exact_and_through_the_compute_path(digits):
@@ -116,7 +116,7 @@ def test_router_shape_and_init_softmax():
     assert 0.001 < lin.weight.std().item() < 0.02
 
 
-# ------------------------------------------------------------------------------------------ oracle 4: ops
+# ------------------------------------------------------------------------------------------ ops
 
 
 def test_compress_decompress_zero_delta_exact_and_constant_delta_reaches_its_cell():
@@ -174,7 +174,7 @@ def test_training_mix_equals_inference_choice(digits):
     assert torch.equal(gates, choices)
 
 
-# ------------------------------------------------------------------------------------------ MACs (oracle 5)
+# ------------------------------------------------------------------------------------------ MACs
 
 
 def test_block_formula_at_nq_equal_n_is_fvcore_dense_block():
@@ -216,7 +216,7 @@ def test_macs_are_the_mean_of_per_image_decisions(digits):
 
 
 def test_gmacs_deit_s_paper_setting():
-    """256 px (16x16 grid, R = 4): dense 6.1 G (spec table); DGE at budget 0.5 (static schedule meeting it)."""
+    """256 px (16x16 grid, R = 4): dense 6.1 G (fvcore count); DGE at budget 0.5 (static schedule meeting it)."""
     torch.manual_seed(0)
     base = timm.create_model("deit_small_patch16_224", pretrained=False, img_size=256).eval()
     x = torch.randn(1, 3, 256, 256)
@@ -237,7 +237,7 @@ def test_gmacs_deit_s_224_profile_setting(deit_small):
     assert count_macs(m).gmacs == pytest.approx(2.217, abs=0.002)
     meth.set_levels(m, [0] * 12)
     routers = 12 * 49 * 384 * 2 / 1e9
-    assert count_macs(m).gmacs - routers == pytest.approx(4.608, rel=1e-3)  # PERF.md dense DeiT-S
+    assert count_macs(m).gmacs - routers == pytest.approx(4.608, rel=1e-3)  # dense DeiT-S at 224 px, fvcore count (README table)
     meth.set_levels(m, [1] * 12)  # all coarsest on DeiT-S: analytic == fvcore on the routed path
     meth.use_static_routers = False
     x = torch.randn(1, 3, 224, 224)
@@ -268,7 +268,7 @@ def test_prefix_tokens_are_queries_of_their_own(arch, kwargs, npre, digits):
         assert torch.equal(m(digits), base(digits))
 
 
-# ------------------------------------------------------------------------------------------ training (oracle 6)
+# ------------------------------------------------------------------------------------------ training
 
 
 def test_training_forward_backward_static_shapes_and_budget_loss(digits):
@@ -369,7 +369,7 @@ def test_budget_init_and_calibration_without_training(digits):
 
 
 def reference_logits(m, images):
-    """DGE inference written out plainly, one image and one region at a time (spec §2): the router reads each
+    """DGE inference written out plainly, one image and one region at a time (the paper's section 3): the router reads each
     region's mean, each chosen cell becomes one query (the mean of its patches), the block runs on the queries with
     keys/values from every token, and each patch receives its cell's update. Softmax attention is explicit."""
     meth = m.vitprune_method
@@ -540,7 +540,7 @@ def test_save_load_round_trip_with_routers(tmp_path, digits):
         assert torch.equal(back(digits), m(digits))
 
 
-# ------------------------------------------------------------------------------------------ bad input (oracle 7)
+# ------------------------------------------------------------------------------------------ bad input
 
 
 def test_bad_options_and_unsupported_models():

@@ -53,7 +53,7 @@ def test_noop_is_the_dense_model_and_sparse_runs(models, digits, kind, method):
 
 
 def test_received_attention_is_the_mean_column_of_timms_attention(digits):
-    """Independent oracle: timm's own non-fused Attention hands its softmax probabilities to ``attn_drop``."""
+    """An independent reference: timm's own non-fused Attention hands its softmax probabilities to ``attn_drop``."""
     base = base_model("reg4-gap")
     blk = base.blocks[1]
     blk.attn.fused_attn = False

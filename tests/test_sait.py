@@ -1,4 +1,4 @@
-"""SaiT against its spec (shared/methods/sait.md §6 test oracle) and vitprune's documented choices (SaiT.notes)."""
+"""SaiT against the paper's statements and vitprune's documented reconstruction (the module docstring, SaiT.notes)."""
 from __future__ import annotations
 
 import copy
@@ -40,7 +40,7 @@ def run_tracked(model, x):
     return y, model.vitprune_state
 
 
-# ------------------------------------------------------------------------------------------ identity (oracle 1, 2)
+# ------------------------------------------------------------------------------------------ identity
 
 
 def test_dense_mode_and_no_op_levels_are_bit_identical_to_the_base_model(tiny_vit, digits):
@@ -63,7 +63,7 @@ def test_nothing_pruned_through_the_real_compute_path_matches_dense(tiny_vit, di
 # ------------------------------------------------------------------------------------------ token counts
 
 
-def test_token_schedule_deit_s_matches_spec(deit_small):
+def test_token_schedule_deit_s_follows_the_fixed_and_adaptive_rules(deit_small):
     m = patched(deit_small, mode="dense")
     method = m.vitprune_method
 
@@ -122,7 +122,7 @@ def test_any_image_size_the_base_model_accepts(digits):
 
 
 def deit_s_macs(kept: int) -> float:
-    """Spec §5: 3 dense blocks + 9 blocks at 1 + kept tokens, fvcore conventions, class row at block 2."""
+    """3 dense blocks + 9 blocks at 1 + kept tokens, fvcore conventions, class row at block 2."""
     C = 384
 
     def block(n):
@@ -136,7 +136,7 @@ def test_gmacs_deit_s_fixed_keep_half_and_forty_percent(deit_small):
         mc = count_macs(patched(deit_small, mode="fixed", keep_rate=rate))
         assert mc.source == "fvcore" and not mc.uncounted
         assert mc.macs == pytest.approx(deit_s_macs(kept), rel=1e-6)
-        # the spec's ≈2.9 / ≈2.6 are rounded: measured 2.845 (-38 %) and 2.517 (-45 %) of 4.608
+        # the design estimates ≈2.9 / ≈2.6 are rounded: measured 2.845 (-38 %) and 2.517 (-45 %) of 4.608
         assert mc.gmacs == pytest.approx(spec, rel=0.035)
     assert count_macs(patched(deit_small, mode="dense")).gmacs == pytest.approx(4.608, rel=1e-3)
 
@@ -186,7 +186,7 @@ def test_one_saved_model_three_modes_three_gmacs_without_reloading(tmp_path, dig
     assert dense == pytest.approx(count_macs(make_vit(), images=digits).gmacs)
 
 
-# ------------------------------------------------------------------------------------------ adaptive rule (oracle 3)
+# ------------------------------------------------------------------------------------------ adaptive rule
 
 
 def test_adaptive_count_is_the_minimal_prefix_reaching_the_threshold():
@@ -309,7 +309,7 @@ def test_tracking_records_per_image_kept_patches(demo, digits32):
         assert (assign >= 0).sum(1).tolist() == kept.tolist()
 
 
-# ------------------------------------------------------------------------------------------ masked training (oracle 4)
+# ------------------------------------------------------------------------------------------ masked training
 
 
 @pytest.mark.parametrize("opts", [dict(mode="fixed", keep_rate=0.5), dict(mode="fixed", keep_rate=0.6, fuse=True),

@@ -1,4 +1,4 @@
-"""ToMe against its spec (shared/methods/tome.md, §7 test oracle) on tiny real timm ViTs and real images."""
+"""ToMe against the paper and the reference code, on tiny real timm ViTs and real images."""
 from __future__ import annotations
 
 import copy
@@ -29,7 +29,7 @@ def embed(model, images):
 
 
 def reference_merge(x, metric, size, r, npre):
-    """Spec §2 for one image, with Python loops: split by position over the *whole* sequence (A even, B odd), prefix
+    """The paper's bipartite soft matching for one image, with Python loops: split by position over the *whole* sequence (A even, B odd), prefix
     tokens masked with -inf (never sources, never destinations), top-r A tokens by best score merge into their
     partner by a size-weighted mean; output [unmerged A, B] with the prefix tokens moved first."""
     n = x.shape[0]
@@ -53,7 +53,7 @@ def reference_merge(x, metric, size, r, npre):
 
 
 def reference_forward_features(model, images, rs, prop_attn=True):
-    """The whole ToMe forward, written from the spec: explicit softmax attention with a log-size bias, keys after
+    """The whole ToMe forward, written from the paper: explicit softmax attention with a log-size bias, keys after
     k_norm averaged over heads as the metric, the reference merge per image."""
     x = embed(model, images)
     npre = model.num_prefix_tokens
@@ -78,7 +78,7 @@ def reference_forward_features(model, images, rs, prop_attn=True):
     return model.norm(x), size
 
 
-# ------------------------------------------------------------------------------------------ identity (oracle 2)
+# ------------------------------------------------------------------------------------------ identity
 
 
 @pytest.mark.parametrize("r", [0, [0, 0, 0], [0] * 12])
@@ -98,7 +98,7 @@ def test_r0_identical_with_layerscale_qknorm_registers_and_avg_pool(digits):
 
 def test_real_compute_path_matches_timm_block_within_fp32(digits):
     """The decomposed block (ops attention, no merge) equals timm's block; with sizes all 1 the proportional bias is
-    zero and the fused attention with that bias equals plain attention (oracle 5, through the model's path)."""
+    zero and the fused attention with that bias equals plain attention (through the model's path)."""
     base = make_vit(depth=2, init_values=1e-5, qk_norm=True)
     m = patched(base, r=0)
     tome = m.vitprune_method
@@ -114,7 +114,7 @@ def test_real_compute_path_matches_timm_block_within_fp32(digits):
         assert torch.equal(size, torch.ones_like(size))
 
 
-# ------------------------------------------------------------------------------------------ counts (oracle 1)
+# ------------------------------------------------------------------------------------------ counts
 
 
 SPEC_TABLE = {
@@ -127,7 +127,7 @@ SPEC_AFTER = {0: 197, 8: 101, 13: 41, 16: 11}
 
 
 @pytest.mark.parametrize("r", [0, 8, 13, 16])
-def test_token_schedule_deit_s_matches_spec_table(deit_small, r):
+def test_token_schedule_deit_s_is_r_fewer_per_block(deit_small, r):
     m = patched(deit_small, r=r)
     sched = m.vitprune_method.token_schedule(m)
     assert sched == SPEC_TABLE[r]
@@ -197,17 +197,17 @@ def test_batch_results_do_not_depend_on_the_other_images(digits):
     torch.testing.assert_close(full[:3], one, atol=1e-5, rtol=1e-5)
 
 
-# ------------------------------------------------------------------------------------------ GMACs (oracle 6)
+# ------------------------------------------------------------------------------------------ GMACs
 
 
 @pytest.mark.parametrize("r, gmacs", [(8, 3.428), (13, 2.712), (16, 2.298)])
-def test_gmacs_deit_s_match_spec(deit_small, r, gmacs):
+def test_gmacs_deit_s_match_the_analytic_count(deit_small, r, gmacs):
     mc = count_macs(patched(deit_small, r=r))
     assert mc.gmacs == pytest.approx(gmacs, rel=0.01)
     assert mc.uncounted == {}
 
 
-# ------------------------------------------------------------------------------------------ the merge ops (oracle 3)
+# ------------------------------------------------------------------------------------------ the merge ops
 
 
 def test_size_weighted_merge_hand_built_example():
@@ -237,7 +237,7 @@ def test_merging_identical_tokens_leaves_them_unchanged():
 
 
 @pytest.mark.parametrize("npre", [0, 1, 2, 3, 5])
-def test_matching_equals_the_spec_formulation_with_inf_masking(npre):
+def test_matching_equals_the_papers_formulation_with_inf_masking(npre):
     """Taking prefix tokens out of the split == the reference's -inf masking over the whole sequence, for any
     number of prefix tokens, odd and even token counts."""
     torch.manual_seed(npre)
@@ -272,9 +272,9 @@ def test_prefix_tokens_are_never_sources_or_destinations():
     assert m.src_idx.max() < na and m.unm_idx.shape[1] + m.r == na
 
 
-def test_model_equals_spec_reference_with_registers_qknorm_layerscale(digits):
+def test_model_equals_the_loop_reference_with_registers_qknorm_layerscale(digits):
     """Oracle 4 through the model: a register ViT with qk-norm and LayerScale equals the loop reference written from
-    the spec (prefix tokens protected with -inf, explicit softmax with log-size bias); prefix tokens included."""
+    the paper (prefix tokens protected with -inf, explicit softmax with log-size bias); prefix tokens included."""
     base = make_vit(depth=4, arch="vit_small_patch16_224", reg_tokens=2, qk_norm=True, init_values=0.5)
     rs = [12, 10, 8, 6]
     m = patched(base, r=rs)
@@ -482,7 +482,7 @@ def test_runtime_r_change_and_refusal(digits):
 
 
 def test_official_checkpoint_is_plain_timm_and_unknown_keys_are_refused(tmp_path):
-    """ToMe's released DeiT checkpoints are plain timm state dicts under 'model' (spec §5)."""
+    """ToMe's released DeiT checkpoints are plain timm state dicts under 'model'."""
     import timm
 
     from vitprune.hub.convert import import_checkpoint

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Callable, Optional, Union
 import typer
 
 from ..errors import UsageError
+from ..methods.base import flag_name
+from .common import METHOD_PARAM
 
 PANEL = "Method options"
 SWEEP_PANEL = "Values to sweep (one of these)"
@@ -60,10 +62,16 @@ class MethodFlag:
     type: Any  # bool, int, float, str; None: text parsed by parse_value
     help: str
 
+    @property
+    def param(self) -> str:
+        """The command's Python parameter for this flag: prefixed, so that an option may share a name (``seed``)
+        with a command's own parameter as long as its flag differs."""
+        return METHOD_PARAM + self.name
+
     def parameter(self) -> inspect.Parameter:
         decls = (f"{self.decls[0]}/--no-{self.decls[0][2:]}",) if self.type is bool else self.decls
         info = typer.Option(*decls, help=self.help, rich_help_panel=PANEL, show_default=False)
-        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+        return inspect.Parameter(self.param, inspect.Parameter.KEYWORD_ONLY, default=None,
                                  annotation=Annotated[Optional[self.type or str], info])
 
     def value(self, given: Any) -> Any:
@@ -107,7 +115,7 @@ def _declared(param: inspect.Parameter) -> set[str]:
         for d in (getattr(info, "param_decls", None) or ()) + ((info.default,) if isinstance(
                 getattr(info, "default", None), str) else ()):
             decls.update(p for p in d.split("/") if p.startswith("-"))
-    return decls | {"--" + param.name.replace("_", "-")}
+    return decls | {flag_name(param.name)}
 
 
 def _with_parameters(fn: Callable, extra: list[inspect.Parameter], replaces: str,
@@ -143,7 +151,7 @@ def method_options(*, runtime_only: bool = False) -> Callable[[Callable], Callab
         extra.append(inspect.Parameter("opt", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ExtraOpt))
 
         def collect(given: dict[str, Any]) -> dict[str, Any]:
-            opts = {f.name: f.value(given[f.name]) for f in flags if given[f.name] is not None}
+            opts = {f.name: f.value(given[f.param]) for f in flags if given[f.param] is not None}
             for item in given["opt"] or []:
                 key, sep, value = item.partition("=")
                 key = key.strip().replace("-", "_")

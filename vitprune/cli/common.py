@@ -27,6 +27,8 @@ from ..errors import VitpruneError, VitpruneWarning
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+#: prefix of the Python parameters the method options become on a command (see ``_options.MethodFlag.param``)
+METHOD_PARAM = "method_option_"
 _NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
@@ -39,7 +41,11 @@ def cli_message(message: str, command: Any, typed: tuple[str, ...] = ()) -> str:
         if p.param_type_name == "option":
             spelled = [o for o in p.opts if o in typed]
             longs = [o for o in p.opts if o.startswith("--")]
-            names[p.name] = (spelled or longs or p.opts)[0]
+            flag = (spelled or longs or p.opts)[0]
+            if p.name.startswith(METHOD_PARAM):  # a method option: named by the option (the command's own wins)
+                names.setdefault(p.name[len(METHOD_PARAM):], flag)
+            else:
+                names[p.name] = flag
         elif p.param_type_name == "argument":
             names[p.name] = getattr(p, "metavar", None) or p.name.upper()
     return _NAME.sub(lambda m: names.get(m.group(1), m.group(0)), message)

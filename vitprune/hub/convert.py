@@ -5,6 +5,11 @@ state dict). vitprune reads only tensors (``weights_only``; ``argparse.Namespace
 base architecture, applies the method, lets the method map the keys
 (``TokenMethod.convert_official_state_dict``) and loads strictly: a key it does not know, a missing key or a shape
 that does not fit is refused in one line.
+
+When the checkpoint stores the training script's arguments (``args``), the options they set (the method's
+``official_args``, e.g. EViT's ``base_keep_rate``, ``drop_loc`` and ``fuse_token``) are used for every option the
+caller leaves out, and an option the caller gives with another value is refused: the weights were trained for the
+stored one.
 """
 from __future__ import annotations
 
@@ -23,6 +28,12 @@ STATE_KEYS = ("model", "state_dict", "model_ema", "module")
 
 def read_state_dict(file: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (.pth/.pt/.bin pickle or .safetensors), unwrapped from ``key``."""
+    return read_checkpoint(file, key)[0]
+
+
+def read_checkpoint(file: str | os.PathLike, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of a checkpoint file (unwrapped from ``key``) and its stored training arguments (``args``, an
+    ``argparse.Namespace`` or a dict, as plain values; empty when there are none)."""
     path = Path(file).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(f"checkpoint {path} does not exist.")
@@ -36,6 +47,8 @@ def read_state_dict(file: str | os.PathLike, key: str | None = None) -> dict[str
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling problem is the file's
             raise ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}).") from None
+    args = obj.get("args") if isinstance(obj, dict) else None
+    args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             raise ModelNotFoundError(f"{path} has no entry {key!r} (entries: {', '.join(map(str, obj))}).")
@@ -47,7 +60,39 @@ def read_state_dict(file: str | os.PathLike, key: str | None = None) -> dict[str
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelNotFoundError(f"{path} does not hold a state dict of tensors.")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, args
+
+
+def stored_options(method: str, args: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``given`` completed with the options the training arguments ``args`` set (the method's ``official_args``);
+    an option given with a value other than the stored one raises MethodOptionError."""
+    from ..methods.registry import get_method_class
+
+    cls = get_method_class(method)
+    stored = {}
+    for arg, option in cls.official_args.items():
+        if args.get(arg) is not None:
+            stored[option] = cls.Options.from_dict(cls.name, {option: _plain(args[arg])}).to_dict()[option]
+    for option, value in stored.items():
+        if option in given:
+            mine = cls.Options.from_dict(cls.name, {option: given[option]}).to_dict()[option]
+            if mine != value:
+                raise MethodOptionError(
+                    f"{source} was trained with `{option}` {value} (its stored training arguments); `{option}` "
+                    f"{given[option]} would load its weights under another setting. Leave `{option}` out.")
+    return {**stored, **given}
+
+
+def _plain(value: Any) -> Any:
+    """A stored argument as an option value: the reference scripts keep block lists as text, e.g. ``"(3, 6, 9)"``."""
+    if isinstance(value, str):
+        import ast
+
+        try:
+            value = ast.literal_eval(value)  # literals only, never code
+        except (ValueError, SyntaxError):
+            return value
+    return list(value) if isinstance(value, tuple) else value
 
 
 def import_checkpoint(
@@ -58,11 +103,13 @@ def import_checkpoint(
     key: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """Build ``base`` (a timm name, e.g. ``deit_small_patch16_224``) with ``method`` and the official weights."""
+    """Build ``base`` (a timm name, e.g. ``deit_small_patch16_224``) with ``method`` and the official weights;
+    options the checkpoint's training arguments set are taken from there unless given (the same value only)."""
     from ..methods import apply_method
     from .load import load_model
 
-    state = read_state_dict(file, key)
+    state, args = read_checkpoint(file, key)
+    options = stored_options(method, args, options, Path(file).name)
     model = load_model(base, pretrained=False)
     apply_method(model, method, **options)
     mapped = model.vitprune_method.convert_official_state_dict(state, model)

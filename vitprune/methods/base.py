@@ -158,6 +158,12 @@ OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "ru
                              "count_with"})
 
 
+def embed_tokens(model: nn.Module, images: Tensor) -> Tensor:
+    """timm's VisionTransformer prologue, the one every patched forward and every partial forward starts with: patch
+    embedding, position embedding with the prefix tokens, patch dropout, pre-norm -> ``B x (prefix + P) x C``."""
+    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a Python name: ``keep_rate`` -> ``--keep-rate``."""
     return "--" + name.replace("_", "-")
@@ -531,6 +537,12 @@ class TokenMethod:
     #: how the method works on a ViT without a class token, where that deviates from the paper (shown by
     #: `vitprune methods`, and in reports and cards of such models); empty: the paper's method applies as is
     no_class_token: ClassVar[str] = ""
+    #: arguments of the authors' training script that set an option (argument name -> option name), read from
+    #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
+    official_args: ClassVar[Mapping[str, str]] = {}
+    #: the option values under which the method removes nothing, so the patched model computes exactly the dense
+    #: model (every method declares it; the registry-wide contract tests check it bit for bit)
+    noop_options: ClassVar[Optional[Mapping[str, Any]]] = None
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -722,10 +734,7 @@ class PatchedViT:
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("vitprune-patched models do not take attention masks")
-        x = self.patch_embed(x)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        x = self.norm_pre(x)
+        x = embed_tokens(self, x)
         grid = _grid_of(self, x)
         state = TokenState(num_prefix=self.num_prefix_tokens, grid=grid, training=self.training,
                            track=self._vitprune_track)

@@ -1,7 +1,7 @@
 """Dynamic Grained Encoder (DGE): per-region query granularity chosen by a router in every block.
 
 Song et al., "Dynamic Grained Encoder for Vision Transformers", NeurIPS 2021 (arXiv 2301.03831); reference code
-StevenGrove/vtpack. Spec: ``shared/methods/dge.md``.
+StevenGrove/vtpack.
 
 What it does. The ``H x W`` patch grid is tiled by regions of ``R x R`` patches (R = 4, or 2, see below). In every
 block a router (average-pool the block's input patches over each region, then ``Linear(C, K)``, one per block,
@@ -48,10 +48,7 @@ forward, :meth:`DGE.prepare_inference` — which ``vitprune.optimize`` calls —
 training forward makes the compiled model recompile); without a kept plan every block is taken as routed (exact,
 slower). Router weights edited in place between two compiled calls, with no eager forward in between, are not seen:
 call ``prepare_inference`` after such an edit. Attention stays on fused SDPA with timm's weights
-(``ops.project_q`` / ``ops.project_kv`` / ``ops.attend``). Optionally (``method.speculate_kv = True``, off by
-default until measured faster) a GPU queues the key/value projection of a routed block before waiting for the
-read, which then goes through pinned memory, so the GPU has work while the host waits; the projection is wasted
-in blocks that turn out all-finest.
+(``ops.project_q`` / ``ops.project_kv`` / ``ops.attend``).
 
 Under ``tracking`` each block that pooled records ``(block, assignment)``: for every patch, the index of the query
 that stands for it (``visualize`` draws the cells by granularity), plus the per-image query counts
@@ -91,7 +88,7 @@ vitprune choices where the paper is silent, and deviations from the reference:
   to float rounding;
 * the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
   routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning];
-* the routers are ``dge_routers.{i}`` (the spec gives no official checkpoint layout, so there is no importer);
+* the routers are ``dge_routers.{i}`` (the authors publish no official checkpoint layout, so there is no importer);
   the reference's lambda flag is the option ``budget_weight``.
 """
 from __future__ import annotations
@@ -168,6 +165,7 @@ class DGEOptions(MethodOptions):
 @register
 class DGE(TokenMethod):
     name = "dge"
+    noop_options = {}  # untrained routers pick the finest split everywhere (the paper's initialisation)
     title = "Dynamic Grained Encoder"
     paper = "Song et al., Dynamic Grained Encoder for Vision Transformers (NeurIPS 2021, arXiv 2301.03831)"
     summary = ("a router per block picks, per image and per 4x4 region, 16, 4 or 1 pooled queries; queries attend "
@@ -203,9 +201,6 @@ class DGE(TokenMethod):
         self.region_note: str = ""
         #: compute path forced even when every query is finest (tests of the real path); True = skip to timm's block
         self.identity_shortcut: bool = True
-        #: on a GPU, project keys/values while the host waits for the block's widest query count (wasted work in
-        #: blocks that turn out all-finest; off until a GPU measurement shows it pays)
-        self.speculate_kv: bool = False
         #: what DGE.calibrate_budget did, if anything
         self.calibration: Optional[dict[str, Any]] = None
         #: query count of a block whose router reads the image: "auto" = the batch's widest image (one host read per
@@ -423,22 +418,18 @@ class DGE(TokenMethod):
         if state.track:
             state.aux.setdefault("queries", []).append(counts)
             state.aux.setdefault("decisions", []).append(decision)
-        kv = None
         if static_width:
             low, high = None, n  # the most queries any decision can make: every region at its finest
             xn = blk.norm1(x)
         else:
-            speculate = x.is_cuda and self.speculate_kv
-            read = _HostRead(torch.stack(torch.aminmax(counts)), overlap=speculate)  # the block's one host read
+            low, high = (int(v) for v in torch.stack(torch.aminmax(counts)).tolist())  # the block's one host read
             xn = blk.norm1(x)
-            kv = ops.project_kv(blk.attn, xn) if speculate else None  # queued before waiting for the read
-            low, high = read.get()
         if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
             if "dge_pad" in state.aux:
                 return self._dense_block(blk, x, state)
             return ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))  # nothing pooled: no token map
         order, src = regions.plan_queries(decision, grid, region, npre)
-        k, v = kv if kv is not None else ops.project_kv(blk.attn, xn)
+        k, v = ops.project_kv(blk.attn, xn)
         q0 = regions.gather_queries(x, bank, order[:, :high])  # B x width x C
         x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v, state), src)
         if state.track:
@@ -640,27 +631,6 @@ class DGE(TokenMethod):
             "min_lr": 1e-6, "weight_decay": 0.05, "kd_weight": 0.5, "kd_temperature": 1.0, "cls_weight": 1.0,
             "label_smoothing": 0.1, "drop_path": 0.1,
         }
-
-
-class _HostRead:
-    """A small device tensor read on the host. With ``overlap`` on a GPU the copy goes to pinned memory without
-    blocking and :meth:`get` waits for that copy alone (work queued after it keeps the GPU busy); otherwise
-    :meth:`get` is a plain synchronising read."""
-
-    def __init__(self, t: Tensor, overlap: bool = False):
-        self.event = None
-        if overlap and t.is_cuda:
-            self.buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            self.buf.copy_(t, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.buf = t
-
-    def get(self) -> list[int]:
-        if self.event is not None:
-            self.event.synchronize()
-        return [int(v) for v in self.buf.tolist()]
 
 
 def _grid_for(model: nn.Module, images: Tensor) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """DynamicViT: learned prediction modules drop the least informative patch tokens before three blocks.
 
 Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification", NeurIPS 2021
-(arXiv 2106.02034; T-PAMI extension arXiv 2207.01580). Spec: ``shared/methods/dynamicvit.md``.
+(arXiv 2106.02034; T-PAMI extension arXiv 2207.01580).
 
 Where it acts. Before each pruning location ``L`` (0-based blocks 3, 6, 9 of 12; ``scale_locations`` for other
 depths, ``pruning_loc`` to choose), a small prediction module ``score_predictor.{s}`` looks at the patch tokens
@@ -28,27 +28,8 @@ token distillation ``distill_weight * MSE(student, teacher)`` on the final norme
 after the last stage; the trainer adds label CE (weight 1) and KL on logits (weight 0.5, T = 1) from
 ``default_recipe``.
 
-vitprune choices where the paper and code are silent or specific to 224 px DeiT:
-
-* keep counts come from the actual patch count (the reference hard-codes 196), clamped to at least one patch;
-* every prefix token (class, distillation, register tokens) is always kept and never scored (the reference
-  assumes exactly one class token); a model that pools instead (``global_pool`` ``avg`` or ``map``, with or
-  without a class token) pools the kept tokens only: in eval the others are gone, in training the pool is weighted
-  by the last keep decision (``ops.pooling``);
-* blocks before the first pruning location run timm's plain attention in training too (the reference runs them
-  through the masked softmax with an all-ones policy, which differs from plain softmax only by its 1e-6 epsilon);
-* keep rate 1.0 is the dense model: predictors and gathers are skipped, in eval and in training;
-* the predictor's masked mean divides by ``max(sum(mask), 1e-6)``, so an image whose every patch was dropped gives a
-  zero global feature instead of NaN; the token distillation is 0 when no patch is kept (as the reference);
-* ``keep_rate`` may be changed at run time (top-k with another ``k``); the predictors were trained for one rate;
-* the last ``topk_tail`` of the run (default 0.5; 0 = the paper throughout) trains with the inference selection:
-  at each location the mask keeps exactly the top ``k_s`` live patches by keep log-probability, with the
-  straight-through gradient of the keep probability (``ops.topk_keep_decision``), instead of Gumbel samples.
-  Why: until the predictors are confident, Gumbel masks are close to random subsets, the backbone learns to cope
-  with *those*, and deterministic top-k at inference is a different input distribution. Measured on the demo (10
-  epochs, seed 0): the same trained model scored 98.05 % with Gumbel masks and 96.10 % with top-k; with the top-k
-  tail, seeds 0/1/2 end at 98.05/98.33/98.33 % (paper schedule: 96.10/96.94/97.49 %). On a long schedule with
-  confident predictors the two selections agree and the tail changes little.
+vitprune's choices where the paper and code are silent or specific to 224 px DeiT are ``DynamicViT.notes``
+(listed below at import, by ``vitprune methods`` and on the model card).
 """
 from __future__ import annotations
 
@@ -148,6 +129,8 @@ class ScorePredictor(nn.Module):
 @register
 class DynamicViT(TokenMethod):
     name = "dynamicvit"
+    noop_options = {"keep_rate": 1.0}
+    official_args = {"base_rate": "keep_rate", "pruning_loc": "pruning_loc"}
     title = "DynamicViT"
     paper = "Rao et al., DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification " \
             "(NeurIPS 2021, arXiv 2106.02034)"
@@ -168,14 +151,18 @@ class DynamicViT(TokenMethod):
         "Average- or attention-pooled heads (global_pool 'avg'/'map', with or without a class token) pool the kept "
         "tokens only: at inference the others are gone; in training, where they stay masked, the pool is weighted "
         "by the last keep decision (straight-through, so the head's loss reaches the predictors too).",
-        "The predictor's masked mean is guarded against an all-zero mask (the reference would give NaN).",
+        "The predictor's masked mean divides by max(sum(mask), 1e-6): an image whose every patch was dropped gets a "
+        "zero global feature instead of NaN; the token distillation is 0 when no patch is kept (as the reference).",
         "Recipe: the T-PAMI (v2) script: lr 1e-3 per 1024 images, backbone lr x0.01 and frozen for 5 warm-up "
         "epochs, cosine to 1e-6, 30 epochs, cls_token/pos_embed frozen; use ratio_weight 5.0 for DeiT-B and "
         "drop path 0.2 there (0 for DeiT-S).",
         "keep_rate can be changed at run time (top-k with another k); predictors were trained for one rate.",
         "Training: the last topk_tail (default 0.5) of the run uses the inference top-k masks with a straight-"
-        "through gradient instead of Gumbel samples, so the backbone adapts to the selection it gets at inference "
-        "(demo: +1.4 pt over three seeds); topk_tail=0 is the paper's Gumbel training throughout.",
+        "through gradient instead of Gumbel samples, so the backbone adapts to the selection it gets at inference; "
+        "topk_tail=0 is the paper's Gumbel training throughout. Until the predictors are confident, Gumbel masks are "
+        "near-random subsets and top-k at inference is another input distribution: on the demo (10 epochs, seed 0) "
+        "one trained model scored 98.05 % with Gumbel masks and 96.10 % with top-k; with the tail, seeds 0/1/2 end "
+        "at 98.05/98.33/98.33 % (paper schedule: 96.10/96.94/97.49 %).",
     )
 
     no_class_token = ("the prediction modules need no class token; the average or attention pool reads the kept "

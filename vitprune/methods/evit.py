@@ -1,7 +1,7 @@
 """EViT: keep the patches the class token attends to, fuse the rest into one token.
 
 Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations",
-ICLR 2022 (arXiv 2202.07800). Spec: ``shared/methods/evit.md``.
+ICLR 2022 (arXiv 2202.07800).
 
 In the drop-location blocks (0-based 3, 6, 9 of 12; scaled for other depths) the block's attention runs on all
 tokens; then patch tokens are ranked by the class token's head-averaged attention, the top
@@ -58,6 +58,8 @@ class EViTOptions(MethodOptions):
 @register
 class EViT(TokenMethod):
     name = "evit"
+    noop_options = {"keep_rate": 1.0}
+    official_args = {"base_keep_rate": "keep_rate", "drop_loc": "drop_loc", "fuse_token": "fuse"}
     title = "EViT"
     paper = "Liang et al., Not All Patches are What You Need (ICLR 2022, arXiv 2202.07800)"
     summary = ("keeps the patches the class token attends to most at 3 blocks, fuses the rest into one token; "

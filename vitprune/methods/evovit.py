@@ -1,7 +1,7 @@
 """Evo-ViT: slow-fast token evolution driven by a global class attention.
 
 Xu et al., "Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer", AAAI 2022 (arXiv 2108.01390).
-Spec: ``shared/methods/evovit.md``. The released DeiT code (the one its checkpoints need) is a simplified form of
+The released DeiT code (the one its checkpoints need) is a simplified form of
 the paper; vitprune follows that code by default and offers the paper's representative token as an option.
 
 What it does
@@ -149,6 +149,7 @@ class EvoViTOptions(MethodOptions):
 @register
 class EvoViT(TokenMethod):
     name = "evovit"
+    noop_options = {"keep_rate": 1.0}
     title = "Evo-ViT"
     paper = "Xu et al., Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer (AAAI 2022, " \
             "arXiv 2108.01390)"
@@ -403,7 +404,7 @@ class EvoViT(TokenMethod):
 
     # -- official checkpoints -------------------------------------------------------------------------
     def convert_official_state_dict(self, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        """Official ``evo_deit_*`` keys -> this model's (timm) keys, losslessly (spec §6):
+        """Official ``evo_deit_*`` keys -> this model's (timm) keys, losslessly:
         ``norms.i`` -> ``blocks.i.norm1``; ``[qks.i.qk; vs.i.v]`` (rows) -> ``blocks.i.attn.qkv``; ``projs.i`` ->
         ``blocks.i.attn.proj``; ``norm`` -> ``fc_norm``; ``head_cls``/``norm_cls`` kept when the model has the
         auxiliary classifier (``aux_cls_weight > 0``), dropped otherwise; everything else unchanged."""

@@ -24,7 +24,23 @@ def register(cls: type[TokenMethod]) -> type[TokenMethod]:
                              f"{other.__qualname__}); {cls.__module__}.{cls.__qualname__} needs another name")
     option_specs(cls)  # the options' metadata is read once here, so a typo in it fails at import
     _REGISTRY[cls.name] = cls
+    _document_notes(cls)
     return cls
+
+
+def _document_notes(cls: type[TokenMethod]) -> None:
+    """Append the method's ``notes`` (its choices where the paper is silent and its deviations from the paper or
+    the reference code) to its module's docstring: stated once, in ``notes``, and read in both places."""
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    if module is None or not cls.notes or NOTES_HEADING in (module.__doc__ or ""):
+        return
+    items = "\n".join(f"* {note}" for note in cls.notes)
+    module.__doc__ = f"{(module.__doc__ or '').rstrip()}\n\n{NOTES_HEADING} (``{cls.__name__}.notes``):\n\n{items}\n"
+
+
+NOTES_HEADING = "vitprune's choices and deviations from the paper and the reference code"
 
 
 def method_names() -> list[str]:

@@ -1,7 +1,7 @@
 """SaiT: adaptive token pruning by class attention, one set of weights for dense and sparse inference.
 
 Li, Thorsley, Hassoun, "SaiT: Sparse Vision Transformers through Adaptive Token Pruning", arXiv 2210.05832
-(2022). Spec: ``shared/methods/sait.md``. **No public code exists**: what the paper states for certain is a
+(2022). **No public code exists**: what the paper states for certain is a
 dense/sparse training framework (one model whose weights serve several token densities, switchable on the fly),
 adaptive (per-image) token sparsity, knowledge distillation to improve token selection in early blocks, and a
 zero-accuracy-drop option that skips the sparsification. Everything else here is vitprune's reconstruction;
@@ -39,7 +39,7 @@ the batch), not the padded widths; ``token_schedule`` gives the worst case (an i
 vitprune's choices where the paper is silent (also in ``SaiT.notes``, each with a test)
 ----------------------------------------------------------------------------------------
 * the ranking block is ``p-1`` and pruning happens after its MLP, so DeiT-S at p = 3 runs 3 dense blocks and 9
-  on the kept tokens (the spec's cost model); the class row is computed alone, the block stays on fused SDPA;
+  on the kept tokens (the cost model counted here); the class row is computed alone, the block stays on fused SDPA;
 * adaptive count: at most ``ceil(threshold * P)`` (exact arithmetic guarantees it; enforced against rounding,
   and it makes the worst case analytic); ``threshold = 1`` and ``keep_rate = 1`` skip the location entirely;
 * fixed count: ``ceil(keep_rate * P)`` (as EViT), never below ``ceil(k_min * P)``;
@@ -47,7 +47,7 @@ vitprune's choices where the paper is silent (also in ``SaiT.notes``, each with 
 * only class-token pooling (``global_pool='token'``): padded and masked tokens must never reach the head;
 * losses: per pass ``0.5 CE + 0.5 KL(teacher logits)`` at T = 1 (alpha = 0.5), the dense and sparse passes
   summed by the trainer, plus the selection distillation at ``sel_weight`` 0.1; recipe 30 epochs, lr 1e-5 per 512
-  images, no warm-up (the spec's reconstruction: sel_weight 1.0 and EViT's 2e-5; both lowered after demo runs,
+  images, no warm-up (a first reconstruction used sel_weight 1.0 and EViT's 2e-5; both lowered after demo runs,
   see ``notes``);
 * the default threshold 0.9 is a placeholder: :meth:`SaiT.calibrate_threshold` picks the threshold whose mean
   GMACs on a set of images (compress: up to 256 training images) is 40 % below dense, by bisection.
@@ -80,7 +80,7 @@ from ..ops.importance import attention_importance
 from ..ops.pooling import weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, require_pooled_head, tracking, vit_info,
+    check_fraction, embed_tokens, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
 
@@ -188,6 +188,7 @@ class ThresholdCalibration:
 @register
 class SaiT(TokenMethod):
     name = "sait"
+    noop_options = {"mode": "dense"}
     title = "SaiT"
     paper = "Li, Thorsley, Hassoun, SaiT: Sparse Vision Transformers through Adaptive Token Pruning (arXiv 2210.05832)"
     summary = ("prunes patch tokens once, early, by the previous block's class attention: a per-image count "
@@ -203,8 +204,8 @@ class SaiT(TokenMethod):
                       "the average or attention pool reads the live tokens only; `fuse` is refused and `buckets` "
                       "runs as padding.")
     notes = (
-        "No public code: the whole method below the paper's abstract is vitprune's reconstruction "
-        "(shared/methods/sait.md).",
+        "No public code: the whole method below the paper's abstract is vitprune's reconstruction (this module's "
+        "docstring).",
         "Tokens are pruned after block p-1 (before block p), ranked by block p-1's class-token attention row, "
         "averaged over heads, over patch keys only; prefix tokens are always kept and never scored.",
         "Adaptive count: the shortest prefix of the sorted patches reaching the threshold mass (normalised over "
@@ -227,8 +228,8 @@ class SaiT(TokenMethod):
         "Selection distillation: sel_weight * KL(teacher || student) over the patches alive at each location, "
         "teacher = dense teacher's last-block class attention (class row only), mean over locations; it falls "
         "back to the student's own dense pass (detached) when the teacher gives no matching map.",
-        "sel_weight 0.1 and lr 1e-5 per 512 images are our choice (the paper's recipe is not public; the spec's "
-        "reconstruction said sel_weight 1.0, lr 2e-5): at 1.0 the KL over patches starts at ~4x the rest of the "
+        "sel_weight 0.1 and lr 1e-5 per 512 images are our choice (the paper's recipe is not public; a first "
+        "reconstruction used sel_weight 1.0, lr 2e-5): at 1.0 the KL over patches starts at ~4x the rest of the "
         "loss (demo: 1.30 vs 0.31). Picked on the demo's val split, seed 0-2 runs: sel 1.0 / lr 8e-5 (demo "
         "scale) 97.21 % x3, sel 0 96.7-97.2, sel 0.1 / lr 4e-5 97.77-98.05; unseen seeds 3-5: 97.77 / 98.33 / "
         "97.49 %.",
@@ -582,7 +583,7 @@ class SaiT(TokenMethod):
         model.eval()
         try:
             with torch.no_grad():
-                x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+                x = embed_tokens(model, images)
                 for blk in model.blocks[: location - 1]:
                     x = blk(x)
                 blk = model.blocks[location - 1]
@@ -613,7 +614,7 @@ class SaiT(TokenMethod):
             return super().teacher_forward(teacher, images)
         if self.options.sel_weight == 0:
             return super().teacher_forward(teacher, images)
-        x = teacher.norm_pre(teacher.patch_drop(teacher._pos_embed(teacher.patch_embed(images))))
+        x = embed_tokens(teacher, images)
         for blk in teacher.blocks[:-1]:
             x = blk(x)
         blk = teacher.blocks[-1]

@@ -1,6 +1,6 @@
 """ToMe: merge the ``r`` most similar token pairs in every block (bipartite soft matching).
 
-Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461). Spec: ``shared/methods/tome.md``.
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461).
 
 Where it acts. In every block, between the attention residual and the MLP::
 
@@ -36,24 +36,8 @@ with the rest; a merge is one gather of the tokens that stay plus an update of t
 Training and inference use the same forward (static token counts per block: every image loses exactly ``r_i``
 tokens). ToMe adds no parameters: ``needs_training = False``; fine-tuning works (the merge passes gradients).
 
-vitprune choices and deviations from the reference code:
-
-* composition around timm's own modules (``norm1``, ``attn`` through :mod:`vitprune.ops.attention`, ``ls1``/``ls2``,
-  ``drop_path1/2``, ``mlp``): timm's qk-norm, LayerScale, scale-norm and register tokens are all honoured (the
-  reference replaces timm's Block/Attention classes and drops them);
-* every prefix token (class, distillation, registers) is protected: never a source, never a destination, size 1,
-  kept first. The reference masks the class token (and a distillation token) with ``-inf`` scores; vitprune takes
-  prefix tokens out of the split instead, which gives the same matching for one class token and generalises to
-  registers. The similarity matrix therefore has ``ceil(P/2) x floor(P/2)`` entries over patch tokens only;
-* a block whose (clipped) ``r`` is 0 and whose tokens all have size 1 runs timm's block unchanged, so ``r = 0`` is
-  bit-identical to the dense model;
-* models that pool by averaging (``global_pool='avg'``, e.g. MAE-style) average the final tokens weighted by their
-  sizes, so that the pooled feature approximates the dense model's mean over patches (the method's ``pool`` hook
-  reads the sizes of this forward pass); attention pooling (``map``) and ``max`` pooling are left as timm does them;
-* source tracking (``vitprune.methods.tracking``): the state records, after every merging block, a ``B x P`` map from
-  each original patch to the token that now contains it (the reference carries a ``B x N x P`` 0/1 matrix); tokens
-  that absorbed others are marked synthetic (``-1``) in ``state.origin``; the final sizes are in
-  ``state.aux["size"]``.
+vitprune's choices and its deviations from the reference code are ``ToMe.notes`` (listed below at import, by
+``vitprune methods`` and on the model card).
 """
 from __future__ import annotations
 
@@ -137,6 +121,7 @@ def _is_count(v: Any) -> bool:
 @register
 class ToMe(TokenMethod):
     name = "tome"
+    noop_options = {"r": 0}
     title = "ToMe"
     paper = "Bolya et al., Token Merging: Your ViT But Faster (ICLR 2023, arXiv 2210.09461)"
     summary = ("merges the r most similar token pairs (bipartite matching on head-averaged keys) after each block's "
@@ -145,15 +130,22 @@ class ToMe(TokenMethod):
     needs_training = False
     exportable = True
     notes = (
+        "Composed around timm's own modules (norm1, attn through vitprune.ops.attention, ls1/ls2, drop_path, mlp): "
+        "timm's qk-norm, LayerScale, scale-norm and register tokens are honoured (the reference replaces timm's "
+        "Block/Attention classes and drops them).",
         "Keys for the similarity are taken after timm's k_norm (qk-norm models) and averaged over heads.",
         "Class, distillation and register tokens are taken out of the bipartite split: never merged, never "
-        "destinations, size 1, kept first (same matching as the reference's -inf masking for one class token).",
+        "destinations, size 1, kept first (same matching as the reference's -inf masking for one class token, and "
+        "it generalises to registers); the similarity matrix has ceil(P/2) x floor(P/2) entries over patches only.",
         "Proportional attention is an additive log-size mask to fused SDPA; no mask before the first merge.",
         "r = 0 (or a block whose clipped r is 0 before any merge) runs timm's block unchanged: bit-identical.",
         "r larger than (tokens - prefix) // 2 in block 0 is an error; later blocks clip silently (see "
         "token_schedule / effective_r).",
-        "global_pool='avg' models average the final tokens weighted by their sizes; 'map' and 'max' pooling are "
-        "timm's own.",
+        "global_pool='avg' models average the final tokens weighted by their sizes (approximating the dense mean "
+        "over patches); 'map' and 'max' pooling are timm's own.",
+        "Source tracking records after every merging block a B x P map from each original patch to the token that "
+        "contains it (the reference carries a B x N x P 0/1 matrix); merged tokens are synthetic (-1) in "
+        "state.origin, final sizes in state.aux['size'].",
         "Fine-tuning recipe: DeiT-style fine-tuning of the pretrained model with logit KD from the dense model "
         "(the authors trained DeiT with ToMe from scratch; vitprune's choice).",
     )

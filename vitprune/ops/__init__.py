@@ -4,13 +4,13 @@ from .attention import (
     project_kv, project_q, project_qkv,
 )
 from .tokens import (
-    fuse_tokens, gather_patches, gumbel_keep_decision, keep_mask, keep_tokens, num_kept, patch_scores_from_cls,
-    rank_patches, scatter_patches, split_prefix, take_rows, topk_keep_decision, topk_patches, with_prefix_mask,
+    fuse_tokens, gumbel_keep_decision, keep_mask, keep_tokens, num_kept, patch_scores_from_cls,
+    rank_patches, split_prefix, take_rows, topk_keep_decision, topk_patches, with_prefix_mask,
 )
 
 __all__ = [
-    "attend", "attention", "attn_residual", "class_attention", "fuse_tokens", "gather_patches",
+    "attend", "attention", "attn_residual", "class_attention", "fuse_tokens",
     "gumbel_keep_decision", "keep_mask", "keep_tokens", "key_mask_bias", "masked_softmax_attention",
     "mlp_residual", "num_kept", "patch_scores_from_cls", "project_kv", "project_q", "project_qkv", "rank_patches",
-    "scatter_patches", "split_prefix", "take_rows", "topk_keep_decision", "topk_patches", "with_prefix_mask",
+    "split_prefix", "take_rows", "topk_keep_decision", "topk_patches", "with_prefix_mask",
 ]

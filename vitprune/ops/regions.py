@@ -53,15 +53,6 @@ def level_cells(region: int) -> list[int]:
     return [1 << k for k in range(region.bit_length())]
 
 
-def check_grid(grid: tuple[int, int], region: int) -> None:
-    """Raise MethodOptionError unless ``region`` divides both sides of the patch grid."""
-    h, w = grid
-    if h % region or w % region:
-        raise MethodOptionError(
-            f"the {h}x{w} patch grid is not divisible by region size {region}; use an input size whose patch grid "
-            f"is a multiple of {region}.")
-
-
 def coarse_offsets(grid: tuple[int, int], region: int) -> list[int]:
     """Start of each coarse level (1..K-1) in the coarse bank, then its length."""
     out, n = [0], 0

@@ -33,11 +33,6 @@ def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     return t.reshape(b * length, c).index_select(0, flat.reshape(-1)).view(b, idx.shape[1], c)
 
 
-def gather_patches(patches: Tensor, idx: Tensor) -> Tensor:
-    """Batched gather of tokens: ``patches`` ``B x P x C``, ``idx`` ``B x k`` -> ``B x k x C``."""
-    return take_rows(patches, idx)
-
-
 def keep_tokens(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
     """``[prefix, patches[idx]]``: one gather per stage; prefix tokens always kept, first."""
     return torch.cat([x[:, :num_prefix], take_rows(x, idx + num_prefix)], dim=1)
@@ -60,7 +55,7 @@ def fuse_tokens(patches: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
     token (normalised weights: pass ``weights / weights.sum``) both use it.
     """
     w = torch.gather(weights, 1, idx).unsqueeze(-1).to(patches.dtype)
-    return (gather_patches(patches, idx) * w).sum(dim=1, keepdim=True)
+    return (take_rows(patches, idx) * w).sum(dim=1, keepdim=True)
 
 
 def keep_mask(idx: Tensor, num_patches: int) -> Tensor:
@@ -74,17 +69,14 @@ def with_prefix_mask(mask: Tensor, num_prefix: int) -> Tensor:
     return torch.cat([mask.new_ones(mask.shape[0], num_prefix), mask], dim=1)
 
 
-def scatter_patches(dst: Tensor, idx: Tensor, src: Tensor) -> Tensor:
-    """Write ``src`` (``B x k x C``) back into patch positions ``idx`` of ``dst`` (``B x P x C``); returns a copy."""
-    return dst.scatter(1, idx.unsqueeze(-1).expand(-1, -1, dst.shape[-1]), src)
-
-
 def num_kept(fraction: float, n: int, rounding: str = "floor", minimum: int = 1) -> int:
-    """Tokens kept out of ``n`` at ``fraction``: ``floor`` = ``int(fraction * n)`` (DynamicViT, Evo-ViT),
-    ``ceil`` (EViT). Clamped to ``[minimum, n]``."""
+    """Tokens kept out of ``n`` at ``fraction``: ``floor`` = ``int(fraction * n)`` (Evo-ViT), ``ceil`` =
+    ``math.ceil(fraction * n)`` (EViT), both on the plain float product with no tolerance, as the reference code
+    computes them (``0.55 * 180`` is ``99.00000000000001`` in floating point, so EViT keeps 100). Clamped to
+    ``[minimum, n]``."""
     import math
 
-    k = math.ceil(fraction * n - 1e-9) if rounding == "ceil" else int(fraction * n + 1e-9)
+    k = math.ceil(fraction * n) if rounding == "ceil" else int(fraction * n)
     return max(min(k, n), min(minimum, n))
 
 
