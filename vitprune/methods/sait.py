@@ -224,7 +224,8 @@ class SaiT(TokenMethod):
         "Losses per pass: 0.5 CE + 0.5 KL(teacher logits, T=1) (alpha = 0.5 is our choice), dense and sparse "
         "passes summed by the trainer; recipe: 30 epochs from the pretrained model, lr 1e-5 per 512 images, no "
         "warm-up (our choice).",
-        "Only class-token pooling is supported: padded or masked tokens must never reach the head.",
+        "Padded or masked tokens never reach the head: class-token pooling reads the class token; a model without "
+        "a class token pools the live tokens only (below).",
         "The default threshold 0.9 is a placeholder: calibrate_threshold picks the threshold whose mean GMACs on "
         "a set of images is 40 % below dense, by bisection (compress runs it on up to 256 training images).",
     )
