@@ -68,28 +68,8 @@ schedule lets inference skip it). Padding queries are not counted.
 Embedding, final norm and head come from the same conventions; the count agrees with fvcore on uniform
 configurations (tests).
 
-vitprune choices where the paper is silent, and deviations from the reference:
-
-* region size 4 by default; when the patch grid is not divisible by 4 (224 px / patch 16 -> 14 x 14; the paper
-  used 256 px) and ``--region-size`` is not given, 2 is used (splits 2, 1) and written into the options;
-  ``method.region_note`` says why. A grid that neither divides (or a user-set size that does not divide it) is
-  padded to whole regions (``ops.gridpad``): the last regions are partial, each cell the mean of its real patches,
-  padding slots are zero tokens hidden as keys, and the real tokens are returned; all-finest blocks run timm's block
-  on the real tokens (bit-exact);
-* the budget is a fraction of the blocks' MACs (routers included); the patch embedding and head are outside it;
-* the router reads the block's input tokens (before ``norm1``); every prefix token is a query of its own;
-* starting points without training (``router_init``): ``dense`` (the paper's init: softmax of the bias =
-  [0.95, 0.025, ...], an untrained model is ~ the dense model); ``budget`` (router weights zero, biases pick a
-  static per-block split schedule whose MACs are the closest to the budget: finest in the first blocks, coarser in
-  the last ones, the same for every image; data-free and honest about being untrained); ``calibrated`` (set by
-  :meth:`DGE.calibrate_budget`, which shifts every router's biases along finest->coarsest so that the mean MAC
-  ratio on a given batch of images meets the budget; the biases live in the saved weights);
-* the router reads the mean of each region computed hierarchically (2x2 means of 2x2 means), the same value up
-  to float rounding;
-* the method is fine-tuned from a pretrained ViT with KD from the dense teacher (the paper trains from scratch);
-  routers get 10x the backbone's learning rate [UNVERIFIED: no reference for fine-tuning];
-* the routers are ``dge_routers.{i}`` (the authors publish no official checkpoint layout, so there is no importer);
-  the reference's lambda flag is the option ``budget_weight``.
+vitprune's choices where the paper is silent and its deviations from the reference are ``DGE.notes`` (listed
+below at import, by ``vitprune methods`` and on the model card).
 """
 from __future__ import annotations
 
@@ -177,13 +157,19 @@ class DGE(TokenMethod):
         "Region size 4 (splits 4/2/1); a patch grid not divisible by 4 (224 px / patch 16 = 14x14; the paper used "
         "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
         "options and method.region_note says why.",
-        "A grid no region size divides (DINOv2 at 518 px: 37x37; FlexiViT at 240 px: 15x15) is padded to whole "
-        "regions: border cells average their real patches, padding slots are hidden as keys and dropped at the "
-        "end; the padded grid's empty cells are computed as queries and counted in the MACs.",
-        "Untrained routers start ~dense (paper init, router_init=dense). For an untrained model at the budget use "
-        "--opt router_init=budget (static per-block split schedule, no data) or DGE.calibrate_budget(model, images) "
-        "(router biases shifted so the mean MAC ratio on the images meets the budget); the profile title shows "
-        "router_init.",
+        "A grid no region size divides (DINOv2 at 518 px: 37x37; FlexiViT at 240 px: 15x15), or that a "
+        "user-set --region-size does not divide, is padded to whole regions (ops.gridpad): border cells average "
+        "their real patches, padding slots are zero tokens hidden as keys and dropped at the end (the real tokens "
+        "are returned); the padded grid's empty cells are computed as queries and counted in the MACs; "
+        "all-finest blocks run timm's block on the real tokens (bit-exact).",
+        "Untrained routers start ~dense (paper init, router_init=dense: softmax of the bias = [0.95, 0.025, ...]). "
+        "For an untrained model at the budget use --opt router_init=budget (router weights zero, biases pick the "
+        "static per-block split schedule whose MACs are closest to the budget: finest in the first blocks, coarser "
+        "in the last, the same for every image; no data) or DGE.calibrate_budget(model, images) (router_init="
+        "calibrated: every router's biases shifted along finest->coarsest so the mean MAC ratio on the images "
+        "meets the budget; the biases live in the saved weights); the profile title shows router_init.",
+        "The router reads the block's input tokens (before norm1), each region's mean computed hierarchically "
+        "(2x2 means of 2x2 means; the same value up to float rounding).",
         "Inference: a block whose router weights are zero (router_init=budget, set_levels) runs its fixed level "
         "with no routing, no index and no host read; a block whose router reads the image pads its queries to the "
         "batch's widest image (one host read per block), or to every token under torch.compile/export or "
@@ -191,7 +177,10 @@ class DGE(TokenMethod):
         "GMACs come from the per-image decisions (mean over the batch, padding not counted), fvcore's conventions.",
         "Budget = fraction of the blocks' MACs (routers included); the embedding and head are outside it.",
         "Fine-tuned from the pretrained ViT with KD from the dense teacher (the paper trains from scratch); routers "
-        "at 10x the backbone's lr [UNVERIFIED]. The reference's lambda flag is called budget_weight here.",
+        "at 10x the backbone's lr [UNVERIFIED: no reference for fine-tuning]. The reference's lambda flag is called "
+        "budget_weight here.",
+        "The routers are dge_routers.{i}: the authors publish no official checkpoint layout, so there is no "
+        "importer.",
         "Every prefix token (class, distillation, registers) is a query of its own and never pooled.",
     )
 

@@ -9,9 +9,7 @@ tokens; then patch tokens are ranked by the class token's head-averaged attentio
 and the others are either fused into one token appended at the end (their attention-weighted sum, raw weights) or
 dropped; the block's MLP and all later blocks run on the shorter sequence. Same forward in training and inference.
 
-vitprune specifics: the class-token row is computed alone (``q_cls K^T``) so the block's attention stays on fused
-SDPA; every prefix token (class, distillation, registers) is kept and never scored; the importance is the class
-token's row (distilled models: the class token, not the distillation token).
+vitprune's choices are ``EViT.notes`` (listed below at import, by ``vitprune methods`` and on the model card).
 """
 from __future__ import annotations
 
@@ -68,7 +66,9 @@ class EViT(TokenMethod):
     exportable = True
     notes = (
         "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
-        "Distilled and register models: all prefix tokens are kept; importance is the class token's row.",
+        "The class-token attention row is computed alone (q_cls K^T) so the block's attention stays on fused SDPA.",
+        "Every prefix token (class, distillation, registers) is kept and never scored; importance is the class "
+        "token's row (distilled models: the class token, not the distillation token).",
     )
     no_class_token = (
         "importance is the attention each patch receives (softmax columns averaged over all queries and heads, "

@@ -41,24 +41,8 @@ CLS token loss" with weight ``aux_cls_weight`` (0.5, and the label cross-entropy
 average head's logits (the reference returns both branches; vitprune's trainer applies its label cross-entropy and
 logit distillation to this one) and leaves the class-token logits in ``state.aux["cls_logits"]`` for ``aux_losses``.
 
-vitprune choices and deviations from the reference code
---------------------------------------------------------
-* The sequence is never physically permuted: the informative tokens are gathered once per stage (prefix tokens
-  first, then patches by descending ``g``), processed, and scattered back to their own positions. Attention and MLP
-  are permutation-equivariant and both heads permutation-invariant, so the outputs equal the reference's up to
-  float summation order; ``g`` stays aligned with the tokens and the final tokens keep their spatial order.
-* One code path serves training and inference (the reference concatenates in training and writes in place at
-  inference; same values). Token counts are static per stage in both, as in the paper.
-* ``k`` comes from the model's real patch count (the reference hard-codes 196 and 12 blocks), at least 1. When
-  ``k`` equals the patch count (``keep_rate=1``) nothing is ranked or gathered: the dense blocks run unchanged.
-* The class row is computed alone (``q_cls K^T``, float32) so every block's attention stays on fused SDPA. Its
-  softmax runs over all keys (prefix tokens included, like the reference's class key); only patch keys are scored.
-  With a representative token its key takes part in the softmax but its entry is not a patch score.
-* Every prefix token is kept and processed in every block and never scored; the class token (index 0) is the query.
-* The auxiliary class-token loss is a label cross-entropy on the labels the trainer hands ``aux_losses``; without
-  labels (a caller outside the trainer) it is ``KL(teacher || head_cls)`` against the dense teacher's logits
-  (temperature 1).
-* Not implemented (LeViT code only): learned per-layer evolution weights, mean over heads, re-normalisation.
+vitprune's choices and deviations from the reference code are ``EvoViT.notes`` (listed below at import, by
+``vitprune methods`` and on the model card).
 """
 from __future__ import annotations
 
@@ -170,14 +154,25 @@ class EvoViT(TokenMethod):
         "Training runs layer-wise for the first 30% of training (layer_wise_fraction), then stage-wise as at "
         "inference: the paper spends 2/3 of a 300-epoch from-scratch run layer-wise; a pretrained backbone's class "
         "attention is already meaningful, so vitprune spends most of a short fine-tune in the inference mode.",
-        "The sequence keeps its spatial order: informative tokens are gathered once per stage and scattered back "
-        "(the reference re-orders the sequence); outputs equal up to float summation order.",
-        "k = int(P * keep_rate) on the model's real patch count P (the reference hard-codes 196 and 12 blocks); "
-        "every prefix token is kept and processed, never scored.",
-        "The class-attention row is computed alone (q_cls K^T) so attention stays on fused SDPA; before the first "
-        "selection only the block just before it computes it (the code's weight 1 overwrites earlier rows).",
+        "The sequence keeps its spatial order: informative tokens are gathered once per stage (prefix tokens "
+        "first, then patches by descending g) and scattered back (the reference re-orders the sequence); attention "
+        "and MLP are permutation-equivariant and both heads permutation-invariant, so outputs equal up to float "
+        "summation order, and g stays aligned with the tokens.",
+        "One code path serves training and inference (the reference concatenates in training and writes in place "
+        "at inference; same values); token counts are static per stage in both, as in the paper.",
+        "k = int(P * keep_rate), at least 1, on the model's real patch count P (the reference hard-codes 196 and 12 "
+        "blocks); at k = P (keep_rate 1) nothing is ranked or gathered and the dense blocks run unchanged.",
+        "Every prefix token is kept and processed in every block, never scored; the class token (index 0) is the "
+        "query.",
+        "The class-attention row is computed alone (q_cls K^T, float32) so attention stays on fused SDPA; before "
+        "the first selection only the block just before it computes it (the code's weight 1 overwrites earlier "
+        "rows).",
+        "The class row's softmax runs over all keys (prefix tokens included, like the reference's class key); only "
+        "patch keys are scored; a representative token's key takes part in the softmax but is not a patch score.",
         "Assisted class-token loss: cross-entropy on the labels the trainer passes to aux_losses; without labels, "
-        "KL to the dense teacher's logits.",
+        "KL(teacher || head_cls) to the dense teacher's logits at temperature 1.",
+        "Not implemented (LeViT code only): learned per-layer evolution weights, mean over heads, "
+        "re-normalisation of g.",
         "Recipe: no official fine-tuning recipe exists (the paper trains 300 epochs from scratch without KD); "
         "vitprune fine-tunes 30 epochs DeiT-style (AdamW, wd 0.05, drop path 0.1, smoothing 0.1) with logit KD 0.5.",
     )

@@ -5,7 +5,8 @@ Li, Thorsley, Hassoun, "SaiT: Sparse Vision Transformers through Adaptive Token 
 dense/sparse training framework (one model whose weights serve several token densities, switchable on the fly),
 adaptive (per-image) token sparsity, knowledge distillation to improve token selection in early blocks, and a
 zero-accuracy-drop option that skips the sparsification. Everything else here is vitprune's reconstruction;
-each choice is listed in ``SaiT.notes`` (shown by ``vitprune methods``) and tested in ``tests/test_sait.py``.
+each choice is ``SaiT.notes`` (listed below at import, by ``vitprune methods`` and on the model card) and tested
+in ``tests/test_sait.py``.
 
 What it does
 ------------
@@ -35,22 +36,6 @@ every group launches the later blocks again and eager launches are the bottlenec
 (demo teacher, counts 27..37 of 64) padding was also fastest. Padding is therefore the default; buckets remain
 for count spreads much wider than the padding overhead. ``macs()`` counts the per-image decisions (mean over
 the batch), not the padded widths; ``token_schedule`` gives the worst case (an image with uniform importance).
-
-vitprune's choices where the paper is silent (also in ``SaiT.notes``, each with a test)
-----------------------------------------------------------------------------------------
-* the ranking block is ``p-1`` and pruning happens after its MLP, so DeiT-S at p = 3 runs 3 dense blocks and 9
-  on the kept tokens (the cost model counted here); the class row is computed alone, the block stays on fused SDPA;
-* adaptive count: at most ``ceil(threshold * P)`` (exact arithmetic guarantees it; enforced against rounding,
-  and it makes the worst case analytic); ``threshold = 1`` and ``keep_rate = 1`` skip the location entirely;
-* fixed count: ``ceil(keep_rate * P)`` (as EViT), never below ``ceil(k_min * P)``;
-* several locations: the rule runs on the tokens alive in each image; a fused token is a patch token there;
-* only class-token pooling (``global_pool='token'``): padded and masked tokens must never reach the head;
-* losses: per pass ``0.5 CE + 0.5 KL(teacher logits)`` at T = 1 (alpha = 0.5), the dense and sparse passes
-  summed by the trainer, plus the selection distillation at ``sel_weight`` 0.1; recipe 30 epochs, lr 1e-5 per 512
-  images, no warm-up (a first reconstruction used sel_weight 1.0 and EViT's 2e-5; both lowered after demo runs,
-  see ``notes``);
-* the default threshold 0.9 is a placeholder: :meth:`SaiT.calibrate_threshold` picks the threshold whose mean
-  GMACs on a set of images (compress: up to 256 training images) is 40 % below dense, by bisection.
 
 Training (dense/sparse): ``training_passes()`` returns a dense pass and a sparse pass whose level is drawn per
 step, uniformly, from ``threshold_range`` (``sparse_train_mode=adaptive``, default) or ``keep_rate_range``
@@ -206,12 +191,15 @@ class SaiT(TokenMethod):
     notes = (
         "No public code: the whole method below the paper's abstract is vitprune's reconstruction (this module's "
         "docstring).",
-        "Tokens are pruned after block p-1 (before block p), ranked by block p-1's class-token attention row, "
-        "averaged over heads, over patch keys only; prefix tokens are always kept and never scored.",
+        "Tokens are pruned after block p-1's MLP (before block p), ranked by block p-1's class-token attention "
+        "row, averaged over heads, over patch keys only; prefix tokens are always kept and never scored. DeiT-S "
+        "at p = 3 runs 3 dense blocks and 9 on the kept tokens (the cost model counted here).",
+        "The class-token row is computed alone (q_cls K^T), so the ranking block stays on fused SDPA.",
         "Adaptive count: the shortest prefix of the sorted patches reaching the threshold mass (normalised over "
-        "the live patches P), at most ceil(threshold*P), at least ceil(k_min*P), at most P; threshold 1 skips "
+        "the live patches P), at most ceil(threshold*P) (exact arithmetic guarantees it; enforced against "
+        "rounding, and it makes the worst case analytic), at least ceil(k_min*P), at most P; threshold 1 skips "
         "pruning (bit-exact).",
-        "Fixed count: ceil(keep_rate*P), at least ceil(k_min*P); keep_rate 1 skips pruning (bit-exact).",
+        "Fixed count: ceil(keep_rate*P) (as EViT), at least ceil(k_min*P); keep_rate 1 skips pruning (bit-exact).",
         "Several locations: each applies the rule to the tokens alive (per image); a fused token from an earlier "
         "location is a patch token there and can be kept or fused again.",
         "fuse=True: one extra token, the pruned tokens' sum weighted by their raw head-averaged class attention "
@@ -229,15 +217,17 @@ class SaiT(TokenMethod):
         "teacher = dense teacher's last-block class attention (class row only), mean over locations; it falls "
         "back to the student's own dense pass (detached) when the teacher gives no matching map.",
         "sel_weight 0.1 and lr 1e-5 per 512 images are our choice (the paper's recipe is not public; a first "
-        "reconstruction used sel_weight 1.0, lr 2e-5): at 1.0 the KL over patches starts at ~4x the rest of the "
-        "loss (demo: 1.30 vs 0.31). Picked on the demo's val split, seed 0-2 runs: sel 1.0 / lr 8e-5 (demo "
+        "reconstruction used sel_weight 1.0 and EViT's lr 2e-5): at 1.0 the KL over patches starts at ~4x the "
+        "rest of the loss (demo: 1.30 vs 0.31). Picked on the demo's val split, seed 0-2 runs: sel 1.0 / lr 8e-5 (demo "
         "scale) 97.21 % x3, sel 0 96.7-97.2, sel 0.1 / lr 4e-5 97.77-98.05; unseen seeds 3-5: 97.77 / 98.33 / "
         "97.49 %.",
         "Losses per pass: 0.5 CE + 0.5 KL(teacher logits, T=1) (alpha = 0.5 is our choice), dense and sparse "
-        "passes summed; recipe: 30 epochs from the pretrained model, lr 1e-5 per 512 images (our choice).",
-        "Only class-token pooling is supported: padded or masked tokens must never reach the head.",
+        "passes summed by the trainer; recipe: 30 epochs from the pretrained model, lr 1e-5 per 512 images, no "
+        "warm-up (our choice).",
+        "Padded or masked tokens never reach the head: class-token pooling reads the class token; a model without "
+        "a class token pools the live tokens only (below).",
         "The default threshold 0.9 is a placeholder: calibrate_threshold picks the threshold whose mean GMACs on "
-        "a set of images is 40 % below dense (compress runs it on up to 256 training images).",
+        "a set of images is 40 % below dense, by bisection (compress runs it on up to 256 training images).",
     )
 
     # -- contract ------------------------------------------------------------------------------------
