@@ -27,9 +27,9 @@ def import_checkpoint(
     from ..hub.lock import output_lock
     from ..hub.save import check_overwritable
 
+    model = do_import(file, base, method, key=key, **method_options)  # a refused checkpoint leaves no folder
     with output_lock(output, "import-checkpoint"):  # refused at once when another run writes there
         check_overwritable(output)
-        model = do_import(file, base, method, key=key, **method_options)
         folder = save(model, output, base_model=base)
     out.print(f"Imported {escape(file)} as {escape(model.vitprune_method.describe())} on {escape(base)} → "
               f"{escape(str(folder))}", highlight=False)
