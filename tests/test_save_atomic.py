@@ -238,11 +238,13 @@ def test_two_processes_one_folder_second_refused_in_one_line(tmp_path):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert first.stdout.readline().strip() == "paused", first.stderr.read()
-        # the second: the CLI, importing an official-style checkpoint into the same folder
+        # the second: the CLI, importing a valid official-style checkpoint (EViT's are plain timm weights) into the
+        # same folder: converted and checked first, then refused at the folder
         ckpt = tmp_path / "evit.safetensors"
+        import timm
         from safetensors.torch import save_file
 
-        save_file(vit(2).state_dict(), str(ckpt))
+        save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), str(ckpt))
         second = subprocess.run(
             [sys.executable, "-m", "vitprune", "import-checkpoint", str(ckpt), "--method", "evit", "--base",
              "vit_tiny_patch16_224", "-o", str(folder)],
