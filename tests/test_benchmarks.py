@@ -23,6 +23,7 @@ def bench_modules():
         sys.path.remove(str(BENCH))
 
 
+@pytest.mark.slow
 def test_speed_smoke_writes_every_method_next_to_dense(tmp_path, bench_modules, capsys):
     speed, _ = bench_modules
     out = tmp_path / "speed.json"
@@ -49,6 +50,7 @@ def test_ratios_pair_runs_of_the_same_round(bench_modules):
     assert speed.paired_ratio([1.0, 2.0, 4.0], [2.0, 2.0, 2.0], inverse=True) == 1.0  # 2/1, 2/2, 2/4 -> 1
 
 
+@pytest.mark.slow
 def test_speed_check_fails_below_the_targets_and_passes_above(tmp_path, bench_modules, capsys):
     """Two sessions: ratios come with their range. --check compares them with the targets: a fraction no ratio
     can reach fails (exit 1, one line per miss); fraction 0 passes."""
@@ -66,6 +68,7 @@ def test_speed_check_fails_below_the_targets_and_passes_above(tmp_path, bench_mo
     assert len(speed.check(res, 1000)) == 4 and speed.check(res, 0.0) == []  # 2 methods x (batch 4, batch 1)
 
 
+@pytest.mark.slow
 def test_kernel_summary_smoke_groups_all_time_into_categories(tmp_path, bench_modules, capsys):
     _, kernels = bench_modules
     out = tmp_path / "kernels.json"
@@ -106,6 +109,7 @@ def test_speed_smoke_in_onnxruntime_times_the_exports(tmp_path, bench_modules, c
     assert "skipping dge" in text and "intra-op threads" in text
 
 
+@pytest.mark.slow
 def test_data_loader_benchmark_smoke_runs_as_a_script(tmp_path):
     """``benchmarks/data.py --smoke`` as a user runs it (a real subprocess with loader worker processes): the three
     loaders are measured side by side in every round and reported with positive rates (no speed threshold: the

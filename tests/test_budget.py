@@ -24,6 +24,7 @@ def _ratio(model, method, options):
     return count_macs(patched).macs / count_macs(model).macs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_hits_the_target_within_one_percent_or_the_closest(method):
     model = make_vit(depth=6)
@@ -50,6 +51,7 @@ def test_every_method_hits_the_target_within_one_percent_or_the_closest(method):
         assert abs(ratio - RATIO) >= abs(achieved - RATIO) - 1e-12, (other, ratio)
 
 
+@pytest.mark.slow
 def test_static_settings_are_said_and_used():
     model = make_vit(depth=4)
     sait = solve_for_gmacs(model, "sait", 0.7)
@@ -68,6 +70,7 @@ def test_a_fixed_headline_option_conflicts():
         solve_for_gmacs(model, "sait", 0.6, mode="adaptive")
 
 
+@pytest.mark.slow
 def test_cli_prints_the_chosen_setting_and_refuses_a_conflict(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["profile", "demo", "--method", "evit", "--target-gmacs", "0.6", "--no-speed"])
@@ -102,6 +105,7 @@ def test_compress_records_the_budget_in_report_and_config(tmp_path):
     assert report["gmacs_ratio"] == pytest.approx(report["budget"]["achieved"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sweep_solves_one_point_per_target():
     from vitprune import sweep
 

@@ -35,6 +35,7 @@ def test_version_names_vitprune_and_its_stack():
     assert res.output.startswith(f"vitprune {vitprune.__version__} (torch ") and f"timm {timm.__version__}" in res.output
 
 
+@pytest.mark.slow
 def test_profile_json_schema_dense_and_compressed():
     res = run("profile", "demo", "--method", "evit", "--keep-rate", "0.7", "--device", "cpu", "--batch-size", "8",
               "--repeats", "2", "--json")
@@ -49,6 +50,7 @@ def test_profile_json_schema_dense_and_compressed():
     assert data["device_name"] and data["versions"]["timm"]
 
 
+@pytest.mark.slow
 def test_profile_table_names_device_dtype_batch_and_units():
     res = run("profile", "demo", "--no-speed")
     assert res.exit_code == 0, res.output
@@ -97,6 +99,7 @@ def test_bad_batch_size_is_a_usage_error(bad):
     assert "batch-size" in res.output
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_installed():
     out = subprocess.run([sys.executable, "-m", "vitprune.cli.main", "profile", "demo", "--no-speed", "--json"],
                          capture_output=True, text=True, timeout=300)

@@ -63,6 +63,7 @@ def sample(option: dict) -> list[str]:
     return ["4" if default is None else str(default)]
 
 
+@pytest.mark.slow
 def test_every_flag_vitprune_methods_shows_is_accepted_by_compress():
     info = json.loads(runner.invoke(app, ["methods", "--json"]).stdout)
     shown = 0
@@ -78,6 +79,7 @@ def test_every_flag_vitprune_methods_shows_is_accepted_by_compress():
     assert shown >= 40  # 32 options over six methods, 4 bool ones with --no-, ToMe's --r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_each_methods_options_given_as_flags_reach_the_method(method):
     """Every option of a method given as its flag (at its default) on a real command: the options the method ends
@@ -153,6 +155,7 @@ print(json.dumps({"flags": flags, "profile": prof["compressed"]["options"], "eva
 """
 
 
+@pytest.mark.slow
 def test_a_new_method_gets_its_flags_on_every_command(tmp_path):
     res = subprocess.run([sys.executable, "-c", _THROWAWAY, str(tmp_path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
@@ -290,6 +293,7 @@ def test_compile_times_both_models_compiled_on_cpu():
 # ------------------------------------------------------------------------------------------ run-time options
 
 
+@pytest.mark.slow
 def test_eval_mode_dense_on_sait_is_the_dense_model(tmp_path):
     folder = vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "sait", mode="fixed", keep_rate=0.5),
                            tmp_path / "sait")
@@ -303,6 +307,7 @@ def test_eval_mode_dense_on_sait_is_the_dense_model(tmp_path):
     assert json.loads(runner.invoke(app, ["eval", str(folder), "--json"]).stdout)["options"]["mode"] == "fixed"
 
 
+@pytest.mark.slow
 def test_run_time_options_change_a_saved_model_in_profile_and_visualize(tmp_path):
     folder = str(vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7),
                                tmp_path / "evit"))

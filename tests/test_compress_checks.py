@@ -61,6 +61,7 @@ def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ early checks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (["--device", "gpu"], "device 'gpu' is not supported; use --device cuda"),
     (["--device", "tpu"], "device 'tpu' is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or --device"),
@@ -77,6 +78,7 @@ def test_bad_input_is_one_line_before_any_training(data, tmp_path, extra, messag
     assert not out.exists()  # nothing was created, let alone trained
 
 
+@pytest.mark.slow
 def test_output_that_is_a_file_is_refused_and_left_alone(data, tmp_path):
     plain = tmp_path / "plainfile.txt"
     plain.write_text("mine\n")
@@ -86,11 +88,13 @@ def test_output_that_is_a_file_is_refused_and_left_alone(data, tmp_path):
     assert plain.read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_output_that_cannot_be_written_is_refused(data, tmp_path):
     # /proc refuses new entries even to root (chmod would not stop root, which CI may be)
     one_line_error(cli(compress_args(data, Path("/proc/vitprune-out")), tmp_path), "cannot write to /proc")
 
 
+@pytest.mark.slow
 def test_push_to_without_a_token_is_refused_before_training(data, tmp_path):
     online = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # no HF_TOKEN, an empty HF_HOME
     res = cli(compress_args(data, tmp_path / "out", "--push-to", "alice/demo-evit"), tmp_path, online)
@@ -102,6 +106,7 @@ def test_push_to_without_a_token_is_refused_before_training(data, tmp_path):
     assert TOKEN not in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_one_class_dataset_is_refused(tmp_path):
     one = write_folder(tmp_path / "one", digit_images("train", 12, classes=(7,)))
     res = cli(["compress", "demo", "-m", "evit", "--data", str(one), "-o", str(tmp_path / "out"), "--no-speed"],
@@ -109,6 +114,7 @@ def test_one_class_dataset_is_refused(tmp_path):
     one_line_error(res, "has one class (7)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["eval", "demo"], ["profile", "demo", "--no-weights", "--no-speed"]])
 def test_eval_and_profile_share_the_device_check(tmp_path, command):
     one_line_error(cli([*command, "--device", "gpu"], tmp_path), "use --device cuda (an NVIDIA GPU, or cuda:N)")
@@ -196,6 +202,7 @@ def test_classes_matched_by_count_only_are_warned_and_new_head_replaces_the_head
 # ------------------------------------------------------------------------------------------ rich markup
 
 
+@pytest.mark.slow
 def test_file_names_with_markup_are_printed_as_they_are(tmp_path):
     """A class folder holding `bad[/x].png` (a sub-folder `bad[` and a file `x].png`, unreadable): rich would
     read `[/x]` as a closing tag and crash; eval prints the name as it is."""
@@ -230,6 +237,7 @@ def test_default_output_folders_name_the_headline_setting():
     assert f"`{folder('dynamicvit')}/`" in readme
 
 
+@pytest.mark.slow
 def test_two_settings_without_output_go_to_two_folders(tmp_path, monkeypatch):
     """Keep rates 0.7 and 0.5 used to share `vitprune-out/demo-evit`, the second replacing the first."""
     data = digits_folder(tmp_path / "d", per_class=2, val_per_class=1)
@@ -241,6 +249,7 @@ def test_two_settings_without_output_go_to_two_folders(tmp_path, monkeypatch):
     assert vitprune.load(second.output).vitprune_method.options.keep_rate == 0.5
 
 
+@pytest.mark.slow
 def test_a_folder_holding_someone_elses_config_is_refused_before_training(data, tmp_path):
     """A config.json vitprune did not write (another tool's model) is never replaced, and the run says so before
     it trains, not after hours when the save would fail."""

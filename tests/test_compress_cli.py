@@ -28,6 +28,7 @@ def demo_run(tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_one_epoch_on_the_demo_end_to_end(demo_run):
     out, res = demo_run
     assert "top-1 (%)" in res.stdout and "GMACs (papers' GFLOPs)" in res.stdout and "throughput" in res.stdout
@@ -67,6 +68,7 @@ def test_one_epoch_on_the_demo_end_to_end(demo_run):
     assert again.top1 == pytest.approx(metrics["top1"]) and again.loss == pytest.approx(metrics["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_json_schema_and_runtime_option(demo_run):
     out, _ = demo_run
     res = runner.invoke(app, ["eval", str(out), "--data", "demo", "--json"])
@@ -82,6 +84,7 @@ def test_eval_json_schema_and_runtime_option(demo_run):
     assert table.exit_code == 0 and "98.33" in table.stdout
 
 
+@pytest.mark.slow
 def test_new_head_fine_tunes_a_teacher_first_and_skips_an_unreadable_image(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=2)
     data = digits_folder(tmp_path / "abc", per_class=8, val_per_class=2, classes=(0, 1, 2),
@@ -122,6 +125,7 @@ def saved(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, extra, message", [
     ("missing", ["--data", "/no/such/data"], "does not exist"),
     ("empty", ["--data", "{empty}"], "is empty"),
@@ -160,6 +164,7 @@ def test_eval_errors_are_one_line(tmp_path):
         assert len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_mode_flag_sets_sait_inference_mode_and_skips_calibration(tmp_path):
     """`--mode fixed --keep-rate 0.7` reaches SaiT's options, is saved as the default, and (a run-time option the
     user chose) stops the post-training threshold calibration."""

@@ -28,6 +28,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     path = _write(tmp_path, "method: tome\nr: 3\nepochs: 2\nlr: 0.001\nscale: [0.5, 1]\nbatch_size: 32\n"
                             "logger: csv\n")
@@ -69,6 +70,7 @@ def test_a_bad_file_is_one_line(tmp_path, text, message):
     assert len(lines) == 1 and lines[0].startswith("Error: --config ") and message in lines[0], res.output
 
 
+@pytest.mark.slow
 def test_a_tiny_compress_from_the_example_records_the_file_as_the_source(tmp_path):
     out = tmp_path / "out"
     res = runner.invoke(app, ["compress", "--config", str(EXAMPLE), "--max-steps", "2", "--epochs", "0.1",

@@ -27,6 +27,7 @@ def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "16", "--no-speed", "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_compress_calibrates_records_the_command_and_pushes(data, tmp_path):
     out = tmp_path / "sait"
     with FakeHub(TOKEN) as hub:
@@ -56,6 +57,7 @@ def test_compress_calibrates_records_the_command_and_pushes(data, tmp_path):
     assert vitprune.load(out).vitprune_method.options.threshold == pytest.approx(calib["threshold"])
 
 
+@pytest.mark.slow
 def test_an_explicit_threshold_is_kept_and_a_failed_push_leaves_the_saved_folder(data, tmp_path):
     out = tmp_path / "sait"
     with FakeHub(TOKEN) as hub:

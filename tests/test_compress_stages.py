@@ -26,6 +26,7 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_resolve_alone_names_the_default_output_and_keeps_a_compressed_models_method(tmp_path):
     with CompressJob(CompressConfig(method="evit", method_options={"keep_rate": 0.6})) as job:
         target = job.resolve()
@@ -83,6 +84,7 @@ def test_recipes_alone_apply_the_demo_preset_and_refuse_too_large_a_batch(tmp_pa
             job.make_recipes(target, splits, job.plan_heads(target, splits))
 
 
+@pytest.mark.slow
 def test_claim_output_holds_the_folder_until_the_job_ends(tmp_path):
     out = tmp_path / "out"
     probe = [sys.executable, "-c", "import sys; from vitprune.hub.lock import output_lock\n"
@@ -100,6 +102,7 @@ def test_claim_output_holds_the_folder_until_the_job_ends(tmp_path):
     assert subprocess.run(probe, env=env, capture_output=True, text=True, timeout=120).returncode == 0
 
 
+@pytest.mark.slow
 def test_evaluate_and_measure_alone_are_eval_and_profile(tmp_path):
     teacher = vitprune.load_model("demo")
     student = vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.5)

@@ -62,6 +62,7 @@ def test_single_folder_split_is_stratified_and_seeded(tmp_path):
     assert len(default.val[1]) == 10 and "0.1" in default.notes[0]
 
 
+@pytest.mark.slow
 def test_saved_hf_dataset_with_detected_columns_and_a_corrupt_row(tmp_path):
     path = hf_digits(tmp_path / "hf", image_col="picture", label_col="digit", corrupt_rows=(5,))
     data = load_data(str(path))

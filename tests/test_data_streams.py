@@ -83,6 +83,7 @@ def test_shards_with_class_names_a_corrupt_image_and_a_sample_without_label(tmp_
     assert all(torch.equal(x[0], to_tensor(written[i][0].convert("RGB"))) and x[1] == written[i][1] for i, x in good)
 
 
+@pytest.mark.slow
 def test_labels_outside_classes_txt_and_other_mistakes_are_one_line(tmp_path):
     data = digit_shards(tmp_path / "d")
     (data / "classes.txt").write_text("a\nb\nc\n")
@@ -99,6 +100,7 @@ def test_labels_outside_classes_txt_and_other_mistakes_are_one_line(tmp_path):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_eval_reads_the_val_shards_and_counts_a_corrupt_image(tmp_path):
     data = tmp_path / "d"
     write_shards(data / "train", digit_images("train", 2), 10)
@@ -122,6 +124,7 @@ def test_eval_reads_the_val_shards_and_counts_a_corrupt_image(tmp_path):
 # ------------------------------------------------------------------------------------------ splitting
 
 
+@pytest.mark.slow
 def test_a_resumed_epoch_loader_gives_the_remaining_batches_of_the_uninterrupted_one(tmp_path):
     """Sample-exact resume at the loader level: for 0, 2 and 3 workers, starting at micro-batch s gives batches
     s.. of the same epoch, bit for bit (random crops seeded per sample)."""
@@ -167,6 +170,7 @@ def _gloo_worker(rank: int, world: int, init: str, data: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_with_two_workers_see_every_sample_once_per_epoch(tmp_path):
     """Shards of 23, 23, 23, 11 samples over 2 processes x 2 workers: in each epoch the two processes get 39
     samples each, no sample twice; the 2 left out (fewer than one global batch of 6) change with the epoch."""
@@ -286,6 +290,7 @@ def offline_hub(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.mark.slow
 def test_hub_dataset_offline_from_the_cache_as_a_table_and_as_a_stream(offline_hub, tmp_path):
     table = load_data("hf:org/name")
     stream = load_data("hf:org/name", streaming=True)
@@ -311,6 +316,7 @@ def test_hub_dataset_offline_from_the_cache_as_a_table_and_as_a_stream(offline_h
     assert j1["images"] == j2["images"] == 20 and j1["top1"] == pytest.approx(j2["top1"])
 
 
+@pytest.mark.slow
 def test_hub_dataset_mistakes_are_one_line(offline_hub):
     res = runner.invoke(app, ["eval", "demo", "--data", "hf:org/missing"])
     assert res.exit_code == 1 and "hf:org/missing cannot be loaded (offline" in res.output
@@ -345,6 +351,7 @@ def test_hub_image_paths_are_read_only_inside_the_datasets_cache_folders(offline
 # ------------------------------------------------------------------------------------------ the extra
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data, what", [("shards", "reading webdataset shards"),
                                         ("hf:org/name --streaming", "--streaming")])
 def test_without_webdataset_the_error_names_the_extra(tmp_path, data, what):

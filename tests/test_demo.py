@@ -27,6 +27,7 @@ def test_demo_teacher_is_small_and_grid_divisible_by_four():
     assert model.num_classes == 10
 
 
+@pytest.mark.slow
 def test_demo_teacher_accuracy_on_val_split():
     result = vitprune.evaluate("demo", "demo", split="val", device="cpu")
     assert result.images == 359

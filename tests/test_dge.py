@@ -66,6 +66,7 @@ def test_all_finest_is_the_dense_model_bit_exact_and_through_the_compute_path(di
 # ------------------------------------------------------------------------------------------ counts
 
 
+@pytest.mark.slow
 def test_token_and_query_counts_deit_s_224_region_falls_back_to_2(deit_small):
     m = patched(deit_small)
     meth = m.vitprune_method
@@ -188,6 +189,7 @@ def test_block_formula_at_nq_equal_n_is_fvcore_dense_block():
     assert cost.packed(n, n, regions_=4) - 4 * cost.router - fv == 5 * n * c
 
 
+@pytest.mark.slow
 def test_macs_match_fvcore_on_uniform_configurations(digits):
     for base in (make_vit(depth=3, embed_dim=96), make_vit(arch="deit_small_distilled_patch16_224", depth=2)):
         m = patched(base)
@@ -215,6 +217,7 @@ def test_macs_are_the_mean_of_per_image_decisions(digits):
     assert count_macs(m, images=digits).source == "method"
 
 
+@pytest.mark.slow
 def test_gmacs_deit_s_paper_setting():
     """256 px (16x16 grid, R = 4): dense 6.1 G (fvcore count); DGE at budget 0.5 (static schedule meeting it)."""
     torch.manual_seed(0)
@@ -230,6 +233,7 @@ def test_gmacs_deit_s_paper_setting():
     assert count_macs(m, (3, 256, 256)).gmacs - routers == pytest.approx(6.1, rel=0.01)  # the paper's dense DeiT-S
 
 
+@pytest.mark.slow
 def test_gmacs_deit_s_224_profile_setting(deit_small):
     m = patched(deit_small, router_init="budget", budget=0.5)
     meth = m.vitprune_method
@@ -527,6 +531,7 @@ def test_tracking_records_the_same_maps_on_both_paths(digits):
 # ------------------------------------------------------------------------------------------ save / load
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_with_routers(tmp_path, digits):
     m = patched(make_vit(depth=4))
     m.vitprune_method.calibrate_budget(m, digits, 0.5)

@@ -332,6 +332,7 @@ def _state_with(decisions, final=None, npre=1):
     return st
 
 
+@pytest.mark.slow
 def test_ratio_loss_is_zero_at_target_and_matches_formula():
     m = patched(make_vit(), keep_rate=0.5, ratio_weight=2.0)
     meth = m.vitprune_method
@@ -460,6 +461,7 @@ def test_official_checkpoint_layout_imports_exactly(deit_small):
         m.vitprune_method.convert_official_state_dict(extra, m)
 
 
+@pytest.mark.slow
 def test_import_checkpoint_cli_end_to_end(tmp_path, digits):
     from typer.testing import CliRunner
 

@@ -106,6 +106,7 @@ def test_training_forward_backward_reaches_parameters(digits):
     assert m.blocks[11].mlp.fc1.weight.grad is not None
 
 
+@pytest.mark.slow
 def test_macs_deit_s_within_one_percent(deit_small):
     assert count_macs(patched(deit_small, keep_rate=0.7)).gmacs == pytest.approx(3.0355, rel=0.01)
     assert count_macs(patched(deit_small, keep_rate=0.7, fuse=False)).gmacs == pytest.approx(3.0032, rel=0.01)
@@ -140,6 +141,7 @@ def test_digits_batch_is_real_data():
     assert x.shape == (4, 3, 32, 32) and x.std() > 0.5
 
 
+@pytest.mark.slow
 def test_official_checkpoint_imports_and_unknown_keys_are_refused(tmp_path):
     """EViT releases are plain timm DeiT state dicts under 'model'; method settings come from options."""
     import argparse

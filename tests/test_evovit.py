@@ -72,6 +72,7 @@ def test_avg_head_keep_one_is_bit_identical_to_timm_avg_pool_model(tiny_vit, dig
     assert torch.equal(m.fc_norm.weight, tiny_vit.norm.weight) and torch.equal(m.head_cls.weight, tiny_vit.head.weight)
 
 
+@pytest.mark.slow
 def test_keep_one_compute_path_equals_dense_avg_model_with_converted_weights(deit_small, photos):
     """Oracle 4: k = 196 through ranking, gathers and write-backs == dense timm avg-pool ViT (fp32, atol 1e-5)."""
     dense = timm.create_model("deit_small_patch16_224", pretrained=False, global_pool="avg").eval()
@@ -340,11 +341,13 @@ def test_prefix_tokens_are_kept_first_and_never_scored(kwargs, npre, digits):
 # ------------------------------------------------------------------------------------------ MACs and params (7, 8)
 
 
+@pytest.mark.slow
 def test_macs_deit_s_match_the_analytic_count(deit_small):
     assert count_macs(patched(deit_small, head="avg")).gmacs == pytest.approx(3.0395, rel=0.01)
     assert count_macs(patched(deit_small)).gmacs == pytest.approx(3.0395, rel=0.01)  # class-token head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, gmacs", [("deit_tiny_patch16_224", 0.8208), ("deit_base_patch16_224", 11.6705)])
 def test_macs_deit_tiny_and_base_match_the_analytic_count(arch, gmacs):
     with torch.device("meta"):  # values do not matter for a MAC count: skip the random initialisation
@@ -444,6 +447,7 @@ def test_bad_options_and_models():
         vitprune.apply_method(make_vit(arch="deit_small_distilled_patch16_224"), "evovit", head="avg")
 
 
+@pytest.mark.slow
 def test_cli_bad_option_and_official_checkpoint_import(tmp_path):
     from typer.testing import CliRunner
 

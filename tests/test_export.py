@@ -89,6 +89,7 @@ def test_export_matches_pytorch_at_two_batch_sizes_with_the_schedule_in_the_grap
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == list(INPUT)  # dynamic batch axis
 
 
+@pytest.mark.slow
 def test_token_check_catches_a_dense_graph(tmp_path):
     import onnx
 
@@ -174,6 +175,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocked,args", [
     ("onnxruntime", ["export", "demo", "--method", "evit"]),
     ("onnxscript", ["profile", "demo", "--method", "tome", "--runtime", "onnxruntime"]),
@@ -288,6 +290,7 @@ def test_export_measure_into_a_folder_records_the_speed_in_report_and_card(tmp_p
     assert "Measured in ONNX Runtime" in card and "| throughput (img/s, batch 4) |" in card
 
 
+@pytest.mark.slow
 def test_an_export_into_a_saved_folder_is_part_of_that_model_and_leaves_with_it(tmp_path):
     """model.onnx, report.json's onnx section and the card switch in as one new version of the folder; a later
     save of other weights drops the file, so an ONNX export never sits beside weights it was not made from."""

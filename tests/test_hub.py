@@ -28,6 +28,7 @@ def test_timm_name_loads_weights_from_offline_cache(offline_cache):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow
 def test_hf_hub_timm_repo_and_vitprune_repo_from_offline_cache(offline_cache, tmp_path):
     dense = make_vit()
     # a timm-format repo (config.json + model.safetensors written by timm's own exporter)

@@ -36,6 +36,7 @@ def _import(tmp_path, ckpt, *extra):
                                     "-o", str(tmp_path / "o"), *extra])
 
 
+@pytest.mark.slow
 def test_stored_training_arguments_set_the_options(tmp_path):
     src = _evit_checkpoint(tmp_path / "evit.pth", base_keep_rate=0.5, drop_loc="(2, 5, 8)", fuse_token=False)
     res = _import(tmp_path, tmp_path / "evit.pth")
@@ -55,6 +56,7 @@ def test_a_conflicting_keep_rate_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "o").exists()  # refused before the output folder is claimed: nothing left behind
 
 
+@pytest.mark.slow
 def test_the_stored_value_given_again_and_other_options_are_accepted(tmp_path):
     _evit_checkpoint(tmp_path / "evit.pth", base_keep_rate=0.5, drop_loc="(3, 6, 9)", fuse_token=True)
     res = _import(tmp_path, tmp_path / "evit.pth", "--keep-rate", "0.5", "--opt", "shrink_epochs=2")

@@ -36,6 +36,7 @@ def hold(folder: Path, purpose: str = "compress") -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(tmp_path):
     folder = tmp_path / "out"
     proc = hold(folder, "compress")
@@ -57,6 +58,7 @@ def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(t
         assert read_owner(folder)["pid"] == os.getpid() and read_owner(folder)["purpose"] == "save"
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_process_is_taken_over(tmp_path):
     folder = tmp_path / "out"
     proc = hold(folder)
@@ -67,6 +69,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
         assert read_owner(folder)["pid"] == os.getpid()
 
 
+@pytest.mark.slow
 def test_reentrant_in_one_process_and_not_inherited_by_a_fork(tmp_path):
     folder = tmp_path / "out"
     with output_lock(folder, "compress"):
@@ -120,6 +123,7 @@ def test_owner_record_is_json_with_pid_host_purpose_since(tmp_path):
     assert set(data) == {"pid", "host", "purpose", "since"} and data["purpose"] == "import-checkpoint"
 
 
+@pytest.mark.slow
 def test_compress_holds_the_lock_from_before_training_until_its_save_is_done(tmp_path):
     import vitprune
 
@@ -140,6 +144,7 @@ def test_compress_holds_the_lock_from_before_training_until_its_save_is_done(tmp
     assert vitprune.load(out).vitprune_method.name == "evit"  # its own save did not wait on its lock
 
 
+@pytest.mark.slow
 def test_compress_into_a_folder_another_process_holds_is_refused_before_training(tmp_path):
     from typer.testing import CliRunner
 

@@ -13,6 +13,7 @@ from vitprune.errors import DeviceError
 from .conftest import make_vit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, gmacs",
     [

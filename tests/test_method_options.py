@@ -142,6 +142,7 @@ def test_registering_a_name_twice_is_an_error():
     assert get_method_class("evit").__module__ == "vitprune.methods.evit"
 
 
+@pytest.mark.slow
 def test_an_option_the_setting_ignores_is_reported_once_and_a_saved_model_loads_silently(tmp_path):
     import warnings
 

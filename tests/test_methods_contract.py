@@ -57,6 +57,7 @@ def test_token_schedule_equals_the_tracked_counts_at_two_image_sizes(name, img_s
     assert state.counts == m.vitprune_method.token_schedule(m)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, extra, npre", [
     ("deit_small_distilled_patch16_224", {}, 2),  # class + distillation token
     ("vit_small_patch16_224", {"reg_tokens": 2}, 3),  # class + 2 registers
@@ -117,6 +118,7 @@ def test_bad_option_values_raise_method_option_error(name):
         vitprune.apply_method(make_vit(depth=2), name, no_such_option=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_static_inference_compiles_into_one_graph(name):
     """A method whose default setting has a static inference path (its export check passes) compiles with

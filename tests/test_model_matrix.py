@@ -41,6 +41,7 @@ def test_twelve_families_that_exist_in_timm():
     assert all(timm.is_model(f.arch) for f in mm.FAMILIES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", mm.METHODS)
 @pytest.mark.parametrize("family", mm.FAMILIES, ids=lambda f: f.arch)
 def test_cell(family, method):

@@ -17,6 +17,7 @@ STATIC = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, opts", STATIC, ids=[n for n, _ in STATIC])
 def test_static_methods_compile_into_one_graph_with_equal_outputs(name, opts):
     """No graph break, no host sync: what CUDA graphs need. The eager backend replays the captured graph."""
@@ -28,6 +29,7 @@ def test_static_methods_compile_into_one_graph_with_equal_outputs(name, opts):
         assert torch.equal(compiled(x), m(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("routers", ["budget", "content"])
 def test_dge_compiles_into_one_graph_with_equal_outputs(routers):
     """DGE's inference has no host read under compile: static-schedule blocks run their fixed level, routed blocks
@@ -47,6 +49,7 @@ def test_dge_compiles_into_one_graph_with_equal_outputs(routers):
         torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_inductor_fast_path_matches_plain_path_on_real_images():
     torch._dynamo.reset()
     m = vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7)

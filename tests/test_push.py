@@ -73,6 +73,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 # ------------------------------------------------------------------------------------------ success
 
 
+@pytest.mark.slow
 def test_push_cli_uploads_byte_identical_files_and_never_shows_the_token(saved, hub, tmp_path):
     before = tree(saved)
     res = run_cli(["push", str(saved), "--repo", REPO], cli_env(tmp_path, hub.url))
@@ -95,6 +96,7 @@ def test_push_cli_uploads_byte_identical_files_and_never_shows_the_token(saved, 
     assert tree(saved) == before  # the local folder (its README.md included) is untouched
 
 
+@pytest.mark.slow
 def test_push_library_lfs_private_branch_then_load_from_the_hub(saved, hub, tmp_path, monkeypatch):
     """Large files through the LFS batch API (the server asks for LFS, the client is told not to use Xet), a private
     repo, a branch; then vitprune.load("hf-hub:...@branch") downloads the pushed model and rebuilds it exactly."""
@@ -169,6 +171,7 @@ def test_dry_run_json_matches_the_folder(saved, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ failures
 
 
+@pytest.mark.slow
 def test_server_error_subprocess_one_line_no_token_anywhere(saved, hub, tmp_path):
     hub.fail["create"] = (500, "internal error while creating the repo")
     before = tree(saved)
@@ -191,6 +194,7 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, message", [
     ("no-token", "no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
     ("bad-token", "the Hub refused the token (401)"),
@@ -280,6 +284,7 @@ def online(hub, monkeypatch):
     return hub
 
 
+@pytest.mark.slow
 def test_push_sends_the_allow_list_only_and_dry_run_lists_exactly_that(cluttered, online):
     before = tree(cluttered)
     dry = CliRunner().invoke(app, ["push", str(cluttered), "--repo", REPO, "--dry-run", "--json"])

@@ -131,6 +131,7 @@ def deit_s_macs(kept: int) -> float:
     return 196 * C * 768 + 3 * block(197) + 197 * C + 9 * block(1 + kept) + 5 * (1 + kept) * C + C * 1000
 
 
+@pytest.mark.slow
 def test_gmacs_deit_s_fixed_keep_half_and_forty_percent(deit_small):
     for rate, kept, spec in ((0.5, 98, 2.9), (0.4, 79, 2.6)):
         mc = count_macs(patched(deit_small, mode="fixed", keep_rate=rate))
@@ -171,6 +172,7 @@ def test_adaptive_macs_are_the_mean_of_per_image_decisions(demo, digits32):
     assert per_image.min() < mc.macs < per_image.max()
 
 
+@pytest.mark.slow
 def test_one_saved_model_three_modes_three_gmacs_without_reloading(tmp_path, digits):
     """Oracle 5: dense > fixed 0.7 > adaptive 0.5 (near-uniform attention keeps about half)."""
     vitprune.save(patched(make_vit(), mode="dense"), tmp_path / "sait")
@@ -466,6 +468,7 @@ def test_save_load_round_trip_keeps_the_runtime_default(tmp_path, demo, digits32
         assert torch.equal(back(digits32), m(digits32))
 
 
+@pytest.mark.slow
 def test_bad_options_and_models():
     for opts, msg in ((dict(keep_rate=0.0), r"`keep_rate` must be in \(0, 1\]"),
                       (dict(keep_rate=1.5), r"`keep_rate` must be in \(0, 1\]"),

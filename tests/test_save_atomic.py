@@ -143,6 +143,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if "~" in p.name and p.name != current)
 
 
+@pytest.mark.slow
 def test_kill_at_every_step_of_the_commit_leaves_old_or_new(tmp_path):
     """B is saved over A, in the versioned layout and over plain files (a folder saved before it); a fresh copy
     of the folder per step, the saving process killed at that step: before the switch A, from it on B."""
@@ -232,6 +233,7 @@ print("saved", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_one_folder_second_refused_in_one_line(tmp_path):
     folder = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-c", PAUSED_SAVE, str(folder), "1"], cwd=ROOT, text=True,

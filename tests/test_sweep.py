@@ -23,6 +23,7 @@ def read(out: Path) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_cli_evit_keep_rates_on_demo_without_data(tmp_path):
     out = tmp_path / "sweep"
     res = runner.invoke(app, ["sweep", "demo", "--method", "evit", "--keep-rates", "0.5,0.7,0.9", "--out", str(out),
@@ -44,6 +45,7 @@ def test_cli_evit_keep_rates_on_demo_without_data(tmp_path):
     assert "pareto.png" in res.stdout
 
 
+@pytest.mark.slow
 def test_tome_r_values_with_demo_data_have_accuracy(tmp_path):
     res = vitprune.sweep("demo", "tome", [2, 8], data="demo", out=str(tmp_path), speed=False)
     data = read(tmp_path)
@@ -57,6 +59,7 @@ def test_tome_r_values_with_demo_data_have_accuracy(tmp_path):
     assert not any("fine-tuned" in n for n in data["notes"])  # ToMe needs no training
 
 
+@pytest.mark.slow
 def test_runtime_sweep_of_one_saved_checkpoint(tmp_path):
     folder = vitprune.save(vitprune.apply_method(vitprune.load_model("demo"), "evit", keep_rate=0.7),
                            tmp_path / "evit")
@@ -69,6 +72,7 @@ def test_runtime_sweep_of_one_saved_checkpoint(tmp_path):
         vitprune.sweep(str(folder), values=[0.0, 1.0], option="shrink_epochs", out=None, speed=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message, code", [  # a malformed command line exits 2, a refused setting 1
     (["--method", "evit"], "exactly one of --keep-rates", 2),
     (["--method", "evit", "--keep-rates", "0.5", "--r-values", "4"], "given: --keep-rates, --r-values", 2),
@@ -87,6 +91,7 @@ def test_sweep_refusals_are_one_line(args, message, code, tmp_path):
     assert len(lines) == 1 and message in lines[0], res.output
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_one_clear_line(tmp_path):
     res = run_without_matplotlib(["sweep", "demo", "--method", "evit", "--keep-rates", "0.5,0.7",
                                   "--out", str(tmp_path / "sweep")])
@@ -96,6 +101,7 @@ def test_missing_matplotlib_is_one_clear_line(tmp_path):
     assert not (tmp_path / "sweep").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_trained_points_go_through_compress(tmp_path):
     """--epochs: every point is fine-tuned with vitprune.compress (a short schedule here) and saved in OUT/points."""
     res = vitprune.sweep("demo", "evit", [0.5, 0.8], data="demo", epochs=0.05, out=str(tmp_path), speed=False,
@@ -112,6 +118,7 @@ def test_trained_points_go_through_compress(tmp_path):
     assert res.dense["top1"] == json.loads((Path(res.points[0].folder) / "report.json").read_text())["dense"]["top1"]
 
 
+@pytest.mark.slow
 def test_a_vit_built_at_64_px_profiles_and_sweeps_at_64_px():
     """profile and sweep measure with one function and one input-size rule (the model's own patch embedding): a
     ViT built with img_size=64 keeps pretrained_cfg's 224 px, which sweep used to feed it (an AssertionError)."""

@@ -200,6 +200,7 @@ def test_batch_results_do_not_depend_on_the_other_images(digits):
 # ------------------------------------------------------------------------------------------ GMACs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r, gmacs", [(8, 3.428), (13, 2.712), (16, 2.298)])
 def test_gmacs_deit_s_match_the_analytic_count(deit_small, r, gmacs):
     mc = count_macs(patched(deit_small, r=r))
@@ -534,6 +535,7 @@ def test_unsupported_model_is_refused():
         vitprune.apply_method(patched(make_vit(depth=2), r=2), "tome", r=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--r", "40"], "--r 40 is too large"),
     (["--r", "4,4,40"], "--r schedule entry 40 (block 2) is too large"),
@@ -595,6 +597,7 @@ def _fused_vs_plain(m, x, backend):
     return plain, fused, plain_maps, fused_maps
 
 
+@pytest.mark.slow
 def test_fused_merge_is_one_graph_per_step_with_the_plain_result(digits):
     """backend='eager' replays what dynamo captured: fullgraph=True proves the matching and merge of a block are one
     graph (no break, no host read), for every block's token count, and nothing changes in the result."""

@@ -25,6 +25,7 @@ from tests.test_train_utils import digits_folder, max_diff, save_tiny_vit, weigh
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=4)
     data = digits_folder(tmp_path / "digits", per_class=8, val_per_class=2)

@@ -65,6 +65,7 @@ def _check_keep_best(out: Path, log: list[dict]) -> None:
     assert report["compressed"]["top1"] == pytest.approx(report["best_val_top1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_tensorboard_csv_and_keep_best(setup):
     root, model, data = setup
     out = root / "run"
@@ -87,6 +88,7 @@ def test_tensorboard_csv_and_keep_best(setup):
     _check_keep_best(out, log)
 
 
+@pytest.mark.slow
 def test_keep_best_and_logs_survive_resume(setup):
     """Stopped in the middle of epoch 2 and resumed: the best epoch is still the argmax of the whole curve, and
     the CSV and TensorBoard hold every epoch once."""
@@ -114,6 +116,7 @@ def test_keep_best_needs_validation_and_an_unknown_logger_is_one_line(setup):
     assert res.exit_code == 1 and res.output.strip().startswith("Error: --logger 'tensorbord'"), res.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger, module, extra", [("tensorboard", "tensorboard", "vitprune[logs]"),
                                                    ("wandb", "wandb", "pip install wandb")])
 def test_a_missing_logger_package_is_one_line_naming_how_to_install_it(tmp_path, logger, module, extra):

@@ -64,6 +64,7 @@ def resume_to_the_reference(model, data, out, reference) -> None:
     assert same_weights(weights(out), reference[0]), max_diff(weights(out), reference[0])
 
 
+@pytest.mark.slow
 def test_max_steps_stop_mid_epoch_then_resume_is_bit_identical(setup, reference):
     root, model, data = setup
     out = root / "maxsteps"
@@ -127,6 +128,7 @@ def _stopped_with_one_line(proc, stderr: str, out: Path, code: int, first_words:
     assert f"step {step}/20" in last
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, reference):
     root, model, data = setup
     out = root / "killed"
@@ -137,6 +139,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(setup, referenc
     resume_to_the_reference(model, data, out, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, words", [
     (signal.SIGINT, 130, "Interrupted: interrupted at step "),  # Ctrl-C; 128 + the signal number, as shells do
     (signal.SIGTERM, 143, "Interrupted: stopped by SIGTERM at step "),  # SLURM, Kubernetes, torchrun
@@ -162,6 +165,7 @@ def test_sigterm_to_every_process_of_the_job_with_loader_workers(setup, referenc
     resume_to_the_reference(model, data, out, reference)  # augmentation does not depend on the worker count
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_killed_checkpoint_write_are_removed_on_the_next_start(setup):
     root, model, data = setup
     out = root / "leftovers"
@@ -180,6 +184,7 @@ def test_temp_files_of_a_killed_checkpoint_write_are_removed_on_the_next_start(s
     assert not any(f.exists() for f in leftovers) and all(f.exists() for f in others)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference):
     root, model, data = setup
     out = root / "other"
@@ -190,6 +195,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(setup, reference)
     assert res.exit_code == 1 and "other settings" in res.output and len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_malformed_contents_is_one_line(setup):
     root, model, data = setup
     out = root / "malformed"

@@ -61,6 +61,7 @@ class _WritesAMarker:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["torch.save", "plain pickle"])
 def test_a_planted_checkpoint_runs_nothing_and_is_one_line(setup, tmp_path, layout):
     _, model, data = setup
@@ -120,6 +121,7 @@ def test_method_state_round_trips_through_a_weights_only_checkpoint(name, tmp_pa
     assert fresh.state_dict() == apply_method(tiny_vit(), name).vitprune_method.state_dict()
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_before_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path):
     _, model, data = setup
     out = tmp_path / "diverged"
@@ -155,6 +157,7 @@ def _fp16_trainer(lr: float, steps_images: int = 40):
                                                                 precision="fp16"))
 
 
+@pytest.mark.slow
 def test_fp16_overflowing_gradients_are_the_scalers_business_not_a_divergence():
     trainer = _fp16_trainer(lr=100.0)
     summary = trainer.run()

@@ -96,6 +96,7 @@ def rel_err(got, ref) -> float:
 # --------------------------------------------------------------------------------------------- outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_converted_model_gives_the_transformers_outputs(case, tmp_path, offline_cache):
     hf = make_hf(case)
@@ -222,6 +223,7 @@ def test_saved_converted_model_reloads_as_timm_with_the_repo_as_base(tmp_path, o
     assert rel_err(got, ref) <= REL_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["deit-distilled", "dinov2-registers"])
 def test_profile_cli_takes_a_transformers_folder_and_repo(case, tmp_path, offline_cache):
     """A command given the folder or its hf-hub: name: EViT at keep rate 0.5 drops half of the 16 patch tokens
@@ -340,6 +342,7 @@ def demo_as_transformers(folder):
     return folder, demo, hf
 
 
+@pytest.mark.slow
 def test_compress_a_transformers_repo_through_the_cli(tmp_path, offline_cache):
     folder, demo, hf = demo_as_transformers(tmp_path / "demo-hf")
     x = digits_batch(8)
@@ -432,6 +435,7 @@ assert not any(name == "transformers" or name.startswith("transformers.") for na
 """
 
 
+@pytest.mark.slow
 def test_conversion_does_not_need_transformers(tmp_path):
     """transformers writes the folder here; a process in which transformers cannot be imported converts it."""
     import subprocess

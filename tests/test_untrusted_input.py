@@ -104,6 +104,7 @@ def test_weights_of_the_wrong_kind_are_refused_before_loading(good, tmp_path):
         vitprune.load(folder)
 
 
+@pytest.mark.slow
 def test_a_model_larger_than_memory_is_refused_on_the_meta_device(good, tmp_path):
     """Within the per-argument bounds, 256 blocks of width 16384 are ~3.3 TB of float32 (12·d² per block, the
     ViT block's parameter count): refused from the meta-device build, with or without weights."""
@@ -122,6 +123,7 @@ def test_hub_names_huggingface_hub_rejects_are_one_line(name):
     assert "is not a Hub repo name" in one_line(runner.invoke(app, ["profile", name, "--no-weights", "--no-speed"]))
 
 
+@pytest.mark.slow
 def test_truncated_weights_subprocess_cli_one_line(good, tmp_path):
     data = (good / "model.safetensors").read_bytes()
     folder = spoiled(good, tmp_path / "m", weights=data[: len(data) // 3])

@@ -62,6 +62,7 @@ def test_evit_on_demo_digits_png_size_and_schedule(tmp_path):
     assert info["stages"][0]["patch_tokens"] == [32, 32]  # ceil(0.5 x 64) at the first location, exactly
 
 
+@pytest.mark.slow
 def test_tome_on_photos_with_deit_small_shape(photos, tmp_path):
     """Real photos through DeiT-S/16 at 224 px (random weights: no pretrained weights can be downloaded here)."""
     out = tmp_path / "tome.png"
@@ -144,6 +145,7 @@ def run_without_matplotlib(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_is_one_clear_line(tmp_path):
     res = run_without_matplotlib(["visualize", "demo", "demo:0", "--method", "evit", "--out", str(tmp_path / "x.png")])
     assert res.returncode == 1, res.stdout + res.stderr

@@ -27,9 +27,10 @@ def import_checkpoint(
     from ..hub.lock import output_lock
     from ..hub.save import check_overwritable
 
+    check_overwritable(output)  # reads only: someone else's config.json or README.md is refused first
     model = do_import(file, base, method, key=key, **method_options)  # a refused checkpoint leaves no folder
     with output_lock(output, "import-checkpoint"):  # refused at once when another run writes there
-        check_overwritable(output)
+        check_overwritable(output)  # again, now that no other process can change the folder
         folder = save(model, output, base_model=base)
     out.print(f"Imported {escape(file)} as {escape(model.vitprune_method.describe())} on {escape(base)} → "
               f"{escape(str(folder))}", highlight=False)
