@@ -101,7 +101,7 @@ def at(tmp_path, monkeypatch):
 def test_paths_are_relative_inside_the_working_folder_else_their_last_component(at):
     assert public_path(at / "proj" / "data" / "d") == "data/d" and public_path(at / "proj") == "."
     assert public_path(at / "elsewhere" / "d") == "d" and public_path("~/x/y") == "y"
-    assert public_path("/srv/shared/imagenet/") == "imagenet"
+    assert public_path("/srv/datasets/imagenet/") == "imagenet"
 
 
 def test_a_working_folder_above_the_home_folder_gives_last_components(at, monkeypatch):
