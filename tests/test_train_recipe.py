@@ -231,3 +231,19 @@ def test_the_trainer_hands_labels_to_method_losses():
     expected = model.vitprune_method.options.aux_cls_weight * F.cross_entropy(
         cls_logits, labels, label_smoothing=AUX_LABEL_SMOOTHING)
     assert terms["aux_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_every_recipe_flag_of_compress_shows_the_recipe_fields_help():
+    """A recipe key's help is declared once, on its ``Recipe`` field; compress's flag shows that text."""
+    import typer.main
+
+    from vitprune.cli.main import app
+    from vitprune.train.recipe import recipe_help
+
+    command = typer.main.get_command(app).commands["compress"]
+    params = {p.name: p for p in command.params}
+    helps = recipe_help()
+    flags = [k for k in helps if k in params and (params[k].rich_help_panel or "").startswith("Recipe")]
+    assert {"lr", "optimizer", "layer_decay", "kd_weight", "frozen", "clip_grad"} <= set(flags)
+    for key in flags:
+        assert params[key].help.startswith(helps[key]), key

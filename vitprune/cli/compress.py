@@ -13,6 +13,11 @@ from ._options import method_options
 from .common import MethodOpt, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _HELP = recipe_help()
+
+
+def _recipe(key: str, more: str = "") -> str:
+    """A recipe flag's help: the ``Recipe`` field's own help text (declared once, there)."""
+    return _HELP[key] + more + "."
 _TRAIN = "Training"
 _RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
 _AUG = "Augmentation"
@@ -177,42 +182,43 @@ def compress(
         help="auto (bf16 on GPUs that support it, else fp16 with a grad scaler; fp32 on CPU), fp32, bf16, fp16.",
         rich_help_panel=_TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option(
-        help="peak lr for a global batch of --lr-batch-ref images (scaled linearly).", rich_help_panel=_RECIPE)]
+        help=_recipe("lr"), rich_help_panel=_RECIPE)]
         = None,
-    lr_batch_ref: Annotated[Optional[int], typer.Option(help="batch the lr refers to.", rich_help_panel=_RECIPE)]
+    lr_batch_ref: Annotated[Optional[int], typer.Option(help=_recipe("lr_batch_ref"), rich_help_panel=_RECIPE)]
         = None,
     backbone_lr_scale: Annotated[Optional[float], typer.Option(
-        help="backbone lr = lr x this (the method's new modules: lr x 1).", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("backbone_lr_scale"), rich_help_panel=_RECIPE)] = None,
     freeze_backbone_epochs: Annotated[Optional[float], typer.Option(
-        help="backbone lr 0 for these first epochs.", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("freeze_backbone_epochs"), rich_help_panel=_RECIPE)] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option(
-        help="linear warm-up epochs (per iteration).", rich_help_panel=_RECIPE)] = None,
-    warmup_lr: Annotated[Optional[float], typer.Option(help="lr at the start of warm-up.", rich_help_panel=_RECIPE)]
+        help=_recipe("warmup_epochs"), rich_help_panel=_RECIPE)] = None,
+    warmup_lr: Annotated[Optional[float], typer.Option(help=_recipe("warmup_lr"), rich_help_panel=_RECIPE)]
         = None,
-    min_lr: Annotated[Optional[float], typer.Option(help="cosine schedule floor.", rich_help_panel=_RECIPE)] = None,
+    min_lr: Annotated[Optional[float], typer.Option(help=_recipe("min_lr"), rich_help_panel=_RECIPE)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(
-        help=_HELP["weight_decay"] + ".", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("weight_decay"), rich_help_panel=_RECIPE)] = None,
     optimizer: Annotated[Optional[str], typer.Option(
-        help=_HELP["optimizer"] + "; default adamw.", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("optimizer", "; default adamw"), rich_help_panel=_RECIPE)] = None,
     layer_decay: Annotated[Optional[float], typer.Option(
-        help=_HELP["layer_decay"] + ".", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("layer_decay"), rich_help_panel=_RECIPE)] = None,
     kd_weight: Annotated[Optional[float], typer.Option(
-        help="weight of the soft distillation (KL on logits) from the teacher.", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("kd_weight"), rich_help_panel=_RECIPE)] = None,
     kd_temperature: Annotated[Optional[float], typer.Option(
-        help="distillation temperature T (the KL is scaled by T², as DeiT).", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("kd_temperature"), rich_help_panel=_RECIPE)] = None,
     cls_weight: Annotated[Optional[float], typer.Option(
-        help="weight of the label cross-entropy.", rich_help_panel=_RECIPE)] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(rich_help_panel=_RECIPE)] = None,
+        help=_recipe("cls_weight"), rich_help_panel=_RECIPE)] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(
+        help=_recipe("label_smoothing"), rich_help_panel=_RECIPE)] = None,
     frozen: Annotated[Optional[str], typer.Option(
-        help="comma list of parameter names/prefixes kept out of the optimizer (e.g. cls_token,pos_embed); "
-        "'none' for none.", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("frozen", ", as a comma list (e.g. cls_token,pos_embed); 'none' for none"),
+        rich_help_panel=_RECIPE)] = None,
     train_mode_eval: Annotated[Optional[bool], typer.Option(
-        "--train-mode-eval/--no-train-mode-eval", help="fine-tune with dropout and drop-path off.",
+        "--train-mode-eval/--no-train-mode-eval", help=_recipe("train_mode_eval"),
         rich_help_panel=_RECIPE)] = None,
     drop_path: Annotated[Optional[float], typer.Option(
-        help="stochastic depth rate (last block).", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("drop_path"), rich_help_panel=_RECIPE)] = None,
     clip_grad: Annotated[Optional[float], typer.Option(
-        help="clip the gradient norm to this.", rich_help_panel=_RECIPE)] = None,
+        help=_recipe("clip_grad"), rich_help_panel=_RECIPE)] = None,
     no_augment: Annotated[bool, typer.Option(
         "--no-augment", help="train on the evaluation transform (no random crops/flips).", rich_help_panel=_AUG)]
         = False,
