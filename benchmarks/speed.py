@@ -64,12 +64,6 @@ TARGETS: dict[str, dict[str, tuple]] = {
     "cuda": {"dynamicvit": (1.45, 1.0), "evit": (1.45, 1.0), "evovit": (1.45, 1.0), "tome": (1.5, 1.0),
              "sait": (1.3, 1.0), "dge": (1.3, 1.0)},
 }
-#: ``--runtime onnxruntime``: settings that replace a headline one without a static inference path to export
-ONNX_HEADLINE: dict[str, dict] = {"sait": {"mode": "fixed", "keep_rate": 0.5}}
-
-
-def headline(method: str, runtime: str) -> dict:
-    return {**HEADLINE.get(method, {}), **(ONNX_HEADLINE.get(method, {}) if runtime == "onnxruntime" else {})}
 
 
 def exportable(methods: list[str]) -> list[str]:
@@ -78,7 +72,7 @@ def exportable(methods: list[str]) -> list[str]:
 
     keep = []
     for m in methods:
-        if create_method(m, **headline(m, "onnxruntime")).exportable:
+        if create_method(m, **HEADLINE.get(m, {})).exportable:
             keep.append(m)
         else:
             print(f"skipping {m}: no static inference path to export to ONNX", flush=True)
@@ -122,8 +116,7 @@ def load_baseline(path: Path):
     return module
 
 
-def build(model_name: str, smoke: bool, methods: list[str], runtime: str = "torch",
-          baseline=None) -> dict[str, torch.nn.Module]:
+def build(model_name: str, smoke: bool, methods: list[str], baseline=None) -> dict[str, torch.nn.Module]:
     if smoke:
         import timm
 
@@ -135,11 +128,11 @@ def build(model_name: str, smoke: bool, methods: list[str], runtime: str = "torc
     models = {"dense": dense}
     for name in methods:
         method, attrs = VARIANTS.get(name, (name, {}))
-        models[name] = vitprune.apply_method(copy.deepcopy(dense), method, **headline(method, runtime))
+        models[name] = vitprune.apply_method(copy.deepcopy(dense), method, **HEADLINE.get(method, {}))
         for key, value in attrs.items():
             setattr(models[name].vitprune_method, key, value)
         if baseline is not None and name not in VARIANTS:
-            models[f"{name}@baseline"] = baseline.apply_method(copy.deepcopy(dense), name, **headline(name, runtime))
+            models[f"{name}@baseline"] = baseline.apply_method(copy.deepcopy(dense), name, **HEADLINE.get(name, {}))
     return models
 
 
@@ -262,8 +255,7 @@ def main(argv=None) -> int:
         dtypes, compile_mode, methods = ["fp32"], "none", exportable(methods)
     settings = settings_for(args, dev)
 
-    models = build(args.model, args.smoke, methods, args.runtime,
-                   load_baseline(args.baseline) if args.baseline else None)
+    models = build(args.model, args.smoke, methods, load_baseline(args.baseline) if args.baseline else None)
     input_size = model_input_size(models["dense"])
     gmacs = {name: count_macs(m, input_size).gmacs for name, m in models.items()
              if name not in VARIANTS and "@" not in name}
@@ -273,7 +265,7 @@ def main(argv=None) -> int:
     results: dict = {"device": dev.type, "device_name": device_name(dev), "model": "tiny (smoke)" if args.smoke
                      else args.model, "input_size": list(input_size), "batch_size": settings.batch_size,
                      "settings": vars(settings), "sessions": args.sessions,
-                     "headline": {m: headline(method_of(m), args.runtime) for m in methods},
+                     "headline": {m: HEADLINE.get(method_of(m), {}) for m in methods},
                      "variants": {v: VARIANTS[v][1] for v in methods if v in VARIANTS},
                      "baseline": str(args.baseline) if args.baseline else None,
                      "versions": versions(args.runtime), "date": date.today().isoformat(), "gmacs": gmacs,
