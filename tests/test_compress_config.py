@@ -57,6 +57,32 @@ def test_the_example_recipe_resolves_on_the_demo():
     assert s["warmup_epochs"] is not None and s["optimizer"] == "adamw"  # the rest resolved from the method
 
 
+def test_every_boolean_a_file_switches_on_can_be_switched_off_by_a_flag(tmp_path):
+    """A flag typed on the command line wins over the file, for booleans too: each on/off option of compress that a
+    recipe file can set has an off form (``--no-x``, or ``--x`` for the ``--no-x`` options)."""
+    import typer.main
+
+    command = typer.main.get_command(app).commands["compress"]
+    flags = [p for p in command.params if getattr(p, "is_flag", False) and p.name not in ("config", "print_config",
+                                                                                           "help")]
+    assert {"streaming", "no_augment", "new_head", "quiet", "json_out", "keep_best"} <= {p.name for p in flags}
+    for p in flags:
+        assert p.secondary_opts, f"{p.opts[0]} has no off form"
+    from vitprune.cli._options import METHOD_PARAM
+
+    on = {p.name: True for p in flags if p.name not in ("resume", "overwrite", "json_out")
+          and not p.name.startswith(METHOD_PARAM)}
+    # (resume/overwrite/json change what --print-config itself does, and a method's on/off options belong to one
+    # method each (--fuse is EViT's); their off forms are checked above)
+    path = _write(tmp_path, yaml.safe_dump(on))
+    off = [f for p in flags if p.name in on for f in p.secondary_opts[:1]]
+    s = _print_config("--config", str(path), *off)
+    printed = (set(on) & set(s)) - {"no_augment"}  # the demo preset trains without augmentation whatever the flag
+    assert {"streaming", "new_head", "keep_best", "keep_checkpoints", "private"} <= printed  # says; quiet isn't printed
+    for name in printed:
+        assert s[name] is False, name
+
+
 @pytest.mark.parametrize("text, message", [
     ("keep_rat: 0.5\n", "unknown key 'keep_rat' (did you mean keep_rate?)"),
     ("- epochs\n- 3\n", "must be a mapping of option names to values"),

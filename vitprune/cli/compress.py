@@ -153,7 +153,7 @@ def compress(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
         "--val-split), a folder saved with datasets' save_to_disk, a folder with train/ and val/ webdataset .tar "
         "shards, or hf:org/name (a Hub dataset).")] = "demo",
-    streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
+    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming", help="read an hf:org/name dataset as a stream.")] = False,
     val_split: Annotated[Optional[float], typer.Option(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,
@@ -166,7 +166,7 @@ def compress(
         help="epochs of fine-tuning the dense model first when its head had to be replaced (default: --epochs).")]
         = None,
     new_head: Annotated[bool, typer.Option(
-        "--new-head", help="replace the head even when the data's classes fit it (e.g. matched by count only) and "
+        "--new-head/--no-new-head", help="replace the head even when the data's classes fit it (e.g. matched by count only) and "
         "fine-tune the dense model first as the teacher.")] = False,
     epochs: Annotated[Optional[float], typer.Option(
         help="training epochs (default: the method's recipe; 10 on the demo data).", rich_help_panel=_TRAIN)] = None,
@@ -220,7 +220,7 @@ def compress(
     clip_grad: Annotated[Optional[float], typer.Option(
         help=_recipe("clip_grad"), rich_help_panel=_RECIPE)] = None,
     no_augment: Annotated[bool, typer.Option(
-        "--no-augment", help="train on the evaluation transform (no random crops/flips).", rich_help_panel=_AUG)]
+        "--no-augment/--augment", help="train on the evaluation transform (no random crops/flips).", rich_help_panel=_AUG)]
         = False,
     hflip: Annotated[Optional[float], typer.Option(
         help="horizontal flip probability (default 0.5; 0 on the digits).", rich_help_panel=_AUG)] = None,
@@ -255,13 +255,13 @@ def compress(
         "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv "
         "(summary.csv), wandb (if installed); repeatable or a comma list.", rich_help_panel=_RUN)] = None,
     no_speed: Annotated[bool, typer.Option(
-        "--no-speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,
+        "--no-speed/--speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,
     profile_batch_size: Annotated[Optional[int], typer.Option(
         min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).", rich_help_panel=_RUN)] = None,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="plain log lines instead of progress bars.", rich_help_panel=_RUN)] = False,
+        "--quiet/--no-quiet", "-q", help="plain log lines instead of progress bars.", rich_help_panel=_RUN)] = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="print report.json at the end instead of the table.", rich_help_panel=_RUN)] = False,
+        "--json/--no-json", help="print report.json at the end instead of the table.", rich_help_panel=_RUN)] = False,
     push_to: Annotated[Optional[str], typer.Option(
         help="after saving, upload the folder to this Hub repo (user/name) as `vitprune push` does.",
         rich_help_panel=_RUN)] = None,
