@@ -115,6 +115,48 @@ def worker_init(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+class RunLoader:
+    """One ``DataLoader`` for a whole training run: its worker processes start once and stay for every epoch
+    (``persistent_workers``, as timm's loaders keep them), instead of being started afresh each epoch.
+
+    ``epoch(e, start)`` points the loader's order at micro-batch ``start`` of epoch ``e`` (``seek``: a sampler in
+    this process, or a position the workers read when an epoch begins) and returns the iterator over its batches;
+    the order and the augmentation are the same as with a fresh loader per epoch. ``close()`` (or leaving a
+    ``with`` block) ends the workers.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, seek: Callable[[int, int], None]):
+        self.loader = loader
+        self._seek = seek
+
+    def epoch(self, epoch: int, start: int = 0):
+        self._seek(epoch, start)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        # persistent workers live in the loader's one iterator; torch ends them when it is collected, which a
+        # traceback holding this frame would delay
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
+    def __enter__(self) -> "RunLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def data_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory: bool = False,
+                persistent: bool = False, **kw: Any) -> torch.utils.data.DataLoader:
+    """A DataLoader as vitprune's trainer reads with: vitprune's ``collate``, workers that ignore SIGINT/SIGTERM
+    (``worker_init``), kept for the whole run with ``persistent`` (when there are workers)."""
+    return torch.utils.data.DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                                       worker_init_fn=worker_init, persistent_workers=persistent and workers > 0,
+                                       **kw)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample of one epoch (SeedSequence mixes the three numbers)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
