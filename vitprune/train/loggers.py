@@ -11,9 +11,11 @@ top-1, top-5 and loss.
   logged after its last checkpoint (``purge_step``), so the curves continue without repeats.
 - ``csv``: ``summary.csv``, one row per epoch as timm's ``train.py`` writes it, rewritten whole (atomically) from
   the history, so a resumed run's file holds every epoch once.
-- ``wandb``: ``wandb.init`` (project ``$WANDB_PROJECT`` or ``vitprune``; ``WANDB_MODE=offline`` and the other
-  ``WANDB_*`` settings are wandb's own), the run's id kept in ``folder/wandb-id`` so that a resumed run continues
-  the same wandb run. Not installed with vitprune: ``pip install wandb``.
+- ``wandb``: ``wandb.init`` (project ``$WANDB_PROJECT`` or ``vitprune``, run folder ``$WANDB_DIR`` or ``folder``;
+  ``WANDB_MODE=offline`` and the other ``WANDB_*`` settings are wandb's own and win over vitprune's), the run's id
+  kept in ``folder/wandb-id`` so that a resumed run continues the same wandb run. Unless a ``WANDB_*`` variable
+  says otherwise, wandb records no run metadata (command line, paths, git), no system metrics and no console output,
+  and prints nothing (``WANDB_PRIVATE``). Not installed with vitprune: ``pip install wandb``.
 
 A logger whose package is missing is refused before training starts (``check_loggers``), in one line.
 """
@@ -134,15 +136,16 @@ class Loggers:
             from ..files import write_atomic
 
             write_atomic(id_file, run_id + "\n")
-        settings = {k: v for k, v in WANDB_PRIVATE.items() if not _wandb_env_sets(k)}
+        known = getattr(wandb.Settings, "model_fields", WANDB_PRIVATE)  # an older wandb may lack some
+        settings = {k: v for k, v in WANDB_PRIVATE.items() if k in known and not _wandb_env_sets(k)}
         try:
             return wandb.init(project=os.environ.get("WANDB_PROJECT", "vitprune"), id=run_id, resume="allow",
                               name=run_name, dir=os.environ.get("WANDB_DIR") or str(self.folder), config=config,
                               settings=wandb.Settings(**settings))
         except Exception as e:  # noqa: BLE001 - wandb's own errors (not logged in, bad settings) are one line
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise VitpruneError(f"wandb could not start a run ({why}); log in with `wandb login`, or set "
-                              "WANDB_MODE=offline to keep the run on this machine.") from None
+            raise VitpruneError(f"wandb could not start a run ({why}); WANDB_MODE=offline keeps the run on this "
+                              "machine without an account.") from None
 
     def log(self, history: list[dict[str, Any]]) -> None:
         """Write the last epoch of ``history`` (the CSV: all of it)."""
