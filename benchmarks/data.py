@@ -113,8 +113,8 @@ def vitprune_epochs(folder: Path, model, batch: int, workers: int):
     from vitprune.train.ddp import DistInfo
     from vitprune.train.loop import run_loader
 
-    splits = load_data(str(folder), val_split=0.01)
-    ds = prepare(splits.train, train_transform(model, {}), seed=0, random_transform=True)
+    src = load_data(str(folder), val_split=0.01).train[0]  # the folder's images, every one of them as timm reads
+    ds = prepare((src, list(range(len(src)))), train_transform(model, {}), seed=0, random_transform=True)
     with run_loader(ds, batch, DistInfo(), 0, len(ds) // batch, workers) as loader:
         yield from _epochs(loader)
 
