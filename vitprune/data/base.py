@@ -216,16 +216,20 @@ def make_item(load: Callable[[], Image.Image], target: int, index: int, where: C
         return img, target
     if seed is None:
         return transform(img), target
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording
-        # a stack trace each time) every accelerator backend, which costs more than decoding a small image
-        torch.default_generator.manual_seed(seed)
-        try:
-            return transform(img), target
-        finally:
+    # in a loader worker nothing else draws from the process's random state: it is seeded and left so (saving and
+    # restoring it cost about a tenth of a worker's time per image); elsewhere it is put back afterwards
+    keep = torch.utils.data.get_worker_info() is None
+    py_state, torch_state = (random.getstate(), torch.get_rng_state()) if keep else (None, None)
+    random.seed(seed)
+    # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording a
+    # stack trace each time) every accelerator backend, which costs more than decoding a small image
+    torch.default_generator.manual_seed(seed)
+    try:
+        return transform(img), target
+    finally:
+        if keep:
             random.setstate(py_state)
+            torch.set_rng_state(torch_state)
 
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
