@@ -6,7 +6,8 @@ source (or a subset of it) for a DataLoader:
 
 * the transform is applied with random state derived from ``(seed, epoch, index)`` only, so augmentation is the
   same whatever the number of workers or processes, and a run resumed in the middle of an epoch sees exactly the
-  images an uninterrupted run would have seen; the global random state of the process is left untouched;
+  images an uninterrupted run would have seen; the global random state of the process is left untouched (a
+  DataLoader worker's, which nothing else uses, is left seeded by the last sample);
 * an image that cannot be read is not fatal: the sample comes back as ``Unreadable`` and ``collate`` drops it from
   the batch, reporting it in ``Batch.bad`` so the caller can warn once per file and count them; files that are not
   regular files (FIFOs, devices, sockets: opening them could block or have side effects) and, for sources that
@@ -201,7 +202,7 @@ def make_item(load: Callable[[], Image.Image], target: int, index: int, where: C
               transform: Optional[Callable], target_map: Optional[Sequence[int]], seed: Optional[int]):
     """One sample as the loaders give it: ``(transform(image), target)``, or ``Unreadable`` when ``load`` fails
     with a read error. ``seed``: apply the (random) transform with its own random state seeded so (the
-    process's random state is left as it was); None: apply it as is."""
+    process's random state is put back afterwards, except in a DataLoader worker); None: apply it as is."""
     try:
         img = load()
         img.load()
