@@ -12,12 +12,14 @@ training transform, timm's ``create_transform(is_training=True)`` at 224 px with
 (random-resized crop 0.08-1, flip 0.5, colour jitter 0.4, bicubic, ImageNet mean/std), and collates batches:
 
 * ``vitprune``: what the trainer reads a folder with (``Prepared`` with per-sample seeded augmentation,
-  ``EpochBatches`` sampler, vitprune's collate, a fresh ``DataLoader`` per epoch);
+  ``EpochBatches`` sampler, vitprune's collate, one ``DataLoader`` for the run whose workers persist across
+  epochs: ``train.loop.run_loader``);
 * ``timm``: ``timm.data.create_loader`` over ``timm.data.ImageDataset`` of the same folder (no prefetcher: that
-  one normalises on a CUDA device), persistent workers (``--timm-fresh-workers``: started afresh every epoch, as
-  vitprune's are, which compares the per-image work alone);
-* ``shards``: vitprune's stream reader over the same images as ``.tar`` shards (``StreamSet.epoch_loader``:
-  webdataset reading, shuffle buffer, seeded augmentation); the one-off pass that counts the shards is timed too.
+  one normalises on a CUDA device), persistent workers (``--timm-fresh-workers``: started afresh every epoch,
+  which shows what the worker start-up costs);
+* ``shards``: vitprune's stream reader over the same images as ``.tar`` shards (``StreamSet.run_loader``:
+  webdataset reading, shuffle buffer, seeded augmentation, persistent workers); the one-off pass that counts the
+  shards is timed too.
 
 Each round runs one epoch of every loader in turn (order rotated between rounds); a loader's images/s counts the
 images after its first batch (worker start-up left out) and is divided by the number of workers. Reported:
@@ -107,18 +109,20 @@ def _transform_args(model) -> dict:
 
 
 def vitprune_epochs(folder: Path, model, batch: int, workers: int):
-    from vitprune.data import collate, load_data, prepare, train_transform, worker_init
+    from vitprune.data import load_data, prepare, train_transform
     from vitprune.train.ddp import DistInfo
-    from vitprune.train.loop import EpochBatches
+    from vitprune.train.loop import run_loader
 
-    splits = load_data(str(folder), val_split=0.01)
-    ds = prepare(splits.train, train_transform(model, {}), seed=0, random_transform=True)
-    micro = len(ds) // batch
+    src = load_data(str(folder), val_split=0.01).train[0]  # the folder's images, every one of them as timm reads
+    ds = prepare((src, list(range(len(src)))), train_transform(model, {}), seed=0, random_transform=True)
+    with run_loader(ds, batch, DistInfo(), 0, len(ds) // batch, workers) as loader:
+        yield from _epochs(loader)
+
+
+def _epochs(loader):
     epoch = 0
     while True:
-        sampler = EpochBatches(len(ds), batch, DistInfo(), 0, epoch, micro)
-        yield torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                          generator=torch.Generator(), worker_init_fn=worker_init)
+        yield loader.epoch(epoch)
         epoch += 1
 
 
@@ -142,10 +146,8 @@ def shard_epochs(shards: Path, model, batch: int, workers: int, index_seconds: l
     splits = load_data(str(shards))
     index_seconds.append(time.perf_counter() - t0)
     ds = prepare(splits.train, train_transform(model, {}), seed=0, random_transform=True)
-    epoch = 0
-    while True:
-        yield ds.epoch_loader(epoch, batch, workers=workers)
-        epoch += 1
+    with ds.run_loader(batch, workers=workers) as loader:
+        yield from _epochs(loader)
 
 
 def one_epoch(loader) -> tuple[int, float]:
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--timm-fresh-workers", action="store_true",
-                   help="start timm's workers afresh every epoch, as vitprune's trainer does (default: persistent)")
+                   help="start timm's workers afresh every epoch (default: persistent, as vitprune's)")
     p.add_argument("--smoke", action="store_true", help="48 small images, 2 rounds (checks that it works)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -193,6 +195,8 @@ def main(argv=None) -> int:
                 n, s = one_epoch(next(loaders[name]))
                 rates[name].append(n / s / w)
             print(f"round {r + 1}: " + "  ".join(f"{k} {rates[k][-1]:.1f}" for k in names), flush=True)
+        for epochs in loaders.values():  # ends the persistent workers before their folder goes
+            epochs.close()
     ratios = {k: statistics.median(a / b for a, b in zip(rates[k], rates["timm"])) for k in names if k != "timm"}
     res = {
         "date": date.today().isoformat(), "command": "python benchmarks/data.py " + " ".join(argv or sys.argv[1:]),

@@ -156,13 +156,15 @@ def _gloo_worker(rank: int, world: int, init: str, data: str, out: str) -> None:
     ds = prepare(splits.train, to_tensor, seed=0)
     ref = [x[0] for x in prepare(splits.train, to_tensor)]  # every sample in stored order
     seen = {}
-    for epoch in range(3):
-        # as the trainer asks: batch 3, 2 processes -> 80 // 6 = 13 micro-batches each, 78 of 80 samples used
-        ids = []
-        for batch in ds.epoch_loader(epoch, 3, rank=rank, world_size=world, micro_batches=13, workers=2):
-            assert batch.images.shape[0] == 3
-            ids += [next(i for i, r in enumerate(ref) if torch.equal(r, x)) for x in batch.images]
-        seen[epoch] = ids
+    # as the trainer asks (one loader for the run, its workers kept): batch 3, 2 processes -> 80 // 6 = 13
+    # micro-batches each, 78 of 80 samples used
+    with ds.run_loader(3, rank=rank, world_size=world, micro_batches=13, workers=2) as loader:
+        for epoch in range(3):
+            ids = []
+            for batch in loader.epoch(epoch):
+                assert batch.images.shape[0] == 3
+                ids += [next(i for i, r in enumerate(ref) if torch.equal(r, x)) for x in batch.images]
+            seen[epoch] = ids
     gathered = [None] * world
     dist.all_gather_object(gathered, seen)
     if rank == 0:

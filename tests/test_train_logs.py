@@ -131,3 +131,105 @@ def test_a_missing_logger_package_is_one_line_naming_how_to_install_it(tmp_path,
     assert len(lines) == 1 and lines[0].startswith(f"Error: --logger {logger} needs the {module} package")
     assert extra in lines[0]
     assert not (tmp_path / "o").exists()  # refused before anything was made
+
+
+# ------------------------------------------------------------------------------------------ wandb (offline)
+
+def wandb_records(run_file: Path) -> list:
+    """The records of a wandb run file (``run-ID.wandb``), read as wandb writes it: a 7-byte header (``:W&B``,
+    magic 0xBEE1, version 0), then LevelDB's log format (32 KiB blocks of chunks: crc32c, length, type
+    1 full / 2 first / 3 middle / 4 last), each record one protobuf ``Record`` of wandb's own schema."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = run_file.read_bytes()
+    assert raw[:4] == b":W&B" and int.from_bytes(raw[4:6], "little") == 0xBEE1 and raw[6] == 0
+    records, pos, part = [], 7, b""
+    while pos + 7 <= len(raw):
+        left = 32768 - pos % 32768
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(raw[pos + 4:pos + 6], "little"), raw[pos + 6]
+        data = raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:  # zero padding to the end of the block
+            pos += 32768 - pos % 32768 if pos % 32768 else 0
+            continue
+        part = data if kind in (1, 2) else part + data
+        if kind in (1, 4):
+            records.append(pb.Record.FromString(part))
+    return records
+
+
+def _connects(trace: Path) -> list[str]:
+    """The connect() calls in an strace log that reach out of the machine (not a Unix socket, not loopback)."""
+    calls = [line for line in trace.read_text().splitlines() if "connect(" in line]
+    return [c for c in calls if "AF_UNIX" not in c and "127.0.0.1" not in c and '"::1"' not in c]
+
+
+def _strace_works() -> bool:
+    import shutil
+
+    if shutil.which("strace") is None:
+        return False
+    return subprocess.run(["strace", "-f", "-o", os.devnull, "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_what_the_csv_holds_and_nothing_private(setup, tmp_path):
+    """A real run with ``--logger wandb,csv`` in wandb's offline mode (a real subprocess, as a user runs it):
+    wandb's run file, read back record by record, holds per epoch the training loss and its parts, the lr, val
+    top-1/top-5/loss and images/s with the values of the CSV of the same run; the run is kept in ``$WANDB_DIR``;
+    no wandb message reaches the terminal; nothing in the run folder names the user's paths; and (where strace
+    can watch it) no process of the run opens a network connection."""
+    pytest.importorskip("wandb")
+    root, model, data = setup
+    out, wandb_dir = tmp_path / "run", tmp_path / "wandb-home"
+    wandb_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_PROJECT": "vitprune-test",
+                "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    cmd = [sys.executable, "-m", "vitprune", *args(model, data, out, "--epochs", "2", "--logger", "wandb,csv")]
+    trace = tmp_path / "connects.txt"
+    if _strace_works():
+        cmd = ["strace", "-f", "-e", "trace=connect", "-o", str(trace), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wandb:" not in proc.stdout + proc.stderr  # wandb's messages print the run folder's path
+    if trace.exists():
+        assert _connects(trace) == [], _connects(trace)[:3]
+
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and not (out / "logs" / "wandb").exists()  # $WANDB_DIR is honoured
+    run_id = (out / "logs" / "wandb-id").read_text().strip()
+    records = wandb_records(runs[0] / f"run-{run_id}.wandb")
+    assert {r.run.run_id for r in records if r.HasField("run")} == {run_id}
+    assert {r.run.project for r in records if r.HasField("run")} == {"vitprune-test"}
+    history = {}
+    for r in records:
+        if r.HasField("history"):
+            row = {"/".join([i.key] if i.key else list(i.nested_key)): json.loads(i.value_json)
+                   for i in r.history.item}
+            history[r.history.step.num] = row
+    with open(out / "logs" / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(history) == [int(r["epoch"]) for r in rows] == [1, 2]
+    # the CSV's columns and wandb's keys (train_x -> train/x, val_x -> val/x, lr and img_per_s under train/)
+    names = {"train_loss": "train/loss", "train_cls": "train/cls", "train_kd": "train/kd", "lr": "train/lr",
+             "val_top1": "val/top1", "val_top5": "val/top5", "val_loss": "val/loss", "img_per_s": "train/img_per_s"}
+    assert set(names) <= set(rows[0])
+    for row in rows:
+        logged = history[int(row["epoch"])]
+        assert logged["epoch"] == int(row["epoch"])
+        for column, key in names.items():  # the CSV writes Python's repr of the same float
+            assert logged[key] == float(row[column]), (key, logged[key], row[column])
+        method_parts = {k for k in row if k.startswith("train_")} - {"train_loss", "train_cls", "train_kd"}
+        assert {f"train/{k[6:]}" for k in method_parts} <= set(logged)
+
+    # the user's folders (what wandb's run metadata, console capture and messages would hold)
+    private = [str(p) for p in (root, tmp_path, Path.home(), Path.cwd())]
+    for f in runs[0].rglob("*"):
+        if f.is_file() and f.parent.name != "logs":  # logs/debug*.log: wandb's local debug logs, never uploaded
+            text = f.read_bytes()
+            assert not [p for p in private if p.encode() in text], f.name

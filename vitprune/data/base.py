@@ -6,7 +6,8 @@ source (or a subset of it) for a DataLoader:
 
 * the transform is applied with random state derived from ``(seed, epoch, index)`` only, so augmentation is the
   same whatever the number of workers or processes, and a run resumed in the middle of an epoch sees exactly the
-  images an uninterrupted run would have seen; the global random state of the process is left untouched;
+  images an uninterrupted run would have seen; the global random state of the process is left untouched (a
+  DataLoader worker's, which nothing else uses, is left seeded by the last sample);
 * an image that cannot be read is not fatal: the sample comes back as ``Unreadable`` and ``collate`` drops it from
   the batch, reporting it in ``Batch.bad`` so the caller can warn once per file and count them; files that are not
   regular files (FIFOs, devices, sockets: opening them could block or have side effects) and, for sources that
@@ -101,7 +102,8 @@ def collate(samples: list) -> Batch:
     good = [s for s in samples if not isinstance(s, Unreadable)]
     bad = [s for s in samples if isinstance(s, Unreadable)]
     if good:
-        images = torch.stack([s[0] for s in good])
+        # torch's default_collate stacks straight into shared memory in a loader worker (one copy less per batch)
+        images = torch.utils.data.default_collate([s[0] for s in good])
         targets = torch.tensor([s[1] for s in good], dtype=torch.long)
     else:
         images, targets = torch.empty(0), torch.empty(0, dtype=torch.long)
@@ -113,6 +115,48 @@ def worker_init(worker_id: int) -> None:
     process of the job reaches the main process, which finishes its step and saves; workers end with it."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+
+
+class RunLoader:
+    """One ``DataLoader`` for a whole training run: its worker processes start once and stay for every epoch
+    (``persistent_workers``, as timm's loaders keep them), instead of being started afresh each epoch.
+
+    ``epoch(e, start)`` points the loader's order at micro-batch ``start`` of epoch ``e`` (``seek``: a sampler in
+    this process, or a position the workers read when an epoch begins) and returns the iterator over its batches;
+    the order and the augmentation are the same as with a fresh loader per epoch. ``close()`` (or leaving a
+    ``with`` block) ends the workers.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, seek: Callable[[int, int], None]):
+        self.loader = loader
+        self._seek = seek
+
+    def epoch(self, epoch: int, start: int = 0):
+        self._seek(epoch, start)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        # persistent workers live in the loader's one iterator; torch ends them when it is collected, which a
+        # traceback holding this frame would delay
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
+    def __enter__(self) -> "RunLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def data_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory: bool = False,
+                persistent: bool = False, **kw: Any) -> torch.utils.data.DataLoader:
+    """A DataLoader as vitprune's trainer reads with: vitprune's ``collate``, workers that ignore SIGINT/SIGTERM
+    (``worker_init``), kept for the whole run with ``persistent`` (when there are workers)."""
+    return torch.utils.data.DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                                       worker_init_fn=worker_init, persistent_workers=persistent and workers > 0,
+                                       **kw)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -158,7 +202,7 @@ def make_item(load: Callable[[], Image.Image], target: int, index: int, where: C
               transform: Optional[Callable], target_map: Optional[Sequence[int]], seed: Optional[int]):
     """One sample as the loaders give it: ``(transform(image), target)``, or ``Unreadable`` when ``load`` fails
     with a read error. ``seed``: apply the (random) transform with its own random state seeded so (the
-    process's random state is left as it was); None: apply it as is."""
+    process's random state is put back afterwards, except in a DataLoader worker); None: apply it as is."""
     try:
         img = load()
         img.load()
@@ -173,16 +217,20 @@ def make_item(load: Callable[[], Image.Image], target: int, index: int, where: C
         return img, target
     if seed is None:
         return transform(img), target
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording
-        # a stack trace each time) every accelerator backend, which costs more than decoding a small image
-        torch.default_generator.manual_seed(seed)
-        try:
-            return transform(img), target
-        finally:
+    # in a loader worker nothing else draws from the process's random state: it is seeded and left so (saving and
+    # restoring it cost about a tenth of a worker's time per image); elsewhere it is put back afterwards
+    keep = torch.utils.data.get_worker_info() is None
+    py_state, torch_state = (random.getstate(), torch.get_rng_state()) if keep else (None, None)
+    random.seed(seed)
+    # the CPU generator only: transforms draw from it, and torch.manual_seed would also seed (lazily, recording a
+    # stack trace each time) every accelerator backend, which costs more than decoding a small image
+    torch.default_generator.manual_seed(seed)
+    try:
+        return transform(img), target
+    finally:
+        if keep:
             random.setstate(py_state)
+            torch.set_rng_state(torch_state)
 
 
 def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -4,8 +4,9 @@ loaded with ``--streaming`` (``hub.py``).
 A stream source (``StreamSource``) knows how many samples each shard holds and every sample's label (from one
 pass over the shards when the data is opened: tar headers and ``cls`` members, or the label column), and can read
 samples ``skip .. skip + take - 1`` of a shard in order. ``StreamSet`` is what the trainer and ``evaluate`` get
-in place of a map-style ``Prepared``; the trainer only asks it for one ``DataLoader`` per epoch
-(``epoch_loader``), and plain iteration (what ``evaluate`` does) yields every sample once, in stored order.
+in place of a map-style ``Prepared``; the trainer asks it for one loader for the whole run (``run_loader``, whose
+workers persist across epochs; ``epoch_loader`` gives one epoch's ``DataLoader``), and plain iteration (what
+``evaluate`` does) yields every sample once, in stored order.
 
 One epoch of training, for ``W`` processes, batch ``b``, ``M`` micro-batches per process and ``K`` loader workers:
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import ImageSource, Unreadable, collate, make_item, sample_seed, worker_init
+from .base import ImageSource, RunLoader, Unreadable, data_loader, make_item, sample_seed
 
 #: raw (undecoded) samples each loader worker holds to shuffle its run of the epoch (webdataset's usual size)
 SHUFFLE_BUFFER = 1000
@@ -167,13 +168,25 @@ class StreamSet(torch.utils.data.IterableDataset):
                      pin_memory: bool = False) -> torch.utils.data.DataLoader:
         """This process's micro-batches ``start .. micro_batches-1`` of training epoch ``epoch`` (default: every
         whole global batch of the epoch), shuffled as the module docstring says."""
+        part = self._part(batch_size, rank, world_size, micro_batches, workers)
+        part.seek(epoch, start)
+        return data_loader(part, batch_size=batch_size, workers=workers, pin_memory=pin_memory)
+
+    def run_loader(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                   micro_batches: Optional[int] = None, workers: int = 0, pin_memory: bool = False) -> RunLoader:
+        """One loader for a whole run whose workers persist across epochs: ``.epoch(e, start)`` gives what
+        ``epoch_loader(e, ..., start=start)`` gives (the workers read the epoch and start when it begins)."""
+        part = self._part(batch_size, rank, world_size, micro_batches, workers)
+        return RunLoader(data_loader(part, batch_size=batch_size, workers=workers, pin_memory=pin_memory,
+                                     persistent=True), part.seek)
+
+    def _part(self, batch_size: int, rank: int, world_size: int, micro_batches: Optional[int],
+              workers: int) -> "_EpochPart":
         if micro_batches is None:
             micro_batches = len(self) // (batch_size * world_size)
         if micro_batches * batch_size * world_size > len(self):
             raise ValueError(f"{micro_batches} micro-batches of {batch_size} x {world_size} exceed {len(self)} samples")
-        part = _EpochPart(self, epoch, batch_size, rank, micro_batches, start, max(1, workers))
-        return torch.utils.data.DataLoader(part, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                                           pin_memory=pin_memory, worker_init_fn=worker_init)
+        return _EpochPart(self, batch_size, rank, micro_batches, max(1, workers))
 
     def _items(self, raw: Iterator[tuple[int, int, Any]], epoch: int) -> Iterator[Any]:
         src = self.source
@@ -193,10 +206,22 @@ class StreamSet(torch.utils.data.IterableDataset):
 class _EpochPart(torch.utils.data.IterableDataset):
     """One process's part of one training epoch (see the module docstring)."""
 
-    def __init__(self, data: StreamSet, epoch: int, batch: int, rank: int, micro_batches: int, start: int,
-                 workers: int):
-        self.data, self.epoch, self.batch, self.rank = data, epoch, batch, rank
-        self.micro, self.start, self.workers = micro_batches, start, workers
+    def __init__(self, data: StreamSet, batch: int, rank: int, micro_batches: int, workers: int):
+        self.data, self.batch, self.rank = data, batch, rank
+        self.micro, self.workers = micro_batches, workers
+        # (epoch, start) in shared memory: persistent workers read what the main process set before the epoch began
+        self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def seek(self, epoch: int, start: int = 0) -> None:
+        self.position[0], self.position[1] = int(epoch), int(start)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.position[0])
+
+    @property
+    def start(self) -> int:
+        return int(self.position[1])
 
     def __len__(self) -> int:
         return (self.micro - self.start) * self.batch
@@ -206,17 +231,18 @@ class _EpochPart(torch.utils.data.IterableDataset):
 
         info = torch.utils.data.get_worker_info()
         K = self.workers
+        epoch, start = self.epoch, self.start  # read once: the main process may seek the next epoch
         # the loader starts collecting from its worker 0: after a resume at micro-batch `start`, worker 0 plays the
         # worker whose turn it is, so the batches come in the uninterrupted order
-        k = ((info.id if info is not None else 0) + self.start) % K
+        k = ((info.id if info is not None else 0) + start) % K
         counts = batches_per_worker(self.micro, K)
         b = self.batch
         lo = self.rank * self.micro * b + b * sum(counts[:k])
         src, seed = self.data.source, self.data.seed
-        raw = src.run(shard_order(len(src.shard_sizes), seed, self.epoch), lo, b * counts[k])
+        raw = src.run(shard_order(len(src.shard_sizes), seed, epoch), lo, b * counts[k])
         buf = self.data.shuffle_buffer
         if buf > 1:
-            state = np.random.SeedSequence([seed & 0xFFFFFFFF, self.epoch, self.rank, k, K]).generate_state(1)[0]
+            state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, self.rank, k, K]).generate_state(1)[0]
             raw = webdataset.filters.shuffle(buf, buf, rng=random.Random(int(state)))(raw)
-        raw = islice(raw, b * given_before(self.start, k, K), None)
-        yield from self.data._items(raw, self.epoch)
+        raw = islice(raw, b * given_before(start, k, K), None)
+        yield from self.data._items(raw, epoch)

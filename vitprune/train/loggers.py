@@ -11,9 +11,11 @@ top-1, top-5 and loss.
   logged after its last checkpoint (``purge_step``), so the curves continue without repeats.
 - ``csv``: ``summary.csv``, one row per epoch as timm's ``train.py`` writes it, rewritten whole (atomically) from
   the history, so a resumed run's file holds every epoch once.
-- ``wandb``: ``wandb.init`` (project ``$WANDB_PROJECT`` or ``vitprune``; ``WANDB_MODE=offline`` and the other
-  ``WANDB_*`` settings are wandb's own), the run's id kept in ``folder/wandb-id`` so that a resumed run continues
-  the same wandb run. Not installed with vitprune: ``pip install wandb``.
+- ``wandb``: ``wandb.init`` (project ``$WANDB_PROJECT`` or ``vitprune``, run folder ``$WANDB_DIR`` or ``folder``;
+  ``WANDB_MODE=offline`` and the other ``WANDB_*`` settings are wandb's own and win over vitprune's), the run's id
+  kept in ``folder/wandb-id`` so that a resumed run continues the same wandb run. Unless a ``WANDB_*`` variable
+  says otherwise, wandb records no run metadata (command line, paths, git), no system metrics and no console output,
+  and prints nothing (``WANDB_PRIVATE``). Not installed with vitprune: ``pip install wandb``.
 
 A logger whose package is missing is refused before training starts (``check_loggers``), in one line.
 """
@@ -22,11 +24,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import secrets
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..errors import MethodOptionError
+from ..errors import MethodOptionError, VitpruneError
 
 #: logger name -> (module it needs, how to install it)
 LOGGERS: dict[str, tuple[str, str]] = {
@@ -35,6 +38,14 @@ LOGGERS: dict[str, tuple[str, str]] = {
     "wandb": ("wandb", "pip install wandb"),
 }
 CSV_NAME = "summary.csv"
+#: wandb settings vitprune sets unless the user's own ``WANDB_*`` variable gives them: no run metadata (command
+#: line, program and folder paths, host and user names, git remote), no system metrics (their collector also asks
+#: cloud metadata addresses on the network), no code or git capture, no console capture (the output names local
+#: paths) and no wandb messages (they print the run folder's absolute path)
+WANDB_PRIVATE: dict[str, Any] = {
+    "x_disable_meta": True, "x_disable_stats": True, "x_disable_machine_info": True, "disable_git": True,
+    "disable_code": True, "save_code": False, "console": "off", "silent": True,
+}
 #: history keys that are not metrics
 _NOT_METRICS = {"stage", "epoch", "steps", "images", "seconds", "skipped_images"}
 
@@ -61,6 +72,15 @@ def check_loggers(names: Union[str, Iterable[str], None]) -> tuple[str, ...]:
             raise MethodOptionError(f"`logger` {name} needs the {module} package, which is not installed: "
                                     f"{install}.") from None
     return tuple(found)
+
+
+def _wandb_env_sets(setting: str) -> bool:
+    """Whether the environment gives wandb ``setting`` (``WANDB_SILENT``; ``WANDB_X_...`` or ``WANDB__...`` for
+    its ``x_`` settings)."""
+    names = {f"WANDB_{setting.upper()}"}
+    if setting.startswith("x_"):
+        names.add("WANDB__" + setting[2:].upper())
+    return any(n in os.environ for n in names)
 
 
 def epoch_row(line: dict[str, Any]) -> dict[str, Any]:
@@ -111,13 +131,21 @@ class Loggers:
         import wandb
 
         id_file = self.folder / "wandb-id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
         if not id_file.is_file():
             from ..files import write_atomic
 
             write_atomic(id_file, run_id + "\n")
-        return wandb.init(project=os.environ.get("WANDB_PROJECT", "vitprune"), id=run_id, resume="allow",
-                          name=run_name, dir=str(self.folder), config=config)
+        known = getattr(wandb.Settings, "model_fields", WANDB_PRIVATE)  # an older wandb may lack some
+        settings = {k: v for k, v in WANDB_PRIVATE.items() if k in known and not _wandb_env_sets(k)}
+        try:
+            return wandb.init(project=os.environ.get("WANDB_PROJECT", "vitprune"), id=run_id, resume="allow",
+                              name=run_name, dir=os.environ.get("WANDB_DIR") or str(self.folder), config=config,
+                              settings=wandb.Settings(**settings))
+        except Exception as e:  # noqa: BLE001 - wandb's own errors (not logged in, bad settings) are one line
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise VitpruneError(f"wandb could not start a run ({why}); WANDB_MODE=offline keeps the run on this "
+                              "machine without an account.") from None
 
     def log(self, history: list[dict[str, Any]]) -> None:
         """Write the last epoch of ``history`` (the CSV: all of it)."""

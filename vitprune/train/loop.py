@@ -8,7 +8,8 @@ step=step))``, divided by ``accum_steps``, back-propagated right away (gradients
 on the last backward of the step only). ``method.on_train_progress(model, epoch_float, total_epochs)`` runs before
 every step; what it sets is the method's ``state_dict()``, saved in every checkpoint.
 
-Order and randomness: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; augmentation is
+Order and randomness: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``, read through one
+loader for the whole run whose worker processes persist across epochs (``run_loader``); augmentation is
 seeded per sample (``data.base.Prepared``); forward-pass randomness (Gumbel noise, drop-path) comes from the torch
 generator seeded with ``seed + rank``, saved in every checkpoint. Together with the optimizer, scheduler and
 scaler states this makes a resumed run continue bit for bit (on CPU) where the interrupted one stopped, even in
@@ -42,7 +43,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..data import Prepared, collate, worker_init
+from ..data import Prepared
+from ..data.base import RunLoader, data_loader
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
 from ..measure.speed import autocast
 from ..methods import StepContext, TeacherOutput
@@ -262,6 +264,23 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.micro - self.start
+
+    def seek(self, epoch: int, start: int = 0) -> None:
+        """Give epoch ``epoch`` from micro-batch ``start`` on the next iteration (a loader kept for the run)."""
+        self.epoch, self.start = epoch, start
+
+
+def run_loader(data: Prepared | Any, batch_size: int, dist_info: DistInfo, seed: int, micro_batches: int,
+               workers: int = 0, pin_memory: bool = False) -> RunLoader:
+    """The trainer's loader for a whole run (workers persist across epochs): ``.epoch(e, start)`` iterates this
+    process's micro-batches ``start..`` of epoch ``e``. Streams split their epochs themselves
+    (``StreamSet.run_loader``); map-style data is ordered by ``EpochBatches``."""
+    if hasattr(data, "run_loader"):
+        return data.run_loader(batch_size, rank=dist_info.rank, world_size=dist_info.world_size,
+                               micro_batches=micro_batches, workers=workers, pin_memory=pin_memory)
+    sampler = EpochBatches(len(data), batch_size, dist_info, seed, 0, micro_batches)
+    return RunLoader(data_loader(data, batch_sampler=sampler, workers=workers, pin_memory=pin_memory,
+                                 persistent=True, generator=torch.Generator()), sampler.seek)
 
 
 # ------------------------------------------------------------------------------------------ the trainer
@@ -555,23 +574,19 @@ class Trainer:
     def _epochs(self, step: int, acc: dict[str, float], history: list[dict[str, Any]], skipped: list[str],
                 elapsed: float) -> tuple[int, float]:
         spe, a = self.steps_per_epoch, self.s.accum_steps
+        with run_loader(self.data, self.s.batch_size, self.d, self.s.seed, spe * a, self.s.workers,
+                        self.s.device.type == "cuda") as loader:
+            return self._run_epochs(loader, step, acc, history, skipped, elapsed)
+
+    def _run_epochs(self, loader: RunLoader, step: int, acc: dict[str, float], history: list[dict[str, Any]],
+                    skipped: list[str], elapsed: float) -> tuple[int, float]:
+        spe, a = self.steps_per_epoch, self.s.accum_steps
         seen = set(skipped)
         forward = self.ddp if self.ddp is not None else self.model
         t_last = time.perf_counter()
         while step < self.total_steps:
             epoch = step // spe
-            start_micro = (step % spe) * a
-            if hasattr(self.data, "epoch_loader"):  # a stream (vitprune.data.stream) splits its epochs itself
-                loader = self.data.epoch_loader(
-                    epoch, self.s.batch_size, rank=self.d.rank, world_size=self.d.world_size, micro_batches=spe * a,
-                    start=start_micro, workers=self.s.workers, pin_memory=self.s.device.type == "cuda")
-            else:
-                sampler = EpochBatches(len(self.data), self.s.batch_size, self.d, self.s.seed, epoch, spe * a,
-                                       start_micro)
-                loader = torch.utils.data.DataLoader(
-                    self.data, batch_sampler=sampler, num_workers=self.s.workers, collate_fn=collate,
-                    pin_memory=self.s.device.type == "cuda", generator=torch.Generator(), worker_init_fn=worker_init)
-            batches = iter(loader)
+            batches = loader.epoch(epoch, (step % spe) * a)
             self._event("epoch_start", epoch=epoch, epochs=self.epochs, steps=spe, step=step % spe)
             set_train_mode(self.model, bool(self.recipe.train_mode_eval))
             while step < self.total_steps and step // spe == epoch:
