@@ -318,12 +318,13 @@ def test_compress_profile_and_visualize_a_tiny_eva(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_of_a_static_method_on_eva_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("method", ["evit", "tome", "sait"])
+def test_export_of_a_static_method_on_eva_matches_pytorch(method, tmp_path):
     from vitprune.exporter import export_onnx, verify
     from vitprune.exporter.verify import RELATIVE_TOLERANCE
     from vitprune.measure.ort import OrtModel
 
-    model = apply(make_eva("eva02", depth=4), "evit", keep_rate=0.5)
+    model = apply(make_eva("eva02", depth=4), method, **SETTINGS[method][0])
     path = tmp_path / "m.onnx"
     tokens = export_onnx(model, path, (3, 32, 32))
     assert tokens == model.vitprune_method.token_schedule(model)
