@@ -125,6 +125,29 @@ def test_ops_attention_on_a_token_subset_is_timm_eva_attention_with_the_gathered
     assert torch.allclose(rows[:, :, 0], seen[0][:, :, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(gated_attn=True, qkv_fused=False), dict(swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True),
+    dict(attn_type="rope", qk_norm=True, init_values=0.5), dict(init_values=0.5, attn_only_layer_scale=True),
+], ids=["plain", "gated-unfused", "swiglu-scale-norms", "attention-rope", "attn-only-layerscale"])
+def test_vitprune_block_pieces_are_timm_eva_block_forward(kwargs):
+    """timm's EvaBlock options that the Eva model class does not expose (the gated attention) too: vitprune's
+    attention + residuals with the tokens' rope equal ``EvaBlock.forward`` with the same rope."""
+    from timm.models.eva import EvaBlock
+
+    torch.manual_seed(0)
+    blk = EvaBlock(48, 3, num_prefix_tokens=1, **kwargs).eval()
+    for p in blk.parameters():  # biases and gammas off their zero / constant init
+        if p.dim() == 1:
+            nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 1 + 16, 48)
+    rope = torch.randn(2, 16, 2 * 16)  # any rows: the rotation is applied as given
+    with torch.no_grad():
+        want = blk(x, rope=rope.unsqueeze(1))
+        out, _, _ = ops.attention(blk.attn, blk.norm1(x), rope=rope)
+        got = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_dynamicvit_on_eva_is_timm_blocks_on_the_kept_tokens_with_their_own_rope_rows():
     """Hand-built with timm alone: embed, timm's blocks, the predictor's top-k, tokens and rope rows gathered with
     timm's ``apply_keep_indices_nlc``, timm's blocks on the kept tokens, timm's norm and head."""
