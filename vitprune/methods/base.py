@@ -8,7 +8,9 @@ A method is a small class with a dataclass of options. ``apply_method(model, nam
    official checkpoints use where there are any, so that ``state_dict`` keys stay timm's plus the method's;
 4. the model's class is swapped for a small subclass (``PatchedViT``) whose ``forward_features`` runs timm's own
    embedding, hands the tokens to ``method.forward_blocks`` and applies timm's final norm. timm's blocks, attention,
-   LayerScale, drop-path and heads are reused, never copied.
+   LayerScale, drop-path and heads are reused, never copied. The same holds for timm's Eva models: ``ops.attention``
+   reads both attention layouts, ``ops.run_block`` calls either block, and the rotary rows of an Eva model's tokens
+   travel in ``TokenState.rope`` (``ops.rope``).
 
 Per forward pass a ``TokenState`` travels through the blocks: prefix-token count, patch grid, what the trainer
 needs afterwards (``aux``), and, when asked (``track=True``), which original patches each token stands for (for
@@ -170,11 +172,6 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
 
     x, rope = model._pos_embed(model.patch_embed(images))
     return model.norm_pre(x), per_image(rope, x.shape[0])
-
-
-def embed_tokens(model: nn.Module, images: Tensor) -> Tensor:
-    """The embedded tokens of :func:`embed`, for a VisionTransformer (which has no rope)."""
-    return embed(model, images)[0]
 
 
 def _is_eva(model: nn.Module) -> bool:
