@@ -1,6 +1,6 @@
 """Which timm ViT families each method supports: apply, one forward, GMACs below dense, identity at no-op.
 
-Twelve families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; each family's own patch size, pooling,
+Fourteen families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; each family's own patch size, pooling,
 prefix tokens, LayerScale, norms, and its own patch grid or one with the same divisibility) x every method.
 A cell is ``ok`` when the patched model runs, counts fewer GMACs than the dense model at the method's sparse
 setting, and gives the dense model's logits exactly at its no-op setting; otherwise it holds the method's one-line
@@ -42,7 +42,7 @@ class Family:
     kwargs: tuple[tuple[str, Any], ...] = ()  # timm keyword arguments beyond TINY
 
 
-#: twelve families, at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
+#: fourteen families (three of them timm Eva models, with rotary position embeddings), at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
 #: (224/256 px at patch 16 or 14), a 9 x 9 grid for DINOv2 (its 37 x 37 at 518 px) and 7 x 7 for FlexiViT (its
 #: 15 x 15 at 240 px): odd grids that no region size divides, as theirs
 FAMILIES = (
@@ -57,7 +57,12 @@ FAMILIES = (
     Family("DINOv2 + registers (odd grid)", "vit_small_patch14_reg4_dinov2", (("img_size", 126),)),
     Family("FlexiViT (odd grid as 15x15 at 240 px)", "flexivit_small", (("img_size", 112),)),
     Family("CLIP ViT (pre-norm)", "vit_base_patch16_clip_224", (("img_size", 128),)),
-    Family("EVA02 (timm Eva: rotary embeddings, SwiGLU)", "eva02_tiny_patch14_224", (("img_size", 112),)),
+    Family("EVA02 (timm Eva: rotary embeddings, SwiGLU, class token + avg pool)", "eva02_tiny_patch14_224",
+           (("img_size", 112),)),
+    Family("ViT with rotary embeddings (timm Eva: AttentionRope, LayerScale, no absolute position)",
+           "vit_small_patch16_rope_224", (("img_size", 128),)),
+    Family("Perception Encoder (timm Eva: rotary embeddings, pre-norm, attention pool)",
+           "vit_pe_core_tiny_patch16_384", (("img_size", 128),)),
 )
 
 

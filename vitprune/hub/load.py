@@ -209,11 +209,13 @@ class _Plan:
     options: dict[str, Any]
     where: str
     meta: Optional[nn.Module] = None
+    #: the architecture takes ``weight_init`` (timm's VisionTransformer does, Eva does not)
+    skips_init: bool = True
 
     def build(self, meta: bool = False) -> nn.Module:
         import timm
 
-        skip = {"weight_init": "skip"} if meta and "weight_init" not in self.model_args else {}
+        skip = {"weight_init": "skip"} if meta and self.skips_init and "weight_init" not in self.model_args else {}
         try:
             with torch.device("meta") if meta else contextlib.nullcontext():
                 model = timm.create_model(self.arch, pretrained=False, pretrained_cfg=self.pretrained_cfg,
@@ -238,9 +240,11 @@ def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
     where = f"{source}/{CONFIG_NAME}"
     pretrained_cfg, arch, model_args = _architecture(cfg, source)
     with torch.device("meta"):  # a ViT at all (before the config's arguments)? (no weight init on meta)
+        skips_init = True
         try:
             default = timm.create_model(arch, pretrained=False, weight_init="skip")
-        except TypeError:  # an architecture without that argument is not a timm ViT
+        except TypeError:  # an architecture without that argument (timm's Eva; or not a ViT at all)
+            skips_init = False
             default = timm.create_model(arch, pretrained=False)
         check_vit(default, source)
     section = cfg.get(VITPRUNE_KEY) or {}
@@ -248,7 +252,7 @@ def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
     options = (section.get("options") if isinstance(section, dict) else None) or {}
     if not isinstance(section, dict) or not isinstance(method or "", str) or not isinstance(options, dict):
         raise ModelNotFoundError(f"{where}: the vitprune section must be an object with a method name and options.")
-    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where)
+    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where, skips_init=skips_init)
     plan.meta = plan.build(meta=True)
     nbytes = sum(t.numel() * t.element_size() for t in (*plan.meta.parameters(), *plan.meta.buffers()))
     memory = _memory_bytes()

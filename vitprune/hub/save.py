@@ -61,8 +61,11 @@ def vitprune_section(
     from .. import __version__
 
     method = getattr(model, "vitprune_method", None)
-    # how the method deviates from its paper on this model (no class token), for the model card
-    deviations = [n for n in method.report_notes(model) if n.startswith("no class token: ")] if method else []
+    # how the method deviates from its paper on this model (no class token, rotary embeddings), for the model card
+    from ..methods.base import ROTARY_NOTE
+
+    kinds = ("no class token: ", f"{ROTARY_NOTE}: ")
+    deviations = [n for n in method.report_notes(model) if n.startswith(kinds)] if method else []
     return {
         "version": __version__,
         "method": method.name if method is not None else None,

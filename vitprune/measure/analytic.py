@@ -59,7 +59,7 @@ class BlockCost:
 def block_cost(blk: nn.Module, num_choices: int = 0) -> BlockCost:
     """The cost model of timm block ``blk`` (its attention, LayerScale, MLP); ``num_choices``: outputs of a
     per-region router the method runs in this block (0: none)."""
-    attn, dim = blk.attn, blk.attn.qkv.in_features
+    attn, dim = blk.attn, blk.attn.proj.out_features
     adim = attn.num_heads * attn.head_dim
     ln1 = norm_macs(blk.norm1, dim)
     mlp = sum(linear_macs(m) for m in blk.mlp.modules())

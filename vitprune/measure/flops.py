@@ -6,8 +6,10 @@ fvcore counts one multiply-add as one "flop" (a MAC); the token-pruning papers p
 fvcore's defaults miss ``aten::scaled_dot_product_attention`` (timm's fused attention): DeiT-S would read 4.251
 instead of 4.608 GMAC. vitprune registers handles for it and for the other matrix ops timm ViTs and the methods
 emit that fvcore does not know. fvcore's own conventions stay: linear/matmul MACs, 5 x numel per affine
-LayerNorm, element-wise ops (add, GELU, softmax) not counted. Any op that is neither counted nor on fvcore's
-ignore list is reported in ``uncounted`` so the report can say so.
+LayerNorm, element-wise ops (add, GELU, softmax) not counted: so are the rotary embeddings of timm's Eva models
+(a multiply-add of q and k with per-token sin/cos rows) and the SiLU and product of their SwiGLU MLPs, whose linear
+layers are counted. Any op that is neither counted nor on fvcore's ignore list is reported in ``uncounted`` so the
+report can say so.
 """
 from __future__ import annotations
 

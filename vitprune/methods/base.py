@@ -8,7 +8,9 @@ A method is a small class with a dataclass of options. ``apply_method(model, nam
    official checkpoints use where there are any, so that ``state_dict`` keys stay timm's plus the method's;
 4. the model's class is swapped for a small subclass (``PatchedViT``) whose ``forward_features`` runs timm's own
    embedding, hands the tokens to ``method.forward_blocks`` and applies timm's final norm. timm's blocks, attention,
-   LayerScale, drop-path and heads are reused, never copied.
+   LayerScale, drop-path and heads are reused, never copied. The same holds for timm's Eva models: ``ops.attention``
+   reads both attention layouts, ``ops.run_block`` calls either block, and the rotary rows of an Eva model's tokens
+   travel in ``TokenState.rope`` (``ops.rope``).
 
 Per forward pass a ``TokenState`` travels through the blocks: prefix-token count, patch grid, what the trainer
 needs afterwards (``aux``), and, when asked (``track=True``), which original patches each token stands for (for
@@ -46,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..ops.attention import run_block
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -158,10 +161,23 @@ OPTION_METADATA = frozenset({"help", "flag", "aliases", "headline", "short", "ru
                              "count_with"})
 
 
-def embed_tokens(model: nn.Module, images: Tensor) -> Tensor:
-    """timm's VisionTransformer prologue, the one every patched forward and every partial forward starts with: patch
-    embedding, position embedding with the prefix tokens, patch dropout, pre-norm -> ``B x (prefix + P) x C``."""
-    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """timm's prologue, the one every patched forward and every partial forward starts with: patch embedding,
+    position embedding with the prefix tokens, patch dropout, pre-norm -> ``(B x (prefix + P) x C, rope)``.
+    ``rope`` is None for a VisionTransformer; for an Eva model it is the rotary rows of the patch tokens, per image
+    (``B x P x D``, :mod:`vitprune.ops.rope`), as timm's ``Eva._pos_embed`` made them (patch dropout included)."""
+    if not _is_eva(model):
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images)))), None
+    from ..ops.rope import per_image
+
+    x, rope = model._pos_embed(model.patch_embed(images))
+    return model.norm_pre(x), per_image(rope, x.shape[0])
+
+
+def _is_eva(model: nn.Module) -> bool:
+    from timm.models.eva import Eva
+
+    return isinstance(model, Eva)
 
 
 def flag_name(name: str) -> str:
@@ -317,6 +333,10 @@ def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
 # ------------------------------------------------------------------------------------------ model facts
 
 
+#: how a report line about rotary position embeddings (timm Eva models) starts (:meth:`TokenMethod.report_notes`)
+ROTARY_NOTE = "rotary embeddings"
+
+
 @dataclass(frozen=True)
 class ViTInfo:
     """What a method needs to know about the timm ViT it patches."""
@@ -334,33 +354,49 @@ class ViTInfo:
 
 
 def check_vit(model: nn.Module, what: str = "the model") -> None:
-    """UnsupportedModelError unless ``model`` is a timm VisionTransformer (the one check of what vitprune loads,
-    measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
+    """UnsupportedModelError unless ``model`` is a timm VisionTransformer or Eva model (the one check of what
+    vitprune loads, measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    if type(model).__name__ == "Eva":
-        raise UnsupportedModelError(
-            f"{what} is a timm Eva model (EVA, EVA02: rotary position embeddings); timm Eva models are not "
-            "supported yet: vitprune works on timm VisionTransformer models (deit_*, vit_*, including distilled "
-            "and register variants).")
-    if not isinstance(model, VisionTransformer):
+    if not isinstance(model, VisionTransformer) and not _is_eva(model):
         raise UnsupportedModelError(
             f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on timm "
-            "VisionTransformer models (deit_*, vit_*, including distilled and register variants).")
+            "VisionTransformer models (deit_*, vit_*, including distilled and register variants) and timm Eva "
+            "models (eva_*, eva02_*, vit_*_rope_*).")
+
+
+def _check_blocks(model: nn.Module) -> None:
+    """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``, and
+    Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, no
+    grouped-query attention)."""
+    from timm.layers import Attention, AttentionRope
+    from timm.models.eva import EvaAttention, EvaBlock
+    from timm.models.vision_transformer import Block
+
+    if _is_eva(model) and getattr(model, "rope_mixed", False):
+        raise UnsupportedModelError(
+            "this Eva model has a different rotary embedding per block (rope_type='mixed'); vitprune drives Eva "
+            "models whose blocks share one rope.")
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        vit = isinstance(blk, Block) and isinstance(attn, Attention)
+        eva = isinstance(blk, EvaBlock) and isinstance(attn, (EvaAttention, AttentionRope))
+        if not (vit or eva):
+            raise UnsupportedModelError(
+                f"block {i} of this ViT is a {type(blk).__name__} with {type(attn).__name__}; vitprune patches "
+                "timm's standard pre-norm Block with its Attention module, and Eva's pre-norm EvaBlock."
+            )
+        if getattr(attn, "num_kv_groups", 1) != 1:
+            raise UnsupportedModelError(
+                f"block {i} uses grouped-query attention (num_kv_heads); vitprune drives attention with one key "
+                "and value head per query head.")
 
 
 def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
-    """Facts about a timm VisionTransformer; raises UnsupportedModelError for anything vitprune cannot patch."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block
-
+    """Facts about a timm VisionTransformer or Eva model; raises UnsupportedModelError for anything vitprune cannot
+    patch."""
     check_vit(model)
-    for i, blk in enumerate(model.blocks):
-        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
-            raise UnsupportedModelError(
-                f"block {i} of this ViT is a {type(blk).__name__} with {type(blk.attn).__name__}; vitprune patches "
-                "timm's standard pre-norm Block with its Attention module."
-            )
+    _check_blocks(model)
     if img_size is None:
         grid = tuple(model.patch_embed.grid_size)
     else:
@@ -454,6 +490,9 @@ class TokenState:
     aux: dict[str, Any] = field(default_factory=dict)
     #: (when ``track``) a reduction fused the tokens it removed into an extra token (EViT, SaiT with ``fuse``)
     fused: bool = False
+    #: Eva models: the rotary rows of the tokens after the prefix as embedded (``B x P x D``, ``ops.rope``); a
+    #: method that keeps, merges or adds tokens carries the rows along with them. None for timm ViTs
+    rope: Optional[Tensor] = None
 
     @property
     def num_patches(self) -> int:
@@ -537,6 +576,10 @@ class TokenMethod:
     #: how the method works on a ViT without a class token, where that deviates from the paper (shown by
     #: `vitprune methods`, and in reports and cards of such models); empty: the paper's method applies as is
     no_class_token: ClassVar[str] = ""
+    #: what rotary position embedding (timm Eva models) the tokens the method builds get: a token that keeps or
+    #: merges into a patch keeps that patch's rope row; this says the choice for the others (fused, pooled...)
+    #: (shown by `vitprune methods`, and in reports and cards of Eva models with rotary embeddings)
+    rotary: ClassVar[str] = "every token the method keeps carries its own patch's rotary row."
     #: arguments of the authors' training script that set an option (argument name -> option name), read from
     #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
     official_args: ClassVar[Mapping[str, str]] = {}
@@ -572,7 +615,7 @@ class TokenMethod:
         """Run all blocks on the embedded tokens ``x`` (B x N x C). Default: the dense path."""
         for blk in model.blocks:
             state.enter(x)
-            x = blk(x)
+            x = run_block(blk, x, state.rope)
         return x
 
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
@@ -628,9 +671,12 @@ class TokenMethod:
     def report_notes(self, model: nn.Module) -> list[str]:
         """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start); a
         model without a class token gets the method's ``no_class_token`` deviation."""
+        notes = []
         if self.no_class_token and getattr(model, "cls_token", None) is None:
-            return [f"no class token: {self.no_class_token}"]
-        return []
+            notes.append(f"no class token: {self.no_class_token}")
+        if getattr(model, "rope", None) is not None:
+            notes.append(f"{ROTARY_NOTE}: {self.rotary}")
+        return notes
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
         """Pool the final tokens for the head when the method must (ToMe: size-weighted average); None = timm's."""
@@ -734,10 +780,10 @@ class PatchedViT:
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("vitprune-patched models do not take attention masks")
-        x = embed_tokens(self, x)
+        x, rope = embed(self, x)
         grid = _grid_of(self, x)
         state = TokenState(num_prefix=self.num_prefix_tokens, grid=grid, training=self.training,
-                           track=self._vitprune_track)
+                           track=self._vitprune_track, rope=rope)
         if state.track:
             state.start_tracking(x.shape[0], x.device)
         method = self.vitprune_method

@@ -87,6 +87,7 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..measure.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
+from ..ops import rope as rope_ops
 from ..ops.gridpad import GridPad
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
@@ -153,6 +154,9 @@ class DGE(TokenMethod):
     Options = DGEOptions
     needs_training = True
     new_module_prefixes = ("dge_routers",)
+    rotary = ("keys and finest queries carry their patches' rotary rows; a pooled region cell's query gets the "
+              "circular mean of its patches' rotations (their rows averaged as the tokens are, then each sin/cos "
+              "pair scaled back to unit length).")
     notes = (
         "Region size 4 (splits 4/2/1); a patch grid not divisible by 4 (224 px / patch 16 = 14x14; the paper used "
         "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
@@ -316,8 +320,24 @@ class DGE(TokenMethod):
         if pad is not None:  # partial border regions: run on the padded grid, return the real tokens
             state.aux["dge_pad"] = pad
             x = pad.pad(x)
+        if state.rope is not None:
+            state.aux["dge_rope"] = self._region_rope(state, pad)
         x = self._train_blocks(model, x, state) if model.training else self._eval_blocks(model, x, state)
         return x if pad is None else pad.crop(x)
+
+    def _region_rope(self, state: TokenState, pad: Optional[GridPad]) -> tuple[Tensor, Tensor]:
+        """Eva models: the rotary rows of the (padded) token sequence, prefix rows included (``B x N x D``), and
+        of the coarse bank's cells (``B x T x D``): each cell the circular mean of its patches' rotations (the
+        rows pooled as the tokens are, then scaled back to rotations; see ``notes``)."""
+        seq = rope_ops.prefixed(state.rope, state.num_prefix)
+        if pad is not None:
+            seq = pad.pad(seq)  # padding slots: zero rows (hidden keys, discarded queries)
+        return seq, rope_ops.normalise(self._bank(seq, state))
+
+    @staticmethod
+    def _key_rope(state: TokenState) -> Optional[Tensor]:
+        rows = state.aux.get("dge_rope")
+        return None if rows is None else rows[0][:, state.num_prefix:]
 
     @staticmethod
     def _grid(state: TokenState) -> tuple[int, int]:
@@ -340,7 +360,9 @@ class DGE(TokenMethod):
     def _dense_block(blk: nn.Module, x: Tensor, state: TokenState) -> Tensor:
         """timm's block on the real tokens (bit-exact with the dense model; padding slots stay zero)."""
         pad = state.aux.get("dge_pad")
-        return blk(x) if pad is None else pad.pad(blk(pad.crop(x)))
+        if pad is None:
+            return ops.run_block(blk, x, state.rope)
+        return pad.pad(ops.run_block(blk, pad.crop(x), state.rope))
 
     def _record(self, state: TokenState, block: int, assignment: Tensor) -> None:
         pad = state.aux.get("dge_pad")
@@ -352,13 +374,13 @@ class DGE(TokenMethod):
 
     @staticmethod
     def _query_update(blk: nn.Module, q0: Tensor, qn: Tensor, k: Tensor, v: Tensor,
-                      state: Optional[TokenState] = None) -> Tensor:
-        """The block on queries ``q0`` (``qn`` = their ``norm1``) with keys/values ``k, v`` from all tokens'
-        ``norm1``: returns the update ``q - q0`` (timm's LayerScale, drop-path and MLP; fused SDPA). Padding
-        slots of a padded grid are hidden as keys."""
+                      state: Optional[TokenState] = None, rope: Optional[Tensor] = None) -> Tensor:
+        """The block on queries ``q0`` (``qn`` = their ``norm1``; ``rope`` their rotary rows after the prefix, Eva
+        models) with keys/values ``k, v`` from all tokens' ``norm1``: returns the update ``q - q0`` (timm's
+        LayerScale, drop-path and MLP; fused SDPA). Padding slots of a padded grid are hidden as keys."""
         pad = state.aux.get("dge_pad") if state is not None else None
         bias = None if pad is None else pad.key_bias(k.dtype)
-        q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn), k, v, qn, bias))
+        q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn, rope), k, v, qn, bias))
         return ops.mlp_residual(blk, q) - q0
 
     def _eval_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
@@ -384,13 +406,19 @@ class DGE(TokenMethod):
         if level == 0 and self.identity_shortcut:  # every query finest: timm's block, bit-exact
             return self._dense_block(blk, x, state)
         xn = blk.norm1(x)
-        k, v = ops.project_kv(blk.attn, xn)
+        key_rope = self._key_rope(state)
+        k, v = ops.project_kv(blk.attn, xn, key_rope)
         q0 = regions.uniform_queries(x, grid, region, level, npre)
         pad = state.aux.get("dge_pad")
         if pad is not None and level > 0:  # border cells: the mean of their real patches
             q0 = torch.cat([q0[:, :npre], q0[:, npre:] * pad.level_scale(level).to(q0.dtype)], dim=1)
         qn = xn if level == 0 else blk.norm1(q0)
-        x = regions.uniform_unpool_delta(x, self._query_update(blk, q0, qn, k, v, state), grid, region, level, npre)
+        q_rope = key_rope
+        if key_rope is not None and level > 0:  # the level's cells: their patches' mean rotation
+            cells = regions.uniform_queries(state.aux["dge_rope"][0], grid, region, level, npre)[:, npre:]
+            q_rope = rope_ops.normalise(cells)
+        update = self._query_update(blk, q0, qn, k, v, state, q_rope)
+        x = regions.uniform_unpool_delta(x, update, grid, region, level, npre)
         if state.track:
             self._record(state, i, regions.uniform_assignment(x.shape[0], grid, region, level, x.device))
         return x
@@ -416,11 +444,15 @@ class DGE(TokenMethod):
         if low == n and self.identity_shortcut:  # every query finest: timm's block on the same norm1, bit-exact
             if "dge_pad" in state.aux:
                 return self._dense_block(blk, x, state)
-            return ops.mlp_residual(blk, ops.attn_residual(blk, x, blk.attn(xn)))  # nothing pooled: no token map
+            attn = ops.run_attention(blk.attn, xn, state.rope)
+            return ops.mlp_residual(blk, ops.attn_residual(blk, x, attn))  # nothing pooled: no token map
         order, src = regions.plan_queries(decision, grid, region, npre)
-        k, v = ops.project_kv(blk.attn, xn)
+        k, v = ops.project_kv(blk.attn, xn, self._key_rope(state))
         q0 = regions.gather_queries(x, bank, order[:, :high])  # B x width x C
-        x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v, state), src)
+        q_rope = None
+        if "dge_rope" in state.aux:  # prefix queries come first in ``order``; their rows are dropped
+            q_rope = regions.gather_queries(*state.aux["dge_rope"], order[:, :high])[:, npre:]
+        x = regions.unpool_delta(x, self._query_update(blk, q0, blk.norm1(q0), k, v, state, q_rope), src)
         if state.track:
             self._record(state, i, src[:, npre:] - npre)
         return x
@@ -462,10 +494,13 @@ class DGE(TokenMethod):
             logits = self._route(router, bank, state)
             gates = F.gumbel_softmax(logits.float(), tau=1.0, hard=True)  # B x G x K, straight-through
             xn = blk.norm1(x)
-            k, v = ops.project_kv(blk.attn, xn)
+            k, v = ops.project_kv(blk.attn, xn, self._key_rope(state))
             q0 = regions.all_sources(x, bank)  # every level's cells as queries: static shape
             qn = torch.cat([xn, blk.norm1(bank).to(xn.dtype)], dim=1)  # = norm1(q0), x's part reused
-            delta = self._query_update(blk, q0, qn, k, v, state)
+            q_rope = None
+            if "dge_rope" in state.aux:
+                q_rope = regions.all_sources(*state.aux["dge_rope"])[:, state.num_prefix:]
+            delta = self._query_update(blk, q0, qn, k, v, state, q_rope)
             x = x + regions.mix_level_deltas(delta, gates, grid, region, npre).to(x.dtype)
             nq = regions.soft_query_counts(gates, region, npre)  # B, differentiable
             dyn.append(cost.packed(nq, n, g))
@@ -486,7 +521,7 @@ class DGE(TokenMethod):
                       "untrained",
             "calibrated": "routers calibrated to the budget on sample images (calibrate_budget), untrained",
         }[self.options.router_init]
-        return notes + [start]
+        return notes + [start] + super().report_notes(model)
 
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
         """Tokens entering each block: always all of them (DGE pools queries, never the token sequence)."""

@@ -205,7 +205,7 @@ class DynamicViT(TokenMethod):
         if self.options.keep_rate >= 1.0:  # no-op: the dense model, bit for bit
             for blk in model.blocks:
                 state.enter(x)
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
             return x
         if model.training:
             return self._train_blocks(model, x, state)
@@ -226,7 +226,7 @@ class DynamicViT(TokenMethod):
                     x = self._prune(model.score_predictor[s], x, k, state)
                     state.record(i)
             state.enter(x)
-            x = blk(x)
+            x = ops.run_block(blk, x, state.rope)
         return x
 
     @staticmethod
@@ -235,6 +235,7 @@ class DynamicViT(TokenMethod):
         scores = predictor(x[:, npre:])[..., 0]  # keep log-probability; all survivors pool globally
         idx = ops.topk_patches(scores, k)  # descending score order
         state.keep(idx)
+        state.rope = ops.take_rope(state.rope, idx)
         return ops.keep_tokens(x, idx, npre)
 
     def _train_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:
@@ -257,9 +258,10 @@ class DynamicViT(TokenMethod):
                 policy = ops.with_prefix_mask(prev, npre)
             state.enter(x)
             if policy is None:
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
             else:
-                x = ops.attn_residual(blk, x, ops.masked_softmax_attention(blk.attn, blk.norm1(x), policy))
+                x = ops.attn_residual(blk, x, ops.masked_softmax_attention(blk.attn, blk.norm1(x), policy,
+                                                                           rope=state.rope))
                 x = ops.mlp_residual(blk, x)
         state.aux["decisions"] = decisions
         state.aux["keep_targets"] = self.keep_targets(len(decisions))

@@ -76,6 +76,9 @@ class EViT(TokenMethod):
         "tokens it replaces and counts as that many patches in the pooled head (size-weighted average, or "
         "log-size bias in attention pooling).")
 
+    rotary = ("kept patches carry their own rotary rows; the fused token stands for no single patch and gets no "
+              "rotation, as timm's prefix tokens.")
+
     def __init__(self, options: EViTOptions):
         super().__init__(options)
         self.train_keep_rate: Optional[float] = None  # set by the keep-rate schedule during training
@@ -102,9 +105,10 @@ class EViT(TokenMethod):
         for i, blk in enumerate(model.blocks):
             state.enter(x)
             if i not in locs or rate >= 1.0:
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
                 continue
-            out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token)
+            out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token,
+                                               rope=state.rope)
             x = ops.attn_residual(blk, x, out)
             p = x.shape[1] - npre
             k = ops.num_kept(rate, p, "ceil")
@@ -119,6 +123,7 @@ class EViT(TokenMethod):
         if not self.options.fuse:
             idx = ops.topk_patches(scores, k)
             state.keep(idx)
+            state.rope = ops.take_rope(state.rope, idx)
             return ops.keep_tokens(x, idx, npre)
         order = ops.rank_patches(scores)
         keep, rest = order[:, :k], order[:, k:]
@@ -131,6 +136,7 @@ class EViT(TokenMethod):
             state.aux["pool_weight"] = torch.cat(
                 [torch.gather(size, 1, keep), (size * carry.rest_mask(keep, size.shape[1])).sum(1, keepdim=True)], 1)
         state.keep(keep, extra_synthetic=1)
+        state.rope = ops.take_rope(state.rope, keep, synthetic=1)  # the fused token: no rotation (``notes``)
         return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:

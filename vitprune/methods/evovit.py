@@ -181,6 +181,9 @@ class EvoViT(TokenMethod):
                       "all processed queries and heads) instead of the class token's row; the final sequence keeps "
                       "every token, so the model's average or attention pool is unchanged.")
 
+    rotary = ("informative patches carry their own rotary rows through a stage; the representative token stands "
+              "for all placeholders and gets no rotation, as timm's prefix tokens.")
+
     def __init__(self, options: EvoViTOptions):
         super().__init__(options)
         #: set by ``on_train_progress``: run the training forward layer-wise (None before any progress report)
@@ -267,7 +270,7 @@ class EvoViT(TokenMethod):
         if k >= P:  # nothing to select: the dense blocks, bit for bit
             for blk in model.blocks:
                 state.enter(x)
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
         else:
             x = self.evolve(model, x, state, k, self.layer_wise_now(model.training))
         self._aux_head(model, x, state)
@@ -293,14 +296,14 @@ class EvoViT(TokenMethod):
             if stage is None:
                 state.enter(x)
                 if i < starts[0] - 1:
-                    x = blk(x)
+                    x = ops.run_block(blk, x, state.rope)
                 else:  # the block before the first selection builds g (its row, weight 1)
-                    x, row = _block_with_class_row(blk, x, npre, self.info.has_class_token)
+                    x, row = _block_with_class_row(blk, x, npre, self.info.has_class_token, state.rope)
                     g = row
             else:
                 xs = stage["x"]
                 state.enter(xs)
-                xs, row = _block_with_class_row(blk, xs, npre, self.info.has_class_token)
+                xs, row = _block_with_class_row(blk, xs, npre, self.info.has_class_token, stage.get("rope"))
                 stage["x"] = xs
                 stage["g"] = (1.0 - STAGE_ALPHA) * stage["g"] + STAGE_ALPHA * row[:, :k]
         if stage is not None:
@@ -318,6 +321,8 @@ class EvoViT(TokenMethod):
         pos = carry.prefixed_index(idx, npre)
         xs = carry.take(x, pos)
         stage = {"idx": idx, "pos": pos, "g": torch.gather(g, 1, idx)}
+        if state.rope is not None:  # the informative patches keep their rows; the representative: no rotation
+            stage["rope"] = ops.take_rope(state.rope, idx, synthetic=1 if rep else 0)
         if rep:
             r = carry.rest_weighted_token(x[:, npre:], g, idx)
             stage["r0"] = r
@@ -471,11 +476,13 @@ class EvoViT(TokenMethod):
         return out
 
 
-def _block_with_class_row(blk: nn.Module, x: Tensor, num_prefix: int, class_token: bool) -> tuple[Tensor, Tensor]:
+def _block_with_class_row(blk: nn.Module, x: Tensor, num_prefix: int, class_token: bool,
+                          rope: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """One timm block (fused attention, its LayerScale and drop-path) that also returns the class token's attention
     row over the keys after the prefix, summed over heads (``B x (N - num_prefix)``, float32, softmax over all
-    keys); without a class token the attention those keys receive (``ops.importance``)."""
-    out, scores = attention_importance(blk.attn, blk.norm1(x), num_prefix, class_token, reduce="sum")
+    keys); without a class token the attention those keys receive (``ops.importance``). ``rope``: the rotary rows
+    of ``x``'s tokens after the prefix (Eva models)."""
+    out, scores = attention_importance(blk.attn, blk.norm1(x), num_prefix, class_token, reduce="sum", rope=rope)
     x = ops.attn_residual(blk, x, out)
     x = ops.mlp_residual(blk, x)
     return x, scores

@@ -81,7 +81,8 @@ def describe_methods() -> list[dict[str, Any]]:
             "name": name, "title": cls.title, "paper": cls.paper, "summary": cls.summary,
             "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
             "notes": [*cls.notes, *([f"No class token (deviation from the paper): {cls.no_class_token}"]
-                                     if cls.no_class_token else [])], "options": opts,
+                                     if cls.no_class_token else []),
+                      f"Rotary position embeddings (timm Eva models): {cls.rotary}"], "options": opts,
         })
     return out
 

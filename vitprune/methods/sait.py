@@ -65,7 +65,7 @@ from ..ops.importance import attention_importance
 from ..ops.pooling import weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, embed_tokens, require_pooled_head, tracking, vit_info,
+    check_fraction, embed, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
 
@@ -188,6 +188,8 @@ class SaiT(TokenMethod):
                       "queries and heads) instead of the class token's row, for selection and its distillation; "
                       "the average or attention pool reads the live tokens only; `fuse` is refused and `buckets` "
                       "runs as padding.")
+    rotary = ("kept patches carry their own rotary rows (padding slots their next-ranked patch's); the fused token "
+              "stands for no single patch and gets no rotation, as timm's prefix tokens.")
     notes = (
         "No public code: the whole method below the paper's abstract is vitprune's reconstruction (this module's "
         "docstring).",
@@ -269,7 +271,7 @@ class SaiT(TokenMethod):
                 return self._dense_training(model, x, state)
             for blk in model.blocks:
                 self._enter(state, x, None)
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
             return x
         self._locs = set(self._locations(len(model.blocks)))
         if state.training or state.track:
@@ -301,11 +303,11 @@ class SaiT(TokenMethod):
             prunes = (i + 1) in self._locs and (alive is None or aops.fixed_keep_count(
                 self.options.keep_rate, alive, self.options.k_min) < alive)
             if not prunes:
-                x = blk(x) if bias is None else blk(x, attn_mask=bias)
+                x = ops.run_block(blk, x, state.rope, attn_mask=bias)
                 continue
             live = None if valid is None else ops.with_prefix_mask(valid, npre)
             out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token, bias=bias,
-                                               query_mask=live)
+                                               query_mask=live, rope=state.rope)
             x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
             if state.training:
                 x, valid, alive = self._mask_stage(x, scores, valid, alive, state, i)
@@ -344,6 +346,7 @@ class SaiT(TokenMethod):
             pruned = ~keep if valid is None else valid & ~keep
             x = torch.cat([x, aops.masked_fuse(x[:, npre:], scores, pruned)], dim=1)
             keep = torch.cat([keep, (counts < n_valid)[:, None]], dim=1)
+            state.rope = ops.with_synthetic(state.rope, 1)
         if alive is not None:
             alive = k + (1 if o.fuse else 0)
         if state.track:
@@ -362,10 +365,12 @@ class SaiT(TokenMethod):
             keep, rest = order[:, :k], order[:, k:]
             fused = ops.fuse_tokens(x[:, npre:], scores, rest)
             state.keep(keep, extra_synthetic=1)
+            state.rope = ops.take_rope(state.rope, keep, synthetic=1)
             x = torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
         else:
             keep = ops.topk_patches(scores, k)
             state.keep(keep)
+            state.rope = ops.take_rope(state.rope, keep)
             x = ops.keep_tokens(x, keep, npre)
         if state.track:
             state.aux["sait_kept"].append(torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
@@ -390,6 +395,7 @@ class SaiT(TokenMethod):
             stats = _width_stats(counts, pruned_some).tolist()  # the one host sync of this location
         width, narrowest, all_pruned = stats
         x_new, valid_new = aops.gather_padded(x, order, counts, width, npre)
+        state.rope = ops.take_rope(state.rope, order[:, :width], synthetic=1 if o.fuse else 0)
         unmasked = narrowest == width
         if o.fuse:
             kept = aops.rank_keep_mask(order, counts)
@@ -418,7 +424,9 @@ class SaiT(TokenMethod):
         pruned_some = counts < n_valid
         stats = torch.stack([_width_stats(counts[g], pruned_some[g]) for g in groups]).tolist()  # one sync for all
         outs = []
+        rope = state.rope
         for g, st in zip(groups, stats):
+            state.rope = None if rope is None else rope[g]  # each group carries its images' rows
             sub_valid = None if valid is None else valid[g]
             xg, vg = self._adaptive_stage(x[g], scores[g], sub_valid, state, block, (sorted_s[g], order[g], counts[g]),
                                           st)
@@ -434,10 +442,11 @@ class SaiT(TokenMethod):
         a later sparse pass when the teacher gives none."""
         for blk in model.blocks[:-1]:
             self._enter(state, x, None)
-            x = blk(x)
+            x = ops.run_block(blk, x, state.rope)
         blk = model.blocks[-1]
         self._enter(state, x, None)
-        out, scores = attention_importance(blk.attn, blk.norm1(x), state.num_prefix, model.cls_token is not None)
+        out, scores = attention_importance(blk.attn, blk.norm1(x), state.num_prefix, model.cls_token is not None,
+                                           rope=state.rope)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
         state.aux["sait_self_target"] = scores.detach()
         return x
@@ -573,12 +582,12 @@ class SaiT(TokenMethod):
         model.eval()
         try:
             with torch.no_grad():
-                x = embed_tokens(model, images)
+                x, rope = embed(model, images)
                 for blk in model.blocks[: location - 1]:
-                    x = blk(x)
+                    x = ops.run_block(blk, x, rope)
                 blk = model.blocks[location - 1]
                 _, scores = attention_importance(blk.attn, blk.norm1(x), model.num_prefix_tokens,
-                                                 model.cls_token is not None)
+                                                 model.cls_token is not None, rope=rope)
         finally:
             model.train(was_training)
         return aops.order_by_score(scores)[0]
@@ -604,12 +613,12 @@ class SaiT(TokenMethod):
             return super().teacher_forward(teacher, images)
         if self.options.sel_weight == 0:
             return super().teacher_forward(teacher, images)
-        x = embed_tokens(teacher, images)
+        x, rope = embed(teacher, images)
         for blk in teacher.blocks[:-1]:
-            x = blk(x)
+            x = ops.run_block(blk, x, rope)
         blk = teacher.blocks[-1]
         out, scores = attention_importance(blk.attn, blk.norm1(x), teacher.num_prefix_tokens,
-                                           teacher.cls_token is not None)
+                                           teacher.cls_token is not None, rope=rope)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
         tokens = teacher.norm(x)
         return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens, extras={"sait_cls_attn": scores})

@@ -129,6 +129,8 @@ class ToMe(TokenMethod):
     Options = ToMeOptions
     needs_training = False
     exportable = True
+    rotary = ("a merged token keeps its destination token's rotary row (its sources' positions are dropped, as "
+              "their features are averaged into it).")
     notes = (
         "Composed around timm's own modules (norm1, attn through vitprune.ops.attention, ls1/ls2, drop_path, mlp): "
         "timm's qk-norm, LayerScale, scale-norm and register tokens are honoured (the reference replaces timm's "
@@ -230,9 +232,11 @@ class ToMe(TokenMethod):
             state.enter(x)
             r = min(rs[i], tm.max_merge(x.shape[1], npre))
             if r == 0 and (size is None or not self.options.prop_attn):
-                x = blk(x)
+                x = ops.run_block(blk, x, state.rope)
                 continue
-            x, size, m = self.merge_block(blk, x, size, r, npre)
+            x, size, m = self.merge_block(blk, x, size, r, npre, state.rope)
+            if state.rope is not None and m is not None:  # a merged token keeps its destination's row (``notes``)
+                state.rope = ops.take_rope(state.rope, m.keep_pos[:, npre:] - npre)
             if state.track and m is not None:
                 assignment = tm.merge_assignment(assignment, m, x.shape[1] - npre + r)
                 state.origin = _merge_origin(state.origin, m)
@@ -241,13 +245,15 @@ class ToMe(TokenMethod):
             state.aux["size"] = size
         return x
 
-    def merge_block(self, blk: nn.Module, x: Tensor, size: Optional[Tensor], r: int,
-                    npre: int) -> tuple[Tensor, Optional[Tensor], Optional[tm.Matching]]:
-        """One ToMe block: attention (proportional when sizes are known), merge ``r`` tokens, MLP.
+    def merge_block(self, blk: nn.Module, x: Tensor, size: Optional[Tensor], r: int, npre: int,
+                    rope: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor], Optional[tm.Matching]]:
+        """One ToMe block: attention (proportional when sizes are known), merge ``r`` tokens, MLP. ``rope``: the
+        tokens' rotary rows (Eva models); the matching uses the rotated keys, as the reference uses the keys the
+        attention used.
 
         Returns ``(x, size, matching)`` (``matching`` None when ``r`` is 0)."""
         xn = blk.norm1(x)
-        q, k, v = ops.project_qkv(blk.attn, xn)
+        q, k, v = ops.project_qkv(blk.attn, xn, rope)
         bias = tm.size_bias(size, q.dtype) if (self.options.prop_attn and size is not None) else None
         x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
         m = None

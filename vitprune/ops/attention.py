@@ -1,9 +1,15 @@
-"""Attention built from timm's own ``Attention`` module weights, on the fused SDPA path.
+"""Attention built from timm's own attention module weights, on the fused SDPA path.
 
 Methods that need something from attention (the class-token row, the keys, an additive bias, queries that differ
 from keys) call these instead of copying timm's forward. Everything timm's Attention has is honoured: fused qkv,
 ``q_norm``/``k_norm`` (qk-norm), ``norm`` (scale-norm), the output ``gate`` of newer timm versions, dropout,
 ``proj``. The blocks' LayerScale and drop-path are applied by :func:`attn_residual` / :func:`mlp_residual`.
+
+The same functions drive timm's Eva blocks (``EvaBlock`` with ``EvaAttention`` or ``AttentionRope``): their q/k/v
+weights (fused with separate ``q_bias``/``v_bias``, or three projections) are read by :func:`qkv_weight`, the
+rotary embeddings of the tokens at hand are passed as ``rope`` (``B x P x D``, see :mod:`vitprune.ops.rope`) and
+applied after qk-norm as timm does, and the LayerScale ``gamma_1``/``gamma_2`` is applied where ``ls1``/``ls2``
+are. :func:`run_block` calls a block the way its class wants (with ``rope=`` for Eva blocks).
 """
 from __future__ import annotations
 
@@ -13,32 +19,76 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rope import rotate
 
-def project_qkv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v as ``B x H x N x D`` (after qk-norm), from ``x`` (``B x N x C``, already ``norm1``-ed)."""
+
+def qkv_weight(attn: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
+    """The fused q/k/v projection as ``(weight 3D x C, bias or None)``, whatever the layout: timm's ``qkv`` Linear,
+    Eva's ``qkv`` with ``q_bias``/``k_bias``/``v_bias``, or separate ``q_proj``/``k_proj``/``v_proj``."""
+    qkv = getattr(attn, "qkv", None)
+    if qkv is not None:
+        q_bias = getattr(attn, "q_bias", None)
+        return qkv.weight, (qkv.bias if q_bias is None else torch.cat((q_bias, attn.k_bias, attn.v_bias)))
+    projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+    weight = torch.cat([p.weight for p in projs])
+    if all(p.bias is None for p in projs):
+        return weight, None
+    return weight, torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in projs])
+
+
+def _qkv(attn: nn.Module, x: Tensor) -> Tensor:
+    qkv = getattr(attn, "qkv", None)
+    if qkv is not None and getattr(attn, "q_bias", None) is None:
+        return qkv(x)  # timm's Attention (and fused Eva attention without bias): its own Linear
+    weight, bias = qkv_weight(attn)
+    return F.linear(x, weight, bias)
+
+
+def project_qkv(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v as ``B x H x N x D`` (after qk-norm, and rotated by ``rope`` when given), from ``x`` (``B x N x C``,
+    already ``norm1``-ed)."""
     B, N, _ = x.shape
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = _qkv(attn, x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    return attn.q_norm(q), attn.k_norm(k), v
+    if rope is None:
+        return attn.q_norm(q), attn.k_norm(k), v
+    return rotate(attn, attn.q_norm(q), rope).type_as(v), rotate(attn, attn.k_norm(k), rope).type_as(v), v
 
 
-def project_q(attn: nn.Module, x: Tensor) -> Tensor:
-    """Queries only (``B x H x M x D``), from the first third of the fused qkv weights."""
+def project_q(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> Tensor:
+    """Queries only (``B x H x M x D``), from the first third of the fused qkv weights (rotated by ``rope``)."""
     B, M, _ = x.shape
     d = attn.num_heads * attn.head_dim
-    bias = attn.qkv.bias[:d] if attn.qkv.bias is not None else None
-    q = F.linear(x, attn.qkv.weight[:d], bias).reshape(B, M, attn.num_heads, attn.head_dim).transpose(1, 2)
-    return attn.q_norm(q)
+    weight, bias = qkv_weight(attn)
+    q = F.linear(x, weight[:d], None if bias is None else bias[:d])
+    q = attn.q_norm(q.reshape(B, M, attn.num_heads, attn.head_dim).transpose(1, 2))
+    return q if rope is None else rotate(attn, q, rope).type_as(x)
 
 
-def project_kv(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Keys and values only (``B x H x N x D``), from the last two thirds of the fused qkv weights."""
+def project_kv(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Keys and values only (``B x H x N x D``), from the last two thirds of the fused qkv weights (keys rotated by
+    ``rope``)."""
     B, N, _ = x.shape
     d = attn.num_heads * attn.head_dim
-    bias = attn.qkv.bias[d:] if attn.qkv.bias is not None else None
-    kv = F.linear(x, attn.qkv.weight[d:], bias).reshape(B, N, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    weight, bias = qkv_weight(attn)
+    kv = F.linear(x, weight[d:], None if bias is None else bias[d:])
+    kv = kv.reshape(B, N, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     k, v = kv.unbind(0)
-    return attn.k_norm(k), v
+    k = attn.k_norm(k)
+    return (k if rope is None else rotate(attn, k, rope).type_as(v)), v
+
+
+def run_block(blk: nn.Module, x: Tensor, rope: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """timm's own block forward on ``x``: ``blk(x)`` for a ViT block; an Eva block also gets the tokens' ``rope``
+    (per image, as timm's patch-dropout path passes it)."""
+    if rope is not None:
+        return blk(x, rope=rope.unsqueeze(1), attn_mask=attn_mask)
+    return blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
+
+
+def run_attention(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> Tensor:
+    """timm's own attention forward on ``x`` (already ``norm1``-ed), with the tokens' ``rope`` for Eva attention."""
+    return attn(x) if rope is None else attn(x, rope=rope.unsqueeze(1))
 
 
 def attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, x_in: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -72,35 +122,47 @@ def attention(
     bias: Optional[Tensor] = None,
     cls_rows: int = 0,
     return_keys: bool = False,
+    rope: Optional[Tensor] = None,
 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """timm attention on the fused path, optionally returning what token methods need.
 
     Returns ``(out, cls_attn, k)``: ``cls_attn`` is ``B x H x cls_rows x N`` softmax rows of the first
     ``cls_rows`` queries (float32) when ``cls_rows > 0``; ``k`` the keys (``B x H x N x D``) when asked.
     """
-    q, k, v = project_qkv(attn, x)
+    q, k, v = project_qkv(attn, x, rope)
     out = attend(attn, q, k, v, x, bias)
     rows = class_attention(q, k, attn.scale, cls_rows, bias) if cls_rows else None
     return out, rows, (k if return_keys else None)
 
 
+def _layer_scale(blk: nn.Module, which: int, t: Tensor) -> Tensor:
+    """The block's LayerScale ``which`` (1: attention, 2: MLP): timm ViT's ``ls1``/``ls2`` modules, or Eva's
+    ``gamma_1``/``gamma_2`` parameters (None: no LayerScale)."""
+    ls = getattr(blk, f"ls{which}", None)
+    if ls is not None:
+        return ls(t)
+    gamma = getattr(blk, f"gamma_{which}")
+    return t if gamma is None else gamma * t
+
+
 def attn_residual(blk: nn.Module, x: Tensor, attn_out: Tensor) -> Tensor:
     """``x + drop_path1(ls1(attn_out))`` with the block's own LayerScale and drop-path."""
-    return x + blk.drop_path1(blk.ls1(attn_out))
+    return x + blk.drop_path1(_layer_scale(blk, 1, attn_out))
 
 
 def mlp_residual(blk: nn.Module, x: Tensor) -> Tensor:
     """``x + drop_path2(ls2(mlp(norm2(x))))``: the second half of timm's Block."""
-    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+    return x + blk.drop_path2(_layer_scale(blk, 2, blk.mlp(blk.norm2(x))))
 
 
-def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: float = 1e-6) -> Tensor:
+def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: float = 1e-6,
+                             rope: Optional[Tensor] = None) -> Tensor:
     """DynamicViT's training attention with a keep policy (``B x N``, 1 keep / 0 drop), shapes unchanged.
 
     A query always sees itself; dropped keys are invisible to every other query. Computed in float32:
     ``A_ij = (exp(S_ij) G_ij + eps/N) / (sum_j exp(S_ij) G_ij + eps)`` with ``G_ij = P_j + (1 - P_j)[i = j]``.
     """
-    q, k, v = project_qkv(attn, x)
+    q, k, v = project_qkv(attn, x, rope)
     B, H, N, _ = q.shape
     logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()

@@ -37,15 +37,16 @@ def received_attention(q: Tensor, k: Tensor, scale: float, bias: Optional[Tensor
 
 def attention_importance(attn: nn.Module, x: Tensor, num_prefix: int, class_token: bool, *,
                          bias: Optional[Tensor] = None, query_mask: Optional[Tensor] = None,
-                         reduce: str = "mean") -> tuple[Tensor, Tensor]:
+                         reduce: str = "mean", rope: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``(attention output, patch scores B x P)`` of timm ``attn`` on ``x`` (already ``norm1``-ed).
 
     With a class token the scores are its attention row over the patch keys, averaged (``reduce="mean"``, EViT,
     SaiT) or summed (``"sum"``, Evo-ViT) over heads. Without one they are :func:`received_attention` over the
-    patch keys (``reduce`` does not apply: a mean over queries and heads)."""
+    patch keys (``reduce`` does not apply: a mean over queries and heads). ``rope``: the tokens' rotary rows (Eva
+    models, :mod:`vitprune.ops.rope`)."""
     if class_token:
-        out, rows, _ = attention(attn, x, cls_rows=1, bias=bias)
+        out, rows, _ = attention(attn, x, cls_rows=1, bias=bias, rope=rope)
         return out, patch_scores_from_cls(rows, num_prefix, reduce)
-    q, k, v = project_qkv(attn, x)
+    q, k, v = project_qkv(attn, x, rope)
     out = attend(attn, q, k, v, x, bias)
     return out, received_attention(q, k, attn.scale, bias, query_mask)[:, num_prefix:]
