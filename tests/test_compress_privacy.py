@@ -148,3 +148,25 @@ def test_a_base_model_is_named_by_what_it_is(at, tmp_path):
     (recorded / "config.json").write_text(json.dumps(cfg))
     assert public_model(str(recorded)) == "vit_tiny_patch16_224 (local weights)"
     assert public_model("hf-hub:org/name@v2") == "hf-hub:org/name@v2" and public_model("demo") == "demo"
+
+
+def test_the_library_save_of_a_model_loaded_from_a_folder_names_no_path(at, tmp_path):
+    """``vitprune.save`` (not only ``compress``) records the base model as ``public_model`` names it: a model loaded
+    from a local folder is saved with what that folder was made from, never the folder's path, in config.json and
+    in the card's Reproduce block (both travel with ``vitprune push``)."""
+    import shutil
+
+    import vitprune
+    from vitprune.hub import demo_dir
+
+    folder = at / "private-folder"
+    shutil.copytree(demo_dir(), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vitprune"]["base_model"] = str(at / "elsewhere")  # a local base: not publishable, the architecture is
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model = vitprune.apply_method(vitprune.load_model(str(folder)), "evit", keep_rate=0.7)
+    out = vitprune.save(model, tmp_path / "out")
+    saved = (Path(out) / "config.json").read_text() + (Path(out) / "README.md").read_text()
+    assert json.loads((Path(out) / "config.json").read_text())["vitprune"]["base_model"] == (
+        "vit_tiny_patch16_224 (local weights)")
+    assert "private-folder" not in saved and str(at) not in saved and str(tmp_path) not in saved

@@ -70,11 +70,20 @@ def vitprune_section(
         "version": __version__,
         "method": method.name if method is not None else None,
         "options": method.options_dict() if method is not None else {},
-        "base_model": base_model or getattr(model, "vitprune_base_model", None) or getattr(model, "vitprune_source", None),
+        "base_model": _public_base(base_model or getattr(model, "vitprune_base_model", None)
+                                   or getattr(model, "vitprune_source", None)),
         "recipe": dict(recipe) if recipe else None,
         "metrics": dict(metrics) if metrics else None,
         **({"deviations": deviations} if deviations else {}),
     }
+
+
+def _public_base(spec: Optional[str]) -> Optional[str]:
+    """The base model as the saved folder may name it: a local folder never by its path (it travels with
+    ``vitprune push``), but as what it was made from (:func:`~vitprune.report.redact.public_model`)."""
+    from ..report.redact import public_model
+
+    return public_model(spec) if spec else None
 
 
 def _umask() -> int:
