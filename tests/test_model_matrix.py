@@ -54,5 +54,6 @@ def test_cell(family, method):
     assert "\n" not in got
 
 
+@pytest.mark.slow  # builds every cell again: about a minute on 2 cores
 def test_readme_table_is_the_generated_one():
     assert mm.readme_table(mm.README.read_text()) == mm.render(mm.matrix())
