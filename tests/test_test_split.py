@@ -149,4 +149,4 @@ def test_compress_never_opens_the_test_split(folder_with_test, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["compressed"]["images"] == 20  # scored on val/ (2 per class), not test/
     card = (out / "README.md").read_text()
-    assert "val (20 images)" in card and "test" not in card.lower()
+    assert "val (20 images)" in card and "test" not in card.lower()  # no test split is named anywhere
