@@ -232,7 +232,7 @@ class Splits:
     notes: list[str] = field(default_factory=list)
     val_split: Optional[float] = None
     open_test: Optional[Callable[[], tuple[ImageSource, Sequence[int]]]] = field(default=None, repr=False)
-    no_test: str = "no test split"
+    no_test: str = "it has train and val splits only."
     _test: Optional[tuple[ImageSource, Sequence[int]]] = field(default=None, init=False, repr=False)
 
     @property
