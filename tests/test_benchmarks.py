@@ -138,6 +138,8 @@ def test_data_loader_benchmark_smoke_runs_as_a_script(tmp_path):
 @pytest.mark.slow
 def test_accuracy_smoke_compresses_at_the_target_gmacs(tmp_path):
     out = tmp_path / "acc.json"
+    # a file from before the test split (val = the 359 held-out digits, no demo_split): its rows are not merged
+    out.write_text(json.dumps({"split": "val", "rows": [{"method": "tome", "top1": 98.61}]}))
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
     proc = subprocess.run([sys.executable, str(BENCH / "accuracy.py"), "--smoke", "--seeds", "0", "--json", str(out),
                            "--out-dir", str(tmp_path / "runs")], capture_output=True, text=True, env=env,
@@ -149,3 +151,17 @@ def test_accuracy_smoke_compresses_at_the_target_gmacs(tmp_path):
     assert row["gmacs"] / row["dense_gmacs"] == pytest.approx(0.65, rel=0.01)
     assert row["options"]["keep_rate"] == row["budget"]["value"]
     assert "| evit | keep_rate=" in proc.stdout and "(" in proc.stdout.split("| evit |")[1]
+    assert "not merged" in proc.stdout
+    # the test column is the saved model's top-1 on the demo's test digits, the teacher's next to it; val is what
+    # compress reported
+    import vitprune.hub
+
+    saved = tmp_path / "runs" / "evit-seed0"
+    test = vitprune.evaluate(vitprune.load(saved), "demo", split="test", device="cpu")
+    assert test.images == 178 and row["test_top1"] == pytest.approx(test.top1) == row["runs"][0]["test_top1"]
+    assert row["teacher_test_top1"] == pytest.approx(vitprune.evaluate("demo", "demo", split="test").top1)
+    assert row["top1"] == pytest.approx(vitprune.hub.read_vitprune_section(saved)["metrics"]["top1"])
+    assert row["test_delta"] == pytest.approx(row["test_top1"] - row["teacher_test_top1"])
+    header = proc.stdout.split("| method |")[1].splitlines()[0]
+    assert header.index("test top-1") < header.index("val top-1")
+    assert f"{row['test_top1']:.2f} ({row['test_top1']:.2f}–{row['test_top1']:.2f})" in proc.stdout

@@ -254,7 +254,8 @@ def hub_cache(root: Path, repo_id: str = "org/name") -> Path:
 
     Nothing can be downloaded here, so the folder is made by datasets' own builder: the digits are written with
     ``Dataset.to_parquet`` (an Image and a ClassLabel column, row groups of 12) in a folder named like the repo,
-    ``load_dataset_builder`` prepares it (a shard per row group: 80 rows in 7 train shards of 12, 12, ..., 8), and
+    ``load_dataset_builder`` prepares it (a shard per row group: 80 rows in 7 train shards of 12, 12, ..., 8; 20
+    validation rows; 30 test rows, the demo's first 3 test digits per class), and
     the prepared folder is put where the Hub's loader would have put it (only the namespace part of the path
     differs: datasets adds ``org___`` when it knows the repo id)."""
     import datasets
@@ -264,7 +265,8 @@ def hub_cache(root: Path, repo_id: str = "org/name") -> Path:
                                "label": datasets.ClassLabel(names=[f"digit{i}" for i in range(10)])})
     src = root / "work" / name / "data"
     src.mkdir(parents=True)
-    for split, items in (("train", digit_images("train", 8)), ("validation", digit_images("val", 2))):
+    for split, items in (("train", digit_images("train", 8)), ("validation", digit_images("val", 2)),
+                         ("test", digit_images("test", 3))):
         ds = datasets.Dataset.from_dict({"image": [{"bytes": png_bytes(im), "path": None} for im, _ in items],
                                          "label": [t for _, t in items]}, features=feats)
         ds.to_parquet(str(src / f"{split}-00000-of-00001.parquet"), batch_size=12)
@@ -316,6 +318,13 @@ def test_hub_dataset_offline_from_the_cache_as_a_table_and_as_a_stream(offline_h
     assert r1.exit_code == r2.exit_code == 0, r1.output + r2.output
     j1, j2 = (json.loads(r.output[r.output.index("{"):]) for r in (r1, r2))
     assert j1["images"] == j2["images"] == 20 and j1["top1"] == pytest.approx(j2["top1"])
+    # the 'test' split is the test split (never val), as a table and as a stream
+    labels = [t for _, t in digit_images("test", 3)]
+    assert list(table.test_split()[0].targets) == list(stream.test_split()[0].targets) == labels
+    r3 = runner.invoke(app, ["eval", str(model), "--data", "hf:org/name", "--split", "test", "--json"])
+    r4 = runner.invoke(app, ["eval", str(model), "--data", "hf:org/name", "--streaming", "--split", "test", "--json"])
+    j3, j4 = (json.loads(r.output[r.output.index("{"):]) for r in (r3, r4))
+    assert j3["images"] == j4["images"] == 30 and j3["top1"] == pytest.approx(j4["top1"])
 
 
 @pytest.mark.slow

@@ -152,8 +152,10 @@ def compress(
     data: Annotated[str, typer.Option(
         "--data", "-d", help="'demo', an ImageFolder-style folder (train/ and val/, or one folder with "
         "--val-split), a folder saved with datasets' save_to_disk, a folder with train/ and val/ webdataset .tar "
-        "shards, or hf:org/name (a Hub dataset).")] = "demo",
-    streaming: Annotated[bool, typer.Option("--streaming/--no-streaming", help="read an hf:org/name dataset as a stream.")] = False,
+        "shards, or hf:org/name (a Hub dataset). Trains on train, evaluates on val; a test split is never read.")] \
+        = "demo",
+    streaming: Annotated[bool, typer.Option(
+        "--streaming/--no-streaming", help="read an hf:org/name dataset as a stream.")] = False,
     val_split: Annotated[Optional[float], typer.Option(
         help="hold out this fraction of each class as val (one folder / one split; seed 0). Default 0.1 there.")]
         = None,

@@ -14,6 +14,7 @@ from .common import DeviceOpt, JsonOpt, err, out, print_json
 class Split(str, Enum):
     train = "train"
     val = "val"
+    test = "test"
 
 
 @method_options(runtime_only=True)
@@ -24,7 +25,9 @@ def eval_(
         "--data", "-d", help="'demo', an ImageFolder-style folder, a save_to_disk folder, a folder of webdataset "
         "shards, or hf:org/name.")] = "demo",
     streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
-    split: Annotated[Split, typer.Option(help="train or val.")] = Split.val,
+    split: Annotated[Split, typer.Option(
+        help="train, val or test (the held-out split that compress never reads: demo's test digits, a test/ "
+        "folder, an hf 'test' split).")] = Split.val,
     val_split: Annotated[Optional[float], typer.Option(
         help="for one folder / one split: the held-out fraction (default 0.1, seed 0, as compress).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,

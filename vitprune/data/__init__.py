@@ -4,15 +4,21 @@ or loaded from the Hub, and webdataset shards.
 ``--data`` is ``demo``, a folder with ``train/`` and ``val/`` class folders (or one folder of class folders split
 with ``--val-split``, stratified and seeded), a ``save_to_disk`` folder (image and label columns detected), a
 folder with ``train/`` and ``val/`` webdataset ``.tar`` shards (``shards.py``), or ``hf:org/name``, a Hub dataset
-(``hub.py``; ``streaming=True`` reads it as a stream). Shards and streamed Hub datasets become a ``StreamSet``
+(``hub.py``; ``streaming=True`` reads it as a stream).
+
+Each kind may also have a test split, which training and ``compress`` never read (recipes are chosen on val) and
+``eval --split test`` does: the demo's 178 test digits, a ``test/`` folder of class folders or of shards beside
+``train/``, a ``test`` split of a saved or Hub dataset. It is opened only when asked for (``Splits.test_split``);
+data without one says so in one line naming the splits it has. Shards and streamed Hub datasets become a ``StreamSet``
 (``stream.py``), which the trainer asks for one loader per epoch; everything else a map-style ``Prepared``.
 
 Preprocessing always comes from the model's own ``pretrained_cfg`` through timm's ``resolve_data_config`` and
 ``create_transform``, so a dataset is read exactly as the model expects; training adds timm's augmentation
 (``create_transform(is_training=True)``) with the defaults in ``DEFAULT_AUGMENT``, which a dataset may adjust
 and every flag may override. The demo digits train without augmentation by default (a few epochs of distillation
-on centred digits do best on the plain images: EViT 98.33 % vs 97.49 % with crops) and, when augmentation is
-asked for, without flips (digits are not mirror-symmetric) and with gentle crops.
+on centred digits do best on the plain images: EViT 98.33 % vs 97.49 % with crops, on the 359 held-out digits that
+are today's val + test) and, when augmentation is asked for, without flips (digits are not mirror-symmetric) and
+with gentle crops.
 
 Labels and the model's head (``match_head``): when the data's class names are all among the head's label names
 (``pretrained_cfg['label_names']``), labels are mapped by name; otherwise, when the counts are equal, class index
@@ -28,7 +34,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from ..errors import DataError
-from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, worker_init
+from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, whole, worker_init
 from .stream import StreamSet, StreamSource
 
 #: timm training augmentation used unless the data or a flag says otherwise (timm's create_transform defaults)
@@ -96,12 +102,13 @@ def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int =
                         "always streamed, other data never.")
     if spec == "demo":
         if val_split is not None:
-            raise DataError("the demo data has a fixed train/val split; --val-split does not apply to it.")
+            raise DataError("the demo data has a fixed train/val/test split; --val-split does not apply to it.")
         train, val = DemoImages("train"), DemoImages("val")
-        return Splits("demo", "demo", train.classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
+        return Splits("demo", "demo", train.classes, whole(train), whole(val),
                       augment_hints=dict(DEMO_AUGMENT), augment_default=False,
-                      notes=["bundled scikit-learn digits, fixed split 1438/359; no augmentation unless asked for "
-                             "(then without flips)"])
+                      open_test=lambda: whole(DemoImages("test")),
+                      notes=[f"bundled scikit-learn digits, fixed split {len(train)}/{len(val)} (the test digits "
+                             "are held back); no augmentation unless asked for (then without flips)"])
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"data folder {path} does not exist; give an ImageFolder-style folder, a folder saved with "
@@ -168,13 +175,16 @@ def prepare(part: tuple[ImageSource, Any], transform: Optional[Callable] = None,
     return Prepared(src, indices, transform, **kw)
 
 
+SPLITS = ("train", "val", "test")
+
+
 def build_split(spec: Any, split: str, transform: Optional[Callable] = None, *, val_split: Optional[float] = None,
                 model: Optional[nn.Module] = None, streaming: bool = False) -> Prepared | StreamSet:
-    """The ``split`` ("train" or "val") of dataset ``spec`` (a spec string or a loaded ``Splits``) with
+    """The ``split`` ("train", "val" or "test") of dataset ``spec`` (a spec string or a loaded ``Splits``) with
     ``transform`` applied to each image; with ``model``, labels are mapped onto its head (``DataError`` when they
-    do not fit)."""
-    if split not in ("train", "val"):
-        raise DataError(f"split must be 'train' or 'val', not {split!r}.")
+    do not fit). A missing test split is a ``DataError`` naming the splits the data has."""
+    if split not in SPLITS:
+        raise DataError(f"split must be 'train', 'val' or 'test', not {split!r}.")
     data = spec if isinstance(spec, Splits) else load_data(str(spec), val_split=val_split, streaming=streaming)
     tmap = None
     if model is not None:
@@ -182,14 +192,14 @@ def build_split(spec: Any, split: str, transform: Optional[Callable] = None, *, 
         if not m.fits:
             raise head_error(data.classes, model)
         tmap = m.target_map
-    part = data.train if split == "train" else data.val
+    part = data.test_split() if split == "test" else data.train if split == "train" else data.val
     if part is None or not part[1]:
         raise DataError(f"{data.name} has no images in its {split} split.")
     return prepare(part, transform, target_map=tmap)
 
 
 __all__ = [
-    "Batch", "DEFAULT_AUGMENT", "DEMO_AUGMENT", "HeadMatch", "ImageSource", "Prepared", "Splits", "StreamSet",
+    "Batch", "DEFAULT_AUGMENT", "DEMO_AUGMENT", "HeadMatch", "ImageSource", "Prepared", "SPLITS", "Splits", "StreamSet",
     "StreamSource", "Unreadable", "build_split", "collate", "eval_transform", "head_error", "load_data", "match_head",
     "prepare", "stratified_split", "train_transform", "worker_init",
 ]

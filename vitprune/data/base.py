@@ -254,9 +254,19 @@ def stratified_split(targets: Sequence[int], val_fraction: float, seed: int = 0)
     return sorted(train), sorted(val)
 
 
+def whole(src: ImageSource) -> tuple[ImageSource, list[int]]:
+    """``(src, every index)``: a split that is all of ``src``."""
+    return src, list(range(len(src)))
+
+
 @dataclass
 class Splits:
-    """A loaded dataset: the source(s) and the image indices of each split."""
+    """A loaded dataset: the source(s) and the image indices of each split.
+
+    The test split is not read when the data is loaded (training and ``compress`` never touch it): ``open_test``
+    reads it when ``test_split()`` is first asked for; ``no_test`` is the one line that says what the data has
+    instead when there is none.
+    """
 
     name: str  # what the user gave (for reports)
     kind: str  # demo | folder | hf | shards
@@ -269,6 +279,24 @@ class Splits:
     augment_default: bool = True
     notes: list[str] = field(default_factory=list)
     val_split: Optional[float] = None
+    open_test: Optional[Callable[[], tuple[ImageSource, Sequence[int]]]] = field(default=None, repr=False)
+    no_test: str = "it has train and val splits only."
+    _test: Optional[tuple[ImageSource, Sequence[int]]] = field(default=None, init=False, repr=False)
+
+    @property
+    def has_test(self) -> bool:
+        return self.open_test is not None
+
+    def test_split(self) -> tuple[ImageSource, Sequence[int]]:
+        """``(source, indices)`` of the test split, read on first use; ``DataError`` (one line naming the splits
+        the data has) when there is none."""
+        if self.open_test is None:
+            from ..errors import DataError
+
+            raise DataError(f"{self.name} has no test split: {self.no_test}")
+        if self._test is None:
+            self._test = self.open_test()
+        return self._test
 
     @property
     def streamed(self) -> bool:

@@ -1,5 +1,7 @@
 """Datasets saved with Hugging Face ``datasets`` (``save_to_disk``): a DatasetDict with a train and a validation
-split, or a single Dataset (or a DatasetDict with only ``train``) split with ``val_split``.
+split, or a single Dataset (or a DatasetDict without a validation split) split with ``val_split``. A ``test``
+split is the test split (read only when asked for): it is never used as val, so a DatasetDict with only
+``train`` and ``test`` holds val out of train (``val_split``, default 0.1).
 
 Columns are detected: the image column is the first ``Image`` feature (else a column named image/img/...), the
 label column the first ``ClassLabel`` feature (else label/labels/target/...). Class names come from the
@@ -19,12 +21,13 @@ from typing import Any, Callable, Optional
 from PIL import Image
 
 from ..errors import DataError
-from .base import ImageSource, Splits, confined, open_image, stratified_split
+from .base import ImageSource, Splits, confined, open_image, stratified_split, whole
 
 IMAGE_NAMES = ("image", "img", "images", "picture", "photo", "pixel_values")
 LABEL_NAMES = ("label", "labels", "target", "targets", "class", "category", "fine_label")
 TRAIN_NAMES = ("train", "training")
-VAL_NAMES = ("validation", "val", "valid", "test")
+VAL_NAMES = ("validation", "val", "valid")
+TEST_NAMES = ("test",)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -145,6 +148,14 @@ def pick_splits(loaded: Any, where: str) -> tuple[str, Optional[str], Any, Any]:
     return "train", None, loaded, None
 
 
+def pick_test(loaded: Any) -> tuple[Optional[str], str]:
+    """(name of the test split or None, one line naming the splits there are)."""
+    if isinstance(loaded, dict):
+        key = next((k for k in TEST_NAMES if k in loaded), None)
+        return key, f"its splits are {', '.join(loaded)}; a test split is named 'test'."
+    return None, "it is a single split (train, with val held out of it); a test split is named 'test'."
+
+
 def dataset_splits(loaded: Any, where: str, resolve: Callable[[str], Path], *, val_split: Optional[float] = None,
                    split_seed: int = 0, name: Optional[str] = None, kind: str = "hf") -> Splits:
     """``Splits`` of a loaded (map-style) Dataset or DatasetDict; image paths are opened through ``resolve``."""
@@ -155,12 +166,15 @@ def dataset_splits(loaded: Any, where: str, resolve: Callable[[str], Path], *, v
     classes = _classes([d for d in (train_ds, val_ds) if d is not None], label_col)
     train = HFImages(train_ds, image_col, label_col, classes, f"{where}[{train_key}]", resolve)
     name = name or where
+    test_key, no_test = pick_test(loaded)
+    test = dict(no_test=no_test, open_test=None if test_key is None else lambda: whole(
+        HFImages(loaded[test_key], image_col, label_col, classes, f"{where}[{test_key}]", resolve)))
     if val_ds is not None and val_split is None:
         val = HFImages(val_ds, image_col, label_col, classes, f"{where}[{val_key}]", resolve)
-        return Splits(name, kind, classes, (train, list(range(len(train)))), (val, list(range(len(val)))),
+        return Splits(name, kind, classes, whole(train), whole(val), **test,
                       notes=[f"columns: image={image_col!r}, label={label_col!r}; val = split {val_key!r}"])
     frac = 0.1 if val_split is None else val_split
     tr, va = stratified_split(train.targets, frac, split_seed)
     notes = [f"columns: image={image_col!r}, label={label_col!r}; val = {frac:g} of {train_key!r} per class "
              f"(seed {split_seed})"]
-    return Splits(name, kind, classes, (train, tr), (train, va), val_split=frac, notes=notes)
+    return Splits(name, kind, classes, (train, tr), (train, va), val_split=frac, notes=notes, **test)

@@ -4,7 +4,8 @@ local Hugging Face cache, where an earlier ``load_dataset`` left it; with ``--st
 (``load_dataset(..., streaming=True)``; needs ``vitprune[streams]``), shard by shard, as webdataset shards are.
 
 Splits and columns are found as for ``save_to_disk`` folders (``hf.py``): a train split and a validation split
-(``validation``/``val``/``valid``/``test``; or ``--val-split`` when there is none, not with ``--streaming``), the
+(``validation``/``val``/``valid``; or ``--val-split`` when there is none, not with ``--streaming``), a ``test``
+split (never used as val; read only when asked for), the
 first ``Image`` and ``ClassLabel`` features (else columns named image/label...). Images are decoded by vitprune,
 so one unreadable image is skipped and counted. An image stored as a path instead of bytes is read only from inside
 the dataset's own cache folders (its repo folder in the Hub cache, the files ``datasets`` downloaded), with the
@@ -27,7 +28,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .base import RefusedFile, Splits, confined
-from .hf import check_labels, columns, dataset_splits, decode_value, numeric_classes, pick_splits, undecoded
+from .hf import check_labels, columns, dataset_splits, decode_value, numeric_classes, pick_splits, pick_test, undecoded
 from .stream import MISSING_REASON, StreamSource
 
 PREFIX = "hf:"
@@ -95,8 +96,8 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
         return dataset_splits(loaded, spec, resolve, val_split=val_split, split_seed=split_seed, kind="hub")
     train_key, val_key, train_ds, val_ds = pick_splits(loaded, spec)
     if val_ds is None:
-        raise DataError(f"{spec} has no validation split (validation, val, valid or test); with --streaming it needs "
-                        "one (or leave out --streaming and give --val-split).")
+        raise DataError(f"{spec} has no validation split (validation, val or valid; a test split is never used as "
+                        "val); with --streaming it needs one (or leave out --streaming and give --val-split).")
     if train_ds.features is None:
         raise DataError(f"{spec} does not say its columns' types when streamed; leave out --streaming.")
     image_col, label_col = columns(train_ds, spec)
@@ -108,13 +109,20 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
     else:
         classes = numeric_classes(set(train.values) | set(val.values), label_col)
     for part in (train, val):
-        check_labels(part.values, classes, label_col, part.name)
-        part.classes, part.targets, part.values = classes, np.asarray(part.values, dtype=np.int64), []
+        part.settle(classes, label_col)
     if not len(train):
         raise DataError(f"the train split of {spec} is empty.")
     notes = [f"streamed: columns image={image_col!r}, label={label_col!r}; {train.n_shards} train shard(s) "
              f"({len(train)} rows), val = split {val_key!r} ({len(val)} rows)"]
-    return Splits(spec, "hub", classes, (train, range(len(train))), (val, range(len(val))), notes=notes)
+    test_key, no_test = pick_test(loaded)
+
+    def open_test() -> tuple[HubStream, range]:
+        test = HubStream(loaded[test_key], image_col, label_col, f"{spec}[{test_key}]", resolve)
+        test.settle(classes, label_col)
+        return test, range(len(test))
+
+    return Splits(spec, "hub", classes, (train, range(len(train))), (val, range(len(val))), notes=notes,
+                  open_test=open_test if test_key else None, no_test=no_test)
 
 
 def _rows(ds: Any, batch: int = 64) -> Iterator[dict[str, Any]]:
@@ -143,11 +151,17 @@ class HubStream(StreamSource):
             self.values += part
             self.shard_sizes.append(len(part))
         self.label_problems: dict[int, str] = {}
-        self.classes: list[str] = []  # set with the targets once the labels are checked (load_hub)
+        self.classes: list[str] = []  # set with the targets once the labels are checked (settle)
         self.targets = np.empty(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return sum(self.shard_sizes)
+
+    def settle(self, classes: list[str], label_col: str) -> None:
+        """Check the labels read when opened against ``classes`` (one line if one is outside) and keep them as
+        the targets."""
+        check_labels(self.values, classes, label_col, self.name)
+        self.classes, self.targets, self.values = classes, np.asarray(self.values, dtype=np.int64), []
 
     def read(self, shard: int, skip: int, take: int) -> Iterator[Any]:
         rows = _rows(self.ds.shard(num_shards=self.n_shards, index=shard))

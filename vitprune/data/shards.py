@@ -1,4 +1,5 @@
-"""webdataset shards: ``PATH/train/*.tar`` and ``PATH/val/*.tar`` (or ``valid/``, ``validation/``), each sample an
+"""webdataset shards: ``PATH/train/*.tar`` and ``PATH/val/*.tar`` (or ``valid/``, ``validation/``) and, optionally,
+``PATH/test/*.tar`` (indexed only when the test split is asked for), each sample an
 image file (``KEY.jpg``, ``.png``, ...) and its class index as text (``KEY.cls``), webdataset's usual layout (as
 ``webdataset.TarWriter`` / ``ShardWriter`` write it). Read with the ``webdataset`` library (the
 ``vitprune[streams]`` extra).
@@ -29,7 +30,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .base import Splits
-from .folder import VAL_NAMES
+from .folder import TEST_NAMES, VAL_NAMES, first_dir
 from .stream import StreamSource
 
 EXTRA = 'pip install "vitprune[streams]"'
@@ -189,7 +190,7 @@ def load_shards(path: Path, *, val_split: Optional[float] = None) -> Splits:
     if val_split is not None:
         raise DataError(f"{path} holds webdataset shards, which are streamed: --val-split does not apply; put the "
                         "val shards in PATH/val/.")
-    val_dir = next((path / n for n in VAL_NAMES if (path / n).is_dir()), None)
+    val_dir = first_dir(path, VAL_NAMES)
     if val_dir is None or not shard_files(val_dir):
         raise DataError(f"{path} has train/ shards but no val/ shards; add PATH/val/*.tar.")
     train = TarShards(shard_files(path / "train"))
@@ -203,11 +204,30 @@ def load_shards(path: Path, *, val_split: Optional[float] = None) -> Splits:
         how = "classes are the label numbers (no classes.txt or classes.json)"
     else:
         how = f"class names from {names_file.name}"
-        outside = labels[labels >= len(names)]
-        if outside.size:
-            raise DataError(f"label {int(outside[0])} in the shards of {path} is outside the {len(names)} classes of "
-                            f"{names_file.name} ({outside.size} such samples).")
     train.classes = val.classes = names
+    for part in (train, val):
+        _check_classes(part, names, names_file, path)
     notes = [f"webdataset shards: {len(train.paths)} train ({len(train)} samples), {len(val.paths)} val "
              f"({len(val)} samples); {how}"]
-    return Splits(str(path), "shards", names, (train, range(len(train))), (val, range(len(val))), notes=notes)
+    test_dir = first_dir(path, TEST_NAMES)
+
+    def open_test() -> tuple[TarShards, range]:
+        test = TarShards(shard_files(test_dir))
+        test.classes = names
+        _check_classes(test, names, names_file, path)
+        return test, range(len(test))
+
+    has_test = test_dir is not None and bool(shard_files(test_dir))
+    return Splits(str(path), "shards", names, (train, range(len(train))), (val, range(len(val))), notes=notes,
+                  open_test=open_test if has_test else None,
+                  no_test=f"it has train/ and {val_dir.name}/ shards but no test/ shards; add PATH/test/*.tar.")
+
+
+def _check_classes(part: TarShards, names: list[str], names_file: Optional[Path], path: Path) -> None:
+    """One line when a label of ``part`` is outside the classes (named in ``names_file``, else the train and val
+    label numbers)."""
+    outside = part.targets[part.targets >= len(names)]
+    if outside.size:
+        where = names_file.name if names_file else "the train and val shards"
+        raise DataError(f"label {int(outside[0])} in the shards of {path} is outside the {len(names)} classes of "
+                        f"{where} ({outside.size} such samples).")

@@ -45,7 +45,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` (or MODEL spec) on ``data``: a dataset spec (``demo``, an ImageFolder-style folder, a
     ``save_to_disk`` folder, webdataset shards, ``hf:org/name``; ``streaming`` as ``load_data``'s), a loaded
-    ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``.
+    ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``. ``split`` is ``"train"``, ``"val"``
+    or ``"test"`` (the held-out split training never reads; ``DataError`` naming the splits there are when the data
+    has none).
 
     Labels are mapped onto the model's head (``vitprune.data.match_head``); data whose classes do not fit the head
     raise ``DataError``. Unreadable images are skipped and counted (``skipped``).
