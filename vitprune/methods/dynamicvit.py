@@ -160,7 +160,8 @@ class DynamicViT(TokenMethod):
         "Training: the last topk_tail (default 0.5) of the run uses the inference top-k masks with a straight-"
         "through gradient instead of Gumbel samples, so the backbone adapts to the selection it gets at inference; "
         "topk_tail=0 is the paper's Gumbel training throughout. Until the predictors are confident, Gumbel masks are "
-        "near-random subsets and top-k at inference is another input distribution: on the demo (10 epochs, seed 0) "
+        "near-random subsets and top-k at inference is another input distribution: on the demo (10 epochs, seed 0; "
+        "top-1 on its 359 held-out digits, today's val + test) "
         "one trained model scored 98.05 % with Gumbel masks and 96.10 % with top-k; with the tail, seeds 0/1/2 end "
         "at 98.05/98.33/98.33 % (paper schedule: 96.10/96.94/97.49 %).",
     )
