@@ -150,7 +150,8 @@ def render(results: dict[Family, dict[str, str]]) -> str:
     lines = ["| family · timm model | " + " | ".join(f"`{m}`" for m in METHODS) + " |",
              "|---|" + "---|" * len(METHODS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += [""] + [f"{i}. {text}" for i, text in enumerate(reasons, 1)]
+    if reasons:
+        lines += [""] + [f"{i}. {text}" for i, text in enumerate(reasons, 1)]
     return "\n".join(lines)
 
 

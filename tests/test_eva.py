@@ -48,7 +48,7 @@ def make_eva(variant: str = "eva02", depth: int = 3, seed: int = 0, **kwargs) ->
     args = dict(pretrained=False, depth=depth, embed_dim=48, num_heads=3, num_classes=10, img_size=32,
                 patch_size=4, head_init_scale=1.0, **extra)
     if "global_pool" not in kwargs and variant != "rope-vit":
-        args["global_pool"] = "token"  # SaiT needs class-token pooling (EVA02's own 'avg' is covered by the matrix)
+        args["global_pool"] = "token"  # hand-built pipelines below read the class token (EVA02's 'avg': the matrix)
     model = timm.create_model(arch, **{**args, **kwargs})
     return model.eval()
 

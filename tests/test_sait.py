@@ -486,8 +486,10 @@ def test_bad_options_and_models():
     assert patched(make_vit(depth=12), prune_at=3).vitprune_method.options.prune_at == [3]
     with pytest.raises(UnsupportedModelError, match="no class token"):
         patched(make_vit(class_token=False, global_pool="avg"), mode="fixed", fuse=True)
-    with pytest.raises(UnsupportedModelError, match="class-token pooling"):
-        patched(make_vit(global_pool="avg"))
+    with pytest.raises(UnsupportedModelError, match="would enter this ViT's 'avg' pool"):
+        patched(make_vit(global_pool="avg"), fuse=True)
+    with pytest.raises(UnsupportedModelError, match="pools with 'max'"):
+        patched(make_vit(global_pool="max"))
 
 
 @pytest.mark.parametrize("args,message", [

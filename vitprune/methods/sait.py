@@ -62,7 +62,7 @@ from ..errors import MethodOptionError, UnsupportedModelError
 from ..measure.analytic import token_macs
 from ..ops import adaptive as aops
 from ..ops.importance import attention_importance
-from ..ops.pooling import weighted_pool
+from ..ops.pooling import POOLS, pool_kind, weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
     check_fraction, embed, require_pooled_head, tracking, vit_info,
@@ -227,8 +227,9 @@ class SaiT(TokenMethod):
         "Losses per pass: 0.5 CE + 0.5 KL(teacher logits, T=1) (alpha = 0.5 is our choice), dense and sparse "
         "passes summed by the trainer; recipe: 30 epochs from the pretrained model, lr 1e-5 per 512 images, no "
         "warm-up (our choice).",
-        "Padded or masked tokens never reach the head: class-token pooling reads the class token; a model without "
-        "a class token pools the live tokens only (below).",
+        "Padded or masked tokens never reach the head: class-token pooling reads the class token; an average or "
+        "attention pool (a model without a class token, or one like EVA02 whose head averages the patches) pools "
+        "the live tokens only, and `buckets` then runs as padding.",
         "The default threshold 0.9 is a placeholder: calibrate_threshold picks the threshold whose mean GMACs on "
         "a set of images is 40 % below dense, by bisection (compress runs it on up to 256 training images).",
     )
@@ -237,15 +238,19 @@ class SaiT(TokenMethod):
     def supports(self, model: nn.Module) -> ViTInfo:
         info = vit_info(model)
         require_pooled_head(model, info, "SaiT")
+        kind = pool_kind(model)
         if not info.has_class_token and self.options.fuse:
             raise UnsupportedModelError(
                 "SaiT's `fuse` token is weighted by class attention; this ViT has no class token (use `fuse` "
                 "false: the pooled head then averages the kept tokens).")
-        if info.has_class_token and (getattr(model, "attn_pool", None) is not None
-                                     or getattr(model, "global_pool", "token") != "token"):
+        if kind not in POOLS:
             raise UnsupportedModelError(
-                f"SaiT needs class-token pooling (global_pool='token'), this ViT pools with "
-                f"{getattr(model, 'global_pool', None)!r}: pruned or padded tokens would reach the head.")
+                f"SaiT needs a head that reads the class token or pools by average or attention (global_pool "
+                f"'token', 'avg' or 'map'); this ViT pools with {kind!r}.")
+        if kind != "token" and self.options.fuse:
+            raise UnsupportedModelError(
+                f"SaiT's `fuse` token would enter this ViT's {kind!r} pool as one patch; use `fuse` false (the "
+                "pooled head then averages the kept tokens).")
         self._locations(info.depth)
         return info
 
@@ -297,6 +302,7 @@ class SaiT(TokenMethod):
         """Blocks ``start..`` on ``x``; ``valid`` marks live patch slots (None: all), ``alive`` the live patch count
         when it is the same for every image (fixed mode), else None."""
         npre = state.num_prefix
+        pools = pool_kind(model) != "token"  # the head pools the tokens: padding and masked slots must not count
         bias = self._bias(valid, npre, x.dtype)
         for i in range(start, len(model.blocks)):
             blk = model.blocks[i]
@@ -314,17 +320,18 @@ class SaiT(TokenMethod):
                 x, valid, alive = self._mask_stage(x, scores, valid, alive, state, i)
             elif self.options.mode == "fixed":
                 x, alive = self._fixed_stage(x, scores, alive, state, i)
-            elif buckets > 1 and x.shape[0] > 1 and not state.track and self.info.has_class_token:
+            elif buckets > 1 and x.shape[0] > 1 and not state.track and not pools:
                 return self._bucketed(model, x, scores, valid, state, i, buckets)
             else:
                 x, valid = self._adaptive_stage(x, scores, valid, state, i)
             bias = self._bias(valid, npre, x.dtype)
-        if valid is not None and not self.info.has_class_token:
+        if valid is not None and pools:
             state.aux["pool_weight"] = valid  # the pooled head reads the live tokens only
         return x
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
-        """Without a class token: pool the live tokens only (not the masked or padding slots)."""
+        """An average or attention pool (no class token, or a class token the head does not read) pools the live
+        tokens only (not the masked or padding slots)."""
         return weighted_pool(model, x, state.aux.get("pool_weight"), pool_type)
 
     # -- one pruning location ---------------------------------------------------------------------------
