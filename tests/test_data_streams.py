@@ -125,7 +125,7 @@ def test_eval_reads_the_val_shards_and_counts_a_corrupt_image(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_epoch_loader_gives_the_remaining_batches_of_the_uninterrupted_one(tmp_path):
+def test_a_resumed_epoch_gives_the_remaining_batches_of_the_uninterrupted_one(tmp_path):
     """Sample-exact resume at the loader level: for 0, 2 and 3 workers, starting at micro-batch s gives batches
     s.. of the same epoch, bit for bit (random crops seeded per sample)."""
     import torchvision.transforms as T
@@ -136,8 +136,8 @@ def test_a_resumed_epoch_loader_gives_the_remaining_batches_of_the_uninterrupted
 
     def batches(workers: int, start: int) -> list[torch.Tensor]:
         # process 1 of 2, batch 4: 80 // 8 = 10 micro-batches per process
-        return [b.images for b in ds.epoch_loader(2, 4, rank=1, world_size=2, micro_batches=10, start=start,
-                                                   workers=workers)]
+        with ds.run_loader(4, rank=1, world_size=2, micro_batches=10, workers=workers) as loader:
+            return [b.images for b in loader.epoch(2, start)]
 
     for workers in (0, 2, 3):
         full = batches(workers, 0)
@@ -308,8 +308,9 @@ def test_hub_dataset_offline_from_the_cache_as_a_table_and_as_a_stream(offline_h
     # every sample once across 2 processes x 2 workers, read from the dataset's own shards
     seen = []
     for rank in (0, 1):
-        for batch in prepare(stream.train, to_tensor).epoch_loader(0, 4, rank=rank, world_size=2, workers=2):
-            seen += [next(i for i, x in enumerate(a) if torch.equal(x[0], y)) for y in batch.images]
+        with prepare(stream.train, to_tensor).run_loader(4, rank=rank, world_size=2, workers=2) as loader:
+            for batch in loader.epoch(0):
+                seen += [next(i for i, x in enumerate(a) if torch.equal(x[0], y)) for y in batch.images]
     assert sorted(seen) == list(range(80))
     # a model evaluated on both agrees
     model = save_tiny_vit(tmp_path / "tiny", depth=2)

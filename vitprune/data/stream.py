@@ -5,7 +5,7 @@ A stream source (``StreamSource``) knows how many samples each shard holds and e
 pass over the shards when the data is opened: tar headers and ``cls`` members, or the label column), and can read
 samples ``skip .. skip + take - 1`` of a shard in order. ``StreamSet`` is what the trainer and ``evaluate`` get
 in place of a map-style ``Prepared``; the trainer asks it for one loader for the whole run (``run_loader``, whose
-workers persist across epochs; ``epoch_loader`` gives one epoch's ``DataLoader``), and plain iteration (what
+workers persist across epochs), and plain iteration (what
 ``evaluate`` does) yields every sample once, in stored order.
 
 One epoch of training, for ``W`` processes, batch ``b``, ``M`` micro-batches per process and ``K`` loader workers:
@@ -138,7 +138,7 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
 
 
 class StreamSet(torch.utils.data.IterableDataset):
-    """``source`` with ``transform``, for the trainer (``epoch_loader``) and for evaluation (plain iteration: every
+    """``source`` with ``transform``, for the trainer (``run_loader``) and for evaluation (plain iteration: every
     sample once, in stored order, the samples split into contiguous runs between loader workers). Items are
     ``(tensor, target)`` or ``Unreadable``, as from ``Prepared``; arguments as ``Prepared``'s."""
 
@@ -163,19 +163,12 @@ class StreamSet(torch.utils.data.IterableDataset):
         lo, hi = k * n // K, (k + 1) * n // K
         yield from self._items(self.source.run(range(len(self.source.shard_sizes)), lo, hi - lo), 0)
 
-    def epoch_loader(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                     micro_batches: Optional[int] = None, start: int = 0, workers: int = 0,
-                     pin_memory: bool = False) -> torch.utils.data.DataLoader:
-        """This process's micro-batches ``start .. micro_batches-1`` of training epoch ``epoch`` (default: every
-        whole global batch of the epoch), shuffled as the module docstring says."""
-        part = self._part(batch_size, rank, world_size, micro_batches, workers)
-        part.seek(epoch, start)
-        return data_loader(part, batch_size=batch_size, workers=workers, pin_memory=pin_memory)
-
     def run_loader(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
                    micro_batches: Optional[int] = None, workers: int = 0, pin_memory: bool = False) -> RunLoader:
-        """One loader for a whole run whose workers persist across epochs: ``.epoch(e, start)`` gives what
-        ``epoch_loader(e, ..., start=start)`` gives (the workers read the epoch and start when it begins)."""
+        """One loader for a whole run whose workers persist across epochs: ``.epoch(e, start)`` iterates this
+        process's micro-batches ``start .. micro_batches-1`` of training epoch ``e`` (default ``micro_batches``:
+        every whole global batch of the epoch), shuffled as the module docstring says; the workers read the epoch
+        and start when it begins."""
         part = self._part(batch_size, rank, world_size, micro_batches, workers)
         return RunLoader(data_loader(part, batch_size=batch_size, workers=workers, pin_memory=pin_memory,
                                      persistent=True), part.seek)
