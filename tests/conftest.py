@@ -117,3 +117,31 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+def _checkout_status() -> str | None:
+    """``git status --porcelain`` of the checkout the tests run from, or None outside a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_as_found():
+    """The suite writes only into temporary folders: a run that adds, changes or deletes a file of the checkout
+    (a subprocess started in the checkout's folder, a relative path) fails here, naming what changed."""
+    before = _checkout_status()
+    yield
+    after = _checkout_status()
+    if before is not None and after is not None and after != before:
+        changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+        pytest.fail("the test run changed the checkout (tests write only under tmp_path): "
+                    + "; ".join(changed[:10]), pytrace=False)
