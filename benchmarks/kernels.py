@@ -26,8 +26,23 @@ from vitprune.api import versions
 from vitprune.measure.flops import model_input_size
 from vitprune.measure.speed import autocast, device_name, resolve_device, resolve_dtype
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import HEADLINE, build  # noqa: E402
+
+
+def _sibling(name: str):
+    """benchmarks/NAME.py as the module ``vitprune_bench_NAME``: imported by file, never as a top-level ``NAME``
+    (a benchmark named like a package, e.g. Hugging Face's ``kernels``, would shadow it) and without ``sys.path``."""
+    import importlib.util
+
+    full = f"vitprune_bench_{name}"
+    if full not in sys.modules:
+        spec = importlib.util.spec_from_file_location(full, Path(__file__).resolve().with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+    return sys.modules[full]
+
+
+HEADLINE, build = _sibling("speed").HEADLINE, _sibling("speed").build
 
 #: kernel (GPU) or operator (CPU) name pattern -> category; first match wins, case-insensitive
 CATEGORIES = [

@@ -5,6 +5,7 @@ Every model here is a genuine timm VisionTransformer built at a small size so th
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import timm
@@ -145,3 +146,18 @@ def checkout_left_as_found():
         changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
         pytest.fail("the test run changed the checkout (tests write only under tmp_path): "
                     + "; ".join(changed[:10]), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_not_importable_after():
+    """After every test: no file of benchmarks/ is in ``sys.modules`` and the folder is not on ``sys.path`` (a
+    benchmark imported as a top-level module shadows the package of its name for every later test: benchmarks/
+    kernels.py vs Hugging Face's ``kernels``, which transformers imports). Tests load them with
+    ``tests.benchscripts.load_benchmark``."""
+    yield
+    from tests.benchscripts import BENCH, leaked_benchmark_modules
+
+    leaked = leaked_benchmark_modules()
+    if leaked or str(BENCH) in sys.path:
+        pytest.fail(f"benchmark scripts left importable: modules {leaked}, on sys.path: {str(BENCH) in sys.path}; "
+                    "load them with tests.benchscripts.load_benchmark", pytrace=False)

@@ -9,18 +9,31 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.benchscripts import BENCH, PREFIXES, forget, leaked_benchmark_modules, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_modules():
-    sys.path.insert(0, str(BENCH))
+    """benchmarks/speed.py and kernels.py as module objects that ``sys.modules`` does not keep (see benchscripts);
+    afterwards also without the ``--baseline`` tree speed.py imports."""
+    before = set(sys.modules)
     try:
-        import kernels
-        import speed
-        yield speed, kernels
+        yield load_benchmark("speed"), load_benchmark("kernels")
     finally:
-        sys.path.remove(str(BENCH))
+        forget(before)
+
+
+def test_benchmark_scripts_leave_no_module_and_no_path_behind(bench_modules):
+    """Loading the scripts (kernels.py loads speed.py itself) registers no module under a name a package could have
+    (``kernels``, ``speed``) and leaves ``sys.path`` as it was; the modules work all the same."""
+    path = list(sys.path)
+    speed, kernels = load_benchmark("speed"), load_benchmark("kernels")
+    assert sys.path == path and leaked_benchmark_modules() == []
+    assert not any(name.startswith(PREFIXES) for name in sys.modules)
+    for name in ("kernels", "speed", "model_matrix", "accuracy", "data"):
+        assert Path(getattr(sys.modules.get(name), "__file__", None) or "/").parent != BENCH
+    assert kernels.category("aten::addmm") == "matmul" and speed.paired_ratio([2.0], [1.0], inverse=False) == 2.0
+    assert Path(kernels.__file__).parent == BENCH and kernels.__name__ == "vitprune_bench_kernels"
 
 
 @pytest.mark.slow

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import model_matrix as mm  # noqa: E402
+from tests.benchscripts import load_benchmark
 
-sys.path.remove(str(BENCH))
+mm = load_benchmark("model_matrix")  # a module object only: nothing left in sys.modules or sys.path
 
 NO_CLASS_TOKEN = ("vit_medium_patch16_gap_256", "vit_little_patch16_reg4_gap_256", "vit_base_patch16_siglip_224",
                   "vit_so400m_patch14_siglip_224")
