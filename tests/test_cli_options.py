@@ -180,7 +180,8 @@ def test_a_derived_flag_that_would_shadow_a_commands_own_flag_is_refused():
     class DataOptions(MethodOptions):
         data: str = "x"
 
-    cls = type("Shadow", (TokenMethod,), {"name": "shadow", "Options": DataOptions})
+    cls = type("Shadow", (TokenMethod,), {"name": "shadow", "Options": DataOptions, "title": "Shadow", "paper": "none",
+                                          "summary": "a method made up for a test"})
     _REGISTRY["shadow"] = cls
     try:
         def command(data: str = "demo", method_options: dict = {}) -> None:  # noqa: B006
@@ -207,7 +208,8 @@ def test_an_option_may_share_a_commands_parameter_name_under_another_flag():
     class SeedOptions(MethodOptions):
         seed: int = dataclasses.field(default=0, metadata={"flag": "--drop-seed"})
 
-    _REGISTRY["seeded"] = type("Seeded", (TokenMethod,), {"name": "seeded", "Options": SeedOptions})
+    _REGISTRY["seeded"] = type("Seeded", (TokenMethod,), {"name": "seeded", "Options": SeedOptions, "title": "Seeded",
+                                                          "paper": "none", "summary": "a method made up for a test"})
     got = {}
     try:
         def command(seed: int = 0, method_options: dict = {}) -> None:  # noqa: B006

@@ -1,7 +1,8 @@
 """Method options as command-line flags, derived from the registry.
 
 Every option of every registered method is declared once, in its options dataclass (see
-``vitprune.methods.base.MethodOptions``). :func:`method_options` adds one flag per option name to a command (the
+``vitprune.methods.base.MethodOptions``), and read here from the CLI's catalog of the methods (``catalog.py``: the
+same description, without importing torch). :func:`method_options` adds one flag per option name to a command (the
 union over all methods, so ``--keep-rate`` serves DynamicViT, EViT, Evo-ViT and SaiT), in the "Method options"
 help panel, and hands the command only the options the user gave, as ``method_options``; ``--opt KEY=VALUE`` stays
 for scripts that build option names. :func:`sweep_values` adds ``sweep``'s value flags (``--keep-rates``,
@@ -13,14 +14,13 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from ..errors import UsageError
-from ..methods.base import flag_name
+from . import catalog
 from .common import METHOD_PARAM
 
 PANEL = "Method options"
@@ -44,13 +44,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _cli_type(hint: Any) -> Any:
-    """The type click converts a flag's text to: bool, int, float or str for plain (optional) fields; None for
-    the rest (lists, unions), whose text goes through :func:`parse_value` and the options' own type check."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is Union and len(args) == 1:
-        hint = args[0]
-    return hint if hint in (bool, int, float, str) else None
+def flag_name(name: str) -> str:
+    """The command-line flag of a Python name: ``keep_rate`` -> ``--keep-rate``."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -81,25 +77,24 @@ class MethodFlag:
 def method_flags(runtime_only: bool = False) -> list[MethodFlag]:
     """One flag per option name over every registered method (``runtime_only``: the options some method can
     change on a trained model), in registration and field order."""
-    from ..methods import method_classes, option_specs
-
-    uses: dict[str, list[tuple[str, Any]]] = {}
-    for cls in method_classes():
-        for spec in option_specs(cls):
-            if spec.runtime or not runtime_only:
-                uses.setdefault(spec.name, []).append((cls.name, spec))
+    uses: dict[str, list[tuple[str, dict]]] = {}
+    for m in catalog.methods():
+        for spec in m["options"]:
+            if spec["runtime"] or not runtime_only:
+                uses.setdefault(spec["name"], []).append((m["name"], spec))
     flags = []
     for name, pairs in uses.items():
         specs = [s for _, s in pairs]
-        if len({s.flags for s in specs}) > 1:
+        spellings = {(s["flag"], *s["aliases"]) for s in specs}
+        if len(spellings) > 1:
             raise TypeError(f"methods spell the flags of option {name!r} differently: "
-                            + "; ".join(f"{m}: {', '.join(s.flags)}" for m, s in pairs))
-        types = {_cli_type(s.type) for s in specs}
+                            + "; ".join(f"{m}: {', '.join((s['flag'], *s['aliases']))}" for m, s in pairs))
+        types = {catalog.cli_type(s["type"]) for s in specs}
         kind = types.pop() if len(types) == 1 else None
         methods = ", ".join(m for m, _ in pairs)
-        text = min((s.help for s in specs if s.help), key=len, default="")
-        run_time = " Run-time: changes a saved model." if all(s.runtime for s in specs) else ""
-        flags.append(MethodFlag(name, specs[0].flags, kind, f"({methods}) {text.rstrip('.')}.{run_time}"))
+        text = min((s["help"] for s in specs if s["help"]), key=len, default="")
+        run_time = " Run-time: changes a saved model." if all(s["runtime"] for s in specs) else ""
+        flags.append(MethodFlag(name, spellings.pop(), kind, f"({methods}) {text.rstrip('.')}.{run_time}"))
     return flags
 
 
@@ -169,18 +164,23 @@ def method_options(*, runtime_only: bool = False) -> Callable[[Callable], Callab
 
 def sweep_flags() -> dict[str, tuple[str, str]]:
     """``sweep``'s value flags: flag -> (option name, help), from the options marked ``sweep``."""
-    from ..methods import method_classes, option_specs
+    found: dict[str, tuple[str, list[str], set]] = {}
+    for m in catalog.methods():
+        for spec in m["options"]:
+            if spec["sweep_flag"]:
+                name, methods, types = found.setdefault(spec["sweep_flag"], (spec["name"], [], set()))
+                if name != spec["name"]:
+                    raise TypeError(f"{spec['sweep_flag']} sweeps both {name!r} and {spec['name']!r}")
+                methods.append(m["name"])
+                types.add(spec["accepts"])
+    return {flag: (name, f"sweep {name} ({', '.join(methods)}) over these values, e.g. {_example(types)}.")
+            for flag, (name, methods, types) in found.items()}
 
-    found: dict[str, tuple[str, list[str]]] = {}
-    for cls in method_classes():
-        for spec in option_specs(cls):
-            if spec.sweep_flag:
-                name, methods = found.setdefault(spec.sweep_flag, (spec.name, []))
-                if name != spec.name:
-                    raise TypeError(f"{spec.sweep_flag} sweeps both {name!r} and {spec.name!r}")
-                methods.append(cls.name)
-    return {flag: (name, f"sweep {name} ({', '.join(methods)}) over these values, e.g. 0.5,0.7,0.9 or 4,8,12.")
-            for flag, (name, methods) in found.items()}
+
+def _example(accepts: set) -> str:
+    """A comma list of values of the kind a swept option takes (``describe_methods``' ``accepts`` words)."""
+    whole = all("integer" in a and "number" not in a for a in accepts)
+    return "4,8,12" if whole else "0.5,0.7,0.9"
 
 
 def sweep_values() -> Callable[[Callable], Callable]:

@@ -63,8 +63,26 @@ def as_flags(message: str) -> str:
     return message if ctx is None else cli_message(message, ctx.command)
 
 
+def plain_flags(params: list[Any]) -> list[Any]:
+    """``params`` with an empty type column for each flag: typer's help writes a flag's type (``--version
+    <bool>``) as if it took a value."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
 class VitpruneGroup(TyperGroup):
     """The ``vitprune`` command group, with the error edge around every command (see the module docstring)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return plain_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            plain_flags(cmd.get_params(ctx))
+        return cmd
 
     def resolve_command(self, ctx: Any, args: list[str]):
         name, cmd, rest = super().resolve_command(ctx, args)
@@ -109,8 +127,14 @@ def print_json(data: Any) -> None:
 
 ModelArg = Annotated[str, typer.Argument(
     help="timm model name, hf-hub:org/repo, a local folder (timm or vitprune), or 'demo' (bundled).")]
+def _check_method(value: Optional[str]) -> Optional[str]:
+    from .catalog import check_method  # the methods' names, from data (nothing imported: see catalog.py)
+
+    return check_method(value)
+
+
 MethodOpt = Annotated[Optional[str], typer.Option(
-    "--method", "-m", help="token method to apply (see `vitprune methods`); its options are the flags under "
+    "--method", "-m", callback=_check_method, help="token method to apply (see `vitprune methods`); its options are the flags under "
                            "Method options.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when available).")]
 NoWeightsOpt = Annotated[bool, typer.Option(

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from ..train.recipe import recipe_help
 from ._options import method_options
+from .catalog import recipe_help
 from .common import MethodOpt, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _HELP = recipe_help()
@@ -254,7 +254,7 @@ def compress(
         "--keep-best/--no-keep-best", help="save the epoch with the best val top-1 (kept in checkpoints/best.pt while training), not "
         "the last; report.json records best_epoch.", rich_help_panel=_RUN)] = False,
     logger: Annotated[Optional[list[str]], typer.Option(
-        "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv "
+        "--logger", help="also log each epoch under OUT/logs: tensorboard (extra: vitprune\\[logs]), csv "
         "(summary.csv), wandb (if installed); repeatable or a comma list.", rich_help_panel=_RUN)] = None,
     no_speed: Annotated[bool, typer.Option(
         "--no-speed/--speed", help="skip the throughput/latency timing in the report.", rich_help_panel=_RUN)] = False,

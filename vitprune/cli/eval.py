@@ -22,8 +22,9 @@ def eval_(
     model: Annotated[str, typer.Argument(
         help="a folder saved by vitprune, hf-hub:org/repo, a timm name, or 'demo'.")],
     data: Annotated[str, typer.Option(
-        "--data", "-d", help="'demo', an ImageFolder-style folder, a save_to_disk folder, a folder of webdataset "
-        "shards, or hf:org/name.")] = "demo",
+        "--data", "-d", show_default=False, help="'demo' (the default: the bundled handwritten digits, as "
+        "`vitprune compress demo` trains on them), an ImageFolder-style folder, a save_to_disk folder, a folder of "
+        "webdataset shards, or hf:org/name.")] = "demo",
     streaming: Annotated[bool, typer.Option("--streaming", help="read an hf:org/name dataset as a stream.")] = False,
     split: Annotated[Split, typer.Option(
         help="train, val or test (the held-out split that compress never reads: demo's test digits, a test/ "

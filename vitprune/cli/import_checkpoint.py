@@ -7,13 +7,15 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
+from .catalog import check_method
 from .common import out
 
 
 @method_options()
 def import_checkpoint(
     file: Annotated[str, typer.Argument(help="official checkpoint (.pth with a 'model' entry, or .safetensors).")],
-    method: Annotated[str, typer.Option("--method", "-m", help="dynamicvit, evit, evovit or tome.")],
+    method: Annotated[str, typer.Option("--method", "-m", callback=check_method,
+                                        help="dynamicvit, evit, evovit or tome.")],
     output: Annotated[str, typer.Option("--output", "-o", help="folder to save the vitprune model in.")],
     base: Annotated[str, typer.Option(help="timm architecture the checkpoint was trained from.")] =
         "deit_small_patch16_224",

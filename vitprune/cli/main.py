@@ -1,8 +1,12 @@
 """The ``vitprune`` command. Every command is registered here, in the order ``vitprune --help`` lists them; each
-lives in the module of its name, parses its flags, calls the library and renders the result."""
+lives in the module of its name, parses its flags, calls the library and renders the result.
+
+Importing this module imports no torch, timm or method module: each command imports the library when it runs, and
+the flags derived from the methods come from data (``catalog.py``), so ``--version``, ``--help`` and usage errors
+answer at once (``benchmarks/startup.py`` times them; a test checks that torch stays unimported)."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,23 +33,21 @@ app = typer.Typer(
 
 
 def _print_version(value: bool) -> None:
+    """The installed versions, read from the packages' metadata (importing torch and timm takes seconds)."""
     if value:
         from importlib.metadata import version
 
-        import timm
-        import torch
-
         from .. import __version__
 
-        typer.echo(f"vitprune {__version__} (torch {torch.__version__}, timm {timm.__version__}, "
+        typer.echo(f"vitprune {__version__} (torch {version('torch')}, timm {version('timm')}, "
                    f"huggingface_hub {version('huggingface_hub')})")
         raise typer.Exit()
 
 
 @app.callback()
 def _app(
-    version: Annotated[Optional[bool], typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="print the versions and exit.")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="print the versions and exit.")] = False,
 ) -> None:
     """Make pretrained Vision Transformers faster by token sparsification."""
 

@@ -33,7 +33,7 @@ def profile(
     runtime: Annotated[str, typer.Option(
         "--runtime", help="torch, or onnxruntime: export both models to ONNX (pruning inside, token counts "
                           "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
-                          "vitprune[export].")] = "torch",
+                          "vitprune\\[export].")] = "torch",
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)

@@ -31,7 +31,7 @@ def push(
         "'samples/*.png'; still only files inside the folder.")] = None,
     include_onnx: Annotated[bool, typer.Option(
         "--include-onnx", help="upload model.onnx too, exported into the folder first when missing (`vitprune "
-                               "export`; needs vitprune[export]).")] = False,
+                               "export`; needs vitprune\\[export]).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Upload a saved model folder to the Hugging Face Hub with a model card generated from its run.
