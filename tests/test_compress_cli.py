@@ -36,6 +36,9 @@ def test_one_epoch_on_the_demo_end_to_end(demo_run):
     assert "top-1 (%)" in res.stdout and "GMACs (papers' GFLOPs)" in res.stdout and "throughput" in res.stdout
     assert f"Saved {out}" in res.stdout
     assert "epoch 1" in res.output and "val top-1" in res.output  # the --quiet log lines
+    # each stage and epoch has a start line and an end line
+    assert "epoch 1/1: " in res.output and "distilling " in res.output and "evaluating dense and compressed on the " \
+        "val split: done in " in res.output and f"saving {out}: done in " in res.output
     for name in ("model.safetensors", "config.json", "README.md", "report.json", "train_log.jsonl"):
         assert (out / name).is_file(), name
     assert not (out / "checkpoints").exists()

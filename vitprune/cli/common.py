@@ -7,6 +7,11 @@ traceback. Library messages name arguments and method options by their Python na
 the edge writes each name that is a parameter of the running command as that command's flag (``--keep-rate``,
 or the alias the user typed), so no message is written twice and no flag name is kept by hand. ``VitpruneWarning``
 s (an option the chosen mode ignores) are printed as ``warning: <message>`` the same way.
+
+Long steps (loading and timing, evaluating, exporting and verifying, a sweep's points, compress's stages) go
+through :class:`Steps` / :func:`step`: on a terminal a spinner (compress: rich progress bars); when stderr is not
+a terminal (piped to a file, ``2>&1 | tee``, a CI log), where a spinner draws nothing, one plain line when a step
+starts and one with its duration when it ends, so a log never stays silent for minutes.
 """
 from __future__ import annotations
 
@@ -14,8 +19,10 @@ import json
 import os
 import re
 import sys
+import time
 import warnings
-from typing import Annotated, Any, Optional
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -112,6 +119,100 @@ class VitpruneGroup(TyperGroup):
             except KeyboardInterrupt:
                 err.print("Interrupted.")
                 raise typer.Exit(130) from None
+
+
+#: seconds a step runs before its start line is printed when stderr is not a terminal (quick steps, and errors in
+#: them, stay one line); ``VITPRUNE_PROGRESS_AFTER=0`` announces every step at once
+PROGRESS_AFTER = 5.0
+
+
+def _progress_after() -> float:
+    try:
+        return max(0.0, float(os.environ.get("VITPRUNE_PROGRESS_AFTER", PROGRESS_AFTER)))
+    except ValueError:
+        return PROGRESS_AFTER
+
+
+class Steps:
+    """Long steps one after the other (see the module docstring): ``start(message)`` ends the step before it;
+    ``end()`` ends the current one; ``close()`` stops without an end line (after an error, whose own line says
+    why). Not on a terminal, a step that runs ``after`` seconds (default ``VITPRUNE_PROGRESS_AFTER``, else 5) gets
+    its start line then, with how long it has run, and its end line when it ends; a quicker one prints nothing."""
+
+    def __init__(self, console: Console = err, live: Optional[bool] = None, after: Optional[float] = None):
+        import threading
+
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.after = _progress_after() if after is None else after
+        self.current: Optional[tuple[str, float]] = None
+        self.announced = False
+        self.timer: Any = None
+        self.status: Any = None
+        self.lock = threading.Lock()
+
+    def _announce(self, message: str, t0: float) -> None:
+        with self.lock:
+            if self.current != (message, t0):
+                return
+            self.announced = True
+            ran = time.perf_counter() - t0
+            self.console.print(f"{message} …" + (f" (running for {ran:.0f} s)" if ran >= 1 else ""), markup=False,
+                               highlight=False)
+
+    def start(self, message: str) -> None:
+        import threading
+
+        self.end()
+        t0 = time.perf_counter()
+        with self.lock:
+            self.current, self.announced = (message, t0), False
+        if self.live:
+            if self.status is None:
+                self.status = self.console.status(escape(message))
+                self.status.start()
+            else:
+                self.status.update(escape(message))
+        elif self.after <= 0:
+            self._announce(message, t0)
+        else:
+            self.timer = threading.Timer(self.after, self._announce, (message, t0))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def end(self) -> None:
+        self._stop_timer()
+        with self.lock:
+            if self.current is not None and self.announced:
+                message, t0 = self.current
+                self.console.print(f"{message}: done in {time.perf_counter() - t0:.1f} s", markup=False,
+                                   highlight=False)
+            self.current, self.announced = None, False
+
+    def close(self) -> None:
+        self._stop_timer()
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        with self.lock:
+            self.current, self.announced = None, False
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    """One long step: a spinner on a terminal, else a line when it starts and one when it ends (see ``Steps``)."""
+    steps = Steps()
+    steps.start(message)
+    try:
+        yield
+        steps.end()
+    finally:
+        steps.close()
 
 
 def is_main_process() -> bool:

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from ._options import method_options
 from .catalog import recipe_help
-from .common import MethodOpt, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
+from .common import MethodOpt, Steps, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _HELP = recipe_help()
 
@@ -39,13 +39,15 @@ def _floats(text: Optional[str], name: str) -> Optional[list[float]]:
 
 
 class Reporter:
-    """Renders ``compress`` progress events: rich progress bars on a terminal, plain lines otherwise (--quiet)."""
+    """Renders ``compress`` progress events: rich progress bars on a terminal, plain lines otherwise (--quiet, or
+    stderr not a terminal): then each stage and each epoch has a line when it starts and one when it ends."""
 
     def __init__(self, plain: bool, silent: bool = False):
         self.plain = plain or not err.is_terminal
         self.silent = silent
         self.bar = None
         self.task = None
+        self.stages = Steps(err, live=False, after=0)  # each stage's start and end line, when plain
 
     def _line(self, text: str) -> None:
         if self.bar is not None:
@@ -59,7 +61,9 @@ class Reporter:
         kind = e["event"]
         stage = e.get("stage")
         label = "teacher " if stage == "teacher" else ""
-        if kind in ("stage", "info"):
+        if kind == "stage" and self.plain:
+            self.stages.start(e["message"])
+        elif kind in ("stage", "info"):
             if kind == "stage" and e.get("name") in ("evaluating", "profiling", "saving"):
                 self.close()
             self._line(("· " if kind == "info" else "") + escape(e["message"]))
@@ -75,6 +79,8 @@ class Reporter:
                 if self.task is not None:
                     self.bar.remove_task(self.task)
                 self.task = self.bar.add_task(desc, total=e["steps"], completed=e["step"], loss="", speed="", eta="")
+            else:
+                self._line(f"{desc}: {e['steps'] - e['step']} steps …")
         elif kind == "step" and not self.plain and self.bar is not None and self.task is not None:
             eta = e.get("eta_s")
             self.bar.update(self.task, completed=e["step"], loss=f"loss {e['loss']:.4f}",
@@ -107,6 +113,11 @@ class Reporter:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
             TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[eta]}"), console=err, transient=True)
         self.bar.start()
+
+    def finish(self) -> None:
+        """The run ended: the last stage's end line."""
+        if not self.silent:
+            self.stages.end()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -339,6 +350,7 @@ def compress(
             sys.stdout.write(settings_yaml(plan, shown))
             return
         result = run_compress(model, method, data, output, progress=reporter, **settings)
+        reporter.finish()
     except TrainingInterrupted as e:
         reporter.close()
         if is_main_process():

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import DeviceOpt, JsonOpt, err, out, print_json
+from .common import DeviceOpt, JsonOpt, err, out, print_json, step
 
 
 class Split(str, Enum):
@@ -66,7 +66,7 @@ def eval_(
     if json_out:
         res = run()
     else:
-        with err.status(escape(f"evaluating {model} on {data} ({split.value})…")):
+        with step(f"evaluating {model} on {data} ({split.value})"):
             res = run()
     info = {"model": model, "data": data, "split": split.value, **res.to_dict(),
             "method": m.name if m else None, "options": m.options_dict() if m else {},

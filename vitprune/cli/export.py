@@ -9,7 +9,8 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options
-from .common import JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out, print_budget, print_json
+from .common import (JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out, print_budget, print_json,
+                     step)
 
 
 class Format(str, Enum):
@@ -63,7 +64,7 @@ def export(
     if json_out:
         print_json(run().to_dict())
         return
-    with err.status(f"exporting {model} to ONNX and checking it in ONNX Runtime…"):
+    with step(f"exporting {model} to ONNX and checking it in ONNX Runtime"):
         result = run()
     print_budget(result.budget)
     from ..exporter.graph import compact

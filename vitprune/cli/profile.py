@@ -7,8 +7,8 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import (DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out, print_budget,
-                     print_json)
+from .common import (DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out, print_budget,
+                     print_json, step)
 
 
 @method_options()
@@ -56,7 +56,8 @@ def profile(
         print_json(run().to_dict())
         return
     what = "exporting to ONNX, " if runtime == "onnxruntime" and not no_speed else ""
-    with err.status(f"loading, {what}counting and timing (dense and compressed, interleaved)…"):
+    doing = "counting" if no_speed else f"{what}counting and timing (dense and compressed, interleaved)"
+    with step(f"loading, {doing}"):
         report = run()
     print_budget(report.budget)
     out.print(profile_table(report))

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .common import JsonOpt, err, out, print_json
+from .common import JsonOpt, out, print_json, step
 
 
 def _size(n: int) -> str:
@@ -47,7 +47,7 @@ def push(
     if dry_run:
         result = do_push(folder, repo, dry_run=True, include_onnx=include_onnx, **kwargs)
     else:
-        with err.status(f"uploading {escape(folder)} to {escape(repo)}…"):
+        with step(f"uploading {folder} to {repo}"):
             result = do_push(folder, repo, include_onnx=include_onnx, **kwargs)
     if json_out:
         print_json(result.to_dict())

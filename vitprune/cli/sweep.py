@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options, parse_value, sweep_flags, sweep_values
-from .common import DeviceOpt, MethodOpt, err, print_json
+from .common import DeviceOpt, MethodOpt, Steps, err, print_json
 from .common import out as console
 
 
@@ -84,9 +84,16 @@ def sweep(
     vals = _values(text, flag)
     ratios = vals if flag == "--target-gmacs" else None
 
+    steps = Steps()
+
     def progress(e: dict[str, Any]) -> None:
-        if json_out or e["event"] != "point_done":
+        if json_out:
             return
+        if e["event"] != "point_done":
+            where = f"[{e['index'] + 1}/{e['total']}] " if "index" in e else ""
+            steps.start(where + e["message"])  # evaluating the dense model, each point, the measurement
+            return
+        steps.end()
         p = e["point"]
         parts = [f"{e.get('option') or name or 'value'}={p.value}", f"{p.gmacs:.4f} GMACs"]
         if p.throughput is not None:
@@ -95,10 +102,14 @@ def sweep(
             parts.append(f"top-1 {p.top1:.2f} %")
         err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), markup=False, highlight=False)
 
-    res = do_sweep(model, method, vals, option=name, target_gmacs=ratios, data=data, epochs=epochs, out=out, device=device,
-                   dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
-                   latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
-                   plot=not no_plot, progress=progress, **method_options)
+    try:
+        res = do_sweep(model, method, vals, option=name, target_gmacs=ratios, data=data, epochs=epochs, out=out,
+                       device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
+                       latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
+                       plot=not no_plot, progress=progress, **method_options)
+        steps.end()
+    finally:
+        steps.close()
     if json_out:
         print_json(res.to_dict())
         return

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._options import method_options
-from .common import JsonOpt, MethodOpt, NoWeightsOpt, err, print_json
+from .common import JsonOpt, MethodOpt, NoWeightsOpt, print_json, step
 from .common import out as console
 
 
@@ -46,7 +46,7 @@ def visualize(
     from ..tokenmaps import visualize as do_visualize
 
     require_matplotlib()
-    with err.status("running the model with token tracking and drawing…"):
+    with step("running the model with token tracking and drawing"):
         res = do_visualize(model, images, out, method=method, blocks=_int_list(blocks, "blocks"), dpi=dpi,
                            pretrained=not no_weights, **method_options)
     if json_out:
