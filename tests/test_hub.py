@@ -51,8 +51,10 @@ def test_hf_hub_timm_repo_and_vitprune_repo_from_offline_cache(offline_cache, tm
 def test_not_cached_while_offline_is_a_clear_error(offline_cache):
     with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
         load_model("hf-hub:nobody/missing-model")
-    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
-        load_model("deit_tiny_patch16_224")  # weights not cached
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache") as info:
+        load_model("deit_tiny_patch16_224")  # weights not cached: the architecture alone needs none
+    assert "architecture-only run" in str(info.value) and "--no-weights (pretrained=False in Python)" in str(info.value)
+    assert load_model("deit_tiny_patch16_224", pretrained=False).patch_embed.num_patches == 196  # (224 / 16) ** 2
 
 
 def test_local_timm_folder_and_missing_folder(tmp_path):

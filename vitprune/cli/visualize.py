@@ -38,7 +38,7 @@ def visualize(
 ) -> None:
     """Draw which tokens each stage keeps: one row per image, the input then one column per stage.
 
-    Pruned patches are greyed out; patches merged into one token (ToMe) share a colour; pooled regions (DGE) are
+    Pruned patches are covered in hatched red; patches merged into one token (ToMe) share a colour; pooled regions (DGE) are
     coloured by their granularity. Images go through the model's own timm eval transform. A compressed folder's
     run-time options (e.g. --mode fixed on SaiT) can be changed for the picture.
     """

@@ -72,26 +72,33 @@ def ensure_offline_if_unreachable() -> bool:
     return False
 
 
-def _not_found(spec: str, offline: bool, cause: Exception | None = None) -> ModelNotFoundError:
+#: what the offline message adds when what is missing is only pretrained weights
+ARCHITECTURE_ONLY = ("; for an architecture-only run (GMACs, tokens, speed, export) build it with random weights: "
+                     "--no-weights (pretrained=False in Python)")
+
+
+def _not_found(spec: str, offline: bool, cause: Exception | None = None, weights: bool = False) -> ModelNotFoundError:
     if offline:
         msg = (
             f"{spec} is not in the local Hugging Face cache and the Hub is offline or unreachable; "
-            "download it once with network access, or point HF_HUB_CACHE at a cache that has it."
+            "download it once with network access, or point HF_HUB_CACHE at a cache that has it"
+            + (ARCHITECTURE_ONLY if weights else "") + "."
         )
     else:
         msg = f"{spec} was not found on the Hugging Face Hub; check the repo name (and that you have access to it)."
     return ModelNotFoundError(msg)
 
 
-def _hub_call(spec: str, fn, *args, **kwargs):
-    """Run a huggingface_hub/timm call that may download, mapping hub errors to ModelNotFoundError."""
+def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
+    """Run a huggingface_hub/timm call that may download, mapping hub errors to ModelNotFoundError (``weights``:
+    the call fetches only pretrained weights, which an architecture-only run does without)."""
     from huggingface_hub import errors as hf_errors
 
     offline = ensure_offline_if_unreachable()
     try:
         return fn(*args, **kwargs)
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
-        raise _not_found(spec, True, e) from None
+        raise _not_found(spec, True, e, weights=weights) from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
         raise _not_found(spec, offline, e) from None
     except hf_errors.HFValidationError:
@@ -381,11 +388,11 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
             return build_from_config(cfg, source=spec)
         folder = _hub_call(
             spec, snapshot_download, repo_id, revision=revision or None,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], weights=True,
         )
         model = load_folder(Path(folder), source=spec)
         return model
-    model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained)
+    model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained, weights=True)
     model.vitprune_source = spec
     return model
 
@@ -413,7 +420,7 @@ def load_model(spec: str = "demo", *, pretrained: bool = True) -> nn.Module:
             raise ModelNotFoundError(f"unknown model {spec!r}: not a timm model name or a folder.{_suggest(spec)}")
         with torch.device("meta"):  # check the architecture before downloading any weights
             check_vit(timm.create_model(spec, pretrained=False), spec)
-        model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained)
+        model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained, weights=True)
         model.vitprune_source = spec
     check_vit(model, spec)
     return model.eval()

@@ -7,7 +7,7 @@ only draws: the token maps are collected by ``vitprune.tokenmaps`` (which runs t
 A token map gives, per stage, every original patch's token or -1 (see ``vitprune.tokenmaps``). From that map alone
 each panel draws:
 
-* patches with -1: greyed out (the legend says what became of them: dropped, or fused into one extra token);
+* patches with -1: covered in hatched red, unlike any image's ink or the groups' colours (the legend says what became of them: dropped, or fused into one extra token);
 * patches alone in their token: the image as is;
 * several patches sharing one token: a coloured group. When every such group is an aligned square block of
   patches (region pooling, as DGE's router chooses per region) the colour says the granularity (2×2, 4×4... patches
@@ -33,8 +33,11 @@ LEFT_IN = 0.5
 TOP_IN = 0.75
 BOTTOM_IN = 0.5
 
-GREY = (0.55, 0.55, 0.55)
-GREY_ALPHA = 0.88
+#: pruned patches: a red tint under white hatching, which no grey ink (digits, photos) and no group colour
+#: (viridis regions, tab20 merged groups' pale tones) is mistaken for
+PRUNED = (0.78, 0.16, 0.18)
+PRUNED_ALPHA = 0.8
+PRUNED_HATCH = "////"
 GROUP_ALPHA = 0.55
 
 
@@ -106,7 +109,7 @@ def _overlay(assign: np.ndarray, grid: tuple[int, int], region_sides: list[int])
 
     gh, gw = grid
     rgba = np.zeros((gh * gw, 4))
-    rgba[assign < 0] = (*GREY, GREY_ALPHA)
+    rgba[assign < 0] = (*PRUNED, PRUNED_ALPHA)
     style, groups, sides = panel_style(assign, grid)
     if style == "merged":
         cmap = matplotlib.colormaps["tab20"]
@@ -117,6 +120,24 @@ def _overlay(assign: np.ndarray, grid: tuple[int, int], region_sides: list[int])
         for t, patches in groups.items():
             rgba[patches] = (*_region_colour(sides[t], region_sides), GROUP_ALPHA)
     return rgba.reshape(gh, gw, 4), style, set(sides.values())
+
+
+def _hatch_pruned(ax, assign: np.ndarray, grid: tuple[int, int], size: tuple[int, int], Rectangle) -> None:
+    """White hatching over the pruned patches, one rectangle per run of them in a patch row."""
+    gh, gw = grid
+    ph, pw = size[0] / gh, size[1] / gw
+    pruned = (assign < 0).reshape(gh, gw)
+    for r in range(gh):
+        c = 0
+        while c < gw:
+            if not pruned[r, c]:
+                c += 1
+                continue
+            start = c
+            while c < gw and pruned[r, c]:
+                c += 1
+            ax.add_patch(Rectangle((start * pw, r * ph), (c - start) * pw, ph, fill=False, hatch=PRUNED_HATCH,
+                                   edgecolor="white", linewidth=0, alpha=0.9))
 
 
 def figure_size(rows: int, cols: int, dpi: int = 100) -> tuple[int, int]:
@@ -166,6 +187,7 @@ def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100
             styles_seen.add(style)
             any_dropped = any_dropped or bool((a < 0).any())
             ax.imshow(rgba, extent=(0, W, H, 0), interpolation="nearest")
+            _hatch_pruned(ax, a, maps.grid, (H, W), Rectangle)
             if style == "regions":  # outline each pooled region so equal granularities stay readable
                 ph, pw = H / gh, W / gw
                 for patches in _groups(a).values():
@@ -181,7 +203,8 @@ def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100
     fig.suptitle(f"{maps.model} · {maps.method}", fontsize=10, y=1 - 0.12 / height_in, va="top")
     handles = [Patch(facecolor="white", edgecolor="0.3", label="patch kept as its own token")]
     if any_dropped:
-        handles.append(Patch(facecolor=GREY, edgecolor="0.3", label=f"pruned: {maps.removed}"))
+        handles.append(Patch(facecolor=(*PRUNED, PRUNED_ALPHA), edgecolor="white", hatch=PRUNED_HATCH,
+                             label=f"pruned: {maps.removed}"))
     if "merged" in styles_seen:
         import matplotlib
 
