@@ -12,6 +12,9 @@ import timm
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+# a step's start line waits this long when output is not a terminal: the tests' one-line error checks stay
+# independent of the machine's load (tests/test_cli_progress.py sets its own)
+os.environ.setdefault("VITPRUNE_PROGRESS_AFTER", "600")
 # 2 threads on a quiet 2-core CI machine; VITPRUNE_TEST_THREADS=1 when the machine is shared and loaded
 torch.set_num_threads(int(os.environ.get("VITPRUNE_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
