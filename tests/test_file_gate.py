@@ -254,7 +254,9 @@ def test_push_never_sends_a_file_from_outside_the_folder(tmp_path, online_hub):
     secret.parent.mkdir()
     secret.write_text("PRIVATE KEY\n")
     folder = _pushable(tmp_path / "run", {"command": "vitprune compress demo -m evit"})
-    version = vitprune.hub.save.current_version(folder)
+    from vitprune.hub.save import current_version
+
+    version = current_version(folder)
     (version / "report.json").unlink()
     os.symlink(secret, version / "report.json")  # a link inside the version folder, leading out
     with pytest.raises(vitprune.errors.PushError, match="report.json .* leads outside"):
@@ -271,12 +273,14 @@ def test_push_takes_card_images_from_image_tags_outside_code_blocks_only(tmp_pat
     (folder / "notes").mkdir()
     (folder / "notes" / "private.png").write_bytes(b"private")
     (folder / "pareto.png").write_bytes(b"a shown image")
-    card = vitprune.report.card.render_card(folder)
+    from vitprune.report.card import render_card
+
+    card = render_card(folder)
     assert "checkpoints/last.pt" in card  # the recorded command is shown in the card's code block
     from vitprune.hub.push import card_images
 
     assert card_images(card + "\n![Pareto](pareto.png)\n") == ["pareto.png"]
-    assert card_images("```\n![x](a.png)\n```\n`![y](b.png)`\n    ![z](c.png)\n<img src='d.png'>") == ["d.png"]
+    assert card_images("```\n![x](a.png)\n```\n`![y](b.png)`\n\n    ![z](c.png)\n\n<img src='d.png'>") == ["d.png"]
     vitprune.push(folder, "alice/gate")
     sent = online_hub.files("alice/gate")
     assert "checkpoints/last.pt" not in sent and "notes/private.png" not in sent
