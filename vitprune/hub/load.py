@@ -343,15 +343,19 @@ def _model_files(folder: Path) -> Path:
     return folder
 
 
-def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None) -> nn.Module:
+def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None,
+                root: Optional[Path] = None) -> nn.Module:
     """Load a local timm or vitprune folder (``config.json`` + ``model.safetensors``).
 
     Nothing is allocated before the config is checked and, with weights, before every tensor's name, shape and
-    kind in the safetensors header matches the model built on the ``meta`` device.
+    kind in the safetensors header matches the model built on the ``meta`` device. The weights file must be a
+    regular file inside ``root`` (default: the folder; for a Hub download, the repo's cache folder, whose snapshot
+    files are links to its blobs).
     """
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    root = Path(root) if root is not None else folder
     where = source or str(folder)
     files = _model_files(folder)
     cfg = read_config(files, where)
@@ -364,12 +368,12 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
         plan = plan_model(cfg, where)
         if not os.path.lexists(weights):
             if VITPRUNE_KEY not in cfg:  # a plain timm folder may hold pytorch_model.bin: read as tensors only
-                model = _load_torch_weights(plan, files, where)
+                model = _load_torch_weights(plan, files, where, root)
                 model.vitprune_source = source or str(folder)
                 return model
             raise ModelNotFoundError(f"{where} has no {WEIGHTS_NAME}; the save did not finish.")
         try:
-            files_inside = inside_folder(files, WEIGHTS_NAME)
+            files_inside = inside_folder(root, files / WEIGHTS_NAME)
         except RefusedPath as e:
             raise ModelNotFoundError(f"{where}/{WEIGHTS_NAME}: {e}.") from None
         check_weights(plan.meta, files_inside, where)
@@ -386,23 +390,23 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     return model
 
 
-def inside_folder(folder: Path, name: str) -> Path:
-    """``folder/name`` resolved inside ``folder``, a regular file (``RefusedPath`` otherwise)."""
+def inside_folder(root: Path, path: Path) -> Path:
+    """``path`` (under ``root``) resolved inside ``root``, a regular file (``RefusedPath`` otherwise)."""
     from ..files import check_regular, inside
 
-    path = inside(folder, name, what="file")
+    path = inside(root, os.path.relpath(path, root), what="file")
     check_regular(path)
     return path
 
 
-def _load_torch_weights(plan: "_Plan", folder: Path, where: str) -> nn.Module:
+def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> nn.Module:
     """A plain timm folder's PyTorch weights file, read as tensors only (``vitprune.files.read_tensors``: a pickle
     that would run code is refused unread), checked against the model built on ``meta`` and loaded strictly."""
     name = next((n for n in TORCH_WEIGHTS if os.path.lexists(folder / n)), None)
     if name is None:
         raise ModelNotFoundError(f"{where} has no weights ({WEIGHTS_NAME} or {', '.join(TORCH_WEIGHTS)}).")
     try:
-        state = read_tensors(inside_folder(folder, name))
+        state = read_tensors(inside_folder(root, folder / name))
     except Exception as e:  # noqa: BLE001 - a pickle with code, another program's objects, a FIFO, a link out
         raise ModelNotFoundError(f"{where}/{name} is not a file of tensors vitprune reads ({type(e).__name__}); "
                                  f"save it as {WEIGHTS_NAME}.") from None
@@ -451,7 +455,7 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
             spec, snapshot_download, repo_id, revision=revision or None,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
         )
-        model = load_folder(Path(folder), source=spec)
+        model = load_folder(Path(folder), source=spec, root=Path(folder).parents[1])  # models--org--name/
         return model
     model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained)
     model.vitprune_source = spec
