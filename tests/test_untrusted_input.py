@@ -72,7 +72,7 @@ CASES = {
                      "embed_dim must be an integer from 1 to 16384, got 1000000000"),
     "model_args a string": (dict(config=lambda c: c.update(model_args="big")), "model_args must be an object"),
     "unknown argument": (dict(config=lambda c: c["model_args"].update(warp_drive=True)),
-                         "does not describe a vit_tiny_patch16_224 timm can build (TypeError"),
+                         "model_args 'warp_drive' is not a setting vitprune passes to timm"),
     "shape not in the file": (dict(config=lambda c: c["model_args"].update(embed_dim=96)),
                               "do not match its config: cls_token is [1, 1, 48] in model.safetensors, [1, 1, 96]"),
     "method a number": (dict(config=lambda c: c["vitprune"].update(method=5)),

@@ -40,7 +40,6 @@ import copy
 import json
 import logging
 import re
-import shutil
 import tempfile
 import time
 from contextlib import ExitStack
@@ -65,6 +64,10 @@ LOG_NAME = "train_log.jsonl"
 LOGS_DIR = "logs"
 #: the weights of the epoch with the best val top-1 (``keep_best``), in the checkpoint folder
 BEST_NAME = "best.pt"
+#: the files a run writes into ``checkpoints/`` and deletes when it is done with them; nothing else there is touched
+CHECKPOINT_NAMES = ("last.pt", "teacher.pt", BEST_NAME)
+#: the folders a run writes inside its output folder: each must be a real folder there, never a symlink
+OWN_DIRS = (CHECKPOINT_DIR, TEACHER_DIR, LOGS_DIR)
 REPORT_NAME = "report.json"
 #: training images the post-training calibration looks at (eval transform; the val split stays untouched)
 CALIBRATION_IMAGES = 256
@@ -282,6 +285,10 @@ def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> d
 
         try:
             check_overwritable(out)
+            for name in OWN_DIRS:  # a planted link would send the run's files (or its deletions) elsewhere
+                if (out / name).is_symlink():
+                    raise OutputFolderError(f"{out / name} is a symlink; vitprune writes only into real folders "
+                                            f"inside {out}: remove it, or use another output folder.")
         except OutputFolderError as e:
             foreign = str(e)
     found, foreign = broadcast_object(info, ([p.is_file() for p in places], foreign))
@@ -301,6 +308,19 @@ def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> d
         raise OutputFolderError(f"{out} already holds a finished model; add `overwrite` to replace it (it stays "
                                 "loadable until the new one is saved), or give another `output`.")
     return dict(zip(places, found))
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Delete the checkpoint files a run writes (``CHECKPOINT_NAMES`` and killed writes' temporary files) and
+    ``checkpoints/`` itself when nothing else is in it: files someone else put there stay."""
+    from .files import remove, remove_empty_dir
+    from .train.checkpoints import remove_stale_temp
+
+    ck = out / CHECKPOINT_DIR
+    for name in CHECKPOINT_NAMES:
+        remove(ck / name, root=out)
+    remove_stale_temp(ck)
+    remove_empty_dir(ck, root=out)
 
 
 def hold_output(out: Path, info: Any, held: ExitStack) -> None:
@@ -676,8 +696,10 @@ class CompressJob:
         self.found = check_run_state(out, self.dist, resume=cfg.resume, overwrite=cfg.overwrite)  # now it is ours
         if cfg.overwrite and not cfg.resume:
             if self.dist.main:
-                shutil.rmtree(self.ck_dir, ignore_errors=True)
-                shutil.rmtree(out / TEACHER_DIR, ignore_errors=True)
+                from .hub.save import remove_saved
+
+                remove_checkpoints(out)
+                remove_saved(out / TEACHER_DIR)
             barrier(self.dist)
         if cfg.resume:
             for path, extra in ((self.ck_path, {"recipe": recipes.student.to_dict()}),
@@ -845,7 +867,7 @@ class CompressJob:
              extra_files={REPORT_NAME: text})
         if self.cfg.keep_checkpoints:
             return self.ck_path
-        shutil.rmtree(self.ck_dir, ignore_errors=True)
+        remove_checkpoints(self.out)
         return None
 
     def export(self, report: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import DataError, MethodOptionError, UsageError
+from .files import open_regular
 
 
 @dataclass
@@ -90,7 +91,7 @@ def load_images(images: Sequence[Any]):
         if not path.is_file():
             raise DataError(f"image {spec} does not exist" + (" (it is a folder)" if path.is_dir() else "") + ".")
         try:
-            with Image.open(path) as im:
+            with open_regular(path) as f, Image.open(f) as im:
                 out.append(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{spec} is not an image vitprune can read ({type(e).__name__}).") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..files import read_text
 
 #: the command's own parameters that a recipe file cannot set
 NOT_IN_FILES = ("config", "print_config")
@@ -42,7 +43,7 @@ def read_recipe_file(path: str) -> dict[str, Any]:
     import yaml
 
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        text = read_text(Path(path).expanduser())
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or type(e).__name__
         raise UsageError(f"`config` {path}: cannot read it ({why}).") from None

@@ -19,48 +19,37 @@ from __future__ import annotations
 import os
 import random
 import signal
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..files import RefusedPath, inside, open_regular
+
 #: exceptions that mean "this file is not a readable image" (PIL, truncated files, decoders)
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, RuntimeError)
 
 
-class RefusedFile(OSError):
-    """A file vitprune does not open: outside the dataset folder, or not a regular file."""
+#: a file vitprune does not open: outside the dataset folder, or not a regular file (``vitprune.files``)
+RefusedFile = RefusedPath
 
 
 def confined(root: Path, name: str) -> Path:
     """``root/name`` with symlinks resolved, if it stays inside ``root``; absolute names, ``..`` and symlinks that
-    lead out of ``root`` raise ``RefusedFile``."""
-    if not name:
-        raise RefusedFile("empty image path")
-    if os.path.isabs(name) or PurePath(name).is_absolute():
-        raise RefusedFile("absolute image path (only paths inside the dataset folder are read)")
-    if ".." in PurePath(name).parts:
-        raise RefusedFile("image path with '..' (only paths inside the dataset folder are read)")
-    base = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(base, name))
-    if os.path.commonpath([base, real]) != base:
-        raise RefusedFile("image path leads out of the dataset folder through a symlink")
-    return Path(real)
+    lead out of ``root`` raise ``RefusedFile`` (``vitprune.files.inside``)."""
+    try:
+        return inside(root, name, what="image path")
+    except RefusedPath as e:
+        raise RefusedFile(str(e).replace("the folder", "the dataset folder")) from None
 
 
 def open_image(path: str | os.PathLike, *, follow_symlinks: bool = True) -> Image.Image:
     """Open and decode the image file at ``path``, refusing (``RefusedFile``, unopened) anything that is not a
     regular file: a FIFO would block the loader forever, a device could be endless or have side effects."""
-    if not stat.S_ISREG(os.stat(path, follow_symlinks=follow_symlinks).st_mode):
-        raise RefusedFile("not a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(os.open(path, flags), "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced between the check and the open
-            raise RefusedFile("not a regular file")
+    with open_regular(path, follow_symlinks=follow_symlinks) as f:
         img = Image.open(f)
         img.load()
     return img

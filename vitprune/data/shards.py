@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tarfile
 from io import BytesIO
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..files import RefusedPath, open_regular, read_text
 from .base import Splits
 from .folder import TEST_NAMES, VAL_NAMES, first_dir
 from .stream import StreamSource
@@ -61,9 +61,12 @@ def is_shard_folder(path: Path) -> bool:
         e.is_dir() and not e.name.startswith(".") for e in os.scandir(train))
 
 
-def _regular(f, path: Path) -> None:
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        raise DataError(f"shard {path} is not a regular file (a FIFO or a device is not read).")
+def _open_shard(path: Path):
+    """The shard opened through the file gate: a FIFO or a device is refused before it is opened."""
+    try:
+        return open_regular(path)
+    except RefusedPath:
+        raise DataError(f"shard {path} is not a regular file (a FIFO or a device is not read).") from None
 
 
 def _parse_cls(data: Optional[bytes]) -> tuple[int, Optional[str]]:
@@ -91,10 +94,11 @@ class TarShards(StreamSource):
         n = 0
         for path in paths:
             try:
-                with open(path, "rb") as f:
-                    _regular(f, path)
+                with _open_shard(path) as f:
                     tf = tarfile.open(fileobj=f, mode="r:")
                     samples = list(group_by_keys(self._headers(tf, str(path), base_plus_ext)))
+            except DataError:
+                raise
             except (OSError, tarfile.TarError, ValueError, EOFError) as e:
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise DataError(f"{path} is not a readable tar shard ({why}).") from None
@@ -130,8 +134,7 @@ class TarShards(StreamSource):
         if take <= 0 or skip >= self.shard_sizes[shard]:
             return
         path = self.paths[shard]
-        with open(path, "rb") as f:
-            _regular(f, path)
+        with _open_shard(path) as f:
             f.seek(int(self.offsets[shard][skip]))
             files = tar_file_expander([{"url": str(path), "stream": f}])
             for n, sample in enumerate(group_by_keys(files)):
@@ -155,14 +158,14 @@ def _class_names(path: Path) -> tuple[Optional[list[str]], Optional[Path]]:
     for folder in (path, path / "train"):
         for name in CLASS_FILES:
             f = folder / name
-            if f.is_file():
+            if os.path.lexists(f):
                 return _read_classes(f), f
     return None, None
 
 
 def _read_classes(f: Path) -> list[str]:
     try:
-        text = f.read_text(encoding="utf-8")
+        text = read_text(f, limit=64 * 2**20)
         if f.suffix == ".txt":
             names = [line.strip() for line in text.splitlines() if line.strip()]
         else:

@@ -8,6 +8,10 @@ tokens entering block ``i``, whatever the method did before it (gathers, merges,
 compared with the method's ``token_schedule`` (the dense model: every patch and prefix token in every block). A
 count that is not a static number (a data-dependent shape) or a block without such a node fails the check too:
 an export is reported only when every block's count is the schedule's.
+
+The exporter also records each node's Python stack trace, which names files of the user's environment (the
+virtual environment, the home folder). Before the file is kept, every doc string and every metadata entry of the
+graph is removed except the module scopes (``strip_metadata``): ``model.onnx`` holds no local path.
 """
 from __future__ import annotations
 
@@ -107,7 +111,44 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     counts = graph_token_counts(graph, len(model.blocks), model.embed_dim)
     check_token_counts(counts, expected_tokens(model, input_size),
                        method.name if method is not None else "the dense model")
+    strip_metadata(graph)
+    onnx.save_model(graph, str(path))  # weights beyond 2 GB stay in their external-data file, referenced as before
     return [int(c) for c in counts]
+
+
+def strip_metadata(proto: Any) -> None:
+    """Remove from an ``onnx.ModelProto`` (in place) every doc string and metadata entry except the module scopes
+    the token check reads: the exporter's stack traces name local files."""
+    def clean(item: Any, keep: tuple[str, ...] = ()) -> None:
+        if hasattr(item, "metadata_props"):
+            kept = [(p.key, p.value) for p in item.metadata_props if p.key in keep]
+            del item.metadata_props[:]
+            for key, value in kept:
+                item.metadata_props.add(key=key, value=value)
+        if hasattr(item, "doc_string"):
+            item.doc_string = ""
+
+    def graph(g: Any) -> None:
+        clean(g)
+        for vi in [*g.input, *g.output, *g.value_info, *g.initializer, *g.sparse_initializer]:
+            clean(vi)
+        nodes(g.node)
+
+    def nodes(items: Any) -> None:
+        for node in items:
+            clean(node, (_SCOPE_KEY,))
+            for attr in node.attribute:
+                attr.doc_string = ""
+                if attr.HasField("g"):
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    clean(proto)
+    graph(proto.graph)
+    for fn in proto.functions:
+        clean(fn)
+        nodes(fn.node)
 
 
 def graph_token_counts(graph: Any, depth: int, embed_dim: int) -> list[Optional[int]]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodOptionError, ModelNotFoundError
+from ..files import RefusedPath, check_regular, read_tensors
 
 STATE_KEYS = ("model", "state_dict", "model_ema", "module")
 
@@ -37,14 +38,17 @@ def read_checkpoint(file: str | os.PathLike, key: str | None = None) -> tuple[di
     path = Path(file).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(f"checkpoint {path} does not exist.")
+    try:
+        check_regular(path)
+    except RefusedPath:
+        raise ModelNotFoundError(f"checkpoint {path} is not a regular file.") from None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         obj: Any = load_file(str(path))
     else:
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):  # for this load only, not every later one
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:  # argparse.Namespace allowed for this load only, not every later one
+            obj = read_tensors(path, safe_globals=[argparse.Namespace])
         except Exception as e:  # noqa: BLE001 - any unpickling problem is the file's
             raise ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}).") from None
     args = obj.get("args") if isinstance(obj, dict) else None

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError
+from ..files import RefusedPath, read_bytes, read_tensors
 from ..methods.base import check_vit
 
 VITPRUNE_KEY = "vitprune"
@@ -128,6 +129,25 @@ MAX_CONFIG_BYTES = 16 * 2**20
 INT_ARGS = {"img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 1024), "num_classes": (0, 10**6),
             "embed_dim": (1, 16384), "depth": (1, 256), "num_heads": (1, 1024), "reg_tokens": (0, 1024),
             "num_features": (0, 10**6)}
+#: the ``model_args`` keys a config.json may pass to ``timm.create_model``: the settings of timm's
+#: VisionTransformer and Eva (what timm's save_for_hf records, and vitprune's transformers conversion writes), all
+#: plain values. Keys that make timm read files or fetch weights (``checkpoint_path``, ``pretrained_cfg``,
+#: ``pretrained_cfg_overlay``, ``cache_dir``...) or take Python classes are not among them.
+MODEL_ARGS = frozenset({
+    "act_layer", "attn_drop_rate", "attn_layer", "attn_only_layer_scale", "attn_pool_mlp_ratio",
+    "attn_pool_num_heads", "attn_type", "class_token", "depth", "drop_path_rate", "drop_rate", "dynamic_img_pad",
+    "dynamic_img_size", "embed_dim", "embed_norm_layer", "fc_norm", "final_norm", "fix_init", "global_pool",
+    "head_init_scale", "img_size", "in_chans", "init_values", "mlp_ratio", "no_embed_class", "norm_layer",
+    "num_classes", "num_heads", "num_kv_heads", "num_reg_tokens", "patch_drop_rate", "patch_size",
+    "pool_include_prefix", "pos_drop_rate", "pos_embed", "pre_norm", "proj_bias", "proj_drop_rate", "qk_norm",
+    "qkv_bias", "qkv_fused", "ref_feat_shape", "reg_tokens", "rope_grid_indexing", "rope_grid_offset",
+    "rope_jitter_coords", "rope_mrope_section", "rope_rescale_coords", "rope_rotate_half", "rope_shift_coords",
+    "rope_temperature", "rope_type", "scale_attn_inner", "scale_attn_norm", "scale_mlp", "scale_mlp_norm",
+    "swiglu_align_to", "swiglu_mlp", "use_abs_pos_emb", "use_fc_norm", "use_post_norm",
+    "use_post_transformer_norm", "use_pre_transformer_norm", "use_rot_pos_emb", "weight_init",
+})
+#: weights files of a plain timm folder vitprune reads (as tensors only) when it has no model.safetensors
+TORCH_WEIGHTS = ("pytorch_model.bin", "model.pth", "pytorch_model.pth")
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
 
 
@@ -155,7 +175,15 @@ def read_config(folder: str | os.PathLike, where: Optional[str] = None) -> dict[
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
         raise ModelNotFoundError(f"{where} has no {CONFIG_NAME}; it is not a timm or vitprune model folder.")
-    return parse_config(cfg_file.read_bytes(), f"{where}/{CONFIG_NAME}")
+    return parse_config(read_config_bytes(cfg_file, f"{where}/{CONFIG_NAME}"), f"{where}/{CONFIG_NAME}")
+
+
+def read_config_bytes(path: str | os.PathLike, where: str) -> bytes:
+    """A config file's bytes through the file gate (a regular file, at most ``MAX_CONFIG_BYTES`` + 1 read)."""
+    try:
+        return read_bytes(path, limit=MAX_CONFIG_BYTES)
+    except RefusedPath as e:
+        raise ModelNotFoundError(f"{where} is {e}; not a model config.") from None
 
 
 def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
@@ -165,6 +193,10 @@ def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_args(args: dict[str, Any], where: str) -> None:
+    for key in args:
+        if key not in MODEL_ARGS and key != "num_classes":
+            raise ModelNotFoundError(f"{where}: model_args {key!r} is not a setting vitprune passes to timm (it "
+                                     "accepts the plain settings of a ViT or EVA, e.g. img_size, depth, num_heads).")
     for key, (lo, hi) in INT_ARGS.items():
         if key not in args or (key in ("num_classes", "num_features") and args[key] is None):
             continue
@@ -318,15 +350,19 @@ def _model_files(folder: Path) -> Path:
     return folder
 
 
-def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None) -> nn.Module:
+def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] = None,
+                root: Optional[Path] = None) -> nn.Module:
     """Load a local timm or vitprune folder (``config.json`` + ``model.safetensors``).
 
     Nothing is allocated before the config is checked and, with weights, before every tensor's name, shape and
-    kind in the safetensors header matches the model built on the ``meta`` device.
+    kind in the safetensors header matches the model built on the ``meta`` device. The weights file must be a
+    regular file inside ``root`` (default: the folder; for a Hub download, the repo's cache folder, whose snapshot
+    files are links to its blobs).
     """
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    root = Path(root) if root is not None else folder
     where = source or str(folder)
     files = _model_files(folder)
     cfg = read_config(files, where)
@@ -337,14 +373,20 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     if pretrained:
         weights = files / WEIGHTS_NAME
         plan = plan_model(cfg, where)
-        if not weights.is_file():
-            if VITPRUNE_KEY not in cfg:  # a plain timm folder may hold pytorch_model.bin: let timm read it
-                return _hub_call(where, _timm_local, folder)
+        if not os.path.lexists(weights):
+            if VITPRUNE_KEY not in cfg:  # a plain timm folder may hold pytorch_model.bin: read as tensors only
+                model = _load_torch_weights(plan, files, where, root)
+                model.vitprune_source = source or str(folder)
+                return model
             raise ModelNotFoundError(f"{where} has no {WEIGHTS_NAME}; the save did not finish.")
-        check_weights(plan.meta, weights, where)
+        try:
+            files_inside = inside_folder(root, files / WEIGHTS_NAME)
+        except RefusedPath as e:
+            raise ModelNotFoundError(f"{where}/{WEIGHTS_NAME}: {e}.") from None
+        check_weights(plan.meta, files_inside, where)
         model = plan.build()
         try:
-            state = load_file(str(weights))
+            state = load_file(str(files_inside))
         except Exception as e:  # noqa: BLE001 - the header was fine; the data is not (or vanished meanwhile)
             raise ModelNotFoundError(f"{where}/{WEIGHTS_NAME} could not be read ({type(e).__name__}); load it "
                                      "again.") from None
@@ -355,10 +397,40 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     return model
 
 
-def _timm_local(folder: Path) -> nn.Module:
-    import timm
+def inside_folder(root: Path, path: Path) -> Path:
+    """``path`` (under ``root``) resolved inside ``root``, a regular file (``RefusedPath`` otherwise)."""
+    from ..files import check_regular, inside
 
-    return timm.create_model(f"local-dir:{folder}", pretrained=True)
+    path = inside(root, os.path.relpath(path, root), what="file")
+    check_regular(path)
+    return path
+
+
+def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> nn.Module:
+    """A plain timm folder's PyTorch weights file, read as tensors only (``vitprune.files.read_tensors``: a pickle
+    that would run code is refused unread), checked against the model built on ``meta`` and loaded strictly."""
+    name = next((n for n in TORCH_WEIGHTS if os.path.lexists(folder / n)), None)
+    if name is None:
+        raise ModelNotFoundError(f"{where} has no weights ({WEIGHTS_NAME} or {', '.join(TORCH_WEIGHTS)}).")
+    try:
+        state = read_tensors(inside_folder(root, folder / name))
+    except Exception as e:  # noqa: BLE001 - a pickle with code, another program's objects, a FIFO, a link out
+        raise ModelNotFoundError(f"{where}/{name} is not a file of tensors vitprune reads ({type(e).__name__}); "
+                                 f"save it as {WEIGHTS_NAME}.") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelNotFoundError(f"{where}/{name} does not hold a state dict of tensors.")
+    own = plan.meta.state_dict()
+    wrong = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own]
+    if wrong or extra:
+        first = (wrong or extra)[0]
+        raise ModelNotFoundError(f"the weights in {where}/{name} do not match its config (e.g. {first}).")
+    model = plan.build()
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
@@ -376,7 +448,7 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
         raise ModelNotFoundError(f"{spec!r} is not a Hub repo name; write it as hf-hub:org/name (letters, digits, "
                                  "'-', '_', '.').") from None
     cfg_path = _hub_call(spec, hf_hub_download, repo_id, CONFIG_NAME, revision=revision or None)
-    cfg = parse_config(Path(cfg_path).read_bytes(), f"{spec}/{CONFIG_NAME}")
+    cfg = parse_config(read_config_bytes(cfg_path, f"{spec}/{CONFIG_NAME}"), f"{spec}/{CONFIG_NAME}")
     from .transformers import is_transformers_config, load_transformers_hub
 
     if is_transformers_config(cfg):
@@ -390,7 +462,7 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
             spec, snapshot_download, repo_id, revision=revision or None,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], weights=True,
         )
-        model = load_folder(Path(folder), source=spec)
+        model = load_folder(Path(folder), source=spec, root=Path(folder).parents[1])  # models--org--name/
         return model
     model = _hub_call(spec, timm.create_model, spec, pretrained=pretrained, weights=True)
     model.vitprune_source = spec

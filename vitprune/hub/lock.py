@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import FolderInUseError, OutputFolderError
-from ..files import write_atomic
+from ..files import RefusedPath, read_bytes, remove, write_atomic
 
 #: hidden folder of vitprune's own bookkeeping inside an output folder (the lock, saved versions)
 STORE = ".vitprune"
@@ -57,7 +57,7 @@ def pid_alive(pid: int) -> bool:
 def read_owner(folder: str | os.PathLike) -> Optional[dict[str, Any]]:
     """The owner record of ``folder``'s lock (``pid``, ``host``, ``purpose``, ``since``), or None."""
     try:
-        data = json.loads((Path(folder) / STORE / OWNER_NAME).read_text())
+        data = json.loads(read_bytes(Path(folder) / STORE / OWNER_NAME, limit=2**16, follow_symlinks=False))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -67,6 +67,9 @@ def _prepare(folder: Path) -> Path:
     store = folder / STORE
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder} is a file, not a folder; give a folder for the output.")
+    if store.is_symlink():
+        raise OutputFolderError(f"{store} is a symlink; vitprune writes only into real folders inside {folder}: "
+                                "remove it, or use another folder.")
     try:
         store.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -137,7 +140,9 @@ def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[Path]:
         with _guard:
             _held.pop(key, None)
         try:
-            (store / OWNER_NAME).unlink(missing_ok=True)
+            remove(store / OWNER_NAME, root=folder)
+        except RefusedPath:
+            pass
         finally:
             lock.release()
 

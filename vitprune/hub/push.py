@@ -2,12 +2,15 @@
 
 A push sends the model, not the disk. What goes is an allow-list (``upload_plan``): ``config.json``,
 ``model.safetensors``, ``report.json``, ``train_log.jsonl``, ``model.onnx`` with its external-data file when
-present, the images the model card shows (relative links inside the folder), and ``README.md`` — the card
+present, the images the model card shows (its own Markdown and HTML image tags, never text inside code blocks or
+code spans; relative links inside the folder), and ``README.md`` — the card
 regenerated from the folder's ``config.json`` and ``report.json`` (``vitprune.report.card.render_card``) so that it
 names the repo it lives in. Nothing else (``checkpoints/``, ``teacher/``, logs, notes, hidden files) goes unless
 ``include`` patterns (globs relative to the folder; a folder matched brings its files) add it on purpose; hidden
-files never go. Every file must be a regular file inside the folder: a symlink that leads out of it is refused in
-one line, whether allow-listed or included. A dry run computes the same list with the same function and sends
+files never go. Every file must be a regular file inside the folder (``vitprune.files.inside``), the model's files
+read from its version folder included: a symlink that leads out of it is refused in one line, whether
+allow-listed or named by ``include``. Symlinks met inside an included folder (wandb's ``latest-run``) are not
+followed: they are skipped, and named in the notes. A dry run computes the same list with the same function and sends
 nothing. The local folder is never written, and a failure leaves it exactly as it was.
 
 The token comes from ``token=``, else ``HF_TOKEN``, else the user's ``hf auth login``. It is handed to
@@ -18,13 +21,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 from urllib.parse import unquote, urlparse
 
 from ..errors import PushError
+from ..files import RefusedPath, check_regular, inside
 
 #: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
 ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx")
@@ -84,15 +87,31 @@ def check_repo_id(repo: str) -> str:
     return repo_id
 
 
-_LINK = re.compile(r"""!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+["'][^)]*["'])?\s*\)|<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""",
-                   re.IGNORECASE)
+_IMG = re.compile(r"""<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
+
+
+def _image_links(card: str) -> list[str]:
+    """The targets of the card's image tags: Markdown images and ``<img src>`` in HTML, as a CommonMark parser
+    (markdown-it, which rich brings) reads them; text in code blocks and code spans is not markup."""
+    from markdown_it import MarkdownIt
+
+    links = []
+    for tok in MarkdownIt("commonmark").parse(card):
+        if tok.type == "html_block":
+            links += _IMG.findall(tok.content)
+        for child in tok.children or []:
+            if child.type == "image" and child.attrs.get("src"):
+                links.append(str(child.attrs["src"]))
+            elif child.type == "html_inline":
+                links += _IMG.findall(child.content)
+    return links
 
 
 def card_images(card: str) -> list[str]:
-    """Relative image paths a model card shows (Markdown ``![..](path)`` and HTML ``<img src>``), as repo paths."""
+    """Relative image paths a model card shows (Markdown ``![..](path)`` and HTML ``<img src>`` outside code),
+    as repo paths."""
     found = []
-    for m in _LINK.finditer(card):
-        link = m.group(1) or m.group(2)
+    for link in _image_links(card):
         url = urlparse(link)
         if url.scheme or url.netloc or link.startswith(("/", "#")):
             continue  # a web address, an absolute path, an anchor
@@ -110,6 +129,7 @@ def _onnx_data(folder: Path) -> list[str]:
     except ImportError:
         return [n for n in ONNX_DATA if os.path.lexists(folder / n)]
     try:
+        check_regular(folder / "model.onnx")  # a FIFO would block the reader
         proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     except Exception:  # noqa: BLE001 - not a readable ONNX file: it goes as it is, alone
         return []
@@ -122,28 +142,31 @@ def _onnx_data(folder: Path) -> list[str]:
     return names
 
 
-def _inside(folder: Path, rel: str, why: str) -> Path:
-    """The real regular file ``folder/rel`` leads to, or PushError if it leads out of the folder or is not a file."""
-    root = os.path.realpath(folder)
-    real = os.path.realpath(folder / rel)
-    if os.path.commonpath([root, real]) != root:
-        raise PushError(f"{rel} ({why}) leads outside {folder.name}/ (a symlink); push sends only files inside the "
-                        "folder: copy the file in to send it.")
+def _inside(folder: Path, rel: str, why: str, label: Optional[str] = None) -> Path:
+    """The real regular file ``folder/rel`` leads to, or PushError if it leads out of the folder or is not a file
+    (``label``: the folder's name in the message, when ``folder`` is the model's version folder)."""
+    shown, label = rel, label or folder.name
     try:
-        mode = os.stat(real).st_mode
+        real = inside(folder, rel)
+    except RefusedPath:
+        raise PushError(f"{shown} ({why}) leads outside {label}/ (a "
+                        "symlink); push sends only files inside the folder: copy the file in to send it.") from None
+    try:
+        check_regular(real)
+    except RefusedPath:
+        raise PushError(f"{shown} ({why}) is not a regular file; push sends only files.") from None
     except OSError:
-        raise PushError(f"{rel} ({why}) cannot be read.") from None
-    if not stat.S_ISREG(mode):
-        raise PushError(f"{rel} ({why}) is not a regular file; push sends only files.")
-    return Path(real)
+        raise PushError(f"{shown} ({why}) cannot be read.") from None
+    return real
 
 
 def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(rel).parts)
 
 
-def _included(folder: Path, pattern: str) -> list[str]:
-    """Files (relative posix paths) a --include glob matches; a folder matched brings its files."""
+def _included(folder: Path, pattern: str, skipped: Optional[list[str]] = None) -> list[str]:
+    """Files (relative posix paths) a --include glob matches; a folder matched brings its files, and the symlinks
+    in it that do not lead to a regular file inside the folder go to ``skipped`` instead."""
     pure = PurePosixPath(pattern.replace(os.sep, "/"))
     if not pattern.strip() or pure.is_absolute() or ".." in pure.parts:
         raise PushError(f"--include {pattern!r}: give a glob relative to the folder, without '..' (e.g. teacher, "
@@ -151,19 +174,34 @@ def _included(folder: Path, pattern: str) -> list[str]:
     root = Path(os.path.realpath(folder))
     found = []
     for p in sorted(Path(folder).glob(pure.as_posix())):
-        items = [p] if not p.is_dir() or p.is_symlink() else [q for q in sorted(p.rglob("*"))
-                                                               if q.is_symlink() or not q.is_dir()]
+        walked = p.is_dir() and not p.is_symlink()
+        items = [p] if not walked else [q for q in sorted(p.rglob("*")) if q.is_symlink() or not q.is_dir()]
         for q in items:
             rel = q.relative_to(folder).as_posix()
-            if not _hidden(rel) and rel not in found:
-                found.append(rel)
-    if not found:
+            if _hidden(rel) or rel in found:
+                continue
+            if walked and q.is_symlink() and not _links_to_a_file_inside(folder, rel):
+                if skipped is not None and rel not in skipped:
+                    skipped.append(rel)
+                continue
+            found.append(rel)
+    if not found and not skipped:
         raise PushError(f"--include {pattern!r} matches no file in {root.name}/.")
     return found
 
 
-def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = ()) -> list[PushFile]:
-    """Exactly the files a push of ``folder`` sends with this card (the dry run and the push both use it)."""
+def _links_to_a_file_inside(folder: Path, rel: str) -> bool:
+    try:
+        check_regular(inside(folder, rel))
+    except OSError:
+        return False
+    return True
+
+
+def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = (),
+                skipped: Optional[list[str]] = None) -> list[PushFile]:
+    """Exactly the files a push of ``folder`` sends with this card (the dry run and the push both use it);
+    symlinks skipped inside included folders are added to ``skipped``."""
     from .save import current_version, is_our_link
 
     folder = Path(folder)
@@ -179,15 +217,15 @@ def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = (
         if rel != CARD_NAME and not _hidden(rel) and os.path.lexists(folder / rel):
             wanted.setdefault(rel, "folder")
     for pattern in include:
-        for rel in _included(folder, pattern):
+        for rel in _included(folder, pattern, skipped):
             if rel != CARD_NAME:
                 wanted.setdefault(rel, "included")
     files = []
     for rel, source in wanted.items():
         if version is not None and is_our_link(folder, rel):
-            local = version / rel
-            if not local.is_file():  # a link a killed save made ahead of its switch: not part of this model
+            if not os.path.lexists(version / rel):  # a link a killed save made ahead of its switch: not this model
                 continue
+            local = _inside(version, rel, "a model file", label=folder.name)
         else:
             local = _inside(folder, rel, "added by --include" if source == "included" else "a model file")
         files.append(PushFile(rel, local.stat().st_size, source, local))
@@ -308,9 +346,12 @@ def push(
 
         export(str(folder), folder / ONNX_NAME)
     card = render_card(folder, repo_id=repo_id)
-    files = upload_plan(folder, card, include)
+    skipped: list[str] = []
+    files = upload_plan(folder, card, include, skipped)
     result = PushResult(repo_id=repo_id, revision=revision or "main", private=private, dry_run=dry_run, files=files,
                         card=card, notes=_not_sent(folder, files))
+    if skipped:
+        result.notes.append(f"not uploaded: {', '.join(sorted(skipped))} (symlinks)")
     if onnx_missing and dry_run:
         result.notes.append(f"--include-onnx: {ONNX_NAME} would be exported into the folder first")
     if dry_run:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from ..errors import OutputFolderError
-from ..files import fsync_dir, write_atomic
+from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
 from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
 from .lock import STORE, host_name, output_lock, pid_alive
 
@@ -127,14 +127,31 @@ def is_our_link(folder: Path, rel: str) -> bool:
 
 
 def current_version(folder: str | os.PathLike) -> Optional[Path]:
-    """The version folder ``.vitprune/current`` points to (None for a folder with plain files)."""
-    store = Path(folder) / STORE
-    try:
-        target = os.readlink(store / CURRENT)
-    except OSError:
+    """The version folder ``.vitprune/current`` points to (None for a folder with plain files).
+
+    Only a link ``versions/<name>`` to a real folder inside ``.vitprune/versions/`` counts; anything else there (a
+    link to an absolute path, ``..``, a link in the way) raises ``OutputFolderError``: vitprune never reads,
+    replaces or deletes what such a link names."""
+    folder = Path(folder)
+    store = folder / STORE
+    link = store / CURRENT
+    if not os.path.lexists(link):
         return None
-    version = store / target
-    return version if version.is_dir() else None
+    try:
+        target = os.readlink(link).replace(os.sep, "/")
+    except OSError:
+        target = None
+    name = target.split("/", 1)[1] if target and target.startswith(f"{VERSIONS}/") else ""
+    version = store / VERSIONS / name
+    ok = (name and "/" not in name and name not in (".", "..") and not os.path.islink(store)
+          and not os.path.islink(store / VERSIONS) and version.is_dir() and not version.is_symlink())
+    if ok:
+        return version
+    if target and target.startswith(f"{VERSIONS}/") and "/" not in name and name not in ("", ".", "..") \
+            and not os.path.lexists(version):
+        return None  # a version a killed save never finished: the plain files (if any) are the model
+    raise OutputFolderError(f"{folder}/{STORE}/{CURRENT} is not a link vitprune made (it must name a folder in "
+                            f"{STORE}/{VERSIONS}/); vitprune does not follow it: remove it, or use another folder.")
 
 
 def _point_current(store: Path, version: Path) -> None:
@@ -147,7 +164,7 @@ def _point_current(store: Path, version: Path) -> None:
 def _link(folder: Path, rel: str) -> None:
     """Make the top-level name ``rel`` our link, atomically (a temp link renamed over it)."""
     p = folder / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(folder, p.parent)
     tmp = p.parent / _tag(f".{p.name}")
     os.symlink(_link_target(rel), tmp)
     os.replace(tmp, p)
@@ -161,9 +178,46 @@ def _take_in(src: Path, dst: Path) -> None:
         os.link(src, tmp)
     except OSError:
         shutil.copy2(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
     os.replace(tmp, dst)
+
+
+def _current_or_none(folder: Path) -> Optional[Path]:
+    try:
+        return current_version(folder)
+    except OutputFolderError:
+        return None
+
+
+def _make_dirs(folder: Path, path: Path) -> None:
+    """Create ``path`` inside ``folder``, refusing a symlinked folder on the way (``OutputFolderError``)."""
+    from ..files import make_dirs
+
+    try:
+        make_dirs(path, root=folder)
+    except RefusedPath as e:
+        raise OutputFolderError(f"{e}; move it away or use another folder.") from None
+
+
+def remove_saved(folder: str | os.PathLike) -> None:
+    """Delete the model vitprune saved in ``folder``: its top-level links and its ``.vitprune`` store, nothing
+    else (files someone else put there stay, and so does the folder when it is not empty then)."""
+    from ..files import remove_empty_dir
+
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    current_version(folder)  # refuses a planted link before anything is deleted
+    for p in sorted(folder.rglob("*"), reverse=True):
+        rel = p.relative_to(folder).as_posix()
+        if rel.split("/")[0] == STORE:
+            continue
+        if is_our_link(folder, rel):
+            remove(p, root=folder)
+        elif p.is_dir() and not p.is_symlink():
+            remove_empty_dir(p, root=folder)
+    remove_tree(folder / STORE, root=folder)
+    remove_empty_dir(folder, root=folder.parent)
 
 
 def _symlinks_work(store: Path) -> bool:
@@ -172,7 +226,7 @@ def _symlinks_work(store: Path) -> bool:
         os.symlink("probe", probe)
     except (OSError, NotImplementedError):
         return False
-    probe.unlink()
+    remove(probe, root=store)
     return True
 
 
@@ -187,9 +241,9 @@ def _sweep(folder: Path, dirs: list[Path]) -> None:
             leftover = entry.name.startswith(".") or (d == store / VERSIONS and entry != current)
             if leftover and "~" in entry.name and _removable(entry.name):
                 if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
+                    remove_tree(entry, root=folder)
                 else:
-                    entry.unlink(missing_ok=True)
+                    remove(entry, root=folder)
 
 
 # --------------------------------------------------------------------------------------------- vitprune's files
@@ -200,7 +254,7 @@ def written_by_vitprune(path: Path) -> bool:
     from ..errors import ModelNotFoundError
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except (OSError, UnicodeDecodeError):
         return False
     if path.name == CONFIG_NAME:
@@ -262,9 +316,9 @@ def _commit(folder: Path, new: Path, names: list[str]) -> None:
         for f in sorted(old.rglob("*")):
             rel = f.relative_to(old).as_posix()
             if rel not in kept and not f.name.startswith(".") and is_our_link(folder, rel):
-                (folder / rel).unlink()  # it dangles now: the new model has no such file
+                remove(folder / rel, root=folder)  # it dangles now: the new model has no such file
                 _step(f"unlinked {rel}")
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old, root=folder)
     fsync_dir(folder)
     _step("done")
 
@@ -272,10 +326,10 @@ def _commit(folder: Path, new: Path, names: list[str]) -> None:
 def _commit_by_replace(folder: Path, new: Path, names: list[str]) -> None:
     """Without symlinks: each file moved in with os.replace, config.json last (atomic per file only)."""
     for n in sorted(names, key=lambda n: n == CONFIG_NAME):
-        (folder / n).parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(folder, (folder / n).parent)
         os.replace(new / n, folder / n)
         _step(f"replaced {n}")
-    shutil.rmtree(new, ignore_errors=True)
+    remove_tree(new, root=folder)
     fsync_dir(folder)
 
 
@@ -315,16 +369,16 @@ def save(
             for name, data in extra.items():
                 target = new / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data.encode() if isinstance(data, str) else data)
+                write_new(target, data)
             if card is None:  # the model card, generated from what was just staged (config.json, report.json)
                 from ..report.card import render_card
 
                 card = render_card(new)
-            (new / CARD_NAME).write_text(card, encoding="utf-8")
+            write_new(new / CARD_NAME, card)
             _switch_to(folder, new, store, mode=0o666 & ~_umask())  # some writers create 0600 temp files
         finally:
-            if current_version(folder) != new:  # failed before the switch: this save's own staging goes
-                shutil.rmtree(new, ignore_errors=True)
+            if _current_or_none(folder) != new:  # failed before the switch: this save's own staging goes
+                remove_tree(new, root=folder)
     return folder
 
 
@@ -336,8 +390,7 @@ def _switch_to(folder: Path, new: Path, store: Path, mode: Optional[int] = None)
         if f.is_file():
             if mode is not None:
                 os.chmod(f, mode)
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
             names.append(f.relative_to(new).as_posix())
     fsync_dir(new)
     _step("staged")
@@ -386,20 +439,20 @@ def update_files(
             for name, data in files.items():
                 target = new / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.unlink(missing_ok=True)  # a hard link to the old version's file must not be written through
+                remove(target, root=new)  # a hard link to the old version's file must not be written through
                 if isinstance(data, (bytes, str)):
-                    target.write_bytes(data.encode() if isinstance(data, str) else data)
+                    write_new(target, data)
                 else:
                     os.replace(data, target)
             if card:
                 from ..report.card import render_card
 
-                (new / CARD_NAME).unlink(missing_ok=True)
-                (new / CARD_NAME).write_text(render_card(new), encoding="utf-8")
+                remove(new / CARD_NAME, root=new)
+                write_new(new / CARD_NAME, render_card(new))
             _switch_to(folder, new, store)
         finally:
-            if current_version(folder) != new:
-                shutil.rmtree(new, ignore_errors=True)
+            if _current_or_none(folder) != new:
+                remove_tree(new, root=folder)
     return folder
 
 

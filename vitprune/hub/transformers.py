@@ -546,11 +546,11 @@ def convert_state_dict(conv: Conversion, tensors: _Tensors, target: dict[str, to
 
 
 def _read_json(path: Optional[Path], where: str) -> Optional[dict[str, Any]]:
-    from .load import parse_config
+    from .load import parse_config, read_config_bytes
 
     if path is None or not path.is_file():
         return None
-    return parse_config(path.read_bytes(), where)
+    return parse_config(read_config_bytes(path, where), where)
 
 
 def _finish(model: nn.Module, conv: Conversion) -> nn.Module:

@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..files import read_text
 from . import DENSE_TEACHER
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
@@ -46,8 +47,8 @@ def read_folder(folder: str | Path) -> tuple[dict[str, Any], Optional[dict[str, 
     rep_file = folder / "report.json"
     if rep_file.is_file():
         try:
-            report = json.loads(rep_file.read_text())
-        except json.JSONDecodeError:
+            report = json.loads(read_text(rep_file, limit=64 * 2**20))
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             report = None  # a card is still worth writing from config.json alone
     return config.get("vitprune") or {}, report, config
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ..errors import VitpruneError
+from ..files import open_regular
 
 if TYPE_CHECKING:
     from ..tokenmaps import TokenMaps
@@ -301,7 +302,7 @@ def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)  # nothing clipped
     plt.close(fig)
-    with Image.open(out) as im:
+    with open_regular(out) as f, Image.open(f) as im:
         return im.size
 
 

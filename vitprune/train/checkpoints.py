@@ -17,7 +17,6 @@ the output folder is on process 0's local disk.
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import VitpruneError
-from ..files import write_atomic
+from ..files import read_bytes, read_tensor_bytes, read_tensors, remove, write_atomic
 from .ddp import DistInfo, broadcast_object
 
 FORMAT = 1
@@ -58,7 +57,7 @@ def load_best(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            c = torch.load(path, map_location="cpu", weights_only=True)
+            c = read_tensors(path)
     except Exception as e:
         raise VitpruneError(f"{path} is not a readable vitprune checkpoint ({type(e).__name__}); run again with "
                             "`overwrite`.") from None
@@ -78,11 +77,8 @@ def remove_stale_temp(folder: Path) -> list[str]:
         return removed
     for e in entries:
         if _TEMP.match(e.name) and e.is_file(follow_symlinks=False):
-            try:
-                os.unlink(e.path)
+            if remove(e.path, root=folder):
                 removed.append(e.name)
-            except FileNotFoundError:
-                pass
     return removed
 
 
@@ -100,9 +96,10 @@ def load_checkpoint(path: Path, data: Optional[bytes] = None) -> dict[str, Any]:
     random state; anything else (a pickle that would run code, another program's objects) is refused unread."""
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(_numpy_rng_types()), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes about odd pickles: the error below says it all
-            ckpt = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
+            ckpt = read_tensor_bytes(data, safe_globals=_numpy_rng_types()) if data is not None else \
+                read_tensors(path, safe_globals=_numpy_rng_types())
     except Exception as e:  # a file that is not a checkpoint, holds code or objects of another program
         raise VitpruneError(f"{path} is not a readable vitprune checkpoint ({type(e).__name__}); delete it to start "
                             "over.") from None
@@ -166,7 +163,7 @@ def load_resumable(path: Path, fingerprint: dict[str, Any], info: Optional[DistI
             problem = f"`resume`: no checkpoint at {path}; run without `resume` to start."
         elif info.enabled:  # one process reads the file itself
             try:
-                data = Path(path).read_bytes()
+                data = read_bytes(path)
             except OSError as e:
                 problem = f"`resume`: cannot read {path} ({e.strerror or type(e).__name__})."
     data, problem = broadcast_object(info, (data, problem))

@@ -131,10 +131,10 @@ class Loggers:
         import wandb
 
         id_file = self.folder / "wandb-id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
-        if not id_file.is_file():
-            from ..files import write_atomic
+        from ..files import read_text, write_atomic
 
+        run_id = read_text(id_file, limit=256).strip() if id_file.is_file() else secrets.token_hex(8)
+        if not id_file.is_file():
             write_atomic(id_file, run_id + "\n")
         known = getattr(wandb.Settings, "model_fields", WANDB_PRIVATE)  # an older wandb may lack some
         settings = {k: v for k, v in WANDB_PRIVATE.items() if k in known and not _wandb_env_sets(k)}
