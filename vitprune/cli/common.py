@@ -164,6 +164,20 @@ TargetGmacsOpt = Annotated[Optional[float], typer.Option(
     "(keep rate, r, budget) so the model counts RATIO x the dense GMACs (within 1 %, else the closest), e.g. 0.65.")]
 
 
+def _allow_large(ctx: typer.Context, value: bool) -> bool:
+    """``--allow-large``: the command runs inside ``vitprune.hub.limits.allow_large()``."""
+    if value:
+        from ..hub.limits import allow_large
+
+        ctx.with_resource(allow_large())
+    return value
+
+
+AllowLargeOpt = Annotated[bool, typer.Option(
+    "--allow-large", callback=_allow_large, help="build a model a config describes even when it is larger than the "
+    "memory available now or has more than 16,384 patch tokens per image.")]
+
+
 def print_budget(budget: Optional[dict]) -> None:
     """The setting --target-gmacs chose, in one line."""
     if budget:

@@ -1,8 +1,8 @@
 """Recipe files: ``vitprune compress --config recipe.yaml``.
 
 A recipe file is a YAML mapping (read with ``yaml.SafeLoader``: data only; at most ``MAX_BYTES``; no aliases, so
-a few hundred bytes cannot expand to gigabytes; a key given twice is refused, not "last wins") whose keys are the command's long option
-names with underscores (``keep_rate``, ``epochs``, ``lr``, ``batch_size``, ``r`` or ``tome_r``...; ``model`` for
+a few hundred bytes cannot expand to gigabytes; a key given twice is refused, not "last wins") whose keys are the
+command's long option names with underscores (``keep_rate``, ``epochs``, ``lr``, ``batch_size``, ``r`` or ``tome_r``...; ``model`` for
 the argument): every option of the command, the method options included. Its values become the command's defaults
 through click's ``default_map`` (read by an eager ``--config`` callback, before the other flags are parsed), so a
 flag typed on the command line wins over the file, and the file over the built-in defaults; click's parameter
