@@ -50,7 +50,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .errors import DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError
+from .errors import (DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError,
+                     no_room)
 
 log = logging.getLogger("vitprune")
 
@@ -495,6 +496,13 @@ class CompressJob:
                 return CompressResult(self.out, False, self.method, recipe=s.recipe, steps=s.summary.steps,
                                       total_steps=s.summary.total_steps, checkpoint=s.checkpoint,
                                       seconds=time.perf_counter() - self.t_start)
+            except Exception as e:  # noqa: BLE001 - a full disk is the user's to fix: one line; the rest re-raised
+                reason = None if isinstance(e, VitpruneError) else no_room(e)
+                if reason is None:
+                    raise
+                raise OutputFolderError(
+                    f"cannot write to {self.out}: {reason} (the disk is full or a size limit was reached); the model "
+                    "it held is as it was, and a checkpoint written before is kept for `resume`.") from None
 
     def plan(self) -> dict[str, Any]:
         """What ``run()`` would train, without training: the model, the method and its options, the data, the output

@@ -9,6 +9,15 @@ malformed or contradictory, like the parser's own errors), 1 for everything else
 """
 from __future__ import annotations
 
+import errno
+import os
+import re
+from typing import Optional
+
+#: errno values of a write that found no room: the disk is full, a file size limit (ulimit -f), a disk quota
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_OS_ERROR = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) write an errno
+
 
 class VitpruneError(Exception):
     """Base class: a problem with the user's input or environment, reported in one line."""
@@ -68,6 +77,21 @@ class ExportError(VitpruneError):
 class VitpruneWarning(UserWarning):
     """Something asked for that has no effect (an option the chosen mode ignores); the CLI prints
     ``warning: <message>`` with the same flag names as its errors."""
+
+
+def no_room(e: Optional[BaseException]) -> Optional[str]:
+    """Why a write failed (``"No space left on device"``, ``"File too large"``, ``"Disk quota exceeded"``) when
+    ``e``, or an exception it was raised from, is a write that found no room; None for any other error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return os.strerror(e.errno)
+        m = _OS_ERROR.search(str(e))
+        if m and int(m.group(1)) in _NO_ROOM:
+            return os.strerror(int(m.group(1)))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 __all__ = [

@@ -29,6 +29,11 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+try:  # typer runs its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from ..errors import VitpruneError, VitpruneWarning
 
 out = Console(soft_wrap=True)
@@ -91,6 +96,15 @@ class VitpruneGroup(TyperGroup):
             plain_flags(cmd.get_params(ctx))
         return cmd
 
+    def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickException as e:
+            if isinstance(e, NoArgsIsHelpError):  # `vitprune` alone prints the help
+                raise
+            err.print(f"[bold red]Error:[/] {escape(parser_message(e))}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+
     def resolve_command(self, ctx: Any, args: list[str]):
         name, cmd, rest = super().resolve_command(ctx, args)
         ctx.meta["vitprune.command"] = (cmd, tuple(a.split("=", 1)[0] for a in rest if a.startswith("-")))
@@ -119,6 +133,35 @@ class VitpruneGroup(TyperGroup):
             except KeyboardInterrupt:
                 err.print("Interrupted.")
                 raise typer.Exit(130) from None
+            except ClickException as e:  # the parser's own errors: a flag's value of the wrong type, unknown flag
+                if isinstance(e, NoArgsIsHelpError):
+                    raise
+                err.print(f"[bold red]Error:[/] {escape(parser_message(e))}", highlight=False)
+                raise typer.Exit(e.exit_code) from None
+
+
+def parser_message(e: Any) -> str:
+    """A click error (``BadParameter``, ``NoSuchOption``...) in one line: click's own message, the value that was
+    refused when the type check says it (``got 'abc'``), and, for a value read from a ``--config`` recipe file, the
+    file and its key instead of the flag."""
+    message = e.format_message()
+    cause = e.__cause__
+    errors = getattr(cause, "errors", None)
+    if callable(errors):  # typer's type check (a pydantic ValidationError): the refused value
+        try:
+            first = errors()[0]
+            message = f"{message.rstrip('.')} (got {first['input']!r})."
+        except (IndexError, KeyError, TypeError):
+            pass
+    param, ctx = getattr(e, "param", None), getattr(e, "ctx", None)
+    if param is not None and ctx is not None and param.name:
+        source = ctx.get_parameter_source(param.name)
+        config = ctx.params.get("config")
+        if getattr(source, "name", "") == "DEFAULT_MAP" and config is not None:
+            key = param.name[len(METHOD_PARAM):] if param.name.startswith(METHOD_PARAM) else param.name
+            text = message.split(": ", 1)[1] if message.startswith("Invalid value for ") else message
+            message = f"--config {config}: key {key!r}: {text}"
+    return " ".join(message.split())
 
 
 #: seconds a step runs before its start line is printed when stderr is not a terminal (quick steps, and errors in
@@ -244,6 +287,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON.
 TargetGmacsOpt = Annotated[Optional[float], typer.Option(
     "--target-gmacs", metavar="RATIO", help="with --method on a dense model: solve the method's headline option "
     "(keep rate, r, budget) so the model counts RATIO x the dense GMACs (within 1 %, else the closest), e.g. 0.65.")]
+
+
+def _allow_large(ctx: typer.Context, value: bool) -> bool:
+    """``--allow-large``: the command runs inside ``vitprune.hub.limits.allow_large()``."""
+    if value:
+        from ..hub.limits import allow_large
+
+        ctx.with_resource(allow_large())
+    return value
+
+
+AllowLargeOpt = Annotated[bool, typer.Option(
+    "--allow-large", callback=_allow_large, help="build a model a config describes even when it is larger than the "
+    "memory available now or has more than 16,384 patch tokens per image.")]
 
 
 def print_budget(budget: Optional[dict]) -> None:

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from ._options import method_options
 from .catalog import recipe_help
-from .common import MethodOpt, Steps, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
+from .common import AllowLargeOpt, MethodOpt, Steps, TargetGmacsOpt, as_flags, err, is_main_process, out, print_json
 
 _HELP = recipe_help()
 
@@ -291,6 +291,7 @@ def compress(
         "--print-config", help="print the settings that would run (recipe resolved) as YAML and exit.",
         rich_help_panel=_RUN)] = False,
     target_gmacs: TargetGmacsOpt = None,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Patch MODEL with a method, fine-tune it with distillation on your data, measure it and save it.

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import DeviceOpt, JsonOpt, err, out, print_json, step
+from .common import AllowLargeOpt, DeviceOpt, JsonOpt, err, out, print_json, step
 
 
 class Split(str, Enum):
@@ -37,6 +37,7 @@ def eval_(
         = None,
     workers: Annotated[int, typer.Option(min=0)] = 0,
     json_out: JsonOpt = False,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the run-time method flags (see _options)
 ) -> None:
     """Top-1/top-5 and loss of a model or saved folder on a dataset split.

@@ -9,8 +9,8 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options
-from .common import (JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out, print_budget, print_json,
-                     step)
+from .common import (AllowLargeOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out,
+                     print_budget, print_json, step)
 
 
 class Format(str, Enum):
@@ -44,6 +44,7 @@ def export(
     no_weights: NoWeightsOpt = False,
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Export to ONNX with the pruning inside; ONNX Runtime must give PyTorch's logits before the file is written.

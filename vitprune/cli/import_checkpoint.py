@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from ._options import method_options
 from .catalog import check_method
-from .common import out
+from .common import AllowLargeOpt, out
 
 
 @method_options()
@@ -21,6 +21,7 @@ def import_checkpoint(
         "deit_small_patch16_224",
     key: Annotated[Optional[str], typer.Option(help="entry holding the weights (default: model, state_dict...).")]
         = None,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Turn a checkpoint released by a method's authors into a vitprune model folder."""

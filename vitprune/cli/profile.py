@@ -7,8 +7,8 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import (DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out, print_budget,
-                     print_json, step)
+from .common import (AllowLargeOpt, DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out,
+                     print_budget, print_json, step)
 
 
 @method_options()
@@ -36,6 +36,7 @@ def profile(
                           "vitprune\\[export].")] = "torch",
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Parameters, GMACs, throughput and latency: dense, and compressed beside it.

@@ -1,7 +1,8 @@
 """Recipe files: ``vitprune compress --config recipe.yaml``.
 
-A recipe file is a YAML mapping (read with ``yaml.safe_load``: data only) whose keys are the command's long option
-names with underscores (``keep_rate``, ``epochs``, ``lr``, ``batch_size``, ``r`` or ``tome_r``...; ``model`` for
+A recipe file is a YAML mapping (read with ``yaml.SafeLoader``: data only; at most ``MAX_BYTES``; no aliases, so
+a few hundred bytes cannot expand to gigabytes; a key given twice is refused, not "last wins") whose keys are the
+command's long option names with underscores (``keep_rate``, ``epochs``, ``lr``, ``batch_size``, ``r`` or ``tome_r``...; ``model`` for
 the argument): every option of the command, the method options included. Its values become the command's defaults
 through click's ``default_map`` (read by an eager ``--config`` callback, before the other flags are parsed), so a
 flag typed on the command line wins over the file, and the file over the built-in defaults; click's parameter
@@ -18,10 +19,39 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..files import read_text
+from ..files import RefusedPath, read_text
 
 #: the command's own parameters that a recipe file cannot set
 NOT_IN_FILES = ("config", "print_config")
+#: the largest recipe file read (a recipe is a few dozen lines)
+MAX_BYTES = 1 << 20
+
+
+def _loader() -> type:
+    """``yaml.SafeLoader`` that refuses aliases (``*name``: the alias bomb's way to grow) and a mapping key given
+    twice, each as a ``yaml.YAMLError`` with the place in the file."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"found the alias *{event.anchor}; a recipe file cannot use aliases, write the "
+                    "value out", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found the key {key!r} twice; give it once", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return RecipeLoader
 
 
 def file_keys(command: Any) -> dict[str, Any]:
@@ -43,12 +73,17 @@ def read_recipe_file(path: str) -> dict[str, Any]:
     import yaml
 
     try:
-        text = read_text(Path(path).expanduser())
+        text = read_text(Path(path).expanduser(), limit=MAX_BYTES)
+    except RefusedPath as e:
+        if "larger than" in str(e):
+            raise UsageError(f"`config` {path} is over {MAX_BYTES:,} bytes; a recipe file is at most "
+                             f"{MAX_BYTES:,}.") from None
+        raise UsageError(f"`config` {path}: cannot read it ({e}).") from None
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or type(e).__name__
         raise UsageError(f"`config` {path}: cannot read it ({why}).") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader (data only), aliases refused
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

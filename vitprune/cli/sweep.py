@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options, parse_value, sweep_flags, sweep_values
-from .common import DeviceOpt, MethodOpt, Steps, err, print_json
+from .common import AllowLargeOpt, DeviceOpt, MethodOpt, Steps, err, print_json
 from .common import out as console
 
 
@@ -56,6 +56,7 @@ def sweep(
     no_plot: Annotated[bool, typer.Option(
         "--no-plot", help="write sweep.json and print the table only (no matplotlib needed).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print sweep.json instead of the table.")] = False,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
     swept: dict[str, tuple[str, str]] = {},  # noqa: B006 - replaced by the value flags (see _options)
 ) -> None:

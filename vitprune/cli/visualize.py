@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._options import method_options
-from .common import JsonOpt, MethodOpt, NoWeightsOpt, print_json, step
+from .common import AllowLargeOpt, JsonOpt, MethodOpt, NoWeightsOpt, err, print_json, step
 from .common import out as console
 
 
@@ -34,6 +34,7 @@ def visualize(
     dpi: Annotated[int, typer.Option(help="resolution (100: 200-pixel panels).")] = 100,
     no_weights: NoWeightsOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the token counts per stage as JSON.")] = False,
+    allow_large: AllowLargeOpt = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Draw which tokens each stage keeps: one row per image, the input then one column per stage.

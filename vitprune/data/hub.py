@@ -17,6 +17,7 @@ checks the labels), so each epoch's length is known.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from itertools import islice
@@ -67,11 +68,22 @@ def cache_resolver(repo_id: str) -> Callable[[str], Path]:
     return resolve
 
 
+def load_kwargs(load: Callable[..., Any]) -> dict[str, Any]:
+    """``trust_remote_code=False`` when ``load`` (``datasets.load_dataset``) takes it by name: datasets 2.16-3.x do
+    (and may otherwise ask to run a dataset's script); 4.0 removed scripts and the argument (passed there, it would
+    become a builder option and fail)."""
+    return {"trust_remote_code": False} if "trust_remote_code" in inspect.signature(load).parameters else {}
+
+
 def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] = None,
              split_seed: int = 0) -> Splits:
     repo_id = spec[len(PREFIX):]
     if not _REPO.match(repo_id):
         raise DataError(f"{spec}: give a Hub dataset as hf:org/name.")
+    local = next((p for p in (repo_id, repo_id + ".py") if os.path.lexists(p)), None)
+    if local is not None:  # datasets would read it instead of the Hub
+        raise DataError(f"{spec} means the Hub dataset {repo_id}, but {local!r} in the working folder would be read "
+                        f"instead; give a local folder by its path (./{repo_id}), or run from another folder.")
     datasets = _datasets()
     if streaming:
         from .shards import require_webdataset
@@ -86,7 +98,7 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
     if offline:
         datasets.config.HF_HUB_OFFLINE = True
     try:
-        loaded = datasets.load_dataset(repo_id, streaming=streaming)
+        loaded = datasets.load_dataset(repo_id, streaming=streaming, **load_kwargs(datasets.load_dataset))
     except Exception as e:  # datasets raises ConnectionError, DatasetNotFoundError, FileNotFoundError, ValueError...
         where = " (offline: it must be in the local Hugging Face cache from an earlier load)" if offline else ""
         raise DataError(f"{spec} cannot be loaded{where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \

@@ -6,7 +6,8 @@ image file (``KEY.jpg``, ``.png``, ...) and its class index as text (``KEY.cls``
 
 Class names come from ``classes.txt`` (one name per line, line ``i`` is class ``i``) or ``classes.json`` (a list,
 or an object ``{"name": index}`` or ``{"index": "name"}``) in ``PATH`` or beside the train shards; without one the
-classes are the numbers ``0 .. max label``. A label outside the named classes is a one-line error; a sample
+classes are the numbers ``0 .. max label``, which must all occur (a stray label past a gap, ``cls`` 99 among 0..9,
+would make a 100-class head). A label outside the named classes is a one-line error; a sample
 without a ``cls`` (or whose ``cls`` is not a number >= 0) or whose image cannot be decoded is skipped with a
 warning and counted, as an unreadable image in a folder is.
 
@@ -203,6 +204,7 @@ def load_shards(path: Path, *, val_split: Optional[float] = None) -> Splits:
     names, names_file = _class_names(path)
     labels = np.concatenate([train.targets, val.targets])
     if names is None:
+        _check_contiguous(train, val, labels, path)
         names = [str(i) for i in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
         how = "classes are the label numbers (no classes.txt or classes.json)"
     else:
@@ -224,6 +226,24 @@ def load_shards(path: Path, *, val_split: Optional[float] = None) -> Splits:
     return Splits(str(path), "shards", names, (train, range(len(train))), (val, range(len(val))), notes=notes,
                   open_test=open_test if has_test else None,
                   no_test=f"it has train/ and {val_dir.name}/ shards but no test/ shards; add PATH/test/*.tar.")
+
+
+def _check_contiguous(train: TarShards, val: TarShards, labels: np.ndarray, path: Path) -> None:
+    """Without a classes file the classes are the label numbers ``0 .. max``: one line, naming the shard, sample and
+    label, when a label lies past a number no sample has (a stray ``cls`` 99 among 0..9 would make a 100-class
+    head)."""
+    present = np.unique(labels[labels >= 0])
+    if not present.size or present.size == int(present[-1]) + 1:
+        return
+    first_gap = int(np.flatnonzero(present != np.arange(present.size))[0])  # the smallest number no sample has
+    for part in (train, val):
+        past = np.flatnonzero(part.targets > first_gap)
+        if past.size:
+            label = int(part.targets[past[0]])
+            raise DataError(f"label {label} in {part.where(int(past[0]))} is outside the classes 0..{first_gap - 1} "
+                            f"the other labels of {path} form (no sample has {first_gap}); declare the classes in "
+                            "classes.txt (one name per line, line i is class i) or classes.json beside the train "
+                            "shards, or fix the label.")
 
 
 def _check_classes(part: TarShards, names: list[str], names_file: Optional[Path], path: Path) -> None:

@@ -14,6 +14,7 @@ shows how to run the file in ONNX Runtime.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from torch import nn
 
-from ..errors import ExportError
+from ..errors import ExportError, no_room
 from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
 from .verify import Verification, sample_images, verify
 
@@ -70,7 +71,7 @@ class ExportResult:
                 "seconds": round(self.seconds, 2)}
 
 
-def export(
+def _export(
     model: ModelLike = "demo",
     output: Optional[str | os.PathLike] = None,
     *,
@@ -156,6 +157,21 @@ def export(
             for f in made:
                 os.replace(f, out.parent / f.name)
     return result
+
+
+
+@functools.wraps(_export)
+def export(*args: Any, **kwargs: Any) -> ExportResult:
+    # a full disk (or a file size limit) while writing: one line; the staged file is gone with its temporary
+    # folder and nothing was moved into place
+    try:
+        return _export(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - every other error re-raised as it is
+        reason = None if isinstance(e, ExportError) else no_room(e)
+        if reason is None:
+            raise
+        raise ExportError(f"cannot write the ONNX file: {reason} (the disk is full or a size limit was reached); "
+                          "nothing was replaced (a model.onnx there before is as it was).") from None
 
 
 def _saved_by_vitprune(folder: Path) -> bool:

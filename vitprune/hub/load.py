@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
 from ..methods.base import check_vit
+from .limits import check_size
 
 VITPRUNE_KEY = "vitprune"
 WEIGHTS_NAME = "model.safetensors"
@@ -209,13 +210,6 @@ def _check_args(args: dict[str, Any], where: str) -> None:
         raise ModelNotFoundError(f"{where}: mlp_ratio must be a number in (0, 64], got {ratio!r}.")
 
 
-def _memory_bytes() -> Optional[int]:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _architecture(cfg: dict[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(pretrained_cfg, architecture, model_args) of a config, each checked for type and range."""
     import timm
@@ -293,11 +287,7 @@ def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
         raise ModelNotFoundError(f"{where}: the vitprune section must be an object with a method name and options.")
     plan = _Plan(arch, pretrained_cfg, model_args, method, options, where, skips_init=skips_init)
     plan.meta = plan.build(meta=True)
-    nbytes = sum(t.numel() * t.element_size() for t in (*plan.meta.parameters(), *plan.meta.buffers()))
-    memory = _memory_bytes()
-    if memory is not None and nbytes > memory:
-        raise ModelNotFoundError(f"{where} describes a model of {nbytes / 2**30:,.1f} GiB, more than this machine's "
-                                 f"{memory / 2**30:,.1f} GiB of memory.")
+    check_size(plan.meta, where)  # tokens per image and bytes against the memory available now
     return plan
 
 

@@ -7,7 +7,7 @@ its last line; ``close()`` flushes. What is logged per epoch (step = epoch numbe
 top-1, top-5 and loss.
 
 - ``tensorboard``: event files from ``torch.utils.tensorboard.SummaryWriter`` (needs the ``tensorboard`` package:
-  the ``logs`` extra). A resumed run writes a new event file in the same folder and purges what an interrupted run
+  the ``logs`` extra), renamed when closed without the host name and process id TensorBoard puts in their names. A resumed run writes a new event file in the same folder and purges what an interrupted run
   logged after its last checkpoint (``purge_step``), so the curves continue without repeats.
 - ``csv``: ``summary.csv``, one row per epoch as timm's ``train.py`` writes it, rewritten whole (atomically) from
   the history, so a resumed run's file holds every epoch once.
@@ -24,7 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import secrets
+import socket
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -41,9 +43,11 @@ CSV_NAME = "summary.csv"
 #: wandb settings vitprune sets unless the user's own ``WANDB_*`` variable gives them: no run metadata (command
 #: line, program and folder paths, host and user names, git remote), no system metrics (their collector also asks
 #: cloud metadata addresses on the network), no code or git capture, no console capture (the output names local
-#: paths) and no wandb messages (they print the run folder's absolute path)
+#: paths) and no wandb messages (they print the run folder's absolute path). ``host`` "": wandb fills an unset
+#: host with ``socket.gethostname()`` and writes it in the run record whatever the metadata settings say; an empty
+#: one is left out of the record
 WANDB_PRIVATE: dict[str, Any] = {
-    "x_disable_meta": True, "x_disable_stats": True, "x_disable_machine_info": True, "disable_git": True,
+    "host": "", "x_disable_meta": True, "x_disable_stats": True, "x_disable_machine_info": True, "disable_git": True,
     "disable_code": True, "save_code": False, "console": "off", "silent": True,
 }
 #: history keys that are not metrics
@@ -97,6 +101,25 @@ def epoch_row(line: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _unname_event_files(folder: Path) -> None:
+    """TensorBoard names its event files ``events.out.tfevents.<time>.<host>.<pid>.<n>`` (and reopens a file by
+    name at each flush, so it cannot be renamed while written): once closed, each of this host's is renamed to
+    ``events.out.tfevents.<time>.vitprune.<k>`` (TensorBoard reads any name with ``tfevents`` in it; ``k`` keeps a
+    resumed run's file apart)."""
+    own = re.compile(rf"^events\.out\.tfevents\.(\d+)\.{re.escape(socket.gethostname())}\.\d+\.\d+(.*)$")
+    for f in sorted(folder.iterdir()):
+        m = own.match(f.name)
+        if m is None:
+            continue
+        k = 0
+        while (folder / f"events.out.tfevents.{m.group(1)}.vitprune.{k}{m.group(2)}").exists():
+            k += 1
+        try:
+            os.rename(f, folder / f"events.out.tfevents.{m.group(1)}.vitprune.{k}{m.group(2)}")
+        except OSError:  # not renamed (a read-only folder): the name stays TensorBoard's
+            pass
+
+
 def _scalar_tag(key: str) -> str:
     """``train_loss`` -> ``train/loss``, ``val_top1`` -> ``val/top1``, ``lr`` -> ``train/lr``."""
     head, _, rest = key.partition("_")
@@ -123,6 +146,7 @@ class Loggers:
         if "tensorboard" in self.names and self.tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _unname_event_files(self.folder)  # those an interrupted run left under TensorBoard's names
             self.tb = SummaryWriter(log_dir=str(self.folder), purge_step=done_epochs + 1 if done_epochs else None)
         if "wandb" in self.names and self.wandb is None:
             self.wandb = self._wandb(self.config, self.run_name)
@@ -180,6 +204,7 @@ class Loggers:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+            _unname_event_files(self.folder)
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None

@@ -109,8 +109,9 @@ _NUMBER_KEYS = ("lr", "backbone_lr_scale", "freeze_backbone_epochs", "warmup_epo
 
 
 def _check_number(name: str, v: Any, what: str = "a number >= 0") -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
-        raise MethodOptionError(f"`{name}` must be {what}, got {v!r}.")
+    """A finite number >= 0: inf and nan are refused too (an infinite lr, weight or epoch count cannot train)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise MethodOptionError(f"`{name}` must be a finite {what[2:]}, got {v!r}.")
 
 
 def _check_optimizer(name: Any) -> None:

@@ -1,0 +1,71 @@
+"""A write that finds no room (disk full, quota, file size limit) is one line, exit 1, and leaves the previous model
+as it was: the compress checkpoint write and the ONNX export, run for real in a subprocess whose file size limit
+(RLIMIT_FSIZE, with SIGXFSZ ignored so a write past it fails with EFBIG as a full disk fails with ENOSPC) is
+smaller than the file being written. No root, no mount needed."""
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vitprune
+
+from .test_train_utils import digits_folder, save_tiny_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_capped(argv: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess:
+    def cap() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VITPRUNE_TEST_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vitprune", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, preexec_fn=cap)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("config.json", "model.safetensors")}
+
+
+def error_line(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and res.stderr.strip().endswith(errors[0]), res.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_is_one_line_and_keeps_the_old_model(tmp_path):
+    """The tiny model's weights are ~250 KB and a checkpoint (weights, optimizer moments) ~3x that; a 20 KB limit
+    lets the lock, logs and small files through and stops the first checkpoint."""
+    model = save_tiny_vit(tmp_path / "tiny", depth=2)
+    data = digits_folder(tmp_path / "digits", per_class=4, val_per_class=1)
+    out = save_tiny_vit(tmp_path / "out", depth=2)
+    before = digest(out)
+    res = run_capped(["compress", str(model), "-m", "evit", "--keep-rate", "0.7", "--data", str(data), "-o",
+                      str(out), "--epochs", "1", "--batch-size", "8", "--no-speed", "-q", "--eval-every", "0",
+                      "--overwrite"], tmp_path, 20_000)
+    line = error_line(res)
+    assert f"cannot write to {out}: File too large (the disk is full or a size limit was reached)" in line, line
+    assert digest(out) == before
+    assert vitprune.load(out).num_classes == vitprune.load(tmp_path / "tiny").num_classes
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_export_is_one_line_and_keeps_the_old_file(tmp_path):
+    model = save_tiny_vit(tmp_path / "tiny", depth=2)
+    old = tmp_path / "model.onnx"
+    old.write_bytes(b"the previous export")
+    res = run_capped(["export", str(model), "-o", str(old)], tmp_path, 20_000)
+    line = error_line(res)
+    assert "cannot write the ONNX file: File too large" in line, line
+    assert old.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".vitprune-export-")] == []
