@@ -18,8 +18,9 @@ import json
 import math
 import shlex
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from ..measure.speed import BUSY_TEXT, speed_change
 from . import DENSE_TEACHER
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
@@ -244,13 +245,14 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
         both = isinstance(dv, (int, float)) and isinstance(cv, (int, float))
         rows.append([label, _num(dv, digits), _num(cv, digits), change(dv, cv) if both else ""])
 
-    how = " ".join([how, *reading_notes(d, c, bs)])
+    speed = ((report or {}).get("measure") or {}).get("speed")
+    srows, snotes = speed_rows(d, c, speed, bs)
+    how = " ".join([how, *snotes, *reading_notes(d, c, bs, speed)])
     add("top-1 (%)", "top1", 2, change_pts)
     add("top-5 (%)", "top5", 2, change_pts)
     add(GMACS_LABEL, "gmacs", 3, ratio)
     add("params (M)", "params", 2, ratio, scale=1e6)
-    add(f"throughput (img/s, batch {bs})" if bs is not None else "throughput (img/s)", "throughput", 1, ratio)
-    add("latency (ms, batch 1, median)", "latency_ms", 2, latency_change)
+    rows += srows
     if d.get("tokens") and c.get("tokens"):
         from itertools import groupby
 
@@ -278,15 +280,76 @@ def _scalar(v: Any) -> str:
 
 
 def latency_change(dense_ms: Optional[float], compressed_ms: Optional[float]) -> str:
-    """"1.25× faster" / "1.31× slower": the compressed model's latency against the dense one's."""
+    """"1.25× faster" / "0.76× (slower)": the compressed model's batch-1 speed against the dense one's (dense
+    latency over compressed latency), in the one wording every table uses (``speed.speed_change``)."""
     if not dense_ms or not compressed_ms:
         return ""
-    if dense_ms >= compressed_ms:
-        return f"{dense_ms / compressed_ms:.2f}× faster"
-    return f"{compressed_ms / dense_ms:.2f}× slower"
+    return speed_change(dense_ms / compressed_ms)
 
 
-def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size: Any) -> list[str]:
+def _ratio_cell(r: Optional[Mapping[str, Any]], fallback: Optional[float], conclusive: bool,
+                words: Callable[[Optional[float], bool], str]) -> str:
+    """A speed ratio as tables show it: the paired median in words, then its interquartile range."""
+    if r is None:
+        return words(fallback, True) if fallback is not None else ""
+    cell = words(r["median"], conclusive)
+    return cell + (f", IQR {r['q1']:.2f}–{r['q3']:.2f}" if r.get("rounds", 0) > 1 else "")
+
+
+def _cpu_words(ratio: Optional[float], conclusive: bool = True) -> str:
+    if ratio is None:
+        return ""
+    if f"{ratio:.2f}" == "1.00":
+        return "1.00× (same)"
+    return f"{ratio:.2f}× less" if ratio > 1 else f"{ratio:.2f}× (more)"
+
+
+def speed_rows(dense: Mapping[str, Any], compressed: Mapping[str, Any], speed: Optional[Mapping[str, Any]],
+               batch_size: Any) -> tuple[list[list[str]], list[str]]:
+    """The speed rows of a dense-vs-compressed table (label, dense, compressed, change) and the lines that say how
+    to read them, for ``compress``, ``profile`` and the model card alike: throughput and batch-1 latency as paired
+    ratios ("1.31× faster" / "0.82× (slower)", interquartile range over the rounds), process CPU time per image,
+    and "machine busy: speed not conclusive" instead of a verdict when the rounds say the machine was busy."""
+    speed = speed or {}
+    conclusive = not speed.get("busy")
+    bs = f", batch {batch_size}" if batch_size is not None else ""
+    rows: list[list[str]] = []
+
+    def num(v: Any, digits: int) -> str:
+        return _num(v, digits)
+
+    def fallback(a: Any, b: Any) -> Optional[float]:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v for v in (a, b))
+        return b / a if ok else None
+
+    d, c = dense, compressed
+    if d.get("throughput") is not None or c.get("throughput") is not None:
+        rows.append([f"throughput (img/s{bs})", num(d.get("throughput"), 1), num(c.get("throughput"), 1),
+                     _ratio_cell(speed.get("throughput_ratio"), fallback(d.get("throughput"), c.get("throughput")),
+                                 conclusive, speed_change)])
+    if d.get("latency_ms") is not None or c.get("latency_ms") is not None:
+        rows.append(["latency (ms, batch 1, median)", num(d.get("latency_ms"), 2), num(c.get("latency_ms"), 2),
+                     _ratio_cell(speed.get("latency_ratio"), fallback(c.get("latency_ms"), d.get("latency_ms")),
+                                 conclusive, speed_change)])
+    if d.get("cpu_ms") is not None and c.get("cpu_ms") is not None:
+        rows.append([f"CPU time (ms/img{bs})", num(d["cpu_ms"], 3), num(c["cpu_ms"], 3),
+                     _ratio_cell(speed.get("cpu_ratio"), fallback(c["cpu_ms"], d["cpu_ms"]), True, _cpu_words)])
+    if d.get("cpu_latency_ms") is not None and c.get("cpu_latency_ms") is not None:
+        rows.append(["CPU time (ms, batch 1)", num(d["cpu_latency_ms"], 2), num(c["cpu_latency_ms"], 2),
+                     _ratio_cell(speed.get("cpu_latency_ratio"), fallback(c["cpu_latency_ms"], d["cpu_latency_ms"]),
+                                 True, _cpu_words)])
+    notes: list[str] = []
+    if speed.get("throughput_ratio") or speed.get("latency_ratio"):
+        notes.append("speed changes: the median of per-round ratios, dense and compressed timed back to back in each "
+                     "round (IQR: their interquartile range); CPU time: the process's CPU time per forward, all "
+                     "threads, which other jobs on the machine do not inflate.")
+    if not conclusive:
+        notes.append(f"{BUSY_TEXT}: " + "; ".join(speed["busy"]) + ".")
+    return rows, notes
+
+
+def reading_notes(dense: Mapping[str, Any], compressed: Mapping[str, Any], batch_size: Any,
+                  speed: Optional[Mapping[str, Any]] = None) -> list[str]:
     """What a reader of a dense-vs-compressed table may wonder about, in one line each: more parameters than
     dense (the method's own modules), and a throughput gain next to a batch-1 latency loss."""
     notes = []
@@ -295,7 +358,7 @@ def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size:
                      "(their MACs are in the GMACs).")
     thr, lat = (compressed.get("throughput"), dense.get("throughput")), (compressed.get("latency_ms"),
                                                                           dense.get("latency_ms"))
-    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1]:
+    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1] and not (speed or {}).get("busy"):
         batch = f" (batch {batch_size})" if batch_size else ""
         notes.append(f"throughput{batch} gains from fewer tokens; at batch 1 the method's own steps "
                      "(scoring, gathering tokens) cost more than the tokens save on this device, so latency is higher.")
@@ -459,4 +522,4 @@ def render_card(
     return card.content if card.content.endswith("\n") else card.content + "\n"
 
 
-__all__ = ["render_card", "latency_change", "reproduce_command", "hub_base_model", "read_folder", "short_method", "GMACS_LABEL"]
+__all__ = ["render_card", "latency_change", "speed_rows", "reproduce_command", "hub_base_model", "read_folder", "short_method", "GMACS_LABEL"]
