@@ -134,8 +134,8 @@ class DynamicViT(TokenMethod):
     title = "DynamicViT"
     paper = "Rao et al., DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification " \
             "(NeurIPS 2021, arXiv 2106.02034)"
-    summary = ("learned prediction modules keep the top int(P*rho^s) patches before blocks 3/6/9 and discard the "
-               "rest; Gumbel-softmax masks in training, the inference top-k for its last half")
+    summary = ("learned prediction modules keep the top int(P*rho^s) patches before blocks 3/6/9 of 12 (scaled to "
+               "depth) and discard the rest; Gumbel-softmax masks in training, the inference top-k for its last half")
     Options = DynamicViTOptions
     needs_training = True
     new_module_prefixes = ("score_predictor",)

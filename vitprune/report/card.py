@@ -143,16 +143,15 @@ def _short_name(base: Optional[str]) -> str:
 
 def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, Any]] = None,
                       output: Optional[str] = None) -> Optional[str]:
-    """The `vitprune compress` command that makes this model again (``report['command']`` when the run recorded
-    it; otherwise rebuilt from the recorded model, method, options, data and the recipe values the user set)."""
-    if report and isinstance(report.get("command"), str):
-        return report["command"]
+    """The full `vitprune compress` command that makes this model again, resolved: the recorded model, method and
+    its options, data, epochs, every recipe value that is not the method's default or that the user set, then the
+    other flags of the command as typed (``report['command']``, already redacted); the typed command alone when
+    the settings were not recorded."""
+    recorded = (report or {}).get("command") if isinstance((report or {}).get("command"), str) else None
     method = (report or {}).get("method") or section.get("method")
-    if not method:
-        return None
     recipe = dict((report or {}).get("recipe") or section.get("recipe") or {})
-    if not recipe:
-        return None
+    if not method or not recipe:
+        return recorded
     model = (report or {}).get("model") or section.get("base_model") or "MODEL"
     options = dict((report or {}).get("options") or section.get("options") or {})
     specs = method_info(method).get("specs") or {}
@@ -197,10 +196,73 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
                 args += [flag, _value(recipe["augment"][k])]
     if output:
         args += ["--output", output]
+    if recorded:
+        args += _recorded_extras(recorded, args, str(model))
     return shlex.join(args)
 
 
+#: short flags of `vitprune compress` and their long names
+_SHORT = {"-m": "--method", "-d": "--data", "-o": "--output", "-q": "--quiet", "-c": "--config"}
+#: flags of the typed command that say nothing about the model made (how it printed, where its config file was)
+_NOT_SETTINGS = ("--quiet", "--no-quiet", "--config", "--print-config")
+
+
+def _recorded_extras(recorded: str, built: list[str], model: str) -> list[str]:
+    """The flags of the command as typed (already redacted) that the resolved command lacks (``--teacher``,
+    ``--val-split``, ``--profile-batch-size``, ``--export``...), each with its value."""
+    try:
+        typed = shlex.split(recorded)
+    except ValueError:
+        return []
+    have = {a.split("=", 1)[0] for a in built if a.startswith("--")}
+    have |= {"--no-" + a[2:] for a in have} | {"--" + a[5:] for a in have if a.startswith("--no-")}
+    tokens = typed[2:] if typed[:2] == ["vitprune", "compress"] else []
+    extra: list[str] = []
+    i = 0
+    while i < len(tokens):
+        arg = tokens[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            continue  # MODEL (the resolved command names it already)
+        flag, eq, _ = arg.partition("=")
+        flag = _SHORT.get(flag, flag)
+        takes_value = not eq and i < len(tokens) and (not tokens[i].startswith("-") or _is_number(tokens[i]))
+        value = [tokens[i]] if takes_value else []
+        if takes_value:
+            i += 1
+        if value and value[0] == model:  # a flag without a value, then MODEL
+            value = []
+        if flag in have or flag in _NOT_SETTINGS:
+            continue
+        extra += [flag + (arg[len(arg.partition("=")[0]):] if eq else ""), *value]
+    return extra
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------ the card
+
+
+def reduction_blocks(tokens: Any) -> Optional[str]:
+    """Where this model reduces its tokens, read from its token schedule (tokens entering each block): ``On this
+    6-block model the token count drops before blocks 1, 3 and 4 (0-based): 65 → 45 → 45 → 32 → 22 → 22 tokens.``
+    (None without a schedule or a reduction.)"""
+    if not isinstance(tokens, list) or len(tokens) < 2 or not all(isinstance(t, int) for t in tokens):
+        return None
+    drops = [i for i in range(1, len(tokens)) if tokens[i] < tokens[i - 1]]
+    if not drops:
+        return None
+    names = [str(i) for i in drops]
+    where = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    plural = "s" if len(names) > 1 else ""
+    return (f"On this {len(tokens)}-block model the token count drops before block{plural} {where} (0-based): "
+            + " → ".join(map(str, tokens)) + " tokens enter the blocks.")
 
 
 def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]]) -> tuple[list[list[str]], str]:
@@ -414,6 +476,9 @@ def render_card(
             f"`{base or 'a timm Vision Transformer'}` made faster by token sparsification with "
             f"**{title_method}**" + (f": {info['summary']}" if info.get("summary") else "") + ". "
             "Made with vitprune.")
+        where = reduction_blocks(((report or {}).get("compressed") or {}).get("tokens"))
+        if where:
+            lines += ["", where]
         if info.get("paper"):
             lines += ["", f"Method: {info['paper']}."]
     else:
@@ -474,6 +539,13 @@ def render_card(
     teacher = (report or {}).get("teacher")
     if teacher:
         lines += ["", f"Distilled from the teacher `{teacher}`."]
+
+    # -- licence
+    if data.license:
+        lines += ["", "## License", "",
+                  f"`{data.license}`: the base model's license, as its config records it (timm's "
+                  f"`pretrained_cfg.license`" + (f" of `{base}`" if base else "") + ", which this model's config "
+                  "keeps)."]
 
     # -- reproduce
     cmd = reproduce_command(section, report)
