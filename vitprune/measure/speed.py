@@ -166,8 +166,8 @@ def benchmark(
     on_step: Optional[Callable[[], None]] = None,
     samples: bool = False,
 ) -> dict[str, Timing]:
-    """Time every model on the same random inputs, interleaved; returns name -> Timing (with every sample when
-    ``samples``)."""
+    """Time every model on the same random inputs, interleaved; returns name -> Timing with every sample (for
+    ``compare``; ``samples`` is accepted for older callers and changes nothing)."""
     names = list(models)
     clock = _Clock(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
