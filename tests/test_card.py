@@ -101,7 +101,8 @@ def test_compressed_card_metrics_table(compressed_folder):
     assert gm[1:3] == [f"{d['gmacs']:,.3f}", f"{c['gmacs']:,.3f}"]
     assert gm[3] == f"{c['gmacs'] / d['gmacs']:.2f}×" and c["gmacs"] < d["gmacs"]
     assert row("params (M)")[1:3] == [f"{d['params'] / 1e6:.2f}"] * 2
-    assert row("throughput (img/s, batch 256)") == ["throughput (img/s, batch 256)", "4,012.5", "5,230.2", "1.30×"]
+    assert row("throughput (img/s, batch 256)") == ["throughput (img/s, batch 256)", "4,012.5", "5,230.2",
+                                                    "1.30× faster"]
     assert row("latency (ms, batch 1, median)")[1:] == ["1.84", "1.52", "1.21× faster"]
     assert "tokens entering blocks" in card and "65×6" in card
     assert "NVIDIA H100 80GB HBM3, fp16; throughput at batch 256, latency at batch 1" in card
@@ -128,10 +129,13 @@ def test_reproduce_command_carries_user_flags(tmp_path):
     cmd = reproduce_command(*_section_and_report(folder))
     assert cmd == ("vitprune compress deit_small_patch16_224 --method evit --keep-rate 0.7 --data demo --epochs 2 "
                    "--batch-size 32 --seed 3 --precision fp32 --lr 0.001 --kd-weight 1.0 --frozen cls_token,pos_embed")
-    # a command the run recorded itself wins
+    # the command as typed adds the flags the resolved command lacks (short forms read as their long names)
     section, report = _section_and_report(folder)
-    report = {**report, "command": "vitprune compress deit_small_patch16_224 --method evit --epochs 2"}
-    assert reproduce_command(section, report) == report["command"]
+    report = {**report, "command": "vitprune compress -q deit_small_patch16_224 -m evit --epochs 2 --teacher "
+                                   "other/teacher --profile-batch-size 8 --no-speed"}
+    assert reproduce_command(section, report) == cmd + " --teacher other/teacher --profile-batch-size 8 --no-speed"
+    # settings not recorded: the typed command alone
+    assert reproduce_command({}, {"command": "vitprune compress"}) == "vitprune compress"
 
 
 def _section_and_report(folder: Path):
@@ -155,7 +159,7 @@ def test_card_from_config_metrics_only(tmp_path):
     meta = metadata(card)
     assert meta["base_model"] == "bob/vit-s"
     assert "| top-1 (%) | 98.33 | 96.10 | -2.23 pt |" in card
-    assert "| throughput (img/s) | 4,012.5 | 5,230.2 | 1.30× |" in card
+    assert "| throughput (img/s) | 4,012.5 | 5,230.2 | 1.30× faster |" in card
     assert "device, dtype and batch size are not recorded" in card
     assert "vitprune compress hf-hub:bob/vit-s@v2 --method evit --keep-rate 0.7 --data demo --epochs 2" in card
 
@@ -191,10 +195,11 @@ def test_card_of_a_model_from_local_weights_names_its_architecture(tmp_path):
 
 
 def test_latency_change_says_faster_or_slower():
+    """One wording everywhere: the compressed model's speed over the dense one's, 'faster' or '(slower)'."""
     from vitprune.report.card import latency_change
 
     assert latency_change(4.0, 2.0) == "2.00× faster"
-    assert latency_change(3.19, 4.19) == "1.31× slower"  # never "0.76× faster"
+    assert latency_change(3.19, 4.19) == "0.76× (slower)"  # the speed ratio, in the wording every table uses
     assert latency_change(None, 2.0) == latency_change(3.0, 0.0) == ""
 
 
@@ -208,3 +213,90 @@ def test_reading_notes_explain_more_parameters_and_a_latency_loss_next_to_a_thro
     assert notes[0] == "params: +0.046 M for the method's own modules (their MACs are in the GMACs)."
     assert notes[1].startswith("throughput (batch 32) gains from fewer tokens; at batch 1")
     assert reading_notes({**dense, "latency_ms": 6.0}, {**comp, "params": 683_000}, 32) == []  # faster both ways
+
+
+# ------------------------------------------------------------------------------------------ a real saved demo model
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory) -> Path:
+    """The demo's own command (DynamicViT, keep 0.7, on the bundled teacher and digits), cut to a tenth of an epoch
+    and without timing, saved by `vitprune compress` itself, run as a user runs it (so it records its command)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cwd = tmp_path_factory.mktemp("demo-card")
+    out = cwd / "dv"
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "vitprune", "compress", "demo", "--method", "dynamicvit",
+                          "--keep-rate", "0.7", "--data", "demo", "--epochs", "0.1", "--no-speed", "-o", str(out),
+                          "-q"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_demo_card_names_the_blocks_its_model_prunes_before(demo_folder):
+    card = (demo_folder / "README.md").read_text()
+    # 6 blocks: DynamicViT's 3/6/9 of 12 scaled to floor(i * 6 / 12) = 1, 3, 4 (methods.base.scale_locations);
+    # 64 patches + the class token, keeping int(64 * 0.7**s) = 44, 31, 21 patches (DynamicViT.keep_counts)
+    assert ("On this 6-block model the token count drops before blocks 1, 3 and 4 (0-based): "
+            "65 → 45 → 45 → 32 → 22 → 22 tokens enter the blocks.") in card
+    assert "| tokens entering blocks | 65×6 | 65×1 45×2 32×1 22×2 |" in card
+
+
+@pytest.mark.slow
+def test_demo_card_reproduce_is_the_full_resolved_command(demo_folder):
+    card = (demo_folder / "README.md").read_text()
+    block = card.split("## Reproduce\n\n```bash\n", 1)[1].split("\n```", 1)[0]
+    # every setting the run resolved, then the typed flags it lacks; the output folder redacted to its name
+    assert block == ("vitprune compress demo --method dynamicvit --keep-rate 0.7 --data demo --epochs 0.1 "
+                     "--precision fp32 --no-augment --no-speed --output dv")
+    assert str(demo_folder.parent) not in card
+
+
+@pytest.mark.slow
+def test_demo_card_says_where_its_license_comes_from(demo_folder):
+    card = (demo_folder / "README.md").read_text()
+    assert metadata(card)["license"] == "bsd-3-clause"  # the bundled teacher's pretrained_cfg.license
+    assert ("## License\n\n`bsd-3-clause`: the base model's license, as its config records it (timm's "
+            "`pretrained_cfg.license` of `demo`, which this model's config keeps).") in card
+
+
+@pytest.mark.slow
+def test_profile_update_card_remeasures_a_saved_folder(demo_folder, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vitprune.cli.main import app
+
+    folder = tmp_path / "dv"
+    shutil.copytree(demo_folder, folder, symlinks=True)
+    before = json.loads((folder / "report.json").read_text())
+    assert before["dense"]["throughput"] is None  # saved with --no-speed
+    res = CliRunner().invoke(app, ["profile", str(folder), "--update-card", "--batch-size", "4", "--repeats", "3"])
+    assert res.exit_code == 0, res.output
+    after = json.loads((folder / "report.json").read_text())
+    speed = after["measure"]["speed"]
+    assert after["measure"]["batch_size"] == 4 and speed["throughput_ratio"]["rounds"] == 3
+    assert after["speedup"] == speed["throughput_ratio"]["median"]
+    assert after["latency_ratio"] == speed["latency_ratio"]["median"]
+    for side in ("dense", "compressed"):
+        assert after[side]["throughput"] > 0 and after[side]["latency_ms"] > 0 and after[side]["cpu_ms"] > 0
+        assert after[side]["top1"] == before[side]["top1"]  # accuracy kept as recorded
+    card = (folder / "README.md").read_text()
+    row = next(ln for ln in card.splitlines() if ln.startswith("| throughput (img/s, batch 4) |"))
+    verdict = "(not conclusive)" if speed["busy"] else ("faster" if speed["throughput_ratio"]["median"] > 1
+                                                        else "(slower)")
+    assert verdict in row and ", IQR " in row
+    assert ("machine busy: speed not conclusive" in card) == bool(speed["busy"])
+    # through the atomic update: the top-level names are still links into the new version
+    assert (folder / "report.json").is_symlink() and (folder / "README.md").is_symlink()
+    # anything but a folder saved by compress is refused in one line
+    res = CliRunner().invoke(app, ["profile", "demo", "--update-card"])
+    assert res.exit_code == 2 and "--update-card takes a folder saved by `vitprune compress`" in res.output
+    res = CliRunner().invoke(app, ["profile", str(folder), "--update-card", "--keep-rate", "0.5"])
+    assert res.exit_code == 2 and "drop method options" in res.output

@@ -32,20 +32,31 @@ class ProfileReport:
     runtime_info: Optional[str] = None  # how the runtime was set up (version, provider, threads)
     budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
 
+    def _paired(self, key: str) -> Optional[float]:
+        r = ((self.compressed.speed if self.compressed is not None else None) or {}).get(key)
+        return None if r is None else r["median"]
+
     @property
     def speedup(self) -> Optional[float]:
+        """compressed throughput / dense throughput: the median of the per-round paired ratios."""
         c, d = self.compressed, self.dense
         if c is None or c.throughput is None or d.throughput is None:
             return None
-        return c.throughput / d.throughput
+        return self._paired("throughput_ratio") or c.throughput / d.throughput
 
     @property
     def latency_ratio(self) -> Optional[float]:
-        """dense latency / compressed latency (> 1: the compressed model answers faster at batch 1)."""
+        """dense latency / compressed latency (> 1: the compressed model answers faster at batch 1), the median of
+        the per-sample paired ratios."""
         c, d = self.compressed, self.dense
         if c is None or c.latency_ms is None or d.latency_ms is None:
             return None
-        return d.latency_ms / c.latency_ms
+        return self._paired("latency_ratio") or d.latency_ms / c.latency_ms
+
+    @property
+    def speed(self) -> Optional[dict[str, Any]]:
+        """The compressed model's paired speed comparison with dense (``speed.Comparison.to_dict()``)."""
+        return None if self.compressed is None else self.compressed.speed
 
     @property
     def gmacs_ratio(self) -> Optional[float]:
@@ -57,8 +68,11 @@ class ProfileReport:
         out["speedup"] = self.speedup
         out["latency_ratio"] = self.latency_ratio
         out["gmacs_ratio"] = self.gmacs_ratio
+        out["speed"] = self.speed
         out["units"] = {"gmacs": "GMACs per image (papers' GFLOPs)", "throughput": "images/s",
-                        "latency_ms": "ms per image at batch 1 (median)"}
+                        "latency_ms": "ms per image at batch 1 (median)",
+                        "cpu_ms": "process CPU ms per image at the batch size (median)",
+                        "cpu_latency_ms": "process CPU ms per batch-1 forward (median)"}
         return out
 
 

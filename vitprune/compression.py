@@ -1033,7 +1033,8 @@ def compress(
 def _side(ev: Any, st: Any) -> dict[str, Any]:
     return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images, "params": st.params,
             "gmacs": st.gmacs, "throughput": st.throughput, "latency_ms": st.latency_ms, "tokens": st.tokens,
-            "method": st.method, "options": st.options, "macs_source": st.macs_source}
+            "method": st.method, "options": st.options, "macs_source": st.macs_source, "cpu_ms": st.cpu_ms,
+            "cpu_latency_ms": st.cpu_latency_ms}
 
 
 def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, recipe: dict[str, Any],
@@ -1046,7 +1047,8 @@ def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, reci
         "delta_top1": c_eval.top1 - d_eval.top1, "speedup": prof.speedup, "latency_ratio": prof.latency_ratio,
         "gmacs_ratio": prof.gmacs_ratio,
         "measure": {"device": prof.device, "device_name": prof.device_name, "dtype": prof.dtype,
-                    "batch_size": prof.batch_size, "latency_batch_size": 1, "input_size": list(prof.input_size)},
+                    "batch_size": prof.batch_size, "latency_batch_size": 1, "input_size": list(prof.input_size),
+                    "speed": prof.speed},
         "train": {"epochs": summary.epochs, "steps": summary.steps, "global_batch": summary.global_batch,
                   "processes": world, "device": device, "seconds": round(summary.seconds, 2),
                   "images": summary.images, "peak_lr": summary.lr, "skipped_images": len(summary.skipped),

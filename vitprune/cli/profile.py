@@ -37,6 +37,9 @@ def profile(
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
     allow_large: AllowLargeOpt = False,
+    update_card: Annotated[bool, typer.Option(
+        "--update-card", help="MODEL is a folder saved by `vitprune compress`: measure it again and write the new "
+                              "speed into its report.json and model card (one atomic update of the folder).")] = False,
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Parameters, GMACs, throughput and latency: dense, and compressed beside it.
@@ -47,6 +50,9 @@ def profile(
     from .. import api
     from ..report.tables import profile_notes, profile_table
 
+    if update_card:
+        _check_update_card(model, method, method_options, no_speed, compile or compile_auto, runtime, target_gmacs)
+
     def run():
         return api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                            batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
@@ -54,7 +60,12 @@ def profile(
                            target_gmacs=target_gmacs, **method_options)
 
     if json_out:
-        print_json(run().to_dict())
+        report = run()
+        if update_card:
+            from ..report.remeasure import update_speed
+
+            update_speed(model, report.to_dict())
+        print_json(report.to_dict())
         return
     what = "exporting to ONNX, " if runtime == "onnxruntime" and not no_speed else ""
     doing = "counting" if no_speed else f"{what}counting and timing (dense and compressed, interleaved)"
@@ -64,3 +75,27 @@ def profile(
     out.print(profile_table(report))
     for note in profile_notes(report):
         out.print(f"[dim]· {escape(note)}[/]")
+    if update_card:
+        from ..report.remeasure import update_speed
+
+        update_speed(model, report.to_dict())
+        out.print(f"updated the speed in {escape(str(model))}/report.json and its model card (README.md)")
+
+
+def _check_update_card(model: str, method: Optional[str], options: dict[str, Any], no_speed: bool, compiled: Any,
+                       runtime: str, target_gmacs: Optional[float]) -> None:
+    """--update-card re-measures a saved compressed folder as `compress` measured it: nothing else."""
+    from pathlib import Path
+
+    from ..errors import UsageError
+
+    folder = Path(model).expanduser()
+    if not (folder / "report.json").is_file():
+        raise UsageError(f"--update-card takes a folder saved by `vitprune compress` (with a report.json); "
+                         f"{model!r} is not one.")
+    clash = [flag for flag, given in (("--method", method), ("method options", options), ("--no-speed", no_speed),
+                                      ("--compile", compiled), ("--runtime", runtime != "torch"),
+                                      ("--target-gmacs", target_gmacs is not None)) if given]
+    if clash:
+        raise UsageError(f"--update-card measures the saved model as `compress` does (eager PyTorch, as saved); "
+                         f"drop {', '.join(clash)}.")

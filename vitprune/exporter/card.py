@@ -50,22 +50,17 @@ def onnx_card_lines(record: Optional[Mapping[str, Any]], config: Mapping[str, An
 
 
 def _speed_lines(speed: Optional[Mapping[str, Any]]) -> list[str]:
-    from ..report.card import latency_change
+    from ..report.card import speed_rows
 
     if not speed or not (speed.get("dense") or {}).get("throughput"):
         return []
     d, c = speed["dense"], speed.get("compressed") or {}
-
-    def cell(st: Mapping[str, Any], key: str, digits: int) -> str:
-        return "-" if st.get(key) is None else f"{st[key]:,.{digits}f}"
-
-    rows = [f"| throughput (img/s, batch {speed.get('batch_size')}) | {cell(d, 'throughput', 1)} | "
-            f"{cell(c, 'throughput', 1)} | " + (f"{speed['speedup']:.2f}×" if speed.get("speedup") else "") + " |",
-            f"| latency (ms, batch 1, median) | {cell(d, 'latency_ms', 2)} | {cell(c, 'latency_ms', 2)} | "
-            + latency_change(d.get("latency_ms"), c.get("latency_ms")) + " |"]
+    rows, notes = speed_rows(d, c, speed.get("speed"), speed.get("batch_size"))
+    table = ["| " + " | ".join(cell.replace("|", "\\|") for cell in r) + " |" for r in rows]
     return ["", f"Measured in {speed.get('runtime_info') or 'ONNX Runtime'} on {speed.get('device_name')}, dense and "
             "compressed ONNX files timed side by side (interleaved, medians):", "",
-            "| | dense | compressed | ratio |", "|---|---:|---:|---:|", *rows]
+            "| | dense | compressed | ratio |", "|---|---:|---:|---:|", *table,
+            *(["", " ".join(notes)] if notes else [])]
 
 
 __all__ = ["onnx_card_lines"]

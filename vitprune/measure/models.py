@@ -3,7 +3,9 @@
 ``measure_models({"dense": d, "compressed": c, ...})`` counts each model's parameters, GMACs (fvcore, or the
 method's analytic per-image count) and tokens entering each block, at one input size for all of them (the first
 model's own: ``flops.model_input_size``, so a ViT built with ``img_size=64`` is measured at 64 px), then times them
-together, interleaved in every repeat so the ratios are fair on a busy machine: in PyTorch (``speed.benchmark``,
+together, interleaved in every repeat so the ratios are fair on a busy machine (every model after the first gets
+``ModelStats.speed``: paired per-round ratios to the first, CPU-time ratios and whether the machine was too busy
+for a verdict, ``speed.compare``): in PyTorch (``speed.benchmark``,
 optionally compiled with ``vitprune.optimize``) or, with ``runtime="onnxruntime"``, exported to ONNX and timed in
 ONNX Runtime (``ort.benchmark_onnx``; ``onnx_files`` are files exported already).
 """
@@ -20,7 +22,7 @@ from torch import nn
 
 from ..errors import MethodOptionError
 from .flops import count_macs, count_params, model_input_size
-from .speed import SpeedSettings, Timing, benchmark, device_name, resolve_device, resolve_dtype
+from .speed import SpeedSettings, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -39,6 +41,10 @@ class ModelStats:
     macs_source: str = "fvcore"
     uncounted_ops: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cpu_ms: Optional[float] = None  # median process CPU time per image at the batch size (ms; CPU runs)
+    cpu_latency_ms: Optional[float] = None  # median process CPU time of one batch-1 forward (ms; CPU runs)
+    #: against the first model measured beside it (the dense one): ``speed.Comparison.to_dict()``
+    speed: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -146,8 +152,13 @@ def measure_models(
                             dtype=dt, settings=settings, latency=latency, throughput=speed, on_step=on_step)
     else:
         timings = {}
+    first = next(iter(models))
     for key, timing in timings.items():
-        stats[key].throughput, stats[key].latency_ms = timing.throughput, timing.latency_ms
+        st = stats[key]
+        st.throughput, st.latency_ms = timing.throughput, timing.latency_ms
+        st.cpu_ms, st.cpu_latency_ms = timing.cpu_ms, timing.cpu_latency_ms
+        if key != first:
+            st.speed = compare(timing, timings[first]).to_dict()
     return Measurement(stats=stats, device=dev.type, device_name=device_name(dev), dtype=dt,
                        batch_size=settings.batch_size, input_size=input_size, repeats=settings.repeats,
                        versions=versions(runtime), compiled=compiled, runtime=runtime, runtime_info=runtime_info)

@@ -18,9 +18,10 @@ import json
 import math
 import shlex
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ..files import read_text
+from ..measure.speed import BUSY_TEXT, speed_change
 from . import DENSE_TEACHER
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
@@ -143,16 +144,15 @@ def _short_name(base: Optional[str]) -> str:
 
 def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, Any]] = None,
                       output: Optional[str] = None) -> Optional[str]:
-    """The `vitprune compress` command that makes this model again (``report['command']`` when the run recorded
-    it; otherwise rebuilt from the recorded model, method, options, data and the recipe values the user set)."""
-    if report and isinstance(report.get("command"), str):
-        return report["command"]
+    """The full `vitprune compress` command that makes this model again, resolved: the recorded model, method and
+    its options, data, epochs, every recipe value that is not the method's default or that the user set, then the
+    other flags of the command as typed (``report['command']``, already redacted); the typed command alone when
+    the settings were not recorded."""
+    recorded = (report or {}).get("command") if isinstance((report or {}).get("command"), str) else None
     method = (report or {}).get("method") or section.get("method")
-    if not method:
-        return None
     recipe = dict((report or {}).get("recipe") or section.get("recipe") or {})
-    if not recipe:
-        return None
+    if not method or not recipe:
+        return recorded
     model = (report or {}).get("model") or section.get("base_model") or "MODEL"
     options = dict((report or {}).get("options") or section.get("options") or {})
     specs = method_info(method).get("specs") or {}
@@ -197,10 +197,73 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
                 args += [flag, _value(recipe["augment"][k])]
     if output:
         args += ["--output", output]
+    if recorded:
+        args += _recorded_extras(recorded, args, str(model))
     return shlex.join(args)
 
 
+#: short flags of `vitprune compress` and their long names
+_SHORT = {"-m": "--method", "-d": "--data", "-o": "--output", "-q": "--quiet", "-c": "--config"}
+#: flags of the typed command that say nothing about the model made (how it printed, where its config file was)
+_NOT_SETTINGS = ("--quiet", "--no-quiet", "--config", "--print-config")
+
+
+def _recorded_extras(recorded: str, built: list[str], model: str) -> list[str]:
+    """The flags of the command as typed (already redacted) that the resolved command lacks (``--teacher``,
+    ``--val-split``, ``--profile-batch-size``, ``--export``...), each with its value."""
+    try:
+        typed = shlex.split(recorded)
+    except ValueError:
+        return []
+    have = {a.split("=", 1)[0] for a in built if a.startswith("--")}
+    have |= {"--no-" + a[2:] for a in have} | {"--" + a[5:] for a in have if a.startswith("--no-")}
+    tokens = typed[2:] if typed[:2] == ["vitprune", "compress"] else []
+    extra: list[str] = []
+    i = 0
+    while i < len(tokens):
+        arg = tokens[i]
+        i += 1
+        if not arg.startswith("-") or arg == "-":
+            continue  # MODEL (the resolved command names it already)
+        flag, eq, _ = arg.partition("=")
+        flag = _SHORT.get(flag, flag)
+        takes_value = not eq and i < len(tokens) and (not tokens[i].startswith("-") or _is_number(tokens[i]))
+        value = [tokens[i]] if takes_value else []
+        if takes_value:
+            i += 1
+        if value and value[0] == model:  # a flag without a value, then MODEL
+            value = []
+        if flag in have or flag in _NOT_SETTINGS:
+            continue
+        extra += [flag + (arg[len(arg.partition("=")[0]):] if eq else ""), *value]
+    return extra
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------ the card
+
+
+def reduction_blocks(tokens: Any) -> Optional[str]:
+    """Where this model reduces its tokens, read from its token schedule (tokens entering each block): ``On this
+    6-block model the token count drops before blocks 1, 3 and 4 (0-based): 65 → 45 → 45 → 32 → 22 → 22 tokens.``
+    (None without a schedule or a reduction.)"""
+    if not isinstance(tokens, list) or len(tokens) < 2 or not all(isinstance(t, int) for t in tokens):
+        return None
+    drops = [i for i in range(1, len(tokens)) if tokens[i] < tokens[i - 1]]
+    if not drops:
+        return None
+    names = [str(i) for i in drops]
+    where = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    plural = "s" if len(names) > 1 else ""
+    return (f"On this {len(tokens)}-block model the token count drops before block{plural} {where} (0-based): "
+            + " → ".join(map(str, tokens)) + " tokens enter the blocks.")
 
 
 def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]]) -> tuple[list[list[str]], str]:
@@ -245,13 +308,14 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
         both = isinstance(dv, (int, float)) and isinstance(cv, (int, float))
         rows.append([label, _num(dv, digits), _num(cv, digits), change(dv, cv) if both else ""])
 
-    how = " ".join([how, *reading_notes(d, c, bs)])
+    speed = ((report or {}).get("measure") or {}).get("speed")
+    srows, snotes = speed_rows(d, c, speed, bs)
+    how = " ".join([how, *snotes, *reading_notes(d, c, bs, speed)])
     add("top-1 (%)", "top1", 2, change_pts)
     add("top-5 (%)", "top5", 2, change_pts)
     add(GMACS_LABEL, "gmacs", 3, ratio)
     add("params (M)", "params", 2, ratio, scale=1e6)
-    add(f"throughput (img/s, batch {bs})" if bs is not None else "throughput (img/s)", "throughput", 1, ratio)
-    add("latency (ms, batch 1, median)", "latency_ms", 2, latency_change)
+    rows += srows
     if d.get("tokens") and c.get("tokens"):
         from itertools import groupby
 
@@ -279,15 +343,76 @@ def _scalar(v: Any) -> str:
 
 
 def latency_change(dense_ms: Optional[float], compressed_ms: Optional[float]) -> str:
-    """"1.25× faster" / "1.31× slower": the compressed model's latency against the dense one's."""
+    """"1.25× faster" / "0.76× (slower)": the compressed model's batch-1 speed against the dense one's (dense
+    latency over compressed latency), in the one wording every table uses (``speed.speed_change``)."""
     if not dense_ms or not compressed_ms:
         return ""
-    if dense_ms >= compressed_ms:
-        return f"{dense_ms / compressed_ms:.2f}× faster"
-    return f"{compressed_ms / dense_ms:.2f}× slower"
+    return speed_change(dense_ms / compressed_ms)
 
 
-def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size: Any) -> list[str]:
+def _ratio_cell(r: Optional[Mapping[str, Any]], fallback: Optional[float], conclusive: bool,
+                words: Callable[[Optional[float], bool], str]) -> str:
+    """A speed ratio as tables show it: the paired median in words, then its interquartile range."""
+    if r is None:
+        return words(fallback, True) if fallback is not None else ""
+    cell = words(r["median"], conclusive)
+    return cell + (f", IQR {r['q1']:.2f}–{r['q3']:.2f}" if r.get("rounds", 0) > 1 else "")
+
+
+def _cpu_words(ratio: Optional[float], conclusive: bool = True) -> str:
+    if ratio is None:
+        return ""
+    if f"{ratio:.2f}" == "1.00":
+        return "1.00× (same)"
+    return f"{ratio:.2f}× less" if ratio > 1 else f"{ratio:.2f}× (more)"
+
+
+def speed_rows(dense: Mapping[str, Any], compressed: Mapping[str, Any], speed: Optional[Mapping[str, Any]],
+               batch_size: Any) -> tuple[list[list[str]], list[str]]:
+    """The speed rows of a dense-vs-compressed table (label, dense, compressed, change) and the lines that say how
+    to read them, for ``compress``, ``profile`` and the model card alike: throughput and batch-1 latency as paired
+    ratios ("1.31× faster" / "0.82× (slower)", interquartile range over the rounds), process CPU time per image,
+    and "machine busy: speed not conclusive" instead of a verdict when the rounds say the machine was busy."""
+    speed = speed or {}
+    conclusive = not speed.get("busy")
+    bs = f", batch {batch_size}" if batch_size is not None else ""
+    rows: list[list[str]] = []
+
+    def num(v: Any, digits: int) -> str:
+        return _num(v, digits)
+
+    def fallback(a: Any, b: Any) -> Optional[float]:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v for v in (a, b))
+        return b / a if ok else None
+
+    d, c = dense, compressed
+    if d.get("throughput") is not None or c.get("throughput") is not None:
+        rows.append([f"throughput (img/s{bs})", num(d.get("throughput"), 1), num(c.get("throughput"), 1),
+                     _ratio_cell(speed.get("throughput_ratio"), fallback(d.get("throughput"), c.get("throughput")),
+                                 conclusive, speed_change)])
+    if d.get("latency_ms") is not None or c.get("latency_ms") is not None:
+        rows.append(["latency (ms, batch 1, median)", num(d.get("latency_ms"), 2), num(c.get("latency_ms"), 2),
+                     _ratio_cell(speed.get("latency_ratio"), fallback(c.get("latency_ms"), d.get("latency_ms")),
+                                 conclusive, speed_change)])
+    if d.get("cpu_ms") is not None and c.get("cpu_ms") is not None:
+        rows.append([f"CPU time (ms/img{bs})", num(d["cpu_ms"], 3), num(c["cpu_ms"], 3),
+                     _ratio_cell(speed.get("cpu_ratio"), fallback(c["cpu_ms"], d["cpu_ms"]), True, _cpu_words)])
+    if d.get("cpu_latency_ms") is not None and c.get("cpu_latency_ms") is not None:
+        rows.append(["CPU time (ms, batch 1)", num(d["cpu_latency_ms"], 2), num(c["cpu_latency_ms"], 2),
+                     _ratio_cell(speed.get("cpu_latency_ratio"), fallback(c["cpu_latency_ms"], d["cpu_latency_ms"]),
+                                 True, _cpu_words)])
+    notes: list[str] = []
+    if speed.get("throughput_ratio") or speed.get("latency_ratio"):
+        notes.append("speed changes: the median of per-round ratios, dense and compressed timed back to back in each "
+                     "round (IQR: their interquartile range); CPU time: the process's CPU time per forward, all "
+                     "threads, which other jobs on the machine do not inflate.")
+    if not conclusive:
+        notes.append(f"{BUSY_TEXT}: " + "; ".join(speed["busy"]) + ".")
+    return rows, notes
+
+
+def reading_notes(dense: Mapping[str, Any], compressed: Mapping[str, Any], batch_size: Any,
+                  speed: Optional[Mapping[str, Any]] = None) -> list[str]:
     """What a reader of a dense-vs-compressed table may wonder about, in one line each: more parameters than
     dense (the method's own modules), and a throughput gain next to a batch-1 latency loss."""
     notes = []
@@ -296,7 +421,7 @@ def reading_notes(dense: dict[str, Any], compressed: dict[str, Any], batch_size:
                      "(their MACs are in the GMACs).")
     thr, lat = (compressed.get("throughput"), dense.get("throughput")), (compressed.get("latency_ms"),
                                                                           dense.get("latency_ms"))
-    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1]:
+    if None not in thr + lat and thr[0] > thr[1] and lat[0] > lat[1] and not (speed or {}).get("busy"):
         batch = f" (batch {batch_size})" if batch_size else ""
         notes.append(f"throughput{batch} gains from fewer tokens; at batch 1 the method's own steps "
                      "(scoring, gathering tokens) cost more than the tokens save on this device, so latency is higher.")
@@ -352,6 +477,9 @@ def render_card(
             f"`{base or 'a timm Vision Transformer'}` made faster by token sparsification with "
             f"**{title_method}**" + (f": {info['summary']}" if info.get("summary") else "") + ". "
             "Made with vitprune.")
+        where = reduction_blocks(((report or {}).get("compressed") or {}).get("tokens"))
+        if where:
+            lines += ["", where]
         if info.get("paper"):
             lines += ["", f"Method: {info['paper']}."]
     else:
@@ -413,6 +541,13 @@ def render_card(
     if teacher:
         lines += ["", f"Distilled from the teacher `{teacher}`."]
 
+    # -- licence
+    if data.license:
+        lines += ["", "## License", "",
+                  f"`{data.license}`: the base model's license, as its config records it (timm's "
+                  f"`pretrained_cfg.license`" + (f" of `{base}`" if base else "") + ", which this model's config "
+                  "keeps)."]
+
     # -- reproduce
     cmd = reproduce_command(section, report)
     if cmd:
@@ -460,4 +595,4 @@ def render_card(
     return card.content if card.content.endswith("\n") else card.content + "\n"
 
 
-__all__ = ["render_card", "latency_change", "reproduce_command", "hub_base_model", "read_folder", "short_method", "GMACS_LABEL"]
+__all__ = ["render_card", "latency_change", "speed_rows", "reproduce_command", "hub_base_model", "read_folder", "short_method", "GMACS_LABEL"]

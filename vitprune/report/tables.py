@@ -1,6 +1,7 @@
 """Rich tables for reports (the CLI prints these; ``--json`` prints the reports' dicts instead)."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from itertools import groupby
 from typing import Any, Optional
 
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from ..api import ModelStats, ProfileReport
 from . import DENSE_SAME_WEIGHTS, DENSE_TEACHER, sweep_dense
+from .card import reading_notes, short_method, speed_rows
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 
@@ -62,10 +64,16 @@ def profile_table(report: ProfileReport) -> Table:
 
     row("params (M)", d.params / 1e6, c.params / 1e6 if c else None, 2)
     row(GMACS_LABEL, d.gmacs, c.gmacs if c else None, 3)
-    if d.throughput is not None:
-        row(f"throughput (img/s, batch {report.batch_size})", d.throughput, c.throughput if c else None, 1)
-    if d.latency_ms is not None:
-        row("latency (ms, batch 1, median)", d.latency_ms, c.latency_ms if c else None, 2, inverse=True)
+    if c:
+        for r in speed_rows(asdict(d), asdict(c), c.speed, report.batch_size)[0]:
+            table.add_row(*r)
+    else:
+        if d.throughput is not None:
+            row(f"throughput (img/s, batch {report.batch_size})", d.throughput, None, 1)
+        if d.latency_ms is not None:
+            row("latency (ms, batch 1, median)", d.latency_ms, None, 2)
+        if d.cpu_ms is not None:
+            row(f"CPU time (ms/img, batch {report.batch_size})", d.cpu_ms, None, 3)
     tokens = ["tokens entering blocks", compact_schedule(d.tokens)]
     if c:
         tokens += [compact_schedule(c.tokens), ""]
@@ -84,20 +92,21 @@ def profile_notes(report: ProfileReport) -> list[str]:
         notes += [f"{label}: {n}" for n in st.notes]
         if st.macs_source == "method":
             notes.append(f"{label}: GMACs counted from the per-image token decisions (mean over the batch).")
-    if report.latency_ratio is not None:
-        notes.append("latency ratio > 1× means the compressed model answers faster than the dense one.")
+    if report.compressed is not None:
+        d, c = asdict(report.dense), asdict(report.compressed)
+        notes += speed_rows(d, c, report.compressed.speed, report.batch_size)[1]
+        notes += reading_notes(d, c, report.batch_size, report.compressed.speed)
     return notes
 
 
 def compress_table(report: dict[str, Any]) -> Table:
     """The table `vitprune compress` ends with: the dense teacher against the compressed model."""
-    from .card import latency_change, reading_notes, short_method
-
     d, c, m = report["dense"], report["compressed"], report["measure"]
     what = short_method(report["method"], report["options"])
+    srows, snotes = speed_rows(d, c, m.get("speed"), m["batch_size"])
     caption = [f"{m['device_name']} · {m['dtype']} · throughput batch {m['batch_size']}, latency batch 1",
                f"{DENSE_TEACHER}: {report.get('teacher') or 'the dense model'}, distilled into the compressed model",
-               *reading_notes(d, c, m["batch_size"])]
+               *snotes, *reading_notes(d, c, m["batch_size"], m.get("speed"))]
     table = Table(title=escape(f"{report['model']} · {what} · {report['data']['data']} val"),
                   caption=escape("\n".join(caption)), title_justify="left", caption_justify="left")
     for col, just in (("", "left"), (DENSE_TEACHER, "right"), ("compressed", "right"), ("change", "right")):
@@ -116,8 +125,8 @@ def compress_table(report: dict[str, Any]) -> Table:
     table.add_row("params (M)", fmt(d["params"] / 1e6, 3), fmt(c["params"] / 1e6, 3),
                   f"{c['params'] / d['params']:.2f}×")
     row(GMACS_LABEL, "gmacs", 4, lambda a, b: f"{b / a:.2f}×")
-    row("throughput (img/s)", "throughput", 1, lambda a, b: f"{b / a:.2f}×")
-    row("latency (ms, median)", "latency_ms", 2, latency_change)
+    for r in srows:
+        table.add_row(*r)
     return table
 
 
