@@ -171,7 +171,9 @@ def calibration_batches(model: nn.Module, data: Any, count: int = DEFAULT_CALIBR
             break
     if not seen:
         raise ExportError(f"--calibrate-data {data}: no readable image in its train split.")
-    return batches, f"{seen} {data} train images"
+    from ..report.redact import public_spec
+
+    return batches, f"{seen} {public_spec(str(data))} train images"
 
 
 class _OrtModule(nn.Module):
@@ -254,9 +256,12 @@ def quantize_export(model: nn.Module, fp32: Path, dst: Path, mode: str, *, input
     evals = None
     if eval_data is not None:
         scores = evaluate_files({"fp32": fp32, "int8": dst}, model, eval_data, eval_split)
-        evals = {"data": str(eval_data), "split": eval_split, **scores}
+        from ..report.redact import public_spec
+
+        shown = public_spec(str(eval_data))
+        evals = {"data": shown, "split": eval_split, **scores}
         drop = scores["fp32"]["top1"] - scores["int8"]["top1"]
-        drop_on = f"top-1 on {eval_data} {eval_split} (fp32 file - int8 file)"
+        drop_on = f"top-1 on {shown} {eval_split} (fp32 file - int8 file)"
     else:
         drop = 100.0 * (got.compared - got.argmax_agree) / max(1, got.compared)
         drop_on = f"argmax disagreement with PyTorch on {images_what}"
