@@ -153,6 +153,10 @@ def test_max_drop_refuses_in_one_line_force_writes_and_the_card_marks_and_runs_i
     plan = push(folder, "alice/evit-tiny", dry_run=True)
     assert {"model.onnx", "model-int8.onnx"} <= {f.path for f in plan.files}
     assert "model-int8.onnx" in plan.card
+    # a later fp32-only export replaces model.onnx: the int8 file made from the old one leaves with it
+    vitprune.export(str(folder), check=False)
+    assert (folder / "model.onnx").is_file() and not (folder / "model-int8.onnx").exists()
+    assert "int8" not in json.loads((folder / "report.json").read_text())["onnx"]
 
 
 # ------------------------------------------------------------------------------------------ speed side by side

@@ -210,13 +210,15 @@ def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -
     (``vitprune.hub.save.update_files``: under the folder's lock, never half-written)."""
     from ..hub.save import update_files
     from ..report.card import read_folder
+    from .quantize import int8_path
 
     _, report, _ = read_folder(folder)
     files: dict[str, Any] = {f.name: f for f in made}
     if report is not None:
         report["onnx"] = result.record()
         files["report.json"] = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
-    update_files(folder, files, card=True)
+    # an int8 file of an earlier export was made from the model.onnx this one replaces: it leaves with it
+    update_files(folder, files, card=True, drop=[int8_path(result.path).name])
 
 
 def _folder_data(folder: Path) -> Optional[str]:

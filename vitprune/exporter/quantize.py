@@ -224,7 +224,7 @@ class Int8Result:
 
     def summary(self) -> str:
         a = self.agreement
-        line = (f"int8 ({self.label}) vs PyTorch on {a['images']}: argmax agrees {a['argmax_agree']}/{a['compared']}"
+        line = (f"int8 vs PyTorch on {a['images']}: argmax agrees {a['argmax_agree']}/{a['compared']}"
                 f", max |Δlogit| {a['max_abs_diff']:.2g} (logit scale {a['logit_scale']:.2g})")
         if self.eval:
             e = self.eval
