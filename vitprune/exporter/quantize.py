@@ -229,7 +229,7 @@ class Int8Result:
         if self.eval:
             e = self.eval
             line += (f"; top-1 on {e['data']} {e['split']}: fp32 {e['fp32']['top1']:.2f}%, int8 "
-                     f"{e['int8']['top1']:.2f}% ({-self.drop:+.2f} pt)")
+                     f"{e['int8']['top1']:.2f}% ({e['int8']['top1'] - e['fp32']['top1']:+.2f} pt)")
         return line
 
 
