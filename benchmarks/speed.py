@@ -5,6 +5,7 @@
                                                         # CPU: DeiT-S, batch 8 and 1, fp32 eager, 2 threads
     python benchmarks/speed.py --device cpu --smoke     # CPU smoke run (tiny model, small batch), as the tests do
     python benchmarks/speed.py --device cpu --runtime onnxruntime --batch-size 8   # the ONNX exports in ONNX Runtime
+    python benchmarks/speed.py --device cpu --runtime onnxruntime --quantize int8  # fp32 and int8 files side by side
 
 For each dtype, all models (dense + each method at its headline setting) are timed interleaved — each repeat runs
 every model in turn, rotating the order — and the median over repeats is reported (vitprune.measure.speed):
@@ -14,9 +15,16 @@ of the N ratios and their range (on a shared machine the range is the noise).
 "Compiled" variants go through ``vitprune.optimize`` (torch.compile; CUDA graphs on GPU); their ratios are to the
 compiled dense model (the eager ones to the eager dense model: timm's fused-SDPA DeiT-S).
 
-``--check`` compares each method's ratios with its target (``TARGETS``) and exits 1 when one falls below
-``--check-fraction`` of it (default 0.9: room for noise). Writes a JSON file with the device, versions, settings and
-every number.
+``--quantize int8`` (or ``int8-static``, calibrated on the 8 demo check digits: enough to time the graph) also
+quantizes every export (vitprune.exporter.quantize, token counts checked in the int8 graph) and times the int8 files
+(``NAME+int8``) interleaved with the fp32 ones; their ``ratio`` is to the dense fp32 file (what the user had), with
+``ratio_vs_dense_int8`` beside it, and the JSON's ``int8`` section has, per method, ``speedup`` (int8 vs dense fp32),
+``speedup_vs_dense_int8`` and ``retained`` (``speedup`` over fp32 speedup × dense int8 speedup: 1.0 when the two
+gains multiply). The caption names ONNX Runtime's version, the quantization mode and the CPU's int8 instructions.
+
+``--check`` compares each method's ratios with its target (``TARGETS``; ``INT8_TARGETS`` for the int8 files) and
+exits 1 when one falls below ``--check-fraction`` of it (default 0.9: room for noise). Writes a JSON file with the
+device, versions, settings and every number.
 """
 from __future__ import annotations
 
@@ -66,6 +74,12 @@ TARGETS: dict[str, dict[str, tuple]] = {
 }
 
 
+#: int8 files (CPU, 2 threads, batch 8), as ratios to the dense fp32 file; every method's int8 file must also keep
+#: INT8_RETAINED of (its fp32 speedup x the dense int8 speedup), and answer faster than dense int8 at batch 1
+INT8_TARGETS: dict[str, float] = {"dynamicvit": 2.5, "evit": 2.5, "evovit": 2.5, "tome": 2.8}
+INT8_RETAINED = 0.9
+
+
 def exportable(methods: list[str]) -> list[str]:
     """The methods ``vitprune export`` turns into ONNX (the others are named and skipped)."""
     from vitprune.methods import create_method
@@ -79,10 +93,11 @@ def exportable(methods: list[str]) -> list[str]:
     return keep
 
 
-def timings(models: dict[str, torch.nn.Module], input_size, dev, dtype: str, settings, onnx: bool) -> dict:
+def timings(models: dict[str, torch.nn.Module], input_size, dev, dtype: str, settings, onnx: bool,
+            quantize: Optional[str] = None) -> dict:
     """One interleaved measurement of every model, every sample kept (for paired ratios). ``onnx``: export every
     model (token counts checked against its schedule) and time the files in ONNX Runtime with torch's thread count
-    (vitprune.measure.ort) instead of eager PyTorch."""
+    (vitprune.measure.ort) instead of eager PyTorch; ``quantize``: the int8 file of each too (``NAME+int8``)."""
     if not onnx:
         return benchmark(models, input_size, device=dev, dtype=dtype, settings=settings, samples=True)
     import tempfile
@@ -96,7 +111,23 @@ def timings(models: dict[str, torch.nn.Module], input_size, dev, dtype: str, set
         for name, m in models.items():
             files[name] = Path(tmp) / f"{name}.onnx"
             export_onnx(m.cpu(), files[name], input_size)
+            if quantize:
+                from vitprune.exporter.quantize import check_quantized_tokens, quantize_onnx
+
+                files[f"{name}+int8"] = Path(tmp) / f"{name}-int8.onnx"
+                quantize_onnx(files[name], files[f"{name}+int8"], quantize, calibration=calibration(m, quantize))
+                check_quantized_tokens(files[f"{name}+int8"], m, input_size)
         return benchmark_onnx(files, input_size, device=dev, settings=settings, samples=True)
+
+
+def calibration(model: torch.nn.Module, quantize: str):
+    """int8-static: the 8 demo check digits through the model's preprocessing (a speed run needs a calibrated
+    graph, not calibrated accuracy); dynamic: none."""
+    if quantize != "int8-static":
+        return None
+    from vitprune.exporter import sample_images
+
+    return [sample_images(model)[0]]
 
 
 def load_baseline(path: Path):
@@ -180,13 +211,39 @@ def summarize(sessions: list[dict[str, dict]], gmacs: dict[str, float]) -> dict[
             row[key] = statistics.median(s[name][key] for s in sessions)
             row[f"{key}_sessions"] = [s[name][key] for s in sessions]
             row[label], row[f"{label}_range"] = statistics.median(per), [min(per), max(per)]
+            if name.endswith("+int8") and "dense+int8" in sessions[0]:
+                row[f"{label}_vs_dense_int8"] = statistics.median(
+                    paired_ratio(s[name][samples], s["dense+int8"][samples], inverse) for s in sessions)
         row["flop_ratio"] = gmacs["dense"] / gmacs[method_of(name)]
         out[name] = row
     return out
 
 
+def int8_summary(run: dict) -> dict:
+    """Per method with an int8 file: ``speedup`` (int8 vs dense fp32), ``speedup_vs_dense_int8``, its fp32
+    speedup, the dense int8 speedup, and ``retained`` = speedup / (fp32 speedup x dense int8 speedup)."""
+    out = {}
+    dense_int8 = (run.get("dense+int8") or {}).get("ratio")
+    for name, row in run.items():
+        if not name.endswith("+int8") or name == "dense+int8" or name.startswith("_"):
+            continue
+        fp32 = run[name[: -len("+int8")]]
+        product = fp32["ratio"] * dense_int8 if fp32.get("ratio") and dense_int8 else None
+        out[name[: -len("+int8")]] = {
+            "speedup": row["ratio"], "speedup_vs_dense_int8": row.get("ratio_vs_dense_int8"),
+            "latency_ratio": row.get("latency_ratio"),
+            "latency_ratio_vs_dense_int8": row.get("latency_ratio_vs_dense_int8"),
+            "speedup_fp32": fp32.get("ratio"), "speedup_dense_int8": dense_int8,
+            "retained": row["ratio"] / product if product else None,
+            "target": INT8_TARGETS.get(method_of(name))}
+    return out
+
+
 def targets(device: str, name: str, flop_ratio: float) -> Optional[tuple[float, float]]:
-    """(throughput target at the batch size, batch-1 latency target) as ratios to dense; None for dense."""
+    """(throughput target at the batch size, batch-1 latency target) as ratios to dense; None for dense (and for
+    int8 files, checked by ``check`` from ``INT8_TARGETS``)."""
+    if name.endswith("+int8"):
+        return None
     rule = TARGETS.get(device, {}).get(method_of(name))
     if rule is None:
         return None
@@ -211,6 +268,18 @@ def check(results: dict, fraction: float) -> list[str]:
                 got = row.get(key)
                 if got is not None and got < fraction * target:
                     failures.append(f"{name} {dt} {label}: {got:.2f}x dense < {fraction:.2f} x target {target:.2f}x")
+        if results["device"] != "cpu":
+            continue
+        for method, row in int8_summary(run).items():
+            if row["target"] and row["speedup"] < fraction * row["target"]:
+                failures.append(f"{method}+int8 {dt}: {row['speedup']:.2f}x dense fp32 < {fraction:.2f} x target "
+                                f"{row['target']:.2f}x")
+            if row["retained"] is not None and row["retained"] < INT8_RETAINED:
+                failures.append(f"{method}+int8 {dt}: keeps {row['retained']:.2f} of fp32 speedup x dense int8 "
+                                f"speedup < {INT8_RETAINED}")
+            if row["latency_ratio_vs_dense_int8"] is not None and row["latency_ratio_vs_dense_int8"] < 1.0:
+                failures.append(f"{method}+int8 {dt} batch 1: slower than dense int8 "
+                                f"({row['latency_ratio_vs_dense_int8']:.2f}x)")
     return failures
 
 
@@ -235,12 +304,17 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny model and few repeats (CPU CI smoke)")
     ap.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
                     help="onnxruntime: time the ONNX exports (fp32, torch's thread count) instead of eager PyTorch")
+    ap.add_argument("--quantize", choices=["int8", "int8-static"], default=None,
+                    help="with --runtime onnxruntime: also time each export's int8 file (NAME+int8)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON file (default benchmarks/results/speed.json, speed_onnxruntime.json for onnxruntime)")
     args = ap.parse_args(argv)
     onnx = args.runtime == "onnxruntime"
+    if args.quantize and not onnx:
+        ap.error("--quantize times int8 ONNX files: add --runtime onnxruntime")
     if args.out is None:
-        args.out = Path("benchmarks/results/speed_onnxruntime.json" if onnx else "benchmarks/results/speed.json")
+        args.out = Path(f"benchmarks/results/speed_onnxruntime{'_' + args.quantize if args.quantize else ''}.json"
+                        if onnx else "benchmarks/results/speed.json")
 
     dev = resolve_device(args.device)
     if dev.type == "cpu":
@@ -274,6 +348,12 @@ def main(argv=None) -> int:
         from vitprune.measure.ort import runtime_label
 
         results["runtime_info"] = runtime_label(dev)
+    if args.quantize:
+        from vitprune.exporter.quantize import cpu_int8_isa, mode_label
+
+        results["quantize"] = args.quantize
+        results["quantize_info"] = (f"{mode_label(args.quantize, '8 demo digits' if args.quantize == 'int8-static' else None)}"
+                                    f" · {cpu_int8_isa()}")
     for dt in dtypes:
         variants = {}
         if compile_mode in ("none", "both"):
@@ -281,9 +361,12 @@ def main(argv=None) -> int:
         if compile_mode in ("auto", "both"):
             variants.update({f"{n}+compiled": vitprune.optimize(m) for n, m in models.items()})
         t0 = time.time()
-        sessions = [{n: t.to_dict() for n, t in timings(variants, input_size, dev, dt, settings, onnx).items()}
+        sessions = [{n: t.to_dict() for n, t in timings(variants, input_size, dev, dt, settings, onnx,
+                                                        args.quantize).items()}
                     for _ in range(args.sessions)]
         results["runs"][dt] = summarize(sessions, gmacs)
+        if args.quantize:
+            results.setdefault("int8", {})[dt] = int8_summary(results["runs"][dt])
         results["runs"][dt]["_seconds"] = round(time.time() - t0, 1)
         print(table(results, dt), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +387,8 @@ def table(results: dict, dt: str) -> str:
     spread = f", median (range) of {n} sessions" if n > 1 else ""
     lines = [f"\n{results['device_name']} · {dt} · batch {results['batch_size']} (throughput) and 1 (latency){spread}"
              f" · {results['model']} · torch {results['versions']['torch']} · timm {results['versions']['timm']}"
-             + (f" · {results['runtime_info']}" if results.get("runtime_info") else ""),
+             + (f" · {results['runtime_info']}" if results.get("runtime_info") else "")
+             + (f" · {results['quantize_info']}" if results.get("quantize_info") else ""),
              f"{'model':<24}{'GMACs':>7}{'FLOPs×':>8}{'img/s':>10}{'× dense':>18}{'lat ms':>9}{'lat × dense':>18}"
              f"{'target':>12}"]
 

@@ -31,6 +31,24 @@ class ProfileReport:
     runtime: str = "torch"  # "torch" or "onnxruntime" (both models exported to ONNX and timed there)
     runtime_info: Optional[str] = None  # how the runtime was set up (version, provider, threads)
     budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
+    #: ``quantize`` (onnxruntime): the int8 files timed beside the fp32 ones, and how they were made
+    quantize: Optional[str] = None
+    dense_int8: Optional[ModelStats] = None
+    compressed_int8: Optional[ModelStats] = None
+    quantize_info: Optional[str] = None  # the quantization mode and the CPU's int8 instruction set
+
+    def _final(self) -> Optional[ModelStats]:
+        """What the user deploys: the compressed model, int8 when quantized (the dense int8 one without a method)."""
+        if self.quantize:
+            return self.compressed_int8 if self.compressed is not None else self.dense_int8
+        return self.compressed
+
+    @staticmethod
+    def _ratio(new: Optional[ModelStats], old: Optional[ModelStats], key: str) -> Optional[float]:
+        if new is None or old is None or getattr(new, key) is None or getattr(old, key) is None:
+            return None
+        a, b = getattr(new, key), getattr(old, key)
+        return a / b if key == "throughput" else b / a
 
     def _paired(self, key: str) -> Optional[float]:
         r = ((self.compressed.speed if self.compressed is not None else None) or {}).get(key)
@@ -38,20 +56,24 @@ class ProfileReport:
 
     @property
     def speedup(self) -> Optional[float]:
-        """compressed throughput / dense throughput: the median of the per-round paired ratios."""
-        c, d = self.compressed, self.dense
-        if c is None or c.throughput is None or d.throughput is None:
-            return None
-        return self._paired("throughput_ratio") or c.throughput / d.throughput
+        """compressed throughput / dense throughput: the median of the per-round paired ratios; quantized: the
+        compressed int8 file against the dense fp32 one."""
+        if self.quantize:
+            return self._ratio(self._final(), self.dense, "throughput")
+        return self._paired("throughput_ratio") or self._ratio(self.compressed, self.dense, "throughput")
+
+    @property
+    def speedup_vs_dense_int8(self) -> Optional[float]:
+        """quantized: the compressed int8 file against the dense int8 one (what pruning adds to int8)."""
+        return self._ratio(self.compressed_int8, self.dense_int8, "throughput") if self.compressed else None
 
     @property
     def latency_ratio(self) -> Optional[float]:
         """dense latency / compressed latency (> 1: the compressed model answers faster at batch 1), the median of
-        the per-sample paired ratios."""
-        c, d = self.compressed, self.dense
-        if c is None or c.latency_ms is None or d.latency_ms is None:
-            return None
-        return self._paired("latency_ratio") or d.latency_ms / c.latency_ms
+        the per-sample paired ratios; quantized: the dense fp32 file against the compressed int8 one."""
+        if self.quantize:
+            return self._ratio(self._final(), self.dense, "latency_ms")
+        return self._paired("latency_ratio") or self._ratio(self.compressed, self.dense, "latency_ms")
 
     @property
     def speed(self) -> Optional[dict[str, Any]]:
@@ -67,6 +89,12 @@ class ProfileReport:
         out["input_size"] = list(self.input_size)
         out["speedup"] = self.speedup
         out["latency_ratio"] = self.latency_ratio
+        if self.quantize:
+            out["speedup_vs_dense_int8"] = self.speedup_vs_dense_int8
+            out["latency_ratio_vs_dense_int8"] = (self._ratio(self.compressed_int8, self.dense_int8, "latency_ms")
+                                                  if self.compressed else None)
+            out["speedup_fp32"] = self._ratio(self.compressed, self.dense, "throughput")
+            out["speedup_dense_int8"] = self._ratio(self.dense_int8, self.dense, "throughput")
         out["gmacs_ratio"] = self.gmacs_ratio
         out["speed"] = self.speed
         out["units"] = {"gmacs": "GMACs per image (papers' GFLOPs)", "throughput": "images/s",
@@ -143,6 +171,8 @@ def profile(
     runtime: str = "torch",
     onnx_files: Optional[dict[str, str | os.PathLike]] = None,
     target_gmacs: Optional[float] = None,
+    quantize: Optional[str] = None,
+    calibration: Any = None,
     **method_options: Any,
 ) -> ProfileReport:
     """Parameters, GMACs, throughput and batch-1 latency of MODEL, and of MODEL with ``method`` beside it.
@@ -155,15 +185,55 @@ def profile(
     ``onnx_files`` (``{"dense"|"compressed": path}``) times files already exported. ``method_options`` without a
     method change a compressed model's run-time options for this measurement. ``target_gmacs`` (e.g. 0.65) solves
     the method's headline option for that fraction of the dense GMACs (``ProfileReport.budget`` says what it chose).
+    ``quantize`` (``"int8"`` or ``"int8-static"``, with ``runtime="onnxruntime"``) also quantizes both files
+    (``vitprune.exporter.quantize``; token counts checked in the int8 graphs) and times the four side by side:
+    ``speedup`` is then the compressed int8 file against the dense fp32 one. ``calibration``: batches of
+    preprocessed images for ``int8-static`` (default: the 8 demo check digits; enough to time the graph).
     """
     check_settings(batch_size=batch_size, runtime=runtime, compile=compile, dtype=dtype)
+    if quantize is not None:
+        from .exporter.quantize import check_mode
+
+        check_mode(quantize)
+        if runtime != "onnxruntime":
+            raise MethodOptionError("`quantize` times int8 ONNX files: use it with `runtime` onnxruntime.")
     name, dense, compressed, solution = resolve_budget(model, method, method_options, pretrained=pretrained,
                                                        target_gmacs=target_gmacs)
     models = {"dense": dense} if compressed is None else {"dense": dense, "compressed": compressed}
-    m = measure_models(models, device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=speed,
-                       latency=latency, compile=compile, runtime=runtime, onnx_files=onnx_files, on_step=on_step)
+    if quantize is None or not (speed or latency):
+        m = measure_models(models, device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=speed,
+                           latency=latency, compile=compile, runtime=runtime, onnx_files=onnx_files, on_step=on_step)
+        quantize_info = None
+    else:
+        m, quantize_info = _measure_int8(models, quantize, calibration, device=device, batch_size=batch_size,
+                                         repeats=repeats, speed=speed, latency=latency, onnx_files=onnx_files,
+                                         on_step=on_step)
     return ProfileReport(
         model=name, dense=m.stats["dense"], compressed=m.stats.get("compressed"), device=m.device,
         device_name=m.device_name, dtype=m.dtype, batch_size=m.batch_size, input_size=m.input_size,
         versions=m.versions, compiled=m.compiled, runtime=m.runtime, runtime_info=m.runtime_info,
-        budget=None if solution is None else solution.record())
+        budget=None if solution is None else solution.record(), quantize=quantize if quantize_info else None,
+        dense_int8=m.stats.get("dense-int8"), compressed_int8=m.stats.get("compressed-int8"),
+        quantize_info=quantize_info)
+
+
+def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, onnx_files: Any,
+                  **kw: Any) -> tuple[Any, str]:
+    """The fp32 and int8 files of every model timed side by side, interleaved (``measure_models``); returns the
+    measurement and the caption's quantization note."""
+    import tempfile
+
+    from .exporter.quantize import cpu_int8_isa, mode_label, prepare_files
+    from .exporter.verify import sample_images
+    from .measure.flops import model_input_size
+
+    input_size = model_input_size(models["dense"])
+    what = None
+    if mode == "int8-static" and calibration is None:
+        x, what = sample_images(models["dense"])
+        calibration = [x]
+    with tempfile.TemporaryDirectory(prefix="vitprune-int8-") as tmp:
+        files = prepare_files(models, dict(onnx_files or {}), tmp, mode, input_size, calibration)
+        every = {**models, **{f"{k}-int8": v for k, v in models.items()}}
+        m = measure_models(every, runtime="onnxruntime", onnx_files=files, **kw)
+    return m, f"{mode_label(mode, what)} · {cpu_int8_isa()}"

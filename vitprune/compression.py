@@ -132,6 +132,7 @@ class CompressConfig:
     private: bool = False
     new_head: bool = False
     export: Optional[str] = None
+    quantize: Optional[str] = None  # with export: also the int8 file (vitprune.exporter.quantize)
     streaming: bool = False
     keep_best: bool = False
     loggers: tuple[str, ...] = ()
@@ -206,8 +207,15 @@ def check_push_target(repo: str) -> str:
     return repo_id
 
 
-def check_export(export: Optional[str]) -> None:
-    """Before any training: the export format and the optional extra it needs."""
+def check_export(export: Optional[str], quantize: Optional[str] = None) -> None:
+    """Before any training: the export format (and quantization mode) and the optional extra it needs."""
+    if quantize is not None:
+        from .exporter.quantize import MODES
+
+        if export is None:
+            raise MethodOptionError("`quantize` quantizes the ONNX export: add `export` onnx.")
+        if quantize not in MODES:
+            raise MethodOptionError(f"`quantize` {quantize}: vitprune quantizes to {' or '.join(MODES)}.")
     if export is None:
         return
     from .exporter.core import FORMATS
@@ -488,7 +496,7 @@ class CompressJob:
         self.cfg.check()
         if self.cfg.push_to:
             check_push_target(self.cfg.push_to)
-        check_export(self.cfg.export)
+        check_export(self.cfg.export, self.cfg.quantize)
         with self:
             try:
                 return self._stages()
@@ -509,7 +517,7 @@ class CompressJob:
         folder, the device and precision, and the recipe with each key's source (trainer, method, data, demo, user,
         config file), as ``resolve`` -> ``prepare_data`` -> ``plan_heads`` -> ``make_recipes`` find them."""
         self.cfg.check()
-        check_export(self.cfg.export)
+        check_export(self.cfg.export, self.cfg.quantize)
         with self:
             target = self.resolve()
             splits = self.prepare_data()
@@ -887,8 +895,12 @@ class CompressJob:
 
         onnx = self.out / "model.onnx"
         self.emit("stage", name="exporting", message=f"exporting {onnx}")
+        quantized = {}
+        if self.cfg.quantize:  # the int8 file's top-1 next to the fp32 file's on the val split training read
+            quantized = {"quantize": self.cfg.quantize, "eval_split": "val",
+                         "eval_data": None if self.cfg.streaming else self.cfg.data}
         report["onnx"] = export_model(str(self.out), onnx, format=self.cfg.export, measure=self.cfg.speed,
-                                      measure_batch_size=self.cfg.profile_batch_size).record()
+                                      measure_batch_size=self.cfg.profile_batch_size, **quantized).record()
 
     def push(self) -> Any:
         """Upload the saved folder when asked; a failed upload says where the model is and how to push later."""
@@ -986,6 +998,7 @@ def compress(
     private: bool = False,
     new_head: bool = False,
     export: Optional[str] = None,
+    quantize: Optional[str] = None,
     streaming: bool = False,
     keep_best: bool = False,
     loggers: Any = (),
@@ -1011,7 +1024,8 @@ def compress(
     ``overwrite`` replaces a finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head``
     replaces the head and fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes
     ``OUT/model.onnx`` after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless
-    ``speed=False``). ``streaming`` reads a Hub dataset (``data="hf:org/name"``) as a stream.
+    ``speed=False``); with ``quantize="int8"`` (or ``"int8-static"``) also ``OUT/model-int8.onnx``, checked as
+    ``vitprune.export(..., quantize=...)`` does, its top-1 on the val split next to the fp32 file's. ``streaming`` reads a Hub dataset (``data="hf:org/name"``) as a stream.
     """
     config = CompressConfig(
         model=model, method=method, data=data, output=output, teacher=teacher, epochs=epochs,
@@ -1020,8 +1034,8 @@ def compress(
         recipe=dict(recipe or {}), augment=augment, teacher_epochs=teacher_epochs, resume=resume,
         overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
         keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
-        command=command, push_to=push_to, private=private, new_head=new_head, export=export, streaming=streaming,
-        target_gmacs=target_gmacs, keep_best=keep_best, loggers=loggers, sources=dict(sources or {}),
+        command=command, push_to=push_to, private=private, new_head=new_head, export=export, quantize=quantize,
+        streaming=streaming, target_gmacs=target_gmacs, keep_best=keep_best, loggers=loggers, sources=dict(sources or {}),
         method_options=dict(method_options))
     job = CompressJob(config, progress)
     return job.plan() if dry_run else job.run()

@@ -149,7 +149,7 @@ def _load_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
 #: the command's settings that --print-config shows besides the plan (the rest only steer this invocation)
 _SHOWN = ("teacher", "teacher_epochs", "new_head", "val_split", "streaming", "batch_size", "accum_steps", "workers",
           "seed", "save_every", "max_steps", "eval_every", "keep_checkpoints", "keep_best", "logger", "no_speed",
-          "profile_batch_size", "push_to", "private", "export")
+          "profile_batch_size", "push_to", "private", "export", "quantize")
 #: the command's augmentation flags: recorded as the recipe key ``augment``
 _AUG_FLAGS = ("no_augment", "hflip", "scale", "ratio", "color_jitter", "auto_augment", "re_prob")
 
@@ -283,6 +283,10 @@ def compress(
     export: Annotated[Optional[str], typer.Option(
         "--export", help="after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT --measure`).",
         rich_help_panel=_RUN)] = None,
+    quantize: Annotated[Optional[str], typer.Option(
+        "--quantize", metavar="MODE", help="with --export onnx: also write OUT/model-int8.onnx (int8: dynamic; "
+        "int8-static: calibrated on the training data), checked as `vitprune export OUT --quantize MODE`.",
+        rich_help_panel=_RUN)] = None,
     config: Annotated[Optional[str], typer.Option(
         "--config", "-c", is_eager=True, callback=_load_config, rich_help_panel=_RUN,
         help="read settings from a YAML recipe file (keys: these long option names with underscores, e.g. "
@@ -339,7 +343,8 @@ def compress(
             teacher_epochs=teacher_epochs, resume=resume, overwrite=overwrite, save_every=save_every,
             max_steps=max_steps, eval_every=eval_every, keep_checkpoints=keep_checkpoints, speed=not no_speed,
             profile_batch_size=profile_batch_size, command=_command_line(), push_to=push_to, private=private,
-            new_head=new_head, export=export, streaming=streaming, target_gmacs=target_gmacs, keep_best=keep_best,
+            new_head=new_head, export=export, quantize=quantize, streaming=streaming, target_gmacs=target_gmacs,
+            keep_best=keep_best,
             loggers=logger or (),
             sources=sources, **method_options)
         if print_config:

@@ -17,6 +17,11 @@ class Format(str, Enum):
     onnx = "onnx"
 
 
+class Quantize(str, Enum):
+    int8 = "int8"
+    int8_static = "int8-static"
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
@@ -41,6 +46,24 @@ def export(
         "--measure", help="also time the dense and the compressed ONNX files in ONNX Runtime, side by side "
                           "(recorded in report.json and the model card of a folder).")] = False,
     repeats: Annotated[Optional[int], typer.Option(min=1, help="--measure: timed repeats (median).")] = None,
+    quantize: Annotated[Optional[Quantize], typer.Option(
+        "--quantize", help="also write the int8 file beside the fp32 one (model-int8.onnx): int8 (dynamic, no "
+                           "data) or int8-static (QDQ, calibrated on --calibrate-data). Its token schedule and "
+                           "accuracy are checked first.")] = None,
+    calibrate_data: Annotated[Optional[str], typer.Option(
+        "--calibrate-data", help="int8-static: the images to calibrate on (any --data form; default: a saved "
+                                 "folder's training data), through the model's preprocessing.")] = None,
+    calibrate_images: Annotated[Optional[int], typer.Option(
+        "--calibrate-images", min=1, help="int8-static: how many train images to calibrate on (default 64).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval-data", help="--quantize: top-1 of the fp32 and int8 files on this data's test split, side by "
+                            "side ('demo', a folder, hf:org/name...).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        "--max-drop", help="--quantize: refuse an int8 file that loses more top-1 points than this (default "
+                           "1.0; without --eval-data: its argmax disagreement with PyTorch on the check images).")]
+        = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="--quantize: write the int8 file even above --max-drop (the card says so).")] = False,
     no_weights: NoWeightsOpt = False,
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
@@ -60,7 +83,9 @@ def export(
     def run():
         return do_export(model, output, method=method, format=format.value, batch_size=batch_size, opset=opset,
                          images=images, measure=measure, repeats=repeats, pretrained=not no_weights,
-                         target_gmacs=target_gmacs, **method_options)
+                         target_gmacs=target_gmacs, quantize=quantize.value if quantize else None,
+                         calibrate_data=calibrate_data, calibrate_images=calibrate_images, eval_data=eval_data,
+                         max_drop=max_drop, force=force, **method_options)
 
     if json_out:
         print_json(run().to_dict())
@@ -81,5 +106,13 @@ def export(
               highlight=False)
     if result.verification is not None:
         out.print(f"· {escape(result.verification.summary())}", highlight=False)
+    q = result.int8
+    if q is not None:
+        out.print(f"Wrote {escape(str(result.path.with_name(q.file)))} ({_size(q.size_bytes)}, {escape(q.label)}); "
+                  f"tokens entering blocks: {compact(q.tokens)}", highlight=False)
+        out.print(f"· {escape(q.summary())}", highlight=False)
+        if q.forced:
+            out.print(f"[yellow]· written with --force: it loses {q.drop:.2f} points ({escape(q.drop_on)}), more "
+                      f"than --max-drop {q.max_drop:g}[/]", highlight=False)
     if result.speed is not None:
         out.print(profile_table(result.speed))

@@ -34,6 +34,10 @@ def profile(
         "--runtime", help="torch, or onnxruntime: export both models to ONNX (pruning inside, token counts "
                           "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
                           "vitprune\\[export].")] = "torch",
+    quantize: Annotated[Optional[str], typer.Option(
+        "--quantize", metavar="MODE", help="with --runtime onnxruntime: also quantize both files (int8: dynamic; "
+                                           "int8-static: QDQ calibrated on the demo check digits) and time dense "
+                                           "and compressed, fp32 and int8, side by side.")] = None,
     target_gmacs: TargetGmacsOpt = None,
     json_out: JsonOpt = False,
     allow_large: AllowLargeOpt = False,
@@ -57,7 +61,7 @@ def profile(
         return api.profile(model, method, pretrained=not no_weights, device=device, dtype=dtype,
                            batch_size=batch_size, speed=not no_speed, latency=not no_speed, repeats=repeats,
                            compile=compile or ("auto" if compile_auto else None), runtime=runtime,
-                           target_gmacs=target_gmacs, **method_options)
+                           target_gmacs=target_gmacs, quantize=quantize, **method_options)
 
     if json_out:
         report = run()

@@ -53,6 +53,7 @@ class ExportResult:
     versions: dict[str, str] = field(default_factory=dict)
     format: str = "onnx"
     budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
+    int8: Any = None  # an Int8Result (exporter.quantize) when --quantize made the int8 file beside this one
 
     def record(self) -> dict[str, Any]:
         """What report.json keeps about the export (paths relative to the folder)."""
@@ -64,6 +65,7 @@ class ExportResult:
             "speed": self.speed.to_dict() if self.speed is not None else None,
             "versions": self.versions, "date": time.strftime("%Y-%m-%d"),
             **({"budget": self.budget} if self.budget else {}),
+            **({"int8": self.int8.to_dict()} if self.int8 is not None else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +89,13 @@ def _export(
     measure_batch_size: Optional[int] = None,
     on_step: Optional[Callable[[], None]] = None,
     target_gmacs: Optional[float] = None,
+    quantize: Optional[str] = None,
+    calibrate_data: Any = None,
+    calibrate_images: Optional[int] = None,
+    eval_data: Any = None,
+    eval_split: str = "test",
+    max_drop: Optional[float] = None,
+    force: bool = False,
     **method_options: Any,
 ) -> ExportResult:
     """Export MODEL (a name, ``hf-hub:`` repo, folder, ``demo`` or module) to ONNX with its pruning inside.
@@ -99,6 +108,11 @@ def _export(
     dense and the compressed files in ONNX Runtime, side by side (``result.speed``). ``target_gmacs`` with
     ``method`` solves the method's headline option for that fraction of the dense GMACs (``result.budget``).
 
+    ``quantize`` (``"int8"`` dynamic, or ``"int8-static"`` calibrated on ``calibrate_data``: see
+    ``vitprune.exporter.quantize``) also writes the int8 file beside the fp32 one (``model-int8.onnx``), after its
+    token schedule, its agreement with PyTorch and (``eval_data``) its top-1 next to the fp32 file's are checked:
+    a drop above ``max_drop`` points refuses both files unless ``force``. ``result.int8`` says what was measured.
+
     Default output: ``DIR/model.onnx`` for a folder ``DIR``; otherwise ``vitprune-out/<model>[-<method>].onnx``.
     """
     if format not in FORMATS:
@@ -107,6 +121,13 @@ def _export(
         raise ExportError(f"--batch-size must be a positive number, got {batch_size}.")
     if opset is not None and opset < 1:
         raise ExportError(f"--opset must be a positive number, got {opset}.")
+    from .quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, check_mode
+
+    check_mode(quantize)
+    if quantize is None and (calibrate_data is not None or eval_data is not None or force):
+        raise ExportError("--calibrate-data, --eval-data and --force go with --quantize int8 or int8-static.")
+    if quantize == "int8" and calibrate_data is not None:
+        raise ExportError("--calibrate-data calibrates static quantization: use --quantize int8-static.")
     require_export_deps()
     from ..measure.flops import model_input_size
     from ..measure.ort import OrtModel
@@ -131,13 +152,29 @@ def _export(
         if check:
             x, what = sample_images(net, images)
             verification = verify(OrtModel(staged), net, x, what, batch_size=batch_size)
+        int8 = None
+        if quantize is not None:
+            from .quantize import int8_path, quantize_export
+
+            if calibrate_data is None and quantize == "int8-static" and folder is not None:
+                calibrate_data = _folder_data(folder)
+            qx, qwhat = (x, what) if check else sample_images(net, images)
+            int8 = quantize_export(net, staged, int8_path(staged), quantize, input_size=tuple(input_size),
+                                   images=qx, images_what=qwhat, batch_size=batch_size,
+                                   calibrate_data=calibrate_data,
+                                   calibrate_images=calibrate_images or DEFAULT_CALIBRATION_IMAGES,
+                                   eval_data=eval_data, eval_split=eval_split,
+                                   max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop, force=force)
         speed = None
         if measure:
             from ..api import profile
 
             key = "compressed" if m_obj is not None else "dense"
-            speed = profile(net, runtime="onnxruntime", onnx_files={key: staged}, repeats=repeats,
-                            batch_size=measure_batch_size, on_step=on_step)
+            files = {key: staged}
+            if int8 is not None:
+                files[f"{key}-int8"] = int8_path(staged)
+            speed = profile(net, runtime="onnxruntime", onnx_files=files, repeats=repeats,
+                            batch_size=measure_batch_size, on_step=on_step, quantize=quantize)
             speed.model = name
         import onnx
 
@@ -148,7 +185,7 @@ def _export(
             options=m_obj.options_dict() if m_obj else {}, opset=int(graph_opset),
             batch=batch_size if batch_size else "dynamic", input_size=tuple(input_size), tokens=tokens,
             size_bytes=staged.stat().st_size, seconds=time.perf_counter() - t0, verification=verification,
-            speed=speed, versions=export_versions(), budget=budget,
+            speed=speed, versions=export_versions(), budget=budget, int8=int8,
         )
         made = list(Path(tmp).iterdir())  # the file (and its external data, for models over 2 GB)
         if folder is not None and out.parent.resolve() == folder.resolve() and _saved_by_vitprune(folder):
@@ -189,13 +226,27 @@ def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -
     (``vitprune.hub.save.update_files``: under the folder's lock, never half-written)."""
     from ..hub.save import update_files
     from ..report.card import read_folder
+    from .quantize import int8_path
 
     _, report, _ = read_folder(folder)
     files: dict[str, Any] = {f.name: f for f in made}
     if report is not None:
         report["onnx"] = result.record()
         files["report.json"] = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
-    update_files(folder, files, card=True)
+    # an int8 file of an earlier export was made from the model.onnx this one replaces: it leaves with it
+    update_files(folder, files, card=True, drop=[int8_path(result.path).name])
+
+
+def _folder_data(folder: Path) -> Optional[str]:
+    """The data a saved folder was trained on (report.json's ``data.data``), for static calibration."""
+    from ..report.card import read_folder
+
+    try:
+        report = read_folder(folder)[1] or {}
+    except Exception:  # noqa: BLE001 - an unreadable report: no data spec
+        return None
+    spec = (report.get("data") or {}).get("data")
+    return str(spec) if spec else None
 
 
 def _folder_of(model: ModelLike) -> Optional[Path]:

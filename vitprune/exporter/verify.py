@@ -76,6 +76,16 @@ def verify(run_onnx: Callable[[torch.Tensor], Any], model: nn.Module, images: to
            batch_size: Optional[int] = None) -> Verification:
     """Compare ``run_onnx`` (e.g. an ``OrtModel``) with ``model`` on ``images`` and raise ``ExportError`` (one
     line) beyond the tolerance. ``batch_size``: the file's fixed batch (None: dynamic, checked at 1 and all)."""
+    result = compare(run_onnx, model, images, what, batch_size=batch_size)
+    if not math.isfinite(result.max_abs_diff) or not result.passed:
+        raise ExportError(f"{result.summary()}: they disagree, so the export was not written.")
+    return result
+
+
+def compare(run_onnx: Callable[[torch.Tensor], Any], model: nn.Module, images: torch.Tensor, what: str, *,
+            batch_size: Optional[int] = None) -> Verification:
+    """``verify``'s comparison without its verdict: max |Δlogit| and argmax agreement at the batch sizes ``verify``
+    uses (a quantized file is judged on them by ``vitprune.exporter.quantize``, not by the fp32 tolerance)."""
     n = images.shape[0]
     sizes = [batch_size] if batch_size else sorted({1, n})
     diff, scale, agree, compared = 0.0, 0.0, 0, 0
@@ -92,10 +102,7 @@ def verify(run_onnx: Callable[[torch.Tensor], Any], model: nn.Module, images: to
             agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
             compared += b
     tol = RELATIVE_TOLERANCE * max(1.0, scale)
-    result = Verification(what, sizes, diff, scale, tol, agree, compared)
-    if not math.isfinite(diff) or not result.passed:
-        raise ExportError(f"{result.summary()}: they disagree, so the export was not written.")
-    return result
+    return Verification(what, sizes, diff, scale, tol, agree, compared)
 
 
-__all__ = ["DEFAULT_IMAGES", "RELATIVE_TOLERANCE", "Verification", "sample_images", "verify"]
+__all__ = ["DEFAULT_IMAGES", "RELATIVE_TOLERANCE", "Verification", "compare", "sample_images", "verify"]

@@ -2,7 +2,7 @@
 
 A push sends the model, not the disk. What goes is an allow-list (``upload_plan``): ``config.json``,
 ``model.safetensors``, ``report.json``, ``train_log.jsonl``, ``model.onnx`` with its external-data file when
-present, the images the model card shows (its own Markdown and HTML image tags, never text inside code blocks or
+present, ``model-int8.onnx`` (``vitprune export --quantize``) when present, the images the model card shows (its own Markdown and HTML image tags, never text inside code blocks or
 code spans; relative links inside the folder), and ``README.md`` — the card
 regenerated from the folder's ``config.json`` and ``report.json`` (``vitprune.report.card.render_card``) so that it
 names the repo it lives in. Nothing else (``checkpoints/``, ``teacher/``, logs, notes, hidden files) goes unless
@@ -30,7 +30,7 @@ from ..errors import PushError
 from ..files import RefusedPath, check_regular, inside
 
 #: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
-ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx")
+ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx", "model-int8.onnx")
 #: names an ONNX exporter gives the external-data file beside model.onnx (when the onnx package cannot say)
 ONNX_DATA = ("model.onnx.data", "model.onnx_data", "model.data")
 #: top-level folders of training state, named in the dry run's notes

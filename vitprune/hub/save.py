@@ -29,7 +29,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from torch import nn
 
@@ -405,12 +405,14 @@ def update_files(
     files: Mapping[str, bytes | str | os.PathLike],
     *,
     card: bool = False,
+    drop: Iterable[str] = (),
 ) -> Path:
     """Add or replace files of a saved model (an ONNX export, an updated report.json) as one new version.
 
     ``files`` maps names relative to the folder to their content (bytes or str) or to a file whose content is
     moved in. The new version holds the current model's files (hard links, so nothing is copied) plus ``files``;
-    with ``card=True`` the model card is rendered again from it. It is switched in like a save (one rename, under
+    with ``card=True`` the model card is rendered again from it; names in ``drop`` are left out of it (a file made
+    from one that ``files`` replaces, such as the int8 ONNX file of an older export). It is switched in like a save (one rename, under
     the folder's lock), so the folder shows the old set or the new one, never a mix. A later ``save`` of another
     model drops these files with the rest of the old version (an ONNX file never outlives its weights).
     """
@@ -419,6 +421,7 @@ def update_files(
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0].startswith("."):
             raise OutputFolderError(f"file name {name!r} must be a plain path inside the folder.")
+    dropped = {Path(n).as_posix() for n in drop} - {Path(n).as_posix() for n in files}
     with output_lock(folder, "update"):
         store = folder / STORE
         _sweep(folder, [(folder / n).parent for n in files])
@@ -429,6 +432,8 @@ def update_files(
             base = old if old is not None else folder
             for f in sorted(base.rglob("*")):  # the model as it is now (plain files of an older layout too)
                 rel = f.relative_to(base)
+                if rel.as_posix() in dropped:
+                    continue
                 if not f.is_file() or rel.parts[0].startswith(".") or (old is None and rel.parts[0] in
                                                                        ("checkpoints", "teacher")):
                     continue

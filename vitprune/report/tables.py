@@ -41,6 +41,8 @@ def describe_method(stats: ModelStats) -> str:
 
 
 def profile_table(report: ProfileReport) -> Table:
+    if report.quantize:
+        return int8_profile_table(report)
     c, d = report.compressed, report.dense
     title = f"{report.model}" + (f" · {describe_method(c)}" if c else "")
     how = (f" · {report.runtime_info}" if report.runtime_info else f" · compiled ({report.compiled})"
@@ -81,6 +83,28 @@ def profile_table(report: ProfileReport) -> Table:
     return table
 
 
+def int8_profile_table(report: ProfileReport) -> Table:
+    """fp32 and int8 ONNX files, dense and compressed, timed side by side: one row each, ratios to dense fp32."""
+    c, d = report.compressed, report.dense
+    title = f"{report.model}" + (f" · {describe_method(c)}" if c else "") + f" · {report.quantize}"
+    caption = (f"{report.device_name} · batch {report.batch_size} (throughput) and 1 (latency) · input "
+               f"{'×'.join(map(str, report.input_size))} · {report.runtime_info}\n{report.quantize_info}"
+               f"\nratios to the dense fp32 file, timed in the same interleaved run")
+    table = Table(title=escape(title), caption=escape(caption), title_justify="left", caption_justify="left")
+    for col in ("", GMACS_LABEL, f"img/s (batch {report.batch_size})", "× dense fp32", "latency (ms)",
+                "× dense fp32 "):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = [("dense fp32", d), ("dense int8", report.dense_int8)]
+    if c:
+        rows += [("compressed fp32", c), ("compressed int8", report.compressed_int8)]
+    for label, st in rows:
+        if st is None:
+            continue
+        table.add_row(label, _fmt(st.gmacs, 3), _fmt(st.throughput, 1), _ratio(st.throughput, d.throughput),
+                      _fmt(st.latency_ms, 2), _ratio(st.latency_ms, d.latency_ms, inverse=True))
+    return table
+
+
 def profile_notes(report: ProfileReport) -> list[str]:
     notes = []
     for label, st in (("dense", report.dense), ("compressed", report.compressed)):
@@ -92,10 +116,12 @@ def profile_notes(report: ProfileReport) -> list[str]:
         notes += [f"{label}: {n}" for n in st.notes]
         if st.macs_source == "method":
             notes.append(f"{label}: GMACs counted from the per-image token decisions (mean over the batch).")
-    if report.compressed is not None:
+    if report.compressed is not None and not report.quantize:
         d, c = asdict(report.dense), asdict(report.compressed)
         notes += speed_rows(d, c, report.compressed.speed, report.batch_size)[1]
         notes += reading_notes(d, c, report.batch_size, report.compressed.speed)
+    if report.quantize and report.speedup_vs_dense_int8 is not None:
+        notes.append(f"compressed int8 vs dense int8: {report.speedup_vs_dense_int8:.2f}× throughput.")
     return notes
 
 
