@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 import vitprune
 from vitprune.cli.main import app
 from vitprune.errors import UnsupportedModelError
+from vitprune.data import build_split, eval_transform
 from vitprune.hub import load_model
+from vitprune.methods import dense_copy
 from vitprune.methods.registry import get_method_class, method_names
 from vitprune.train.losses import feature_output
 
@@ -257,11 +259,15 @@ def test_feature_distillation_loss_is_the_cosine_distance():
 def test_compress_a_headless_clip_tower_then_eval_reports_cosine_agreement(saved, tmp_path):
     _, folder = saved["clip-vision"]
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["compress", str(folder), "--method", "evit", "--data", "demo", "--epochs", "1",
-                                   "--batch-size", "64", "--out", str(out), "--no-speed", "--json"])
+    # EViT keeps half of the 16 patches from the first block's MLP on (the second block sees 8 + the class token
+    # and the fused token)
+    res = CliRunner().invoke(app, ["compress", str(folder), "-m", "evit", "--keep-rate", "0.5", "--drop-loc", "0",
+                                   "--data", "demo", "--epochs", "0.25",
+                                   "-o", str(out), "--no-speed", "--profile-batch-size", "8", "--quiet"])
     assert res.exit_code == 0, res.output
+    assert "cosine" in res.output and "top-1" not in res.output.splitlines()[-1]
     report = json.loads((out / "report.json").read_text())
-    hist = report["training"]["history"]
+    hist = report["train"]["history"]
     assert hist[-1]["feat"] > 0 and "cls" not in hist[-1] and "kd" not in hist[-1]  # the feature term only
     assert "val_cosine" in hist[-1] and -1 <= hist[-1]["val_cosine"] <= 1
     student = load_model(str(out))
@@ -270,10 +276,34 @@ def test_compress_a_headless_clip_tower_then_eval_reports_cosine_agreement(saved
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert info["top1"] is None and 0 < info["cosine"] <= 1 and info["images"] > 0
-    # the agreement is the mean cosine similarity of the compressed and dense towers' embeddings
-    x = digits_batch(8)
+    # the agreement is the mean cosine similarity of the compressed and dense towers' embeddings on the val images
+    val = build_split("demo", "val", eval_transform(student))
+    x = torch.stack([val[i][0] for i in range(len(val))])
     with torch.no_grad():
-        cos = torch.nn.functional.cosine_similarity(student(x), vitprune.dense_copy(student)(x), dim=-1)
-    assert cos.mean().item() == pytest.approx(info["cosine"], abs=0.05)
+        cos = torch.nn.functional.cosine_similarity(student.eval()(x), dense_copy(student).eval()(x), dim=-1)
+    assert len(val) == info["images"] and cos.mean().item() == pytest.approx(info["cosine"], abs=1e-5)
+    assert info["cosine"] < 1 and info["reference"] == "dense copy"  # EViT dropped tokens: not the dense output
+    # against the original tower instead of the fine-tuned weights without the method
+    res = CliRunner().invoke(app, ["eval", str(out), "--data", "demo", "--reference", str(folder), "--json"])
+    assert res.exit_code == 0, res.output
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(student(x), load_model(str(folder))(x), dim=-1)
+    assert json.loads(res.output)["cosine"] == pytest.approx(cos.mean().item(), abs=1e-5)
     res = CliRunner().invoke(app, ["eval", str(out), "--data", "demo"])
     assert res.exit_code == 0 and "cosine" in res.output
+
+
+def test_an_embedding_head_stays_an_embedding_through_save_and_load(saved, tmp_path):
+    """CLIP's projection is timm's head (512 outputs on the Hub models) yet no classifier: saved by vitprune, with a
+    method or without, it loads back as an embedding model; a new head makes it a classifier."""
+    from vitprune.compression import _replace_head
+
+    model = load_model(str(saved["clip-projection"][1]))
+    assert feature_output(model) and model.num_classes == 16
+    for name, m in (("dense", model), ("evit", vitprune.apply_method(copy.deepcopy(model), "evit"))):
+        vitprune.save(m, tmp_path / name)
+        again = load_model(str(tmp_path / name))
+        assert feature_output(again) and again.num_classes == 16, name
+        assert json.loads((tmp_path / name / "config.json").read_text())["vitprune"]["output"] == "embedding"
+    _replace_head(model, ["a", "b"])
+    assert not feature_output(model)
