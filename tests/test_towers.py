@@ -265,7 +265,8 @@ def test_compress_a_headless_clip_tower_then_eval_reports_cosine_agreement(saved
                                    "--data", "demo", "--epochs", "0.25",
                                    "-o", str(out), "--no-speed", "--profile-batch-size", "8", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "cosine" in res.output and "top-1" not in res.output.splitlines()[-1]
+    assert "cosine to teacher" in res.output and "top-1" not in res.output  # the table and the closing line
+    assert "| cosine to teacher | 1.0000 |" in (out / "README.md").read_text()  # the card: the teacher's own is 1
     report = json.loads((out / "report.json").read_text())
     hist = report["train"]["history"]
     assert hist[-1]["feat"] > 0 and "cls" not in hist[-1] and "kd" not in hist[-1]  # the feature term only
