@@ -28,6 +28,7 @@ from vitprune.methods.registry import get_method_class, method_names
 from vitprune.train.losses import feature_output
 
 from .conftest import digits_batch, photo_batch
+from .hubcache import populate_from_folder
 
 #: the bound the conversion must meet: |delta| of the outputs, relative to the transformers outputs' largest magnitude
 REL_TOL = 1e-4
@@ -138,6 +139,20 @@ def test_tower_gives_transformers_outputs(case, saved, caplog):
     assert feature_output(model) == (case != "siglip-classifier")
     if case in ("clip-projection", "clip-full"):  # the bias-free projection is timm's head, its bias held at zero
         assert model.num_classes == 16 and torch.equal(model.head.bias, torch.zeros(16))
+
+
+@pytest.mark.parametrize("case", ["clip-full", "siglip-full"])
+def test_full_image_text_repo_from_an_offline_hub_cache(case, saved, offline_cache):
+    """``hf-hub:org/name`` of a full CLIPModel / SiglipModel repo (what openai/clip-vit-base-patch32 and
+    google/siglip-base-patch16-224 are): the vision tower, from the Hub cache, with the repo as its source."""
+    hf, folder = saved[case]
+    populate_from_folder(offline_cache, f"someone/{case}", folder)
+    model = load_model(f"hf-hub:someone/{case}")
+    x = photos(32)
+    ref, _ = hf_reference(hf, x)
+    with torch.no_grad():
+        assert rel_err(model(x), ref) <= REL_TOL
+    assert model.vitprune_source == f"hf-hub:someone/{case}"
 
 
 def test_clip_at_the_processors_size_interpolates_as_transformers(saved, tmp_path):

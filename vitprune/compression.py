@@ -1034,8 +1034,8 @@ def compress(
 
 
 def _side(ev: Any, st: Any) -> dict[str, Any]:
-    return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "cosine": ev.cosine, "images": ev.images,
-            "params": st.params,
+    cosine = {"cosine": ev.cosine} if ev.cosine is not None else {}  # a model without a classifier
+    return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, **cosine, "images": ev.images, "params": st.params,
             "gmacs": st.gmacs, "throughput": st.throughput, "latency_ms": st.latency_ms, "tokens": st.tokens,
             "method": st.method, "options": st.options, "macs_source": st.macs_source}
 

@@ -81,7 +81,12 @@ def eval_(
     ref_name = None
     if res.cosine is not None:
         ref_name = reference if reference is not None else "dense copy" if m is not None else "itself"
-    info = {"model": model, "data": data, "split": split.value, **res.to_dict(), "reference": ref_name,
+    scores = res.to_dict()
+    if res.cosine is None:  # a classifier: top-1/top-5/loss only
+        scores.pop("cosine")
+    else:
+        scores["reference"] = ref_name
+    info = {"model": model, "data": data, "split": split.value, **scores,
             "method": m.name if m else None, "options": m.options_dict() if m else {},
             "device": str(next(net.parameters()).device), "batch_size": batch_size}
     if json_out:
