@@ -323,3 +323,16 @@ def test_an_embedding_head_stays_an_embedding_through_save_and_load(saved, tmp_p
         assert json.loads((tmp_path / name / "config.json").read_text())["vitprune"]["output"] == "embedding"
     _replace_head(model, ["a", "b"])
     assert not feature_output(model)
+
+
+@pytest.mark.slow
+def test_a_siglip_tower_compresses_on_one_unlabelled_class_folder(saved, tmp_path):
+    """The labels of a headless model are not used, so one folder of images is enough (a classifier needs two);
+    DynamicViT on SigLIP's attention-pooled embedding, through the library."""
+    from .test_train_utils import digits_folder
+
+    data = digits_folder(tmp_path / "imgs", per_class=16, val_per_class=4, classes=(3,))
+    res = vitprune.compress(str(saved["siglip-full"][1]), "dynamicvit", data=str(data), output=str(tmp_path / "out"),
+                            epochs=1, batch_size=8, speed=False, profile_batch_size=8)
+    assert res.finished and res.metrics["top1"] is None and 0 < res.metrics["cosine"] <= 1
+    assert "feat" in res.report["train"]["history"][-1] and res.report["dense"]["cosine"] == 1.0

@@ -671,12 +671,17 @@ class CompressJob:
     def make_recipes(self, target: Target, splits: Any, heads: Heads) -> Recipes:
         """The distillation recipe (trainer < method < demo preset < user) and the teacher's, checked, and that
         the training split holds at least one optimizer step."""
+        from .train.loop import matching
         from .train.recipe import TEACHER_RECIPE, build_recipe
 
         cfg, user = self.cfg, self.cfg.user_recipe()
         kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
                   augment_default=splits.augment_default)
         rec, sources = build_recipe(target.probe.default_recipe(), user, method=self.method, **kw)
+        if rec.frozen and sources.get("frozen") != "user":
+            # the method's list names its paper's model (DynamicViT: cls_token, pos_embed); a model without a class
+            # token (SigLIP) freezes the ones it has. A name the user gives must exist (a typo is an error).
+            rec.frozen = matching(target.dense, list(rec.frozen))
         sources.update({k: v for k, v in cfg.sources.items() if sources.get(k) == "user"})
         check_augment(target.dense, rec.augment)
         n_train = len(splits.train[1])

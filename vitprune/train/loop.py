@@ -116,6 +116,12 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def matching(model: nn.Module, patterns: list[str]) -> list[str]:
+    """The names or patterns of ``patterns`` (a recipe's ``frozen``) that match a parameter of ``model``."""
+    names = [n for n, _ in model.named_parameters()]
+    return [p for p in patterns if any(_matches(n, [p]) for n in names)]
+
+
 def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     """Each parameter's layer-wise lr scale, as timm's ``param_groups_layer_decay`` (BEiT) gives it: the model's
     ``group_matcher(coarse=False)`` numbers its layers 0..L (patch embedding and tokens 0, block i at i + 1, the
@@ -140,7 +146,7 @@ def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]
     ``no_weight_decay()`` names get no weight decay.
     """
     frozen = list(recipe.frozen or [])
-    unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
+    unknown = [p for p in frozen if p not in matching(model, frozen)]
     if unknown:
         raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
                             "pos_embed, patch_embed, blocks.0).")
