@@ -241,7 +241,7 @@ def test_profile_cli_takes_a_transformers_folder_and_repo(case, tmp_path, offlin
 # --------------------------------------------------------------------------------------------- refused
 
 
-@pytest.mark.parametrize("cfg_name", ["BeitConfig", "SwinConfig", "ConvNextConfig", "CLIPVisionConfig"])
+@pytest.mark.parametrize("cfg_name", ["BeitConfig", "SwinConfig", "ConvNextConfig", "Siglip2VisionConfig"])
 def test_architectures_that_do_not_map_are_one_line(cfg_name, tmp_path):
     folder = tmp_path / cfg_name
     getattr(transformers, cfg_name)().save_pretrained(folder)

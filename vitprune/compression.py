@@ -33,6 +33,12 @@ default: as many as the distillation); that model (saved in ``OUTPUT/teacher``) 
 point of the student. ``new_head=True`` does the same when the classes do fit (matched by count only, with other
 label names: a loud warning says so). With ``teacher`` given, its head must fit the data; the student's head is
 replaced to match the teacher's outputs if they differ.
+
+A model without a classifier (``vitprune.train.losses.feature_output``: no head, or an embedding head such as a
+CLIP tower's projection) keeps its output: no head is added and no teacher is fine-tuned; the student learns the
+dense teacher's embedding by the cosine distance (``kd_weight * (1 - cos)``), the labels are not used (one class
+folder is enough), and validation reports the cosine agreement with the teacher (``val_cosine``) instead of top-1.
+``new_head=True`` puts a classifier on such a model and takes the path above.
 """
 from __future__ import annotations
 
@@ -52,9 +58,13 @@ from torch import nn
 
 from .errors import (DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError,
                      no_room)
+from .train.losses import feature_output
 
 log = logging.getLogger("vitprune")
 
+#: the note of a compress run on a model without a classifier
+FEATURES = ("the model has no classifier: the student learns the dense teacher's output embedding (cosine distance, "
+            "kd_weight x (1 - cos)); the labels are not used")
 #: the method `vitprune compress` uses when none is given
 DEFAULT_METHOD = "dynamicvit"
 DEFAULT_BATCH_SIZE = 64
@@ -364,11 +374,15 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
 
 
 def _replace_head(model: nn.Module, classes: list[str]) -> None:
+    model.__dict__.pop("vitprune_output", None)  # an embedding head (CLIP's projection) becomes a classifier
     model.reset_classifier(len(classes))
     model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": len(classes), "label_names": list(classes)}
 
 
 def _copy_head(dst: nn.Module, src: nn.Module) -> None:
+    dst.__dict__.pop("vitprune_output", None)
+    if getattr(src, "vitprune_output", None) is not None:
+        dst.vitprune_output = src.vitprune_output
     dst.reset_classifier(src.num_classes)
     dst.get_classifier().load_state_dict(src.get_classifier().state_dict())
     cfg = dict(dst.pretrained_cfg)
@@ -520,7 +534,7 @@ class CompressJob:
         check_export(self.cfg.export, self.cfg.quantize)
         with self:
             target = self.resolve()
-            splits = self.prepare_data()
+            splits = self.prepare_data(feature_output(target.dense))
             recipes = self.make_recipes(target, splits, self.plan_heads(target, splits))
         return {"model": self.cfg.model, "method": self.method, "options": target.probe.options_dict(),
                 "data": self.cfg.data, "output": str(self.out), "device": str(self.dev), "precision": self.prec,
@@ -530,7 +544,7 @@ class CompressJob:
         from .train.ddp import barrier
 
         target = self.resolve()
-        splits = self.prepare_data()
+        splits = self.prepare_data(feature_output(target.dense))
         heads = self.plan_heads(target, splits)
         recipes = self.make_recipes(target, splits, heads)
         self.claim_output(recipes)
@@ -604,15 +618,16 @@ class CompressJob:
             raise MethodOptionError("`new_head` fine-tunes the dense model with a new head as the teacher; it does "
                                     "not go with `teacher` (whose head must fit the data).")
 
-    def prepare_data(self) -> Any:
-        """Read the dataset (``vitprune.data.Splits``): training images and at least two classes."""
+    def prepare_data(self, features: bool = False) -> Any:
+        """Read the dataset (``vitprune.data.Splits``): training images and at least two classes (one will do for
+        a model without a classifier, ``features``: its labels are not used)."""
         from .data import load_data
 
         splits = load_data(self.cfg.data, val_split=self.cfg.val_split, streaming=self.cfg.streaming)
         self.streamed = bool(splits.streamed)
         if splits.train is None or not splits.train[1]:
             raise DataError(f"{splits.name} has no training images.")
-        if len(splits.classes) < 2:
+        if len(splits.classes) < 2 and not features:
             raise DataError(f"{splits.name} has one class ({splits.classes[0] if splits.classes else 'none'}); a "
                             "classifier learns nothing from it: give the data at least two class folders.")
         return splits
@@ -624,6 +639,9 @@ class CompressJob:
 
         if self.cfg.teacher is not None:
             heads = self._given_teacher(target, splits)
+        elif feature_output(target.dense) and not self.cfg.new_head:
+            base = target.dense if target.existing is None else target.loaded
+            return Heads(copy.deepcopy(target.dense), base, None, False, self._dense_spec(), [*splits.notes, FEATURES])
         else:
             match = match_head(splits.classes, target.dense)
             if match.fits and not self.cfg.new_head:
@@ -649,6 +667,16 @@ class CompressJob:
         t_model = load_model(self.cfg.teacher)
         if get_method(t_model) is not None:
             t_model = dense_copy(t_model)
+        if feature_output(target.dense) and not self.cfg.new_head:
+            t_out = int(t_model.num_classes) or int(t_model.num_features)
+            s_out = int(target.dense.num_classes) or int(target.dense.num_features)
+            if not feature_output(t_model) or t_out != s_out:
+                what = "features" if feature_output(t_model) else "class scores"
+                raise MethodOptionError(f"{self.cfg.model} has no classifier (its output is a {s_out}-dimensional "
+                                        "embedding), so its teacher must output an embedding of the same size; "
+                                        f"{self.cfg.teacher} outputs {t_out} {what}.")
+            base = target.dense if target.existing is None else target.loaded
+            return Heads(t_model, base, None, False, public_model(self.cfg.teacher), [*splits.notes, FEATURES])
         t_match = match_head(splits.classes, t_model)
         if not t_match.fits:
             raise head_error(splits.classes, t_model, "the teacher")
@@ -679,12 +707,17 @@ class CompressJob:
     def make_recipes(self, target: Target, splits: Any, heads: Heads) -> Recipes:
         """The distillation recipe (trainer < method < demo preset < user) and the teacher's, checked, and that
         the training split holds at least one optimizer step."""
+        from .train.loop import matching
         from .train.recipe import TEACHER_RECIPE, build_recipe
 
         cfg, user = self.cfg, self.cfg.user_recipe()
         kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
                   augment_default=splits.augment_default)
         rec, sources = build_recipe(target.probe.default_recipe(), user, method=self.method, **kw)
+        if rec.frozen and sources.get("frozen") != "user":
+            # the method's list names its paper's model (DynamicViT: cls_token, pos_embed); a model without a class
+            # token (SigLIP) freezes the ones it has. A name the user gives must exist (a typo is an error).
+            rec.frozen = matching(target.dense, list(rec.frozen))
         sources.update({k: v for k, v in cfg.sources.items() if sources.get(k) == "user"})
         check_augment(target.dense, rec.augment)
         n_train = len(splits.train[1])
@@ -768,7 +801,7 @@ class CompressJob:
     def train(self, target: Target, heads: Heads, recipes: Recipes, splits: Any, teacher: nn.Module) -> Trained:
         """Patch a copy of the student's starting point with the method (or continue a compressed model) and
         distil it from a frozen copy of the teacher."""
-        from .train.loop import Trainer
+        from .train.loop import Trainer, describe_best
 
         cfg = self.cfg
         student = self.make_student(target, heads, teacher)
@@ -798,7 +831,7 @@ class CompressJob:
             raise _Stopped(summary, self.ck_path, record)
         best = trainer.load_best()
         if best is not None:
-            self.emit("info", message=f"keeping the best epoch {best['epoch']} (val top-1 {best['val_top1']:.2f} %)")
+            self.emit("info", message=f"keeping the best epoch {best['epoch']} ({describe_best(best)})")
         return Trained(student, teacher_net, summary, record, best)
 
     def make_student(self, target: Target, heads: Heads, teacher: nn.Module) -> nn.Module:
@@ -826,13 +859,15 @@ class CompressJob:
         return found
 
     def evaluate(self, trained: Trained, splits: Any, target_map: Optional[list[int]]) -> tuple[Any, Any]:
-        """Top-1/top-5/loss of the dense teacher and the compressed student on the val split."""
+        """Top-1/top-5/loss of the dense teacher and the compressed student on the val split (a model without a
+        classifier: the student's cosine agreement with the teacher; the teacher's own is 1)."""
         from .train.evaluate import evaluate
 
         self.emit("stage", name="evaluating", message="evaluating dense and compressed on the val split")
         val_set = self.val_set(splits, trained.student, target_map)
         kw = dict(batch_size=self.cfg.batch_size, device=str(self.dev), dtype=self.prec, workers=self.cfg.workers)
-        return evaluate(trained.teacher, val_set, **kw), evaluate(trained.student, val_set, **kw)
+        return evaluate(trained.teacher, val_set, **kw), evaluate(trained.student, val_set, reference=trained.teacher,
+                                                                 **kw)
 
     def measure(self, student: nn.Module) -> Any:
         """GMACs, parameters, throughput and latency of dense vs compressed (``vitprune.profile``)."""
@@ -859,7 +894,10 @@ class CompressJob:
         if calibration is not None:
             report["calibration"] = calibration
         if trained.best is not None:
-            report["best_epoch"], report["best_val_top1"] = trained.best["epoch"], trained.best["val_top1"]
+            report["best_epoch"] = trained.best["epoch"]
+            for key in ("val_top1", "val_cosine"):
+                if key in trained.best:
+                    report[f"best_{key}"] = trained.best[key]
         if self.budget is not None:
             report["budget"] = self.budget
         if cfg.command:
@@ -1045,7 +1083,8 @@ def compress(
 
 
 def _side(ev: Any, st: Any) -> dict[str, Any]:
-    return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images, "params": st.params,
+    cosine = {"cosine": ev.cosine} if ev.cosine is not None else {}  # a model without a classifier
+    return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, **cosine, "images": ev.images, "params": st.params,
             "gmacs": st.gmacs, "throughput": st.throughput, "latency_ms": st.latency_ms, "tokens": st.tokens,
             "method": st.method, "options": st.options, "macs_source": st.macs_source, "cpu_ms": st.cpu_ms,
             "cpu_latency_ms": st.cpu_latency_ms}
@@ -1058,7 +1097,7 @@ def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, reci
         "model": model, "teacher": teacher, "method": method, "options": m_obj.options_dict(),
         "data": {**splits.describe(), "notes": splits.notes, "classes_names": splits.classes[:50]},
         "dense": _side(d_eval, prof.dense), "compressed": _side(c_eval, prof.compressed),
-        "delta_top1": c_eval.top1 - d_eval.top1, "speedup": prof.speedup, "latency_ratio": prof.latency_ratio,
+        "delta_top1": _delta(c_eval.top1, d_eval.top1), "speedup": prof.speedup, "latency_ratio": prof.latency_ratio,
         "gmacs_ratio": prof.gmacs_ratio,
         "measure": {"device": prof.device, "device_name": prof.device_name, "dtype": prof.dtype,
                     "batch_size": prof.batch_size, "latency_batch_size": 1, "input_size": list(prof.input_size),
@@ -1073,12 +1112,21 @@ def _report(model: str, teacher: str, method: str, m_obj: Any, splits: Any, reci
     }
 
 
+def _delta(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
+
+
+def _round(v: Optional[float], digits: int) -> Optional[float]:
+    return None if v is None else round(v, digits)
+
+
 def _metrics(dataset: str, d_eval: Any, c_eval: Any, prof: Any) -> dict[str, Any]:
     """config.json's ``metrics``: the compressed model's accuracy and cost beside the dense model's."""
     return {
-        "dataset": dataset, "split": "val", "images": c_eval.images, "top1": round(c_eval.top1, 4),
-        "top5": round(c_eval.top5, 4), "loss": round(c_eval.loss, 6), "dense_top1": round(d_eval.top1, 4),
-        "dense_top5": round(d_eval.top5, 4), "delta_top1": round(c_eval.top1 - d_eval.top1, 4),
+        "dataset": dataset, "split": "val", "images": c_eval.images, "top1": _round(c_eval.top1, 4),
+        "top5": _round(c_eval.top5, 4), "loss": _round(c_eval.loss, 6), "dense_top1": _round(d_eval.top1, 4),
+        "dense_top5": _round(d_eval.top5, 4), "delta_top1": _round(_delta(c_eval.top1, d_eval.top1), 4),
+        **({"cosine": round(c_eval.cosine, 6)} if c_eval.cosine is not None else {}),
         "gmacs": prof.compressed.gmacs, "dense_gmacs": prof.dense.gmacs, "params": prof.compressed.params,
         "throughput": prof.compressed.throughput, "dense_throughput": prof.dense.throughput,
         "speedup": prof.speedup,

@@ -88,19 +88,22 @@ class Reporter:
                             eta=f"ETA {_hms(eta)}" if eta is not None else "")
         elif kind == "epoch_end":
             parts = [f"{label}epoch {e['epoch']}", f"loss {e.get('loss', float('nan')):.4f}"]
-            for k in ("cls", "kd"):
+            for k in ("cls", "kd", "feat"):
                 if k in e:
                     parts.append(f"{k} {e[k]:.4f}")
             aux = [k for k in e if k not in _EPOCH_KEYS]
             parts += [f"{k} {e[k]:.4f}" for k in aux if isinstance(e[k], float)]
             if "val_top1" in e:
                 parts.append(f"val top-1 {e['val_top1']:.2f} %")
+            if "val_cosine" in e:
+                parts.append(f"val cosine {e['val_cosine']:.4f}")
             if e.get("img_per_s"):
                 parts.append(f"{e['img_per_s']:.0f} img/s")
             parts.append(f"{e['seconds']:.1f} s")
             self._line("  ".join(parts))
         elif kind == "best":
-            self._line(f"· best so far: epoch {e['epoch']} (val top-1 {e['val_top1']:.2f} %)")
+            what = f"val top-1 {e['val_top1']:.2f} %" if "val_top1" in e else f"val cosine {e['val_cosine']:.4f}"
+            self._line(f"· best so far: epoch {e['epoch']} ({what})")
         elif kind == "stopped":
             self.close()
 
@@ -126,7 +129,7 @@ class Reporter:
 
 
 _EPOCH_KEYS = {"event", "stage", "epoch", "steps", "loss", "cls", "kd", "lr", "images", "seconds", "img_per_s",
-               "skipped_images", "val_top1", "val_top5", "val_loss"}
+               "skipped_images", "val_top1", "val_top5", "val_loss", "val_cosine", "feat"}
 
 
 def _hms(seconds: float) -> str:
@@ -303,6 +306,9 @@ def compress(
     With no arguments: the bundled demo teacher and digits, DynamicViT at keep rate 0.7, a short CPU schedule.
     Under `torchrun --nproc_per_node N -m vitprune compress ...` it trains with DistributedDataParallel (give
     ToMe's r as --tome-r there: torchrun takes --r for its own --rdzv-* flags).
+    A model without a classifier (a CLIP or SigLIP vision tower, num_classes 0) keeps its output: the student
+    learns the dense teacher's embedding by cosine distance (--kd-weight x (1 - cos)), labels unused, and
+    validation reports the cosine agreement instead of top-1 (--new-head puts a classifier on it instead).
     """
     from ..train.loop import TrainingInterrupted
 
@@ -377,10 +383,11 @@ def compress(
 
     out.print(compress_table(result.report))
     m = result.metrics
+    quality = f"top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % ({m['delta_top1']:+.2f} pt)" \
+        if m.get("top1") is not None else f"cosine {m['cosine']:.4f} to the dense model's embeddings"
     out.print(f"Saved {result.output} (model, config.json with recipe and metrics, report.json, train_log.jsonl) "
-              f"in {_hms(time.perf_counter() - t0)}: top-1 {m['top1']:.2f} % vs dense {m['dense_top1']:.2f} % "
-              f"({m['delta_top1']:+.2f} pt), {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.", markup=False,
-              highlight=False)
+              f"in {_hms(time.perf_counter() - t0)}: {quality}, {m['gmacs'] / m['dense_gmacs']:.2f}× the GMACs.",
+              markup=False, highlight=False)
     if result.pushed is not None:
         out.print(f"Pushed: {result.pushed.url} · load it with vitprune.load(\"hf-hub:{result.pushed.repo_id}\")",
                   markup=False, highlight=False)

@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
 from ..methods.base import check_vit
+from ..train.losses import EMBEDDING
 from .limits import check_size
 
 VITPRUNE_KEY = "vitprune"
@@ -244,6 +245,8 @@ class _Plan:
     meta: Optional[nn.Module] = None
     #: the architecture takes ``weight_init`` (timm's VisionTransformer does, Eva does not)
     skips_init: bool = True
+    #: the vitprune section's ``output``: "embedding" for a head whose output is an embedding (CLIP's projection)
+    output: Optional[str] = None
 
     def build(self, meta: bool = False) -> nn.Module:
         import timm
@@ -262,6 +265,8 @@ class _Plan:
 
             with torch.device("meta") if meta else contextlib.nullcontext():
                 patch_with(model, create_method(self.method, **self.options))  # recorded, not asked: no warnings
+        if self.output is not None:
+            model.vitprune_output = self.output
         return model
 
 
@@ -285,7 +290,11 @@ def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
     options = (section.get("options") if isinstance(section, dict) else None) or {}
     if not isinstance(section, dict) or not isinstance(method or "", str) or not isinstance(options, dict):
         raise ModelNotFoundError(f"{where}: the vitprune section must be an object with a method name and options.")
-    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where, skips_init=skips_init)
+    output = section.get("output")
+    if output not in (None, EMBEDDING):
+        raise ModelNotFoundError(f"{where}: the vitprune section's output must be {EMBEDDING!r} or absent, got "
+                                 f"{output!r}.")
+    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where, skips_init=skips_init, output=output)
     plan.meta = plan.build(meta=True)
     check_size(plan.meta, where)  # tokens per image and bytes against the memory available now
     return plan

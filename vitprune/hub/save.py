@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import OutputFolderError
 from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
+from ..train.losses import EMBEDDING
 from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
 from .lock import STORE, host_name, output_lock, pid_alive
 
@@ -75,6 +76,8 @@ def vitprune_section(
         "recipe": dict(recipe) if recipe else None,
         "metrics": dict(metrics) if metrics else None,
         **({"deviations": deviations} if deviations else {}),
+        # the head's output is an embedding, not class scores (a CLIP tower's projection): vitprune.load restores it
+        **({"output": EMBEDDING} if getattr(model, "vitprune_output", None) == EMBEDDING else {}),
     }
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..train.losses import EMBEDDING
 
 log = logging.getLogger("vitprune")
 
@@ -51,8 +52,10 @@ PREPROCESSOR_NAME = "preprocessor_config.json"
 SAFETENSORS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"
 
-SUPPORTED = ("transformers ViT (model_type vit), DeiT (deit, distilled included) and DINOv2 (dinov2, "
-             "dinov2_with_registers) checkpoints")
+SUPPORTED = ("transformers ViT (model_type vit), DeiT (deit, distilled included), DINOv2 (dinov2, "
+             "dinov2_with_registers), CLIP vision towers (clip_vision_model, or clip: the vision part of CLIPModel) "
+             "and SigLIP vision towers (siglip_vision_model, or siglip: the vision part of SiglipModel; SigLIP 2's "
+             "fixed-resolution checkpoints are saved as siglip) checkpoints")
 
 #: model_type -> (prefix of the backbone's tensors in a model with a head, {architecture: head kind})
 #: head kinds: "none" (backbone), "cls" (linear on the class token), "distilled" (class + distillation heads,
@@ -67,6 +70,29 @@ FAMILIES: dict[str, tuple[str, dict[str, str]]] = {
         "Dinov2WithRegistersModel": "none", "Dinov2WithRegistersBackbone": "none",
         "Dinov2WithRegistersForImageClassification": "cls_mean"}),
 }
+
+#: vision towers of image-text models: model_type -> (prefix of the vision tensors, {architecture: head kind}).
+#: head kinds: "pooled" (no head: the pooled embedding is the output: CLIP's post-normed class token, SigLIP's
+#: attention pool), "projection" (CLIP's bias-free ``visual_projection`` on the pooled class token: the image
+#: embedding), "avg_cls" (SiglipForImageClassification: a linear head on the mean of the normed tokens).
+#: ``clip`` and ``siglip`` are the full image-text models: their ``vision_config`` and vision tensors are read, the
+#: text tower and the logit scale/bias are dropped.
+TOWERS: dict[str, tuple[str, dict[str, str]]] = {
+    "clip_vision_model": ("vision_model", {"CLIPVisionModel": "pooled", "CLIPVisionModelWithProjection": "projection"}),
+    "clip": ("vision_model", {"CLIPModel": "projection"}),
+    "siglip_vision_model": ("vision_model", {"SiglipVisionModel": "pooled"}),
+    "siglip": ("vision_model", {"SiglipModel": "pooled", "SiglipForImageClassification": "avg_cls"}),
+}
+FAMILIES.update(TOWERS)
+
+#: model types transformers has that vitprune refuses with a reason beyond "not mapped"
+REFUSED_WHY = {
+    "siglip2": "transformers' siglip2 is the NaFlex variant (patches flattened at each image's own aspect ratio, "
+               "padding masks, position embeddings resized per image), which a fixed-grid timm ViT does not "
+               "express; SigLIP 2's fixed-resolution checkpoints (google/siglip2-*-patch16-224 and the like) are "
+               "saved as siglip and load",
+}
+REFUSED_WHY["siglip2_vision_model"] = REFUSED_WHY["siglip2"]
 
 #: transformers hidden_act -> timm act_layer (the tanh forms of GELU are one function up to float rounding)
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -90,7 +116,13 @@ PROCESSOR_DEFAULTS = {
     "deit": dict(scale=256 / 224, crop=True, square=True, resample=3, stats=_STANDARD),
     "dinov2": dict(scale=1.0, crop=True, square=False, resample=3, stats=_CLIP),
     "dinov2_with_registers": dict(scale=1.0, crop=True, square=False, resample=3, stats=_CLIP),
+    # CLIPImageProcessor: shortest edge to the image size, centre crop, bicubic, OpenAI's statistics;
+    # SiglipImageProcessor: a square resize, bicubic, mean and std 0.5
+    "clip": dict(scale=1.0, crop=True, square=False, resample=3, stats=_CLIP),
+    "siglip": dict(scale=1.0, crop=False, square=True, resample=3, stats=_STANDARD),
 }
+PROCESSOR_DEFAULTS["clip_vision_model"] = PROCESSOR_DEFAULTS["clip"]
+PROCESSOR_DEFAULTS["siglip_vision_model"] = PROCESSOR_DEFAULTS["siglip"]
 #: processors whose integer ``size`` is the shortest edge (the others' is a square)
 _SHORTEST_EDGE_PROCESSORS = ("BitImageProcessor", "CLIPImageProcessor", "ConvNextImageProcessor")
 
@@ -120,6 +152,12 @@ class Conversion:
     grid: tuple[int, int]  # the patch grid the timm model is built for
     antialias: bool  # how transformers resamples the position embeddings of this model type
     notes: list[str] = field(default_factory=list)
+    tower: Optional[str] = None  # "clip" or "siglip": a vision tower (see TOWERS)
+
+    @property
+    def embedding(self) -> bool:
+        """The output is an embedding, not class scores (CLIP's projection kept as the head)."""
+        return self.head == "projection"
 
     @property
     def distilled(self) -> bool:
@@ -153,6 +191,8 @@ def _timm_name(kind: str, dim: int, depth: int, heads: int, patch: int, swiglu: 
     size = SIZES.get((dim, depth, heads))
     if kind == "distilled":
         candidates = [f"deit_{size}_distilled_patch16_224", "deit_base_distilled_patch16_224"]
+    elif kind in ("clip", "siglip"):
+        candidates = [f"vit_{size}_patch{patch}_{kind}_224", f"vit_base_patch16_{kind}_224"]
     elif kind == "dinov2":
         reg = "_reg4" if registers else ""
         # only timm's giant DINOv2 carries the SwiGLU MLP; every other size is named for its dimensions
@@ -284,8 +324,30 @@ def _architecture_of(heads: dict[str, str], names: Optional[set[str]]) -> str:
     if names and {"cls_classifier.weight", "distillation_classifier.weight"} <= names:
         kind = "distilled"
     elif names and "classifier.weight" in names:
-        kind = "cls_mean" if "cls_mean" in heads.values() else "cls"
-    return next(a for a, h in heads.items() if h == kind)
+        kind = "cls_mean" if "cls_mean" in heads.values() else "avg_cls" if "avg_cls" in heads.values() else "cls"
+    elif names and "visual_projection.weight" in names:
+        kind = "projection"
+    fallback = next(iter(heads))  # a tower without head tensors: its first class (the pooled one, or CLIPModel)
+    return next((a for a, h in heads.items() if h == kind), fallback)
+
+
+def _vision_config(cfg: dict[str, Any], model_type: str, where: str) -> dict[str, Any]:
+    """The config of the vision part: ``vision_config`` of a full image-text model, else the config itself."""
+    if model_type not in ("clip", "siglip"):
+        return cfg
+    vision = cfg.get("vision_config", {})
+    if vision is None:
+        vision = {}
+    if not isinstance(vision, dict):
+        raise ModelNotFoundError(f"{where}: vision_config must be an object, got {type(vision).__name__}.")
+    return vision
+
+
+def _refuse(model_type: Any, named: Optional[str], where: str) -> UnsupportedModelError:
+    what = f"{model_type!r}" + (f" ({named})" if named else "")
+    why = f" ({REFUSED_WHY[model_type]})" if model_type in REFUSED_WHY else ""
+    return UnsupportedModelError(f"{where} is a transformers {what} model{why}; vitprune converts {SUPPORTED} (or "
+                                 "give a timm ViT).")
 
 
 def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, Any]] = None,
@@ -297,15 +359,15 @@ def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, An
     archs = cfg.get("architectures")
     named = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if model_type not in FAMILIES:
-        what = f"{model_type!r}" + (f" ({named})" if named else "")
-        raise UnsupportedModelError(f"{where} is a transformers {what} model; vitprune converts {SUPPORTED} (or give "
-                                    "a timm ViT).")
+        raise _refuse(model_type, named, where)
     prefix, heads = FAMILIES[model_type]
     architecture = named or _architecture_of(heads, names)
     if architecture not in heads:
         raise UnsupportedModelError(f"{where} is a transformers {architecture}; of {model_type} vitprune converts "
                                     f"{', '.join(heads)}.")
     head = heads[architecture]
+    tower = "clip" if model_type.startswith("clip") else "siglip" if model_type.startswith("siglip") else None
+    top, cfg = cfg, _vision_config(cfg, model_type, where)
     notes = []
     dim = _int(cfg, "hidden_size", 768, where, hi=16384)
     depth = _int(cfg, "num_hidden_layers", 12, where, hi=256)
@@ -313,18 +375,18 @@ def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, An
     if dim % num_heads or cfg.get("head_dim", dim // num_heads) != dim // num_heads:
         raise UnsupportedModelError(f"{where}: heads of {cfg.get('head_dim')} channels with hidden_size {dim} and "
                                     f"{num_heads} heads; a timm ViT splits hidden_size evenly over its heads.")
-    patch = _pair(cfg, "patch_size", 16, where)
+    patch = _pair(cfg, "patch_size", 32 if tower == "clip" else 16, where)
     if patch[0] != patch[1]:
         raise UnsupportedModelError(f"{where}: patch_size {list(patch)} is not square.")
     in_chans = _int(cfg, "num_channels", 3, where, hi=1024)
-    eps = cfg.get("layer_norm_eps", 1e-12 if model_type in ("vit", "deit") else 1e-6)
+    eps = cfg.get("layer_norm_eps", 1e-12 if model_type in ("vit", "deit") else 1e-5 if tower == "clip" else 1e-6)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise ModelNotFoundError(f"{where}: layer_norm_eps must be a number in (0, 1), got {eps!r}.")
     qkv_bias = cfg.get("qkv_bias", True)
     if not isinstance(qkv_bias, bool):
         raise ModelNotFoundError(f"{where}: qkv_bias must be true or false, got {qkv_bias!r}.")
     swiglu = model_type.startswith("dinov2") and cfg.get("use_swiglu_ffn") is True
-    act = cfg.get("hidden_act", "gelu")
+    act = cfg.get("hidden_act", {"clip": "quick_gelu", "siglip": "gelu_pytorch_tanh"}.get(tower or "", "gelu"))
     if not swiglu and act not in ACTIVATIONS:
         raise UnsupportedModelError(f"{where}: hidden_act {act!r} has no timm equivalent vitprune maps (supported: "
                                     f"{', '.join(ACTIVATIONS)}).")
@@ -343,18 +405,25 @@ def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, An
     img = (size["input_size"][1], size["input_size"][2])
     if img[0] < patch[0] or img[1] < patch[1]:
         raise ModelNotFoundError(f"{where}: images of {img[0]}x{img[1]} are smaller than one {patch[0]}-pixel patch.")
+    if tower == "siglip" and head == "pooled" and cfg.get("vision_use_head", True) is False:
+        head = "avg"
+        notes.append(f"{architecture} without its attention-pool head (vision_use_head false) has no pooled output "
+                     "in transformers; the converted model pools by averaging its (normed) tokens")
     if head == "cls_mean":
         notes.append(f"{architecture}'s head (a linear layer on the class token concatenated with the mean of the "
                      "patch tokens) has no timm VisionTransformer equivalent; the backbone is loaded without a head")
         head_classes = 0
-    elif head == "none":
+    elif head in ("none", "pooled", "avg"):
         head_classes = 0
+    elif head == "projection":
+        # CLIPModel: the top-level projection_dim; CLIPVisionModelWithProjection: its own
+        head_classes = _int(top if model_type == "clip" else cfg, "projection_dim", 512, where, hi=2**20)
     else:
-        id2label = cfg.get("id2label")
+        id2label = top.get("id2label")
         head_classes = len(id2label) if isinstance(id2label, dict) and id2label else \
-            _int(cfg, "num_labels", 2, where, lo=0)
+            _int(top, "num_labels", 2, where, lo=0)
     kind = "distilled" if model_type == "deit" and head in ("distilled", "none") else \
-        "dinov2" if model_type.startswith("dinov2") else "vit"
+        "dinov2" if model_type.startswith("dinov2") else tower or "vit"
     args: dict[str, Any] = {
         "img_size": list(img), "patch_size": patch[0], "in_chans": in_chans, "num_classes": head_classes,
         "global_pool": "token", "embed_dim": dim, "depth": depth, "num_heads": num_heads,
@@ -370,7 +439,11 @@ def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, An
         args.update(reg_tokens=num_registers, no_embed_class=True)
     elif model_type == "deit" and kind == "vit":  # one head on the class token: the distillation token rides along
         args["reg_tokens"] = 1
-    labels = _labels(cfg, head_classes)
+    if tower == "clip":  # pre_layrnorm is timm's norm_pre (and makes timm's patch embedding bias-free, as CLIP's)
+        args.update(class_token=True, pre_norm=True)
+    elif tower == "siglip":  # no class token; the final norm on every token, then the pool
+        args.update(class_token=False, global_pool="map" if head == "pooled" else "avg", fc_norm=False)
+    labels = _labels(top, head_classes) if head not in ("projection",) else None
     pretrained_cfg: dict[str, Any] = {
         **size, "fixed_input_size": True, "num_classes": head_classes, "first_conv": "patch_embed.proj",
         "classifier": ["head", "head_dist"] if kind == "distilled" else "head",
@@ -383,7 +456,7 @@ def plan_conversion(cfg: dict[str, Any], where: str, proc: Optional[dict[str, An
     }
     return Conversion(model_type, architecture, head, prefix, timm_config, float(eps), swiglu, num_registers,
                       (img[0] // patch[0], img[1] // patch[1]),
-                      antialias=model_type == "dinov2_with_registers", notes=notes)
+                      antialias=model_type == "dinov2_with_registers", notes=notes, tower=tower)
 
 
 # --------------------------------------------------------------------------------------------- the weights
@@ -510,6 +583,74 @@ def _rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Ru
     return rules
 
 
+def _tower_rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Rule]:
+    """For every tensor of the timm model of a CLIP or SigLIP vision tower: which transformers tensors make it."""
+    emb = f"{prefix}embeddings."
+    dim = conv.timm_config["model_args"]["embed_dim"]
+    n_prefix = 1 if conv.tower == "clip" else 0  # CLIP's class token has a position embedding; SigLIP has none
+    grid = conv.grid
+
+    def pos_embed(t: list[torch.Tensor]) -> torch.Tensor:
+        pos = t[0][None]  # nn.Embedding's (positions, dim) as timm's (1, positions, dim)
+        return torch.cat([pos[:, :n_prefix], _resample(pos[:, n_prefix:], grid, False)], 1)
+
+    def rows(lo: int, hi: int) -> _Rule:  # a slice of nn.MultiheadAttention's packed in-projection
+        return _Rule([], lambda t: t[0][lo:hi], lambda s: (hi - lo, *s[0][1:]))
+
+    same = _Rule([], _cat, _cat_shape)
+    special: dict[str, _Rule] = {
+        "cls_token": _Rule([f"{emb}class_embedding"], lambda t: t[0].reshape(1, 1, -1), lambda s: (1, 1, s[0][-1])),
+        "pos_embed": _Rule([f"{emb}position_embedding.weight"], pos_embed,
+                           lambda s: (1, grid[0] * grid[1] + n_prefix, s[0][1])),
+        "head.weight": _Rule(["classifier.weight" if conv.head == "avg_cls" else "visual_projection.weight"], _cat,
+                             _cat_shape),
+        # CLIP's projection has no bias: timm's head has one, held at zero (as timm's own CLIP models load it)
+        "head.bias": _Rule(["classifier.bias"], _cat, _cat_shape) if conv.head == "avg_cls" else
+        _Rule(["visual_projection.weight"], lambda t: torch.zeros(t[0].shape[0]), lambda s: (s[0][0],)),
+        "attn_pool.latent": _Rule([f"{prefix}head.probe"], _cat, _cat_shape),
+    }
+    in_proj = f"{prefix}head.attention.in_proj_"
+    for param, tail in (("weight", "weight"), ("bias", "bias")):
+        special[f"attn_pool.q.{param}"] = _Rule([f"{in_proj}{tail}"], rows(0, dim).make, rows(0, dim).shape)
+        special[f"attn_pool.kv.{param}"] = _Rule([f"{in_proj}{tail}"], rows(dim, 3 * dim).make,
+                                                 rows(dim, 3 * dim).shape)
+    block_names = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
+                   "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    top_names = {"patch_embed.proj": f"{emb}patch_embedding", "norm_pre": f"{prefix}pre_layrnorm",
+                 "norm": f"{prefix}post_layernorm", "attn_pool.proj": f"{prefix}head.attention.out_proj",
+                 "attn_pool.norm": f"{prefix}head.layernorm", "attn_pool.mlp.fc1": f"{prefix}head.mlp.fc1",
+                 "attn_pool.mlp.fc2": f"{prefix}head.mlp.fc2"}
+    rules = {}
+    for key in timm_keys:
+        if key in special:
+            rules[key] = special[key]
+            continue
+        module, _, param = key.rpartition(".")
+        names: list[str] = []
+        if module.startswith("blocks."):
+            _, i, sub = module.split(".", 2)
+            layer = f"{prefix}encoder.layers.{i}."
+            if sub == "attn.qkv":
+                names = [f"{layer}self_attn.{p}_proj.{param}" for p in ("q", "k", "v")]
+            elif sub in block_names:
+                names = [f"{layer}{block_names[sub]}.{param}"]
+        elif module in top_names:
+            names = [f"{top_names[module]}.{param}"]
+        if not names:
+            raise UnsupportedModelError(f"the timm model has a tensor {key} that no transformers tensor maps to.")
+        rules[key] = _Rule(names, same.make, same.shape)
+    return rules
+
+
+def _tower_dropped(name: str, prefix: str, head: str) -> bool:
+    """Tensors of a CLIP/SigLIP checkpoint with no place in the vision tower's timm model: the text tower, its
+    projection and the logit scale/bias of a full image-text model, the position ids buffer older checkpoints hold,
+    and the attention-pool head SiglipForImageClassification carries but does not use."""
+    return (name.startswith(("text_model.", "text_projection.")) or name in ("logit_scale", "logit_bias")
+            or name == f"{prefix}embeddings.position_ids"
+            or (head == "avg_cls" and name.startswith(f"{prefix}head.")))
+
+
 #: transformers tensors that have no place in a timm ViT and are dropped: the mask token (masked pre-training) and
 #: the pooler of ViTModel/DeiTModel (dense + tanh on the class token, unused by classification)
 def _dropped(name: str, prefix: str) -> bool:
@@ -523,10 +664,15 @@ def convert_state_dict(conv: Conversion, tensors: _Tensors, target: dict[str, to
     prefix = f"{conv.prefix}." if any(n.startswith(f"{conv.prefix}.") for n in names) else ""
     if conv.head == "cls_mean":
         names -= {"classifier.weight", "classifier.bias"}  # dropped with the warning of plan_conversion
-    rules = _rules(conv, list(target), prefix)
+    if conv.tower:
+        rules = _tower_rules(conv, list(target), prefix)
+        dropped = lambda n: _tower_dropped(n, prefix, conv.head)  # noqa: E731
+    else:
+        rules = _rules(conv, list(target), prefix)
+        dropped = lambda n: _dropped(n, prefix)  # noqa: E731
     used = {s for r in rules.values() for s in r.sources}
     missing = sorted(used - names)
-    unknown = sorted(n for n in names - used if not _dropped(n, prefix))
+    unknown = sorted(n for n in names - used if not dropped(n))
     if missing or unknown:
         parts = ([f"missing {len(missing)} tensors (e.g. {missing[0]})"] if missing else []) + \
             ([f"{len(unknown)} tensors it does not map (e.g. {unknown[0]})"] if unknown else [])
@@ -558,6 +704,8 @@ def _finish(model: nn.Module, conv: Conversion) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):
                 m.eps = conv.layer_norm_eps
+    if conv.embedding:
+        model.vitprune_output = EMBEDDING
     for note in conv.notes:
         log.warning(note)
     return model

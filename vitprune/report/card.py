@@ -279,6 +279,9 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
                f"(median); input {'×'.join(map(str, m.get('input_size') or [])) or '?'}")
         if d.get("top1") is not None:
             how += f"; accuracy on {data.get('data', 'the data')} val ({_num(c.get('images'), 0)} images)"
+        elif c.get("cosine") is not None:
+            how += (f"; cosine similarity of the embeddings to the dense teacher's on {data.get('data', 'the data')} "
+                    f"val ({_num(c.get('images'), 0)} images)")
         how += "."
     else:
         mt = section.get("metrics") or {}
@@ -313,6 +316,7 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
     how = " ".join([how, *snotes, *reading_notes(d, c, bs, speed)])
     add("top-1 (%)", "top1", 2, change_pts)
     add("top-5 (%)", "top5", 2, change_pts)
+    add("cosine to teacher", "cosine", 4, lambda a, b: f"{b - a:+.4f}")
     add(GMACS_LABEL, "gmacs", 3, ratio)
     add("params (M)", "params", 2, ratio, scale=1e6)
     rows += srows

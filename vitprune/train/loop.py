@@ -50,7 +50,7 @@ from ..measure.speed import autocast
 from ..methods import StepContext, TeacherOutput
 from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
-from .losses import DistillationLoss, total
+from .losses import DistillationLoss, feature_output, total
 from .recipe import Recipe, scaled_lr
 
 log = logging.getLogger("vitprune")
@@ -116,6 +116,12 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def matching(model: nn.Module, patterns: list[str]) -> list[str]:
+    """The names or patterns of ``patterns`` (a recipe's ``frozen``) that match a parameter of ``model``."""
+    names = [n for n, _ in model.named_parameters()]
+    return [p for p in patterns if any(_matches(n, [p]) for n in names)]
+
+
 def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     """Each parameter's layer-wise lr scale, as timm's ``param_groups_layer_decay`` (BEiT) gives it: the model's
     ``group_matcher(coarse=False)`` numbers its layers 0..L (patch embedding and tokens 0, block i at i + 1, the
@@ -140,7 +146,7 @@ def param_groups(model: nn.Module, recipe: Recipe, new_prefixes: tuple[str, ...]
     ``no_weight_decay()`` names get no weight decay.
     """
     frozen = list(recipe.frozen or [])
-    unknown = [p for p in frozen if not any(_matches(n, [p]) for n, _ in model.named_parameters())]
+    unknown = [p for p in frozen if p not in matching(model, frozen)]
     if unknown:
         raise VitpruneError(f"frozen name {unknown[0]!r} matches no parameter of the model (e.g. cls_token, "
                             "pos_embed, patch_embed, blocks.0).")
@@ -229,13 +235,20 @@ def set_train_mode(model: nn.Module, train_mode_eval: bool) -> None:
 
 
 def best_epoch(history: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The first epoch of ``history`` with the highest val top-1, as ``{"epoch", "val_top1"}`` (None: none
+    """The first epoch of ``history`` with the highest val top-1 (a model without a classifier: the highest val
+    cosine agreement, ``val_cosine``), as ``{"epoch", "val_top1"}`` or ``{"epoch", "val_cosine"}`` (None: none
     validated)."""
     best = None
     for line in history:
-        if "val_top1" in line and (best is None or line["val_top1"] > best["val_top1"]):
-            best = {"epoch": int(line["epoch"]), "val_top1": float(line["val_top1"])}
+        key = "val_top1" if "val_top1" in line else "val_cosine" if "val_cosine" in line else None
+        if key is not None and (best is None or line[key] > best[key]):
+            best = {"epoch": int(line["epoch"]), key: float(line[key])}
     return best
+
+
+def describe_best(best: dict[str, Any]) -> str:
+    """``val top-1 71.20 %`` or ``val cosine 0.9812`` for a ``best_epoch`` record."""
+    return f"val top-1 {best['val_top1']:.2f} %" if "val_top1" in best else f"val cosine {best['val_cosine']:.4f}"
 
 
 # ------------------------------------------------------------------------------------------ data order
@@ -346,7 +359,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(dev.type) if self.s.precision == "fp16" else None
         r = self.recipe
         self.criterion = DistillationLoss(r.cls_weight, r.label_smoothing,
-                                          r.kd_weight if self.teacher is not None else 0.0, r.kd_temperature)
+                                          r.kd_weight if self.teacher is not None else 0.0, r.kd_temperature,
+                                          features=feature_output(self.model))
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ddp = None
         if self.d.enabled:
@@ -743,6 +757,9 @@ class Trainer:
         dev = self.s.device
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             r = evaluate(self.model, self.val, batch_size=self.s.batch_size, device=str(dev),
-                         dtype="fp32" if self.s.precision == "fp32" else self.s.precision, workers=self.s.workers)
+                         dtype="fp32" if self.s.precision == "fp32" else self.s.precision, workers=self.s.workers,
+                         reference=self.teacher)
         set_train_mode(self.model, bool(self.recipe.train_mode_eval))
+        if r.cosine is not None:  # a model without a classifier: its agreement with the teacher
+            return {"val_cosine": r.cosine}
         return {"val_top1": r.top1, "val_top5": r.top5, "val_loss": r.loss}

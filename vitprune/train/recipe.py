@@ -59,7 +59,8 @@ class Recipe:
                           "adan, lion...; see timm.optim.list_optimizers())")
     layer_decay: Optional[float] = _key(None, "layer-wise lr decay (timm's, as BEiT): block i of N trains at lr x "
                                         "this^(N + 1 - i); None: off")
-    kd_weight: float = _key(0.5, "weight of the soft distillation (KL on logits) from the teacher")
+    kd_weight: float = _key(0.5, "weight of the soft distillation (KL on logits) from the teacher; a model without a "
+                            "classifier learns the teacher's embedding by cosine distance, kd_weight x (1 - cos)")
     kd_temperature: float = _key(1.0, "distillation temperature T (the KL is scaled by T**2, as DeiT)")
     cls_weight: float = _key(1.0, "weight of the label cross-entropy")
     label_smoothing: float = _key(0.1, "label smoothing of the cross-entropy, in [0, 1)")
