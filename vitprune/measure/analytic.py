@@ -78,14 +78,18 @@ def outside_macs(model: nn.Module, num_patches: Any, final_tokens: Any = None) -
     (on ``final_tokens``, default every token), ``fc_norm`` and heads. ``num_patches``/``final_tokens`` may be
     per-image tensors. None for a part this count does not know (a patch embedding without a Conv2d): fvcore then
     counts the whole model."""
-    pe = model.patch_embed
-    if not isinstance(pe.proj, nn.Conv2d):
+    pe = getattr(model, "patch_embed", None) or model.embeds  # NaFlexViT: its embeds
+    if isinstance(pe.proj, nn.Linear):  # NaFlexViT's linear patch embedding (with its optional input norm)
+        embed = linear_macs(pe.proj) + norm_macs(getattr(pe, "norm_input", None), pe.proj.in_features)
+    elif isinstance(pe.proj, nn.Conv2d):
+        embed = float(pe.proj.weight.numel())
+    else:
         return None
     c = model.embed_dim
     n = num_patches + model.num_prefix_tokens
     final = n if final_tokens is None else final_tokens
-    total = num_patches * float(pe.proj.weight.numel()) + norm_macs(getattr(pe, "norm", None), num_patches * c)
-    total = total + norm_macs(model.norm_pre, n * c) + norm_macs(model.norm, final * c)
+    total = num_patches * embed + norm_macs(getattr(pe, "norm", None), num_patches * c)
+    total = total + norm_macs(getattr(model, "norm_pre", None), n * c) + norm_macs(model.norm, final * c)
     total = total + norm_macs(getattr(model, "fc_norm", None), c)
     pool = getattr(model, "attn_pool", None)
     if pool is not None:

@@ -395,6 +395,8 @@ def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
 
 #: how a report line about rotary position embeddings (timm Eva models) starts (:meth:`TokenMethod.report_notes`)
 ROTARY_NOTE = "rotary embeddings"
+#: how a report line about BEiT's relative position bias starts
+POSITION_BIAS_NOTE = "relative position bias"
 
 
 @dataclass(frozen=True)
@@ -645,6 +647,9 @@ class TokenMethod:
     #: merges into a patch keeps that patch's rope row; this says the choice for the others (fused, pooled...)
     #: (shown by `vitprune methods`, and in reports and cards of Eva models with rotary embeddings)
     rotary: ClassVar[str] = "every token the method keeps carries its own patch's rotary row."
+    #: the same for BEiT's relative position bias (``ops.relpos``): which bias row and column a token the method
+    #: builds gets (shown by `vitprune methods`, and in reports and cards of BEiT models with that bias)
+    position_bias: ClassVar[str] = "every token the method keeps gets its own patch's bias row and column."
     #: arguments of the authors' training script that set an option (argument name -> option name), read from
     #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
     official_args: ClassVar[Mapping[str, str]] = {}
@@ -737,10 +742,12 @@ class TokenMethod:
         """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start); a
         model without a class token gets the method's ``no_class_token`` deviation."""
         notes = []
-        if self.no_class_token and getattr(model, "cls_token", None) is None:
+        if self.no_class_token and class_token(model) is None:
             notes.append(f"no class token: {self.no_class_token}")
         if getattr(model, "rope", None) is not None:
             notes.append(f"{ROTARY_NOTE}: {self.rotary}")
+        if family(model) == "beit" and getattr(model.blocks[0].attn, "relative_position_bias_table", None) is not None:
+            notes.append(f"{POSITION_BIAS_NOTE}: {self.position_bias}")
         return notes
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:

@@ -131,6 +131,8 @@ class ToMe(TokenMethod):
     exportable = True
     rotary = ("a merged token keeps its destination token's rotary row (its sources' positions are dropped, as "
               "their features are averaged into it).")
+    position_bias = ("a merged token keeps its destination token's bias row and column (its sources' positions are "
+                     "dropped, as their features are averaged into it).")
     notes = (
         "Composed around timm's own modules (norm1, attn through vitprune.ops.attention, ls1/ls2, drop_path, mlp): "
         "timm's qk-norm, LayerScale, scale-norm and register tokens are honoured (the reference replaces timm's "

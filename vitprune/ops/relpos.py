@@ -33,9 +33,8 @@ def is_relpos(attn: nn.Module) -> bool:
 
 def position_rows(grid: tuple[int, int], batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """The position rows of a ``grid`` of patches in timm's row-major order, per image (``B x P x 4``, a view)."""
-    ys, xs = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
-                            indexing="ij")
-    pos = torch.stack([ys.flatten() + 1, xs.flatten() + 1], dim=-1).to(dtype)
+    flat = torch.arange(grid[0] * grid[1], device=device)
+    pos = torch.stack([flat // grid[1] + 1, flat % grid[1] + 1], dim=-1).to(dtype)
     rows = torch.cat([pos, torch.ones_like(pos)], dim=-1)
     return rows.unsqueeze(0).expand(batch, -1, -1)
 
