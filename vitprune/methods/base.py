@@ -226,12 +226,10 @@ def class_token(model: nn.Module) -> Optional[Tensor]:
 
 def patch_grid(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> tuple[int, int]:
     """The patch grid at the model's own input size, or at ``img_size``."""
-    if family(model) == "naflex":
+    if family(model) == "naflex":  # any resolution: its own is the one it was built or configured for
         pe = model.embeds
-        size = img_size or pe.default_img_size
-        if size is None:
-            return tuple(pe.pos_embed_grid_size)
-        return (int(size[0]) // pe.patch_size[0], int(size[1]) // pe.patch_size[1])
+        size = img_size or pe.default_img_size or tuple(model.pretrained_cfg["input_size"][1:])
+        return tuple(pe.dynamic_feat_size(tuple(int(s) for s in size)))
     pe = model.patch_embed
     if img_size is None:
         return tuple(pe.grid_size)
