@@ -184,7 +184,8 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         x = model.pos_drop(x)
         if not is_relpos(model.blocks[0].attn):
             return x, None
-        return x, position_rows(tuple(model.patch_embed.grid_size), x.shape[0], x.device, x.dtype)
+        # float32 whatever x is: a position must survive DGE's pooling and rescaling exactly (``ops.relpos``)
+        return x, position_rows(tuple(model.patch_embed.grid_size), x.shape[0], x.device, torch.float32)
     if kind == "naflex":
         e = model._forward_embeds(images, patch_coord=None, patch_valid=None, attn_mask=None)
         x, rope = e["patches"], e["rope_embeds"]
@@ -195,7 +196,11 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         mixed = getattr(model, "rope_mixed", False)
     if rope is not None and mixed:
         rope_ops.number_layers(model.blocks)
-        return x, rope_ops.mixed_rows(rope, x.shape[0])
+        rows = rope_ops.mixed_rows(rope, x.shape[0])
+        keep = e.get("keep_indices") if kind == "naflex" else None
+        if keep is not None:  # NaFlexViT's patch dropout leaves a per-block rope to its blocks: take the kept rows
+            rows = rope_ops.take_rope(rows, keep)
+        return x, rows
     return x, rope_ops.per_image(rope, x.shape[0])
 
 

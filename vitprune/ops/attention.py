@@ -72,7 +72,8 @@ def project_qkv(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> tu
     q, k, v = qkv.unbind(0)
     if rope is None:
         return _qk_norm(attn, "q_norm", q), _qk_norm(attn, "k_norm", k), v
-    return rotate(attn, _qk_norm(attn, "q_norm", q), rope).type_as(v), rotate(attn, _qk_norm(attn, "k_norm", k), rope).type_as(v), v
+    q = rotate(attn, _qk_norm(attn, "q_norm", q), rope).type_as(v)
+    return q, rotate(attn, _qk_norm(attn, "k_norm", k), rope).type_as(v), v
 
 
 def project_q(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> Tensor:

@@ -31,8 +31,9 @@ def is_relpos(attn: nn.Module) -> bool:
     return getattr(attn, "relative_position_bias_table", None) is not None
 
 
-def position_rows(grid: tuple[int, int], batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The position rows of a ``grid`` of patches in timm's row-major order, per image (``B x P x 4``, a view)."""
+def position_rows(grid: tuple[int, int], batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The position rows of a ``grid`` of patches in timm's row-major order, per image (``B x P x 4``, a view).
+    Keep them in float32 (also under mixed precision): a pooled cell's centre is then decoded exactly."""
     flat = torch.arange(grid[0] * grid[1], device=device)
     pos = torch.stack([flat // grid[1] + 1, flat % grid[1] + 1], dim=-1).to(dtype)
     rows = torch.cat([pos, torch.ones_like(pos)], dim=-1)
