@@ -278,3 +278,26 @@ def test_refusals_are_one_line_and_name_what_works():
     with pytest.raises(UnsupportedModelError, match="whole images") as e:
         naflex({"patches": patches, "patch_coord": coord.expand(2, -1, -1), "patch_valid": torch.ones(2, 64).bool()})
     assert "\n" not in str(e.value)
+
+
+def test_tome_and_dge_blocks_add_the_bias_where_they_form_attention_themselves():
+    """ToMe's merging block (at r = 0) and DGE's query update (every token a query) compute the BEiT block themselves
+    (fused SDPA with their own biases): with the tokens' position rows each is the BEiT block with its bias."""
+    from vitprune.methods.base import TokenState
+
+    model = make("beit")
+    x, rows = embed(model, digits_batch(2))
+    tome = apply(model, "tome", r=4).vitprune_method
+    dge = apply(model, "dge").vitprune_method
+    state = TokenState(num_prefix=1, grid=(8, 8), training=False, rope=rows)
+    state.aux["dge_rope"] = (rope_ops.prefixed(rows, 1), None)  # the keys' rows (``DGE._key_rope``)
+    with torch.no_grad():
+        for blk in model.blocks:
+            want = ops.run_block(blk, x, rows)
+            got, _, _ = tome.merge_block(blk, x, None, 0, 1, rows)
+            assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+            xn = blk.norm1(x)
+            k, v = ops.project_kv(blk.attn, xn, rows)
+            assert torch.allclose(x + dge._query_update(blk, x, xn, k, v, state, rows), want, atol=1e-6, rtol=1e-5)
+            without = ops.run_block(blk, x)  # timm's block: its full bias, the same tokens in the same order
+            assert torch.allclose(without, want, atol=1e-6, rtol=1e-5)

@@ -89,6 +89,7 @@ from ..measure.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
 from ..ops import rope as rope_ops
 from ..ops.gridpad import GridPad
+from ..ops.relpos import with_position_bias
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
 )
@@ -380,9 +381,12 @@ class DGE(TokenMethod):
                       state: Optional[TokenState] = None, rope: Optional[Tensor] = None) -> Tensor:
         """The block on queries ``q0`` (``qn`` = their ``norm1``; ``rope`` their rotary rows after the prefix, Eva
         models) with keys/values ``k, v`` from all tokens' ``norm1``: returns the update ``q - q0`` (timm's
-        LayerScale, drop-path and MLP; fused SDPA). Padding slots of a padded grid are hidden as keys."""
+        LayerScale, drop-path and MLP; fused SDPA). Padding slots of a padded grid are hidden as keys; a BEiT block
+        adds its relative position bias between these queries and the keys (``ops.relpos``)."""
         pad = state.aux.get("dge_pad") if state is not None else None
         bias = None if pad is None else pad.key_bias(k.dtype)
+        if rope is not None and state is not None:
+            bias = with_position_bias(blk.attn, bias, rope, DGE._key_rope(state))
         q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn, rope), k, v, qn, bias))
         return ops.mlp_residual(blk, q) - q0
 
