@@ -1,6 +1,6 @@
 """Which timm ViT families each method supports: apply, one forward, GMACs below dense, identity at no-op.
 
-Fourteen families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; each family's own patch size, pooling,
+Seventeen families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; each family's own patch size, pooling,
 prefix tokens, LayerScale, norms, and its own patch grid or one with the same divisibility) x every method.
 A cell is ``ok`` when the patched model runs, counts fewer GMACs than the dense model at the method's sparse
 setting, and gives the dense model's logits exactly at its no-op setting; otherwise it holds the method's one-line
@@ -27,6 +27,7 @@ import torch
 import vitprune
 from vitprune.errors import VitpruneError
 from vitprune.measure import count_macs
+from vitprune.measure.flops import model_input_size
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- model-matrix:begin -->", "<!-- model-matrix:end -->"
@@ -42,7 +43,7 @@ class Family:
     kwargs: tuple[tuple[str, Any], ...] = ()  # timm keyword arguments beyond TINY
 
 
-#: fourteen families (three of them timm Eva models, with rotary position embeddings), at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
+#: seventeen families (four of them timm Eva models, with rotary position embeddings), at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
 #: (224/256 px at patch 16 or 14), a 9 x 9 grid for DINOv2 (its 37 x 37 at 518 px) and 7 x 7 for FlexiViT (its
 #: 15 x 15 at 240 px): odd grids that no region size divides, as theirs
 FAMILIES = (
@@ -63,6 +64,12 @@ FAMILIES = (
            "vit_small_patch16_rope_224", (("img_size", 128),)),
     Family("Perception Encoder (timm Eva: rotary embeddings, pre-norm, attention pool)",
            "vit_pe_core_tiny_patch16_384", (("img_size", 128),)),
+    Family("ViT with a rotary embedding per block (timm Eva: rope_mixed)", "vit_small_patch16_rope_mixed_224",
+           (("img_size", 128),)),
+    Family("BEiT (relative position bias per block, LayerScale, avg pool)", "beit_base_patch16_224",
+           (("img_size", 128),)),
+    Family("NaFlexViT (registers, avg pool; at a fixed resolution)", "naflexvit_base_patch16_gap",
+           (("img_size", 128), ("pretrained_cfg_overlay", (("input_size", (3, 128, 128)),)))),
 )
 
 
@@ -85,7 +92,8 @@ METHODS = tuple(SETTINGS)
 @lru_cache(maxsize=None)
 def dense_model(family: Family) -> torch.nn.Module:
     torch.manual_seed(0)
-    return timm.create_model(family.arch, **{**TINY, **dict(family.kwargs)}).eval()
+    kwargs = {k: dict(v) if k == "pretrained_cfg_overlay" else v for k, v in family.kwargs}
+    return timm.create_model(family.arch, **{**TINY, **kwargs}).eval()
 
 
 @lru_cache(maxsize=None)
@@ -96,7 +104,7 @@ def dense_macs(family: Family) -> float:
 
 def _images(model: torch.nn.Module) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 3, *model.patch_embed.img_size, generator=g)
+    return torch.randn(2, *model_input_size(model), generator=g)
 
 
 def _one_line(e: BaseException) -> str:

@@ -137,6 +137,7 @@ def solve_for_gmacs(model: nn.Module, method: str, ratio: float, *, images: Opti
     """
     from .measure import count_macs
     from .methods import apply_method, get_method, get_method_class
+    from .methods.base import patch_grid
 
     ratio = check_ratio(ratio)
     if get_method(model) is not None:
@@ -157,7 +158,8 @@ def solve_for_gmacs(model: nn.Module, method: str, ratio: float, *, images: Opti
     kind = _kind(spec.type)
     # the range: a token count from 0 to all patches, a fraction in FRACTION_RANGE; narrowed to the values the
     # method accepts on this model (ToMe's largest r, DGE's smallest reachable budget)
-    lo, hi = (0, int(model.patch_embed.num_patches)) if kind is int else FRACTION_RANGE
+    grid = patch_grid(model)
+    lo, hi = (0, int(grid[0] * grid[1])) if kind is int else FRACTION_RANGE
 
     def accepts(value: Any) -> bool:
         try:

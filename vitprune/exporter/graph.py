@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..methods.base import patch_grid
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
@@ -70,8 +71,7 @@ def expected_tokens(model: nn.Module, input_size: tuple[int, int, int]) -> list[
     method = getattr(model, "vitprune_method", None)
     if method is not None:
         return list(method.token_schedule(model, tuple(input_size[1:])))
-    grid = model.patch_embed.dynamic_feat_size(tuple(input_size[1:])) if hasattr(
-        model.patch_embed, "dynamic_feat_size") else model.patch_embed.grid_size
+    grid = patch_grid(model, tuple(input_size[1:]))
     return [int(grid[0]) * int(grid[1]) + model.num_prefix_tokens] * len(model.blocks)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from ..ops.attention import head_dim
 
 
 def norm_macs(module: Optional[nn.Module], numel: Any) -> Any:
@@ -60,14 +61,15 @@ def block_cost(blk: nn.Module, num_choices: int = 0) -> BlockCost:
     """The cost model of timm block ``blk`` (its attention, LayerScale, MLP); ``num_choices``: outputs of a
     per-region router the method runs in this block (0: none)."""
     attn, dim = blk.attn, blk.attn.proj.out_features
-    adim = attn.num_heads * attn.head_dim
+    adim = attn.num_heads * head_dim(attn)
     ln1 = norm_macs(blk.norm1, dim)
     mlp = sum(linear_macs(m) for m in blk.mlp.modules())
     mlp += sum(norm_macs(m, m.normalized_shape[0]) for m in blk.mlp.modules() if isinstance(m, nn.LayerNorm))
-    per_query = (ln1 + dim * adim + norm_macs(attn.q_norm, adim) + norm_macs(getattr(attn, "norm", None), adim)
+    per_query = (ln1 + dim * adim + norm_macs(getattr(attn, "q_norm", None), adim)
+                 + norm_macs(getattr(attn, "norm", None), adim)
                  + linear_macs(getattr(attn, "gate", None)) + linear_macs(attn.proj)
                  + norm_macs(blk.norm2, dim) + mlp)
-    per_key = ln1 + 2 * dim * adim + norm_macs(attn.k_norm, adim)
+    per_key = ln1 + 2 * dim * adim + norm_macs(getattr(attn, "k_norm", None), adim)
     return BlockCost(per_query=per_query, per_key=per_key, per_pair=2.0 * adim, norm1=ln1,
                      router=float(dim * num_choices))
 
@@ -77,14 +79,18 @@ def outside_macs(model: nn.Module, num_patches: Any, final_tokens: Any = None) -
     (on ``final_tokens``, default every token), ``fc_norm`` and heads. ``num_patches``/``final_tokens`` may be
     per-image tensors. None for a part this count does not know (a patch embedding without a Conv2d): fvcore then
     counts the whole model."""
-    pe = model.patch_embed
-    if not isinstance(pe.proj, nn.Conv2d):
+    pe = getattr(model, "patch_embed", None) or model.embeds  # NaFlexViT: its embeds
+    if isinstance(pe.proj, nn.Linear):  # NaFlexViT's linear patch embedding (with its optional input norm)
+        embed = linear_macs(pe.proj) + norm_macs(getattr(pe, "norm_input", None), pe.proj.in_features)
+    elif isinstance(pe.proj, nn.Conv2d):
+        embed = float(pe.proj.weight.numel())
+    else:
         return None
     c = model.embed_dim
     n = num_patches + model.num_prefix_tokens
     final = n if final_tokens is None else final_tokens
-    total = num_patches * float(pe.proj.weight.numel()) + norm_macs(getattr(pe, "norm", None), num_patches * c)
-    total = total + norm_macs(model.norm_pre, n * c) + norm_macs(model.norm, final * c)
+    total = num_patches * embed + norm_macs(getattr(pe, "norm", None), num_patches * c)
+    total = total + norm_macs(getattr(model, "norm_pre", None), n * c) + norm_macs(model.norm, final * c)
     total = total + norm_macs(getattr(model, "fc_norm", None), c)
     pool = getattr(model, "attn_pool", None)
     if pool is not None:
@@ -123,7 +129,7 @@ def token_macs(model: nn.Module, tokens: Tensor, selection_blocks: Iterable[int]
         n = tokens[:, i]
         macs = macs + block_cost(blk).dense(n)
         if i in sel:
-            macs = macs + (n * n if all_rows else n) * blk.attn.num_heads * blk.attn.head_dim
+            macs = macs + (n * n if all_rows else n) * blk.attn.num_heads * head_dim(blk.attn)
     return macs
 
 

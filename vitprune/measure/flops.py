@@ -38,6 +38,7 @@ _NO_MAC_OPS = [
     "aten::max_pool2d", "aten::unflatten", "aten::movedim", "aten::square", "aten::gather", "aten::mse_loss",
     "aten::fill_", "aten::zero_", "aten::bitwise_and", "aten::bitwise_or", "aten::any", "aten::all", "aten::min",
     "aten::minimum", "aten::maximum", "aten::clone", "aten::masked_scatter", "aten::index_add",
+    "aten::sin", "aten::cos", "aten::_upsample_bicubic2d_aa",  # rotary tables; NaFlexViT's position-table resize
 ]
 
 
@@ -78,8 +79,8 @@ def model_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The input a model is built for: its patch embedding's image size (a model created with ``img_size=256``
     differs from its pretrained_cfg), else pretrained_cfg's ``input_size``."""
     cfg_size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
-    pe = getattr(model, "patch_embed", None)
-    img = getattr(pe, "img_size", None)
+    pe = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)  # NaFlexViT: its embeds
+    img = getattr(pe, "img_size", None) or getattr(pe, "default_img_size", None)
     if img is None:
         return cfg_size
     img = (img, img) if isinstance(img, int) else tuple(img)

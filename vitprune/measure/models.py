@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodOptionError
+from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
 from .speed import SpeedSettings, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
 
@@ -107,7 +108,8 @@ def model_stats(model: nn.Module, input_size: tuple[int, int, int]) -> ModelStat
     mc = count_macs(model, input_size)
     method = getattr(model, "vitprune_method", None)
     if method is None:
-        tokens = [model.patch_embed.num_patches + model.num_prefix_tokens] * len(model.blocks)
+        grid = patch_grid(model)
+        tokens = [grid[0] * grid[1] + model.num_prefix_tokens] * len(model.blocks)
         return ModelStats(params=count_params(model), gmacs=mc.gmacs, tokens=tokens, macs_source=mc.source,
                           uncounted_ops=mc.uncounted)
     return ModelStats(

@@ -165,19 +165,82 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """timm's prologue, the one every patched forward and every partial forward starts with: patch embedding,
     position embedding with the prefix tokens, patch dropout, pre-norm -> ``(B x (prefix + P) x C, rope)``.
     ``rope`` is None for a VisionTransformer; for an Eva model it is the rotary rows of the patch tokens, per image
-    (``B x P x D``, :mod:`vitprune.ops.rope`), as timm's ``Eva._pos_embed`` made them (patch dropout included)."""
-    if not _is_eva(model):
-        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images)))), None
-    from ..ops.rope import per_image
+    (``B x P x D``, :mod:`vitprune.ops.rope`), as timm's ``Eva._pos_embed`` made them (patch dropout included; a
+    rope per block as one row per token, ``ops.rope.mixed_rows``); for a BEiT model with relative position bias
+    the patches' position rows (:mod:`vitprune.ops.relpos`); for a NaFlexViT (fixed resolution) what its own
+    ``_forward_embeds`` made."""
+    from ..ops import rope as rope_ops
 
-    x, rope = model._pos_embed(model.patch_embed(images))
-    return model.norm_pre(x), per_image(rope, x.shape[0])
+    kind = family(model)
+    if kind == "vit":
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images)))), None
+    if kind == "beit":
+        from ..ops.relpos import is_relpos, position_rows
+
+        x = model.patch_embed(images)
+        x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if model.pos_embed is not None:
+            x = x + model.pos_embed
+        x = model.pos_drop(x)
+        if not is_relpos(model.blocks[0].attn):
+            return x, None
+        # float32 whatever x is: a position must survive DGE's pooling and rescaling exactly (``ops.relpos``)
+        return x, position_rows(tuple(model.patch_embed.grid_size), x.shape[0], x.device, torch.float32)
+    if kind == "naflex":
+        e = model._forward_embeds(images, patch_coord=None, patch_valid=None, attn_mask=None)
+        x, rope = e["patches"], e["rope_embeds"]
+        mixed = model.rope_is_mixed
+    else:
+        x, rope = model._pos_embed(model.patch_embed(images))
+        x = model.norm_pre(x)
+        mixed = getattr(model, "rope_mixed", False)
+    if rope is not None and mixed:
+        rope_ops.number_layers(model.blocks)
+        rows = rope_ops.mixed_rows(rope, x.shape[0])
+        keep = e.get("keep_indices") if kind == "naflex" else None
+        if keep is not None:  # NaFlexViT's patch dropout leaves a per-block rope to its blocks: take the kept rows
+            rows = rope_ops.take_rope(rows, keep)
+        return x, rows
+    return x, rope_ops.per_image(rope, x.shape[0])
+
+
+def family(model: nn.Module) -> str:
+    """Which timm model class vitprune drives: ``"vit"`` (VisionTransformer), ``"eva"`` (Eva: EVA, EVA02, rotary
+    ViTs), ``"beit"`` (Beit), ``"naflex"`` (NaFlexVit), or ``""`` for anything else."""
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
+    from timm.models.naflexvit import NaFlexVit
+    from timm.models.vision_transformer import VisionTransformer
+
+    for cls, name in ((VisionTransformer, "vit"), (Eva, "eva"), (Beit, "beit"), (NaFlexVit, "naflex")):
+        if isinstance(model, cls):
+            return name
+    return ""
 
 
 def _is_eva(model: nn.Module) -> bool:
-    from timm.models.eva import Eva
+    return family(model) == "eva"
 
-    return isinstance(model, Eva)
+
+def class_token(model: nn.Module) -> Optional[Tensor]:
+    """The model's class token parameter, or None (NaFlexViT keeps it in its ``embeds``)."""
+    if family(model) == "naflex":
+        return model.embeds.cls_token
+    return getattr(model, "cls_token", None)
+
+
+def patch_grid(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> tuple[int, int]:
+    """The patch grid at the model's own input size, or at ``img_size``."""
+    if family(model) == "naflex":  # any resolution: its own is the one it was built or configured for
+        pe = model.embeds
+        size = img_size or pe.default_img_size or tuple(model.pretrained_cfg["input_size"][1:])
+        return tuple(pe.dynamic_feat_size(tuple(int(s) for s in size)))
+    pe = model.patch_embed
+    if img_size is None:
+        return tuple(pe.grid_size)
+    if hasattr(pe, "dynamic_feat_size"):
+        return tuple(pe.dynamic_feat_size(img_size))
+    return (img_size[0] // pe.patch_size[0], img_size[1] // pe.patch_size[1])
 
 
 def flag_name(name: str) -> str:
@@ -335,6 +398,8 @@ def check_fraction(name: str, value: float, *, allow_one: bool = True) -> None:
 
 #: how a report line about rotary position embeddings (timm Eva models) starts (:meth:`TokenMethod.report_notes`)
 ROTARY_NOTE = "rotary embeddings"
+#: how a report line about BEiT's relative position bias starts
+POSITION_BIAS_NOTE = "relative position bias"
 
 
 @dataclass(frozen=True)
@@ -353,38 +418,47 @@ class ViTInfo:
         return self.grid[0] * self.grid[1]
 
 
-def check_vit(model: nn.Module, what: str = "the model") -> None:
-    """UnsupportedModelError unless ``model`` is a timm VisionTransformer or Eva model (the one check of what
-    vitprune loads, measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
-    from timm.models.vision_transformer import VisionTransformer
+#: what vitprune drives, for refusals (every one names what works)
+SUPPORTED = ("timm VisionTransformer models (deit_*, vit_*, including distilled and register variants), timm Eva "
+             "models (eva_*, eva02_*, vit_*_rope_*, rope_mixed included), BEiT (beit_*) and NaFlexViT (naflexvit_*, "
+             "at a fixed resolution)")
 
-    if not isinstance(model, VisionTransformer) and not _is_eva(model):
+
+def check_vit(model: nn.Module, what: str = "the model") -> None:
+    """UnsupportedModelError unless ``model`` is a timm VisionTransformer, Eva, Beit or NaFlexVit model (the one
+    check of what vitprune loads, measures and patches; ``vit_info`` adds what patching needs of its blocks)."""
+    if not family(model):
         raise UnsupportedModelError(
-            f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on timm "
-            "VisionTransformer models (deit_*, vit_*, including distilled and register variants) and timm Eva "
-            "models (eva_*, eva02_*, vit_*_rope_*).")
+            f"{what} is a {type(model).__name__}, not a Vision Transformer; vitprune works on {SUPPORTED}.")
 
 
 def _check_blocks(model: nn.Module) -> None:
-    """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``, and
-    Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, no
-    grouped-query attention)."""
+    """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``,
+    Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, or one per
+    block; no grouped-query attention), and BEiT's ``Block`` (its relative position bias per block)."""
     from timm.layers import Attention, AttentionRope
+    from timm.models import beit
     from timm.models.eva import EvaAttention, EvaBlock
     from timm.models.vision_transformer import Block
 
-    if _is_eva(model) and getattr(model, "rope_mixed", False):
+    kind = family(model)
+    if kind == "beit" and model.rel_pos_bias is not None:
         raise UnsupportedModelError(
-            "this Eva model has a different rotary embedding per block (rope_type='mixed'); vitprune drives Eva "
-            "models whose blocks share one rope.")
+            "this BEiT shares one relative position bias between its blocks (use_shared_rel_pos_bias); vitprune "
+            "drives BEiT models with a bias per block (beit_*, as timm builds them) or absolute positions only.")
+    if kind == "beit" and any(getattr(b.attn, "qkv_bias_separate", False) for b in model.blocks):
+        raise UnsupportedModelError(
+            "this BEiT adds its q/v bias after the projection (qkv_bias_separate); vitprune drives BEiT models "
+            "whose bias is part of the projection (beit_*, as timm builds them).")
     for i, blk in enumerate(model.blocks):
         attn = getattr(blk, "attn", None)
         vit = isinstance(blk, Block) and isinstance(attn, Attention)
         eva = isinstance(blk, EvaBlock) and isinstance(attn, (EvaAttention, AttentionRope))
-        if not (vit or eva):
+        bt = isinstance(blk, beit.Block) and isinstance(attn, beit.Attention)
+        if not (vit or eva or bt):
             raise UnsupportedModelError(
                 f"block {i} of this ViT is a {type(blk).__name__} with {type(attn).__name__}; vitprune patches "
-                "timm's standard pre-norm Block with its Attention module, and Eva's pre-norm EvaBlock."
+                "timm's standard pre-norm Block with its Attention module, Eva's pre-norm EvaBlock and BEiT's Block."
             )
         if getattr(attn, "num_kv_groups", 1) != 1:
             raise UnsupportedModelError(
@@ -393,15 +467,11 @@ def _check_blocks(model: nn.Module) -> None:
 
 
 def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> ViTInfo:
-    """Facts about a timm VisionTransformer or Eva model; raises UnsupportedModelError for anything vitprune cannot
-    patch."""
+    """Facts about a timm ViT vitprune drives (:func:`check_vit`); raises UnsupportedModelError for anything
+    vitprune cannot patch."""
     check_vit(model)
     _check_blocks(model)
-    if img_size is None:
-        grid = tuple(model.patch_embed.grid_size)
-    else:
-        grid = tuple(model.patch_embed.dynamic_feat_size(img_size)) if hasattr(model.patch_embed, "dynamic_feat_size") \
-            else (img_size[0] // model.patch_embed.patch_size[0], img_size[1] // model.patch_embed.patch_size[1])
+    grid = patch_grid(model, img_size)
     attn = model.blocks[0].attn
     return ViTInfo(
         depth=len(model.blocks),
@@ -409,7 +479,7 @@ def vit_info(model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> Vi
         num_heads=attn.num_heads,
         num_prefix_tokens=model.num_prefix_tokens,
         grid=(int(grid[0]), int(grid[1])),
-        has_class_token=model.cls_token is not None,
+        has_class_token=class_token(model) is not None,
     )
 
 
@@ -580,6 +650,9 @@ class TokenMethod:
     #: merges into a patch keeps that patch's rope row; this says the choice for the others (fused, pooled...)
     #: (shown by `vitprune methods`, and in reports and cards of Eva models with rotary embeddings)
     rotary: ClassVar[str] = "every token the method keeps carries its own patch's rotary row."
+    #: the same for BEiT's relative position bias (``ops.relpos``): which bias row and column a token the method
+    #: builds gets (shown by `vitprune methods`, and in reports and cards of BEiT models with that bias)
+    position_bias: ClassVar[str] = "every token the method keeps gets its own patch's bias row and column."
     #: arguments of the authors' training script that set an option (argument name -> option name), read from
     #: the ``args`` an official checkpoint stores when ``vitprune import-checkpoint`` imports it
     official_args: ClassVar[Mapping[str, str]] = {}
@@ -672,10 +745,12 @@ class TokenMethod:
         """Lines a report should show about how this model was set up (e.g. DGE's untrained-router start); a
         model without a class token gets the method's ``no_class_token`` deviation."""
         notes = []
-        if self.no_class_token and getattr(model, "cls_token", None) is None:
+        if self.no_class_token and class_token(model) is None:
             notes.append(f"no class token: {self.no_class_token}")
         if getattr(model, "rope", None) is not None:
             notes.append(f"{ROTARY_NOTE}: {self.rotary}")
+        if family(model) == "beit" and getattr(model.blocks[0].attn, "relative_position_bias_table", None) is not None:
+            notes.append(f"{POSITION_BIAS_NOTE}: {self.position_bias}")
         return notes
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
@@ -795,17 +870,54 @@ class PatchedViT:
         return self.norm(x)
 
     def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
+        out = self._vitprune_pool(x, pool_type)
+        return super().pool(x, pool_type) if out is None else out
+
+    def _vitprune_pool(self, x: Tensor, pool_type: Optional[str]) -> Optional[Tensor]:
+        """The method's pooling of this forward's final tokens, or None where timm's own is right."""
         state = self.__dict__.pop("_vitprune_pool_state", None)
-        if state is not None:
-            out = self.vitprune_method.pool(self, x, pool_type, state)
-            if out is not None:
-                return out
-        return super().pool(x, pool_type)
+        return None if state is None else self.vitprune_method.pool(self, x, pool_type, state)
+
+
+class PatchedBeit(PatchedViT):
+    """:class:`PatchedViT` for timm's ``Beit``, whose head pools inline: its pooling is read through ``pool`` (the
+    same ops as timm's ``forward_head``), so that a method can pool the live tokens."""
+
+    def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
+        out = self._vitprune_pool(x, pool_type)
+        if out is not None:
+            return out
+        kind = self.global_pool if pool_type is None else pool_type
+        return x[:, self.num_prefix_tokens:].mean(dim=1) if kind == "avg" else x[:, 0]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool:
+            x = self.pool(x)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+
+class PatchedNaFlex(PatchedViT):
+    """:class:`PatchedViT` for timm's ``NaFlexVit`` on whole images (a fixed resolution per batch): its pooling
+    (``_pool``) is the method's where the method pools; NaFlex's patch dictionaries (mixed resolutions with padding
+    masks) are refused in one line."""
+
+    def forward(self, x: Any, patch_coord: Optional[Tensor] = None, patch_valid: Optional[Tensor] = None,
+                attn_mask: Optional[Tensor] = None) -> Tensor:
+        if isinstance(x, dict) or patch_coord is not None or patch_valid is not None or attn_mask is not None:
+            raise UnsupportedModelError(
+                "a vitprune-patched NaFlexViT takes whole images (B x C x H x W, one resolution per batch); NaFlex "
+                "patch dictionaries with padding masks (mixed resolutions) are not supported.")
+        return self.forward_head(self.forward_features(x))
+
+    def _pool(self, x: Tensor, pool_type: Optional[str] = None, patch_valid: Optional[Tensor] = None) -> Tensor:
+        out = self._vitprune_pool(x, pool_type) if patch_valid is None else None
+        return super()._pool(x, pool_type, patch_valid) if out is None else out
 
 
 def _grid_of(model: nn.Module, x: Tensor) -> tuple[int, int]:
     n = x.shape[1] - model.num_prefix_tokens
-    g = tuple(model.patch_embed.grid_size)
+    g = patch_grid(model)
     if g[0] * g[1] == n:
         return (int(g[0]), int(g[1]))
     side = int(round(math.sqrt(n)))  # dynamic image size: square grids
@@ -819,7 +931,11 @@ def patched_class(base: type) -> type:
     if issubclass(base, PatchedViT):
         return base
     if base not in _PATCHED_CLASSES:
-        _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (PatchedViT, base), {"__module__": __name__})
+        from timm.models.beit import Beit
+        from timm.models.naflexvit import NaFlexVit
+
+        mixin = PatchedBeit if issubclass(base, Beit) else PatchedNaFlex if issubclass(base, NaFlexVit) else PatchedViT
+        _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (mixin, base), {"__module__": __name__})
     return _PATCHED_CLASSES[base]
 
 

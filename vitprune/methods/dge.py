@@ -89,6 +89,7 @@ from ..measure.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
 from ..ops import rope as rope_ops
 from ..ops.gridpad import GridPad
+from ..ops.relpos import with_position_bias
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, check_fraction, tracking, vit_info,
 )
@@ -157,6 +158,8 @@ class DGE(TokenMethod):
     rotary = ("keys and finest queries carry their patches' rotary rows; a pooled region cell's query gets the "
               "circular mean of its patches' rotations (their rows averaged as the tokens are, then each sin/cos "
               "pair scaled back to unit length).")
+    position_bias = ("keys and finest queries get their patches' bias rows and columns; a pooled region cell's query "
+                     "gets the bias row of the patch at the cell's centre (up-left of it for an even cell).")
     notes = (
         "Region size 4 (splits 4/2/1); a patch grid not divisible by 4 (224 px / patch 16 = 14x14; the paper used "
         "256 px) takes region size 2 (splits 2/1) unless --region-size is given; the size used is written into the "
@@ -227,8 +230,9 @@ class DGE(TokenMethod):
     def _resolve_region(self, model: nn.Module, grid: tuple[int, int]) -> tuple[int, str]:
         h, w = grid
         asked = self.options.region_size
-        img = tuple(getattr(model.patch_embed, "img_size", None) or ())
-        patch = tuple(getattr(model.patch_embed, "patch_size", None) or (1, 1))
+        pe = getattr(model, "patch_embed", None) or model.embeds  # NaFlexViT: its embeds
+        img = tuple(getattr(pe, "img_size", None) or getattr(pe, "default_img_size", None) or ())
+        patch = tuple(getattr(pe, "patch_size", None) or (1, 1))
         where = f"the {h}x{w} patch grid" + (f" ({img[0]}x{img[1]} px, patch {patch[0]})" if len(img) == 2 else "")
 
         if asked is not None:
@@ -377,9 +381,12 @@ class DGE(TokenMethod):
                       state: Optional[TokenState] = None, rope: Optional[Tensor] = None) -> Tensor:
         """The block on queries ``q0`` (``qn`` = their ``norm1``; ``rope`` their rotary rows after the prefix, Eva
         models) with keys/values ``k, v`` from all tokens' ``norm1``: returns the update ``q - q0`` (timm's
-        LayerScale, drop-path and MLP; fused SDPA). Padding slots of a padded grid are hidden as keys."""
+        LayerScale, drop-path and MLP; fused SDPA). Padding slots of a padded grid are hidden as keys; a BEiT block
+        adds its relative position bias between these queries and the keys (``ops.relpos``)."""
         pad = state.aux.get("dge_pad") if state is not None else None
         bias = None if pad is None else pad.key_bias(k.dtype)
+        if rope is not None and state is not None:
+            bias = with_position_bias(blk.attn, bias, rope, DGE._key_rope(state))
         q = ops.attn_residual(blk, q0, ops.attend(blk.attn, ops.project_q(blk.attn, qn, rope), k, v, qn, bias))
         return ops.mlp_residual(blk, q) - q0
 

@@ -78,6 +78,8 @@ class EViT(TokenMethod):
 
     rotary = ("kept patches carry their own rotary rows; the fused token stands for no single patch and gets no "
               "rotation, as timm's prefix tokens.")
+    position_bias = ("kept patches keep their own bias rows and columns; the fused token stands for no single patch "
+                     "and gets no bias (0) as a query and as a key.")
 
     def __init__(self, options: EViTOptions):
         super().__init__(options)

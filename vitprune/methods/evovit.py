@@ -183,6 +183,8 @@ class EvoViT(TokenMethod):
 
     rotary = ("informative patches carry their own rotary rows through a stage; the representative token stands "
               "for all placeholders and gets no rotation, as timm's prefix tokens.")
+    position_bias = ("informative patches keep their own bias rows and columns through a stage; the representative "
+                     "token stands for all placeholders and gets no bias (0).")
 
     def __init__(self, options: EvoViTOptions):
         super().__init__(options)

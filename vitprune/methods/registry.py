@@ -82,7 +82,8 @@ def describe_methods() -> list[dict[str, Any]]:
             "needs_training": cls.needs_training, "runtime_options": list(cls.runtime_options),
             "notes": [*cls.notes, *([f"No class token (deviation from the paper): {cls.no_class_token}"]
                                      if cls.no_class_token else []),
-                      f"Rotary position embeddings (timm Eva models): {cls.rotary}"], "options": opts,
+                      f"Rotary position embeddings (timm Eva models): {cls.rotary}",
+                      f"Relative position bias (timm BEiT models): {cls.position_bias}"], "options": opts,
         })
     return out
 

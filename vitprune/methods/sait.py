@@ -65,7 +65,7 @@ from ..ops.importance import attention_importance
 from ..ops.pooling import POOLS, pool_kind, weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, embed, require_pooled_head, tracking, vit_info,
+    check_fraction, class_token, embed, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
 
@@ -190,6 +190,8 @@ class SaiT(TokenMethod):
                       "runs as padding.")
     rotary = ("kept patches carry their own rotary rows (padding slots their next-ranked patch's); the fused token "
               "stands for no single patch and gets no rotation, as timm's prefix tokens.")
+    position_bias = ("kept patches keep their own bias rows and columns (padding slots their next-ranked patch's); "
+                     "the fused token stands for no single patch and gets no bias (0).")
     notes = (
         "No public code: the whole method below the paper's abstract is vitprune's reconstruction (this module's "
         "docstring).",
@@ -453,7 +455,7 @@ class SaiT(TokenMethod):
             x = ops.run_block(blk, x, state.rope)
         blk = model.blocks[-1]
         self._enter(state, x, None)
-        out, scores = attention_importance(blk.attn, blk.norm1(x), state.num_prefix, model.cls_token is not None,
+        out, scores = attention_importance(blk.attn, blk.norm1(x), state.num_prefix, class_token(model) is not None,
                                            rope=state.rope)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
         state.aux["sait_self_target"] = scores.detach()
@@ -506,7 +508,7 @@ class SaiT(TokenMethod):
             tokens = torch.stack(state.aux["sait_tokens"], dim=1)
         else:  # skip path: every block sees every token
             tokens = torch.tensor(state.counts, device=images.device).expand(images.shape[0], -1)
-        return token_macs(model, tokens, self._selection_blocks(model), model.cls_token is None), kept
+        return token_macs(model, tokens, self._selection_blocks(model), class_token(model) is None), kept
 
     # -- calibration -------------------------------------------------------------------------------------
     def calibrate_threshold(
@@ -595,7 +597,7 @@ class SaiT(TokenMethod):
                     x = ops.run_block(blk, x, rope)
                 blk = model.blocks[location - 1]
                 _, scores = attention_importance(blk.attn, blk.norm1(x), model.num_prefix_tokens,
-                                                 model.cls_token is not None, rope=rope)
+                                                 class_token(model) is not None, rope=rope)
         finally:
             model.train(was_training)
         return aops.order_by_score(scores)[0]
@@ -610,7 +612,7 @@ class SaiT(TokenMethod):
         depth = len(model.blocks)
         tokens = torch.where(torch.arange(depth, device=curves.device)[None, :] < location,
                              torch.full_like(after, npre + P)[:, None], after[:, None])
-        return float(token_macs(model, tokens, [location - 1], model.cls_token is None).mean())
+        return float(token_macs(model, tokens, [location - 1], class_token(model) is None).mean())
 
     # -- training ------------------------------------------------------------------------------------------
     def teacher_forward(self, teacher: nn.Module, images: Tensor) -> TeacherOutput:
@@ -626,7 +628,7 @@ class SaiT(TokenMethod):
             x = ops.run_block(blk, x, rope)
         blk = teacher.blocks[-1]
         out, scores = attention_importance(blk.attn, blk.norm1(x), teacher.num_prefix_tokens,
-                                           teacher.cls_token is not None, rope=rope)
+                                           class_token(teacher) is not None, rope=rope)
         x = ops.mlp_residual(blk, ops.attn_residual(blk, x, out))
         tokens = teacher.norm(x)
         return TeacherOutput(logits=teacher.forward_head(tokens), tokens=tokens, extras={"sait_cls_attn": scores})

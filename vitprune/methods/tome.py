@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError
 from ..ops import merge as tm
+from ..ops.relpos import with_position_bias
 from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, vit_info
 from .registry import register
 
@@ -131,6 +132,8 @@ class ToMe(TokenMethod):
     exportable = True
     rotary = ("a merged token keeps its destination token's rotary row (its sources' positions are dropped, as "
               "their features are averaged into it).")
+    position_bias = ("a merged token keeps its destination token's bias row and column (its sources' positions are "
+                     "dropped, as their features are averaged into it).")
     notes = (
         "Composed around timm's own modules (norm1, attn through vitprune.ops.attention, ls1/ls2, drop_path, mlp): "
         "timm's qk-norm, LayerScale, scale-norm and register tokens are honoured (the reference replaces timm's "
@@ -255,6 +258,7 @@ class ToMe(TokenMethod):
         xn = blk.norm1(x)
         q, k, v = ops.project_qkv(blk.attn, xn, rope)
         bias = tm.size_bias(size, q.dtype) if (self.options.prop_attn and size is not None) else None
+        bias = with_position_bias(blk.attn, bias, rope)  # BEiT: the block's relative position bias
         x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
         m = None
         if r > 0:

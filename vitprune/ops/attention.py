@@ -9,7 +9,13 @@ The same functions drive timm's Eva blocks (``EvaBlock`` with ``EvaAttention`` o
 weights (fused with separate ``q_bias``/``v_bias``, or three projections) are read by :func:`qkv_weight`, the
 rotary embeddings of the tokens at hand are passed as ``rope`` (``B x P x D``, see :mod:`vitprune.ops.rope`) and
 applied after qk-norm as timm does, and the LayerScale ``gamma_1``/``gamma_2`` is applied where ``ls1``/``ls2``
-are. :func:`run_block` calls a block the way its class wants (with ``rope=`` for Eva blocks).
+are. :func:`run_block` calls a block the way its class wants (with ``rope=`` for Eva blocks; per block for a rope
+per block, :func:`vitprune.ops.rope.for_attention`).
+
+timm's BEiT blocks (``beit.Block``: ``qkv`` with ``q_bias``/``v_bias``, LayerScale ``gamma_1``/``gamma_2``, a
+relative position bias per block) are driven by the same functions: their tokens' position rows travel as ``rope``
+does, and every function that forms attention logits adds the bias gathered for the tokens at hand
+(:func:`vitprune.ops.relpos.with_position_bias`).
 """
 from __future__ import annotations
 
@@ -19,7 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import rotate
+from .relpos import is_relpos, with_position_bias
+from .rope import for_attention, rotate
+
+
+def head_dim(attn: nn.Module) -> int:
+    """Channels per head: timm's ``head_dim``, or (BEiT's attention, which does not keep it) the fused q/k/v
+    projection's width over ``3 x num_heads``."""
+    hd = getattr(attn, "head_dim", None)
+    return int(hd) if hd is not None else qkv_weight(attn)[0].shape[0] // (3 * attn.num_heads)
+
+
+def _qk_norm(attn: nn.Module, name: str, t: Tensor) -> Tensor:
+    """The attention's ``q_norm``/``k_norm`` on ``t`` (BEiT's attention has none)."""
+    norm = getattr(attn, name, None)
+    return t if norm is None else norm(t)
 
 
 def qkv_weight(attn: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
@@ -48,20 +68,21 @@ def project_qkv(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> tu
     """q, k, v as ``B x H x N x D`` (after qk-norm, and rotated by ``rope`` when given), from ``x`` (``B x N x C``,
     already ``norm1``-ed)."""
     B, N, _ = x.shape
-    qkv = _qkv(attn, x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = _qkv(attn, x).reshape(B, N, 3, attn.num_heads, head_dim(attn)).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     if rope is None:
-        return attn.q_norm(q), attn.k_norm(k), v
-    return rotate(attn, attn.q_norm(q), rope).type_as(v), rotate(attn, attn.k_norm(k), rope).type_as(v), v
+        return _qk_norm(attn, "q_norm", q), _qk_norm(attn, "k_norm", k), v
+    q = rotate(attn, _qk_norm(attn, "q_norm", q), rope).type_as(v)
+    return q, rotate(attn, _qk_norm(attn, "k_norm", k), rope).type_as(v), v
 
 
 def project_q(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> Tensor:
     """Queries only (``B x H x M x D``), from the first third of the fused qkv weights (rotated by ``rope``)."""
     B, M, _ = x.shape
-    d = attn.num_heads * attn.head_dim
+    d = attn.num_heads * head_dim(attn)
     weight, bias = qkv_weight(attn)
     q = F.linear(x, weight[:d], None if bias is None else bias[:d])
-    q = attn.q_norm(q.reshape(B, M, attn.num_heads, attn.head_dim).transpose(1, 2))
+    q = _qk_norm(attn, "q_norm", q.reshape(B, M, attn.num_heads, head_dim(attn)).transpose(1, 2))
     return q if rope is None else rotate(attn, q, rope).type_as(x)
 
 
@@ -69,26 +90,41 @@ def project_kv(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> tup
     """Keys and values only (``B x H x N x D``), from the last two thirds of the fused qkv weights (keys rotated by
     ``rope``)."""
     B, N, _ = x.shape
-    d = attn.num_heads * attn.head_dim
+    d = attn.num_heads * head_dim(attn)
     weight, bias = qkv_weight(attn)
     kv = F.linear(x, weight[d:], None if bias is None else bias[d:])
-    kv = kv.reshape(B, N, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    kv = kv.reshape(B, N, 2, attn.num_heads, head_dim(attn)).permute(2, 0, 3, 1, 4)
     k, v = kv.unbind(0)
-    k = attn.k_norm(k)
+    k = _qk_norm(attn, "k_norm", k)
     return (k if rope is None else rotate(attn, k, rope).type_as(v)), v
+
+
+def _is_beit(attn: nn.Module) -> bool:
+    return type(attn).__module__ == "timm.models.beit"
 
 
 def run_block(blk: nn.Module, x: Tensor, rope: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
     """timm's own block forward on ``x``: ``blk(x)`` for a ViT block; an Eva block also gets the tokens' ``rope``
-    (per image, as timm's patch-dropout path passes it)."""
+    (per image, as timm's patch-dropout path passes it). A BEiT block whose tokens carry position rows (or that gets
+    a mask) runs as its pieces (:func:`attention` with the gathered bias, then the residuals)."""
+    if _is_beit(blk.attn):
+        if rope is None and attn_mask is None:
+            return blk(x)
+        out, _, _ = attention(blk.attn, blk.norm1(x), bias=attn_mask, rope=rope)
+        return mlp_residual(blk, attn_residual(blk, x, out))
     if rope is not None:
-        return blk(x, rope=rope.unsqueeze(1), attn_mask=attn_mask)
+        return blk(x, rope=for_attention(blk.attn, rope), attn_mask=attn_mask)
     return blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
 
 
 def run_attention(attn: nn.Module, x: Tensor, rope: Optional[Tensor] = None) -> Tensor:
-    """timm's own attention forward on ``x`` (already ``norm1``-ed), with the tokens' ``rope`` for Eva attention."""
-    return attn(x) if rope is None else attn(x, rope=rope.unsqueeze(1))
+    """timm's own attention forward on ``x`` (already ``norm1``-ed), with the tokens' ``rope`` for Eva attention
+    (BEiT attention with position rows: :func:`attention` with the gathered bias)."""
+    if rope is None:
+        return attn(x)
+    if is_relpos(attn):
+        return attention(attn, x, rope=rope)[0]
+    return attn(x, rope=for_attention(attn, rope))
 
 
 def attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, x_in: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -96,7 +132,7 @@ def attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, x_in: Tensor, bias:
     dropout = attn.attn_drop.p if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     B, _, M, _ = q.shape
-    out = out.transpose(1, 2).reshape(B, M, attn.num_heads * attn.head_dim)
+    out = out.transpose(1, 2).reshape(B, M, attn.num_heads * head_dim(attn))
     out = getattr(attn, "norm", nn.Identity())(out)
     gate = getattr(attn, "gate", None)
     if gate is not None:
@@ -127,8 +163,10 @@ def attention(
     """timm attention on the fused path, optionally returning what token methods need.
 
     Returns ``(out, cls_attn, k)``: ``cls_attn`` is ``B x H x cls_rows x N`` softmax rows of the first
-    ``cls_rows`` queries (float32) when ``cls_rows > 0``; ``k`` the keys (``B x H x N x D``) when asked.
+    ``cls_rows`` queries (float32) when ``cls_rows > 0``; ``k`` the keys (``B x H x N x D``) when asked. BEiT
+    attention: ``bias`` includes the relative position bias of the tokens whose position rows ``rope`` holds.
     """
+    bias = with_position_bias(attn, bias, rope)
     q, k, v = project_qkv(attn, x, rope)
     out = attend(attn, q, k, v, x, bias)
     rows = class_attention(q, k, attn.scale, cls_rows, bias) if cls_rows else None
@@ -165,6 +203,9 @@ def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: fl
     q, k, v = project_qkv(attn, x, rope)
     B, H, N, _ = q.shape
     logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+    rel = with_position_bias(attn, None, rope)
+    if rel is not None:  # BEiT: the relative position bias of these tokens
+        logits = logits + rel.float()
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     p = policy.float().reshape(B, 1, 1, N)
     w = e * p
@@ -172,7 +213,7 @@ def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: fl
     w.diagonal(dim1=-2, dim2=-1).add_(e.diagonal(dim1=-2, dim2=-1) * (1.0 - p.reshape(B, 1, N)))
     probs = (w + eps / N) / (w.sum(dim=-1, keepdim=True) + eps)
     probs = attn.attn_drop(probs).to(v.dtype)
-    out = (probs @ v).transpose(1, 2).reshape(B, N, H * attn.head_dim)
+    out = (probs @ v).transpose(1, 2).reshape(B, N, H * head_dim(attn))
     out = getattr(attn, "norm", nn.Identity())(out)
     gate_mod = getattr(attn, "gate", None)
     if gate_mod is not None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import attend, attention, project_qkv
+from .relpos import with_position_bias
 from .tokens import patch_scores_from_cls
 
 
@@ -47,6 +48,7 @@ def attention_importance(attn: nn.Module, x: Tensor, num_prefix: int, class_toke
     if class_token:
         out, rows, _ = attention(attn, x, cls_rows=1, bias=bias, rope=rope)
         return out, patch_scores_from_cls(rows, num_prefix, reduce)
+    bias = with_position_bias(attn, bias, rope)  # BEiT: the block's relative position bias
     q, k, v = project_qkv(attn, x, rope)
     out = attend(attn, q, k, v, x, bias)
     return out, received_attention(q, k, attn.scale, bias, query_mask)[:, num_prefix:]

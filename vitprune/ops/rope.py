@@ -10,6 +10,14 @@ rotary embeddings), and every op returns ``None`` for it at no cost, so the ViT 
 A token that stands for no single patch (EViT's fused token, Evo-ViT's representative token, SaiT's fused token)
 gets the row of no rotation (``sin 0, cos 1``): it is then treated as timm treats its prefix tokens. DGE's pooled
 region cells get the circular mean of their patches' rotations (:func:`normalise` of the pooled rows).
+
+Models with a different rotation per block (``rope_type='mixed'``: ``vit_*_rope_mixed_*``) carry every block's
+rotation of a token in one row: ``[sin, cos]`` with each half the ``depth x heads x head_dim`` rotations of that
+token flattened, so every op here (which only moves rows, or pairs each sin with its cos) serves them unchanged;
+:func:`for_attention` cuts out the block's own part (the block's index is noted on its attention by
+:func:`number_layers`). Each block's rotation thus follows its tokens.
+
+BEiT's position rows (:mod:`vitprune.ops.relpos`) travel through the same ops.
 """
 from __future__ import annotations
 
@@ -19,6 +27,46 @@ import torch
 from torch import Tensor, nn
 
 from .tokens import take_rows
+
+
+#: the attribute of a block's attention that says which block it is, for models with a rotation per block
+LAYER_ATTR = "vitprune_rope_layer"
+
+
+def number_layers(blocks: nn.Module) -> None:
+    """Note each block's index on its attention (:data:`LAYER_ATTR`), for :func:`for_attention` (once)."""
+    for i, blk in enumerate(blocks):
+        if getattr(blk.attn, LAYER_ATTR, None) != i:
+            setattr(blk.attn, LAYER_ATTR, i)
+
+
+def mixed_rows(rope: Tensor, batch: int) -> Tensor:
+    """timm's per-block rope (``depth x H x P x 2 head_dim``, or ``depth x B x H x P x 2 head_dim`` after patch
+    dropout) as per-image rows ``B x P x 2 (depth H head_dim)``: all sines, then all cosines (see the module doc)."""
+    if rope.dim() == 4:
+        rope = rope.unsqueeze(1).expand(-1, batch, -1, -1, -1)
+    sin, cos = rope.chunk(2, dim=-1)  # depth x B x H x P x hd each
+
+    def flat(t: Tensor) -> Tensor:
+        return t.permute(1, 3, 0, 2, 4).reshape(t.shape[1], t.shape[3], -1)
+
+    return torch.cat([flat(sin), flat(cos)], dim=-1)
+
+
+def for_attention(attn: nn.Module, rope: Tensor) -> Tensor:
+    """The rows as the attention ``attn`` applies them: ``B x 1 x P x D`` for a rope shared by the blocks, the
+    block's own ``B x H x P x 2 head_dim`` part for a rope per block."""
+    width = 2 * attn.head_dim
+    if rope.shape[-1] == width:
+        return rope.unsqueeze(1)
+    b, p, _ = rope.shape
+    sin, cos = rope.chunk(2, dim=-1)
+    layer = getattr(attn, LAYER_ATTR)
+
+    def part(t: Tensor) -> Tensor:
+        return t.reshape(b, p, -1, attn.num_heads, attn.head_dim)[:, :, layer].transpose(1, 2)
+
+    return torch.cat([part(sin), part(cos)], dim=-1)
 
 
 def per_image(rope: Optional[Tensor], batch: int) -> Optional[Tensor]:
@@ -76,11 +124,12 @@ def normalise(rope: Tensor) -> Tensor:
 
 def rotate(attn: nn.Module, t: Tensor, rope: Optional[Tensor]) -> Tensor:
     """Queries or keys ``t`` (``B x H x N x D``) rotated as timm's Eva attention does: the tokens after the
-    attention's ``num_prefix_tokens`` by their ``rope`` rows (``B x (N - prefix) x D``), the prefix unrotated."""
-    if rope is None:
-        return t
+    attention's ``num_prefix_tokens`` by their ``rope`` rows (``B x (N - prefix) x D``), the prefix unrotated. BEiT's
+    position rows rotate nothing (their bias is added to the logits)."""
+    if rope is None or getattr(attn, "relative_position_bias_table", None) is not None:
+        return t  # no rope; or BEiT's position rows, applied as a bias (``ops.relpos``)
     from timm.layers import apply_rot_embed_cat
 
     npt = attn.num_prefix_tokens
     half = getattr(attn, "rotate_half", False)
-    return torch.cat([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope.unsqueeze(1), half=half)], dim=2)
+    return torch.cat([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], for_attention(attn, rope), half=half)], dim=2)
