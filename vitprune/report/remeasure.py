@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import OutputFolderError
+from ..files import inside, read_text
 from ..hub.load import CONFIG_NAME, read_config
 from ..hub.save import update_files
 
@@ -53,8 +54,8 @@ def update_speed(folder: str | Path, profile: Mapping[str, Any]) -> dict[str, An
         raise OutputFolderError(f"{folder.name} has no report.json (it is written by `vitprune compress`); there is "
                                 "no card speed table to update.")
     try:
-        report = json.loads(rep_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = json.loads(read_text(inside(folder, "report.json")))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise OutputFolderError(f"{folder.name}/report.json is not valid JSON; it cannot be updated.") from None
     new = updated_report(report, profile)
     config = read_config(folder)
