@@ -174,6 +174,7 @@ def _violations(path: Path) -> list[str]:
 _violations.__wrapped__ = _check  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_no_module_opens_or_deletes_files_outside_the_gate():
     """Only vitprune/files.py calls open/os.remove/os.unlink/Path.unlink/shutil.rmtree/torch.load; a reader of a
     user's file elsewhere would skip its checks (a FIFO, a link out, a pickle)."""
@@ -197,6 +198,7 @@ def test_the_static_check_sees_what_it_forbids(tmp_path):
 # ------------------------------------------------------------------------------------------ hole: current link
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["absolute", "relative"])
 def test_a_planted_current_link_is_refused_and_deletes_nothing(tmp_path, kind):
     folder, victim = tmp_path / "model", tmp_path / "victim"
@@ -319,6 +321,7 @@ def _timm_folder(folder: Path, model_args: dict | None = None) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_timm_folder_with_pytorch_model_bin_loads_as_data(tmp_path):
     folder = _timm_folder(tmp_path / "timm")
     assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
@@ -348,6 +351,7 @@ def test_unknown_model_args_are_refused_before_timm_sees_them(tmp_path, args):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_model_args_vitprune_and_timm_write_are_accepted(tmp_path):
     """What timm's own save_for_hf records for the models vitprune tests on (a ViT with registers, an EVA02 with
     rotary embeddings) and what vitprune's transformers conversion writes all pass the allow-list."""
