@@ -384,7 +384,7 @@ def timm_create(name: str, kw: dict):
 
 
 @pytest.mark.slow
-def test_a_run_keeps_the_users_own_files_in_checkpoints_and_teacher(tmp_path):
+def test_a_run_keeps_the_users_own_files_in_checkpoints(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=2)
     data = digits_folder(tmp_path / "digits", per_class=4, val_per_class=1)
     out = tmp_path / "out"
