@@ -178,6 +178,7 @@ def _violations(path: Path) -> list[str]:
 _violations.__wrapped__ = _check  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_no_module_opens_or_deletes_files_outside_the_gate():
     """Only vitprune/files.py calls open/os.remove/os.unlink/Path.unlink/shutil.rmtree/torch.load; a reader of a
     user's file elsewhere would skip its checks (a FIFO, a link out, a pickle)."""
@@ -201,6 +202,7 @@ def test_the_static_check_sees_what_it_forbids(tmp_path):
 # ------------------------------------------------------------------------------------------ hole: current link
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["absolute", "relative"])
 def test_a_planted_current_link_is_refused_and_deletes_nothing(tmp_path, kind):
     folder, victim = tmp_path / "model", tmp_path / "victim"
@@ -323,6 +325,7 @@ def _timm_folder(folder: Path, model_args: dict | None = None) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_timm_folder_with_pytorch_model_bin_loads_as_data(tmp_path):
     folder = _timm_folder(tmp_path / "timm")
     assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
@@ -352,6 +355,7 @@ def test_unknown_model_args_are_refused_before_timm_sees_them(tmp_path, args):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_model_args_vitprune_and_timm_write_are_accepted(tmp_path):
     """What timm's own save_for_hf records for the models vitprune tests on (a ViT with registers, an EVA02 with
     rotary embeddings) and what vitprune's transformers conversion writes all pass the allow-list."""
@@ -384,7 +388,7 @@ def timm_create(name: str, kw: dict):
 
 
 @pytest.mark.slow
-def test_a_run_keeps_the_users_own_files_in_checkpoints_and_teacher(tmp_path):
+def test_a_run_keeps_the_users_own_files_in_checkpoints(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=2)
     data = digits_folder(tmp_path / "digits", per_class=4, val_per_class=1)
     out = tmp_path / "out"
