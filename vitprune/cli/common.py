@@ -299,8 +299,8 @@ def _allow_large(ctx: typer.Context, value: bool) -> bool:
 
 
 AllowLargeOpt = Annotated[bool, typer.Option(
-    "--allow-large", callback=_allow_large, help="build a model a config describes even when it is larger than the "
-    "memory available now or has more than 16,384 patch tokens per image.")]
+    "--allow-large/--no-allow-large", callback=_allow_large, help="build a model a config describes even when it is "
+    "larger than the memory available now or has more than 16,384 patch tokens per image.")]
 
 
 def print_budget(budget: Optional[dict]) -> None:
