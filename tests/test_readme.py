@@ -95,3 +95,17 @@ def test_every_python_block_runs_as_written(tmp_path, index):
         assert (tmp_path / folder / "config.json").is_file(), folder
     if "vitprune.export(" in code:
         assert (tmp_path / "evit-demo" / "model.onnx").is_file()  # the export line's file
+
+
+def test_the_headline_tables_are_the_benchmark_results():
+    """README's accuracy and speed tables, captions included, are what benchmarks/headline.py renders from the
+    committed JSON files in benchmarks/results/ (regenerate with ``python benchmarks/headline.py --write``)."""
+    from tests.benchscripts import load_benchmark
+
+    headline = load_benchmark("headline")
+    readme = (ROOT / "README.md").read_text()
+    rendered = headline.tables()
+    assert set(rendered) == {"headline-accuracy", "headline-speed"}
+    for name, table in rendered.items():
+        assert headline.block(readme, name) == table, f"README's {name} table is not benchmarks/headline.py's"
+        assert "|---|" in table and " · 20" in table.splitlines()[0]  # a table under a caption that has a date
