@@ -4,11 +4,11 @@ Seventeen families at tiny sizes (random weights, 4 blocks, width 64, 2 heads; e
 prefix tokens, LayerScale, norms, and its own patch grid or one with the same divisibility) x every method.
 A cell is ``ok`` when the patched model runs, counts fewer GMACs than the dense model at the method's sparse
 setting, and gives the dense model's logits exactly at its no-op setting; otherwise it holds the method's one-line
-refusal (or the first check that failed). README's "Supported models" table is this script's output
+refusal (or the first check that failed). the table of docs/models.md is this script's output
 (``python benchmarks/model_matrix.py --write-readme``; ``tests/test_model_matrix.py`` keeps them equal).
 
     python benchmarks/model_matrix.py                 # print the table
-    python benchmarks/model_matrix.py --write-readme  # regenerate README's table
+    python benchmarks/model_matrix.py --write  # regenerate the table in docs/models.md
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from vitprune.errors import VitpruneError
 from vitprune.measure import count_macs
 from vitprune.measure.flops import model_input_size
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"  # the page whose table this script writes
 BEGIN, END = "<!-- model-matrix:begin -->", "<!-- model-matrix:end -->"
 _BLOCK = re.compile(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), re.S)
 #: the tiny backbone every family is shrunk to (timm keyword arguments)
@@ -38,7 +38,7 @@ TINY = dict(pretrained=False, depth=4, embed_dim=64, num_heads=2, num_classes=10
 
 @dataclass(frozen=True)
 class Family:
-    label: str  # the README row
+    label: str  # the table's row
     arch: str  # the timm model it is shrunk from
     kwargs: tuple[tuple[str, Any], ...] = ()  # timm keyword arguments beyond TINY
 
@@ -166,22 +166,23 @@ def render(results: dict[Family, dict[str, str]]) -> str:
 def readme_table(text: str) -> str:
     m = _BLOCK.search(text)
     if m is None:
-        raise SystemExit(f"README has no {BEGIN} ... {END} block")
+        raise SystemExit(f"{PAGE.name} has no {BEGIN} ... {END} block")
     return m.group(1).rstrip("\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--write-readme", action="store_true", help="replace README's table with the generated one")
+    ap.add_argument("--write", "--write-readme", action="store_true",
+                    help="replace the table in docs/models.md with the generated one")
     args = ap.parse_args(argv)
     table = render(matrix())
-    if args.write_readme:
-        text = README.read_text()
+    if args.write:
+        text = PAGE.read_text()
         readme_table(text)
         new = _BLOCK.sub(lambda _: f"{BEGIN}\n{table}\n{END}", text)
-        tmp = README.with_suffix(".md.tmp")
+        tmp = PAGE.with_suffix(".md.tmp")
         tmp.write_text(new)
-        tmp.replace(README)
+        tmp.replace(PAGE)
     else:
         print(table)
     return 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remake every image in README's Results section with the commands a user would type (CPU, offline, a few minutes).
+# Remake every image in docs/performance.md with the commands a user would type (CPU, offline, a few minutes).
 #   bash examples/readme_images.sh            (from the repository root, with the venv's vitprune on PATH or in .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -111,10 +111,10 @@ def test_a_tiny_compress_from_the_example_records_the_file_as_the_source(tmp_pat
     assert config["recipe"]["lr"] == 0.0008 and report["method"] == "evit" and report["options"]["keep_rate"] == 0.7
 
 
-def test_the_readmes_yaml_is_the_example_recipe():
+def test_the_guides_yaml_is_the_example_recipe():
     import re
 
-    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    readme = (EXAMPLE.parents[1] / "docs" / "recipes-and-logs.md").read_text()
     shown = re.findall(r"^  ```yaml\n(.*?)^  ```", readme, flags=re.S | re.M)
     assert len(shown) == 1
     assert yaml.safe_load(shown[0]) == yaml.safe_load(EXAMPLE.read_text())

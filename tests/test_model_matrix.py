@@ -1,4 +1,4 @@
-"""The model-family matrix (benchmarks/model_matrix.py): seventeen timm ViT families (four timm Eva models, BEiT, NaFlexViT) x six methods, and README's
+"""The model-family matrix (benchmarks/model_matrix.py): seventeen timm ViT families (four timm Eva models, BEiT, NaFlexViT) x six methods, and docs/models.md's
 "Supported models" table is exactly what the matrix generates."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ NO_CLASS_TOKEN = ("vit_medium_patch16_gap_256", "vit_little_patch16_reg4_gap_256
 
 
 def readme_cells() -> dict[tuple[str, str], str]:
-    """README's table, cell by cell: ``(timm model, method) -> "ok" or the reason``."""
-    table = mm.readme_table(mm.README.read_text())
+    """docs/models.md's table, cell by cell: ``(timm model, method) -> "ok" or the reason``."""
+    table = mm.readme_table(mm.PAGE.read_text())
     reasons = dict(re.findall(r"^(\d+)\. (.+)$", table, re.M))
     cells = {}
     for line in table.splitlines()[2:]:
@@ -41,7 +41,7 @@ def test_seventeen_families_that_exist_in_timm():
 @pytest.mark.parametrize("method", mm.METHODS)
 @pytest.mark.parametrize("family", mm.FAMILIES, ids=lambda f: f.arch)
 def test_cell(family, method):
-    """Apply, one forward, GMACs below dense, identity at the no-op setting -- or the one-line refusal README
+    """Apply, one forward, GMACs below dense, identity at the no-op setting -- or the one-line refusal the table
     shows (a crash that is not a vitprune refusal fails here)."""
     got = mm.check(family, method)
     assert got == readme_cells()[family.arch, method]
@@ -52,4 +52,4 @@ def test_cell(family, method):
 
 @pytest.mark.slow  # builds every cell again: about a minute on 2 cores
 def test_readme_table_is_the_generated_one():
-    assert mm.readme_table(mm.README.read_text()) == mm.render(mm.matrix())
+    assert mm.readme_table(mm.PAGE.read_text()) == mm.render(mm.matrix())

@@ -1,4 +1,4 @@
-"""README's code blocks are true: the Python block runs as written (on the bundled demo, offline, on CPU); every
+"""The user's guide's code blocks are true (README.md and the docs/ pages it links to): the Python block runs as written (on the bundled demo, offline, on CPU); every
 `vitprune` command in a shell block parses with the real command line (every flag exists and takes its value, every
 method option belongs to its method) and the cheap ones run. The set-up block is CI's job (`.ci/run` runs it
 verbatim on a clean checkout)."""
@@ -18,15 +18,20 @@ from typer.testing import CliRunner
 from vitprune.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+#: the pages whose blocks are run or parsed: README and every docs/ page except the walk-through of adding a method,
+#: whose blocks are pieces of a method that does not exist until the reader writes it
+PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "adding-a-method.md")
 #: commands cheap enough to run for real (seconds on 2 CPU cores, nothing downloaded)
 CHEAP = ("methods",)
 
 
 def blocks(language: str) -> list[str]:
-    """The README's fenced blocks in ``language``, the set-up block left out."""
-    text = re.sub(r"<!-- setup -->.*?<!-- /setup -->", "", README, flags=re.S)
-    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+    """The pages' fenced blocks in ``language``, README's set-up block left out."""
+    found = []
+    for page in PAGES:
+        text = re.sub(r"<!-- setup -->.*?<!-- /setup -->", "", page.read_text(), flags=re.S)
+        found += re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+    return found
 
 
 def shell_commands() -> list[list[str]]:
@@ -36,7 +41,7 @@ def shell_commands() -> list[list[str]]:
         for line in block.splitlines():
             argv = shlex.split(line, comments=True)
             if argv:
-                assert argv[0] == "vitprune", f"a README shell line that is not a vitprune command: {line}"
+                assert argv[0] == "vitprune", f"a shell line in the guide that is not a vitprune command: {line}"
                 commands.append(argv[1:])
     return commands
 
@@ -90,3 +95,17 @@ def test_every_python_block_runs_as_written(tmp_path, index):
         assert (tmp_path / folder / "config.json").is_file(), folder
     if "vitprune.export(" in code:
         assert (tmp_path / "evit-demo" / "model.onnx").is_file()  # the export line's file
+
+
+def test_the_headline_tables_are_the_benchmark_results():
+    """README's accuracy and speed tables, captions included, are what benchmarks/headline.py renders from the
+    committed JSON files in benchmarks/results/ (regenerate with ``python benchmarks/headline.py --write``)."""
+    from tests.benchscripts import load_benchmark
+
+    headline = load_benchmark("headline")
+    readme = (ROOT / "README.md").read_text()
+    rendered = headline.tables()
+    assert set(rendered) == {"headline-accuracy", "headline-speed"}
+    for name, table in rendered.items():
+        assert headline.block(readme, name) == table, f"README's {name} table is not benchmarks/headline.py's"
+        assert "|---|" in table and " · 20" in table.splitlines()[0]  # a table under a caption that has a date
