@@ -19,13 +19,14 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import timm
 import torch
 
 import vitprune
 from vitprune.errors import VitpruneError
+from vitprune.methods.registry import method_classes
 from vitprune.measure import count_macs
 from vitprune.measure.flops import model_input_size
 
@@ -73,19 +74,9 @@ FAMILIES = (
 )
 
 
-def _dge_finest(model: torch.nn.Module) -> None:
-    model.vitprune_method.set_levels(model, [0] * len(model.blocks))
-
-
-#: per method: (sparse options, no-op options, what to do to the patched model at the no-op setting)
-SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any], Optional[Callable[[torch.nn.Module], None]]]] = {
-    "dynamicvit": ({"keep_rate": 0.7}, {"keep_rate": 1.0}, None),
-    "evovit": ({"keep_rate": 0.5}, {"keep_rate": 1.0}, None),
-    "sait": ({"mode": "fixed", "keep_rate": 0.7}, {"mode": "dense"}, None),
-    "dge": ({"budget": 0.5, "router_init": "budget"}, {}, _dge_finest),
-    "tome": ({"r": 8}, {"r": 0}, None),
-    "evit": ({"keep_rate": 0.7}, {"keep_rate": 1.0}, None),
-}
+#: every registered method, in registration order (the columns of docs/models.md's table), with its declared sparse and no-op settings
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    cls.name: (dict(cls.sparse_options), dict(cls.noop_options)) for cls in method_classes()}
 METHODS = tuple(SETTINGS)
 
 
@@ -115,7 +106,7 @@ def _one_line(e: BaseException) -> str:
 def check(family: Family, method: str) -> str:
     """``"ok"``, or why the family x method cell is not supported (a refusal or the first failed check)."""
     base = dense_model(family)
-    sparse, noop, prepare = SETTINGS[method]
+    sparse, noop = SETTINGS[method]
     images = _images(base)
     try:
         model = vitprune.apply_method(copy.deepcopy(base), method, **sparse).eval()
@@ -126,8 +117,6 @@ def check(family: Family, method: str) -> str:
         if not count_macs(model, images=images[:1]).macs < dense_macs(family):
             return "GMACs not below dense"
         ident = vitprune.apply_method(copy.deepcopy(base), method, **noop).eval()
-        if prepare is not None:
-            prepare(ident)
         with torch.no_grad():
             if not torch.equal(ident(images), base(images)):
                 return "no-op setting differs from the dense model"

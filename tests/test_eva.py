@@ -31,15 +31,8 @@ VARIANTS = {
     "no-rope": ("eva02_tiny_patch14_224", dict(use_rot_pos_emb=False)),
     "rope-vit": ("vit_small_patch16_rope_224", dict(init_values=0.5)),  # its 1e-5 LayerScale would hide the blocks
 }
-#: per method: (a setting that removes tokens, the no-op setting); DGE's no-op is every region at its finest
-SETTINGS = {
-    "dynamicvit": ({"keep_rate": 0.5}, {"keep_rate": 1.0}),
-    "evit": ({"keep_rate": 0.5}, {"keep_rate": 1.0}),
-    "evovit": ({"keep_rate": 0.5}, {"keep_rate": 1.0}),
-    "sait": ({"mode": "fixed", "keep_rate": 0.5}, {"mode": "dense"}),
-    "tome": ({"r": 8}, {"r": 0}),
-    "dge": ({"budget": 0.5, "router_init": "budget"}, {}),
-}
+#: per registered method: (its declared setting that removes tokens, its declared no-op setting)
+SETTINGS = {cls.name: (dict(cls.sparse_options), dict(cls.noop_options)) for cls in registry.method_classes()}
 
 
 def make_eva(variant: str = "eva02", depth: int = 3, seed: int = 0, **kwargs) -> nn.Module:
@@ -63,8 +56,6 @@ def apply(model: nn.Module, method: str, **opts) -> nn.Module:
 
 def noop(model: nn.Module, method: str) -> nn.Module:
     patched = apply(model, method, **SETTINGS[method][1])
-    if method == "dge":
-        patched.vitprune_method.set_levels(patched, [0] * len(patched.blocks))
     return patched
 
 

@@ -45,6 +45,20 @@ def test_the_declared_no_op_setting_is_the_dense_model(name):
     assert state.counts == [base.num_prefix_tokens + 64] * len(base.blocks)  # 8 x 8 patches of 4 px on 32 px
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_the_declared_sparse_setting_removes_tokens(name):
+    """The setting the registry-wide tests and the model matrix apply as "sparse" changes the computation: fewer
+    tokens by the last block, or (DGE, which keeps every token) pooled queries, so logits differ from dense."""
+    sparse = get_method_class(name).sparse_options
+    assert sparse is not None, f"{name} declares no sparse_options"
+    base, x = make_vit(depth=3), digits_batch(4)
+    m = patched(base, name, **sparse)
+    y, state = tracked_forward(m, x)
+    with torch.no_grad():
+        assert torch.isfinite(y).all() and not torch.equal(y, base(x))
+    assert state.counts[-1] < state.counts[0] or state.stages, state.counts
+
+
 @pytest.mark.parametrize("img_size", [32, 48])
 @pytest.mark.parametrize("name", METHODS)
 def test_token_schedule_equals_the_tracked_counts_at_two_image_sizes(name, img_size):

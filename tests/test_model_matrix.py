@@ -1,4 +1,4 @@
-"""The model-family matrix (benchmarks/model_matrix.py): seventeen timm ViT families (four timm Eva models, BEiT, NaFlexViT) x six methods, and docs/models.md's
+"""The model-family matrix (benchmarks/model_matrix.py): seventeen timm ViT families (four timm Eva models, BEiT, NaFlexViT) x every registered method, and docs/models.md's
 "Supported models" table is exactly what the matrix generates."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tests.benchscripts import load_benchmark
+from vitprune.methods.registry import method_names
 
 mm = load_benchmark("model_matrix")  # a module object only: nothing left in sys.modules or sys.path
 
@@ -18,13 +19,14 @@ def readme_cells() -> dict[tuple[str, str], str]:
     """docs/models.md's table, cell by cell: ``(timm model, method) -> "ok" or the reason``."""
     table = mm.readme_table(mm.PAGE.read_text())
     reasons = dict(re.findall(r"^(\d+)\. (.+)$", table, re.M))
+    header = [p.strip().strip("`") for p in table.splitlines()[0].strip("|").split("|")][1:]
     cells = {}
     for line in table.splitlines()[2:]:
         if not line.startswith("| "):
             continue
         parts = [p.strip() for p in line.strip("|").split("|")]
         arch = re.search(r"`([^`]+)`", parts[0]).group(1)
-        for method, cell in zip(mm.METHODS, parts[1:]):
+        for method, cell in zip(header, parts[1:]):
             num = re.fullmatch(r"✗ \((\d+)\)", cell)
             cells[arch, method] = "ok" if cell == "✓" else reasons[num.group(1)]
     return cells
@@ -33,8 +35,14 @@ def readme_cells() -> dict[tuple[str, str], str]:
 def test_seventeen_families_that_exist_in_timm():
     import timm
 
-    assert len(mm.FAMILIES) == 17 and len(mm.METHODS) == 6
+    assert len(mm.FAMILIES) == 17 and mm.METHODS == tuple(method_names())
     assert all(timm.is_model(f.arch) for f in mm.FAMILIES)
+
+
+def test_readme_table_has_a_column_per_registered_method():
+    """A newly registered method needs the table regenerated (``python benchmarks/model_matrix.py --write-readme``)."""
+    header = mm.readme_table(mm.PAGE.read_text()).splitlines()[0]
+    assert header == "| family · timm model | " + " | ".join(f"`{m}`" for m in method_names()) + " |"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 import vitprune
 from vitprune.errors import UnsupportedModelError
 from vitprune.methods import describe_methods, tracking
+from vitprune.methods.registry import method_classes
 from vitprune.ops.importance import attention_importance, received_attention
 from vitprune.ops.pooling import weighted_pool
 
@@ -22,10 +23,11 @@ ARCHS = {
     "reg4-gap": dict(arch="vit_little_patch16_reg4_gap_256"),
     "siglip-map": dict(arch="vit_base_patch16_siglip_224"),
 }
-NOOP = {"dynamicvit": {"keep_rate": 1.0}, "evit": {"keep_rate": 1.0}, "evovit": {"keep_rate": 1.0},
-        "sait": {"mode": "dense"}}
-SPARSE = {"dynamicvit": {"keep_rate": 0.5}, "evit": {"keep_rate": 0.5}, "evovit": {"keep_rate": 0.5},
-          "sait": {"mode": "adaptive", "threshold": 0.5}}
+#: the methods that state how they work without a class token (the others need no change: ToMe, DGE), at their
+#: declared no-op and sparse settings; SaiT's sparse setting here is its adaptive mode, which has its own pooling path
+NO_CLS = [cls for cls in method_classes() if cls.no_class_token]
+NOOP = {cls.name: dict(cls.noop_options) for cls in NO_CLS}
+SPARSE = {cls.name: dict(cls.sparse_options) for cls in NO_CLS} | {"sait": {"mode": "adaptive", "threshold": 0.5}}
 
 
 def base_model(kind: str) -> torch.nn.Module:

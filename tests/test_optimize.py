@@ -5,16 +5,13 @@ import pytest
 import torch
 
 import vitprune
+from vitprune.methods.registry import method_classes
 
 from .conftest import digits_batch, make_vit
 
-STATIC = [
-    ("evit", {"keep_rate": 0.7}),
-    ("dynamicvit", {"keep_rate": 0.7}),
-    ("evovit", {"keep_rate": 0.5}),
-    ("tome", {"r": 4}),
-    ("sait", {"mode": "fixed", "keep_rate": 0.5}),
-]
+#: the registered methods whose inference is static (they export to ONNX), at their declared sparse setting; DGE's
+#: compiled inference has its own test below
+STATIC = [(cls.name, dict(cls.sparse_options)) for cls in method_classes() if cls.exportable]
 
 
 @pytest.mark.slow

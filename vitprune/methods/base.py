@@ -659,6 +659,9 @@ class TokenMethod:
     #: the option values under which the method removes nothing, so the patched model computes exactly the dense
     #: model (every method declares it; the registry-wide contract tests check it bit for bit)
     noop_options: ClassVar[Optional[Mapping[str, Any]]] = None
+    #: option values of a headline setting that removes tokens on a small ViT (8 x 8 patches, 3 blocks): the tests
+    #: and benchmarks that loop over the registry apply it next to ``noop_options`` (every method declares it)
+    sparse_options: ClassVar[Optional[Mapping[str, Any]]] = None
 
     def __init__(self, options: MethodOptions):
         self.options = options

@@ -148,6 +148,7 @@ class DGEOptions(MethodOptions):
 class DGE(TokenMethod):
     name = "dge"
     noop_options = {}  # untrained routers pick the finest split everywhere (the paper's initialisation)
+    sparse_options = {"budget": 0.5, "router_init": "budget"}
     title = "Dynamic Grained Encoder"
     paper = "Song et al., Dynamic Grained Encoder for Vision Transformers (NeurIPS 2021, arXiv 2301.03831)"
     summary = ("a router per block picks, per image and per 4x4 region, 16, 4 or 1 pooled queries; queries attend "

@@ -137,6 +137,7 @@ class ScorePredictor(nn.Module):
 class DynamicViT(TokenMethod):
     name = "dynamicvit"
     noop_options = {"keep_rate": 1.0}
+    sparse_options = {"keep_rate": 0.5}
     official_args = {"base_rate": "keep_rate", "pruning_loc": "pruning_loc"}
     title = "DynamicViT"
     paper = "Rao et al., DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification " \

@@ -57,6 +57,7 @@ class EViTOptions(MethodOptions):
 class EViT(TokenMethod):
     name = "evit"
     noop_options = {"keep_rate": 1.0}
+    sparse_options = {"keep_rate": 0.5}
     official_args = {"base_keep_rate": "keep_rate", "drop_loc": "drop_loc", "fuse_token": "fuse"}
     title = "EViT"
     paper = "Liang et al., Not All Patches are What You Need (ICLR 2022, arXiv 2202.07800)"

@@ -134,6 +134,7 @@ class EvoViTOptions(MethodOptions):
 class EvoViT(TokenMethod):
     name = "evovit"
     noop_options = {"keep_rate": 1.0}
+    sparse_options = {"keep_rate": 0.5}
     title = "Evo-ViT"
     paper = "Xu et al., Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer (AAAI 2022, " \
             "arXiv 2108.01390)"

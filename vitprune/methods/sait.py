@@ -174,6 +174,7 @@ class ThresholdCalibration:
 class SaiT(TokenMethod):
     name = "sait"
     noop_options = {"mode": "dense"}
+    sparse_options = {"mode": "fixed", "keep_rate": 0.5}
     title = "SaiT"
     paper = "Li, Thorsley, Hassoun, SaiT: Sparse Vision Transformers through Adaptive Token Pruning (arXiv 2210.05832)"
     summary = ("prunes patch tokens once, early, by the previous block's class attention: a per-image count "

@@ -123,6 +123,7 @@ def _is_count(v: Any) -> bool:
 class ToMe(TokenMethod):
     name = "tome"
     noop_options = {"r": 0}
+    sparse_options = {"r": 8}
     title = "ToMe"
     paper = "Bolya et al., Token Merging: Your ViT But Faster (ICLR 2023, arXiv 2210.09461)"
     summary = ("merges the r most similar token pairs (bipartite matching on head-averaged keys) after each block's "
