@@ -24,6 +24,7 @@ from vitprune.errors import ExportError
 from vitprune.exporter import check_token_counts, export_onnx, graph_token_counts, verify
 from vitprune.exporter.verify import RELATIVE_TOLERANCE
 from vitprune.measure.ort import OrtModel
+from tests.hostile import BLOCK_EXTRA
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -160,19 +161,6 @@ def test_usage_errors_exit_2():
     assert res.exit_code == 2
 
 
-_BLOCK = """
-import sys
-blocked = sys.argv.pop(1)
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == blocked or name.startswith(blocked + "."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _Block())
-sys.argv = ["vitprune"] + sys.argv[1:]
-from vitprune.cli.main import main
-main()
-"""
 
 
 @pytest.mark.slow
@@ -182,7 +170,7 @@ main()
 ])
 def test_missing_extra_is_one_clear_line(blocked, args, tmp_path):
     """A fresh interpreter where importing one of the extra's modules fails, as on an install without it."""
-    res = subprocess.run([sys.executable, "-c", _BLOCK, blocked, *args], cwd=tmp_path, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", BLOCK_EXTRA, blocked, *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 1, res.stdout + res.stderr
     line = one_line(res.stdout + res.stderr)

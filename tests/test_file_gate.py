@@ -9,7 +9,6 @@ import ast
 import json
 import os
 import pickle
-import shlex
 import site
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import vitprune
 from tests.test_train_utils import digits_folder, save_tiny_vit, tiny_vit
 from vitprune import files
 from vitprune.errors import ModelNotFoundError, OutputFolderError, VitpruneError
+from tests.hostile import WritesAMarker
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vitprune"
@@ -43,14 +43,6 @@ def _one_error_line(res: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
-class _WritesAMarker:
-    """Unpickling this runs a shell command that creates ``marker`` (what an attacker's weights file would do)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
 # ------------------------------------------------------------------------------------------ the gate itself
@@ -120,7 +112,7 @@ def test_read_tensors_reads_weights_and_refuses_a_pickle_that_runs_code(tmp_path
     torch.save(state, tmp_path / "ok.bin")
     assert torch.equal(files.read_tensors(tmp_path / "ok.bin")["w"], state["w"])
     marker = tmp_path / "marker"
-    (tmp_path / "evil.bin").write_bytes(pickle.dumps(_WritesAMarker(marker)))
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(WritesAMarker(marker)))
     with pytest.raises(Exception):
         files.read_tensors(tmp_path / "evil.bin")
     assert not marker.exists()
@@ -336,7 +328,7 @@ def test_a_timm_folder_with_pytorch_model_bin_loads_as_data(tmp_path):
 
 def test_a_pickle_as_pytorch_model_bin_runs_nothing_and_is_one_line(tmp_path):
     folder, marker = _timm_folder(tmp_path / "timm"), tmp_path / "marker"
-    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_WritesAMarker(marker)))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(WritesAMarker(marker)))
     with pytest.raises(ModelNotFoundError, match="pytorch_model.bin is not a file of tensors"):
         vitprune.load_model(str(folder))
     assert not marker.exists()
@@ -346,7 +338,7 @@ def test_a_pickle_as_pytorch_model_bin_runs_nothing_and_is_one_line(tmp_path):
                                   {"pretrained_cfg": {"file": "PAYLOAD"}}])
 def test_unknown_model_args_are_refused_before_timm_sees_them(tmp_path, args):
     payload, marker = tmp_path / "payload.pth", tmp_path / "marker"
-    payload.write_bytes(pickle.dumps(_WritesAMarker(marker)))
+    payload.write_bytes(pickle.dumps(WritesAMarker(marker)))
     args = json.loads(json.dumps(args).replace("PAYLOAD", str(payload)))
     folder = _timm_folder(tmp_path / "timm", args)
     with pytest.raises(ModelNotFoundError, match=f"model_args {next(iter(args))!r} is not a setting vitprune "

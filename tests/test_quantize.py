@@ -19,6 +19,7 @@ from vitprune.cli.main import app
 from vitprune.errors import ExportError, MethodOptionError
 from vitprune.exporter.quantize import check_quantized_tokens, cpu_int8_isa, int8_path
 from vitprune.measure.ort import OrtModel
+from tests.hostile import BLOCK_EXTRA
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -210,24 +211,11 @@ def test_speed_benchmark_int8_json_fields(tmp_path):
     assert res["quantize"] == "int8" and "int8" in res["quantize_info"]
 
 
-_BLOCK = """
-import sys
-blocked = sys.argv.pop(1)
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == blocked or name.startswith(blocked + "."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _Block())
-sys.argv = ["vitprune"] + sys.argv[1:]
-from vitprune.cli.main import main
-main()
-"""
 
 
 @pytest.mark.slow
 def test_missing_extra_is_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-c", _BLOCK, "onnxruntime", "export", "demo", "--quantize", "int8"],
+    res = subprocess.run([sys.executable, "-c", BLOCK_EXTRA, "onnxruntime", "export", "demo", "--quantize", "int8"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 1, res.stdout + res.stderr

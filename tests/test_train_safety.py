@@ -9,7 +9,6 @@ import json
 import math
 import os
 import pickle
-import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import torch
 from tests.test_train_utils import digits_folder, save_tiny_vit, tiny_vit
 from vitprune.methods.registry import method_names
 from vitprune.train import checkpoints as ck
+from tests.hostile import WritesAMarker
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,6 @@ def _error_line(res: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
-class _WritesAMarker:
-    """Unpickling this runs a shell command that creates ``marker`` (what an attacker's checkpoint would do)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
 @pytest.mark.slow
@@ -70,9 +62,9 @@ def test_a_planted_checkpoint_runs_nothing_and_is_one_line(setup, tmp_path, layo
     planted = out / "checkpoints" / "last.pt"
     planted.parent.mkdir(parents=True)
     if layout == "torch.save":  # looks like a vitprune checkpoint: right format number, code in the fingerprint
-        torch.save({"format": ck.FORMAT, "fingerprint": _WritesAMarker(marker)}, planted)
+        torch.save({"format": ck.FORMAT, "fingerprint": WritesAMarker(marker)}, planted)
     else:
-        planted.write_bytes(pickle.dumps(_WritesAMarker(marker)))
+        planted.write_bytes(pickle.dumps(WritesAMarker(marker)))
     # the payload is real: loading it the unsafe way would create the marker
     res = _cli(*_args(model, data, out, "--resume"), cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-2000:]
