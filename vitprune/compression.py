@@ -58,6 +58,7 @@ from torch import nn
 
 from .errors import (DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError,
                      no_room)
+from .hub.load import model_slug
 from .train.losses import feature_output
 
 log = logging.getLogger("vitprune")
@@ -179,12 +180,6 @@ class CompressConfig:
         if not self.augment:
             user["augment"] = None
         return user
-
-
-def model_slug(spec: str) -> str:
-    name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
-    name = Path(name.rstrip("/")).name or "model"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
 def default_output(model: str, method: str, options: Any) -> Path:

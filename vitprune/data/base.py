@@ -60,6 +60,7 @@ class ImageSource:
 
     classes: list[str]
     targets: list[int]
+    streams = False  # True for a source read in order, shard by shard (``vitprune.data.stream.StreamSource``)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -290,9 +291,7 @@ class Splits:
     @property
     def streamed(self) -> bool:
         """True when the training images are read as a stream (``vitprune.data.stream``), not by index."""
-        from .stream import StreamSource
-
-        return self.train is not None and isinstance(self.train[0], StreamSource)
+        return self.train is not None and getattr(self.train[0], "streams", False)
 
     def describe(self) -> dict[str, Any]:
         return {

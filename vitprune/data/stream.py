@@ -59,6 +59,8 @@ class StreamSource(ImageSource):
     ``j`` samples before it (no seeking), so random access is slow.
     """
 
+    streams = True
+
     shard_sizes: list[int]
     targets: Any  # numpy int64 array
     label_problems: dict[int, str]

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from torch import nn
 
 from ..errors import ExportError, no_room
+from ..hub.load import model_slug
 from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
 from .verify import Verification, sample_images, verify
 
@@ -280,8 +281,6 @@ def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any], p
 def _default_output(name: str, folder: Optional[Path], method: Optional[str]) -> Path:
     if folder is not None and method is None:
         return folder / FILE_NAME
-    from ..compression import model_slug
-
     return Path(DEFAULT_DIR) / (model_slug(name) + (f"-{method}" if method else "") + ".onnx")
 
 

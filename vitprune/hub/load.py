@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import socket
 from functools import lru_cache
 from importlib import resources
@@ -50,6 +51,13 @@ def demo_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
+def model_slug(spec: str) -> str:
+    """A model spec as a file-name part: ``hf-hub:org/name`` -> ``name``, a folder -> its name."""
+    name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
+    name = Path(name.rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
 def _hub_reachable(timeout: float = 2.0) -> bool:
     from huggingface_hub import constants
 

@@ -622,6 +622,16 @@ class TeacherOutput:
 # ------------------------------------------------------------------------------------------ the method
 
 
+# Method name -> class, filled by ``registry.register``; here so that a method's own messages can name the others.
+_REGISTRY: dict[str, type[TokenMethod]] = {}
+
+
+def exportable_methods() -> str:
+    """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
+    mode)``."""
+    return ", ".join(cls.export_hint or cls.name for cls in _REGISTRY.values() if cls.exportable)
+
+
 class TokenMethod:
     """Base class of a token-sparsification method. Subclasses set the class attributes and override hooks."""
 
@@ -771,7 +781,6 @@ class TokenMethod:
         """Raise ``ExportError`` (one line) when the current settings cannot be exported with the pruning inside."""
         if not self.exportable:
             from ..errors import ExportError
-            from .registry import exportable_methods
 
             raise ExportError(
                 f"{self.title} chooses its token counts per image, which a static ONNX graph cannot hold; methods "

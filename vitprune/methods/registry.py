@@ -6,9 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import MethodOptionError
-from .base import TokenMethod, _expected, option_specs
-
-_REGISTRY: dict[str, type[TokenMethod]] = {}
+from .base import _REGISTRY, TokenMethod, _expected, exportable_methods, option_specs
 
 
 def _key(name: str) -> str:
@@ -62,12 +60,6 @@ def get_method_class(name: str) -> type[TokenMethod]:
 def create_method(name: str, **options: Any) -> TokenMethod:
     cls = get_method_class(name)
     return cls(cls.Options.from_dict(cls.name, options))
-
-
-def exportable_methods() -> str:
-    """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
-    mode)``."""
-    return ", ".join(cls.export_hint or cls.name for cls in _REGISTRY.values() if cls.exportable)
 
 
 def describe_methods() -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
-from ..measure.analytic import token_macs
+from ..ops.analytic import token_macs
 from ..ops import adaptive as aops
 from ..ops.importance import attention_importance
 from ..ops.pooling import POOLS, pool_kind, weighted_pool
