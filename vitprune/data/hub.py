@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..offline import ensure_offline_if_unreachable
 from .base import RefusedFile, Splits, confined
 from .hf import check_labels, columns, dataset_splits, decode_value, numeric_classes, pick_splits, pick_test, undecoded
 from .stream import MISSING_REASON, StreamSource
@@ -92,8 +93,6 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
         if val_split is not None:
             raise DataError("--val-split needs the whole train split at hand; with --streaming the dataset needs a "
                             "validation split of its own.")
-    from ..hub.load import ensure_offline_if_unreachable
-
     offline = ensure_offline_if_unreachable()
     if offline:
         datasets.config.HF_HUB_OFFLINE = True

@@ -62,7 +62,7 @@ def sample_images(model: nn.Module, images: Optional[Sequence[Any]] = None,
     """(batch, description): ``images`` (files, ``demo:N``, PIL images) or the first ``count`` demo val digits,
     through ``model``'s own evaluation transform."""
     from ..data import eval_transform
-    from ..tokenmaps import load_images
+    from ..data.images import load_images
 
     specs = list(images) if images else [f"demo:{i}" for i in range(count)]
     pil, _ = load_images(specs)

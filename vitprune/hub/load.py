@@ -20,19 +20,18 @@ import difflib
 import json
 import os
 import re
-import socket
 from functools import lru_cache
 from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
+from ..offline import ensure_offline_if_unreachable
 from ..methods.base import check_vit
 from ..train.losses import EMBEDDING
 from .limits import check_size
@@ -56,31 +55,6 @@ def model_slug(spec: str) -> str:
     name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
     name = Path(name.rstrip("/")).name or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def ensure_offline_if_unreachable() -> bool:
-    """Switch huggingface_hub to offline mode when the Hub cannot be reached; return True when offline."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    if not _hub_reachable():
-        constants.HF_HUB_OFFLINE = True
-        os.environ["HF_HUB_OFFLINE"] = "1"  # for libraries that read the environment themselves
-        return True
-    return False
 
 
 #: what the offline message adds when what is missing is only pretrained weights
