@@ -9,9 +9,12 @@ from typing import Any, Callable, Optional, Union
 from torch import nn
 
 from .errors import MethodOptionError
+from .hub import load_model
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
+from .train.evaluate import EvalResult
+from .train.evaluate import evaluate as evaluate_model
 
-__all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "profile", "resolve_models", "versions"]
+__all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "evaluate", "profile", "resolve_models", "versions"]
 
 ModelLike = Union[str, nn.Module]
 
@@ -123,7 +126,6 @@ def resolve_budget(
     ``target_gmacs`` (a dense model with a method): the method's headline option is solved for that fraction of the
     dense GMACs (:func:`vitprune.budget.solve_for_gmacs`), and the solution comes back fourth.
     """
-    from .hub import load_model
     from .methods import apply_method, dense_copy, get_method
 
     name = model if isinstance(model, str) else type(model).__name__
@@ -237,3 +239,9 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, 
         every = {**models, **{f"{k}-int8": v for k, v in models.items()}}
         m = measure_models(every, runtime="onnxruntime", onnx_files=files, **kw)
     return m, f"{mode_label(mode, what)} · {cpu_int8_isa()}"
+
+
+def evaluate(model: ModelLike, data: Any = "demo", **kwargs: Any) -> EvalResult:
+    """``vitprune.train.evaluate.evaluate`` (same keyword arguments) on ``model`` or a MODEL spec (``demo``, a timm
+    name, ``hf-hub:org/name``, a folder), which is loaded with ``vitprune.load_model``."""
+    return evaluate_model(load_model(model) if isinstance(model, str) else model, data, **kwargs)
