@@ -39,7 +39,7 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 
 def _datasets():
     try:
-        import datasets
+        import datasets  # optional extra
     except ImportError:
         raise DataError('hf: datasets need the datasets package; install the extra: pip install "vitprune[datasets]".') \
             from None
@@ -52,7 +52,7 @@ def cache_resolver(repo_id: str) -> Callable[[str], Path]:
     repo folder)."""
     from huggingface_hub import constants
 
-    import datasets
+    import datasets  # optional extra
 
     roots = [Path(constants.HF_HUB_CACHE) / ("datasets--" + repo_id.replace("/", "--")),
              Path(datasets.config.DOWNLOADED_DATASETS_PATH)]

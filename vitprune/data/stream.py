@@ -222,7 +222,7 @@ class _EpochPart(torch.utils.data.IterableDataset):
         return (self.micro - self.start) * self.batch
 
     def __iter__(self) -> Iterator[Any]:
-        import webdataset
+        import webdataset  # optional extra
 
         info = torch.utils.data.get_worker_info()
         K = self.workers

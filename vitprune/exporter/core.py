@@ -177,7 +177,7 @@ def _export(
             speed = profile(net, runtime="onnxruntime", onnx_files=files, repeats=repeats,
                             batch_size=measure_batch_size, on_step=on_step, quantize=quantize)
             speed.model = name
-        import onnx
+        import onnx  # optional extra
 
         graph_opset = next(o.version for o in onnx.load(str(staged), load_external_data=False).opset_import
                            if o.domain in ("", "ai.onnx"))

@@ -102,7 +102,7 @@ def _quiet():
 
 def _reader(batches: Sequence[torch.Tensor], input_name: str):
     """A ``CalibrationDataReader`` over batches of preprocessed images."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # optional extra
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -119,7 +119,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "i
     """Write the int8 version of the fp32 file ``src`` to ``dst`` (``mode``: see the module doc; ``int8-static``
     needs ``calibration``: batches of preprocessed images)."""
     check_mode(mode)
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static  # optional extra
 
     from .graph import INPUT_NAME
 
@@ -137,7 +137,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "i
 def check_quantized_tokens(path: str | os.PathLike, model: nn.Module, input_size: tuple[int, int, int]) -> list[int]:
     """The tokens entering each block in the quantized graph, which must be the method's schedule (as the fp32
     export's)."""
-    import onnx
+    import onnx  # optional extra
 
     from .graph import check_token_counts, expected_tokens, graph_token_counts
 

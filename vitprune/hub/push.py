@@ -124,8 +124,8 @@ def card_images(card: str) -> list[str]:
 def _onnx_data(folder: Path) -> list[str]:
     """External-data files model.onnx names (read with onnx when installed), else the usual names beside it."""
     try:
-        import onnx
-        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+        import onnx  # optional extra
+        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors  # optional extra
     except ImportError:
         return [n for n in ONNX_DATA if os.path.lexists(folder / n)]
     try:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any, Optional
 from rich.markup import escape
 from rich.table import Table
 
-from ..measure.models import ModelStats
 from . import DENSE_SAME_WEIGHTS, DENSE_TEACHER, sweep_dense
 from .card import reading_notes, short_method, speed_rows
 
-if TYPE_CHECKING:  # annotations only: the report this module renders
+if TYPE_CHECKING:  # annotations only: the reports this module renders
     from ..api import ProfileReport
+    from ..measure.models import ModelStats
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 

@@ -144,7 +144,7 @@ class Loggers:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         if "tensorboard" in self.names and self.tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
 
             _unname_event_files(self.folder)  # those an interrupted run left under TensorBoard's names
             self.tb = SummaryWriter(log_dir=str(self.folder), purge_step=done_epochs + 1 if done_epochs else None)
@@ -152,7 +152,7 @@ class Loggers:
             self.wandb = self._wandb(self.config, self.run_name)
 
     def _wandb(self, config: dict[str, Any], run_name: Optional[str]) -> Any:
-        import wandb
+        import wandb  # optional extra
 
         id_file = self.folder / "wandb-id"
         from ..files import read_text, write_atomic
