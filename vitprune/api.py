@@ -8,11 +8,15 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
+import tempfile
+
 from .errors import MethodOptionError
 from .hub import load_model
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
 from .train.evaluate import EvalResult
 from .train.evaluate import evaluate as evaluate_model
+from .measure.flops import model_input_size
+from .methods import apply_method, dense_copy, get_method
 
 __all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "evaluate", "profile", "resolve_models", "versions"]
 
@@ -126,8 +130,6 @@ def resolve_budget(
     ``target_gmacs`` (a dense model with a method): the method's headline option is solved for that fraction of the
     dense GMACs (:func:`vitprune.budget.solve_for_gmacs`), and the solution comes back fourth.
     """
-    from .methods import apply_method, dense_copy, get_method
-
     name = model if isinstance(model, str) else type(model).__name__
     loaded = load_model(model, pretrained=pretrained) if isinstance(model, str) else model
     existing = get_method(loaded)
@@ -223,11 +225,8 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, 
                   **kw: Any) -> tuple[Any, str]:
     """The fp32 and int8 files of every model timed side by side, interleaved (``measure_models``); returns the
     measurement and the caption's quantization note."""
-    import tempfile
-
     from .exporter.quantize import cpu_int8_isa, mode_label, prepare_files
     from .exporter.verify import sample_images
-    from .measure.flops import model_input_size
 
     input_size = model_input_size(models["dense"])
     what = None

@@ -16,8 +16,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+import torch
+from timm.data import resolve_data_config
+
 from .errors import MethodOptionError, UsageError
 from .data.images import load_images
+from .data import eval_transform
+from .methods import get_method, tracking
+from .report.card import short_method
+from .report.plots import draw_token_maps, require_matplotlib
 
 
 @dataclass
@@ -58,12 +65,6 @@ class TokenMaps:
 def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
                        blocks: Optional[Sequence[int]] = None) -> TokenMaps:
     """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
-    import torch
-    from timm.data import resolve_data_config
-
-    from .data import eval_transform
-    from .methods import get_method, tracking
-
     method = get_method(model)
     if method is None:
         raise MethodOptionError(f"{name} is a dense model: give `method` (and its options) to see what a method "
@@ -100,7 +101,6 @@ def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
             preds.append(f"{names[k] if k < len(names) else k} ({100 * float(p[k]):.0f} %)")
         else:
             preds.append(None)
-    from .report.card import short_method
 
     return TokenMaps(images=shown, labels=labels, grid=grid, stages=stages,
                      method=short_method(method.name, method.options_dict()), model=name,
@@ -131,8 +131,6 @@ def visualize(
     ``model`` is a compressed model (folder, ``hf-hub:`` repo or module), or a dense one with ``method`` and its
     options to try the method on it.
     """
-    from .report.plots import draw_token_maps, require_matplotlib
-
     require_matplotlib()  # fail before loading anything
     if not str(out).lower().endswith(".png"):
         raise UsageError(f"`out` {out}: visualize writes a PNG; give a file name ending in .png.")

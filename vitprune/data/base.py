@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..files import RefusedPath, inside, open_regular
+from ..errors import DataError
 
 #: exceptions that mean "this file is not a readable image" (PIL, truncated files, decoders)
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, RuntimeError)
@@ -281,8 +282,6 @@ class Splits:
         """``(source, indices)`` of the test split, read on first use; ``DataError`` (one line naming the splits
         the data has) when there is none."""
         if self.open_test is None:
-            from ..errors import DataError
-
             raise DataError(f"{self.name} has no test split: {self.no_test}")
         if self._test is None:
             self._test = self.open_test()

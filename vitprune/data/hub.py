@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
+from huggingface_hub import constants
+
 from ..errors import DataError
 from ..offline import ensure_offline_if_unreachable
 from .base import RefusedFile, Splits, confined
@@ -50,8 +52,6 @@ def cache_resolver(repo_id: str) -> Callable[[str], Path]:
     """Where an image path of Hub dataset ``repo_id`` may be read: inside its repo folder in the Hub cache or the
     folder of files ``datasets`` downloaded (absolute paths allowed there only; relative ones are taken inside the
     repo folder)."""
-    from huggingface_hub import constants
-
     import datasets  # optional extra
 
     roots = [Path(constants.HF_HUB_CACHE) / ("datasets--" + repo_id.replace("/", "--")),

@@ -28,6 +28,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from importlib.metadata import version
+
 from ..errors import ExportError
 from ..methods.base import patch_grid
 
@@ -54,8 +56,6 @@ def require_export_deps() -> None:
 
 
 def export_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {name: version(name) for name in EXPORT_MODULES}
 
 

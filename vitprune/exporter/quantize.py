@@ -35,7 +35,12 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+import platform
+
 from ..errors import ExportError
+from ..data import build_split, collate, eval_transform
+from ..measure.ort import OrtModel
+from ..train.evaluate import evaluate
 
 MODES = ("int8", "int8-static")
 OP_TYPES = ["MatMul", "Gemm"]
@@ -63,8 +68,6 @@ def cpu_int8_isa() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        import platform
-
         return f"int8 instruction set unknown ({platform.machine() or 'this platform'})"
     flags: set[str] = set()
     for line in text.splitlines():
@@ -152,8 +155,6 @@ def calibration_batches(model: nn.Module, data: Any, count: int = DEFAULT_CALIBR
                         batch_size: int = CALIBRATION_BATCH) -> tuple[list[torch.Tensor], str]:
     """(batches, description): ``count`` images of ``data``'s train split (evenly spaced), read through ``model``'s
     evaluation transform."""
-    from ..data import build_split, collate, eval_transform
-
     if count < 1:
         raise ExportError(f"--calibrate-images must be a positive number, got {count}.")
     dataset = build_split(data, "train", eval_transform(model))
@@ -181,7 +182,6 @@ class _OrtModule(nn.Module):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
-        from ..measure.ort import OrtModel
 
         self.ort = OrtModel(path)
 
@@ -193,9 +193,6 @@ def evaluate_files(files: dict[str, str | os.PathLike], model: nn.Module, data: 
                    batch_size: int = 64) -> dict[str, dict[str, Any]]:
     """Top-1/top-5/loss of each ONNX file on ``data``'s ``split``, read through ``model``'s preprocessing with its
     labels mapped onto ``model``'s head (as ``vitprune eval``)."""
-    from ..data import build_split, eval_transform
-    from ..train.evaluate import evaluate
-
     dataset = build_split(data, split, eval_transform(model), model=model)
     return {key: evaluate(_OrtModule(path), dataset, batch_size=batch_size, device="cpu", dtype="fp32").to_dict()
             for key, path in files.items()}
@@ -240,7 +237,6 @@ def quantize_export(model: nn.Module, fp32: Path, dst: Path, mode: str, *, input
                     force: bool = False) -> Int8Result:
     """Quantize the checked fp32 file ``fp32`` into ``dst`` and check it (module doc); ``ExportError`` (one line)
     when the token schedule is not in the int8 graph, or when its drop exceeds ``max_drop`` and not ``force``."""
-    from ..measure.ort import OrtModel
     from .verify import compare
 
     calibration, what = None, None

@@ -29,12 +29,21 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+import timm
+from huggingface_hub import errors as hf_errors, hf_hub_download, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from timm.models._hub import _parse_model_cfg
+
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
 from ..offline import ensure_offline_if_unreachable
 from ..methods.base import check_vit
 from ..train.losses import EMBEDDING
 from .limits import check_size
+from ..files import check_regular, inside
+from ..methods import create_method, patch_with
 
 VITPRUNE_KEY = "vitprune"
 WEIGHTS_NAME = "model.safetensors"
@@ -77,8 +86,6 @@ def _not_found(spec: str, offline: bool, cause: Exception | None = None, weights
 def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
     """Run a huggingface_hub/timm call that may download, mapping hub errors to ModelNotFoundError (``weights``:
     the call fetches only pretrained weights, which an architecture-only run does without)."""
-    from huggingface_hub import errors as hf_errors
-
     offline = ensure_offline_if_unreachable()
     try:
         return fn(*args, **kwargs)
@@ -99,8 +106,6 @@ def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
 
 
 def _suggest(name: str) -> str:
-    import timm
-
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(close)}?" if close else " See `timm.list_models('*vit*')` for names."
 
@@ -195,9 +200,6 @@ def _check_args(args: dict[str, Any], where: str) -> None:
 
 def _architecture(cfg: dict[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(pretrained_cfg, architecture, model_args) of a config, each checked for type and range."""
-    import timm
-    from timm.models._hub import _parse_model_cfg
-
     where = f"{source}/{CONFIG_NAME}"
     arch = cfg.get("architecture")
     if not isinstance(arch, str) or not arch:
@@ -231,8 +233,6 @@ class _Plan:
     output: Optional[str] = None
 
     def build(self, meta: bool = False) -> nn.Module:
-        import timm
-
         skip = {"weight_init": "skip"} if meta and self.skips_init and "weight_init" not in self.model_args else {}
         try:
             with torch.device("meta") if meta else contextlib.nullcontext():
@@ -243,8 +243,6 @@ class _Plan:
             raise ModelNotFoundError(f"{self.where} does not describe a {self.arch} timm can build "
                                      f"({type(e).__name__}: {first}).") from None
         if self.method:
-            from ..methods import create_method, patch_with
-
             with torch.device("meta") if meta else contextlib.nullcontext():
                 patch_with(model, create_method(self.method, **self.options))  # recorded, not asked: no warnings
         if self.output is not None:
@@ -255,8 +253,6 @@ class _Plan:
 def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
     """Check a timm/vitprune ``config.json`` (types, sizes, a Vision Transformer, the vitprune section) and build
     it on the ``meta`` device: one-line errors, nothing allocated; ``.build()`` then makes the real model."""
-    import timm
-
     where = f"{source}/{CONFIG_NAME}"
     pretrained_cfg, arch, model_args = _architecture(cfg, source)
     with torch.device("meta"):  # a ViT at all (before the config's arguments)? (no weight init on meta)
@@ -291,8 +287,6 @@ def build_from_config(cfg: dict[str, Any], *, source: str) -> nn.Module:
 def check_weights(model: nn.Module, weights: Path, where: str) -> None:
     """Every tensor of ``model`` (on any device, ``meta`` included) against the safetensors header of ``weights``:
     names, shapes and kinds (floating or not), read without loading any data. ModelNotFoundError in one line."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(weights), framework="pt") as f:
             header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
@@ -340,8 +334,6 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     regular file inside ``root`` (default: the folder; for a Hub download, the repo's cache folder, whose snapshot
     files are links to its blobs).
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     root = Path(root) if root is not None else folder
     where = source or str(folder)
@@ -380,8 +372,6 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
 
 def inside_folder(root: Path, path: Path) -> Path:
     """``path`` (under ``root``) resolved inside ``root``, a regular file (``RefusedPath`` otherwise)."""
-    from ..files import check_regular, inside
-
     path = inside(root, os.path.relpath(path, root), what="file")
     check_regular(path)
     return path
@@ -415,10 +405,6 @@ def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> 
 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
-    import timm
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     repo = spec[len("hf-hub:"):]
     repo_id, _, revision = repo.partition("@")
     try:
@@ -456,8 +442,6 @@ def load_model(spec: str = "demo", *, pretrained: bool = True) -> nn.Module:
     Saved vitprune models come back with their method applied. ``pretrained=False`` builds the architecture with
     random weights (enough for FLOPs and speed) and downloads no weights.
     """
-    import timm
-
     spec = str(spec)
     if spec == "demo":
         model = load_folder(demo_dir(), pretrained=pretrained, source="demo")

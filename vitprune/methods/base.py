@@ -47,8 +47,20 @@ from typing import Any, ClassVar, Iterator, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+import warnings
+from timm.layers import Attention, AttentionRope
+from timm.models import beit
+from timm.models.beit import Beit
+from timm.models.eva import Eva, EvaAttention, EvaBlock
+from timm.models.naflexvit import NaFlexVit
+from timm.models.vision_transformer import Block, VisionTransformer
+
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops.attention import run_block
+from ..errors import ExportError, VitpruneWarning
+from ..ops import rope as rope_ops
+from ..ops.pooling import pool_kind
+from ..ops.relpos import is_relpos, position_rows
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -169,14 +181,10 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     rope per block as one row per token, ``ops.rope.mixed_rows``); for a BEiT model with relative position bias
     the patches' position rows (:mod:`vitprune.ops.relpos`); for a NaFlexViT (fixed resolution) what its own
     ``_forward_embeds`` made."""
-    from ..ops import rope as rope_ops
-
     kind = family(model)
     if kind == "vit":
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images)))), None
     if kind == "beit":
-        from ..ops.relpos import is_relpos, position_rows
-
         x = model.patch_embed(images)
         x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if model.pos_embed is not None:
@@ -207,11 +215,6 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
 def family(model: nn.Module) -> str:
     """Which timm model class vitprune drives: ``"vit"`` (VisionTransformer), ``"eva"`` (Eva: EVA, EVA02, rotary
     ViTs), ``"beit"`` (Beit), ``"naflex"`` (NaFlexVit), or ``""`` for anything else."""
-    from timm.models.beit import Beit
-    from timm.models.eva import Eva
-    from timm.models.naflexvit import NaFlexVit
-    from timm.models.vision_transformer import VisionTransformer
-
     for cls, name in ((VisionTransformer, "vit"), (Eva, "eva"), (Beit, "beit"), (NaFlexVit, "naflex")):
         if isinstance(model, cls):
             return name
@@ -371,10 +374,6 @@ def ignored_options(options: MethodOptions, given: Any) -> list[str]:
 
 def warn_ignored(options: MethodOptions, given: Any) -> None:
     """Warn (``VitpruneWarning``) for each given option these values ignore (see :func:`ignored_options`)."""
-    import warnings
-
-    from ..errors import VitpruneWarning
-
     for line in ignored_options(options, given):
         warnings.warn(line, VitpruneWarning, stacklevel=3)
 
@@ -436,11 +435,6 @@ def _check_blocks(model: nn.Module) -> None:
     """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``,
     Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, or one per
     block; no grouped-query attention), and BEiT's ``Block`` (its relative position bias per block)."""
-    from timm.layers import Attention, AttentionRope
-    from timm.models import beit
-    from timm.models.eva import EvaAttention, EvaBlock
-    from timm.models.vision_transformer import Block
-
     kind = family(model)
     if kind == "beit" and model.rel_pos_bias is not None:
         raise UnsupportedModelError(
@@ -527,8 +521,6 @@ def require_class_token(info: ViTInfo, title: str) -> None:
 def require_pooled_head(model: nn.Module, info: ViTInfo, title: str) -> None:
     """A ViT without a class token must pool by average or attention (``global_pool`` ``avg`` or ``map``): the
     pooled head is then restricted to the tokens a method keeps (``ops.pooling``); other pools are refused."""
-    from ..ops.pooling import pool_kind
-
     kind = pool_kind(model)
     if not info.has_class_token and kind not in ("avg", "map"):
         raise UnsupportedModelError(
@@ -780,8 +772,6 @@ class TokenMethod:
     def export_check(self, model: nn.Module) -> None:
         """Raise ``ExportError`` (one line) when the current settings cannot be exported with the pruning inside."""
         if not self.exportable:
-            from ..errors import ExportError
-
             raise ExportError(
                 f"{self.title} chooses its token counts per image, which a static ONNX graph cannot hold; methods "
                 f"that export: {exportable_methods()}.")
@@ -940,9 +930,6 @@ def patched_class(base: type) -> type:
     if issubclass(base, PatchedViT):
         return base
     if base not in _PATCHED_CLASSES:
-        from timm.models.beit import Beit
-        from timm.models.naflexvit import NaFlexVit
-
         mixin = PatchedBeit if issubclass(base, Beit) else PatchedNaFlex if issubclass(base, NaFlexVit) else PatchedViT
         _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (mixin, base), {"__module__": __name__})
     return _PATCHED_CLASSES[base]

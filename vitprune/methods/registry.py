@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sys
+
 from ..errors import MethodOptionError
 from .base import _REGISTRY, TokenMethod, _expected, exportable_methods, option_specs
 
@@ -29,8 +31,6 @@ def register(cls: type[TokenMethod]) -> type[TokenMethod]:
 def _document_notes(cls: type[TokenMethod]) -> None:
     """Append the method's ``notes`` (its choices where the paper is silent and its deviations from the paper or
     the reference code) to its module's docstring: stated once, in ``notes``, and read in both places."""
-    import sys
-
     module = sys.modules.get(cls.__module__)
     if module is None or not cls.notes or NOTES_HEADING in (module.__doc__ or ""):
         return

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from PIL import Image
+
 from ..errors import VitpruneError
 from ..files import open_regular
 
@@ -250,8 +252,6 @@ def accuracy_limits(values: list[float], images: Optional[int]) -> tuple[float, 
 def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple[int, int]:
     """``pareto.png`` of a sweep: top-1 vs throughput (or GMACs vs throughput without accuracy), dense marked.
     Returns the PNG's size in pixels."""
-    from PIL import Image
-
     from . import sweep_dense
 
     plt = require_matplotlib()

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measure.speed import autocast, resolve_device, resolve_dtype
+from ..errors import DataError
+from ..methods import dense_copy, get_method
 
 log = logging.getLogger("vitprune")
 
@@ -62,7 +64,6 @@ def evaluate(
     one, ``methods.dense_copy``; a dense model is its own reference, 1.0); top-1, top-5 and loss are None.
     """
     from ..data import Splits, build_split, collate, eval_transform, worker_init
-    from ..methods import dense_copy, get_method
     from .losses import feature_output
 
     features = feature_output(model)
@@ -108,8 +109,6 @@ def evaluate(
         if on_batch:
             on_batch(targets.numel())
     if n == 0:
-        from ..errors import DataError
-
         raise DataError("no readable image in the evaluation split" + (f" ({len(skipped)} unreadable)" if skipped
                                                                        else "") + ".")
     if features:

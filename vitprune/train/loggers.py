@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import MethodOptionError, VitpruneError
+from ..files import read_text, write_atomic
 
 #: logger name -> (module it needs, how to install it)
 LOGGERS: dict[str, tuple[str, str]] = {
@@ -155,7 +156,6 @@ class Loggers:
         import wandb  # optional extra
 
         id_file = self.folder / "wandb-id"
-        from ..files import read_text, write_atomic
 
         run_id = read_text(id_file, limit=256).strip() if id_file.is_file() else secrets.token_hex(8)
         if not id_file.is_file():
@@ -188,8 +188,6 @@ class Loggers:
             self._write_csv(history)
 
     def _write_csv(self, history: list[dict[str, Any]]) -> None:
-        from ..files import write_atomic
-
         rows = [epoch_row(h) for h in history]
         columns: list[str] = []
         for r in rows:

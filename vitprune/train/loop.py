@@ -43,6 +43,13 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+import random
+import numpy as np
+from timm.layers import Attention, DropPath
+from timm.models import group_parameters
+from timm.optim import create_optimizer_v2
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from ..data import Prepared
 from ..data.base import RunLoader, data_loader
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
@@ -52,6 +59,7 @@ from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, feature_output, total
 from .recipe import Recipe, scaled_lr
+from ..files import write_atomic
 
 log = logging.getLogger("vitprune")
 
@@ -127,8 +135,6 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     ``group_matcher(coarse=False)`` numbers its layers 0..L (patch embedding and tokens 0, block i at i + 1, the
     final norm and head L), and layer ``l`` trains at ``layer_decay ** (L - l)``; parameters the matcher does not
     name (a method's new modules) count as the top layer (scale 1)."""
-    from timm.models import group_parameters
-
     if not hasattr(model, "group_matcher"):
         raise VitpruneError(f"`layer_decay` needs a model with timm's group_matcher(); {type(model).__name__} has "
                             "none.")
@@ -178,8 +184,6 @@ def make_optimizer(groups: list[dict[str, Any]], recipe: Recipe, lr: float, devi
                    ) -> torch.optim.Optimizer:
     """The recipe's optimizer from timm's factory (``timm.optim.create_optimizer_v2``) over ``groups``, each of
     which carries its own lr and weight decay."""
-    from timm.optim import create_optimizer_v2
-
     foreach = {"foreach": True} if device.type == "cuda" else {}
     try:
         return create_optimizer_v2(groups, opt=str(recipe.optimizer), lr=lr, **foreach)
@@ -213,8 +217,6 @@ def lr_lambda(group: dict[str, Any], recipe: Recipe, base_lr: float, steps_per_e
 
 def set_drop_path(model: nn.Module, rate: float) -> None:
     """Stochastic depth ``rate`` at the last block, linear from 0 at the first (timm's convention)."""
-    from timm.layers import DropPath
-
     blocks = list(getattr(model, "blocks", []))
     for i, blk in enumerate(blocks):
         r = rate * i / max(1, len(blocks) - 1)
@@ -225,8 +227,6 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
 
 def set_train_mode(model: nn.Module, train_mode_eval: bool) -> None:
     """``model.train()``; with ``train_mode_eval`` dropout, drop-path and attention dropout stay off."""
-    from timm.layers import Attention, DropPath
-
     model.train()
     if train_mode_eval:
         for m in model.modules():
@@ -364,8 +364,6 @@ class Trainer:
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ddp = None
         if self.d.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             unused = self._probe_unused()
             self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None,
                            find_unused_parameters=unused, broadcast_buffers=False)
@@ -493,7 +491,6 @@ class Trainer:
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
-        from ..files import write_atomic
 
         try:
             text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in history)
@@ -551,9 +548,6 @@ class Trainer:
     def run(self) -> TrainSummary:
         self._prepare()
         torch.manual_seed(self.s.seed + self.d.rank)
-        import random
-
-        import numpy as np
 
         random.seed(self.s.seed + self.d.rank)
         np.random.seed((self.s.seed + self.d.rank) % 2**32)
