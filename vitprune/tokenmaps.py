@@ -17,7 +17,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 import torch
-from timm.data import resolve_data_config
 
 from .errors import MethodOptionError, UsageError
 from .data.images import load_images
@@ -65,6 +64,8 @@ class TokenMaps:
 def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
                        blocks: Optional[Sequence[int]] = None) -> TokenMaps:
     """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
+    from timm.data import resolve_data_config
+
     method = get_method(model)
     if method is None:
         raise MethodOptionError(f"{name} is a dense model: give `method` (and its options) to see what a method "

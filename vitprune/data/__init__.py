@@ -33,8 +33,6 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from timm.data import create_transform, resolve_data_config
-
 from ..errors import DataError
 from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, whole, worker_init
 from .stream import StreamSet, StreamSource
@@ -51,12 +49,16 @@ DEMO_AUGMENT: dict[str, Any] = {"scale": [0.8, 1.0], "ratio": [0.9, 1.1], "hflip
 
 def eval_transform(model: nn.Module) -> Callable:
     """timm's evaluation transform for ``model`` (resize, center crop, normalise from its pretrained_cfg)."""
+    from timm.data import create_transform, resolve_data_config
+
     return create_transform(**resolve_data_config(model=model), is_training=False)
 
 
 def train_transform(model: nn.Module, augment: Optional[dict[str, Any]] = None) -> Callable:
     """timm's training transform for ``model`` with ``augment`` (keys of ``DEFAULT_AUGMENT``); ``None``: the
     evaluation transform (no augmentation)."""
+    from timm.data import create_transform, resolve_data_config
+
     if augment is None:
         return eval_transform(model)
     cfg = resolve_data_config(model=model)

@@ -29,12 +29,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-import timm
 from huggingface_hub import errors as hf_errors, hf_hub_download, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from timm.models._hub import _parse_model_cfg
 
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
@@ -106,6 +104,8 @@ def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
 
 
 def _suggest(name: str) -> str:
+    import timm
+
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(close)}?" if close else " See `timm.list_models('*vit*')` for names."
 
@@ -200,6 +200,9 @@ def _check_args(args: dict[str, Any], where: str) -> None:
 
 def _architecture(cfg: dict[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(pretrained_cfg, architecture, model_args) of a config, each checked for type and range."""
+    import timm
+    from timm.models._hub import _parse_model_cfg
+
     where = f"{source}/{CONFIG_NAME}"
     arch = cfg.get("architecture")
     if not isinstance(arch, str) or not arch:
@@ -233,6 +236,8 @@ class _Plan:
     output: Optional[str] = None
 
     def build(self, meta: bool = False) -> nn.Module:
+        import timm
+
         skip = {"weight_init": "skip"} if meta and self.skips_init and "weight_init" not in self.model_args else {}
         try:
             with torch.device("meta") if meta else contextlib.nullcontext():
@@ -253,6 +258,8 @@ class _Plan:
 def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
     """Check a timm/vitprune ``config.json`` (types, sizes, a Vision Transformer, the vitprune section) and build
     it on the ``meta`` device: one-line errors, nothing allocated; ``.build()`` then makes the real model."""
+    import timm
+
     where = f"{source}/{CONFIG_NAME}"
     pretrained_cfg, arch, model_args = _architecture(cfg, source)
     with torch.device("meta"):  # a ViT at all (before the config's arguments)? (no weight init on meta)
@@ -405,6 +412,8 @@ def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> 
 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
+    import timm
+
     repo = spec[len("hf-hub:"):]
     repo_id, _, revision = repo.partition("@")
     try:
@@ -442,6 +451,8 @@ def load_model(spec: str = "demo", *, pretrained: bool = True) -> nn.Module:
     Saved vitprune models come back with their method applied. ``pretrained=False`` builds the architecture with
     random weights (enough for FLOPs and speed) and downloads no weights.
     """
+    import timm
+
     spec = str(spec)
     if spec == "demo":
         model = load_folder(demo_dir(), pretrained=pretrained, source="demo")

@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from torch import nn
 
 from huggingface_hub import ModelCard
-from timm.models._hub import save_for_hf
 
 from ..errors import OutputFolderError
 from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
@@ -350,6 +349,8 @@ def save(
     folder holds a config.json or README.md that vitprune did not write. Re-saving switches to the new model in
     one atomic step (see the module doc).
     """
+    from timm.models._hub import save_for_hf
+
     folder = Path(folder).expanduser()
     section = vitprune_section(model, base_model=base_model, recipe=recipe, metrics=metrics)
     extra = dict(extra_files or {})

@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import timm
 from huggingface_hub import errors as hf_errors, hf_hub_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
@@ -191,6 +190,8 @@ def _ratio(hidden: int, dim: int) -> float:
 
 
 def _timm_name(kind: str, dim: int, depth: int, heads: int, patch: int, swiglu: bool, registers: bool) -> str:
+    import timm
+
     size = SIZES.get((dim, depth, heads))
     if kind == "distilled":
         candidates = [f"deit_{size}_distilled_patch16_224", "deit_base_distilled_patch16_224"]

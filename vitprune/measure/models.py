@@ -20,8 +20,6 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-import timm
-
 from ..errors import MethodOptionError
 from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
@@ -71,6 +69,8 @@ class Measurement:
 
 def versions(runtime: str = "torch") -> dict[str, str]:
     """The versions a measurement depends on (vitprune, torch, timm, Python; ONNX's with ``onnxruntime``)."""
+    import timm
+
     from .. import __version__
 
     out = {"vitprune": __version__, "torch": torch.__version__, "timm": timm.__version__,

@@ -48,12 +48,6 @@ import torch
 from torch import Tensor, nn
 
 import warnings
-from timm.layers import Attention, AttentionRope
-from timm.models import beit
-from timm.models.beit import Beit
-from timm.models.eva import Eva, EvaAttention, EvaBlock
-from timm.models.naflexvit import NaFlexVit
-from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops.attention import run_block
@@ -215,6 +209,11 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
 def family(model: nn.Module) -> str:
     """Which timm model class vitprune drives: ``"vit"`` (VisionTransformer), ``"eva"`` (Eva: EVA, EVA02, rotary
     ViTs), ``"beit"`` (Beit), ``"naflex"`` (NaFlexVit), or ``""`` for anything else."""
+    from timm.models.beit import Beit
+    from timm.models.eva import Eva
+    from timm.models.naflexvit import NaFlexVit
+    from timm.models.vision_transformer import VisionTransformer
+
     for cls, name in ((VisionTransformer, "vit"), (Eva, "eva"), (Beit, "beit"), (NaFlexVit, "naflex")):
         if isinstance(model, cls):
             return name
@@ -435,6 +434,11 @@ def _check_blocks(model: nn.Module) -> None:
     """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``,
     Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, or one per
     block; no grouped-query attention), and BEiT's ``Block`` (its relative position bias per block)."""
+    from timm.layers import Attention, AttentionRope
+    from timm.models import beit
+    from timm.models.eva import EvaAttention, EvaBlock
+    from timm.models.vision_transformer import Block
+
     kind = family(model)
     if kind == "beit" and model.rel_pos_bias is not None:
         raise UnsupportedModelError(
@@ -930,6 +934,9 @@ def patched_class(base: type) -> type:
     if issubclass(base, PatchedViT):
         return base
     if base not in _PATCHED_CLASSES:
+        from timm.models.beit import Beit
+        from timm.models.naflexvit import NaFlexVit
+
         mixin = PatchedBeit if issubclass(base, Beit) else PatchedNaFlex if issubclass(base, NaFlexVit) else PatchedViT
         _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (mixin, base), {"__module__": __name__})
     return _PATCHED_CLASSES[base]

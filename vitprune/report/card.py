@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 from itertools import groupby
-from timm.models import get_pretrained_cfg
 
 from ..files import read_text
 from ..measure.speed import BUSY_TEXT, speed_change
@@ -74,6 +73,8 @@ def hub_base_model(base: Optional[str]) -> Optional[str]:
     if base == "demo" or "/" in base or base.startswith((".", "~", "(")) or any(c.isspace() for c in base):
         return None  # "vit_tiny_patch16_224 (local weights)": an architecture, not the weights of a Hub repo
     try:
+        from timm.models import get_pretrained_cfg
+
         cfg = get_pretrained_cfg(base, allow_unregistered=False)
     except Exception:  # not a timm name (or a timm without it): no Hub base model to name
         return None

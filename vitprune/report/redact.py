@@ -18,7 +18,6 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
-import timm
 
 #: model specs that are names, not paths
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -119,6 +118,7 @@ def _is_public_base(spec: str) -> bool:
         return True
     if is_local_path(spec) or any(c.isspace() for c in spec):
         return False
+    import timm
 
     return timm.is_model(spec) or timm.is_model(spec.split(".")[0])
 
