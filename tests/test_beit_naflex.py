@@ -245,7 +245,7 @@ def test_sparse_beit_macs_are_the_independent_count_at_the_token_schedule(method
 
 def test_analytic_block_cost_is_fvcore_on_a_beit_block():
     from vitprune.measure import count_macs
-    from vitprune.measure.analytic import block_cost
+    from vitprune.ops.analytic import block_cost
 
     blk = make("beit").blocks[0]
     n = 65

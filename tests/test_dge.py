@@ -15,7 +15,7 @@ from vitprune.cli.main import app
 from vitprune.errors import MethodOptionError, UnsupportedModelError
 from vitprune.measure import count_macs
 from vitprune.methods import tracking, vit_info
-from vitprune.measure.analytic import block_cost
+from vitprune.ops.analytic import block_cost
 from vitprune.methods.dge import init_bias
 from vitprune.ops import regions
 

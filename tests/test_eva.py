@@ -262,7 +262,7 @@ def test_analytic_block_cost_is_fvcore_on_an_eva_block():
     """DGE's and SaiT's analytic counts use ``block_cost``: on an Eva block (unfused q/k/v, qk-norm, scale-norm,
     SwiGLU with its norm, LayerScale) it is what fvcore counts for timm's own block."""
     from vitprune.measure import count_macs
-    from vitprune.measure.analytic import block_cost
+    from vitprune.ops.analytic import block_cost
 
     blk = make_eva("every-option").blocks[0]
     n, c = 65, 48

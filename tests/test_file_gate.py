@@ -125,7 +125,7 @@ ALLOWED = {
     ("vitprune/data/base.py", "Image.open"): "decodes the file object files.open_regular opened",
     ("vitprune/data/shards.py", "tarfile.open"): "reads the file object files.open_regular opened (fileobj=)",
     ("vitprune/report/plots.py", "Image.open"): "decodes the file object files.open_regular opened",
-    ("vitprune/tokenmaps.py", "Image.open"): "decodes the file object files.open_regular opened",
+    ("vitprune/data/images.py", "Image.open"): "decodes the file object files.open_regular opened",
     ("vitprune/cli/catalog.py", "read_text"): "the package's own catalog.json, next to the module",
     ("vitprune/cli/catalog.py", "write_text"): "regenerates the package's own catalog.json (a developer command)",
     ("vitprune/hub/limits.py", "open"): "/proc/meminfo, the kernel's memory figures (not a user file)",

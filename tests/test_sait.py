@@ -12,7 +12,7 @@ from vitprune import ops
 from vitprune.errors import MethodOptionError, UnsupportedModelError
 from vitprune.measure import count_macs
 from vitprune.methods import StepContext, TeacherOutput, tracking
-from vitprune.measure.analytic import token_macs
+from vitprune.ops.analytic import token_macs
 from vitprune.methods.sait import SaiT, calibrate_threshold
 from vitprune.ops import adaptive as aops
 

@@ -29,7 +29,7 @@ _EXPORTS = {
     "count_macs": "vitprune.measure",
     "import_checkpoint": "vitprune.hub.convert",
     "optimize": "vitprune.fastpath",
-    "evaluate": "vitprune.train",
+    "evaluate": "vitprune.api",
     "push": "vitprune.hub.push",
     "visualize": "vitprune.tokenmaps",
     "sweep": "vitprune.sweeps",

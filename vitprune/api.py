@@ -8,10 +8,17 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from .errors import MethodOptionError
-from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
+import tempfile
 
-__all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "profile", "resolve_models", "versions"]
+from .errors import MethodOptionError
+from .hub import load_model
+from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
+from .train.evaluate import EvalResult
+from .train.evaluate import evaluate as evaluate_model
+from .measure.flops import model_input_size
+from .methods import apply_method, dense_copy, get_method
+
+__all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "evaluate", "profile", "resolve_models", "versions"]
 
 ModelLike = Union[str, nn.Module]
 
@@ -123,9 +130,6 @@ def resolve_budget(
     ``target_gmacs`` (a dense model with a method): the method's headline option is solved for that fraction of the
     dense GMACs (:func:`vitprune.budget.solve_for_gmacs`), and the solution comes back fourth.
     """
-    from .hub import load_model
-    from .methods import apply_method, dense_copy, get_method
-
     name = model if isinstance(model, str) else type(model).__name__
     loaded = load_model(model, pretrained=pretrained) if isinstance(model, str) else model
     existing = get_method(loaded)
@@ -221,11 +225,8 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, 
                   **kw: Any) -> tuple[Any, str]:
     """The fp32 and int8 files of every model timed side by side, interleaved (``measure_models``); returns the
     measurement and the caption's quantization note."""
-    import tempfile
-
     from .exporter.quantize import cpu_int8_isa, mode_label, prepare_files
     from .exporter.verify import sample_images
-    from .measure.flops import model_input_size
 
     input_size = model_input_size(models["dense"])
     what = None
@@ -237,3 +238,9 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, 
         every = {**models, **{f"{k}-int8": v for k, v in models.items()}}
         m = measure_models(every, runtime="onnxruntime", onnx_files=files, **kw)
     return m, f"{mode_label(mode, what)} · {cpu_int8_isa()}"
+
+
+def evaluate(model: ModelLike, data: Any = "demo", **kwargs: Any) -> EvalResult:
+    """``vitprune.train.evaluate.evaluate`` (same keyword arguments) on ``model`` or a MODEL spec (``demo``, a timm
+    name, ``hf-hub:org/name``, a folder), which is loaded with ``vitprune.load_model``."""
+    return evaluate_model(load_model(model) if isinstance(model, str) else model, data, **kwargs)

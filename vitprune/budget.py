@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 from .errors import MethodOptionError, UsageError
+from .measure import count_macs
+from .methods import apply_method, get_method, get_method_class, option_specs
+from .methods.base import patch_grid
 
 #: how close the counted ratio must come to the target, relative to it
 TOLERANCE = 0.01
@@ -104,8 +107,6 @@ def _kind(hint: Any) -> Optional[type]:
 
 def budget_option(method: str) -> Any:
     """The option ``--target-gmacs`` solves for ``method``: its numeric headline option (an ``OptionSpec``)."""
-    from .methods import get_method_class, option_specs
-
     cls = get_method_class(method)
     for spec in option_specs(cls):
         if spec.headline and _kind(spec.type) is not None:
@@ -135,10 +136,6 @@ def solve_for_gmacs(model: nn.Module, method: str, ratio: float, *, images: Opti
     (default: one random image of the model's input size; the settings solved are static, so any image counts
     the same). Returns a :class:`BudgetSolution` (``options, achieved = solve_for_gmacs(...)``).
     """
-    from .measure import count_macs
-    from .methods import apply_method, get_method, get_method_class
-    from .methods.base import patch_grid
-
     ratio = check_ratio(ratio)
     if get_method(model) is not None:
         raise MethodOptionError("`target_gmacs` solves a method's option on a dense model; this model is already "

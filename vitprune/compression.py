@@ -56,9 +56,26 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from huggingface_hub import constants, get_token
+
 from .errors import (DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError,
                      no_room)
+from .hub.load import model_slug
 from .train.losses import feature_output
+from .data import Prepared, Unreadable, eval_transform, head_error, load_data, match_head, prepare, train_transform
+from .files import remove, remove_empty_dir
+from .hub import load_model, save
+from .hub.lock import output_lock
+from .hub.save import check_overwritable, remove_saved
+from .methods import apply_method, create_method, dense_copy, get_method
+from .methods.base import headline
+from .report.redact import public_command, public_model, public_spec, scrub
+from .train.checkpoints import check_resumable, remove_stale_temp
+from .train.ddp import barrier, broadcast_object, broadcast_weights, setup, teardown
+from .train.evaluate import evaluate
+from .train.loggers import Loggers, check_loggers
+from .train.loop import RunSettings, Trainer, describe_best, matching
+from .train.recipe import TEACHER_RECIPE, build_recipe
 
 log = logging.getLogger("vitprune")
 
@@ -167,7 +184,6 @@ class CompressConfig:
         if self.keep_best and not self.eval_every:
             raise MethodOptionError("`keep_best` picks the epoch with the best val top-1: it needs validation during "
                                     "training (`eval_every` 1 or more).")
-        from .train.loggers import check_loggers
 
         self.loggers = check_loggers(self.loggers)
 
@@ -181,17 +197,9 @@ class CompressConfig:
         return user
 
 
-def model_slug(spec: str) -> str:
-    name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
-    name = Path(name.rstrip("/")).name or "model"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-
-
 def default_output(model: str, method: str, options: Any) -> Path:
     """``vitprune-out/<model>-<method>-<headline setting>``: ``demo-evit-keep0.7``, ``demo-tome-r8``... so runs
     of other settings never share a folder."""
-    from .methods.base import headline
-
     short = headline(options)
     name = f"{model_slug(model)}-{method}" + (f"-{short}" if short else "")
     return Path("vitprune-out") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
@@ -203,8 +211,6 @@ def default_output(model: str, method: str, options: Any) -> Path:
 def check_push_target(repo: str) -> str:
     """Before any training: the repo name is valid and a token is there (``push_to``); returns the repo id.
     The token itself is never read out or shown."""
-    from huggingface_hub import constants, get_token
-
     from .hub.push import check_repo_id
 
     repo_id = check_repo_id(repo)
@@ -260,7 +266,6 @@ def check_augment(model: nn.Module, augment: Optional[dict[str, Any]]) -> None:
     policy...) is one line now rather than a traceback when the first batch is read."""
     if augment is None:
         return
-    from .data import train_transform
 
     try:
         train_transform(model, augment)
@@ -294,13 +299,10 @@ def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> d
     What counts is what process 0 sees (under torchrun on several nodes the others may have disks of their own).
     Returns, for the last checkpoint, the teacher checkpoint, the teacher folder's config and the model's config,
     whether process 0 found them."""
-    from .train.ddp import broadcast_object
-
     ck_dir = out / CHECKPOINT_DIR
     places = (ck_dir / "last.pt", ck_dir / "teacher.pt", out / TEACHER_DIR / "config.json", out / "config.json")
     foreign = None
     if info.main:  # a config.json or README.md someone else wrote is never replaced
-        from .hub.save import check_overwritable
 
         try:
             check_overwritable(out)
@@ -332,9 +334,6 @@ def check_run_state(out: Path, info: Any, *, resume: bool, overwrite: bool) -> d
 def remove_checkpoints(out: Path) -> None:
     """Delete the checkpoint files a run writes (``CHECKPOINT_NAMES`` and killed writes' temporary files) and
     ``checkpoints/`` itself when nothing else is in it: files someone else put there stay."""
-    from .files import remove, remove_empty_dir
-    from .train.checkpoints import remove_stale_temp
-
     ck = out / CHECKPOINT_DIR
     for name in CHECKPOINT_NAMES:
         remove(ck / name, root=out)
@@ -345,9 +344,6 @@ def remove_checkpoints(out: Path) -> None:
 def hold_output(out: Path, info: Any, held: ExitStack) -> None:
     """Take the output folder's lock for the rest of the run (rank 0 under torchrun; every rank learns whether
     it got it, so all stop together when another run holds the folder)."""
-    from .hub.lock import output_lock
-    from .train.ddp import broadcast_object
-
     refused: Optional[VitpruneError] = None
     if info.main:
         try:
@@ -470,8 +466,6 @@ class CompressJob:
         self.budget: Optional[dict[str, Any]] = None  # target_gmacs: the solved setting (BudgetSolution.record)
 
     def __enter__(self) -> "CompressJob":
-        from .train.ddp import setup, teardown
-
         self.dist, self.dev = setup(self.cfg.device)
         try:
             self.prec = resolve_precision(self.cfg.precision, self.dev)
@@ -481,8 +475,6 @@ class CompressJob:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        from .train.ddp import teardown
-
         try:
             self.held.close()
         finally:
@@ -541,8 +533,6 @@ class CompressJob:
                 "recipe": recipes.student.to_dict(), "sources": recipes.sources}
 
     def _stages(self) -> CompressResult:
-        from .train.ddp import barrier
-
         target = self.resolve()
         splits = self.prepare_data(feature_output(target.dense))
         heads = self.plan_heads(target, splits)
@@ -569,9 +559,6 @@ class CompressJob:
     # -- stages ----------------------------------------------------------------------------------------
     def resolve(self) -> Target:
         """Load MODEL, decide the method (an already compressed model keeps its own) and the output folder."""
-        from .hub import load_model
-        from .methods import create_method, dense_copy, get_method
-
         cfg = self.cfg
         if cfg.output:
             check_output(Path(cfg.output))
@@ -621,8 +608,6 @@ class CompressJob:
     def prepare_data(self, features: bool = False) -> Any:
         """Read the dataset (``vitprune.data.Splits``): training images and at least two classes (one will do for
         a model without a classifier, ``features``: its labels are not used)."""
-        from .data import load_data
-
         splits = load_data(self.cfg.data, val_split=self.cfg.val_split, streaming=self.cfg.streaming)
         self.streamed = bool(splits.streamed)
         if splits.train is None or not splits.train[1]:
@@ -635,8 +620,6 @@ class CompressJob:
     def plan_heads(self, target: Target, splits: Any) -> Heads:
         """Which teacher, which head: the given teacher, the dense model when the head fits the data, else a new
         head and a teacher fine-tuned first."""
-        from .data import match_head
-
         if self.cfg.teacher is not None:
             heads = self._given_teacher(target, splits)
         elif feature_output(target.dense) and not self.cfg.new_head:
@@ -654,16 +637,9 @@ class CompressJob:
         return heads
 
     def _dense_spec(self) -> str:
-        from .report.redact import public_model
-
         return f"{public_model(self.cfg.model)} (dense)"
 
     def _given_teacher(self, target: Target, splits: Any) -> Heads:
-        from .data import head_error, match_head
-        from .hub import load_model
-        from .methods import dense_copy, get_method
-        from .report.redact import public_model
-
         t_model = load_model(self.cfg.teacher)
         if get_method(t_model) is not None:
             t_model = dense_copy(t_model)
@@ -691,9 +667,6 @@ class CompressJob:
     def _new_head(self, target: Target, splits: Any, how: str) -> Heads:
         """A head with one output per class on the dense model, which is fine-tuned first and becomes the
         teacher and the student's starting point."""
-        from .data import head_error
-        from .report.redact import public_model
-
         if target.existing is not None:
             raise head_error(splits.classes, target.dense, "the compressed model")
         torch.manual_seed(self.cfg.seed)
@@ -707,9 +680,6 @@ class CompressJob:
     def make_recipes(self, target: Target, splits: Any, heads: Heads) -> Recipes:
         """The distillation recipe (trainer < method < demo preset < user) and the teacher's, checked, and that
         the training split holds at least one optimizer step."""
-        from .train.loop import matching
-        from .train.recipe import TEACHER_RECIPE, build_recipe
-
         cfg, user = self.cfg, self.cfg.user_recipe()
         kw = dict(demo=splits.kind == "demo", batch_size=self.global_batch, augment_hints=splits.augment_hints,
                   augment_default=splits.augment_default)
@@ -736,17 +706,12 @@ class CompressJob:
         """The output folder's state against ``resume``/``overwrite``, checked before and again after taking its
         lock (held to the end of the run); ``overwrite`` clears an old run's checkpoints and teacher; ``resume``
         refuses a checkpoint made with other settings before anything runs."""
-        from .train.checkpoints import check_resumable
-        from .train.ddp import barrier
-
         cfg, out = self.cfg, self.out
         check_run_state(out, self.dist, resume=cfg.resume, overwrite=cfg.overwrite)  # before the lock makes a folder
         hold_output(out, self.dist, self.held)
         self.found = check_run_state(out, self.dist, resume=cfg.resume, overwrite=cfg.overwrite)  # now it is ours
         if cfg.overwrite and not cfg.resume:
             if self.dist.main:
-                from .hub.save import remove_saved
-
                 remove_checkpoints(out)
                 remove_saved(out / TEACHER_DIR)
             barrier(self.dist)
@@ -768,11 +733,6 @@ class CompressJob:
         """The teacher: as planned, or (new head) the dense model fine-tuned on the labels first and saved in
         ``OUT/teacher`` (on ``resume``, the one saved there: process 0's, sent to every process). Returns it and
         the fine-tuning's record for the report."""
-        from .hub import load_model, save
-        from .report.redact import public_model
-        from .train.ddp import barrier, broadcast_weights
-        from .train.loop import Trainer
-
         if not heads.fine_tune_teacher:
             return heads.teacher, None
         t_model, t_folder = heads.teacher, self.out / TEACHER_DIR
@@ -801,8 +761,6 @@ class CompressJob:
     def train(self, target: Target, heads: Heads, recipes: Recipes, splits: Any, teacher: nn.Module) -> Trained:
         """Patch a copy of the student's starting point with the method (or continue a compressed model) and
         distil it from a frozen copy of the teacher."""
-        from .train.loop import Trainer, describe_best
-
         cfg = self.cfg
         student = self.make_student(target, heads, teacher)
         teacher_net = copy.deepcopy(teacher).eval()
@@ -816,9 +774,6 @@ class CompressJob:
                                                    "teacher")
         settings = self.run_settings("distill", self.ck_path, {"recipe": recipes.student.to_dict()}, log=True)
         if cfg.loggers:
-            from .report.redact import public_spec
-            from .train.loggers import Loggers
-
             settings.loggers = Loggers(cfg.loggers, self.out / LOGS_DIR, run_name=self.out.name, config={
                 **record, "model": public_spec(cfg.model), "method": self.method,
                 "options": student.vitprune_method.options_dict(), "data": public_spec(cfg.data)})
@@ -836,8 +791,6 @@ class CompressJob:
 
     def make_student(self, target: Target, heads: Heads, teacher: nn.Module) -> nn.Module:
         """The model to distil, its method's new modules initialised from ``seed``."""
-        from .methods import apply_method, dense_copy
-
         torch.manual_seed(self.cfg.seed)
         base = heads.student_base if heads.student_base is not None else teacher
         if target.existing is not None and base is target.loaded:
@@ -847,8 +800,6 @@ class CompressJob:
     def calibrate(self, student: nn.Module, splits: Any, target_map: Optional[list[int]]) -> Optional[dict[str, Any]]:
         """Let the method choose its data-dependent run-time defaults on up to ``CALIBRATION_IMAGES`` training
         images (SaiT: the adaptive threshold), unless the caller set one of its run-time options."""
-        from .data import eval_transform
-
         m_obj = student.vitprune_method
         if not self.cfg.calibrate or not self.dist.main or set(self.cfg.method_options) & set(m_obj.runtime_options):
             return None
@@ -861,8 +812,6 @@ class CompressJob:
     def evaluate(self, trained: Trained, splits: Any, target_map: Optional[list[int]]) -> tuple[Any, Any]:
         """Top-1/top-5/loss of the dense teacher and the compressed student on the val split (a model without a
         classifier: the student's cosine agreement with the teacher; the teacher's own is 1)."""
-        from .train.evaluate import evaluate
-
         self.emit("stage", name="evaluating", message="evaluating dense and compressed on the val split")
         val_set = self.val_set(splits, trained.student, target_map)
         kw = dict(batch_size=self.cfg.batch_size, device=str(self.dev), dtype=self.prec, workers=self.cfg.workers)
@@ -883,8 +832,6 @@ class CompressJob:
                      calibration: Optional[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """report.json (paths redacted, the command as it would make the model again) and config.json's
         metrics."""
-        from .report.redact import public_command, public_model, public_spec, scrub
-
         cfg, (d_eval, c_eval) = self.cfg, evals
         report = _report(public_spec(cfg.model), teacher_spec, self.method, trained.student.vitprune_method, splits,
                          trained.recipe, recipes.sources, trained.summary, d_eval, c_eval, prof,
@@ -912,9 +859,6 @@ class CompressJob:
              recipe: dict[str, Any]) -> Optional[Path]:
         """The model folder (weights, config.json, report.json, card); checkpoints go unless kept. Returns the
         checkpoint kept, if any."""
-        from .hub import save
-        from .report.redact import public_model
-
         self.emit("stage", name="saving", message=f"saving {self.out}")
         text = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
         save(student.eval(), self.out, base_model=public_model(self.cfg.model), recipe=recipe, metrics=metrics,
@@ -971,8 +915,6 @@ class CompressJob:
         return json.loads(json.dumps({**base, **extra}, default=str))
 
     def run_settings(self, stage: str, path: Path, fp_extra: dict[str, Any], log: bool) -> Any:
-        from .train.loop import RunSettings
-
         cfg = self.cfg
         return RunSettings(
             device=self.dev, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps, workers=cfg.workers,
@@ -985,8 +927,6 @@ class CompressJob:
                  target_map: Optional[list[int]]) -> tuple[Any, Any]:
         """The train split through ``model``'s training transform with ``augment`` (seeded per image), and the val
         split (``val_set``)."""
-        from .data import prepare, train_transform
-
         train = prepare(splits.train, train_transform(model, augment), seed=self.cfg.seed,
                         random_transform=augment is not None, target_map=target_map)
         return train, self.val_set(splits, model, target_map)
@@ -994,8 +934,6 @@ class CompressJob:
     @staticmethod
     def val_set(splits: Any, model: nn.Module, target_map: Optional[list[int]]) -> Any:
         """The val split through ``model``'s evaluation transform, labels mapped onto the head."""
-        from .data import eval_transform, prepare
-
         return prepare(splits.val, eval_transform(model), target_map=target_map)
 
 
@@ -1135,8 +1073,6 @@ def _metrics(dataset: str, d_eval: Any, c_eval: Any, prof: Any) -> dict[str, Any
 
 def _calibrate(model: nn.Module, m_obj: Any, splits: Any, transform: Any, target_map: Any, dev: torch.device,
                batch_size: int) -> Optional[dict[str, Any]]:
-    from .data import Prepared, Unreadable
-
     src, idx = splits.train
     g = torch.Generator().manual_seed(0)
     pick = [idx[int(i)] for i in torch.randperm(len(idx), generator=g)[:CALIBRATION_IMAGES]]

@@ -31,6 +31,15 @@ from typing import Any, Callable, Optional, Sequence
 from torch import nn
 
 from .errors import MethodOptionError, UsageError
+from .data import load_data
+from .files import write_atomic
+from .hub import load_model
+from .measure.flops import count_params
+from .measure.models import measure_models
+from .methods import apply_method, dense_copy, get_method, get_method_class
+from .methods.base import sweep_option
+from .report.plots import pareto_plot, require_matplotlib
+from .train.evaluate import evaluate
 
 SWEEP_JSON = "sweep.json"
 PARETO_PNG = "pareto.png"
@@ -148,8 +157,6 @@ class Points:
 def headline_option(method_cls: Any) -> str:
     """The option a sweep varies unless told: the method's headline option with a sweep flag (its options'
     metadata, see ``vitprune.methods.base.sweep_option``)."""
-    from .methods.base import sweep_option
-
     return sweep_option(method_cls)
 
 
@@ -213,8 +220,6 @@ def run_sweep(cfg: SweepConfig, progress: Progress = None) -> SweepResult:
 def check_config(cfg: SweepConfig) -> None:
     """Before any work: matplotlib for the plot, a positive number of epochs."""
     if cfg.plot and cfg.out is not None:
-        from .report.plots import require_matplotlib
-
         require_matplotlib()
     e = cfg.epochs
     if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0):
@@ -227,9 +232,6 @@ def check_config(cfg: SweepConfig) -> None:
 def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     """Load MODEL and decide the method, the swept option and the mode; every value is checked before any work
     (one clear line for a bad one)."""
-    from .hub import load_model
-    from .methods import get_method
-
     loaded = load_model(cfg.model, pretrained=cfg.pretrained) if isinstance(cfg.model, str) else cfg.model
     existing = get_method(loaded)
     plan = _runtime_plan(cfg, loaded, existing) if existing is not None else _dense_plan(cfg, loaded)
@@ -269,8 +271,6 @@ def _solve_values(cfg: SweepConfig, plan: SweepPlan) -> None:
 
 
 def _runtime_plan(cfg: SweepConfig, loaded: nn.Module, existing: Any) -> SweepPlan:
-    from .methods import dense_copy, get_method_class
-
     name, cls = cfg.name, type(existing)
     if cfg.method is not None and get_method_class(cfg.method).name != existing.name:
         raise MethodOptionError(f"{name} is compressed with {existing.name}; sweep its own run-time options, or give "
@@ -289,8 +289,6 @@ def _runtime_plan(cfg: SweepConfig, loaded: nn.Module, existing: Any) -> SweepPl
 
 
 def _dense_plan(cfg: SweepConfig, loaded: nn.Module) -> SweepPlan:
-    from .methods import get_method_class
-
     if cfg.method is None:
         raise MethodOptionError("sweep needs `method` (see `vitprune methods`), or a compressed model folder.")
     cls = get_method_class(cfg.method)
@@ -320,8 +318,6 @@ def make_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress = None) ->
         return _trained_points(cfg, plan, progress)
     splits = None
     if cfg.data is not None:
-        from .data import load_data
-
         splits = load_data(cfg.data, val_split=cfg.val_split)
     points = Points(plan.dense, [], [], [])
     if splits is not None:
@@ -340,8 +336,6 @@ def make_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress = None) ->
 
 
 def _accuracy(cfg: SweepConfig, model: nn.Module, splits: Any) -> dict[str, Any]:
-    from .train.evaluate import evaluate
-
     ev = evaluate(model, splits, split="val", batch_size=cfg.eval_batch_size, device=cfg.device, dtype=cfg.dtype,
                   workers=cfg.workers)
     return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images}
@@ -350,8 +344,6 @@ def _accuracy(cfg: SweepConfig, model: nn.Module, splits: Any) -> dict[str, Any]
 def _point_model(cfg: SweepConfig, plan: SweepPlan, value: Any, first: bool) -> nn.Module:
     """The model at one value: the checkpoint with its run-time option set, or the method applied to a copy."""
     from .api import resolve_models
-    from .measure.flops import count_params
-    from .methods import apply_method
 
     opts = {**cfg.method_options, plan.option: value}
     if plan.mode == "runtime":
@@ -381,7 +373,6 @@ def _untrained_note(cfg: SweepConfig, plan: SweepPlan, added: int) -> None:
 def _trained_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress) -> Points:
     """Every point fine-tuned with ``vitprune.compress`` into ``OUT/points/<option>-<value>``."""
     from .compression import compress
-    from .methods import dense_copy
 
     root = (cfg.out_dir or Path("vitprune-sweep")) / "points"
     points = Points(plan.dense, [], [], [])
@@ -411,8 +402,6 @@ def _trained_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress) -> Po
 
 def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: Progress = None) -> SweepResult:
     """Count every model and time them all together (interleaved in every repeat, as ``vitprune profile``)."""
-    from .measure.models import measure_models
-
     _emit(progress, event="measure",
           message="counting GMACs" + (" and timing all settings, interleaved" if cfg.speed else ""))
     models = {"dense": points.dense, **{f"p{i}": m for i, m in enumerate(points.models)}}
@@ -455,12 +444,8 @@ def _point(value: Any, model: nn.Module, st: Any, dense: Any, ev: dict[str, Any]
 def write(result: SweepResult, out_dir: Path, *, plot: bool = True) -> None:
     """``sweep.json`` (atomically) and, with ``plot``, ``pareto.png`` into ``out_dir``; their paths go into
     ``result.files``."""
-    from .files import write_atomic
-
     result.files.append(str(out_dir / SWEEP_JSON))
     if plot:
-        from .report.plots import pareto_plot
-
         pareto_plot(result, out_dir / PARETO_PNG)
         result.files.append(str(out_dir / PARETO_PNG))
     write_atomic(out_dir / SWEEP_JSON, json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False) + "\n")

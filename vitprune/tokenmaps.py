@@ -16,8 +16,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError, MethodOptionError, UsageError
-from .files import open_regular
+import torch
+
+from .errors import MethodOptionError, UsageError
+from .data.images import load_images
+from .data import eval_transform
+from .methods import get_method, tracking
+from .report.card import short_method
+from .report.plots import draw_token_maps, require_matplotlib
 
 
 @dataclass
@@ -55,58 +61,10 @@ class TokenMaps:
                             "of": P} for s in self.stages]}
 
 
-def _demo_image(spec: str):
-    from .data.demo import DigitsDemo
-
-    ds = DigitsDemo("val")
-    try:
-        i = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise DataError(f"{spec!r}: write demo:N with N a number (an image of the demo val split).") from None
-    if not 0 <= i < len(ds):
-        raise DataError(f"{spec!r}: the demo val split has images 0..{len(ds) - 1}.")
-    img, label = ds[i]
-    return img, f"demo:{i} (a {label})"
-
-
-def load_images(images: Sequence[Any]):
-    """PIL RGB images and labels from files, ``demo:N`` (the N-th demo val digit) or PIL images."""
-    from PIL import Image, UnidentifiedImageError
-
-    out, labels = [], []
-    if not images:
-        raise DataError("give at least one image (a file, or demo:N for a bundled digit).")
-    for item in images:
-        if isinstance(item, Image.Image):
-            out.append(item.convert("RGB"))
-            labels.append(f"image {len(out)}")
-            continue
-        spec = str(item)
-        if spec.startswith("demo:") and not Path(spec).exists():
-            img, label = _demo_image(spec)
-            out.append(img)
-            labels.append(label)
-            continue
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise DataError(f"image {spec} does not exist" + (" (it is a folder)" if path.is_dir() else "") + ".")
-        try:
-            with open_regular(path) as f, Image.open(f) as im:
-                out.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{spec} is not an image vitprune can read ({type(e).__name__}).") from None
-        labels.append(path.name)
-    return out, labels
-
-
 def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
                        blocks: Optional[Sequence[int]] = None) -> TokenMaps:
     """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
-    import torch
     from timm.data import resolve_data_config
-
-    from .data import eval_transform
-    from .methods import get_method, tracking
 
     method = get_method(model)
     if method is None:
@@ -144,7 +102,6 @@ def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
             preds.append(f"{names[k] if k < len(names) else k} ({100 * float(p[k]):.0f} %)")
         else:
             preds.append(None)
-    from .report.card import short_method
 
     return TokenMaps(images=shown, labels=labels, grid=grid, stages=stages,
                      method=short_method(method.name, method.options_dict()), model=name,
@@ -175,8 +132,6 @@ def visualize(
     ``model`` is a compressed model (folder, ``hf-hub:`` repo or module), or a dense one with ``method`` and its
     options to try the method on it.
     """
-    from .report.plots import draw_token_maps, require_matplotlib
-
     require_matplotlib()  # fail before loading anything
     if not str(out).lower().endswith(".png"):
         raise UsageError(f"`out` {out}: visualize writes a PNG; give a file name ending in .png.")

@@ -92,8 +92,8 @@ def cli_type(type_name: str) -> Any:
 
 def build() -> dict[str, Any]:
     """The catalog as the library describes it now (imports the library)."""
-    from ..methods import describe_methods
-    from ..train.recipe import recipe_help as library_recipe_help
+    from ..methods import describe_methods  # deferred: CLI startup
+    from ..train.recipe import recipe_help as library_recipe_help  # deferred: CLI startup
 
     return json.loads(json.dumps({"methods": describe_methods(), "recipe_help": library_recipe_help()}))
 

@@ -292,7 +292,7 @@ TargetGmacsOpt = Annotated[Optional[float], typer.Option(
 def _allow_large(ctx: typer.Context, value: bool) -> bool:
     """``--allow-large``: the command runs inside ``vitprune.hub.limits.allow_large()``."""
     if value:
-        from ..hub.limits import allow_large
+        from ..hub.limits import allow_large  # deferred: CLI startup
 
         ctx.with_resource(allow_large())
     return value

@@ -27,7 +27,7 @@ _RUN = "Run control"
 def _floats(text: Optional[str], name: str) -> Optional[list[float]]:
     if text is None:
         return None
-    from ..errors import UsageError
+    from ..errors import UsageError  # deferred: CLI startup
 
     try:
         vals = [float(v) for v in text.split(",")]
@@ -310,7 +310,7 @@ def compress(
     learns the dense teacher's embedding by cosine distance (--kd-weight x (1 - cos)), labels unused, and
     validation reports the cosine agreement instead of top-1 (--new-head puts a classifier on it instead).
     """
-    from ..train.loop import TrainingInterrupted
+    from ..train.loop import TrainingInterrupted  # deferred: CLI startup
 
     import logging
 
@@ -318,7 +318,7 @@ def compress(
     reporter = Reporter(plain=quiet or json_out, silent=not is_main_process())
     t0 = time.perf_counter()
     try:
-        from ..compression import compress as run_compress
+        from ..compression import compress as run_compress  # deferred: CLI startup
 
         recipe: dict[str, Any] = {k: v for k, v in {
             "lr": lr, "lr_batch_ref": lr_batch_ref, "backbone_lr_scale": backbone_lr_scale,
@@ -379,7 +379,7 @@ def compress(
     if json_out:
         print_json(result.report)
         return
-    from ..report.tables import compress_table
+    from ..report.tables import compress_table  # deferred: CLI startup
 
     out.print(compress_table(result.report))
     m = result.metrics

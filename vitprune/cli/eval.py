@@ -53,13 +53,13 @@ def eval_(
     """
     import logging
 
-    from ..errors import MethodOptionError
-    from ..hub import load_model
-    from ..methods import get_method
-    from ..train.evaluate import evaluate
+    from ..errors import MethodOptionError  # deferred: CLI startup
+    from ..hub import load_model  # deferred: CLI startup
+    from ..methods import get_method  # deferred: CLI startup
+    from ..train.evaluate import evaluate  # deferred: CLI startup
 
     logging.getLogger("vitprune").addHandler(logging.NullHandler())  # one summary warning below
-    from ..train.losses import feature_output
+    from ..train.losses import feature_output  # deferred: CLI startup
 
     net = load_model(model)
     m = get_method(net)

@@ -77,8 +77,8 @@ def export(
     """
     if batch_size is not None and dynamic_batch:
         raise UsageError("give `batch_size` N or `dynamic_batch`, not both.")
-    from ..exporter import export as do_export
-    from ..report.tables import profile_table
+    from ..exporter import export as do_export  # deferred: CLI startup
+    from ..report.tables import profile_table  # deferred: CLI startup
 
     def run():
         return do_export(model, output, method=method, format=format.value, batch_size=batch_size, opset=opset,
@@ -93,8 +93,8 @@ def export(
     with step(f"exporting {model} to ONNX and checking it in ONNX Runtime"):
         result = run()
     print_budget(result.budget)
-    from ..exporter.graph import compact
-    from ..report.card import short_method
+    from ..exporter.graph import compact  # deferred: CLI startup
+    from ..report.card import short_method  # deferred: CLI startup
 
     what = short_method(result.method, result.options)
     batch = "dynamic batch" if result.batch == "dynamic" else f"batch {result.batch}"

@@ -25,10 +25,10 @@ def import_checkpoint(
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
 ) -> None:
     """Turn a checkpoint released by a method's authors into a vitprune model folder."""
-    from ..hub import save
-    from ..hub.convert import import_checkpoint as do_import
-    from ..hub.lock import output_lock
-    from ..hub.save import check_overwritable
+    from ..hub import save  # deferred: CLI startup
+    from ..hub.convert import import_checkpoint as do_import  # deferred: CLI startup
+    from ..hub.lock import output_lock  # deferred: CLI startup
+    from ..hub.save import check_overwritable  # deferred: CLI startup
 
     check_overwritable(output)  # reads only: someone else's config.json or README.md is refused first
     model = do_import(file, base, method, key=key, **method_options)  # a refused checkpoint leaves no folder

@@ -51,8 +51,8 @@ def profile(
     With --method, MODEL (dense) is patched with the method and its options; a compressed folder is profiled as
     saved, its run-time options (e.g. --keep-rate, --mode) changed for this run when given.
     """
-    from .. import api
-    from ..report.tables import profile_notes, profile_table
+    from .. import api  # deferred: CLI startup
+    from ..report.tables import profile_notes, profile_table  # deferred: CLI startup
 
     if update_card:
         _check_update_card(model, method, method_options, no_speed, compile or compile_auto, runtime, target_gmacs)
@@ -66,7 +66,7 @@ def profile(
     if json_out:
         report = run()
         if update_card:
-            from ..report.remeasure import update_speed
+            from ..report.remeasure import update_speed  # deferred: CLI startup
 
             update_speed(model, report.to_dict())
         print_json(report.to_dict())
@@ -80,7 +80,7 @@ def profile(
     for note in profile_notes(report):
         out.print(f"[dim]· {escape(note)}[/]")
     if update_card:
-        from ..report.remeasure import update_speed
+        from ..report.remeasure import update_speed  # deferred: CLI startup
 
         update_speed(model, report.to_dict())
         out.print(f"updated the speed in {escape(str(model))}/report.json and its model card (README.md)")
@@ -91,7 +91,7 @@ def _check_update_card(model: str, method: Optional[str], options: dict[str, Any
     """--update-card re-measures a saved compressed folder as `compress` measured it: nothing else."""
     from pathlib import Path
 
-    from ..errors import UsageError
+    from ..errors import UsageError  # deferred: CLI startup
 
     folder = Path(model).expanduser()
     if not (folder / "report.json").is_file():

@@ -41,7 +41,7 @@ def push(
     the repo); anything else only with --include. Files that lead outside the folder are refused. The token comes
     from HF_TOKEN or `hf auth login`; it is never printed. The local folder is not changed.
     """
-    from ..hub.push import push as do_push
+    from ..hub.push import push as do_push  # deferred: CLI startup
 
     kwargs = dict(private=private, revision=revision, commit_message=message, include=include or ())
     if dry_run:

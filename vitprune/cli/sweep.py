@@ -67,8 +67,8 @@ def sweep(
     OUT/sweep.json and OUT/pareto.png (top-1 vs throughput with the dense model as the reference; without --data,
     GMACs vs throughput).
     """
-    from ..sweeps import sweep as do_sweep
-    from ..report.tables import sweep_table
+    from ..sweeps import sweep as do_sweep  # deferred: CLI startup
+    from ..report.tables import sweep_table  # deferred: CLI startup
 
     given = [(flag, name, text) for name, (flag, text) in swept.items()]
     if values is not None:

@@ -13,7 +13,7 @@ from .common import out as console
 def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:
     if text is None:
         return None
-    from ..errors import UsageError
+    from ..errors import UsageError  # deferred: CLI startup
 
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -43,8 +43,8 @@ def visualize(
     coloured by their granularity. Images go through the model's own timm eval transform. A compressed folder's
     run-time options (e.g. --mode fixed on SaiT) can be changed for the picture.
     """
-    from ..report.plots import require_matplotlib
-    from ..tokenmaps import visualize as do_visualize
+    from ..report.plots import require_matplotlib  # deferred: CLI startup
+    from ..tokenmaps import visualize as do_visualize  # deferred: CLI startup
 
     require_matplotlib()
     with step("running the model with token tracking and drawing"):

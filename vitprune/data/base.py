@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..files import RefusedPath, inside, open_regular
+from ..errors import DataError
 
 #: exceptions that mean "this file is not a readable image" (PIL, truncated files, decoders)
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, RuntimeError)
@@ -60,6 +61,7 @@ class ImageSource:
 
     classes: list[str]
     targets: list[int]
+    streams = False  # True for a source read in order, shard by shard (``vitprune.data.stream.StreamSource``)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -280,8 +282,6 @@ class Splits:
         """``(source, indices)`` of the test split, read on first use; ``DataError`` (one line naming the splits
         the data has) when there is none."""
         if self.open_test is None:
-            from ..errors import DataError
-
             raise DataError(f"{self.name} has no test split: {self.no_test}")
         if self._test is None:
             self._test = self.open_test()
@@ -290,9 +290,7 @@ class Splits:
     @property
     def streamed(self) -> bool:
         """True when the training images are read as a stream (``vitprune.data.stream``), not by index."""
-        from .stream import StreamSource
-
-        return self.train is not None and isinstance(self.train[0], StreamSource)
+        return self.train is not None and getattr(self.train[0], "streams", False)
 
     def describe(self) -> dict[str, Any]:
         return {

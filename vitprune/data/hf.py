@@ -36,7 +36,7 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def columns(ds: Any, where: str) -> tuple[str, str]:
-    import datasets
+    import datasets  # optional extra
 
     feats = ds.features
     image = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
@@ -52,7 +52,7 @@ def columns(ds: Any, where: str) -> tuple[str, str]:
 
 def undecoded(ds: Any, image_col: str) -> Any:
     """``ds`` with its Image column read as ``{"bytes", "path"}`` (vitprune decodes, so one bad image is skipped)."""
-    import datasets
+    import datasets  # optional extra
 
     if isinstance(ds.features[image_col], datasets.Image):
         ds = ds.cast_column(image_col, datasets.Image(decode=False))
@@ -104,7 +104,7 @@ class HFImages(ImageSource):
 
 
 def _classes(splits: list[Any], label_col: str) -> list[str]:
-    import datasets
+    import datasets  # optional extra
 
     feat = splits[0].features[label_col]
     if isinstance(feat, datasets.ClassLabel):
@@ -127,7 +127,7 @@ def numeric_classes(values: set, label_col: str) -> list[str]:
 
 
 def load_hf(path: Path, *, val_split: Optional[float] = None, split_seed: int = 0) -> Splits:
-    import datasets
+    import datasets  # optional extra
 
     try:
         loaded = datasets.load_from_disk(str(path))

@@ -27,7 +27,10 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
+from huggingface_hub import constants
+
 from ..errors import DataError
+from ..offline import ensure_offline_if_unreachable
 from .base import RefusedFile, Splits, confined
 from .hf import check_labels, columns, dataset_splits, decode_value, numeric_classes, pick_splits, pick_test, undecoded
 from .stream import MISSING_REASON, StreamSource
@@ -38,7 +41,7 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 
 def _datasets():
     try:
-        import datasets
+        import datasets  # optional extra
     except ImportError:
         raise DataError('hf: datasets need the datasets package; install the extra: pip install "vitprune[datasets]".') \
             from None
@@ -49,9 +52,7 @@ def cache_resolver(repo_id: str) -> Callable[[str], Path]:
     """Where an image path of Hub dataset ``repo_id`` may be read: inside its repo folder in the Hub cache or the
     folder of files ``datasets`` downloaded (absolute paths allowed there only; relative ones are taken inside the
     repo folder)."""
-    from huggingface_hub import constants
-
-    import datasets
+    import datasets  # optional extra
 
     roots = [Path(constants.HF_HUB_CACHE) / ("datasets--" + repo_id.replace("/", "--")),
              Path(datasets.config.DOWNLOADED_DATASETS_PATH)]
@@ -92,8 +93,6 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
         if val_split is not None:
             raise DataError("--val-split needs the whole train split at hand; with --streaming the dataset needs a "
                             "validation split of its own.")
-    from ..hub.load import ensure_offline_if_unreachable
-
     offline = ensure_offline_if_unreachable()
     if offline:
         datasets.config.HF_HUB_OFFLINE = True

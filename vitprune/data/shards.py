@@ -45,7 +45,7 @@ _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members it neve
 def require_webdataset(what: str = "reading webdataset shards"):
     """The webdataset module, or one line naming the extra."""
     try:
-        import webdataset
+        import webdataset  # optional extra
     except ImportError:
         raise DataError(f"{what} needs the webdataset package; install the extra: {EXTRA}.") from None
     return webdataset
@@ -87,7 +87,7 @@ class TarShards(StreamSource):
     """The samples of some ``.tar`` shards (one split), indexed once when made."""
 
     def __init__(self, paths: list[Path]):
-        from webdataset.tariterators import base_plus_ext, group_by_keys
+        from webdataset.tariterators import base_plus_ext, group_by_keys  # optional extra
 
         self.paths = paths
         self.classes: list[str] = []  # set by load_shards
@@ -130,7 +130,7 @@ class TarShards(StreamSource):
             yield {"fname": name, "data": (ti.offset, payload), "__url__": url}
 
     def read(self, shard: int, skip: int, take: int) -> Iterator[tuple[str, Optional[str], Optional[bytes]]]:
-        from webdataset.tariterators import group_by_keys, tar_file_expander
+        from webdataset.tariterators import group_by_keys, tar_file_expander  # optional extra
 
         if take <= 0 or skip >= self.shard_sizes[shard]:
             return

@@ -59,6 +59,8 @@ class StreamSource(ImageSource):
     ``j`` samples before it (no seeking), so random access is slow.
     """
 
+    streams = True
+
     shard_sizes: list[int]
     targets: Any  # numpy int64 array
     label_problems: dict[int, str]
@@ -220,7 +222,7 @@ class _EpochPart(torch.utils.data.IterableDataset):
         return (self.micro - self.start) * self.batch
 
     def __iter__(self) -> Iterator[Any]:
-        import webdataset
+        import webdataset  # optional extra
 
         info = torch.utils.data.get_worker_info()
         K = self.workers

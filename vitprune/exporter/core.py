@@ -26,8 +26,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 from torch import nn
 
 from ..errors import ExportError, no_room
+from ..hub.load import model_slug
 from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
 from .verify import Verification, sample_images, verify
+from ..hub.save import update_files
+from ..measure.flops import model_input_size
+from ..measure.ort import OrtModel
+from ..report.card import read_folder
 
 ModelLike = Union[str, os.PathLike, nn.Module]
 FILE_NAME = "model.onnx"
@@ -129,8 +134,6 @@ def _export(
     if quantize == "int8" and calibrate_data is not None:
         raise ExportError("--calibrate-data calibrates static quantization: use --quantize int8-static.")
     require_export_deps()
-    from ..measure.flops import model_input_size
-    from ..measure.ort import OrtModel
 
     folder = _folder_of(model)
     name, net, budget = _resolve(model, method, method_options, pretrained, target_gmacs)
@@ -176,7 +179,7 @@ def _export(
             speed = profile(net, runtime="onnxruntime", onnx_files=files, repeats=repeats,
                             batch_size=measure_batch_size, on_step=on_step, quantize=quantize)
             speed.model = name
-        import onnx
+        import onnx  # optional extra
 
         graph_opset = next(o.version for o in onnx.load(str(staged), load_external_data=False).opset_import
                            if o.domain in ("", "ai.onnx"))
@@ -212,8 +215,6 @@ def export(*args: Any, **kwargs: Any) -> ExportResult:
 
 
 def _saved_by_vitprune(folder: Path) -> bool:
-    from ..report.card import read_folder
-
     try:
         return bool(read_folder(folder)[0])
     except Exception:  # noqa: BLE001 - an unreadable config.json is not a vitprune folder
@@ -224,8 +225,6 @@ def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -
     """Put the export into a saved vitprune folder with the rest of the model: ``model.onnx`` (and its external
     data), report.json's ``onnx`` section and the regenerated card, switched in as one new version of the folder
     (``vitprune.hub.save.update_files``: under the folder's lock, never half-written)."""
-    from ..hub.save import update_files
-    from ..report.card import read_folder
     from .quantize import int8_path
 
     _, report, _ = read_folder(folder)
@@ -239,8 +238,6 @@ def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -
 
 def _folder_data(folder: Path) -> Optional[str]:
     """The data a saved folder was trained on (report.json's ``data.data``), for static calibration."""
-    from ..report.card import read_folder
-
     try:
         report = read_folder(folder)[1] or {}
     except Exception:  # noqa: BLE001 - an unreadable report: no data spec
@@ -280,8 +277,6 @@ def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any], p
 def _default_output(name: str, folder: Optional[Path], method: Optional[str]) -> Path:
     if folder is not None and method is None:
         return folder / FILE_NAME
-    from ..compression import model_slug
-
     return Path(DEFAULT_DIR) / (model_slug(name) + (f"-{method}" if method else "") + ".onnx")
 
 

@@ -28,6 +28,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from importlib.metadata import version
+
 from ..errors import ExportError
 from ..methods.base import patch_grid
 
@@ -54,8 +56,6 @@ def require_export_deps() -> None:
 
 
 def export_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {name: version(name) for name in EXPORT_MODULES}
 
 
@@ -100,7 +100,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ExportError(f"torch.onnx.export could not export this model: {first}") from None
         program.save(str(path))
-    import onnx
+    import onnx  # optional extra
 
     graph = onnx.load(str(path), load_external_data=False)
     if opset is not None:
@@ -154,7 +154,7 @@ def strip_metadata(proto: Any) -> None:
 def graph_token_counts(graph: Any, depth: int, embed_dim: int) -> list[Optional[int]]:
     """Tokens entering each of the ``depth`` blocks in an exported ``onnx.ModelProto`` (None where the graph does
     not fix the number)."""
-    import onnx
+    import onnx  # optional extra
 
     shapes = _shapes(graph)
     if not shapes:

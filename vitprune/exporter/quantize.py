@@ -35,7 +35,12 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+import platform
+
 from ..errors import ExportError
+from ..data import build_split, collate, eval_transform
+from ..measure.ort import OrtModel
+from ..train.evaluate import evaluate
 
 MODES = ("int8", "int8-static")
 OP_TYPES = ["MatMul", "Gemm"]
@@ -63,8 +68,6 @@ def cpu_int8_isa() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        import platform
-
         return f"int8 instruction set unknown ({platform.machine() or 'this platform'})"
     flags: set[str] = set()
     for line in text.splitlines():
@@ -102,7 +105,7 @@ def _quiet():
 
 def _reader(batches: Sequence[torch.Tensor], input_name: str):
     """A ``CalibrationDataReader`` over batches of preprocessed images."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # optional extra
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -119,7 +122,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "i
     """Write the int8 version of the fp32 file ``src`` to ``dst`` (``mode``: see the module doc; ``int8-static``
     needs ``calibration``: batches of preprocessed images)."""
     check_mode(mode)
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static  # optional extra
 
     from .graph import INPUT_NAME
 
@@ -137,7 +140,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "i
 def check_quantized_tokens(path: str | os.PathLike, model: nn.Module, input_size: tuple[int, int, int]) -> list[int]:
     """The tokens entering each block in the quantized graph, which must be the method's schedule (as the fp32
     export's)."""
-    import onnx
+    import onnx  # optional extra
 
     from .graph import check_token_counts, expected_tokens, graph_token_counts
 
@@ -152,8 +155,6 @@ def calibration_batches(model: nn.Module, data: Any, count: int = DEFAULT_CALIBR
                         batch_size: int = CALIBRATION_BATCH) -> tuple[list[torch.Tensor], str]:
     """(batches, description): ``count`` images of ``data``'s train split (evenly spaced), read through ``model``'s
     evaluation transform."""
-    from ..data import build_split, collate, eval_transform
-
     if count < 1:
         raise ExportError(f"--calibrate-images must be a positive number, got {count}.")
     dataset = build_split(data, "train", eval_transform(model))
@@ -181,7 +182,6 @@ class _OrtModule(nn.Module):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__()
-        from ..measure.ort import OrtModel
 
         self.ort = OrtModel(path)
 
@@ -193,9 +193,6 @@ def evaluate_files(files: dict[str, str | os.PathLike], model: nn.Module, data: 
                    batch_size: int = 64) -> dict[str, dict[str, Any]]:
     """Top-1/top-5/loss of each ONNX file on ``data``'s ``split``, read through ``model``'s preprocessing with its
     labels mapped onto ``model``'s head (as ``vitprune eval``)."""
-    from ..data import build_split, eval_transform
-    from ..train.evaluate import evaluate
-
     dataset = build_split(data, split, eval_transform(model), model=model)
     return {key: evaluate(_OrtModule(path), dataset, batch_size=batch_size, device="cpu", dtype="fp32").to_dict()
             for key, path in files.items()}
@@ -240,7 +237,6 @@ def quantize_export(model: nn.Module, fp32: Path, dst: Path, mode: str, *, input
                     force: bool = False) -> Int8Result:
     """Quantize the checked fp32 file ``fp32`` into ``dst`` and check it (module doc); ``ExportError`` (one line)
     when the token schedule is not in the int8 graph, or when its drop exceeds ``max_drop`` and not ``force``."""
-    from ..measure.ort import OrtModel
     from .verify import compare
 
     calibration, what = None, None

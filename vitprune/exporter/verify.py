@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..data import eval_transform
+from ..data.images import load_images
 
 RELATIVE_TOLERANCE = 1e-4
 DEFAULT_IMAGES = 8
@@ -61,9 +63,6 @@ def sample_images(model: nn.Module, images: Optional[Sequence[Any]] = None,
                   count: int = DEFAULT_IMAGES) -> tuple[torch.Tensor, str]:
     """(batch, description): ``images`` (files, ``demo:N``, PIL images) or the first ``count`` demo val digits,
     through ``model``'s own evaluation transform."""
-    from ..data import eval_transform
-    from ..tokenmaps import load_images
-
     specs = list(images) if images else [f"demo:{i}" for i in range(count)]
     pil, _ = load_images(specs)
     transform = eval_transform(model)

@@ -21,8 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+import ast
+from safetensors.torch import load_file
+
 from ..errors import MethodOptionError, ModelNotFoundError
 from ..files import RefusedPath, check_regular, read_tensors
+from ..methods import apply_method
+from ..methods.registry import get_method_class
 
 STATE_KEYS = ("model", "state_dict", "model_ema", "module")
 
@@ -43,8 +48,6 @@ def read_checkpoint(file: str | os.PathLike, key: str | None = None) -> tuple[di
     except RefusedPath:
         raise ModelNotFoundError(f"checkpoint {path} is not a regular file.") from None
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         obj: Any = load_file(str(path))
     else:
         try:  # argparse.Namespace allowed for this load only, not every later one
@@ -70,8 +73,6 @@ def read_checkpoint(file: str | os.PathLike, key: str | None = None) -> tuple[di
 def stored_options(method: str, args: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
     """``given`` completed with the options the training arguments ``args`` set (the method's ``official_args``);
     an option given with a value other than the stored one raises MethodOptionError."""
-    from ..methods.registry import get_method_class
-
     cls = get_method_class(method)
     stored = {}
     for arg, option in cls.official_args.items():
@@ -90,8 +91,6 @@ def stored_options(method: str, args: dict[str, Any], given: dict[str, Any], sou
 def _plain(value: Any) -> Any:
     """A stored argument as an option value: the reference scripts keep block lists as text, e.g. ``"(3, 6, 9)"``."""
     if isinstance(value, str):
-        import ast
-
         try:
             value = ast.literal_eval(value)  # literals only, never code
         except (ValueError, SyntaxError):
@@ -109,7 +108,6 @@ def import_checkpoint(
 ) -> nn.Module:
     """Build ``base`` (a timm name, e.g. ``deit_small_patch16_224``) with ``method`` and the official weights;
     options the checkpoint's training arguments set are taken from there unless given (the same value only)."""
-    from ..methods import apply_method
     from .load import load_model
 
     state, args = read_checkpoint(file, key)

@@ -19,22 +19,29 @@ import contextlib
 import difflib
 import json
 import os
-import socket
+import re
 from functools import lru_cache
 from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from huggingface_hub import errors as hf_errors, hf_hub_download, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
 from ..errors import ModelNotFoundError
 from ..files import RefusedPath, read_bytes, read_tensors
+from ..offline import ensure_offline_if_unreachable
 from ..methods.base import check_vit
 from ..train.losses import EMBEDDING
 from .limits import check_size
+from ..files import check_regular, inside
+from ..methods import create_method, patch_with
 
 VITPRUNE_KEY = "vitprune"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,29 +57,11 @@ def demo_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def ensure_offline_if_unreachable() -> bool:
-    """Switch huggingface_hub to offline mode when the Hub cannot be reached; return True when offline."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    if not _hub_reachable():
-        constants.HF_HUB_OFFLINE = True
-        os.environ["HF_HUB_OFFLINE"] = "1"  # for libraries that read the environment themselves
-        return True
-    return False
+def model_slug(spec: str) -> str:
+    """A model spec as a file-name part: ``hf-hub:org/name`` -> ``name``, a folder -> its name."""
+    name = spec.split(":", 1)[1] if spec.startswith(("hf-hub:", "local-dir:")) else spec
+    name = Path(name.rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
 #: what the offline message adds when what is missing is only pretrained weights
@@ -95,8 +84,6 @@ def _not_found(spec: str, offline: bool, cause: Exception | None = None, weights
 def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
     """Run a huggingface_hub/timm call that may download, mapping hub errors to ModelNotFoundError (``weights``:
     the call fetches only pretrained weights, which an architecture-only run does without)."""
-    from huggingface_hub import errors as hf_errors
-
     offline = ensure_offline_if_unreachable()
     try:
         return fn(*args, **kwargs)
@@ -261,8 +248,6 @@ class _Plan:
             raise ModelNotFoundError(f"{self.where} does not describe a {self.arch} timm can build "
                                      f"({type(e).__name__}: {first}).") from None
         if self.method:
-            from ..methods import create_method, patch_with
-
             with torch.device("meta") if meta else contextlib.nullcontext():
                 patch_with(model, create_method(self.method, **self.options))  # recorded, not asked: no warnings
         if self.output is not None:
@@ -309,8 +294,6 @@ def build_from_config(cfg: dict[str, Any], *, source: str) -> nn.Module:
 def check_weights(model: nn.Module, weights: Path, where: str) -> None:
     """Every tensor of ``model`` (on any device, ``meta`` included) against the safetensors header of ``weights``:
     names, shapes and kinds (floating or not), read without loading any data. ModelNotFoundError in one line."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(weights), framework="pt") as f:
             header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
@@ -358,8 +341,6 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     regular file inside ``root`` (default: the folder; for a Hub download, the repo's cache folder, whose snapshot
     files are links to its blobs).
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     root = Path(root) if root is not None else folder
     where = source or str(folder)
@@ -398,8 +379,6 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
 
 def inside_folder(root: Path, path: Path) -> Path:
     """``path`` (under ``root``) resolved inside ``root``, a regular file (``RefusedPath`` otherwise)."""
-    from ..files import check_regular, inside
-
     path = inside(root, os.path.relpath(path, root), what="file")
     check_regular(path)
     return path
@@ -434,8 +413,6 @@ def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
     import timm
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     repo = spec[len("hf-hub:"):]
     repo_id, _, revision = repo.partition("@")

@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from filelock import FileLock, Timeout
+
 from ..errors import FolderInUseError, OutputFolderError
 from ..files import RefusedPath, read_bytes, remove, write_atomic
 
@@ -103,8 +105,6 @@ def output_lock(folder: str | os.PathLike, purpose: str) -> Iterator[Path]:
     Raises ``FolderInUseError`` at once (no waiting) when another process holds it, ``OutputFolderError`` when
     the folder cannot be created or written.
     """
-    from filelock import FileLock, Timeout
-
     folder = Path(folder).expanduser()
     store = _prepare(folder)
     key = os.path.realpath(folder)

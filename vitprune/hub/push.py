@@ -26,8 +26,15 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 from urllib.parse import unquote, urlparse
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants, errors as hf_errors, get_token
+from huggingface_hub.utils import (
+    HFValidationError, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, validate_repo_id,
+)
+
 from ..errors import PushError
 from ..files import RefusedPath, check_regular, inside
+from .save import current_version, is_our_link
+from ..report.card import render_card
 
 #: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
 ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx", "model-int8.onnx")
@@ -74,8 +81,6 @@ class PushResult:
 
 def check_repo_id(repo: str) -> str:
     """``user/name`` (an ``hf-hub:`` prefix is accepted); PushError for anything else."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     repo_id = repo[len("hf-hub:"):] if repo.startswith("hf-hub:") else repo
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PushError(f"invalid repo name {repo!r}: write it as user/name (or org/name).")
@@ -124,8 +129,8 @@ def card_images(card: str) -> list[str]:
 def _onnx_data(folder: Path) -> list[str]:
     """External-data files model.onnx names (read with onnx when installed), else the usual names beside it."""
     try:
-        import onnx
-        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+        import onnx  # optional extra
+        from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors  # optional extra
     except ImportError:
         return [n for n in ONNX_DATA if os.path.lexists(folder / n)]
     try:
@@ -202,8 +207,6 @@ def upload_plan(folder: str | os.PathLike, card: str, include: Iterable[str] = (
                 skipped: Optional[list[str]] = None) -> list[PushFile]:
     """Exactly the files a push of ``folder`` sends with this card (the dry run and the push both use it);
     symlinks skipped inside included folders are added to ``skipped``."""
-    from .save import current_version, is_our_link
-
     folder = Path(folder)
     version = current_version(folder)  # resolved once: files a save switches meanwhile still come from one model
     wanted: dict[str, str] = {}
@@ -269,8 +272,6 @@ def _scrub(text: str, secret: Optional[str]) -> str:
 
 def _explain(e: BaseException, repo_id: str, endpoint: str, token: Optional[str]) -> str:
     """One line for a failed upload, never containing the token."""
-    from huggingface_hub import errors as hf_errors
-
     if isinstance(e, hf_errors.OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set; pushing needs the network (unset HF_HUB_OFFLINE)."
     if isinstance(e, hf_errors.HfHubHTTPError) and getattr(e, "response", None) is not None:
@@ -333,8 +334,6 @@ def push(
     ``include_onnx``: first export ``model.onnx`` into the folder when it has none (``vitprune.export``, checked
     against PyTorch; the one thing a push writes locally), so that it goes with the model.
     """
-    from ..report.card import render_card
-
     folder = Path(folder).expanduser()
     _check_folder(folder)
     repo_id = check_repo_id(repo)
@@ -357,9 +356,6 @@ def push(
     if dry_run:
         return result
 
-    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
     if constants.HF_HUB_OFFLINE:
         raise PushError("HF_HUB_OFFLINE is set (by you, or by vitprune after the Hub did not answer); pushing needs "
                         "the network: unset HF_HUB_OFFLINE and check the connection.")
@@ -381,7 +377,6 @@ def push(
     except PushError:
         raise
     except Exception as e:  # noqa: BLE001 - every failure of the remote part becomes one line
-        from huggingface_hub import errors as hf_errors
 
         known = (hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled, ValueError, RuntimeError,
                  *_network_error_types())

@@ -33,11 +33,16 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from torch import nn
 
+from huggingface_hub import ModelCard
+
 from ..errors import OutputFolderError
 from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
 from ..train.losses import EMBEDDING
 from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
 from .lock import STORE, host_name, output_lock, pid_alive
+from ..errors import ModelNotFoundError
+from ..files import make_dirs, remove_empty_dir
+from ..methods.base import ROTARY_NOTE
 
 CARD_NAME = "README.md"
 VERSIONS = "versions"
@@ -63,7 +68,6 @@ def vitprune_section(
 
     method = getattr(model, "vitprune_method", None)
     # how the method deviates from its paper on this model (no class token, rotary embeddings), for the model card
-    from ..methods.base import ROTARY_NOTE
 
     kinds = ("no class token: ", f"{ROTARY_NOTE}: ")
     deviations = [n for n in method.report_notes(model) if n.startswith(kinds)] if method else []
@@ -194,8 +198,6 @@ def _current_or_none(folder: Path) -> Optional[Path]:
 
 def _make_dirs(folder: Path, path: Path) -> None:
     """Create ``path`` inside ``folder``, refusing a symlinked folder on the way (``OutputFolderError``)."""
-    from ..files import make_dirs
-
     try:
         make_dirs(path, root=folder)
     except RefusedPath as e:
@@ -205,8 +207,6 @@ def _make_dirs(folder: Path, path: Path) -> None:
 def remove_saved(folder: str | os.PathLike) -> None:
     """Delete the model vitprune saved in ``folder``: its top-level links and its ``.vitprune`` store, nothing
     else (files someone else put there stay, and so does the folder when it is not empty then)."""
-    from ..files import remove_empty_dir
-
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return
@@ -254,8 +254,6 @@ def _sweep(folder: Path, dirs: list[Path]) -> None:
 
 def written_by_vitprune(path: Path) -> bool:
     """Whether a config.json (has a ``vitprune`` section) or README.md (card tagged ``vitprune``) is vitprune's."""
-    from ..errors import ModelNotFoundError
-
     try:
         text = read_text(path)
     except (OSError, UnicodeDecodeError):
@@ -267,7 +265,6 @@ def written_by_vitprune(path: Path) -> bool:
             return False
     if not text.startswith("---"):  # no Hub metadata block: not a card vitprune rendered
         return False
-    from huggingface_hub import ModelCard
 
     try:
         tags = ModelCard(text).data.tags or []

@@ -43,6 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from huggingface_hub import errors as hf_errors, hf_hub_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError, safe_open
+
 from ..errors import ModelNotFoundError, UnsupportedModelError
 from ..train.losses import EMBEDDING
 
@@ -469,8 +473,6 @@ class _Tensors:
         self.path, self.where = path, where
         self._open = None
         if path.name.endswith(".safetensors"):
-            from safetensors import SafetensorError, safe_open
-
             try:
                 self._open = safe_open(str(path), framework="pt")
                 self.shapes = {k: tuple(self._open.get_slice(k).get_shape()) for k in self._open.keys()}
@@ -751,9 +753,6 @@ def load_transformers_folder(folder: Path, cfg: dict[str, Any], *, pretrained: b
 
 
 def _optional_download(repo_id: str, filename: str, revision: Optional[str]) -> Optional[Path]:
-    from huggingface_hub import errors as hf_errors
-    from huggingface_hub import hf_hub_download
-
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
     except (hf_errors.EntryNotFoundError, hf_errors.LocalEntryNotFoundError):
@@ -788,7 +787,6 @@ def public_base(cfg: dict[str, Any]) -> Optional[str]:
     transformers'."""
     if not is_transformers_config(cfg):
         return None
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from ..report.redact import LOCAL_WEIGHTS
 

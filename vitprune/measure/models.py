@@ -24,6 +24,8 @@ from ..errors import MethodOptionError
 from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
 from .speed import SpeedSettings, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
+from .ort import benchmark_onnx, runtime_label
+from ..fastpath import check_mode, optimize
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -86,8 +88,6 @@ def check_settings(*, batch_size: Optional[int] = None, runtime: str = "torch", 
     if batch_size is not None and batch_size < 1:
         raise MethodOptionError(f"`batch_size` must be a positive number, got {batch_size}.")
     if compile is not None:
-        from ..fastpath import check_mode
-
         check_mode(compile, "compile")
     if runtime not in RUNTIMES:
         raise MethodOptionError(f"`runtime` must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
@@ -145,8 +145,6 @@ def measure_models(
     compiled = compile if compile and compile != "none" else None
     runtime_info = None
     if (speed or latency) and runtime == "onnxruntime":
-        from .ort import runtime_label
-
         timings = _time_onnx(models, input_size, dev, settings, onnx_files or {}, speed, latency, on_step)
         runtime_info = runtime_label(dev)
     elif speed or latency:
@@ -170,7 +168,6 @@ def _prepared(model: nn.Module, dev: torch.device, compiled: Optional[str]) -> n
     model = model.to(dev)
     if compiled is None:
         return model
-    from ..fastpath import optimize
 
     return optimize(model, compiled, device=dev)
 
@@ -181,7 +178,6 @@ def _time_onnx(models: dict[str, nn.Module], input_size: tuple[int, int, int], d
     """Export each model without a file in ``files`` (dynamic batch, token counts checked) and time them all in
     ONNX Runtime, interleaved."""
     from ..exporter.graph import export_onnx
-    from .ort import benchmark_onnx
 
     with tempfile.TemporaryDirectory(prefix="vitprune-onnx-") as tmp:
         paths = dict(files)

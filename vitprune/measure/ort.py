@@ -30,7 +30,7 @@ RUNTIME_NAME = "onnxruntime"
 
 def providers_for(device: torch.device) -> list[str]:
     """The execution providers for ``device``: CUDA (with CPU for unsupported nodes) or CPU."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional extra
 
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -44,7 +44,7 @@ def ort_session(path: str | os.PathLike, device: Optional[torch.device] = None, 
                 spin: bool = False):
     """An ``InferenceSession`` on ``path`` with torch's intra-op thread count, all graph optimizations and (unless
     ``spin``) no spin-waiting threads."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional extra
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -76,7 +76,7 @@ class OrtModel:
 
 def runtime_label(device: torch.device, threads: Optional[int] = None) -> str:
     """How ONNX Runtime timings were made, for table captions: version, provider, threads."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional extra
 
     provider = providers_for(device)[0]
     if device.type == "cuda":

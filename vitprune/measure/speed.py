@@ -26,6 +26,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+import platform
+
 from ..errors import DeviceError, MethodOptionError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -67,7 +69,6 @@ def autocast(device: torch.device, dtype: str):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
 
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 

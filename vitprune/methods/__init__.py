@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+import copy
+
 from ..errors import MethodOptionError
 from .base import (
     MethodOptions, OptionSpec, PatchedViT, StepContext, TeacherOutput, TokenMethod, TokenState, option_specs,
@@ -46,8 +48,6 @@ def patch_with(model: nn.Module, m: TokenMethod) -> nn.Module:
 
 def dense_copy(model: nn.Module) -> nn.Module:
     """A dense copy of a (patched or dense) model: same backbone weights, method modules and patch removed."""
-    import copy
-
     from .base import unpatched_class
 
     dense = copy.deepcopy(model)

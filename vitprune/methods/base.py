@@ -47,8 +47,14 @@ from typing import Any, ClassVar, Iterator, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+import warnings
+
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops.attention import run_block
+from ..errors import ExportError, VitpruneWarning
+from ..ops import rope as rope_ops
+from ..ops.pooling import pool_kind
+from ..ops.relpos import is_relpos, position_rows
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -169,14 +175,10 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     rope per block as one row per token, ``ops.rope.mixed_rows``); for a BEiT model with relative position bias
     the patches' position rows (:mod:`vitprune.ops.relpos`); for a NaFlexViT (fixed resolution) what its own
     ``_forward_embeds`` made."""
-    from ..ops import rope as rope_ops
-
     kind = family(model)
     if kind == "vit":
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images)))), None
     if kind == "beit":
-        from ..ops.relpos import is_relpos, position_rows
-
         x = model.patch_embed(images)
         x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if model.pos_embed is not None:
@@ -371,10 +373,6 @@ def ignored_options(options: MethodOptions, given: Any) -> list[str]:
 
 def warn_ignored(options: MethodOptions, given: Any) -> None:
     """Warn (``VitpruneWarning``) for each given option these values ignore (see :func:`ignored_options`)."""
-    import warnings
-
-    from ..errors import VitpruneWarning
-
     for line in ignored_options(options, given):
         warnings.warn(line, VitpruneWarning, stacklevel=3)
 
@@ -527,8 +525,6 @@ def require_class_token(info: ViTInfo, title: str) -> None:
 def require_pooled_head(model: nn.Module, info: ViTInfo, title: str) -> None:
     """A ViT without a class token must pool by average or attention (``global_pool`` ``avg`` or ``map``): the
     pooled head is then restricted to the tokens a method keeps (``ops.pooling``); other pools are refused."""
-    from ..ops.pooling import pool_kind
-
     kind = pool_kind(model)
     if not info.has_class_token and kind not in ("avg", "map"):
         raise UnsupportedModelError(
@@ -620,6 +616,16 @@ class TeacherOutput:
 
 
 # ------------------------------------------------------------------------------------------ the method
+
+
+# Method name -> class, filled by ``registry.register``; here so that a method's own messages can name the others.
+_REGISTRY: dict[str, type[TokenMethod]] = {}
+
+
+def exportable_methods() -> str:
+    """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
+    mode)``."""
+    return ", ".join(cls.export_hint or cls.name for cls in _REGISTRY.values() if cls.exportable)
 
 
 class TokenMethod:
@@ -773,9 +779,6 @@ class TokenMethod:
     def export_check(self, model: nn.Module) -> None:
         """Raise ``ExportError`` (one line) when the current settings cannot be exported with the pruning inside."""
         if not self.exportable:
-            from ..errors import ExportError
-            from .registry import exportable_methods
-
             raise ExportError(
                 f"{self.title} chooses its token counts per image, which a static ONNX graph cannot hold; methods "
                 f"that export: {exportable_methods()}.")

@@ -85,7 +85,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
-from ..measure.analytic import BlockCost, block_cost, outside_macs
+from ..ops.analytic import BlockCost, block_cost, outside_macs
 from ..ops import regions
 from ..ops import rope as rope_ops
 from ..ops.gridpad import GridPad

@@ -29,6 +29,7 @@ from .base import (
     require_pooled_head, vit_info,
 )
 from .registry import register
+from ..errors import MethodOptionError
 
 
 @dataclass
@@ -48,8 +49,6 @@ class EViTOptions(MethodOptions):
         check_fraction("keep_rate", self.keep_rate)
         self.drop_loc = check_block_list(self.drop_loc, "drop_loc", minimum=0, example="3,6,9")
         if self.shrink_start < 0 or self.shrink_epochs < 0:
-            from ..errors import MethodOptionError
-
             raise MethodOptionError("`shrink_start` and `shrink_epochs` must be >= 0.")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MethodOptionError
-from .base import TokenMethod, _expected, option_specs
+import sys
 
-_REGISTRY: dict[str, type[TokenMethod]] = {}
+from ..errors import MethodOptionError
+from .base import _REGISTRY, TokenMethod, _expected, exportable_methods, option_specs
 
 
 def _key(name: str) -> str:
@@ -31,8 +31,6 @@ def register(cls: type[TokenMethod]) -> type[TokenMethod]:
 def _document_notes(cls: type[TokenMethod]) -> None:
     """Append the method's ``notes`` (its choices where the paper is silent and its deviations from the paper or
     the reference code) to its module's docstring: stated once, in ``notes``, and read in both places."""
-    import sys
-
     module = sys.modules.get(cls.__module__)
     if module is None or not cls.notes or NOTES_HEADING in (module.__doc__ or ""):
         return
@@ -62,12 +60,6 @@ def get_method_class(name: str) -> type[TokenMethod]:
 def create_method(name: str, **options: Any) -> TokenMethod:
     cls = get_method_class(name)
     return cls(cls.Options.from_dict(cls.name, options))
-
-
-def exportable_methods() -> str:
-    """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
-    mode)``."""
-    return ", ".join(cls.export_hint or cls.name for cls in _REGISTRY.values() if cls.exportable)
 
 
 def describe_methods() -> list[dict[str, Any]]:

@@ -57,9 +57,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import dataclasses
+
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
-from ..measure.analytic import token_macs
+from ..ops.analytic import token_macs
 from ..ops import adaptive as aops
 from ..ops.importance import attention_importance
 from ..ops.pooling import POOLS, pool_kind, weighted_pool
@@ -68,6 +70,7 @@ from .base import (
     check_fraction, class_token, embed, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
+from ..errors import ExportError
 
 MODES = ("dense", "fixed", "adaptive")
 
@@ -162,8 +165,6 @@ class ThresholdCalibration:
     max_kept: list[int]
 
     def to_dict(self) -> dict[str, Any]:
-        import dataclasses
-
         return dataclasses.asdict(self)
 
 
@@ -259,8 +260,6 @@ class SaiT(TokenMethod):
 
     def export_check(self, model: nn.Module) -> None:
         if self.options.mode == "adaptive" and not self._skips():
-            from ..errors import ExportError
-
             raise ExportError("SaiT's adaptive mode keeps a different number of tokens per image, which a static ONNX "
                               "graph cannot hold; export its fixed mode (--mode fixed --keep-rate R) or dense mode "
                               "(--mode dense), the same weights.")

@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+import math
+import torch.nn.functional as F
 
 
 def split_prefix(x: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
@@ -74,8 +76,6 @@ def num_kept(fraction: float, n: int, rounding: str = "floor", minimum: int = 1)
     ``math.ceil(fraction * n)`` (EViT), both on the plain float product with no tolerance, as the reference code
     computes them (``0.55 * 180`` is ``99.00000000000001`` in floating point, so EViT keeps 100). Clamped to
     ``[minimum, n]``."""
-    import math
-
     k = math.ceil(fraction * n) if rounding == "ceil" else int(fraction * n)
     return max(min(k, n), min(minimum, n))
 
@@ -90,8 +90,6 @@ def patch_scores_from_cls(cls_attn: Tensor, num_prefix: int, reduce: str = "mean
 def gumbel_keep_decision(log_probs: Tensor, prev: Optional[Tensor] = None, tau: float = 1.0) -> Tensor:
     """Hard straight-through Gumbel-softmax keep decision from ``B x P x 2`` log-probabilities (channel 0 =
     keep), multiplied by the previous decision so that a dropped token stays dropped."""
-    import torch.nn.functional as F
-
     d = F.gumbel_softmax(log_probs, tau=tau, hard=True)[..., 0]
     return d if prev is None else d * prev
 

@@ -20,9 +20,14 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+from huggingface_hub import ModelCard, ModelCardData
+from itertools import groupby
+
 from ..files import read_text
 from ..measure.speed import BUSY_TEXT, speed_change
 from . import DENSE_TEACHER
+from ..methods import get_method_class, option_specs
+from ..methods.base import flag_name
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 BASE_TAGS = ("vitprune", "image-classification", "token-pruning")
@@ -82,8 +87,6 @@ def method_info(name: Optional[str]) -> dict[str, Any]:
     if not name:
         return {}
     try:
-        from ..methods import get_method_class, option_specs
-
         cls = get_method_class(name)
     except Exception:  # a folder from a vitprune with a method this one lacks: the card still renders
         return {}
@@ -179,7 +182,6 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
             args += [flag, _value(recipe[key])]
     if recipe.get("precision"):
         args += ["--precision", str(recipe["precision"])]
-    from ..methods.base import flag_name
 
     sources = (report or {}).get("recipe_sources") or {}
     for k in _RECIPE_FLAGS:
@@ -321,8 +323,6 @@ def _metrics_rows(section: Mapping[str, Any], report: Optional[Mapping[str, Any]
     add("params (M)", "params", 2, ratio, scale=1e6)
     rows += srows
     if d.get("tokens") and c.get("tokens"):
-        from itertools import groupby
-
         def sched(t):
             return " ".join(f"{k}×{len(list(g))}" for k, g in groupby(t))
 
@@ -442,8 +442,6 @@ def render_card(
 ) -> str:
     """The model card (README.md text, Hub metadata included) of a saved folder, or of a ``vitprune`` section and
     an optional report. ``repo_id`` (``user/name``) makes the loading snippet name the Hub repo."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     if folder is not None:
         f_section, f_report, f_config = read_folder(folder)
         section = f_section if section is None else section

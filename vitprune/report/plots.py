@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from PIL import Image
+
 from ..errors import VitpruneError
 from ..files import open_regular
 
@@ -45,10 +47,10 @@ GROUP_ALPHA = 0.55
 def require_matplotlib():
     """matplotlib.pyplot on the Agg backend, or one clear line saying how to install it."""
     try:
-        import matplotlib
+        import matplotlib  # optional extra
 
         matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional extra
     except ImportError:
         raise VitpruneError(
             "plots need matplotlib, which is not installed; install the extra: pip install 'vitprune[plot]'."
@@ -96,7 +98,7 @@ def panel_style(assign: np.ndarray, grid: tuple[int, int]) -> tuple[str, dict[in
 
 
 def _region_colour(side: int, sides: list[int]):
-    import matplotlib
+    import matplotlib  # optional extra
 
     cmap = matplotlib.colormaps["viridis"]
     order = sorted(sides)
@@ -106,7 +108,7 @@ def _region_colour(side: int, sides: list[int]):
 
 def _overlay(assign: np.ndarray, grid: tuple[int, int], region_sides: list[int]) -> tuple[np.ndarray, str, set]:
     """RGBA overlay (gh x gw x 4), the panel's style, and the region sides it shows."""
-    import matplotlib
+    import matplotlib  # optional extra
 
     gh, gw = grid
     rgba = np.zeros((gh * gw, 4))
@@ -149,7 +151,7 @@ def figure_size(rows: int, cols: int, dpi: int = 100) -> tuple[int, int]:
 def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100) -> tuple[int, int]:
     """Write the token-map figure (PNG): one row per image, the input then one column per stage."""
     plt = require_matplotlib()
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch, Rectangle  # optional extra
 
     rows, cols = len(maps.labels), 1 + len(maps.stages)
     width_in, height_in = LEFT_IN + cols * PANEL_IN, TOP_IN + rows * PANEL_IN + BOTTOM_IN
@@ -207,7 +209,7 @@ def draw_token_maps(maps: "TokenMaps", out: str | os.PathLike, *, dpi: int = 100
         handles.append(Patch(facecolor=(*PRUNED, PRUNED_ALPHA), edgecolor="white", hatch=PRUNED_HATCH,
                              label=f"pruned: {maps.removed}"))
     if "merged" in styles_seen:
-        import matplotlib
+        import matplotlib  # optional extra
 
         cmap = matplotlib.colormaps["tab20"]
         handles.append(Patch(facecolor=cmap(2), edgecolor=cmap(6), label="merged group = one token (colours)"))
@@ -250,8 +252,6 @@ def accuracy_limits(values: list[float], images: Optional[int]) -> tuple[float, 
 def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple[int, int]:
     """``pareto.png`` of a sweep: top-1 vs throughput (or GMACs vs throughput without accuracy), dense marked.
     Returns the PNG's size in pixels."""
-    from PIL import Image
-
     from . import sweep_dense
 
     plt = require_matplotlib()

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from itertools import groupby
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.markup import escape
 from rich.table import Table
 
-from ..api import ModelStats, ProfileReport
 from . import DENSE_SAME_WEIGHTS, DENSE_TEACHER, sweep_dense
 from .card import reading_notes, short_method, speed_rows
+
+if TYPE_CHECKING:  # annotations only: the reports this module renders
+    from ..api import ProfileReport
+    from ..measure.models import ModelStats
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 

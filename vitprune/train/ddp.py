@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DeviceError
+from ..measure.speed import resolve_device
 
 
 @dataclass
@@ -46,8 +47,6 @@ def launched_by_torchrun() -> bool:
 def setup(device: Optional[str]) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun (or use the caller's group when one already exists);
     returns the process's facts and its device."""
-    from ..measure.speed import resolve_device
-
     hosted = dist.is_available() and dist.is_initialized()
     if not hosted and not launched_by_torchrun():
         return DistInfo(), resolve_device(device)

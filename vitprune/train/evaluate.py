@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measure.speed import autocast, resolve_device, resolve_dtype
+from ..errors import DataError
+from ..methods import dense_copy, get_method
 
 log = logging.getLogger("vitprune")
 
@@ -35,7 +37,7 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(
-    model: Union[str, nn.Module],
+    model: nn.Module,
     data: Union[str, Any] = "demo",
     *,
     split: str = "val",
@@ -48,7 +50,7 @@ def evaluate(
     on_batch: Optional[Callable[[int], None]] = None,
     reference: Optional[nn.Module] = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (or MODEL spec) on ``data``: a dataset spec (``demo``, an ImageFolder-style folder, a
+    """Evaluate ``model`` on ``data``: a dataset spec (``demo``, an ImageFolder-style folder, a
     ``save_to_disk`` folder, webdataset shards, ``hf:org/name``; ``streaming`` as ``load_data``'s), a loaded
     ``vitprune.data.Splits``, or a dataset object yielding ``(image, label)``. ``split`` is ``"train"``, ``"val"``
     or ``"test"`` (the held-out split training never reads; ``DataError`` naming the splits there are when the data
@@ -62,12 +64,8 @@ def evaluate(
     one, ``methods.dense_copy``; a dense model is its own reference, 1.0); top-1, top-5 and loss are None.
     """
     from ..data import Splits, build_split, collate, eval_transform, worker_init
-    from ..hub import load_model
-    from ..methods import dense_copy, get_method
     from .losses import feature_output
 
-    if isinstance(model, str):
-        model = load_model(model)
     features = feature_output(model)
     if features and reference is None and get_method(model) is not None:
         reference = dense_copy(model)
@@ -111,8 +109,6 @@ def evaluate(
         if on_batch:
             on_batch(targets.numel())
     if n == 0:
-        from ..errors import DataError
-
         raise DataError("no readable image in the evaluation split" + (f" ({len(skipped)} unreadable)" if skipped
                                                                        else "") + ".")
     if features:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import MethodOptionError, VitpruneError
+from ..files import read_text, write_atomic
 
 #: logger name -> (module it needs, how to install it)
 LOGGERS: dict[str, tuple[str, str]] = {
@@ -144,7 +145,7 @@ class Loggers:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         if "tensorboard" in self.names and self.tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional extra
 
             _unname_event_files(self.folder)  # those an interrupted run left under TensorBoard's names
             self.tb = SummaryWriter(log_dir=str(self.folder), purge_step=done_epochs + 1 if done_epochs else None)
@@ -152,10 +153,9 @@ class Loggers:
             self.wandb = self._wandb(self.config, self.run_name)
 
     def _wandb(self, config: dict[str, Any], run_name: Optional[str]) -> Any:
-        import wandb
+        import wandb  # optional extra
 
         id_file = self.folder / "wandb-id"
-        from ..files import read_text, write_atomic
 
         run_id = read_text(id_file, limit=256).strip() if id_file.is_file() else secrets.token_hex(8)
         if not id_file.is_file():
@@ -188,8 +188,6 @@ class Loggers:
             self._write_csv(history)
 
     def _write_csv(self, history: list[dict[str, Any]]) -> None:
-        from ..files import write_atomic
-
         rows = [epoch_row(h) for h in history]
         columns: list[str] = []
         for r in rows:

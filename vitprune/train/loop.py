@@ -43,6 +43,10 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+import random
+import numpy as np
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from ..data import Prepared
 from ..data.base import RunLoader, data_loader
 from ..errors import DataError, DeviceError, TrainingDiverged, VitpruneError
@@ -52,6 +56,7 @@ from . import checkpoints as ck
 from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, feature_output, total
 from .recipe import Recipe, scaled_lr
+from ..files import write_atomic
 
 log = logging.getLogger("vitprune")
 
@@ -364,8 +369,6 @@ class Trainer:
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ddp = None
         if self.d.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             unused = self._probe_unused()
             self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None,
                            find_unused_parameters=unused, broadcast_buffers=False)
@@ -493,7 +496,6 @@ class Trainer:
     def _write_log(self, history: list[dict[str, Any]]) -> None:
         if self.s.log_file is None or not self.d.main:
             return
-        from ..files import write_atomic
 
         try:
             text = "".join(json.dumps(h, allow_nan=False) + "\n" for h in history)
@@ -551,9 +553,6 @@ class Trainer:
     def run(self) -> TrainSummary:
         self._prepare()
         torch.manual_seed(self.s.seed + self.d.rank)
-        import random
-
-        import numpy as np
 
         random.seed(self.s.seed + self.d.rank)
         np.random.seed((self.s.seed + self.d.rank) % 2**32)

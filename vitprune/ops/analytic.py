@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from ..ops.attention import head_dim
+from .attention import head_dim
 
 
 def norm_macs(module: Optional[nn.Module], numel: Any) -> Any:
