@@ -67,7 +67,7 @@ FUNCTION_LEVEL_LEFT: dict[str, int] = {
     "vitprune.cli.main": 2, "vitprune.cli.profile": 1, "vitprune.cli.push": 1, "vitprune.cli.recipe_file": 3,
     "vitprune.compression": 8, "vitprune.data": 7, "vitprune.data.folder": 2, "vitprune.data.hub": 1,
     "vitprune.exporter.card": 1, "vitprune.exporter.core": 5, "vitprune.exporter.graph": 1,
-    "vitprune.exporter.quantize": 6, "vitprune.hub.convert": 1, "vitprune.hub.load": 10, "vitprune.hub.push": 2,
+    "vitprune.exporter.quantize": 6, "vitprune.files": 2, "vitprune.hub.convert": 1, "vitprune.hub.load": 10, "vitprune.hub.push": 2,
     "vitprune.hub.save": 5, "vitprune.hub.transformers": 8, "vitprune.measure.flops": 1,
     "vitprune.measure.models": 5, "vitprune.methods": 1, "vitprune.methods.base": 10, "vitprune.ops.rope": 1,
     "vitprune.report.card": 3, "vitprune.report.plots": 1, "vitprune.report.redact": 3, "vitprune.sweeps": 3,

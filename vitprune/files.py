@@ -31,7 +31,6 @@ import uuid
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO, Callable, Iterable, Optional, Union
 import io
-import torch
 
 #: what ``write_atomic`` writes: bytes, text (UTF-8), or a function that writes into the open binary file
 Content = Union[bytes, str, Callable[[BinaryIO], object]]
@@ -133,6 +132,7 @@ def read_tensors(path: PathLike, *, safe_globals: Iterable[Any] = ()) -> Any:
     """A PyTorch file read as data: ``torch.load(weights_only=True)``, memory-mapped when the file is in torch's
     zip format; ``safe_globals`` allows a few more types for this load only. A pickle that would run code is
     refused by torch (``pickle.UnpicklingError``)."""
+    import torch  # here, not at the top: the CLI reads recipe files through this module before torch is needed
     check_regular(path)
     with torch.serialization.safe_globals(list(safe_globals)):
         try:
@@ -146,6 +146,7 @@ def read_tensors(path: PathLike, *, safe_globals: Iterable[Any] = ()) -> Any:
 
 def read_tensor_bytes(data: bytes, *, safe_globals: Iterable[Any] = ()) -> Any:
     """``read_tensors`` for bytes already read (a checkpoint sent by process 0 to the others)."""
+    import torch  # here, not at the top (see read_tensors)
     with torch.serialization.safe_globals(list(safe_globals)):
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
