@@ -164,3 +164,39 @@ def benchmarks_not_importable_after():
     if leaked or str(BENCH) in sys.path:
         pytest.fail(f"benchmark scripts left importable: modules {leaked}, on sys.path: {str(BENCH) in sys.path}; "
                     "load them with tests.benchscripts.load_benchmark", pytrace=False)
+
+
+def assert_card_reproduces(card: str, typed: str, *, dropped: tuple[str, ...] = ("--resume", "--quiet")) -> str:
+    """The card's Reproduce command is the full resolved command: it starts like the command as typed (already
+    redacted, ``report['command']``) and carries each of its flags with the same value, but those in ``dropped``
+    (how the run was driven, not what it made). Returns the Reproduce command."""
+    import shlex
+
+    block = card.split("## Reproduce", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    got, want = shlex.split(block), shlex.split(typed)
+    assert got[:3] == want[:3], (block, typed)
+    pairs = {}
+    i = 3
+    while i < len(want):
+        flag, value = want[i], None
+        if i + 1 < len(want) and not want[i + 1].startswith("--"):
+            value, i = want[i + 1], i + 1
+        pairs[flag] = value
+        i += 1
+    for flag, value in pairs.items():
+        if flag in dropped:
+            assert flag not in got, (flag, block)
+            continue
+        assert flag in got, (flag, block)
+        if value is not None:
+            shown = got[got.index(flag) + 1]
+            assert shown == value or _same_number(shown, value), (flag, value, block)
+    return block
+
+
+def _same_number(a: str, b: str) -> bool:
+    """``1.0`` and ``1`` name the same setting (the resolved command writes the recorded value's type)."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from tests.conftest import assert_card_reproduces
 from tests.fakehub import FakeHub
 from tests.test_train_utils import corrupt_png, digit_images, save_tiny_vit, write_folder
 from vitprune.report.redact import public_command, public_model, public_path, scrub
@@ -81,7 +82,8 @@ def test_nothing_private_is_written_or_pushed_and_reproduce_is_the_original_comm
     meta = ModelCard(card).data.to_dict()
     assert "base_model" not in meta  # local weights: no Hub repo to name
     assert card.startswith("---") and "# vit_tiny_patch16_224 · EViT" in card
-    assert f"```bash\n{report['command']}\n```" in card and "--resume" not in card
+    assert_card_reproduces(card, report["command"])
+    assert "--resume" not in card
     assert "teacher/" not in card  # nothing in the card points at the local teacher folder
 
 

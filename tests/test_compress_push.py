@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import vitprune
+from tests.conftest import assert_card_reproduces
 from tests.fakehub import FakeHub
 from tests.test_push import TOKEN, cli_env, run_cli
 from tests.test_train_utils import digits_folder
@@ -51,7 +52,8 @@ def test_compress_calibrates_records_the_command_and_pushes(data, tmp_path):
     assert "calibrated on training images: " in res.stderr + res.stdout
 
     card = files["README.md"].decode()
-    assert report["command"] in card and f'vitprune.load("hf-hub:{REPO}")' in card
+    assert_card_reproduces(card, report["command"])
+    assert f'vitprune.load("hf-hub:{REPO}")' in card
     assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
     assert json.loads(files["config.json"]) == json.loads((out / "config.json").read_text())
     assert vitprune.load(out).vitprune_method.options.threshold == pytest.approx(calib["threshold"])
