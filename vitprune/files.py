@@ -129,19 +129,13 @@ def read_text(path: PathLike, *, limit: Optional[int] = None, follow_symlinks: b
 
 
 def read_tensors(path: PathLike, *, safe_globals: Iterable[Any] = ()) -> Any:
-    """A PyTorch file read as data: ``torch.load(weights_only=True)``, memory-mapped when the file is in torch's
-    zip format; ``safe_globals`` allows a few more types for this load only. A pickle that would run code is
+    """A PyTorch file read as data: ``torch.load(weights_only=True)``, read whole (never memory-mapped: a file
+    rewritten in place while its tensors live would crash the process); ``safe_globals`` allows a few more types for this load only. A pickle that would run code is
     refused by torch (``pickle.UnpicklingError``)."""
     import torch  # here, not at the top: the CLI reads recipe files through this module before torch is needed
     check_regular(path)
-    with torch.serialization.safe_globals(list(safe_globals)):
-        try:
-            return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # the legacy (non-zip) format cannot be memory-mapped
-                raise
-            with open_regular(path) as f:
-                return torch.load(f, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(list(safe_globals)), open_regular(path) as f:
+        return torch.load(f, map_location="cpu", weights_only=True)  # read whole: no mmap of a file that may change
 
 
 def read_tensor_bytes(data: bytes, *, safe_globals: Iterable[Any] = ()) -> Any:
