@@ -525,6 +525,29 @@ def _resample(pos: torch.Tensor, grid: tuple[int, int], antialias: bool) -> torc
     return img.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
 
 
+def _map_tensors(timm_keys: list[str], special: dict[str, _Rule],
+                 block_sources: Callable[[str, str, str], list[str]], top_names: dict[str, str]) -> dict[str, _Rule]:
+    """The rule of every timm tensor: its ``special`` rule, else the transformers tensors that ``block_sources(i,
+    sub, param)`` names for ``blocks.{i}.{sub}.{param}`` or ``top_names`` for a top-level module, concatenated on
+    the first axis (q, k, v into timm's qkv); ``UnsupportedModelError`` for a tensor nothing maps to."""
+    same = _Rule([], _cat, _cat_shape)
+    rules = {}
+    for key in timm_keys:
+        if key in special:
+            rules[key] = special[key]
+            continue
+        module, _, param = key.rpartition(".")
+        if module.startswith("blocks."):
+            _, i, sub = module.split(".", 2)
+            names = block_sources(i, sub, param)
+        else:
+            names = [f"{top_names[module]}.{param}"] if module in top_names else []
+        if not names:
+            raise UnsupportedModelError(f"the timm model has a tensor {key} that no transformers tensor maps to.")
+        rules[key] = _Rule(names, same.make, same.shape)
+    return rules
+
+
 def _rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Rule]:
     """For every tensor of the timm model: which transformers tensors make it, and how."""
     dinov2 = conv.model_type.startswith("dinov2")
@@ -541,7 +564,6 @@ def _rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Ru
         n = grid[0] * grid[1] + (0 if conv.num_registers else n_prefix)
         return (1, n, s[0][2])
 
-    same = _Rule([], _cat, _cat_shape)
     special: dict[str, _Rule] = {
         "cls_token": _Rule([f"{emb}cls_token"] + ([pos] if conv.num_registers else []),
                            # with registers the class token's position embedding is folded into it
@@ -560,29 +582,15 @@ def _rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Ru
     top_names = {"patch_embed.proj": f"{emb}patch_embeddings.projection", "norm": f"{prefix}layernorm",
                  "head": "cls_classifier" if conv.head == "distilled" else "classifier",
                  "head_dist": "distillation_classifier"}
-    rules = {}
-    for key in timm_keys:
-        if key in special:
-            rules[key] = special[key]
-            continue
-        module, _, param = key.rpartition(".")
-        if module.startswith("blocks."):
-            _, i, sub = module.split(".", 2)
-            layer = f"{prefix}encoder.layer.{i}."
-            if sub == "attn.qkv":
-                names = [f"{layer}attention.attention.{p}.{param}" for p in ("query", "key", "value")]
-            elif sub in ("ls1", "ls2") and param == "gamma":
-                names = [f"{layer}{block_names[sub]}.lambda1"]
-            elif sub in block_names:
-                names = [f"{layer}{block_names[sub]}.{param}"]
-            else:
-                names = []
-        else:
-            names = [f"{top_names[module]}.{param}"] if module in top_names else []
-        if not names:
-            raise UnsupportedModelError(f"the timm model has a tensor {key} that no transformers tensor maps to.")
-        rules[key] = _Rule(names, same.make, same.shape)
-    return rules
+    def block_sources(i: str, sub: str, param: str) -> list[str]:
+        layer = f"{prefix}encoder.layer.{i}."
+        if sub == "attn.qkv":
+            return [f"{layer}attention.attention.{p}.{param}" for p in ("query", "key", "value")]
+        if sub in ("ls1", "ls2") and param == "gamma":
+            return [f"{layer}{block_names[sub]}.lambda1"]
+        return [f"{layer}{block_names[sub]}.{param}"] if sub in block_names else []
+
+    return _map_tensors(timm_keys, special, block_sources, top_names)
 
 
 def _tower_rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[str, _Rule]:
@@ -599,7 +607,6 @@ def _tower_rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[st
     def rows(lo: int, hi: int) -> _Rule:  # a slice of nn.MultiheadAttention's packed in-projection
         return _Rule([], lambda t: t[0][lo:hi], lambda s: (hi - lo, *s[0][1:]))
 
-    same = _Rule([], _cat, _cat_shape)
     special: dict[str, _Rule] = {
         "cls_token": _Rule([f"{emb}class_embedding"], lambda t: t[0].reshape(1, 1, -1), lambda s: (1, 1, s[0][-1])),
         "pos_embed": _Rule([f"{emb}position_embedding.weight"], pos_embed,
@@ -613,35 +620,22 @@ def _tower_rules(conv: Conversion, timm_keys: list[str], prefix: str) -> dict[st
     }
     in_proj = f"{prefix}head.attention.in_proj_"
     for param, tail in (("weight", "weight"), ("bias", "bias")):
-        special[f"attn_pool.q.{param}"] = _Rule([f"{in_proj}{tail}"], rows(0, dim).make, rows(0, dim).shape)
-        special[f"attn_pool.kv.{param}"] = _Rule([f"{in_proj}{tail}"], rows(dim, 3 * dim).make,
-                                                 rows(dim, 3 * dim).shape)
+        q, kv = rows(0, dim), rows(dim, 3 * dim)
+        special[f"attn_pool.q.{param}"] = _Rule([f"{in_proj}{tail}"], q.make, q.shape)
+        special[f"attn_pool.kv.{param}"] = _Rule([f"{in_proj}{tail}"], kv.make, kv.shape)
     block_names = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj",
                    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
     top_names = {"patch_embed.proj": f"{emb}patch_embedding", "norm_pre": f"{prefix}pre_layrnorm",
                  "norm": f"{prefix}post_layernorm", "attn_pool.proj": f"{prefix}head.attention.out_proj",
                  "attn_pool.norm": f"{prefix}head.layernorm", "attn_pool.mlp.fc1": f"{prefix}head.mlp.fc1",
                  "attn_pool.mlp.fc2": f"{prefix}head.mlp.fc2"}
-    rules = {}
-    for key in timm_keys:
-        if key in special:
-            rules[key] = special[key]
-            continue
-        module, _, param = key.rpartition(".")
-        names: list[str] = []
-        if module.startswith("blocks."):
-            _, i, sub = module.split(".", 2)
-            layer = f"{prefix}encoder.layers.{i}."
-            if sub == "attn.qkv":
-                names = [f"{layer}self_attn.{p}_proj.{param}" for p in ("q", "k", "v")]
-            elif sub in block_names:
-                names = [f"{layer}{block_names[sub]}.{param}"]
-        elif module in top_names:
-            names = [f"{top_names[module]}.{param}"]
-        if not names:
-            raise UnsupportedModelError(f"the timm model has a tensor {key} that no transformers tensor maps to.")
-        rules[key] = _Rule(names, same.make, same.shape)
-    return rules
+    def block_sources(i: str, sub: str, param: str) -> list[str]:
+        layer = f"{prefix}encoder.layers.{i}."
+        if sub == "attn.qkv":
+            return [f"{layer}self_attn.{p}_proj.{param}" for p in ("q", "k", "v")]
+        return [f"{layer}{block_names[sub]}.{param}"] if sub in block_names else []
+
+    return _map_tensors(timm_keys, special, block_sources, top_names)
 
 
 def _tower_dropped(name: str, prefix: str, head: str) -> bool:
