@@ -33,7 +33,11 @@ def head_dim(attn: nn.Module) -> int:
     """Channels per head: timm's ``head_dim``, or (BEiT's attention, which does not keep it) the fused q/k/v
     projection's width over ``3 x num_heads``."""
     hd = getattr(attn, "head_dim", None)
-    return int(hd) if hd is not None else qkv_weight(attn)[0].shape[0] // (3 * attn.num_heads)
+    if hd is not None:
+        return int(hd)
+    qkv = getattr(attn, "qkv", None)  # read the width only: qkv_weight would concatenate the biases on every call
+    width = qkv.weight.shape[0] if qkv is not None else 3 * attn.q_proj.weight.shape[0]
+    return width // (3 * attn.num_heads)
 
 
 def _qk_norm(attn: nn.Module, name: str, t: Tensor) -> Tensor:
