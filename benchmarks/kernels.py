@@ -28,18 +28,26 @@ from vitprune.measure.speed import autocast, device_name, resolve_device, resolv
 
 
 
+_SIBLINGS: dict[str, object] = {}
+
+
 def _sibling(name: str):
-    """benchmarks/NAME.py as the module ``vitprune_bench_NAME``: imported by file, never as a top-level ``NAME``
-    (a benchmark named like a package, e.g. Hugging Face's ``kernels``, would shadow it) and without ``sys.path``."""
+    """benchmarks/NAME.py as a module object named ``vitprune_bench_NAME``: imported by file, never as a top-level
+    ``NAME`` (a benchmark named like a package, e.g. Hugging Face's ``kernels``, would shadow it), without
+    ``sys.path``, and held in ``sys.modules`` only while its file runs (dataclasses look their module up there)."""
     import importlib.util
 
-    full = f"vitprune_bench_{name}"
-    if full not in sys.modules:
+    if name not in _SIBLINGS:
+        full = f"vitprune_bench_{name}"
         spec = importlib.util.spec_from_file_location(full, Path(__file__).resolve().with_name(f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[full] = module
-        spec.loader.exec_module(module)
-    return sys.modules[full]
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(full, None)
+        _SIBLINGS[name] = module
+    return _SIBLINGS[name]
 
 
 HEADLINE, build = _sibling("speed").HEADLINE, _sibling("speed").build

@@ -160,10 +160,9 @@ def benchmarks_not_importable_after():
     yield
     from tests.benchscripts import BENCH, leaked_benchmark_modules
 
-    found = leaked_benchmark_modules()
-    for name in [n for n in found if n.startswith("vitprune_bench_")]:
-        sys.modules.pop(name, None)  # under its own prefix it shadows nothing; taken out so later tests start clean
-    leaked = [n for n in found if not n.startswith("vitprune_bench_")]
+    leaked = leaked_benchmark_modules()
+    for name in leaked:
+        sys.modules.pop(name, None)  # reported once, here: the tests after this one start clean
     if leaked or str(BENCH) in sys.path:
         pytest.fail(f"benchmark scripts left importable: modules {leaked}, on sys.path: {str(BENCH) in sys.path}; "
                     "load them with tests.benchscripts.load_benchmark", pytrace=False)
