@@ -19,6 +19,7 @@ from vitprune.cli.main import app
 from vitprune.errors import ExportError, MethodOptionError
 from vitprune.exporter.quantize import check_quantized_tokens, cpu_int8_isa, int8_path
 from vitprune.measure.ort import OrtModel
+from tests.benchscripts import load_benchmark
 from tests.hostile import BLOCK_EXTRA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,11 +194,7 @@ def test_profile_quantize_needs_onnxruntime():
 
 @pytest.mark.slow
 def test_speed_benchmark_int8_json_fields(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import speed
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    speed = load_benchmark("speed")
     out = tmp_path / "q.json"
     assert speed.main(["--smoke", "--device", "cpu", "--runtime", "onnxruntime", "--quantize", "int8", "--methods",
                        "evit", "--out", str(out)]) == 0
@@ -209,8 +206,6 @@ def test_speed_benchmark_int8_json_fields(tmp_path):
     assert row["speedup_vs_dense_int8"] == run["evit+int8"]["ratio_vs_dense_int8"]
     assert row["retained"] == pytest.approx(row["speedup"] / (row["speedup_fp32"] * row["speedup_dense_int8"]))
     assert res["quantize"] == "int8" and "int8" in res["quantize_info"]
-
-
 
 
 @pytest.mark.slow
