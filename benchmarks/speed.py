@@ -44,7 +44,7 @@ import vitprune
 from vitprune.api import versions
 from vitprune.measure import count_macs
 from vitprune.measure.flops import model_input_size
-from vitprune.measure.speed import SpeedSettings, benchmark, device_name, resolve_device
+from vitprune.measure.speed import Schedule, benchmark, device_name, resolve_device
 from vitprune.methods import method_names
 
 #: each method at the setting its paper headlines (all ≈ 3.0 GMAC on DeiT-S for the first three)
@@ -174,14 +174,14 @@ def method_of(name: str) -> str:
     return VARIANTS.get(base, (base, {}))[0]
 
 
-def settings_for(args: argparse.Namespace, dev: torch.device) -> SpeedSettings:
+def settings_for(args: argparse.Namespace, dev: torch.device) -> Schedule:
     if args.smoke:
-        return SpeedSettings(batch_size=args.batch_size or 4, warmup=1, repeats=args.repeats or 2, iters=1,
+        return Schedule(batch_size=args.batch_size or 4, warmup=1, repeats=args.repeats or 2, iters=1,
                              latency_samples=2)
     if dev.type == "cuda":
-        s = SpeedSettings.default(dev, args.batch_size)
+        s = Schedule.default(dev, args.batch_size)
     else:  # one batch per sample and many interleaved samples: medians that hold on a shared 2-core machine
-        s = SpeedSettings(batch_size=args.batch_size or 8, warmup=2, repeats=12, iters=1, latency_samples=24)
+        s = Schedule(batch_size=args.batch_size or 8, warmup=2, repeats=12, iters=1, latency_samples=24)
     if args.repeats:
         s.repeats, s.latency_samples = args.repeats, max(s.latency_samples, 2 * args.repeats)
     return s

@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from vitprune.cli.main import app
-from vitprune.data import collate, load_data, prepare
+from vitprune.data import load_data, prepare
 from tests.test_train_utils import digit_images, max_diff, png_bytes, same_weights, save_tiny_vit, weights
 
 pytest.importorskip("webdataset")

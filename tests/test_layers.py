@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitprune"
 # layer, that module: "exporter.core"); it may import from its own layer, sideways without closing a cycle, or from
 # any layer below. A package's ``__init__`` is the part "<package>.__init__" when it is listed, else its package.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "files", "offline", "assets"),
+    ("errors", "settings", "files", "offline", "assets"),
     ("ops",),
     ("methods", "fastpath"),
     ("measure",),

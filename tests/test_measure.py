@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vitprune.measure import count_macs, count_params
-from vitprune.measure.speed import SpeedSettings, benchmark, resolve_device, resolve_dtype
+from vitprune.measure.speed import Schedule, benchmark, resolve_device, resolve_dtype
 from vitprune.errors import DeviceError
 
 from .conftest import make_vit
@@ -58,7 +58,7 @@ def test_params():
 
 def test_benchmark_interleaves_and_reports_medians():
     models = {"a": make_vit(depth=2), "b": make_vit(depth=4)}
-    s = SpeedSettings(batch_size=4, warmup=1, repeats=3, iters=2, latency_samples=3)
+    s = Schedule(batch_size=4, warmup=1, repeats=3, iters=2, latency_samples=3)
     calls = []
     t = benchmark(models, (3, 32, 32), device=torch.device("cpu"), dtype="fp32", settings=s,
                   on_step=lambda: calls.append(1))

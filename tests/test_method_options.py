@@ -153,6 +153,35 @@ def test_registering_a_name_twice_is_an_error():
     assert get_method_class("evit").__module__ == "vitprune.methods.evit"
 
 
+def test_an_option_named_like_a_run_setting_is_refused_at_registration():
+    """``vitprune.compress(seed=1)`` is the run's seed: a method option called ``seed`` could never be given."""
+    import dataclasses
+
+    from vitprune.methods.base import MethodOptions, TokenMethod
+    from vitprune.methods.registry import register
+
+    @dataclasses.dataclass
+    class Options(MethodOptions):
+        seed: int = dataclasses.field(default=0, metadata={"help": "a seed of its own"})
+
+    Clashing = type("Clashing", (TokenMethod,), {"name": "clashing", "Options": Options})
+    with pytest.raises(ValueError, match="option\\(s\\) seed have the name of a run setting"):
+        register(Clashing)
+    assert "clashing" not in [c.name for c in vitprune.methods.method_classes()]
+
+
+def test_the_reserved_names_hold_every_keyword_of_the_jobs():
+    """The jobs that take method options as keywords: each of their own keywords is a name no option can have."""
+    import inspect
+
+    from vitprune.settings import reserved_names
+
+    for job in (vitprune.compress, vitprune.profile, vitprune.sweep, vitprune.export, vitprune.visualize):
+        own = {p.name for p in inspect.signature(job).parameters.values()
+               if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        assert own <= reserved_names(), (job.__name__, sorted(own - reserved_names()))
+
+
 @pytest.mark.slow
 def test_an_option_the_setting_ignores_is_reported_once_and_a_saved_model_loads_silently(tmp_path):
     import warnings

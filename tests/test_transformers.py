@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import vitprune
 from vitprune.cli.main import app
 from vitprune.errors import ModelNotFoundError, UnsupportedModelError
-from vitprune.hub import demo_dir, load_model, read_vitprune_section
+from vitprune.hub import load_model, read_vitprune_section
 from vitprune.report.redact import public_model
 
 from .conftest import digits_batch

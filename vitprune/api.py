@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -11,6 +13,7 @@ from torch import nn
 import tempfile
 
 from .errors import MethodOptionError
+from .settings import SpeedSettings, keyword_parameters, split_kwargs
 from .hub import load_model
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
 from .train.evaluate import EvalResult
@@ -164,20 +167,13 @@ def profile(
     method: Optional[str] = None,
     *,
     pretrained: bool = True,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    batch_size: Optional[int] = None,
-    speed: bool = True,
-    latency: bool = True,
-    repeats: Optional[int] = None,
-    compile: Optional[str] = None,
+    timing: Optional[SpeedSettings] = None,
     on_step: Optional[Callable[[], None]] = None,
-    runtime: str = "torch",
     onnx_files: Optional[dict[str, str | os.PathLike]] = None,
     target_gmacs: Optional[float] = None,
     quantize: Optional[str] = None,
     calibration: Any = None,
-    **method_options: Any,
+    **options: Any,
 ) -> ProfileReport:
     """Parameters, GMACs, throughput and batch-1 latency of MODEL, and of MODEL with ``method`` beside it.
 
@@ -193,8 +189,14 @@ def profile(
     (``vitprune.exporter.quantize``; token counts checked in the int8 graphs) and times the four side by side:
     ``speedup`` is then the compressed int8 file against the dense fp32 one. ``calibration``: batches of
     preprocessed images for ``int8-static`` (default: the 8 demo check digits; enough to time the graph).
+    How models are timed is one ``SpeedSettings`` (``timing``), or its fields as keywords over it (``device``,
+    ``dtype``, ``batch_size``, ``repeats``, ``speed``, ``latency``, ``compile``, ``runtime``); any other keyword is
+    an option of the method.
     """
-    check_settings(batch_size=batch_size, runtime=runtime, compile=compile, dtype=dtype)
+    given, method_options = split_kwargs(SpeedSettings, options)
+    timing = dataclasses.replace(timing or SpeedSettings(), **given)
+    check_settings(timing)
+    speed, latency, runtime = timing.speed, timing.latency, timing.runtime
     if quantize is not None:
         from .exporter.quantize import check_mode
 
@@ -205,12 +207,10 @@ def profile(
                                                        target_gmacs=target_gmacs)
     models = {"dense": dense} if compressed is None else {"dense": dense, "compressed": compressed}
     if quantize is None or not (speed or latency):
-        m = measure_models(models, device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=speed,
-                           latency=latency, compile=compile, runtime=runtime, onnx_files=onnx_files, on_step=on_step)
+        m = measure_models(models, timing, onnx_files=onnx_files, on_step=on_step)
         quantize_info = None
     else:
-        m, quantize_info = _measure_int8(models, quantize, calibration, device=device, batch_size=batch_size,
-                                         repeats=repeats, speed=speed, latency=latency, onnx_files=onnx_files,
+        m, quantize_info = _measure_int8(models, quantize, calibration, timing, onnx_files=onnx_files,
                                          on_step=on_step)
     return ProfileReport(
         model=name, dense=m.stats["dense"], compressed=m.stats.get("compressed"), device=m.device,
@@ -221,8 +221,14 @@ def profile(
         quantize_info=quantize_info)
 
 
-def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, onnx_files: Any,
-                  **kw: Any) -> tuple[Any, str]:
+
+_own = [p for p in inspect.signature(profile).parameters.values() if p.kind != p.VAR_KEYWORD]
+profile.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *_own, *keyword_parameters(SpeedSettings), inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD)])
+
+
+def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, timing: SpeedSettings, *,
+                  onnx_files: Any, on_step: Optional[Callable[[], None]]) -> tuple[Any, str]:
     """The fp32 and int8 files of every model timed side by side, interleaved (``measure_models``); returns the
     measurement and the caption's quantization note."""
     from .exporter.quantize import cpu_int8_isa, mode_label, prepare_files
@@ -236,7 +242,8 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, *, 
     with tempfile.TemporaryDirectory(prefix="vitprune-int8-") as tmp:
         files = prepare_files(models, dict(onnx_files or {}), tmp, mode, input_size, calibration)
         every = {**models, **{f"{k}-int8": v for k, v in models.items()}}
-        m = measure_models(every, runtime="onnxruntime", onnx_files=files, **kw)
+        m = measure_models(every, dataclasses.replace(timing, runtime="onnxruntime"), onnx_files=files,
+                           on_step=on_step)
     return m, f"{mode_label(mode, what)} · {cpu_int8_isa()}"
 
 

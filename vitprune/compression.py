@@ -43,6 +43,7 @@ folder is enough), and validation reports the cosine agreement with the teacher 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import re
@@ -76,6 +77,7 @@ from .train.evaluate import evaluate
 from .train.loggers import Loggers, check_loggers
 from .train.loop import RunSettings, Trainer, describe_best, matching
 from .train.recipe import TEACHER_RECIPE, build_recipe
+from .settings import DEFAULT_BATCH_SIZE, CompressConfig, SpeedSettings, keyword_parameters, settings_doc, split_kwargs
 
 log = logging.getLogger("vitprune")
 
@@ -84,7 +86,6 @@ FEATURES = ("the model has no classifier: the student learns the dense teacher's
             "kd_weight x (1 - cos)); the labels are not used")
 #: the method `vitprune compress` uses when none is given
 DEFAULT_METHOD = "dynamicvit"
-DEFAULT_BATCH_SIZE = 64
 CHECKPOINT_DIR = "checkpoints"
 TEACHER_DIR = "teacher"
 LOG_NAME = "train_log.jsonl"
@@ -123,78 +124,6 @@ class CompressResult:
         out["output"] = str(self.output)
         out["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
         return out
-
-
-@dataclass
-class CompressConfig:
-    """Everything a compress run is told (``vitprune.compress``'s arguments; see its docstring)."""
-
-    model: str = "demo"
-    method: Optional[str] = None
-    data: str = "demo"
-    output: Optional[str] = None
-    teacher: Optional[str] = None
-    epochs: Optional[float] = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    accum_steps: int = 1
-    workers: int = 0
-    seed: int = 0
-    device: Optional[str] = None
-    precision: Optional[str] = None
-    val_split: Optional[float] = None
-    recipe: dict[str, Any] = field(default_factory=dict)
-    augment: bool = True
-    teacher_epochs: Optional[float] = None
-    resume: bool = False
-    overwrite: bool = False
-    save_every: Optional[int] = None
-    max_steps: Optional[int] = None
-    eval_every: int = 1
-    keep_checkpoints: bool = False
-    speed: bool = True
-    profile_batch_size: Optional[int] = None
-    calibrate: bool = True
-    command: Optional[str] = None
-    push_to: Optional[str] = None
-    private: bool = False
-    new_head: bool = False
-    export: Optional[str] = None
-    quantize: Optional[str] = None  # with export: also the int8 file (vitprune.exporter.quantize)
-    streaming: bool = False
-    keep_best: bool = False
-    loggers: tuple[str, ...] = ()
-    #: where the recipe keys the caller set came from when not from the caller itself ({key: "config file"});
-    #: recorded in the recipe's sources instead of "user"
-    sources: dict[str, str] = field(default_factory=dict)
-    target_gmacs: Optional[float] = None
-    method_options: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """The types and ranges of the run's own settings (``MethodOptionError`` in one line)."""
-        for name, lo in (("batch_size", 1), ("accum_steps", 1), ("workers", 0), ("eval_every", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise MethodOptionError(f"`{name}` must be an integer >= {lo}, got {v!r}.")
-        for name in ("save_every", "max_steps"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise MethodOptionError(f"`{name}` must be an integer >= 1, got {v!r}.")
-        if self.epochs is not None and (not isinstance(self.epochs, (int, float)) or self.epochs < 0):
-            raise MethodOptionError(f"`epochs` must be >= 0, got {self.epochs!r}.")
-        if self.keep_best and not self.eval_every:
-            raise MethodOptionError("`keep_best` picks the epoch with the best val top-1: it needs validation during "
-                                    "training (`eval_every` 1 or more).")
-
-        self.loggers = check_loggers(self.loggers)
-
-    def user_recipe(self) -> dict[str, Any]:
-        """The recipe keys the caller set (``recipe``, plus ``epochs`` and ``augment=False``)."""
-        user = dict(self.recipe or {})
-        if self.epochs is not None:
-            user["epochs"] = self.epochs
-        if not self.augment:
-            user["augment"] = None
-        return user
 
 
 def default_output(model: str, method: str, options: Any) -> Path:
@@ -500,6 +429,7 @@ class CompressJob:
     def run(self) -> CompressResult:
         """Every stage in order: the early checks, then training, measuring and saving (see the module doc)."""
         self.cfg.check()
+        self.cfg.loggers = check_loggers(self.cfg.loggers)
         if self.cfg.push_to:
             check_push_target(self.cfg.push_to)
         check_export(self.cfg.export, self.cfg.quantize)
@@ -523,6 +453,7 @@ class CompressJob:
         folder, the device and precision, and the recipe with each key's source (trainer, method, data, demo, user,
         config file), as ``resolve`` -> ``prepare_data`` -> ``plan_heads`` -> ``make_recipes`` find them."""
         self.cfg.check()
+        self.cfg.loggers = check_loggers(self.cfg.loggers)
         check_export(self.cfg.export, self.cfg.quantize)
         with self:
             target = self.resolve()
@@ -824,8 +755,8 @@ class CompressJob:
 
         self.emit("stage", name="profiling", message="counting GMACs and timing dense vs compressed")
         cfg = self.cfg
-        return profile(student, device=str(self.dev), batch_size=cfg.profile_batch_size, speed=cfg.speed,
-                       latency=cfg.speed)
+        return profile(student, timing=SpeedSettings(device=str(self.dev), batch_size=cfg.profile_batch_size,
+                                                     speed=cfg.speed, latency=cfg.speed))
 
     def build_report(self, target: Target, splits: Any, recipes: Recipes, trained: Trained, evals: tuple[Any, Any],
                      prof: Any, teacher_record: Optional[dict[str, Any]], teacher_spec: str,
@@ -941,80 +872,37 @@ def _as_dict(recipe: Any) -> Optional[dict[str, Any]]:
     return recipe.to_dict() if recipe is not None else None
 
 
-def compress(
-    model: str = "demo",
-    method: Optional[str] = None,
-    data: str = "demo",
-    output: Optional[str] = None,
-    *,
-    teacher: Optional[str] = None,
-    epochs: Optional[float] = None,
-    batch_size: Optional[int] = None,
-    accum_steps: int = 1,
-    workers: int = 0,
-    seed: int = 0,
-    device: Optional[str] = None,
-    precision: Optional[str] = None,
-    val_split: Optional[float] = None,
-    recipe: Optional[dict[str, Any]] = None,
-    augment: bool = True,
-    teacher_epochs: Optional[float] = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    save_every: Optional[int] = None,
-    max_steps: Optional[int] = None,
-    eval_every: int = 1,
-    keep_checkpoints: bool = False,
-    speed: bool = True,
-    profile_batch_size: Optional[int] = None,
-    progress: Progress = None,
-    calibrate: bool = True,
-    command: Optional[str] = None,
-    push_to: Optional[str] = None,
-    private: bool = False,
-    new_head: bool = False,
-    export: Optional[str] = None,
-    quantize: Optional[str] = None,
-    streaming: bool = False,
-    keep_best: bool = False,
-    loggers: Any = (),
-    sources: Optional[dict[str, str]] = None,
-    dry_run: bool = False,
-    target_gmacs: Optional[float] = None,
-    **method_options: Any,
-) -> Union[CompressResult, dict[str, Any]]:
+def compress(model: str = "demo", method: Optional[str] = None, data: str = "demo", output: Optional[str] = None, *,
+             progress: Progress = None, dry_run: bool = False, **settings: Any) -> Union[CompressResult, dict[str, Any]]:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
 
-    Builds a ``CompressConfig`` from these arguments and runs a ``CompressJob`` (see the module doc).
-    ``recipe`` overrides recipe keys (``vitprune.train.recipe.Recipe``: lr, warmup_epochs, kd_weight, frozen,
-    augment...; an unknown key is an error); ``epochs`` is a shortcut for ``recipe={"epochs": ...}``;
-    ``augment=False`` trains on the evaluation transform. ``batch_size`` is per process (under torchrun the global
-    batch is ``batch_size x processes x accum_steps``). ``max_steps`` stops after that many optimizer steps with a
-    checkpoint (``finished=False``). ``progress`` receives event dicts (stage, epoch_start, step, epoch_end,
-    checkpoint, warning, info...). ``calibrate``: after training, let the method choose its data-dependent run-time
-    defaults on up to ``CALIBRATION_IMAGES`` training images (SaiT: the adaptive threshold for 40 % fewer GMACs);
-    skipped when the caller set one of the method's run-time options. ``command`` is recorded in report.json and
-    the model card as the way to make the model again (redacted: local paths as public names, no
-    ``--resume``/``--overwrite``). ``push_to`` uploads the saved folder with :func:`vitprune.push` (its name and a
-    token are checked before any training; a failed upload raises after the folder is saved, so nothing is lost).
-    ``overwrite`` replaces a finished model in ``output`` or discards an unfinished run's checkpoints; ``new_head``
-    replaces the head and fine-tunes a teacher stage even when the classes fit. ``export="onnx"`` writes
-    ``OUT/model.onnx`` after saving (:func:`vitprune.export`: checked against PyTorch, timed in ONNX Runtime unless
-    ``speed=False``); with ``quantize="int8"`` (or ``"int8-static"``) also ``OUT/model-int8.onnx``, checked as
-    ``vitprune.export(..., quantize=...)`` does, its top-1 on the val split next to the fp32 file's. ``streaming`` reads a Hub dataset (``data="hf:org/name"``) as a stream.
+    Builds a ``CompressConfig`` (``vitprune.settings``) from the keyword arguments and runs a ``CompressJob`` (see
+    the module doc): each of its settings below, by name; any other keyword is an option of the method
+    (``keep_rate=0.7``, ``r=8``...). ``progress`` receives event dicts (stage, epoch_start, step, epoch_end,
+    checkpoint, warning, info...); ``dry_run`` returns the plan (model, method, options, resolved recipe, output)
+    without running. ``batch_size`` is per process (under torchrun the global batch is ``batch_size x processes x
+    accum_steps``); ``max_steps`` stops with a checkpoint (``finished=False``); ``push_to`` is checked before any
+    training and a failed upload raises after the folder is saved; ``export="onnx"`` writes ``OUT/model.onnx`` (and
+    with ``quantize`` ``OUT/model-int8.onnx``) as :func:`vitprune.export` does. Settings:
+
     """
-    config = CompressConfig(
-        model=model, method=method, data=data, output=output, teacher=teacher, epochs=epochs,
-        batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size, accum_steps=accum_steps,
-        workers=workers, seed=seed, device=device, precision=precision, val_split=val_split,
-        recipe=dict(recipe or {}), augment=augment, teacher_epochs=teacher_epochs, resume=resume,
-        overwrite=overwrite, save_every=save_every, max_steps=max_steps, eval_every=eval_every,
-        keep_checkpoints=keep_checkpoints, speed=speed, profile_batch_size=profile_batch_size, calibrate=calibrate,
-        command=command, push_to=push_to, private=private, new_head=new_head, export=export, quantize=quantize,
-        streaming=streaming, target_gmacs=target_gmacs, keep_best=keep_best, loggers=loggers, sources=dict(sources or {}),
-        method_options=dict(method_options))
+    given, method_options = split_kwargs(CompressConfig, settings)
+    if given.get("batch_size") is None:
+        given["batch_size"] = DEFAULT_BATCH_SIZE
+    for key in ("recipe", "sources", "method_options"):
+        given[key] = dict(given.get(key) or {})
+    config = CompressConfig(model=model, method=method, data=data, output=output, **given)
+    config.method_options = {**config.method_options, **method_options}
     job = CompressJob(config, progress)
     return job.plan() if dry_run else job.run()
+
+
+compress.__doc__ = (compress.__doc__ or "").rstrip() + "\n\n" + settings_doc(
+    CompressConfig, skip=("model", "method", "data", "output", "method_options")) + "\n"
+compress.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *list(inspect.signature(compress).parameters.values())[:6],
+    *keyword_parameters(CompressConfig, skip=("model", "method", "data", "output", "method_options")),
+    inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation=Any)])
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -23,6 +23,8 @@ their accuracy) -> ``measure_points`` (one measurement of all of them) -> ``writ
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from torch import nn
 
 from .errors import MethodOptionError, UsageError
+from .settings import SpeedSettings, keyword_parameters, split_kwargs
 from .data import load_data
 from .files import write_atomic
 from .hub import load_model
@@ -105,12 +108,7 @@ class SweepConfig:
     data: Optional[str] = None
     epochs: Optional[float] = None
     out: Optional[str] = "vitprune-sweep"
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    batch_size: Optional[int] = None
-    repeats: Optional[int] = None
-    speed: bool = True
-    latency: bool = True
+    timing: SpeedSettings = field(default_factory=SpeedSettings)  # how the points are timed (and where they run)
     plot: bool = True
     pretrained: bool = True
     val_split: Optional[float] = None
@@ -174,12 +172,7 @@ def sweep(
     data: Optional[str] = None,
     epochs: Optional[float] = None,
     out: Optional[str] = "vitprune-sweep",
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    batch_size: Optional[int] = None,
-    repeats: Optional[int] = None,
-    speed: bool = True,
-    latency: bool = True,
+    timing: Optional[SpeedSettings] = None,
     plot: bool = True,
     pretrained: bool = True,
     val_split: Optional[float] = None,
@@ -188,7 +181,7 @@ def sweep(
     compress_options: Optional[dict[str, Any]] = None,
     progress: Progress = None,
     target_gmacs: Optional[Sequence[float]] = None,
-    **method_options: Any,
+    **options: Any,
 ) -> SweepResult:
     """Measure ``method`` on ``model`` at each of ``values`` of ``option`` (default: the method's headline option).
 
@@ -196,12 +189,21 @@ def sweep(
     ``method_options`` fix the method's other options. Writes ``sweep.json`` and ``pareto.png`` into ``out``
     (``out=None``: nothing written). ``target_gmacs`` (e.g. ``[0.5, 0.6, 0.7]``, fractions of the dense GMACs)
     replaces ``values``: each point's headline option is solved for that cost (:mod:`vitprune.budget`), so methods
-    are compared at equal GMACs.
+    are compared at equal GMACs. How the points are timed is one ``SpeedSettings`` (``timing``), or its fields as
+    keywords over it (``device``, ``batch_size``, ``repeats``, ``speed``, ``latency``...); any other keyword is an
+    option of the method.
     """
-    cfg = SweepConfig(model, method, values, option, data, epochs, out, device, dtype, batch_size, repeats, speed,
-                      latency, plot, pretrained, val_split, eval_batch_size, workers, compress_options,
-                      dict(method_options), target_gmacs)
+    given, method_options = split_kwargs(SpeedSettings, options)
+    cfg = SweepConfig(model, method, values, option, data, epochs, out,
+                      dataclasses.replace(timing or SpeedSettings(), **given), plot, pretrained, val_split,
+                      eval_batch_size, workers, compress_options, method_options, target_gmacs)
     return run_sweep(cfg, progress)
+
+
+
+_own = [p for p in inspect.signature(sweep).parameters.values() if p.kind != p.VAR_KEYWORD]
+sweep.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *_own, *keyword_parameters(SpeedSettings), inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD)])
 
 
 def run_sweep(cfg: SweepConfig, progress: Progress = None) -> SweepResult:
@@ -336,7 +338,7 @@ def make_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress = None) ->
 
 
 def _accuracy(cfg: SweepConfig, model: nn.Module, splits: Any) -> dict[str, Any]:
-    ev = evaluate(model, splits, split="val", batch_size=cfg.eval_batch_size, device=cfg.device, dtype=cfg.dtype,
+    ev = evaluate(model, splits, split="val", batch_size=cfg.eval_batch_size, device=cfg.timing.device, dtype=cfg.timing.dtype,
                   workers=cfg.workers)
     return {"top1": ev.top1, "top5": ev.top5, "loss": ev.loss, "images": ev.images}
 
@@ -380,7 +382,7 @@ def _trained_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress) -> Po
         folder = root / f"{plan.option}-{v}"
         _emit(progress, event="point", index=i, total=len(plan.values), value=v,
               message=f"training {plan.cls.name} {plan.option}={v}")
-        res = compress(cfg.model, plan.cls.name, cfg.data, str(folder), epochs=cfg.epochs, device=cfg.device,
+        res = compress(cfg.model, plan.cls.name, cfg.data, str(folder), epochs=cfg.epochs, device=cfg.timing.device,
                        val_split=cfg.val_split, speed=False, overwrite=True, **(cfg.compress_options or {}),
                        **{**cfg.method_options, plan.option: v})
         if not res.finished or not res.report or res.model is None:
@@ -403,10 +405,9 @@ def _trained_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress) -> Po
 def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: Progress = None) -> SweepResult:
     """Count every model and time them all together (interleaved in every repeat, as ``vitprune profile``)."""
     _emit(progress, event="measure",
-          message="counting GMACs" + (" and timing all settings, interleaved" if cfg.speed else ""))
+          message="counting GMACs" + (" and timing all settings, interleaved" if cfg.timing.speed else ""))
     models = {"dense": points.dense, **{f"p{i}": m for i, m in enumerate(points.models)}}
-    m = measure_models(models, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, repeats=cfg.repeats,
-                       speed=cfg.speed, latency=cfg.latency and cfg.speed)
+    m = measure_models(models, dataclasses.replace(cfg.timing, latency=cfg.timing.latency and cfg.timing.speed))
     d = m.stats["dense"]
     dense_row = {"gmacs": d.gmacs, "params": d.params, "tokens": d.tokens, "throughput": d.throughput,
                  "latency_ms": d.latency_ms, **(points.dense_acc or {"top1": None, "top5": None, "loss": None})}

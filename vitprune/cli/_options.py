@@ -19,9 +19,10 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from .. import settings
 from ..errors import UsageError
 from . import catalog
-from .common import METHOD_PARAM
+from .common import METHOD_PARAM, settings_parameters
 
 PANEL = "Method options"
 SWEEP_PANEL = "Values to sweep (one of these)"
@@ -113,10 +114,21 @@ def _declared(param: inspect.Parameter) -> set[str]:
     return decls | {flag_name(param.name)}
 
 
+#: the order of the help panels (a command's parameters are listed panel by panel, in this order)
+PANEL_ORDER = (None, settings.TRAIN, settings.RECIPE, settings.AUGMENT, settings.RUN, SWEEP_PANEL, PANEL)
+
+
+def _panel_rank(param: inspect.Parameter) -> int:
+    infos = getattr(param.annotation, "__metadata__", ())
+    panel = next((getattr(i, "rich_help_panel", None) for i in infos), None)
+    is_argument = any(type(i).__name__ == "ArgumentInfo" for i in infos)
+    return -1 if is_argument else PANEL_ORDER.index(panel) if panel in PANEL_ORDER else len(PANEL_ORDER)
+
+
 def _with_parameters(fn: Callable, extra: list[inspect.Parameter], replaces: str,
                      collect: Callable[[dict], Any]) -> Callable:
-    """``fn`` with ``extra`` keyword parameters in its signature instead of its parameter ``replaces``, which
-    receives ``collect(values of the extra parameters)``."""
+    """``fn`` with ``extra`` keyword parameters in its signature in place of its parameter ``replaces``, which
+    receives ``collect(values of the extra parameters)``; the parameters then sorted by help panel."""
     sig = inspect.signature(fn, eval_str=True)
     own = [p for p in sig.parameters.values() if p.name != replaces]
     taken = {d: p.name for p in own for d in _declared(p)}
@@ -126,14 +138,69 @@ def _with_parameters(fn: Callable, extra: list[inspect.Parameter], replaces: str
             raise TypeError(f"{fn.__name__}: a derived flag of {p.name!r} clashes with the command's own "
                             f"{', '.join(clash)}; give the option another \"flag\" in its metadata")
     names = [p.name for p in extra]
+    at = list(sig.parameters).index(replaces)
+    params = list(sig.parameters.values())
+    ordered = params[:at] + extra + params[at + 1:]
+    # typer passes every parameter by name: all keyword-only, so that they can be ordered by panel
+    ordered = sorted((p.replace(kind=p.KEYWORD_ONLY) for p in ordered), key=_panel_rank)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         kwargs[replaces] = collect({n: kwargs.pop(n) for n in names})
         return fn(*args, **kwargs)
 
-    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__signature__ = sig.replace(parameters=ordered)  # type: ignore[attr-defined]
     return wrapper
+
+
+def run_settings(cls: type) -> Callable[[Callable], Callable]:
+    """Decorator: add a flag for every run setting of ``cls`` (``vitprune.settings``: declared there once, with
+    its help, panel and range) to a command, which receives them as its ``settings`` parameter: {field: value}."""
+
+    def decorate(fn: Callable) -> Callable:
+        flags = settings.flags(cls)
+
+        def collect(given: dict[str, Any]) -> dict[str, Any]:
+            return {f.field: f.value(given[f.param]) for f in flags}
+
+        return _with_parameters(fn, settings_parameters(cls), "settings", collect)
+
+    return decorate
+
+
+#: recipe keys that are not flags of their own: ``--epochs`` is a run setting, ``augment`` has its own flags
+NOT_RECIPE_FLAGS = ("epochs", "augment")
+
+
+def recipe_flags() -> Callable[[Callable], Callable]:
+    """Decorator: add a flag for every recipe key (``vitprune.train.recipe.Recipe``, read from the catalog: its
+    help and type declared there once) to a command, in the Recipe panel; the command receives the keys the user
+    gave as its ``recipe`` parameter (a list key, ``frozen``, typed as a comma list, ``none`` for an empty list)."""
+
+    def decorate(fn: Callable) -> Callable:
+        helps, types = catalog.recipe_help(), catalog.recipe_types()
+        keys = [k for k in helps if k not in NOT_RECIPE_FLAGS]
+        extra = []
+        for key in keys:
+            kind = catalog.cli_type(types[key])
+            text = helps[key].rstrip(".") + (", as a comma list; 'none' for none" if kind is None else "") + "."
+            decl = f"{flag_name(key)}/--no-{flag_name(key)[2:]}" if kind is bool else flag_name(key)
+            extra.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+                Optional[kind or str], typer.Option(decl, help=text, rich_help_panel=settings.RECIPE)]))
+
+        def collect(given: dict[str, Any]) -> dict[str, Any]:
+            recipe = {}
+            for key, value in given.items():
+                if value is not None and catalog.cli_type(types[key]) is None:  # a list, as a comma list
+                    value = [] if value.strip().lower() in ("", "none") else [
+                        v.strip() for v in value.split(",") if v.strip()]
+                if value is not None:
+                    recipe[key] = value
+            return recipe
+
+        return _with_parameters(fn, extra, "recipe", collect)
+
+    return decorate
 
 
 def method_options(*, runtime_only: bool = False) -> Callable[[Callable], Callable]:

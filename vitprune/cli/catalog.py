@@ -54,6 +54,11 @@ def recipe_help() -> dict[str, str]:
     return catalog()["recipe_help"]
 
 
+def recipe_types() -> dict[str, str]:
+    """Each recipe key's type as ``Recipe`` writes it (``vitprune.train.recipe.recipe_types``)."""
+    return catalog()["recipe_types"]
+
+
 def _key(name: str) -> str:
     """As the registry compares method names: case, dashes and underscores do not matter."""
     return name.lower().replace("-", "").replace("_", "")
@@ -94,8 +99,10 @@ def build() -> dict[str, Any]:
     """The catalog as the library describes it now (imports the library)."""
     from ..methods import describe_methods  # deferred: CLI startup
     from ..train.recipe import recipe_help as library_recipe_help  # deferred: CLI startup
+    from ..train.recipe import recipe_types as library_recipe_types  # deferred: CLI startup
 
-    return json.loads(json.dumps({"methods": describe_methods(), "recipe_help": library_recipe_help()}))
+    return json.loads(json.dumps({"methods": describe_methods(), "recipe_help": library_recipe_help(),
+                                  "recipe_types": library_recipe_types()}))
 
 
 def main() -> None:

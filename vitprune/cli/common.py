@@ -15,6 +15,7 @@ starts and one with its duration when it ends, so a log never stays silent for m
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -34,6 +35,7 @@ try:  # typer runs its own copy of click
 except ImportError:  # pragma: no cover - a typer that uses click itself
     from click.exceptions import ClickException, NoArgsIsHelpError
 
+from .. import settings
 from ..errors import VitpruneError, VitpruneWarning
 
 out = Console(soft_wrap=True)
@@ -280,13 +282,32 @@ def _check_method(value: Optional[str]) -> Optional[str]:
 MethodOpt = Annotated[Optional[str], typer.Option(
     "--method", "-m", callback=_check_method, help="token method to apply (see `vitprune methods`); its options are the flags under "
                            "Method options.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu (default: cuda when available).")]
 NoWeightsOpt = Annotated[bool, typer.Option(
     "--no-weights", help="build the architecture with random weights; download nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON.")]
-TargetGmacsOpt = Annotated[Optional[float], typer.Option(
-    "--target-gmacs", metavar="RATIO", help="with --method on a dense model: solve the method's headline option "
-    "(keep rate, r, budget) so the model counts RATIO x the dense GMACs (within 1 %, else the closest), e.g. 0.65.")]
+def settings_option(f: Any, **extra: Any) -> Any:
+    """A run setting's typer annotation (``vitprune.settings.Flag``): its flags, help, panel, range and metavar
+    as declared with the setting, once."""
+    kw = {k: v for k, v in dict(help=escape(f.help), rich_help_panel=f.panel, min=f.min, metavar=f.metavar).items()
+          if v is not None}
+    kind = Optional[list[str]] if f.type == list[str] else Optional[f.type] if f.default is None else f.type
+    return Annotated[kind, typer.Option(*f.decls, **kw, **extra)]
+
+
+def settings_parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """The command-line parameters of the run settings of ``cls`` (``vitprune.settings``), by their parameter
+    names (``batch_size``, ``no_speed``, ``logger``)."""
+    return [inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=settings_option(f))
+            for f in settings.flags(cls) if f.field not in skip]
+
+
+def speed_option(name: str) -> Any:
+    """The flag of ``SpeedSettings.<name>`` (``vitprune.settings``), for the commands that time models."""
+    return settings_option(settings.flag(settings.SpeedSettings, name))
+
+
+TargetGmacsOpt = settings_option(settings.flag(settings.CompressConfig, "target_gmacs"))
+DeviceOpt = speed_option("device")
 
 
 def _allow_large(ctx: typer.Context, value: bool) -> bool:

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options
-from .common import (AllowLargeOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out,
+from .common import (AllowLargeOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out,
                      print_budget, print_json, step)
 
 

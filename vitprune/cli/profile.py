@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 
 from ._options import method_options
-from .common import (AllowLargeOpt, DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, err, out,
+from .common import (speed_option, AllowLargeOpt, DeviceOpt, JsonOpt, MethodOpt, ModelArg, NoWeightsOpt, TargetGmacsOpt, out,
                      print_budget, print_json, step)
 
 
@@ -17,11 +17,9 @@ def profile(
     method: MethodOpt = None,
     no_weights: NoWeightsOpt = False,
     device: DeviceOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(
-        help="fp16, bf16 or fp32 (default: fp16 autocast on GPU, fp32 on CPU).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats (median is reported).")] = None,
+    batch_size: speed_option("batch_size") = None,
+    dtype: speed_option("dtype") = None,
+    repeats: speed_option("repeats") = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="count parameters and GMACs only.")] = False,
     compile_auto: Annotated[bool, typer.Option(
         "--compile", help="time both models through vitprune.optimize (torch.compile; CUDA graphs on GPU), mode "
@@ -30,10 +28,7 @@ def profile(
         "--compile-mode", metavar="MODE", help="the vitprune.optimize mode (implies --compile): auto (CUDA graphs + "
                                                "compile on GPU, compile on CPU), compile, cudagraphs, "
                                                "max-autotune, none.")] = None,
-    runtime: Annotated[str, typer.Option(
-        "--runtime", help="torch, or onnxruntime: export both models to ONNX (pruning inside, token counts "
-                          "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
-                          "vitprune\\[export].")] = "torch",
+    runtime: speed_option("runtime") = "torch",
     quantize: Annotated[Optional[str], typer.Option(
         "--quantize", metavar="MODE", help="with --runtime onnxruntime: also quantize both files (int8: dynamic; "
                                            "int8-static: QDQ calibrated on the demo check digits) and time dense "

@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from ..errors import UsageError
 from ._options import method_options, parse_value, sweep_flags, sweep_values
-from .common import AllowLargeOpt, DeviceOpt, MethodOpt, Steps, err, print_json
+from .common import speed_option, AllowLargeOpt, DeviceOpt, MethodOpt, Steps, err, print_json
 from .common import out as console
 
 
@@ -44,11 +44,9 @@ def sweep(
     out: Annotated[str, typer.Option("--out", "-o", help="folder for sweep.json and pareto.png.")] =
         "vitprune-sweep",
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp16, bf16 or fp32 (default fp16 on GPU, fp32 on CPU).")]
-        = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="throughput batch size (default 256 on GPU, 32 on CPU).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(min=1, help="timed repeats per point (median).")] = None,
+    dtype: speed_option("dtype") = None,
+    batch_size: speed_option("batch_size") = None,
+    repeats: speed_option("repeats") = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="skip the batch-1 latency timing.")] = False,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="GMACs (and accuracy) only, no timing.")] = False,
     no_weights: Annotated[bool, typer.Option(

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ._options import method_options
-from .common import AllowLargeOpt, JsonOpt, MethodOpt, NoWeightsOpt, err, print_json, step
+from .common import AllowLargeOpt, MethodOpt, NoWeightsOpt, print_json, step
 from .common import out as console
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from ..errors import MethodOptionError
 from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
-from .speed import SpeedSettings, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
+from ..settings import SpeedSettings
+from .speed import Schedule, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
 from .ort import benchmark_onnx, runtime_label
 from ..fastpath import check_mode, optimize
 
@@ -82,11 +83,13 @@ def versions(runtime: str = "torch") -> dict[str, str]:
     return out
 
 
-def check_settings(*, batch_size: Optional[int] = None, runtime: str = "torch", compile: Optional[str] = None,
-                   dtype: Optional[str] = None) -> Optional[str]:
+def check_settings(timing: SpeedSettings) -> Optional[str]:
     """Refuse settings that do not go together, before any model is loaded; returns the dtype to use."""
-    if batch_size is not None and batch_size < 1:
-        raise MethodOptionError(f"`batch_size` must be a positive number, got {batch_size}.")
+    runtime, compile, dtype = timing.runtime, timing.compile, timing.dtype
+    for name in ("batch_size", "repeats"):
+        v = getattr(timing, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise MethodOptionError(f"`{name}` must be a positive number, got {v!r}.")
     if compile is not None:
         check_mode(compile, "compile")
     if runtime not in RUNTIMES:
@@ -120,29 +123,23 @@ def model_stats(model: nn.Module, input_size: tuple[int, int, int]) -> ModelStat
 
 def measure_models(
     models: dict[str, nn.Module],
+    timing: SpeedSettings = SpeedSettings(),
     *,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    batch_size: Optional[int] = None,
-    repeats: Optional[int] = None,
-    speed: bool = True,
-    latency: bool = True,
-    compile: Optional[str] = None,
-    runtime: str = "torch",
     onnx_files: Optional[dict[str, str | os.PathLike]] = None,
     on_step: Optional[Callable[[], None]] = None,
 ) -> Measurement:
-    """Count and time ``models`` side by side (see the module doc); ``speed``/``latency`` time throughput at
-    ``batch_size`` and batch-1 latency."""
-    dtype = check_settings(batch_size=batch_size, runtime=runtime, compile=compile, dtype=dtype)
-    dev = resolve_device(device)
+    """Count and time ``models`` side by side (see the module doc) as ``timing`` says: throughput at its batch size
+    (``speed``) and batch-1 latency (``latency``), on its device and runtime."""
+    dtype = check_settings(timing)
+    speed, latency, runtime = timing.speed, timing.latency, timing.runtime
+    dev = resolve_device(timing.device)
     dt = resolve_dtype(dtype, dev)
     input_size = model_input_size(next(iter(models.values())))
     stats = {key: model_stats(m, input_size) for key, m in models.items()}
-    settings = SpeedSettings.default(dev, batch_size)
-    if repeats is not None:
-        settings.repeats = repeats
-    compiled = compile if compile and compile != "none" else None
+    settings = Schedule.default(dev, timing.batch_size)
+    if timing.repeats is not None:
+        settings.repeats = timing.repeats
+    compiled = timing.compile if timing.compile and timing.compile != "none" else None
     runtime_info = None
     if (speed or latency) and runtime == "onnxruntime":
         timings = _time_onnx(models, input_size, dev, settings, onnx_files or {}, speed, latency, on_step)
@@ -173,7 +170,7 @@ def _prepared(model: nn.Module, dev: torch.device, compiled: Optional[str]) -> n
 
 
 def _time_onnx(models: dict[str, nn.Module], input_size: tuple[int, int, int], dev: torch.device,
-               settings: SpeedSettings, files: dict[str, Any], speed: bool, latency: bool,
+               settings: Schedule, files: dict[str, Any], speed: bool, latency: bool,
                on_step: Optional[Callable[[], None]]) -> dict[str, Timing]:
     """Export each model without a file in ``files`` (dynamic batch, token counts checked) and time them all in
     ONNX Runtime, interleaved."""

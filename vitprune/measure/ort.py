@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import DeviceError
-from .speed import SpeedSettings, Timing, benchmark
+from .speed import Schedule, Timing, benchmark
 
 RUNTIME_NAME = "onnxruntime"
 
@@ -90,7 +90,7 @@ def benchmark_onnx(
     input_size: tuple[int, int, int],
     *,
     device: torch.device,
-    settings: SpeedSettings,
+    settings: Schedule,
     latency: bool = True,
     throughput: bool = True,
     on_step: Optional[Callable[[], None]] = None,

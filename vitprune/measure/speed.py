@@ -117,7 +117,10 @@ class Timing:
 
 
 @dataclass
-class SpeedSettings:
+class Schedule:
+    """How one timing run is laid out: the throughput batch, warm-up calls, interleaved rounds, calls per round and
+    batch-1 latency samples (``default``: per device; ``vitprune.settings.SpeedSettings`` is what a user asks)."""
+
     batch_size: int
     warmup: int
     repeats: int
@@ -125,7 +128,7 @@ class SpeedSettings:
     latency_samples: int
 
     @classmethod
-    def default(cls, device: torch.device, batch_size: Optional[int] = None) -> "SpeedSettings":
+    def default(cls, device: torch.device, batch_size: Optional[int] = None) -> "Schedule":
         if device.type == "cuda":
             return cls(batch_size or 256, warmup=10, repeats=10, iters=10, latency_samples=100)
         # one batch per round and many interleaved rounds: paired ratios with a spread that means something
@@ -161,7 +164,7 @@ def benchmark(
     *,
     device: torch.device,
     dtype: str,
-    settings: SpeedSettings,
+    settings: Schedule,
     latency: bool = True,
     throughput: bool = True,
     on_step: Optional[Callable[[], None]] = None,

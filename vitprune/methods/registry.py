@@ -8,6 +8,7 @@ from typing import Any
 import sys
 
 from ..errors import MethodOptionError
+from ..settings import reserved_names
 from .base import _REGISTRY, TokenMethod, _expected, exportable_methods, option_specs
 
 
@@ -22,7 +23,12 @@ def register(cls: type[TokenMethod]) -> type[TokenMethod]:
         if _key(other_name) == _key(cls.name):
             raise ValueError(f"a method named {other_name!r} is registered already ({other.__module__}."
                              f"{other.__qualname__}); {cls.__module__}.{cls.__qualname__} needs another name")
-    option_specs(cls)  # the options' metadata is read once here, so a typo in it fails at import
+    specs = option_specs(cls)  # the options' metadata is read once here, so a typo in it fails at import
+    clash = sorted(s.name for s in specs if s.name in reserved_names())
+    if clash:
+        raise ValueError(f"{cls.__module__}.{cls.__qualname__}: option(s) {', '.join(clash)} have the name of a run "
+                         "setting (vitprune.settings.reserved_names()), which vitprune.compress and the other jobs "
+                         "would take as their own; rename the field")
     _REGISTRY[cls.name] = cls
     _document_notes(cls)
     return cls

@@ -28,14 +28,12 @@ from ..measure.speed import BUSY_TEXT, speed_change
 from . import DENSE_TEACHER
 from ..methods import get_method_class, option_specs
 from ..methods.base import flag_name
+from .. import settings
+from ..train.recipe import recipe_types
 
 GMACS_LABEL = "GMACs (papers' GFLOPs)"
 BASE_TAGS = ("vitprune", "image-classification", "token-pruning")
 
-#: recipe keys that `vitprune compress` takes as --kebab-case flags with a value
-_RECIPE_FLAGS = ("lr", "lr_batch_ref", "backbone_lr_scale", "freeze_backbone_epochs", "warmup_epochs", "warmup_lr",
-                 "min_lr", "weight_decay", "kd_weight", "kd_temperature", "cls_weight", "label_smoothing",
-                 "drop_path", "clip_grad")
 _AUGMENT_FLAGS = {"hflip": "--hflip", "scale": "--scale", "ratio": "--ratio", "color_jitter": "--color-jitter",
                   "auto_augment": "--auto-augment", "re_prob": "--re-prob"}
 
@@ -176,21 +174,21 @@ def reproduce_command(section: Mapping[str, Any], report: Optional[Mapping[str, 
         args += ["--val-split", _value(val_split)]
     if "epochs" in recipe:
         args += ["--epochs", _value(recipe["epochs"])]
-    for key, flag, default in (("batch_size", "--batch-size", 64), ("accum_steps", "--accum-steps", 1),
-                               ("seed", "--seed", 0)):
-        if key in recipe and recipe[key] != default:
-            args += [flag, _value(recipe[key])]
+    for key in ("batch_size", "accum_steps", "seed"):  # recorded with the recipe; their flags and defaults:
+        setting = settings.flag(settings.CompressConfig, key)
+        if key in recipe and recipe[key] != setting.default:
+            args += [setting.long, _value(recipe[key])]
     if recipe.get("precision"):
         args += ["--precision", str(recipe["precision"])]
 
     sources = (report or {}).get("recipe_sources") or {}
-    for k in _RECIPE_FLAGS:
-        if sources.get(k) == "user" and k in recipe:
-            args += [flag_name(k), _value(recipe[k])]
-    if sources.get("frozen") == "user":
-        args += ["--frozen", _value(recipe.get("frozen") or "none")]
-    if sources.get("train_mode_eval") == "user":
-        args.append("--train-mode-eval" if recipe.get("train_mode_eval") else "--no-train-mode-eval")
+    for k, kind in recipe_types().items():  # each recipe key the user set, as its flag
+        if k in ("epochs", "augment") or sources.get(k) != "user" or k not in recipe:
+            continue
+        if kind == "bool":
+            args.append(flag_name(k) if recipe[k] else f"--no-{flag_name(k)[2:]}")
+        else:
+            args += [flag_name(k), _value(recipe[k]) or "none"]  # an empty list: none
     if "augment" in recipe and recipe["augment"] is None:
         args.append("--no-augment")
     elif sources.get("augment") == "user" and isinstance(recipe.get("augment"), Mapping):

@@ -152,6 +152,12 @@ def recipe_help() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(Recipe)}
 
 
+def recipe_types() -> dict[str, str]:
+    """Each recipe key's type as written in ``Recipe`` (``float``, ``Optional[float]``, ``list[str]``...): the
+    command line's recipe flags convert their text by it."""
+    return {f.name: str(f.type) for f in dataclasses.fields(Recipe)}
+
+
 def unknown_keys(values: Mapping[str, Any]) -> Optional[str]:
     """A one-line description of the keys of ``values`` that are not recipe keys (None when all are)."""
     unknown = sorted(set(values) - set(recipe_keys()))

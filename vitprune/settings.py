@@ -1,0 +1,322 @@
+"""Run settings, each declared once.
+
+A run setting is a dataclass field made with :func:`setting`: the field gives its name, type and default, and its
+metadata its help, its command-line flag (and short form), its help panel and its range. Everything that names run
+settings derives from that one declaration:
+
+* the command line's flags (``vitprune.cli.common.settings_parameters``), grouped by panel in ``--help``;
+* a recipe file's keys (``--config``): the flags' long names with underscores (``batch_size``, ``no_speed``);
+* ``--print-config``: the settings marked ``shown`` (the plan prints the others resolved);
+* the Python API's keyword arguments (``vitprune.compress(**settings)``, its signature and doc built from here);
+* the model card's Reproduce line (a setting's flag, and whether its value is the default);
+* the range checks (``check_ranges``), the same bounds the command line enforces.
+
+:class:`CompressConfig` is everything a ``compress`` run is told; :class:`SpeedSettings` is how models are timed
+(``profile``, ``sweep`` and the report of ``compress``), one object wherever timing settings travel.
+
+This module imports no torch: the command line reads it to build its flags before the library is imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import MethodOptionError
+
+#: help panels of ``vitprune compress --help``
+TRAIN = "Training"
+RECIPE = "Recipe (defaults: the method's paper recipe; see config.json after a run)"
+AUGMENT = "Augmentation"
+RUN = "Run control"
+
+#: the batch size of a ``compress`` run when none is given (per process)
+DEFAULT_BATCH_SIZE = 64
+
+
+def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, short: Optional[str] = None,
+            panel: Optional[str] = None, cli: bool = True, negated: bool = False, min: Optional[int] = None,
+            metavar: Optional[str] = None, shown: bool = True, factory: Any = None) -> Any:
+    """A run setting: a dataclass field with its help and how the command line spells it.
+
+    ``flag``: the long flag (default ``--name-with-dashes``); ``short``: a one-letter alias; ``negated``: a boolean
+    the command line spells as its off switch (``speed`` is ``--no-speed/--speed``, and the recipe-file key
+    ``no_speed``); ``cli=False``: set from Python only (or by the command itself); ``min``: the smallest integer
+    allowed; ``shown``: ``--print-config`` prints it (the plan prints model, method, output... resolved);
+    ``factory``: a default factory instead of ``default``."""
+    meta = {"help": help, "flag": flag, "short": short, "panel": panel, "cli": cli, "negated": negated, "min": min,
+            "metavar": metavar, "shown": shown}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One run setting as the command line spells it."""
+
+    field: str              # the dataclass field (the API's keyword argument)
+    param: str              # the command's parameter and recipe-file key: ``batch_size``, ``no_speed``, ``logger``
+    decls: tuple[str, ...]  # click's declarations: ("--output", "-o"), ("--no-speed/--speed",)
+    type: Any               # bool, int, float, str or list[str] (repeatable)
+    default: Any            # as the command line sees it (negated booleans inverted)
+    help: str
+    panel: Optional[str]
+    min: Optional[int]
+    metavar: Optional[str]
+    shown: bool
+    negated: bool
+
+    @property
+    def long(self) -> str:
+        """The long flag that turns it on or sets it: ``--batch-size``, ``--no-speed``."""
+        return self.decls[0].split("/")[0]
+
+    def value(self, given: Any) -> Any:
+        """The field's value from the command line's (a negated switch inverted, a repeatable flag as a tuple)."""
+        if self.negated:
+            return not given
+        if self.type == list[str]:
+            return tuple(given or ())
+        return given
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+
+
+def _base_type(hint: Any) -> Any:
+    """``Optional[int]`` -> int; a tuple of text -> list[str] (a repeatable flag)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) in (tuple, list):
+        return list[str]
+    return hint
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def flags(cls: type) -> list[Flag]:
+    """The command-line flags of a settings dataclass, in field order (fields with ``cli=False`` have none)."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta or not meta.get("cli"):
+            continue
+        dashed = f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        if meta["negated"]:
+            long = meta["flag"] or f"--no-{dashed}"
+            decl = f"{long}/--{long[5:]}"
+        else:
+            long = meta["flag"] or f"--{dashed}"
+            decl = f"{long}/--no-{long[2:]}" if kind is bool else long
+        decls = (decl, meta["short"]) if meta["short"] else (decl,)
+        default = default_of(f)
+        default = (not default) if meta["negated"] else default
+        out.append(Flag(field=f.name, param=long[2:].replace("-", "_"), decls=decls, type=kind,
+                        default=None if kind == list[str] else default, help=meta["help"], panel=meta["panel"],
+                        min=meta["min"], metavar=meta["metavar"], shown=meta["shown"], negated=meta["negated"]))
+    return out
+
+
+def flag(cls: type, name: str) -> Flag:
+    """The flag of field ``name`` of ``cls``."""
+    return next(f for f in flags(cls) if f.field == name)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``kwargs`` as (the fields of ``cls``, the rest)."""
+    names = set(field_names(cls))
+    return ({k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names})
+
+
+def check_ranges(obj: Any) -> None:
+    """Each integer setting with a ``min`` is an integer at least that (``None`` allowed where the default is
+    ``None``); ``MethodOptionError`` in one line naming the setting."""
+    for f in dataclasses.fields(obj):
+        lo = f.metadata.get("min") if f.metadata else None
+        if lo is None:
+            continue
+        v = getattr(obj, f.name)
+        if v is None and f.default is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise MethodOptionError(f"`{f.name}` must be an integer >= {lo}, got {v!r}.")
+
+
+def keyword_parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """The fields of ``cls`` as keyword-only parameters (for a function that takes them as ``**kwargs``: its
+    ``__signature__``)."""
+    hints = _hints(cls)
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f), annotation=hints[f.name])
+            for f in dataclasses.fields(cls) if f.name not in skip]
+
+
+def settings_doc(cls: type, skip: tuple[str, ...] = ()) -> str:
+    """One line per field of ``cls``: ``name (flag): help``, for a docstring."""
+    lines = []
+    cli = {f.field: f.long for f in flags(cls)}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata:
+            continue
+        where = f" ({cli[f.name]})" if f.name in cli else ""
+        lines.append(f"    ``{f.name}``{where}: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ compress
+
+
+@dataclass
+class CompressConfig:
+    """Everything a ``compress`` run is told: ``vitprune.compress``'s keyword arguments, ``vitprune compress``'s
+    flags and a recipe file's keys (the method's options travel in ``method_options``; recipe keys in ``recipe``)."""
+
+    model: str = setting("demo", "timm model name, hf-hub:org/repo, a local folder, or 'demo' (the bundled "
+                         "teacher).", cli=False, shown=False)
+    method: Optional[str] = setting(None, "token method to apply (see `vitprune methods`); default dynamicvit.",
+                                    cli=False, shown=False)
+    data: str = setting(
+        "demo", "'demo', an ImageFolder-style folder (train/ and val/, or one folder with --val-split), a folder "
+        "saved with datasets' save_to_disk, a folder with train/ and val/ webdataset .tar shards, or hf:org/name (a "
+        "Hub dataset). Trains on train, evaluates on val; a test split is never read.", short="-d", shown=False)
+    streaming: bool = setting(False, "read an hf:org/name dataset as a stream.")
+    val_split: Optional[float] = setting(None, "hold out this fraction of each class as val (one folder / one "
+                                         "split; seed 0). Default 0.1 there.")
+    output: Optional[str] = setting(None, "output folder (default vitprune-out/<model>-<method>-<setting>, e.g. "
+                                    "demo-evit-keep0.7).", short="-o", shown=False)
+    teacher: Optional[str] = setting(None, "teacher model (default: the dense MODEL). Its head must fit the data's "
+                                     "classes.")
+    teacher_epochs: Optional[float] = setting(None, "epochs of fine-tuning the dense model first when its head had "
+                                              "to be replaced (default: --epochs).")
+    new_head: bool = setting(False, "replace the head even when the data's classes fit it (e.g. matched by count "
+                             "only) and fine-tune the dense model first as the teacher.")
+    epochs: Optional[float] = setting(None, "training epochs (default: the method's recipe; 10 on the demo data).",
+                                      panel=TRAIN, shown=False)
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, "images per step per process.", panel=TRAIN, min=1)
+    accum_steps: int = setting(1, "gradient accumulation: micro-batches per optimizer step.", panel=TRAIN, min=1)
+    workers: int = setting(0, "data-loading worker processes.", panel=TRAIN, min=0)
+    seed: int = setting(0, "random seed (same seed, same result).", panel=TRAIN)
+    device: Optional[str] = setting(None, "cuda or cpu (default: cuda when available).", panel=TRAIN, shown=False)
+    precision: Optional[str] = setting(None, "auto (bf16 on GPUs that support it, else fp16 with a grad scaler; "
+                                       "fp32 on CPU), fp32, bf16, fp16.", panel=TRAIN, shown=False)
+    augment: bool = setting(True, "train on the evaluation transform (no random crops/flips).", panel=AUGMENT,
+                            negated=True, shown=False)
+    resume: bool = setting(False, "continue the run in --output from its last checkpoint.", panel=RUN, shown=False)
+    overwrite: bool = setting(False, "replace the finished model in --output, or discard an unfinished run's "
+                              "checkpoints, and start over.", panel=RUN, shown=False)
+    save_every: Optional[int] = setting(None, "also checkpoint every N optimizer steps (always at each epoch end).",
+                                        panel=RUN, min=1)
+    max_steps: Optional[int] = setting(None, "stop after N optimizer steps with a checkpoint (--resume finishes).",
+                                       panel=RUN, min=1)
+    eval_every: int = setting(1, "validate every N epochs during training (0: only at the end).", panel=RUN, min=0)
+    keep_checkpoints: bool = setting(False, "keep checkpoints/ after a finished run.", panel=RUN)
+    keep_best: bool = setting(False, "save the epoch with the best val top-1 (kept in checkpoints/best.pt while "
+                              "training), not the last; report.json records best_epoch.", panel=RUN)
+    loggers: tuple[str, ...] = setting(
+        (), "also log each epoch under OUT/logs: tensorboard (extra: vitprune[logs]), csv (summary.csv), wandb (if "
+        "installed); repeatable or a comma list.", flag="--logger", panel=RUN)
+    speed: bool = setting(True, "skip the throughput/latency timing in the report.", panel=RUN, negated=True)
+    profile_batch_size: Optional[int] = setting(None, "throughput batch size (default 256 on GPU, 32 on CPU).",
+                                                panel=RUN, min=1)
+    push_to: Optional[str] = setting(None, "after saving, upload the folder to this Hub repo (user/name) as "
+                                     "`vitprune push` does.", panel=RUN)
+    private: bool = setting(False, "with --push-to: create the repo private.", panel=RUN)
+    export: Optional[str] = setting(None, "after saving, also write OUT/model.onnx (onnx; as `vitprune export OUT "
+                                    "--measure`).", panel=RUN)
+    quantize: Optional[str] = setting(
+        None, "with --export onnx: also write OUT/model-int8.onnx (int8: dynamic; int8-static: calibrated on the "
+        "training data), checked as `vitprune export OUT --quantize MODE`.", panel=RUN, metavar="MODE")
+    target_gmacs: Optional[float] = setting(
+        None, "with --method on a dense model: solve the method's headline option (keep rate, r, budget) so the "
+        "model counts RATIO x the dense GMACs (within 1 %, else the closest), e.g. 0.65.", metavar="RATIO",
+        shown=False)
+    # set from Python, or by the command from other flags
+    recipe: dict[str, Any] = setting(help="recipe keys over the method's recipe (vitprune.train.recipe.Recipe: lr, "
+                                     "warmup_epochs, kd_weight, frozen, augment...; an unknown key is an error).",
+                                     cli=False, factory=dict)
+    calibrate: bool = setting(True, "after training, let the method choose its data-dependent run-time defaults on "
+                              "training images (SaiT's adaptive threshold); skipped when one of them was given.",
+                              cli=False)
+    command: Optional[str] = setting(None, "the command that made the model, recorded in report.json and the card "
+                                     "(redacted).", cli=False)
+    #: where the recipe keys the caller set came from when not from the caller itself ({key: "config file"});
+    #: recorded in the recipe's sources instead of "user"
+    sources: dict[str, str] = setting(help="where recipe keys came from when not from the caller ({key: 'config "
+                                      "file'}).", cli=False, factory=dict)
+    method_options: dict[str, Any] = setting(help="the method's options by name (keep_rate, r...).", cli=False,
+                                             factory=dict)
+
+    def check(self) -> None:
+        """The types and ranges of the run's own settings (``MethodOptionError`` in one line)."""
+        check_ranges(self)
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
+                                        or self.epochs < 0):
+            raise MethodOptionError(f"`epochs` must be >= 0, got {self.epochs!r}.")
+        if self.keep_best and not self.eval_every:
+            raise MethodOptionError("`keep_best` picks the epoch with the best val top-1: it needs validation during "
+                                    "training (`eval_every` 1 or more).")
+
+    def user_recipe(self) -> dict[str, Any]:
+        """The recipe keys the caller set (``recipe``, plus ``epochs`` and ``augment=False``)."""
+        user = dict(self.recipe or {})
+        if self.epochs is not None:
+            user["epochs"] = self.epochs
+        if not self.augment:
+            user["augment"] = None
+        return user
+
+
+# ------------------------------------------------------------------------------------------------ speed
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How models are timed, side by side (``vitprune.profile``, ``vitprune.sweep``, ``compress``'s report)."""
+
+    device: Optional[str] = setting(None, "cuda, cuda:N or cpu (default: cuda when available).")
+    dtype: Optional[str] = setting(None, "fp16, bf16 or fp32 (default: fp16 autocast on GPU, fp32 on CPU).")
+    batch_size: Optional[int] = setting(None, "throughput batch size (default 256 on GPU, 32 on CPU).", min=1)
+    repeats: Optional[int] = setting(None, "timed rounds, every model interleaved in each (default 10 on GPU, 6 on "
+                                     "CPU; the median is reported).", min=1)
+    speed: bool = setting(True, "time throughput and latency (False: FLOPs and parameters only).")
+    latency: bool = setting(True, "also time batch-1 latency.")
+    compile: Optional[str] = setting(None, "time the models through vitprune.optimize in this mode (auto, "
+                                     "compile, cudagraphs, max-autotune, none).")
+    runtime: str = setting("torch", "torch, or onnxruntime: export the models to ONNX (pruning inside, token counts "
+                           "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
+                           "vitprune[export].")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> tuple["SpeedSettings", dict[str, Any]]:
+        """The speed settings among ``kwargs`` (the rest returned)."""
+        mine, rest = split_kwargs(cls, kwargs)
+        return cls(**mine), rest
+
+
+# ------------------------------------------------------------------------------------------------ reserved names
+
+#: the keyword arguments of the jobs that take a method's options as keywords (``vitprune.compress``, ``profile``,
+#: ``sweep``, ``export``, ``visualize``) besides the fields of the settings above (a test keeps this list whole)
+JOB_KEYWORDS = ("progress", "dry_run", "pretrained", "timing", "on_step", "onnx_files", "calibration", "values",
+                "option", "out", "plot", "eval_batch_size", "compress_options", "format", "opset", "images", "check",
+                "measure", "measure_batch_size", "calibrate_data", "calibrate_images", "eval_data", "eval_split",
+                "max_drop", "force", "blocks", "dpi")
+
+
+def reserved_names() -> frozenset[str]:
+    """Names a method option cannot have: a job would take the keyword as its own setting
+    (``vitprune.compress(seed=1)`` is the run's seed), so the registry refuses such an option."""
+    return frozenset(field_names(CompressConfig)) | frozenset(field_names(SpeedSettings)) | frozenset(JOB_KEYWORDS)
