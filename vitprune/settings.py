@@ -23,7 +23,8 @@ import inspect
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from .errors import MethodOptionError
 
@@ -130,6 +131,11 @@ def flags(cls: type) -> list[Flag]:
 def flag(cls: type, name: str) -> Flag:
     """The flag of field ``name`` of ``cls``."""
     return next(f for f in flags(cls) if f.field == name)
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help of field ``name`` of ``cls`` (for a command's argument: ``MODEL``)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def field_names(cls: type) -> list[str]:
@@ -306,6 +312,49 @@ class SpeedSettings:
         return cls(**mine), rest
 
 
+# ------------------------------------------------------------------------------------------------ sweep
+
+
+@dataclass
+class SweepConfig:
+    """What ``vitprune.sweep`` is asked: its keyword arguments, and ``vitprune sweep``'s flags (the values to sweep
+    and the timing settings have flags of their own)."""
+
+    model: Any = setting("demo", "dense model (timm name, hf-hub:, folder, 'demo') with a method, or a compressed "
+                         "folder to sweep its run-time options.", cli=False)
+    method: Optional[str] = setting(None, "the method to sweep.", cli=False)
+    values: Sequence[Any] = setting((0.5, 0.6, 0.7, 0.8, 0.9), "the values of ``option``.", cli=False)
+    option: Optional[str] = setting(None, "the method option the values set (default: its headline option).",
+                                    cli=False)
+    data: Optional[str] = setting(None, "add top-1 accuracy on this data's val split ('demo', a folder...).",
+                                  short="-d")
+    epochs: Optional[float] = setting(None, "fine-tune every point for this many epochs with `vitprune compress` "
+                                      "(needs --data).")
+    out: Optional[str] = setting("vitprune-sweep", "folder for sweep.json and pareto.png (None: nothing written).",
+                                 short="-o")
+    timing: SpeedSettings = setting(help="how the points are timed, and where they run (``SpeedSettings``).",
+                                    cli=False, factory=SpeedSettings)
+    plot: bool = setting(True, "write sweep.json and print the table only (no matplotlib needed).", negated=True)
+    pretrained: bool = setting(True, "random weights (speed and GMACs only; download nothing).", flag="--no-weights",
+                               negated=True)
+    val_split: Optional[float] = setting(None, "held-out fraction for one-folder data.")
+    eval_batch_size: int = setting(64, "images per batch when measuring accuracy.", cli=False)
+    workers: int = setting(0, "data-loading worker processes.", cli=False)
+    compress_options: Optional[dict[str, Any]] = setting(None, "more ``vitprune.compress`` keywords for the points "
+                                                         "fine-tuned with ``epochs``.", cli=False)
+    method_options: dict[str, Any] = setting(help="the method's other options, fixed.", cli=False, factory=dict)
+    target_gmacs: Optional[Sequence[float]] = setting(None, "fractions of the dense GMACs: the values are solved for "
+                                                      "these (replaces ``values``).", cli=False)
+
+    @property
+    def name(self) -> str:
+        return self.model if isinstance(self.model, str) else type(self.model).__name__
+
+    @property
+    def out_dir(self) -> Optional[Path]:
+        return Path(self.out) if self.out is not None else None
+
+
 # ------------------------------------------------------------------------------------------------ reserved names
 
 #: the keyword arguments of the jobs that take a method's options as keywords (``vitprune.compress``, ``profile``,
@@ -319,4 +368,5 @@ JOB_KEYWORDS = ("progress", "dry_run", "pretrained", "timing", "on_step", "onnx_
 def reserved_names() -> frozenset[str]:
     """Names a method option cannot have: a job would take the keyword as its own setting
     (``vitprune.compress(seed=1)`` is the run's seed), so the registry refuses such an option."""
-    return frozenset(field_names(CompressConfig)) | frozenset(field_names(SpeedSettings)) | frozenset(JOB_KEYWORDS)
+    return (frozenset(field_names(CompressConfig)) | frozenset(field_names(SpeedSettings))
+            | frozenset(field_names(SweepConfig)) | frozenset(JOB_KEYWORDS))

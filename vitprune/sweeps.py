@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from torch import nn
 
 from .errors import MethodOptionError, UsageError
-from .settings import SpeedSettings, keyword_parameters, split_kwargs
+from .settings import SpeedSettings, SweepConfig, keyword_parameters, split_kwargs
 from .data import load_data
 from .files import write_atomic
 from .hub import load_model
@@ -95,36 +95,6 @@ class SweepResult:
                       "latency_ms": "ms per image at batch 1 (median)", "top1": "percent",
                       "speedup": "throughput / dense throughput, measured interleaved"}
         return d
-
-
-@dataclass
-class SweepConfig:
-    """What ``vitprune.sweep`` was asked (its keyword arguments)."""
-
-    model: Any = "demo"
-    method: Optional[str] = None
-    values: Sequence[Any] = (0.5, 0.6, 0.7, 0.8, 0.9)
-    option: Optional[str] = None
-    data: Optional[str] = None
-    epochs: Optional[float] = None
-    out: Optional[str] = "vitprune-sweep"
-    timing: SpeedSettings = field(default_factory=SpeedSettings)  # how the points are timed (and where they run)
-    plot: bool = True
-    pretrained: bool = True
-    val_split: Optional[float] = None
-    eval_batch_size: int = 64
-    workers: int = 0
-    compress_options: Optional[dict[str, Any]] = None
-    method_options: dict[str, Any] = field(default_factory=dict)
-    target_gmacs: Optional[Sequence[float]] = None  # fractions of the dense GMACs: the values are solved for these
-
-    @property
-    def name(self) -> str:
-        return self.model if isinstance(self.model, str) else type(self.model).__name__
-
-    @property
-    def out_dir(self) -> Optional[Path]:
-        return Path(self.out) if self.out is not None else None
 
 
 @dataclass

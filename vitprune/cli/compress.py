@@ -1,7 +1,6 @@
 """`vitprune compress`: parse the flags, call ``vitprune.compress``, render progress and the final table."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import Annotated, Any, Optional
@@ -9,13 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from ..settings import AUGMENT, RUN, CompressConfig, flags
+from ..settings import AUGMENT, RUN, CompressConfig, flags, help_of
 from ._options import method_options, recipe_flags, run_settings
 from .common import AllowLargeOpt, MethodOpt, Steps, as_flags, err, is_main_process, out, print_json
-
-
-def _field_help(name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(CompressConfig) if f.name == name)
 
 
 def shown_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +157,7 @@ _AUG_FLAGS = ("no_augment", "hflip", "scale", "ratio", "color_jitter", "auto_aug
 @run_settings(CompressConfig)
 def compress(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help=_field_help("model"))] = "demo",
+    model: Annotated[str, typer.Argument(help=help_of(CompressConfig, "model"))] = "demo",
     method: MethodOpt = None,
     hflip: Annotated[Optional[float], typer.Option(
         help="horizontal flip probability (default 0.5; 0 on the digits).", rich_help_panel=AUGMENT)] = None,

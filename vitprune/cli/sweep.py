@@ -7,7 +7,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ._options import method_options, parse_value, sweep_flags, sweep_values
+from ..settings import SpeedSettings, SweepConfig, help_of
+from ._options import method_options, parse_value, run_settings, sweep_flags, sweep_values
 from .common import speed_option, AllowLargeOpt, DeviceOpt, MethodOpt, Steps, err, print_json
 from .common import out as console
 
@@ -22,10 +23,9 @@ def _values(text: str, flag: str) -> list[Any]:
 
 @sweep_values()
 @method_options()
+@run_settings(SweepConfig)
 def sweep(
-    model: Annotated[str, typer.Argument(
-        help="dense model (timm name, hf-hub:, folder, 'demo') with --method, or a compressed folder to sweep its "
-        "run-time options.")] = "demo",
+    model: Annotated[str, typer.Argument(help=help_of(SweepConfig, "model"))] = "demo",
     method: MethodOpt = None,
     values: Annotated[Optional[str], typer.Option(
         help="values of --option (default: the method's headline option).", rich_help_panel="Values to sweep "
@@ -36,25 +36,15 @@ def sweep(
         "--target-gmacs", metavar="RATIOS", help="fractions of the dense GMACs, e.g. 0.5,0.6,0.7: the method's "
         "headline option is solved for each (within 1 %, else the closest), so methods compare at equal cost.",
         rich_help_panel="Values to sweep (one of these)")] = None,
-    data: Annotated[Optional[str], typer.Option(
-        "--data", "-d", help="add top-1 accuracy on this data's val split ('demo', a folder...).")] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="held-out fraction for one-folder data.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(
-        help="fine-tune every point for this many epochs with `vitprune compress` (needs --data).")] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="folder for sweep.json and pareto.png.")] =
-        "vitprune-sweep",
     device: DeviceOpt = None,
     dtype: speed_option("dtype") = None,
     batch_size: speed_option("batch_size") = None,
     repeats: speed_option("repeats") = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="skip the batch-1 latency timing.")] = False,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="GMACs (and accuracy) only, no timing.")] = False,
-    no_weights: Annotated[bool, typer.Option(
-        "--no-weights", help="random weights (speed and GMACs only; download nothing).")] = False,
-    no_plot: Annotated[bool, typer.Option(
-        "--no-plot", help="write sweep.json and print the table only (no matplotlib needed).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print sweep.json instead of the table.")] = False,
     allow_large: AllowLargeOpt = False,
+    settings: dict[str, Any] = {},  # noqa: B006 - replaced by the sweep's settings flags (vitprune.settings)
     method_options: dict[str, Any] = {},  # noqa: B006 - replaced by the method flags (see _options)
     swept: dict[str, tuple[str, str]] = {},  # noqa: B006 - replaced by the value flags (see _options)
 ) -> None:
@@ -102,10 +92,10 @@ def sweep(
         err.print(f"[{e['index'] + 1}/{e['total']}] " + ", ".join(parts), markup=False, highlight=False)
 
     try:
-        res = do_sweep(model, method, vals, option=name, target_gmacs=ratios, data=data, epochs=epochs, out=out,
-                       device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
-                       latency=not (no_latency or no_speed), pretrained=not no_weights, val_split=val_split,
-                       plot=not no_plot, progress=progress, **method_options)
+        timing = SpeedSettings(device=device, dtype=dtype, batch_size=batch_size, repeats=repeats, speed=not no_speed,
+                               latency=not (no_latency or no_speed))
+        res = do_sweep(model, method, vals, option=name, target_gmacs=ratios, timing=timing, progress=progress,
+                       **settings, **method_options)
         steps.end()
     finally:
         steps.close()
