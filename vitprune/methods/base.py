@@ -419,8 +419,8 @@ class ViTInfo:
 
 #: what vitprune drives, for refusals (every one names what works)
 SUPPORTED = ("timm VisionTransformer models (deit_*, vit_*, including distilled and register variants), timm Eva "
-             "models (eva_*, eva02_*, vit_*_rope_*, rope_mixed included), BEiT (beit_*) and NaFlexViT (naflexvit_*, "
-             "at a fixed resolution)")
+             "models (eva_*, eva02_*, vit_*_rope_*, rope_mixed included), BEiT (beit_*) and NaFlexViT (naflexvit_*; "
+             "mixed-resolution patch dictionaries with the static-count methods)")
 
 
 def check_vit(model: nn.Module, what: str = "the model") -> None:
