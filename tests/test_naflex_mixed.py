@@ -97,6 +97,14 @@ def test_noop_on_a_padded_mixed_batch_is_timms_naflexvit(method, variant):
     assert torch.allclose(got, want, **TOL), (got - want).abs().max()
 
 
+def test_patches_coordinates_and_validity_as_arguments_are_the_dictionary():
+    patched = apply(make("gap"), "tome", r=8)
+    batch = collate(mixed_images())
+    with torch.no_grad():
+        got = patched(batch["patches"], batch["patch_coord"], batch["patch_valid"])
+    assert torch.equal(got, run(patched, batch))
+
+
 # ------------------------------------------------------------------------------------------ (c) padding
 
 

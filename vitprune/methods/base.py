@@ -952,10 +952,8 @@ class PatchedNaFlex(PatchedViT):
             patch_coord = x.get("patch_coord", patch_coord)
             attn_mask = x.get("attn_mask", attn_mask)
             x = x["patches"]
-        if patch_coord is None and patch_valid is None and attn_mask is None:
-            return self.forward_head(self.forward_features(x))
-        if patch_coord is None or patch_valid is None:
-            raise ValueError("a NaFlex patch dictionary needs both `patch_coord` and `patch_valid`.")
+        if patch_coord is None and patch_valid is None:  # whole images (an attention mask is refused there)
+            return self.forward_head(self.forward_features(x, attn_mask=attn_mask))
         features = self.forward_features(x, patch_coord=patch_coord, patch_valid=patch_valid, attn_mask=attn_mask)
         return self.forward_head(features["patches"], patch_valid=features["patch_valid"])
 
