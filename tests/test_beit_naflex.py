@@ -261,12 +261,12 @@ def test_refusals_are_one_line_and_name_what_works():
     with pytest.raises(UnsupportedModelError, match="bias per block") as e:
         vitprune.apply_method(shared, "evit")
     assert "\n" not in str(e.value)
-    naflex = apply(make("naflex-gap"), "tome", r=4)
+    naflex = apply(make("naflex-gap"), "dge")  # per-image token counts: NaFlex patch dictionaries are refused
     patches = torch.randn(2, 64, 4 * 4 * 3)
     coord = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij"), -1).reshape(1, 64, 2)
     with pytest.raises(UnsupportedModelError, match="whole images") as e:
         naflex({"patches": patches, "patch_coord": coord.expand(2, -1, -1), "patch_valid": torch.ones(2, 64).bool()})
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "evit" in str(e.value) and "tome" in str(e.value)
 
 
 def test_tome_and_dge_blocks_add_the_bias_where_they_form_attention_themselves():

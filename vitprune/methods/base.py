@@ -52,6 +52,7 @@ import warnings
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops.attention import run_block
 from ..errors import ExportError, VitpruneWarning
+from ..ops import padding
 from ..ops import rope as rope_ops
 from ..ops.pooling import pool_kind
 from ..ops.relpos import is_relpos, position_rows
@@ -418,8 +419,8 @@ class ViTInfo:
 
 #: what vitprune drives, for refusals (every one names what works)
 SUPPORTED = ("timm VisionTransformer models (deit_*, vit_*, including distilled and register variants), timm Eva "
-             "models (eva_*, eva02_*, vit_*_rope_*, rope_mixed included), BEiT (beit_*) and NaFlexViT (naflexvit_*, "
-             "at a fixed resolution)")
+             "models (eva_*, eva02_*, vit_*_rope_*, rope_mixed included), BEiT (beit_*) and NaFlexViT (naflexvit_*; "
+             "mixed-resolution patch dictionaries with the static-count methods)")
 
 
 def check_vit(model: nn.Module, what: str = "the model") -> None:
@@ -559,6 +560,9 @@ class TokenState:
     #: Eva models: the rotary rows of the tokens after the prefix as embedded (``B x P x D``, ``ops.rope``); a
     #: method that keeps, merges or adds tokens carries the rows along with them. None for timm ViTs
     rope: Optional[Tensor] = None
+    #: mixed-resolution NaFlex batches: ``B x P`` bool over the current patch tokens, True for a token that holds
+    #: real patches, False for padding (``ops.padding``); travels with the tokens. None: every token is real
+    valid: Optional[Tensor] = None
 
     @property
     def num_patches(self) -> int:
@@ -572,8 +576,19 @@ class TokenState:
     def start_tracking(self, batch: int, device: torch.device) -> None:
         self.origin = torch.arange(self.num_patches, device=device).expand(batch, -1).clone()
 
-    def keep(self, idx: Tensor, extra_synthetic: int = 0) -> None:
-        """Patch tokens were gathered with ``idx`` (B x k, positions among current patch tokens)."""
+    def attn_mask(self, dtype: torch.dtype) -> Optional[Tensor]:
+        """The additive attention bias that hides padding keys (``B x 1 x 1 x N``), or None without padding."""
+        return None if self.valid is None else padding.key_bias(self.valid, self.num_prefix, dtype)
+
+    def keep(self, idx: Tensor, extra_synthetic: int = 0, extra_valid: Optional[Tensor] = None) -> None:
+        """Patch tokens were gathered with ``idx`` (B x k, positions among current patch tokens), followed by
+        ``extra_synthetic`` new tokens (live where ``extra_valid``, ``B x extra``, says; default: live)."""
+        if self.valid is not None:
+            valid = padding.take_live(self.valid, idx)
+            if extra_synthetic:
+                extra = extra_valid if extra_valid is not None else valid.new_ones(valid.shape[0], extra_synthetic)
+                valid = torch.cat([valid, extra.to(torch.bool)], 1)
+            self.valid = valid
         if self.track and self.origin is not None:
             origin = torch.gather(self.origin, 1, idx)
             if extra_synthetic:
@@ -622,6 +637,12 @@ class TeacherOutput:
 _REGISTRY: dict[str, type[TokenMethod]] = {}
 
 
+def padding_methods() -> str:
+    """The methods that run mixed-resolution NaFlex batches (patch dictionaries with padding masks), for messages:
+    ``dynamicvit (inference), evit, ...``."""
+    return ", ".join(cls.padding_hint or cls.name for cls in _REGISTRY.values() if cls.padding_masks)
+
+
 def exportable_methods() -> str:
     """The methods ``vitprune export`` turns into ONNX, for messages: ``dynamicvit, evit, ..., sait (fixed or dense
     mode)``."""
@@ -646,6 +667,11 @@ class TokenMethod:
     exportable: ClassVar[bool] = False
     #: how ``vitprune export``'s refusals name this method among those that export (e.g. a mode that does)
     export_hint: ClassVar[str] = ""
+    #: the method keeps static token counts and carries NaFlexViT's padding masks through its token selection, so a
+    #: patched NaFlexViT takes mixed-resolution patch dictionaries (``padding_check`` refuses the settings that
+    #: cannot); ``padding_hint`` names it in refusals where only a mode does (``sait (fixed mode)``)
+    padding_masks: ClassVar[bool] = False
+    padding_hint: ClassVar[str] = ""
     #: what becomes of the patch tokens a stage removes, for token-map legends (a fused extra token is seen from
     #: the tracked state and said instead)
     removed_tokens: ClassVar[str] = "dropped"
@@ -697,7 +723,7 @@ class TokenMethod:
         """Run all blocks on the embedded tokens ``x`` (B x N x C). Default: the dense path."""
         for blk in model.blocks:
             state.enter(x)
-            x = run_block(blk, x, state.rope)
+            x = run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
         return x
 
     def token_schedule(self, model: nn.Module, img_size: Optional[tuple[int, int]] = None) -> list[int]:
@@ -775,6 +801,15 @@ class TokenMethod:
     def macs(self, model: nn.Module, images: Tensor) -> Optional[float]:
         """Mean MACs per image when fvcore cannot count them (input-dependent token counts); else None."""
         return None
+
+    def padding_check(self, model: nn.Module) -> None:
+        """Raise ``UnsupportedModelError`` (one line) when the current settings cannot run a NaFlex patch
+        dictionary (mixed resolutions with padding masks)."""
+        if not self.padding_masks:
+            raise UnsupportedModelError(
+                f"{self.title} chooses its token counts per image, so it cannot run NaFlex patch dictionaries with "
+                f"padding masks (mixed resolutions); methods that do: {padding_methods()}; {self.name} takes whole "
+                "images (one resolution per batch).")
 
     def export_check(self, model: nn.Module) -> None:
         """Raise ``ExportError`` (one line) when the current settings cannot be exported with the pruning inside."""
@@ -904,20 +939,59 @@ class PatchedBeit(PatchedViT):
 
 
 class PatchedNaFlex(PatchedViT):
-    """:class:`PatchedViT` for timm's ``NaFlexVit`` on whole images (a fixed resolution per batch): its pooling
-    (``_pool``) is the method's where the method pools; NaFlex's patch dictionaries (mixed resolutions with padding
-    masks) are refused in one line."""
+    """:class:`PatchedViT` for timm's ``NaFlexVit``: whole images (a fixed resolution per batch) as
+    :class:`PatchedViT`; NaFlex's patch dictionaries (``patches``, ``patch_coord``, ``patch_valid``: mixed
+    resolutions padded to one sequence length) as timm's own forward takes them, for the methods with
+    ``padding_masks`` (the others refuse in one line): the validity of each token travels in ``TokenState.valid``,
+    attention hides padding keys, and the pooled head (``_pool``) reads live tokens only."""
 
     def forward(self, x: Any, patch_coord: Optional[Tensor] = None, patch_valid: Optional[Tensor] = None,
                 attn_mask: Optional[Tensor] = None) -> Tensor:
-        if isinstance(x, dict) or patch_coord is not None or patch_valid is not None or attn_mask is not None:
+        if isinstance(x, dict):
+            patch_valid = x.get("patch_valid", patch_valid)
+            patch_coord = x.get("patch_coord", patch_coord)
+            attn_mask = x.get("attn_mask", attn_mask)
+            x = x["patches"]
+        if patch_coord is None and patch_valid is None:  # whole images (an attention mask is refused there)
+            return self.forward_head(self.forward_features(x, attn_mask=attn_mask))
+        features = self.forward_features(x, patch_coord=patch_coord, patch_valid=patch_valid, attn_mask=attn_mask)
+        return self.forward_head(features["patches"], patch_valid=features["patch_valid"])
+
+    def forward_features(self, x: Tensor, patch_coord: Optional[Tensor] = None, patch_valid: Optional[Tensor] = None,
+                         attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Any:
+        if patch_coord is None and patch_valid is None:
+            return super().forward_features(x, attn_mask, is_causal)
+        method = self.vitprune_method
+        method.padding_check(self)
+        if attn_mask is not None or is_causal:
             raise UnsupportedModelError(
-                "a vitprune-patched NaFlexViT takes whole images (B x C x H x W, one resolution per batch); NaFlex "
-                "patch dictionaries with padding masks (mixed resolutions) are not supported.")
-        return self.forward_head(self.forward_features(x))
+                "a vitprune-patched NaFlexViT builds its attention mask from `patch_valid` (it follows the tokens "
+                "the method keeps); pass the patch dictionary without `attn_mask`.")
+        if patch_coord is None or patch_valid is None:
+            raise ValueError("a NaFlex patch dictionary needs both `patch_coord` and `patch_valid`.")
+        if self.rope is not None:
+            raise UnsupportedModelError(
+                "vitprune runs NaFlex patch dictionaries (mixed resolutions) on NaFlexViTs with learned or "
+                "factorized position embeddings; this one has rotary embeddings: pass whole images (one resolution "
+                "per batch).")
+        e = self._forward_embeds(x, patch_coord=patch_coord, patch_valid=patch_valid, attn_mask=None)
+        x = e["patches"]
+        valid = e["patch_valid"].to(torch.bool)
+        # no 2-D grid is shared by the batch: the token maps address the padded sequence's slots as one row
+        state = TokenState(num_prefix=self.num_prefix_tokens, grid=(1, x.shape[1] - self.num_prefix_tokens),
+                           training=self.training, track=self._vitprune_track, valid=valid)
+        if state.track:
+            state.start_tracking(x.shape[0], x.device)
+        x = method.forward_blocks(self, x, state)
+        if self.training or state.track:
+            self.vitprune_state = state
+        if type(method).pool is not TokenMethod.pool:
+            self._vitprune_pool_state = state
+        live = state.valid if state.valid is not None else valid.new_ones(x.shape[0], x.shape[1] - state.num_prefix)
+        return {"patches": self.norm(x), "patch_valid": live}
 
     def _pool(self, x: Tensor, pool_type: Optional[str] = None, patch_valid: Optional[Tensor] = None) -> Tensor:
-        out = self._vitprune_pool(x, pool_type) if patch_valid is None else None
+        out = self._vitprune_pool(x, pool_type)
         return super()._pool(x, pool_type, patch_valid) if out is None else out
 
 

@@ -43,10 +43,11 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
+from ..ops import padding
 from ..ops.pooling import POOLS, pool_kind, weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, vit_info,
+    check_fraction, padding_methods, vit_info,
 )
 from .registry import register
 
@@ -148,6 +149,8 @@ class DynamicViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("score_predictor",)
     exportable = True
+    padding_masks = True
+    padding_hint = "dynamicvit (inference)"
     #: set by ``on_train_progress``: train with the inference top-k masks (the ``topk_tail``); False outside a trainer
     train_topk: bool = False
     notes = (
@@ -165,6 +168,9 @@ class DynamicViT(TokenMethod):
         "epochs, cosine to 1e-6, 30 epochs, cls_token/pos_embed frozen; use ratio_weight 5.0 for DeiT-B and "
         "drop path 0.2 there (0 for DeiT-S).",
         "keep_rate can be changed at run time (top-k with another k); predictors were trained for one rate.",
+        "NaFlex patch dictionaries (mixed resolutions), at inference: the predictor's global feature averages the "
+        "real patches only, padding ranks below every real patch in the top-k (counts from the padded length); "
+        "training on them is refused (its keep-ratio targets are fractions of every token).",
         "Training: the last topk_tail (default 0.5) of the run uses the inference top-k masks with a straight-"
         "through gradient instead of Gumbel samples, so the backbone adapts to the selection it gets at inference; "
         "topk_tail=0 is the paper's Gumbel training throughout. Until the predictors are confident, Gumbel masks are "
@@ -187,6 +193,13 @@ class DynamicViT(TokenMethod):
                 f"(global_pool 'token', 'avg' or 'map'); this one pools with {kind!r}.")
         self.locations(info.depth)  # validates pruning_loc against the depth
         return info
+
+    def padding_check(self, model: nn.Module) -> None:
+        if model.training and self.options.keep_rate < 1.0:
+            raise UnsupportedModelError(
+                "DynamicViT runs NaFlex patch dictionaries with padding masks (mixed resolutions) at inference only "
+                "(its training keeps ratios of every token); train on whole images, or with: "
+                f"{padding_methods()}.")
 
     def locations(self, depth: int) -> list[int]:
         """0-based blocks before which tokens are pruned."""
@@ -214,7 +227,7 @@ class DynamicViT(TokenMethod):
         if self.options.keep_rate >= 1.0:  # no-op: the dense model, bit for bit
             for blk in model.blocks:
                 state.enter(x)
-                x = ops.run_block(blk, x, state.rope)
+                x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
             return x
         if model.training:
             return self._train_blocks(model, x, state)
@@ -235,14 +248,15 @@ class DynamicViT(TokenMethod):
                     x = self._prune(model.score_predictor[s], x, k, state)
                     state.record(i)
             state.enter(x)
-            x = ops.run_block(blk, x, state.rope)
+            x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
         return x
 
     @staticmethod
     def _prune(predictor: nn.Module, x: Tensor, k: int, state: TokenState) -> Tensor:
         npre = state.num_prefix
-        scores = predictor(x[:, npre:])[..., 0]  # keep log-probability; all survivors pool globally
-        idx = ops.topk_patches(scores, k)  # descending score order
+        # keep log-probability; all survivors pool globally (real patches only: NaFlex padding is not averaged)
+        scores = predictor(x[:, npre:], state.valid)[..., 0]
+        idx = ops.topk_patches(padding.rank_scores(scores, state.valid), k)  # descending score order
         state.keep(idx)
         state.rope = ops.take_rope(state.rope, idx)
         return ops.keep_tokens(x, idx, npre)

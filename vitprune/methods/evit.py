@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops import carry
+from ..ops import carry, padding
 from ..ops.importance import attention_importance
 from ..ops.pooling import weighted_pool
 from .base import (
@@ -64,11 +64,15 @@ class EViT(TokenMethod):
                "no new parameters")
     Options = EViTOptions
     exportable = True
+    padding_masks = True
     notes = (
         "Fine-tuning recipe: the repo's finetune.sh (lr 2e-5 x batch/512, no warm-up, keep rate from step 0).",
         "The class-token attention row is computed alone (q_cls K^T) so the block's attention stays on fused SDPA.",
         "Every prefix token (class, distillation, registers) is kept and never scored; importance is the class "
         "token's row (distilled models: the class token, not the distillation token).",
+        "NaFlex patch dictionaries (mixed resolutions): k = ceil(keep_rate * P) of the padded length P; padding "
+        "ranks below every real patch (kept only once every real patch is), weighs 0 in the fused token, and a "
+        "fused token of padding alone is padding itself.",
     )
     no_class_token = (
         "importance is the attention each patch receives (softmax columns averaged over all queries and heads, "
@@ -106,11 +110,13 @@ class EViT(TokenMethod):
         npre = state.num_prefix
         for i, blk in enumerate(model.blocks):
             state.enter(x)
+            mask = state.attn_mask(x.dtype)
             if i not in locs or rate >= 1.0:
-                x = ops.run_block(blk, x, state.rope)
+                x = ops.run_block(blk, x, state.rope, attn_mask=mask)
                 continue
+            live = None if state.valid is None else padding.with_prefix(state.valid, npre)
             out, scores = attention_importance(blk.attn, blk.norm1(x), npre, self.info.has_class_token,
-                                               rope=state.rope)
+                                               bias=mask, query_mask=live, rope=state.rope)
             x = ops.attn_residual(blk, x, out)
             p = x.shape[1] - npre
             k = ops.num_kept(rate, p, "ceil")
@@ -122,22 +128,26 @@ class EViT(TokenMethod):
 
     def _reduce(self, x: Tensor, scores: Tensor, k: int, state: TokenState) -> Tensor:
         npre = state.num_prefix
+        live = state.valid  # padding (NaFlex patch dictionaries): ranked last, weighs nothing
         if not self.options.fuse:
-            idx = ops.topk_patches(scores, k)
+            idx = ops.topk_patches(padding.rank_scores(scores, live), k)
             state.keep(idx)
             state.rope = ops.take_rope(state.rope, idx)
             return ops.keep_tokens(x, idx, npre)
-        order = ops.rank_patches(scores)
+        order = ops.rank_patches(padding.rank_scores(scores, live))
         keep, rest = order[:, :k], order[:, k:]
+        scores = padding.live_weights(scores, live)
         if self.info.has_class_token:
             fused = ops.fuse_tokens(x[:, npre:], scores, rest)
         else:  # pooled head: a weighted mean standing for its tokens' patches (see ``no_class_token``)
             size = state.aux.get("pool_weight")
-            size = torch.ones_like(scores) if size is None else size
+            if size is None:
+                size = torch.ones_like(scores) if live is None else live.to(scores.dtype)
             fused = carry.rest_weighted_token(x[:, npre:], scores * size, keep)
             state.aux["pool_weight"] = torch.cat(
                 [torch.gather(size, 1, keep), (size * carry.rest_mask(keep, size.shape[1])).sum(1, keepdim=True)], 1)
-        state.keep(keep, extra_synthetic=1)
+        fused_live = None if live is None else padding.take_live(live, rest).any(dim=1, keepdim=True)
+        state.keep(keep, extra_synthetic=1, extra_valid=fused_live)
         state.rope = ops.take_rope(state.rope, keep, synthetic=1)  # the fused token: no rotation (``notes``)
         return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
 

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
-from ..ops import carry
+from ..ops import carry, padding
 from ..ops.importance import attention_importance
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
@@ -144,6 +144,7 @@ class EvoViT(TokenMethod):
     needs_training = True
     new_module_prefixes = ("norm_cls", "head_cls")
     exportable = True
+    padding_masks = True
     removed_tokens = "carried along, not processed"
     notes = (
         "Default head=model keeps the base model's own head (class token), so a pretrained timm ViT runs as is and "
@@ -176,6 +177,9 @@ class EvoViT(TokenMethod):
         "re-normalisation of g.",
         "Recipe: no official fine-tuning recipe exists (the paper trains 300 epochs from scratch without KD); "
         "vitprune fine-tunes 30 epochs DeiT-style (AdamW, wd 0.05, drop path 0.1, smoothing 0.1) with logit KD 0.5.",
+        "NaFlex patch dictionaries (mixed resolutions): k = floor(keep_rate * P) of the padded length P; padding "
+        "ranks below every real patch among the informative ones, weighs 0 in the representative token (one of "
+        "padding alone is padding) and stays hidden as a key in every block.",
     )
 
     no_class_token = ("the global attention is the attention each patch receives (softmax columns averaged over "
@@ -273,7 +277,7 @@ class EvoViT(TokenMethod):
         if k >= P:  # nothing to select: the dense blocks, bit for bit
             for blk in model.blocks:
                 state.enter(x)
-                x = ops.run_block(blk, x, state.rope)
+                x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
         else:
             x = self.evolve(model, x, state, k, self.layer_wise_now(model.training))
         self._aux_head(model, x, state)
@@ -299,14 +303,16 @@ class EvoViT(TokenMethod):
             if stage is None:
                 state.enter(x)
                 if i < starts[0] - 1:
-                    x = ops.run_block(blk, x, state.rope)
+                    x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
                 else:  # the block before the first selection builds g (its row, weight 1)
-                    x, row = _block_with_class_row(blk, x, npre, self.info.has_class_token, state.rope)
+                    x, row = _block_with_class_row(blk, x, npre, self.info.has_class_token, state.rope,
+                                                   state.valid)
                     g = row
             else:
                 xs = stage["x"]
                 state.enter(xs)
-                xs, row = _block_with_class_row(blk, xs, npre, self.info.has_class_token, stage.get("rope"))
+                xs, row = _block_with_class_row(blk, xs, npre, self.info.has_class_token, stage.get("rope"),
+                                                stage.get("live"))
                 stage["x"] = xs
                 stage["g"] = (1.0 - STAGE_ALPHA) * stage["g"] + STAGE_ALPHA * row[:, :k]
         if stage is not None:
@@ -320,14 +326,20 @@ class EvoViT(TokenMethod):
                      state: TokenState) -> dict[str, Tensor]:
         npre = state.num_prefix
         P = x.shape[1] - npre
-        idx = ops.topk_patches(g, k)  # informative patches by descending global attention
+        live = state.valid  # NaFlex padding: ranked last, weighs 0 in the representative token
+        idx = ops.topk_patches(padding.rank_scores(g, live), k)  # informative patches by descending global attention
         pos = carry.prefixed_index(idx, npre)
         xs = carry.take(x, pos)
         stage = {"idx": idx, "pos": pos, "g": torch.gather(g, 1, idx)}
+        if live is not None:
+            stage["full_live"] = live
+            stage["live"] = padding.take_live(live, idx)
+            if rep:
+                stage["live"] = torch.cat([stage["live"], (live & carry.rest_mask(idx, P).bool()).any(1, keepdim=True)], 1)
         if state.rope is not None:  # the informative patches keep their rows; the representative: no rotation
             stage["rope"] = ops.take_rope(state.rope, idx, synthetic=1 if rep else 0)
         if rep:
-            r = carry.rest_weighted_token(x[:, npre:], g, idx)
+            r = carry.rest_weighted_token(x[:, npre:], padding.live_weights(g, live), idx)
             stage["r0"] = r
             xs = torch.cat([xs, r], dim=1)
         stage["x"] = xs
@@ -336,6 +348,8 @@ class EvoViT(TokenMethod):
             state.keep(idx, extra_synthetic=1 if rep else 0)
             # placeholders: not represented by a live token, or by the representative token (position k)
             state.record(block, carry.chosen_positions(idx, P, fill=k if rep else -1))
+            if live is not None:
+                state.valid = live  # the full sequence's (``keep`` gathered it for the map)
         return stage
 
     @staticmethod
@@ -480,12 +494,16 @@ class EvoViT(TokenMethod):
 
 
 def _block_with_class_row(blk: nn.Module, x: Tensor, num_prefix: int, class_token: bool,
-                          rope: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                          rope: Optional[Tensor] = None, live: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """One timm block (fused attention, its LayerScale and drop-path) that also returns the class token's attention
     row over the keys after the prefix, summed over heads (``B x (N - num_prefix)``, float32, softmax over all
     keys); without a class token the attention those keys receive (``ops.importance``). ``rope``: the rotary rows
-    of ``x``'s tokens after the prefix (Eva models)."""
-    out, scores = attention_importance(blk.attn, blk.norm1(x), num_prefix, class_token, reduce="sum", rope=rope)
+    of ``x``'s tokens after the prefix (Eva models). ``live``: their padding mask (NaFlex patch dictionaries):
+    padding is hidden as a key and does not count as a query."""
+    bias = None if live is None else padding.key_bias(live, num_prefix, x.dtype)
+    query_mask = None if live is None else padding.with_prefix(live, num_prefix)
+    out, scores = attention_importance(blk.attn, blk.norm1(x), num_prefix, class_token, bias=bias,
+                                       query_mask=query_mask, reduce="sum", rope=rope)
     x = ops.attn_residual(blk, x, out)
     x = ops.mlp_residual(blk, x)
     return x, scores

@@ -63,11 +63,12 @@ from .. import ops
 from ..errors import MethodOptionError, UnsupportedModelError
 from ..ops.analytic import token_macs
 from ..ops import adaptive as aops
+from ..ops import padding
 from ..ops.importance import attention_importance
 from ..ops.pooling import POOLS, pool_kind, weighted_pool
 from .base import (
     MethodOptions, StepContext, TeacherOutput, TokenMethod, TokenState, ViTInfo, block_locations, check_block_list,
-    check_fraction, class_token, embed, require_pooled_head, tracking, vit_info,
+    check_fraction, class_token, embed, padding_methods, require_pooled_head, tracking, vit_info,
 )
 from .registry import register
 from ..errors import ExportError
@@ -185,6 +186,8 @@ class SaiT(TokenMethod):
     needs_training = True
     exportable = True  # fixed and dense modes; export_check refuses the adaptive mode
     export_hint = "sait (fixed or dense mode)"
+    padding_masks = True
+    padding_hint = "sait (fixed or dense mode, inference)"
     new_module_prefixes = ()
     no_class_token = ("importance is the attention each patch receives (softmax columns averaged over the live "
                       "queries and heads) instead of the class token's row, for selection and its distillation; "
@@ -234,6 +237,9 @@ class SaiT(TokenMethod):
         "Padded or masked tokens never reach the head: class-token pooling reads the class token; an average or "
         "attention pool (a model without a class token, or one like EVA02 whose head averages the patches) pools "
         "the live tokens only, and `buckets` then runs as padding.",
+        "NaFlex patch dictionaries (mixed resolutions) run in the fixed and dense modes at inference: "
+        "ceil(keep_rate * P) of the padded length P, padding ranked below every real patch, hidden as a key, "
+        "weighing 0 in a fused token; the adaptive mode and training (per-image counts) refuse them.",
         "The default threshold 0.9 is a placeholder: calibrate_threshold picks the threshold whose mean GMACs on "
         "a set of images is 40 % below dense, by bisection (compress runs it on up to 256 training images).",
     )
@@ -258,6 +264,15 @@ class SaiT(TokenMethod):
         self._locations(info.depth)
         return info
 
+    def padding_check(self, model: nn.Module) -> None:
+        if self._skips() and not model.training:
+            return
+        if model.training or self.options.mode == "adaptive":
+            raise UnsupportedModelError(
+                "SaiT runs NaFlex patch dictionaries with padding masks (mixed resolutions) in its fixed and dense "
+                "modes at inference only; its adaptive mode and its training choose token counts per image (use "
+                f"--mode fixed, the same weights; methods that run them: {padding_methods()}).")
+
     def export_check(self, model: nn.Module) -> None:
         if self.options.mode == "adaptive" and not self._skips():
             raise ExportError("SaiT's adaptive mode keeps a different number of tokens per image, which a static ONNX "
@@ -279,13 +294,15 @@ class SaiT(TokenMethod):
                 return self._dense_training(model, x, state)
             for blk in model.blocks:
                 self._enter(state, x, None)
-                x = ops.run_block(blk, x, state.rope)
+                x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
             return x
         self._locs = set(self._locations(len(model.blocks)))
         if state.training or state.track:
             state.aux.update(sait_sel=[], sait_kept=[], sait_tokens=[])
-        alive = x.shape[1] - state.num_prefix if self.options.mode == "fixed" else None
-        return self._run(model, x, state, 0, None, alive, self.options.buckets)
+        fixed = self.options.mode == "fixed"
+        alive = x.shape[1] - state.num_prefix if fixed else None
+        # NaFlex padding (fixed mode at inference, ``padding_check``): the padding slots are dead from the start
+        return self._run(model, x, state, 0, state.valid if fixed else None, alive, self.options.buckets)
 
     def _enter(self, state: TokenState, x: Tensor, valid: Optional[Tensor]) -> None:
         state.enter(x)
@@ -322,6 +339,7 @@ class SaiT(TokenMethod):
                 x, valid, alive = self._mask_stage(x, scores, valid, alive, state, i)
             elif self.options.mode == "fixed":
                 x, alive = self._fixed_stage(x, scores, alive, state, i)
+                valid = state.valid  # NaFlex padding gathered with the kept tokens (None without)
             elif buckets > 1 and x.shape[0] > 1 and not state.track and not pools:
                 return self._bucketed(model, x, scores, valid, state, i, buckets)
             else:
@@ -370,15 +388,17 @@ class SaiT(TokenMethod):
         """Inference, fixed rate: one top-k (or sort, with fusion) and one gather; static shapes."""
         o, npre = self.options, state.num_prefix
         k = aops.fixed_keep_count(o.keep_rate, alive, o.k_min)
+        live = state.valid  # NaFlex padding: ranked below every real patch, weighs 0 in the fused token
         if o.fuse:
-            order = ops.rank_patches(scores)
+            order = ops.rank_patches(padding.rank_scores(scores, live))
             keep, rest = order[:, :k], order[:, k:]
-            fused = ops.fuse_tokens(x[:, npre:], scores, rest)
-            state.keep(keep, extra_synthetic=1)
+            fused = ops.fuse_tokens(x[:, npre:], padding.live_weights(scores, live), rest)
+            fused_live = None if live is None else padding.take_live(live, rest).any(dim=1, keepdim=True)
+            state.keep(keep, extra_synthetic=1, extra_valid=fused_live)
             state.rope = ops.take_rope(state.rope, keep, synthetic=1)
             x = torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
         else:
-            keep = ops.topk_patches(scores, k)
+            keep = ops.topk_patches(padding.rank_scores(scores, live), k)
             state.keep(keep)
             state.rope = ops.take_rope(state.rope, keep)
             x = ops.keep_tokens(x, keep, npre)

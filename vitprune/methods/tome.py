@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..errors import MethodOptionError
 from ..ops import merge as tm
+from ..ops import padding
 from ..ops.relpos import with_position_bias
 from .base import MethodOptions, TokenMethod, TokenState, ViTInfo, vit_info
 from .registry import register
@@ -131,6 +132,7 @@ class ToMe(TokenMethod):
     Options = ToMeOptions
     needs_training = False
     exportable = True
+    padding_masks = True
     rotary = ("a merged token keeps its destination token's rotary row (its sources' positions are dropped, as "
               "their features are averaged into it).")
     position_bias = ("a merged token keeps its destination token's bias row and column (its sources' positions are "
@@ -152,6 +154,9 @@ class ToMe(TokenMethod):
         "Source tracking records after every merging block a B x P map from each original patch to the token that "
         "contains it (the reference carries a B x N x P 0/1 matrix); merged tokens are synthetic (-1) in "
         "state.origin, final sizes in state.aux['size'].",
+        "NaFlex patch dictionaries (mixed resolutions): padding has size 0 (hidden as a key, no weight in a merge "
+        "or the pooled mean); padding set-A tokens merge before any real one, and a real token picks a padding "
+        "partner only when its image has no real set-B token left.",
         "Fine-tuning recipe: DeiT-style fine-tuning of the pretrained model with logit KD from the dense model "
         "(the authors trained DeiT with ToMe from scratch; vitprune's choice).",
     )
@@ -226,6 +231,9 @@ class ToMe(TokenMethod):
         rs = self.options.per_block(len(model.blocks))
         npre = state.num_prefix
         size: Optional[Tensor] = None
+        live = state.valid  # NaFlex padding: size 0 from the start (hidden as a key, no weight in a merge)
+        if live is not None:
+            size = padding.with_prefix(live, npre).to(x.dtype).unsqueeze(-1)
         assignment: Optional[Tensor] = None
         if state.track:
             B, P = x.shape[0], x.shape[1] - npre
@@ -236,9 +244,11 @@ class ToMe(TokenMethod):
             state.enter(x)
             r = min(rs[i], tm.max_merge(x.shape[1], npre))
             if r == 0 and (size is None or not self.options.prop_attn):
-                x = ops.run_block(blk, x, state.rope)
+                x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
                 continue
-            x, size, m = self.merge_block(blk, x, size, r, npre, state.rope)
+            x, size, m = self.merge_block(blk, x, size, r, npre, state.rope, live=live)
+            if live is not None:
+                live = state.valid = size[:, npre:, 0] > 0
             if state.rope is not None and m is not None:  # a merged token keeps its destination's row (``notes``)
                 state.rope = ops.take_rope(state.rope, m.keep_pos[:, npre:] - npre)
             if state.track and m is not None:
@@ -250,19 +260,26 @@ class ToMe(TokenMethod):
         return x
 
     def merge_block(self, blk: nn.Module, x: Tensor, size: Optional[Tensor], r: int, npre: int,
-                    rope: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor], Optional[tm.Matching]]:
+                    rope: Optional[Tensor] = None, live: Optional[Tensor] = None,
+                    ) -> tuple[Tensor, Optional[Tensor], Optional[tm.Matching]]:
         """One ToMe block: attention (proportional when sizes are known), merge ``r`` tokens, MLP. ``rope``: the
         tokens' rotary rows (Eva models); the matching uses the rotated keys, as the reference uses the keys the
-        attention used.
+        attention used. ``live``: the patch tokens' padding mask (NaFlex patch dictionaries; padding has size 0).
 
         Returns ``(x, size, matching)`` (``matching`` None when ``r`` is 0)."""
         xn = blk.norm1(x)
         q, k, v = ops.project_qkv(blk.attn, xn, rope)
-        bias = tm.size_bias(size, q.dtype) if (self.options.prop_attn and size is not None) else None
+        bias = None
+        if self.options.prop_attn and size is not None:
+            bias = tm.size_bias(size if live is None else size.clamp_min(1.0), q.dtype)  # padding: masked below
+        if live is not None:
+            bias = padding.add_bias(bias, padding.key_bias(live, npre, q.dtype))
         bias = with_position_bias(blk.attn, bias, rope)  # BEiT: the block's relative position bias
         x = ops.attn_residual(blk, x, ops.attend(blk.attn, q, k, v, xn, bias))
         m = None
-        if r > 0:
+        if r > 0 and live is not None:
+            x, size, m = tm.match_and_merge(k, x, size, r, npre, live)
+        elif r > 0:
             if self.fused_merge and not x.requires_grad and not torch.compiler.is_compiling():
                 ones = size if size is not None else x.new_ones(x.shape[0], x.shape[1], 1)  # same values as None
                 x, size, m = tm.compiled_match_and_merge(self.fused_backend)(k, x, ones, r, npre)

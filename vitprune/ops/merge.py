@@ -56,11 +56,15 @@ def max_merge(num_tokens: int, num_prefix: int) -> int:
     return max(0, (num_tokens - num_prefix) // 2)
 
 
-def bipartite_matching(metric: Tensor, r: int, num_prefix: int) -> Matching:
+def bipartite_matching(metric: Tensor, r: int, num_prefix: int, live: Optional[Tensor] = None) -> Matching:
     """Bipartite soft matching on ``metric`` (``B x N x D``, prefix tokens included; e.g. head-averaged keys).
 
     Cosine similarity between every set-A and set-B patch token; each A token's best B partner; the ``r`` A tokens
     with the most similar partner become sources. ``r`` is clipped to :func:`max_merge`. Computed without gradient.
+
+    ``live`` (``B x P`` bool over the patch tokens, :mod:`vitprune.ops.padding`): padding A tokens are sources
+    before any real one, and an A token picks a padding partner only when set B holds no real token (so a real
+    token merges into padding only when nothing else is left for it).
     """
     with torch.no_grad():
         B, N, _ = metric.shape
@@ -70,7 +74,12 @@ def bipartite_matching(metric: Tensor, r: int, num_prefix: int) -> Matching:
         a, b = p[:, s::2], p[:, 1 - s::2]
         r = min(r, max_merge(N, num_prefix))
         scores = a @ b.transpose(-1, -2)  # B x na x nb
+        if live is not None:
+            la, lb = live[:, s::2], live[:, 1 - s::2]
+            scores = scores.masked_fill(~lb.unsqueeze(1), float("-inf"))
         best, partner = scores.max(dim=-1)
+        if live is not None:
+            best = best.masked_fill(~la, float("inf"))
         order = best.argsort(dim=-1, descending=True)
         src_idx = order[:, :r]
         unm_idx = order[:, r:].sort(dim=-1).values
@@ -124,7 +133,8 @@ def merge_wavg(x: Tensor, m: Matching, num_prefix: int, size: Optional[Tensor] =
         return out, new_size
     dst_index = m.dst_out.unsqueeze(-1)
     new_size = new_size.scatter_add(1, dst_index, src_size)
-    w = src_size / torch.gather(new_size, 1, dst_index)
+    # sizes are >= 1, or 0 for padding (a padding source into a padding destination: 0 / tiny = 0, not NaN)
+    w = src_size / torch.gather(new_size, 1, dst_index).clamp_min(torch.finfo(new_size.dtype).tiny)
     if w.dtype != x.dtype:
         w = w.to(x.dtype)
     delta = w * (_take(x, m.src_pos) - _take(x, m.dst_pos))
@@ -133,12 +143,13 @@ def merge_wavg(x: Tensor, m: Matching, num_prefix: int, size: Optional[Tensor] =
 
 
 def match_and_merge(k: Tensor, x: Tensor, size: Optional[Tensor], r: int,
-                    num_prefix: int) -> tuple[Tensor, Tensor, Matching]:
+                    num_prefix: int, live: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Matching]:
     """One ToMe merge step: the metric (keys ``k``, ``B x H x N x D``, averaged over heads, without gradient), the
-    bipartite matching of ``r`` pairs and the size-weighted merge of ``x``. Returns ``(x, size, matching)``."""
+    bipartite matching of ``r`` pairs and the size-weighted merge of ``x``. Returns ``(x, size, matching)``.
+    ``live``: the patch tokens' padding mask (:func:`bipartite_matching`); padding has size 0."""
     with torch.no_grad():
         metric = k.mean(dim=1)
-    m = bipartite_matching(metric, r, num_prefix)
+    m = bipartite_matching(metric, r, num_prefix, live)
     x, size = merge_wavg(x, m, num_prefix, size)
     return x, size, m
 
