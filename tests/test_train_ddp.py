@@ -25,6 +25,15 @@ from tests.test_train_utils import digits_folder, max_diff, save_tiny_vit, weigh
 runner = CliRunner()
 
 
+def agreement(moved: float) -> float:
+    """How close a 2-process run must end to the 1-process run with the same global batch: 1 % of how far training
+    moved the weights. The runs differ only in float summation order (two all-reduced half-batch gradients against
+    one batch's), which Adam's per-parameter normalisation can grow on parameters whose gradient is near zero
+    (seen: up to 1.2e-5 of a 7.8e-3 move); a step skipped or repeated on resume moves the weights by about
+    ``moved / steps`` (10 or 15 steps here: 7-10 %), so 1 % tells the two apart."""
+    return moved / 100
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=4)
@@ -45,7 +54,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     moved = max_diff(one, weights(model))
     assert moved > 1e-3  # training really changed the weights (the agreement is not trivial)
-    assert max_diff(one, two) < 1e-5 < moved / 100, (max_diff(one, two), moved)
+    assert max_diff(one, two) < agreement(moved), (max_diff(one, two), moved)
     r1 = json.loads((tmp_path / "one" / "report.json").read_text())
     r2 = json.loads((tmp_path / "two" / "report.json").read_text())
     assert r2["train"]["processes"] == 2 and r2["train"]["global_batch"] == r1["train"]["global_batch"] == 16
@@ -139,7 +148,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_reads_process_0
     assert not (base / "node1" / "model.safetensors").exists()
     one, two = weights(tmp_path / "one"), weights(base / "node0")
     moved = max_diff(one, weights(model))
-    assert max_diff(one, two) < 1e-5 < moved / 100, (max_diff(one, two), moved)
+    assert max_diff(one, two) < agreement(moved), (max_diff(one, two), moved)
 
 
 @pytest.mark.slow
