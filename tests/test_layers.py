@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitprune"
 # layer, that module: "exporter.core"); it may import from its own layer, sideways without closing a cycle, or from
 # any layer below. A package's ``__init__`` is the part "<package>.__init__" when it is listed, else its package.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "settings", "files", "offline", "assets"),
+    ("errors", "settings", "files", "offline", "assets", "modelfolder"),
     ("ops",),
     ("methods", "fastpath"),
     ("measure",),
@@ -44,21 +44,7 @@ EXTRA_COMMENT = "optional extra"
 CLI_COMMENT = "deferred: CLI startup"
 
 # Imports left out of the cycle checks, each with its reason (the layer checks still see them).
-CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("vitprune.report.card", "vitprune.hub.load"): "read_folder reads config.json with hub.load.read_config, and "
-    "hub.save renders the card: the card's reading of a folder belongs in hub",
-    ("vitprune.report.redact", "vitprune.hub.load"): "public_model reads a folder's config (hub.load.read_config): "
-    "the same move as report.card's",
-    ("vitprune.report.redact", "vitprune.hub.transformers"): "public_model names a transformers folder's base "
-    "model (hub.transformers.public_base), while hub.transformers redacts with report.redact",
-    ("vitprune.report.card", "vitprune.exporter.card"): "report.card includes the card's ONNX section "
-    "(exporter.card), which formats speed with report.card.speed_rows: the section belongs in report",
-    ("vitprune.hub.load", "vitprune.hub.save"): "hub.load and hub.save share the saved folder's format",
-    ("vitprune.hub.load", "vitprune.hub.transformers"): "hub.load dispatches to transformers folders, which "
-    "load their timm half through hub.load",
-    ("vitprune.hub.convert", "vitprune.hub.load"): "hub.transformers converts with hub.convert, which loads "
-    "the timm model through hub.load",
-}
+CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Imports inside functions that are neither an optional extra nor the CLI's deferral, per module: what is left to
 # hoist to the top of the module. A count may only go down.
@@ -66,13 +52,11 @@ FUNCTION_LEVEL_LEFT: dict[str, int] = {
     "vitprune.api": 4, "vitprune.cli.common": 5, "vitprune.cli.compress": 7, "vitprune.cli.eval": 2,
     "vitprune.cli.main": 2, "vitprune.cli.profile": 1, "vitprune.cli.push": 1, "vitprune.cli.recipe_file": 3,
     "vitprune.compression": 8, "vitprune.data": 7, "vitprune.data.folder": 2, "vitprune.data.hub": 1,
-    "vitprune.exporter.card": 1, "vitprune.exporter.core": 5, "vitprune.exporter.graph": 1,
-    "vitprune.exporter.quantize": 6, "vitprune.files": 2, "vitprune.hub.convert": 1, "vitprune.hub.load": 10, "vitprune.hub.push": 2,
-    "vitprune.hub.save": 5, "vitprune.hub.transformers": 8, "vitprune.measure.flops": 1,
-    "vitprune.measure.models": 5, "vitprune.methods": 1, "vitprune.methods.base": 10, "vitprune.ops.rope": 1,
-    "vitprune.report.card": 3, "vitprune.report.plots": 1, "vitprune.report.redact": 3, "vitprune.sweeps": 3,
-    "vitprune.tokenmaps": 2, "vitprune.train.checkpoints": 2, "vitprune.train.evaluate": 2,
-    "vitprune.train.loop": 5, "vitprune.train.recipe": 1,
+    "vitprune.exporter.core": 5, "vitprune.exporter.quantize": 6, "vitprune.files": 2, "vitprune.hub.push": 2,
+    "vitprune.measure.flops": 1, "vitprune.measure.models": 5, "vitprune.methods": 1, "vitprune.methods.base": 10,
+    "vitprune.ops.rope": 1, "vitprune.report.plots": 1, "vitprune.sweeps": 3, "vitprune.tokenmaps": 2,
+    "vitprune.train.checkpoints": 2, "vitprune.train.evaluate": 2, "vitprune.train.loop": 5,
+    "vitprune.train.recipe": 1,
 }
 
 

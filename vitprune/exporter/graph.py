@@ -31,10 +31,10 @@ from torch import nn
 from importlib.metadata import version
 
 from ..errors import ExportError
+from ..measure.ort import INPUT_NAME, OUTPUT_NAME  # also imported from here and from vitprune.exporter
 from ..methods.base import patch_grid
+from ..report.tables import compact_schedule
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
 #: the modules ``torch.onnx.export(..., dynamo=True)`` needs, and ONNX Runtime for checking and timing
 EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")
 EXTRA = 'pip install "vitprune[export]"'
@@ -61,8 +61,6 @@ def export_versions() -> dict[str, str]:
 
 def compact(counts: list[Any]) -> str:
     """``[197, 197, 140]`` -> ``197×2 140×1`` (``?`` for a count the graph does not fix)."""
-    from ..report.tables import compact_schedule
-
     return compact_schedule(["?" if c is None else c for c in counts])
 
 

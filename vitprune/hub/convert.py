@@ -13,61 +13,18 @@ stored one.
 """
 from __future__ import annotations
 
-import argparse
+import ast
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-import ast
-from safetensors.torch import load_file
-
-from ..errors import MethodOptionError, ModelNotFoundError
-from ..files import RefusedPath, check_regular, read_tensors
+from ..errors import MethodOptionError
 from ..methods import apply_method
 from ..methods.registry import get_method_class
-
-STATE_KEYS = ("model", "state_dict", "model_ema", "module")
-
-
-def read_state_dict(file: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (.pth/.pt/.bin pickle or .safetensors), unwrapped from ``key``."""
-    return read_checkpoint(file, key)[0]
-
-
-def read_checkpoint(file: str | os.PathLike, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors of a checkpoint file (unwrapped from ``key``) and its stored training arguments (``args``, an
-    ``argparse.Namespace`` or a dict, as plain values; empty when there are none)."""
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"checkpoint {path} does not exist.")
-    try:
-        check_regular(path)
-    except RefusedPath:
-        raise ModelNotFoundError(f"checkpoint {path} is not a regular file.") from None
-    if path.suffix == ".safetensors":
-        obj: Any = load_file(str(path))
-    else:
-        try:  # argparse.Namespace allowed for this load only, not every later one
-            obj = read_tensors(path, safe_globals=[argparse.Namespace])
-        except Exception as e:  # noqa: BLE001 - any unpickling problem is the file's
-            raise ModelNotFoundError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}).") from None
-    args = obj.get("args") if isinstance(obj, dict) else None
-    args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
-    if key is not None:
-        if not isinstance(obj, dict) or key not in obj:
-            raise ModelNotFoundError(f"{path} has no entry {key!r} (entries: {', '.join(map(str, obj))}).")
-        obj = obj[key]
-    else:
-        for k in STATE_KEYS:
-            if isinstance(obj, dict) and k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelNotFoundError(f"{path} does not hold a state dict of tensors.")
-    return {k.removeprefix("module."): v for k, v in obj.items()}, args
+from .checkpoint import STATE_KEYS, read_checkpoint, read_state_dict  # noqa: F401 - also imported from here
+from .load import load_model
 
 
 def stored_options(method: str, args: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
@@ -108,8 +65,6 @@ def import_checkpoint(
 ) -> nn.Module:
     """Build ``base`` (a timm name, e.g. ``deit_small_patch16_224``) with ``method`` and the official weights;
     options the checkpoint's training arguments set are taken from there unless given (the same value only)."""
-    from .load import load_model
-
     state, args = read_checkpoint(file, key)
     options = stored_options(method, args, options, Path(file).name)
     model = load_model(base, pretrained=False)

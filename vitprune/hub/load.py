@@ -15,37 +15,35 @@ waits on retries.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import os
 import re
 from functools import lru_cache
 from importlib import resources
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+import timm
 import torch
 from torch import nn
 
-from huggingface_hub import errors as hf_errors, hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import ModelNotFoundError
-from ..files import RefusedPath, read_bytes, read_tensors
-from ..offline import ensure_offline_if_unreachable
+from ..files import RefusedPath, check_regular, inside, read_tensors
 from ..methods.base import check_vit
-from ..train.losses import EMBEDDING
-from .limits import check_size
-from ..files import check_regular, inside
-from ..methods import create_method, patch_with
-
-VITPRUNE_KEY = "vitprune"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+# the folder format and the config checks, where they live (also imported from here: hub.load.MODEL_ARGS...)
+from ..modelfolder import (  # noqa: F401
+    CONFIG_NAME, MAX_CONFIG_BYTES, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_config, read_config_bytes,
+    read_vitprune_section,
+)
+from .plan import INT_ARGS, MODEL_ARGS, _Plan, build_from_config, plan_model  # noqa: F401
+from .remote import ARCHITECTURE_ONLY, hub_call as _hub_call, not_found as _not_found  # noqa: F401
+from .save import current_version, is_our_link
+from .transformers import is_transformers_config, load_transformers_folder, load_transformers_hub
 
 
 def demo_dir() -> Path:
@@ -64,231 +62,20 @@ def model_slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-#: what the offline message adds when what is missing is only pretrained weights
-ARCHITECTURE_ONLY = ("; for an architecture-only run (GMACs, tokens, speed, export) build it with random weights: "
-                     "--no-weights (pretrained=False in Python)")
-
-
-def _not_found(spec: str, offline: bool, cause: Exception | None = None, weights: bool = False) -> ModelNotFoundError:
-    if offline:
-        msg = (
-            f"{spec} is not in the local Hugging Face cache and the Hub is offline or unreachable; "
-            "download it once with network access, or point HF_HUB_CACHE at a cache that has it"
-            + (ARCHITECTURE_ONLY if weights else "") + "."
-        )
-    else:
-        msg = f"{spec} was not found on the Hugging Face Hub; check the repo name (and that you have access to it)."
-    return ModelNotFoundError(msg)
-
-
-def _hub_call(spec: str, fn, *args, weights: bool = False, **kwargs):
-    """Run a huggingface_hub/timm call that may download, mapping hub errors to ModelNotFoundError (``weights``:
-    the call fetches only pretrained weights, which an architecture-only run does without)."""
-    offline = ensure_offline_if_unreachable()
-    try:
-        return fn(*args, **kwargs)
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
-        raise _not_found(spec, True, e, weights=weights) from None
-    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
-        raise _not_found(spec, offline, e) from None
-    except hf_errors.HFValidationError:
-        raise ModelNotFoundError(f"{spec!r} is not a valid Hub repo name or revision.") from None
-    except (RuntimeError, OSError, ValueError) as e:  # weights that do not fit or do not read (safetensors, torch)
-        if isinstance(e, hf_errors.HfHubHTTPError):
-            raise
-        first = " ".join(str(e).split())[:200]
-        raise ModelNotFoundError(f"the weights of {spec} could not be loaded ({type(e).__name__}: {first}).") from None
-
-
 # --------------------------------------------------------------------------------------------- checks
 
 
 def _suggest(name: str) -> str:
-    import timm
-
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(close)}?" if close else " See `timm.list_models('*vit*')` for names."
 
 
 # --------------------------------------------------------------------------------------------- loading
 
-#: a config.json is a few KB; anything this large is not one
-MAX_CONFIG_BYTES = 16 * 2**20
-#: bounds on the integer model_args of a ViT config (beyond any published ViT, far below a runaway allocation)
-INT_ARGS = {"img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 1024), "num_classes": (0, 10**6),
-            "embed_dim": (1, 16384), "depth": (1, 256), "num_heads": (1, 1024), "reg_tokens": (0, 1024),
-            "num_features": (0, 10**6)}
-#: the ``model_args`` keys a config.json may pass to ``timm.create_model``: the settings of timm's
-#: VisionTransformer and Eva (what timm's save_for_hf records, and vitprune's transformers conversion writes), all
-#: plain values. Keys that make timm read files or fetch weights (``checkpoint_path``, ``pretrained_cfg``,
-#: ``pretrained_cfg_overlay``, ``cache_dir``...) or take Python classes are not among them.
-MODEL_ARGS = frozenset({
-    "act_layer", "attn_drop_rate", "attn_layer", "attn_only_layer_scale", "attn_pool_mlp_ratio",
-    "attn_pool_num_heads", "attn_type", "class_token", "depth", "drop_path_rate", "drop_rate", "dynamic_img_pad",
-    "dynamic_img_size", "embed_dim", "embed_norm_layer", "fc_norm", "final_norm", "fix_init", "global_pool",
-    "head_init_scale", "img_size", "in_chans", "init_values", "mlp_ratio", "no_embed_class", "norm_layer",
-    "num_classes", "num_heads", "num_kv_heads", "num_reg_tokens", "patch_drop_rate", "patch_size",
-    "pool_include_prefix", "pos_drop_rate", "pos_embed", "pre_norm", "proj_bias", "proj_drop_rate", "qk_norm",
-    "qkv_bias", "qkv_fused", "ref_feat_shape", "reg_tokens", "rope_grid_indexing", "rope_grid_offset",
-    "rope_jitter_coords", "rope_mrope_section", "rope_rescale_coords", "rope_rotate_half", "rope_shift_coords",
-    "rope_temperature", "rope_type", "scale_attn_inner", "scale_attn_norm", "scale_mlp", "scale_mlp_norm",
-    "swiglu_align_to", "swiglu_mlp", "use_abs_pos_emb", "use_fc_norm", "use_post_norm",
-    "use_post_transformer_norm", "use_pre_transformer_norm", "use_rot_pos_emb", "weight_init",
-})
 #: weights files of a plain timm folder vitprune reads (as tensors only) when it has no model.safetensors
 TORCH_WEIGHTS = ("pytorch_model.bin", "model.pth", "pytorch_model.pth")
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
 
-
-def parse_config(data: bytes, where: str) -> dict[str, Any]:
-    """The JSON object in a config.json's bytes, or ModelNotFoundError in one line."""
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ModelNotFoundError(f"{where} is {len(data) / 2**20:.0f} MB, not a model config.")
-    try:
-        cfg = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise ModelNotFoundError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}).") from None
-    except (UnicodeDecodeError, RecursionError, ValueError):
-        raise ModelNotFoundError(f"{where} is not valid JSON text.") from None
-    if not isinstance(cfg, dict):
-        raise ModelNotFoundError(f"{where} holds a JSON {type(cfg).__name__}, not an object with the model's "
-                                 "settings.")
-    return cfg
-
-
-def read_config(folder: str | os.PathLike, where: Optional[str] = None) -> dict[str, Any]:
-    """The JSON object in ``folder``'s config.json (the one reader of config.json files), or ModelNotFoundError in
-    one line (missing, too large, not JSON, not an object)."""
-    folder = Path(folder)
-    where = where or str(folder)
-    cfg_file = folder / CONFIG_NAME
-    if not cfg_file.is_file():
-        raise ModelNotFoundError(f"{where} has no {CONFIG_NAME}; it is not a timm or vitprune model folder.")
-    return parse_config(read_config_bytes(cfg_file, f"{where}/{CONFIG_NAME}"), f"{where}/{CONFIG_NAME}")
-
-
-def read_config_bytes(path: str | os.PathLike, where: str) -> bytes:
-    """A config file's bytes through the file gate (a regular file, at most ``MAX_CONFIG_BYTES`` + 1 read)."""
-    try:
-        return read_bytes(path, limit=MAX_CONFIG_BYTES)
-    except RefusedPath as e:
-        raise ModelNotFoundError(f"{where} is {e}; not a model config.") from None
-
-
-def read_vitprune_section(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``vitprune`` section of a saved folder's config.json ({} for a plain timm folder)."""
-    section = read_config(folder).get(VITPRUNE_KEY)
-    return section if isinstance(section, dict) else {}
-
-
-def _check_args(args: dict[str, Any], where: str) -> None:
-    for key in args:
-        if key not in MODEL_ARGS and key != "num_classes":
-            raise ModelNotFoundError(f"{where}: model_args {key!r} is not a setting vitprune passes to timm (it "
-                                     "accepts the plain settings of a ViT or EVA, e.g. img_size, depth, num_heads).")
-    for key, (lo, hi) in INT_ARGS.items():
-        if key not in args or (key in ("num_classes", "num_features") and args[key] is None):
-            continue
-        v = args[key]
-        values = v if key == "img_size" and isinstance(v, (list, tuple)) and len(v) == 2 else [v]
-        if not all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi for x in values):
-            raise ModelNotFoundError(f"{where}: {key} must be an integer from {lo} to {hi}, got {v!r}.")
-    ratio = args.get("mlp_ratio")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64):
-        raise ModelNotFoundError(f"{where}: mlp_ratio must be a number in (0, 64], got {ratio!r}.")
-
-
-def _architecture(cfg: dict[str, Any], source: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """(pretrained_cfg, architecture, model_args) of a config, each checked for type and range."""
-    import timm
-    from timm.models._hub import _parse_model_cfg
-
-    where = f"{source}/{CONFIG_NAME}"
-    arch = cfg.get("architecture")
-    if not isinstance(arch, str) or not arch:
-        raise ModelNotFoundError(f"{where} names no architecture (an \"architecture\" string).")
-    for key in ("pretrained_cfg", "model_args"):
-        if key in cfg and not isinstance(cfg[key], dict):
-            raise ModelNotFoundError(f"{where}: {key} must be an object, got {type(cfg[key]).__name__}.")
-    if not timm.is_model(arch):
-        raise ModelNotFoundError(f"{source} names architecture {arch!r}, which this timm does not know; upgrade timm.")
-    _check_args({"num_classes": cfg.get("num_classes"), **cfg.get("model_args", {})}, where)
-    try:
-        return _parse_model_cfg(json.loads(json.dumps(cfg)), {"source": source})
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        raise ModelNotFoundError(f"{where} is malformed ({type(e).__name__}: {e}).") from None
-
-
-@dataclass
-class _Plan:
-    """A checked config: what to build, and that model built on the ``meta`` device (no memory)."""
-
-    arch: str
-    pretrained_cfg: dict[str, Any]
-    model_args: dict[str, Any]
-    method: Optional[str]
-    options: dict[str, Any]
-    where: str
-    meta: Optional[nn.Module] = None
-    #: the architecture takes ``weight_init`` (timm's VisionTransformer does, Eva does not)
-    skips_init: bool = True
-    #: the vitprune section's ``output``: "embedding" for a head whose output is an embedding (CLIP's projection)
-    output: Optional[str] = None
-
-    def build(self, meta: bool = False) -> nn.Module:
-        import timm
-
-        skip = {"weight_init": "skip"} if meta and self.skips_init and "weight_init" not in self.model_args else {}
-        try:
-            with torch.device("meta") if meta else contextlib.nullcontext():
-                model = timm.create_model(self.arch, pretrained=False, pretrained_cfg=self.pretrained_cfg,
-                                          **self.model_args, **skip)
-        except Exception as e:  # noqa: BLE001 - a config another tool wrote: whatever fails to build is its problem
-            first = " ".join(str(e).split())[:200]
-            raise ModelNotFoundError(f"{self.where} does not describe a {self.arch} timm can build "
-                                     f"({type(e).__name__}: {first}).") from None
-        if self.method:
-            with torch.device("meta") if meta else contextlib.nullcontext():
-                patch_with(model, create_method(self.method, **self.options))  # recorded, not asked: no warnings
-        if self.output is not None:
-            model.vitprune_output = self.output
-        return model
-
-
-def plan_model(cfg: dict[str, Any], source: str) -> _Plan:
-    """Check a timm/vitprune ``config.json`` (types, sizes, a Vision Transformer, the vitprune section) and build
-    it on the ``meta`` device: one-line errors, nothing allocated; ``.build()`` then makes the real model."""
-    import timm
-
-    where = f"{source}/{CONFIG_NAME}"
-    pretrained_cfg, arch, model_args = _architecture(cfg, source)
-    with torch.device("meta"):  # a ViT at all (before the config's arguments)? (no weight init on meta)
-        skips_init = True
-        try:
-            default = timm.create_model(arch, pretrained=False, weight_init="skip")
-        except TypeError:  # an architecture without that argument (timm's Eva; or not a ViT at all)
-            skips_init = False
-            default = timm.create_model(arch, pretrained=False)
-        check_vit(default, source)
-    section = cfg.get(VITPRUNE_KEY) or {}
-    method = section.get("method") if isinstance(section, dict) else None
-    options = (section.get("options") if isinstance(section, dict) else None) or {}
-    if not isinstance(section, dict) or not isinstance(method or "", str) or not isinstance(options, dict):
-        raise ModelNotFoundError(f"{where}: the vitprune section must be an object with a method name and options.")
-    output = section.get("output")
-    if output not in (None, EMBEDDING):
-        raise ModelNotFoundError(f"{where}: the vitprune section's output must be {EMBEDDING!r} or absent, got "
-                                 f"{output!r}.")
-    plan = _Plan(arch, pretrained_cfg, model_args, method, options, where, skips_init=skips_init, output=output)
-    plan.meta = plan.build(meta=True)
-    check_size(plan.meta, where)  # tokens per image and bytes against the memory available now
-    return plan
-
-
-def build_from_config(cfg: dict[str, Any], *, source: str) -> nn.Module:
-    """Create the (random-weight) architecture a timm/vitprune ``config.json`` describes, method included, once
-    ``plan_model`` has checked it on the ``meta`` device."""
-    return plan_model(cfg, source).build()
 
 
 def check_weights(model: nn.Module, weights: Path, where: str) -> None:
@@ -323,8 +110,6 @@ def check_weights(model: nn.Module, weights: Path, where: str) -> None:
 def _model_files(folder: Path) -> Path:
     """Where to read config.json and model.safetensors: in a folder saved by vitprune, the version both
     top-level links lead to, resolved once (a save switching versions meanwhile cannot hand over a mix)."""
-    from .save import current_version, is_our_link
-
     if all(is_our_link(folder, name) for name in (CONFIG_NAME, WEIGHTS_NAME)):
         version = current_version(folder)
         if version is not None:
@@ -346,8 +131,6 @@ def load_folder(folder: Path, *, pretrained: bool = True, source: Optional[str] 
     where = source or str(folder)
     files = _model_files(folder)
     cfg = read_config(files, where)
-    from .transformers import is_transformers_config, load_transformers_folder
-
     if is_transformers_config(cfg):
         return load_transformers_folder(files, cfg, pretrained=pretrained, source=where)
     if pretrained:
@@ -412,8 +195,6 @@ def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> 
 
 
 def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
-    import timm
-
     repo = spec[len("hf-hub:"):]
     repo_id, _, revision = repo.partition("@")
     try:
@@ -425,8 +206,6 @@ def _load_hub(spec: str, *, pretrained: bool) -> nn.Module:
                                  "'-', '_', '.').") from None
     cfg_path = _hub_call(spec, hf_hub_download, repo_id, CONFIG_NAME, revision=revision or None)
     cfg = parse_config(read_config_bytes(cfg_path, f"{spec}/{CONFIG_NAME}"), f"{spec}/{CONFIG_NAME}")
-    from .transformers import is_transformers_config, load_transformers_hub
-
     if is_transformers_config(cfg):
         return load_transformers_hub(spec, repo_id, revision or None, cfg, pretrained=pretrained)
     if VITPRUNE_KEY not in cfg:  # a timm repo: checked (type, size, ViT) before timm downloads its weights
@@ -451,8 +230,6 @@ def load_model(spec: str = "demo", *, pretrained: bool = True) -> nn.Module:
     Saved vitprune models come back with their method applied. ``pretrained=False`` builds the architecture with
     random weights (enough for FLOPs and speed) and downloads no weights.
     """
-    import timm
-
     spec = str(spec)
     if spec == "demo":
         model = load_folder(demo_dir(), pretrained=pretrained, source="demo")

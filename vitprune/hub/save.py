@@ -34,15 +34,20 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from torch import nn
 
 from huggingface_hub import ModelCard
+from timm.models._hub import save_for_hf
 
-from ..errors import OutputFolderError
-from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
-from ..train.losses import EMBEDDING
-from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
-from .lock import STORE, host_name, output_lock, pid_alive
-from ..errors import ModelNotFoundError
-from ..files import make_dirs, remove_empty_dir
+from .. import __version__
+from ..errors import ModelNotFoundError, OutputFolderError
+from ..files import (
+    RefusedPath, fsync_dir, fsync_file, make_dirs, read_text, remove, remove_empty_dir, remove_tree, write_atomic,
+    write_new,
+)
 from ..methods.base import ROTARY_NOTE
+from ..modelfolder import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
+from ..report.card import render_card
+from ..report.redact import public_model
+from ..train.losses import EMBEDDING
+from .lock import STORE, host_name, output_lock, pid_alive
 
 CARD_NAME = "README.md"
 VERSIONS = "versions"
@@ -64,8 +69,6 @@ def vitprune_section(
     recipe: Optional[Mapping[str, Any]] = None,
     metrics: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
-    from .. import __version__
-
     method = getattr(model, "vitprune_method", None)
     # how the method deviates from its paper on this model (no class token, rotary embeddings), for the model card
 
@@ -88,8 +91,6 @@ def vitprune_section(
 def _public_base(spec: Optional[str]) -> Optional[str]:
     """The base model as the saved folder may name it: a local folder never by its path (it travels with
     ``vitprune push``), but as what it was made from (:func:`~vitprune.report.redact.public_model`)."""
-    from ..report.redact import public_model
-
     return public_model(spec) if spec else None
 
 
@@ -349,8 +350,6 @@ def save(
     folder holds a config.json or README.md that vitprune did not write. Re-saving switches to the new model in
     one atomic step (see the module doc).
     """
-    from timm.models._hub import save_for_hf
-
     folder = Path(folder).expanduser()
     section = vitprune_section(model, base_model=base_model, recipe=recipe, metrics=metrics)
     extra = dict(extra_files or {})
@@ -371,8 +370,6 @@ def save(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_new(target, data)
             if card is None:  # the model card, generated from what was just staged (config.json, report.json)
-                from ..report.card import render_card
-
                 card = render_card(new)
             write_new(new / CARD_NAME, card)
             _switch_to(folder, new, store, mode=0o666 & ~_umask())  # some writers create 0600 temp files
@@ -450,8 +447,6 @@ def update_files(
                 else:
                     os.replace(data, target)
             if card:
-                from ..report.card import render_card
-
                 remove(new / CARD_NAME, root=new)
                 write_new(new / CARD_NAME, render_card(new))
             _switch_to(folder, new, store)

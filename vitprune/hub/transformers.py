@@ -2,7 +2,7 @@
 
 A ``config.json`` with a ``model_type`` (and no timm ``architecture``) is a transformers model. ``vit``, ``deit`` and
 ``dinov2`` / ``dinov2_with_registers`` are mapped; anything else is refused in one line naming these. The timm model
-is built from the config's fields through :func:`vitprune.hub.load.plan_model` (so the same type, range and memory
+is built from the config's fields through :func:`vitprune.hub.plan.plan_model` (so the same type, range and memory
 checks apply as to a timm config), and the weights are renamed onto it tensor by tensor:
 
 * query/key/value projections become timm's fused ``qkv``; LayerScale ``lambda1`` becomes ``gamma``; DINOv2's
@@ -39,16 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from huggingface_hub import errors as hf_errors, hf_hub_download
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ModelNotFoundError, UnsupportedModelError
+from ..modelfolder import is_transformers_config, parse_config, read_config_bytes
+from ..offline import ensure_offline_if_unreachable
+from ..report.redact import is_local_path, public_base, public_model  # public_base: also imported from here
 from ..train.losses import EMBEDDING
+from .checkpoint import read_state_dict
+from .plan import plan_model
+from .remote import hub_call, not_found
 
 log = logging.getLogger("vitprune")
 
@@ -133,11 +139,6 @@ _SHORTEST_EDGE_PROCESSORS = ("BitImageProcessor", "CLIPImageProcessor", "ConvNex
 TIMM_LAYER_NORM_EPS = 1e-6
 
 
-def is_transformers_config(cfg: dict[str, Any]) -> bool:
-    """Whether a parsed config.json is transformers' (a ``model_type``) rather than timm's (an ``architecture``)."""
-    return isinstance(cfg.get("model_type"), str) and "architecture" not in cfg
-
-
 # --------------------------------------------------------------------------------------------- the config
 
 
@@ -190,8 +191,6 @@ def _ratio(hidden: int, dim: int) -> float:
 
 
 def _timm_name(kind: str, dim: int, depth: int, heads: int, patch: int, swiglu: bool, registers: bool) -> str:
-    import timm
-
     size = SIZES.get((dim, depth, heads))
     if kind == "distilled":
         candidates = [f"deit_{size}_distilled_patch16_224", "deit_base_distilled_patch16_224"]
@@ -481,8 +480,6 @@ class _Tensors:
                                          "download it again.") from None
             self._data: dict[str, torch.Tensor] = {}
         else:
-            from .convert import read_state_dict
-
             self._data = read_state_dict(path)
             self.shapes = {k: tuple(v.shape) for k, v in self._data.items()}
 
@@ -688,8 +685,6 @@ def convert_state_dict(conv: Conversion, tensors: _Tensors, target: dict[str, to
 
 
 def _read_json(path: Optional[Path], where: str) -> Optional[dict[str, Any]]:
-    from .load import parse_config, read_config_bytes
-
     if path is None or not path.is_file():
         return None
     return parse_config(read_config_bytes(path, where), where)
@@ -711,8 +706,6 @@ def convert(cfg: dict[str, Any], where: str, *, preprocessor: Optional[Path] = N
             ) -> nn.Module:
     """The timm ViT of a transformers config (``where`` names it in messages), with the weights of ``weights``
     (model.safetensors or pytorch_model.bin) or random ones when None."""
-    from .load import plan_model
-
     proc = _read_json(preprocessor, f"{where}/{PREPROCESSOR_NAME}")
     tensors = _Tensors(weights, where) if weights is not None else None
     conv = plan_conversion(cfg, f"{where}/config.json", proc, set(tensors.shapes) if tensors else None)
@@ -739,8 +732,6 @@ def load_transformers_folder(folder: Path, cfg: dict[str, Any], *, pretrained: b
         raise ModelNotFoundError(f"{source} has no {SAFETENSORS_NAME} (or {PICKLE_NAME}).")
     model = convert(cfg, source, preprocessor=folder / PREPROCESSOR_NAME, weights=weights)
     model.vitprune_source = source
-    from ..report.redact import is_local_path, public_model
-
     if is_local_path(str(folder)):
         model.vitprune_base_model = public_model(str(folder))  # the Hub repo it came from, never a local path
     return model
@@ -757,43 +748,18 @@ def load_transformers_hub(spec: str, repo_id: str, revision: Optional[str], cfg:
                           pretrained: bool) -> nn.Module:
     """A transformers repo on the Hub (or in the local cache) as a timm ViT: config (read already), image
     processor settings when the repo has them, and model.safetensors (pytorch_model.bin when it has none)."""
-    from .load import _hub_call
-
     plan_conversion(cfg, f"{spec}/config.json")  # refuse what does not map before downloading anything
-    preprocessor = _hub_call(spec, _optional_download, repo_id, PREPROCESSOR_NAME, revision)
+    preprocessor = hub_call(spec, _optional_download, repo_id, PREPROCESSOR_NAME, revision)
     weights = None
     if pretrained:
-        weights = _hub_call(spec, _optional_download, repo_id, SAFETENSORS_NAME, revision)
+        weights = hub_call(spec, _optional_download, repo_id, SAFETENSORS_NAME, revision)
         if weights is None:
-            weights = _hub_call(spec, _optional_download, repo_id, PICKLE_NAME, revision)
+            weights = hub_call(spec, _optional_download, repo_id, PICKLE_NAME, revision)
         if weights is None:
-            from .load import _not_found, ensure_offline_if_unreachable
-
-            raise _not_found(f"{spec} ({SAFETENSORS_NAME} or {PICKLE_NAME})", ensure_offline_if_unreachable())
+            raise not_found(f"{spec} ({SAFETENSORS_NAME} or {PICKLE_NAME})", ensure_offline_if_unreachable())
     model = convert(cfg, spec, preprocessor=preprocessor, weights=weights)
     model.vitprune_source = spec
     return model
-
-
-def public_base(cfg: dict[str, Any]) -> Optional[str]:
-    """What a local transformers folder is, by its config: ``hf-hub:`` + its ``_name_or_path`` when that is a Hub
-    repo id, else its transformers architecture with ``(local weights)``; None for a config that is not
-    transformers'."""
-    if not is_transformers_config(cfg):
-        return None
-
-    from ..report.redact import LOCAL_WEIGHTS
-
-    name = cfg.get("_name_or_path")
-    if isinstance(name, str) and name.count("/") == 1 and not name.startswith((".", "~", "/")):
-        try:
-            validate_repo_id(name)
-            return f"hf-hub:{name}"
-        except HFValidationError:
-            pass
-    archs = cfg.get("architectures")
-    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
-    return f"{arch or cfg['model_type']}{LOCAL_WEIGHTS}"
 
 
 __all__ = ["is_transformers_config", "plan_conversion", "convert", "preprocessing", "load_transformers_folder",

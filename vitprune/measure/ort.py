@@ -26,6 +26,10 @@ from ..errors import DeviceError
 from .speed import Schedule, Timing, benchmark
 
 RUNTIME_NAME = "onnxruntime"
+#: the names of a vitprune ONNX file's input and output (``exporter.graph`` writes them; the model card's ONNX
+#: snippet feeds the input by name)
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
 
 
 def providers_for(device: torch.device) -> list[str]:

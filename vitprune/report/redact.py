@@ -19,6 +19,11 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import timm
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..modelfolder import VITPRUNE_KEY, is_transformers_config, read_config
+
 #: model specs that are names, not paths
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 LOCAL_WEIGHTS = " (local weights)"
@@ -92,16 +97,12 @@ def public_model(spec: str) -> str:
     for i, part in enumerate(parts[:-1]):  # a Hugging Face cache snapshot: models--org--name/snapshots/<rev>
         if part.startswith("models--") and parts[i + 1] == "snapshots" and part.count("--") == 2:
             return "hf-hub:" + "/".join(part.split("--")[1:])
-    from ..hub.load import VITPRUNE_KEY, read_config
-
     try:
         config = read_config(folder)
     except Exception:  # noqa: BLE001 - unreadable here: loading it reports the problem
         config = None
     if not isinstance(config, dict):
         return "a local model"
-    from ..hub.transformers import public_base
-
     converted = public_base(config)  # a transformers folder: the Hub repo it names, else its architecture
     if converted is not None:
         return converted
@@ -113,13 +114,29 @@ def public_model(spec: str) -> str:
     return f"{arch}{LOCAL_WEIGHTS}" if isinstance(arch, str) and arch else "a local model"
 
 
+def public_base(cfg: dict[str, Any]) -> Optional[str]:
+    """What a local transformers folder is, by its config: ``hf-hub:`` + its ``_name_or_path`` when that is a Hub
+    repo id, else its transformers architecture with ``(local weights)``; None for a config that is not
+    transformers'."""
+    if not is_transformers_config(cfg):
+        return None
+    name = cfg.get("_name_or_path")
+    if isinstance(name, str) and name.count("/") == 1 and not name.startswith((".", "~", "/")):
+        try:
+            validate_repo_id(name)
+            return f"hf-hub:{name}"
+        except HFValidationError:
+            pass
+    archs = cfg.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    return f"{arch or cfg['model_type']}{LOCAL_WEIGHTS}"
+
+
 def _is_public_base(spec: str) -> bool:
     if spec == "demo" or spec.startswith(_HUB_PREFIXES) or spec.endswith(LOCAL_WEIGHTS):
         return True
     if is_local_path(spec) or any(c.isspace() for c in spec):
         return False
-    import timm
-
     return timm.is_model(spec) or timm.is_model(spec.split(".")[0])
 
 
@@ -193,5 +210,5 @@ def scrub(data: Any, paths: Iterable[Optional[str]]) -> Any:
     return fix(data)
 
 
-__all__ = ["public_path", "public_spec", "public_model", "public_command", "scrub", "is_local_path",
+__all__ = ["public_path", "public_spec", "public_model", "public_base", "public_command", "scrub", "is_local_path",
            "LOCAL_WEIGHTS"]

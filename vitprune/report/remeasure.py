@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from ..errors import OutputFolderError
 from ..files import inside, read_text
-from ..hub.load import CONFIG_NAME, read_config
+from ..modelfolder import CONFIG_NAME, read_config
 from ..hub.save import update_files
 
 #: per-model keys a re-measurement replaces
