@@ -49,14 +49,9 @@ CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # Imports inside functions that are neither an optional extra nor the CLI's deferral, per module: what is left to
 # hoist to the top of the module. A count may only go down.
 FUNCTION_LEVEL_LEFT: dict[str, int] = {
-    "vitprune.api": 4, "vitprune.cli.common": 5, "vitprune.cli.compress": 7, "vitprune.cli.eval": 2,
-    "vitprune.cli.main": 2, "vitprune.cli.profile": 1, "vitprune.cli.push": 1, "vitprune.cli.recipe_file": 3,
-    "vitprune.compression": 8, "vitprune.data": 7, "vitprune.data.folder": 2, "vitprune.data.hub": 1,
-    "vitprune.exporter.core": 5, "vitprune.exporter.quantize": 6, "vitprune.files": 2, "vitprune.hub.push": 2,
-    "vitprune.measure.flops": 1, "vitprune.measure.models": 5, "vitprune.methods": 1, "vitprune.methods.base": 10,
-    "vitprune.ops.rope": 1, "vitprune.report.plots": 1, "vitprune.sweeps": 3, "vitprune.tokenmaps": 2,
-    "vitprune.train.checkpoints": 2, "vitprune.train.evaluate": 2, "vitprune.train.loop": 5,
-    "vitprune.train.recipe": 1,
+    "vitprune.cli.common": 5, "vitprune.cli.compress": 7, "vitprune.cli.eval": 2, "vitprune.cli.main": 2,
+    "vitprune.cli.profile": 1, "vitprune.cli.push": 1, "vitprune.cli.recipe_file": 3, "vitprune.files": 2,
+    "vitprune.methods": 1, "vitprune.methods.base": 10, "vitprune.ops.rope": 1, "vitprune.train.checkpoints": 2,
 }
 
 

@@ -20,6 +20,9 @@ from .train.evaluate import EvalResult
 from .train.evaluate import evaluate as evaluate_model
 from .measure.flops import model_input_size
 from .methods import apply_method, dense_copy, get_method
+from .budget import solve_for_gmacs
+from .exporter.quantize import check_mode, cpu_int8_isa, mode_label, prepare_files
+from .exporter.verify import sample_images
 
 __all__ = ["ModelStats", "ProfileReport", "RUNTIMES", "evaluate", "profile", "resolve_models", "versions"]
 
@@ -155,8 +158,6 @@ def resolve_budget(
         return name, loaded, None, None
     solution = None
     if target_gmacs is not None:
-        from .budget import solve_for_gmacs
-
         solution = solve_for_gmacs(loaded, method, target_gmacs, **method_options)
         method_options = solution.untrained_options
     return name, loaded, apply_method(copy.deepcopy(loaded), method, **method_options), solution
@@ -198,8 +199,6 @@ def profile(
     check_settings(timing)
     speed, latency, runtime = timing.speed, timing.latency, timing.runtime
     if quantize is not None:
-        from .exporter.quantize import check_mode
-
         check_mode(quantize)
         if runtime != "onnxruntime":
             raise MethodOptionError("`quantize` times int8 ONNX files: use it with `runtime` onnxruntime.")
@@ -231,9 +230,6 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, tim
                   onnx_files: Any, on_step: Optional[Callable[[], None]]) -> tuple[Any, str]:
     """The fp32 and int8 files of every model timed side by side, interleaved (``measure_models``); returns the
     measurement and the caption's quantization note."""
-    from .exporter.quantize import cpu_int8_isa, mode_label, prepare_files
-    from .exporter.verify import sample_images
-
     input_size = model_input_size(models["dense"])
     what = None
     if mode == "int8-static" and calibration is None:

@@ -78,6 +78,12 @@ from .train.loggers import Loggers, check_loggers
 from .train.loop import RunSettings, Trainer, describe_best, matching
 from .train.recipe import TEACHER_RECIPE, build_recipe
 from .settings import DEFAULT_BATCH_SIZE, CompressConfig, SpeedSettings, keyword_parameters, settings_doc, split_kwargs
+from .api import profile
+from .budget import check_no_conflict, check_ratio, solve_for_gmacs
+from .exporter.core import FORMATS, export as export_model
+from .exporter.graph import require_export_deps
+from .exporter.quantize import MODES
+from .hub.push import check_repo_id, push
 
 log = logging.getLogger("vitprune")
 
@@ -140,8 +146,6 @@ def default_output(model: str, method: str, options: Any) -> Path:
 def check_push_target(repo: str) -> str:
     """Before any training: the repo name is valid and a token is there (``push_to``); returns the repo id.
     The token itself is never read out or shown."""
-    from .hub.push import check_repo_id
-
     repo_id = check_repo_id(repo)
     if constants.HF_HUB_OFFLINE:
         raise PushError(f"`push_to` {repo_id} needs the network but HF_HUB_OFFLINE is set; unset it, or compress "
@@ -155,16 +159,12 @@ def check_push_target(repo: str) -> str:
 def check_export(export: Optional[str], quantize: Optional[str] = None) -> None:
     """Before any training: the export format (and quantization mode) and the optional extra it needs."""
     if quantize is not None:
-        from .exporter.quantize import MODES
-
         if export is None:
             raise MethodOptionError("`quantize` quantizes the ONNX export: add `export` onnx.")
         if quantize not in MODES:
             raise MethodOptionError(f"`quantize` {quantize}: vitprune quantizes to {' or '.join(MODES)}.")
     if export is None:
         return
-    from .exporter.core import FORMATS
-    from .exporter.graph import require_export_deps
 
     if export not in FORMATS:
         raise MethodOptionError(f"`export` {export}: vitprune exports {', '.join(FORMATS)}.")
@@ -508,8 +508,6 @@ class CompressJob:
     def _solve_budget(self, loaded: nn.Module, existing: Any) -> None:
         """``target_gmacs``: the method's headline option solved on the dense model (``vitprune.budget``); the
         other options are kept, and the choice is announced and recorded in report.json and config.json."""
-        from .budget import check_no_conflict, check_ratio, solve_for_gmacs
-
         cfg = self.cfg
         check_ratio(cfg.target_gmacs)
         check_no_conflict(self.method, cfg.method_options)
@@ -751,8 +749,6 @@ class CompressJob:
 
     def measure(self, student: nn.Module) -> Any:
         """GMACs, parameters, throughput and latency of dense vs compressed (``vitprune.profile``)."""
-        from .api import profile
-
         self.emit("stage", name="profiling", message="counting GMACs and timing dense vs compressed")
         cfg = self.cfg
         return profile(student, timing=SpeedSettings(device=str(self.dev), batch_size=cfg.profile_batch_size,
@@ -804,7 +800,6 @@ class CompressJob:
         ``speed``), recorded in ``report``."""
         if self.cfg.export is None:
             return
-        from .exporter import export as export_model
 
         onnx = self.out / "model.onnx"
         self.emit("stage", name="exporting", message=f"exporting {onnx}")
@@ -820,7 +815,6 @@ class CompressJob:
         cfg = self.cfg
         if not cfg.push_to:
             return None
-        from .hub.push import push
 
         self.emit("stage", name="pushing", message=f"pushing {self.out} to {cfg.push_to}")
         try:

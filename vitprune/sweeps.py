@@ -43,6 +43,9 @@ from .methods import apply_method, dense_copy, get_method, get_method_class
 from .methods.base import sweep_option
 from .report.plots import pareto_plot, require_matplotlib
 from .train.evaluate import evaluate
+from .api import resolve_models
+from .budget import check_no_conflict, solve_for_gmacs
+from .compression import compress
 
 SWEEP_JSON = "sweep.json"
 PARETO_PNG = "pareto.png"
@@ -223,8 +226,6 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
 def _solve_values(cfg: SweepConfig, plan: SweepPlan) -> None:
     """``target_gmacs``: the values of the method's headline option solved for each fraction of the dense GMACs
     (what each option needs to apply, e.g. SaiT's fixed mode, joins the fixed options)."""
-    from .budget import check_no_conflict, solve_for_gmacs
-
     if plan.mode == "runtime":
         raise MethodOptionError("`target_gmacs` solves a method's option on a dense model; give the dense base model "
                                 "and `method`.")
@@ -315,8 +316,6 @@ def _accuracy(cfg: SweepConfig, model: nn.Module, splits: Any) -> dict[str, Any]
 
 def _point_model(cfg: SweepConfig, plan: SweepPlan, value: Any, first: bool) -> nn.Module:
     """The model at one value: the checkpoint with its run-time option set, or the method applied to a copy."""
-    from .api import resolve_models
-
     opts = {**cfg.method_options, plan.option: value}
     if plan.mode == "runtime":
         return resolve_models(plan.loaded, None, opts)[2]
@@ -344,8 +343,6 @@ def _untrained_note(cfg: SweepConfig, plan: SweepPlan, added: int) -> None:
 
 def _trained_points(cfg: SweepConfig, plan: SweepPlan, progress: Progress) -> Points:
     """Every point fine-tuned with ``vitprune.compress`` into ``OUT/points/<option>-<value>``."""
-    from .compression import compress
-
     root = (cfg.out_dir or Path("vitprune-sweep")) / "points"
     points = Points(plan.dense, [], [], [])
     for i, v in enumerate(plan.values):

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 import torch
+from timm.data import resolve_data_config
 
 from .errors import MethodOptionError, UsageError
 from .data.images import load_images
@@ -24,6 +25,7 @@ from .data import eval_transform
 from .methods import get_method, tracking
 from .report.card import short_method
 from .report.plots import draw_token_maps, require_matplotlib
+from .api import resolve_models
 
 
 @dataclass
@@ -64,8 +66,6 @@ class TokenMaps:
 def collect_token_maps(model, images: Sequence[Any], *, name: str = "model",
                        blocks: Optional[Sequence[int]] = None) -> TokenMaps:
     """Run ``model`` (patched) on ``images`` with tracking on and collect the recorded token maps."""
-    from timm.data import resolve_data_config
-
     method = get_method(model)
     if method is None:
         raise MethodOptionError(f"{name} is a dense model: give `method` (and its options) to see what a method "
@@ -137,7 +137,6 @@ def visualize(
         raise UsageError(f"`out` {out}: visualize writes a PNG; give a file name ending in .png.")
     if dpi < 20 or dpi > 600:
         raise UsageError(f"`dpi` must be between 20 and 600, got {dpi}.")
-    from .api import resolve_models
 
     name, _, compressed = resolve_models(model, method, method_options, pretrained=pretrained)
     if compressed is None:

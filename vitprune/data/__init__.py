@@ -31,11 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from ..errors import DataError
 from .base import Batch, ImageSource, Prepared, Splits, Unreadable, collate, stratified_split, whole, worker_init
 from .stream import StreamSet, StreamSource
+from .demo import DigitsDemo
+from .folder import load_folder
+from .hf import is_saved_dataset, load_hf
+from .hub import PREFIX, load_hub
+from .shards import is_shard_folder, load_shards
 
 #: timm training augmentation used unless the data or a flag says otherwise (timm's create_transform defaults)
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -49,16 +55,12 @@ DEMO_AUGMENT: dict[str, Any] = {"scale": [0.8, 1.0], "ratio": [0.9, 1.1], "hflip
 
 def eval_transform(model: nn.Module) -> Callable:
     """timm's evaluation transform for ``model`` (resize, center crop, normalise from its pretrained_cfg)."""
-    from timm.data import create_transform, resolve_data_config
-
     return create_transform(**resolve_data_config(model=model), is_training=False)
 
 
 def train_transform(model: nn.Module, augment: Optional[dict[str, Any]] = None) -> Callable:
     """timm's training transform for ``model`` with ``augment`` (keys of ``DEFAULT_AUGMENT``); ``None``: the
     evaluation transform (no augmentation)."""
-    from timm.data import create_transform, resolve_data_config
-
     if augment is None:
         return eval_transform(model)
     cfg = resolve_data_config(model=model)
@@ -74,8 +76,6 @@ class DemoImages(ImageSource):
     """The bundled digits of one split as an image source."""
 
     def __init__(self, split: str):
-        from .demo import DigitsDemo
-
         self.ds = DigitsDemo(split)
         self.classes = list(DigitsDemo.classes)
         self.targets = list(self.ds.targets)
@@ -93,7 +93,6 @@ def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int =
     webdataset shards, or ``hf:org/name``); ``streaming``: read a Hub dataset as a stream."""
     if val_split is not None and not 0.0 < val_split < 1.0:
         raise DataError(f"--val-split must be between 0 and 1 (a fraction of the images), got {val_split}.")
-    from .hub import PREFIX, load_hub
 
     if spec.startswith(PREFIX):
         return load_hub(spec, streaming=streaming, val_split=val_split, split_seed=split_seed)
@@ -116,15 +115,12 @@ def load_data(spec: str, *, val_split: Optional[float] = None, split_seed: int =
     if not path.is_dir():
         raise DataError(f"{path} is a file; --data takes a folder (class sub-folders, or a save_to_disk dataset) or "
                         "'demo'.")
-    from .hf import is_saved_dataset, load_hf
 
     if is_saved_dataset(path):
         return load_hf(path, val_split=val_split, split_seed=split_seed)
-    from .shards import is_shard_folder, load_shards
 
     if is_shard_folder(path):
         return load_shards(path, val_split=val_split)
-    from .folder import load_folder
 
     return load_folder(path, val_split=val_split, split_seed=split_seed)
 

@@ -18,6 +18,8 @@ from typing import Optional
 
 from PIL import Image
 
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
 from ..errors import DataError
 from .base import ImageSource, Splits, open_image, stratified_split, whole
 
@@ -26,8 +28,6 @@ TEST_NAMES = ("test",)
 
 
 def _extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     return IMG_EXTENSIONS
 
 
@@ -39,8 +39,6 @@ class FolderImages(ImageSource):
     """The images of one folder of class sub-folders, indexed with ``classes`` (possibly a larger class list)."""
 
     def __init__(self, root: Path, classes: Optional[list[str]] = None):
-        from torchvision.datasets.folder import make_dataset
-
         self.root = root
         present = _class_dirs(root)
         if not present:

@@ -34,6 +34,7 @@ from ..offline import ensure_offline_if_unreachable
 from .base import RefusedFile, Splits, confined
 from .hf import check_labels, columns, dataset_splits, decode_value, numeric_classes, pick_splits, pick_test, undecoded
 from .stream import MISSING_REASON, StreamSource
+from .shards import require_webdataset
 
 PREFIX = "hf:"
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -87,8 +88,6 @@ def load_hub(spec: str, *, streaming: bool = False, val_split: Optional[float] =
                         f"instead; give a local folder by its path (./{repo_id}), or run from another folder.")
     datasets = _datasets()
     if streaming:
-        from .shards import require_webdataset
-
         require_webdataset("--streaming")
         if val_split is not None:
             raise DataError("--val-split needs the whole train split at hand; with --streaming the dataset needs a "

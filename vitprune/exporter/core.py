@@ -33,6 +33,8 @@ from ..hub.save import update_files
 from ..measure.flops import model_input_size
 from ..measure.ort import OrtModel
 from ..report.card import read_folder
+from ..api import profile, resolve_budget
+from .quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, check_mode, int8_path, quantize_export
 
 ModelLike = Union[str, os.PathLike, nn.Module]
 FILE_NAME = "model.onnx"
@@ -126,7 +128,6 @@ def _export(
         raise ExportError(f"--batch-size must be a positive number, got {batch_size}.")
     if opset is not None and opset < 1:
         raise ExportError(f"--opset must be a positive number, got {opset}.")
-    from .quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, check_mode
 
     check_mode(quantize)
     if quantize is None and (calibrate_data is not None or eval_data is not None or force):
@@ -157,8 +158,6 @@ def _export(
             verification = verify(OrtModel(staged), net, x, what, batch_size=batch_size)
         int8 = None
         if quantize is not None:
-            from .quantize import int8_path, quantize_export
-
             if calibrate_data is None and quantize == "int8-static" and folder is not None:
                 calibrate_data = _folder_data(folder)
             qx, qwhat = (x, what) if check else sample_images(net, images)
@@ -170,8 +169,6 @@ def _export(
                                    max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop, force=force)
         speed = None
         if measure:
-            from ..api import profile
-
             key = "compressed" if m_obj is not None else "dense"
             files = {key: staged}
             if int8 is not None:
@@ -225,8 +222,6 @@ def record_in_folder(folder: Path, result: ExportResult, made: Sequence[Path]) -
     """Put the export into a saved vitprune folder with the rest of the model: ``model.onnx`` (and its external
     data), report.json's ``onnx`` section and the regenerated card, switched in as one new version of the folder
     (``vitprune.hub.save.update_files``: under the folder's lock, never half-written)."""
-    from .quantize import int8_path
-
     _, report, _ = read_folder(folder)
     files: dict[str, Any] = {f.name: f for f in made}
     if report is not None:
@@ -262,8 +257,6 @@ def _resolve(model: ModelLike, method: Optional[str], options: dict[str, Any], p
              target_gmacs: Optional[float]) -> tuple[str, nn.Module, Optional[dict[str, Any]]]:
     """(name, the model to export, the budget's record): compressed with run-time options, dense + method (its
     headline option solved for ``target_gmacs`` when given), or dense."""
-    from ..api import resolve_budget
-
     spec = model if isinstance(model, nn.Module) else str(model)
     name, dense, compressed, solution = resolve_budget(spec, method, options, pretrained=pretrained,
                                                        target_gmacs=target_gmacs)

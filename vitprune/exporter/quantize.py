@@ -40,7 +40,10 @@ import platform
 from ..errors import ExportError
 from ..data import build_split, collate, eval_transform
 from ..measure.ort import OrtModel
+from ..report.redact import public_spec
 from ..train.evaluate import evaluate
+from .graph import INPUT_NAME, check_token_counts, expected_tokens, export_onnx, graph_token_counts
+from .verify import compare
 
 MODES = ("int8", "int8-static")
 OP_TYPES = ["MatMul", "Gemm"]
@@ -124,8 +127,6 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "i
     check_mode(mode)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static  # optional extra
 
-    from .graph import INPUT_NAME
-
     with _quiet():
         if mode == "int8":
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=OP_TYPES, weight_type=QuantType.QInt8)
@@ -141,8 +142,6 @@ def check_quantized_tokens(path: str | os.PathLike, model: nn.Module, input_size
     """The tokens entering each block in the quantized graph, which must be the method's schedule (as the fp32
     export's)."""
     import onnx  # optional extra
-
-    from .graph import check_token_counts, expected_tokens, graph_token_counts
 
     method = getattr(model, "vitprune_method", None)
     counts = graph_token_counts(onnx.load(str(path), load_external_data=False), len(model.blocks), model.embed_dim)
@@ -172,7 +171,6 @@ def calibration_batches(model: nn.Module, data: Any, count: int = DEFAULT_CALIBR
             break
     if not seen:
         raise ExportError(f"--calibrate-data {data}: no readable image in its train split.")
-    from ..report.redact import public_spec
 
     return batches, f"{seen} {public_spec(str(data))} train images"
 
@@ -237,8 +235,6 @@ def quantize_export(model: nn.Module, fp32: Path, dst: Path, mode: str, *, input
                     force: bool = False) -> Int8Result:
     """Quantize the checked fp32 file ``fp32`` into ``dst`` and check it (module doc); ``ExportError`` (one line)
     when the token schedule is not in the int8 graph, or when its drop exceeds ``max_drop`` and not ``force``."""
-    from .verify import compare
-
     calibration, what = None, None
     if mode == "int8-static":
         if calibrate_data is None:
@@ -252,7 +248,6 @@ def quantize_export(model: nn.Module, fp32: Path, dst: Path, mode: str, *, input
     evals = None
     if eval_data is not None:
         scores = evaluate_files({"fp32": fp32, "int8": dst}, model, eval_data, eval_split)
-        from ..report.redact import public_spec
 
         shown = public_spec(str(eval_data))
         evals = {"data": shown, "split": eval_split, **scores}
@@ -278,8 +273,6 @@ def prepare_files(models: dict[str, nn.Module], files: dict[str, Any], folder: s
                   ) -> dict[str, Any]:
     """For timing: the fp32 and int8 files of each model (``KEY`` and ``KEY-int8``), exported into ``folder``
     where ``files`` has none, token counts checked in both."""
-    from .graph import export_onnx
-
     paths = dict(files)
     for key, m in models.items():
         if key not in paths:

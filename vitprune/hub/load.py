@@ -41,7 +41,7 @@ from ..modelfolder import (  # noqa: F401
     read_vitprune_section,
 )
 from .plan import INT_ARGS, MODEL_ARGS, _Plan, build_from_config, plan_model  # noqa: F401
-from .remote import ARCHITECTURE_ONLY, hub_call as _hub_call, not_found as _not_found  # noqa: F401
+from .remote import ARCHITECTURE_ONLY, hub_call as _hub_call  # noqa: F401
 from .save import current_version, is_our_link
 from .transformers import is_transformers_config, load_transformers_folder, load_transformers_hub
 

@@ -26,6 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 from urllib.parse import unquote, urlparse
 
+from markdown_it import MarkdownIt
+
 from huggingface_hub import CommitOperationAdd, HfApi, constants, errors as hf_errors, get_token
 from huggingface_hub.utils import (
     HFValidationError, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, validate_repo_id,
@@ -35,6 +37,7 @@ from ..errors import PushError
 from ..files import RefusedPath, check_regular, inside
 from .save import current_version, is_our_link
 from ..report.card import render_card
+from ..exporter.core import export
 
 #: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
 ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx", "model-int8.onnx")
@@ -98,8 +101,6 @@ _IMG = re.compile(r"""<img\b[^>]*?\bsrc\s*=\s*["']([^"']+)["']""", re.IGNORECASE
 def _image_links(card: str) -> list[str]:
     """The targets of the card's image tags: Markdown images and ``<img src>`` in HTML, as a CommonMark parser
     (markdown-it, which rich brings) reads them; text in code blocks and code spans is not markup."""
-    from markdown_it import MarkdownIt
-
     links = []
     for tok in MarkdownIt("commonmark").parse(card):
         if tok.type == "html_block":
@@ -341,8 +342,6 @@ def push(
         raise PushError("--revision must be a branch name.")
     onnx_missing = include_onnx and not (folder / ONNX_NAME).is_file()
     if onnx_missing and not dry_run:
-        from ..exporter import export
-
         export(str(folder), folder / ONNX_NAME)
     card = render_card(folder, repo_id=repo_id)
     skipped: list[str] = []

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from fvcore.nn import FlopCountAnalysis
 
 # element-wise or data-movement ops that fvcore does not list but that cost no MACs by its conventions
 _NO_MAC_OPS = [
@@ -99,7 +100,6 @@ def count_macs(
     """
     with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
         warnings.simplefilter("ignore", FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

@@ -17,10 +17,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import timm
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import MethodOptionError
+from ..exporter.graph import export_onnx, export_versions, require_export_deps
 from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
 from ..settings import SpeedSettings
@@ -70,15 +73,9 @@ class Measurement:
 
 def versions(runtime: str = "torch") -> dict[str, str]:
     """The versions a measurement depends on (vitprune, torch, timm, Python; ONNX's with ``onnxruntime``)."""
-    import timm
-
-    from .. import __version__
-
     out = {"vitprune": __version__, "torch": torch.__version__, "timm": timm.__version__,
            "python": platform.python_version()}
     if runtime == "onnxruntime":
-        from ..exporter.graph import export_versions
-
         out.update(export_versions())
     return out
 
@@ -96,7 +93,6 @@ def check_settings(timing: SpeedSettings) -> Optional[str]:
         raise MethodOptionError(f"`runtime` must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
     if runtime != "onnxruntime":
         return dtype
-    from ..exporter.graph import require_export_deps
 
     require_export_deps()
     if compile and compile != "none":
@@ -174,8 +170,6 @@ def _time_onnx(models: dict[str, nn.Module], input_size: tuple[int, int, int], d
                on_step: Optional[Callable[[], None]]) -> dict[str, Timing]:
     """Export each model without a file in ``files`` (dynamic batch, token counts checked) and time them all in
     ONNX Runtime, interleaved."""
-    from ..exporter.graph import export_onnx
-
     with tempfile.TemporaryDirectory(prefix="vitprune-onnx-") as tmp:
         paths = dict(files)
         for key, m in models.items():

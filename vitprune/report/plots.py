@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import VitpruneError
 from ..files import open_regular
+from . import sweep_dense
 
 if TYPE_CHECKING:
     from ..tokenmaps import TokenMaps
@@ -252,8 +253,6 @@ def accuracy_limits(values: list[float], images: Optional[int]) -> tuple[float, 
 def pareto_plot(result: Any, out: str | os.PathLike, *, dpi: int = 120) -> tuple[int, int]:
     """``pareto.png`` of a sweep: top-1 vs throughput (or GMACs vs throughput without accuracy), dense marked.
     Returns the PNG's size in pixels."""
-    from . import sweep_dense
-
     plt = require_matplotlib()
     data = result if isinstance(result, dict) else result.to_dict()
     dense, points = data["dense"], data["points"]

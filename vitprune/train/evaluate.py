@@ -14,6 +14,8 @@ from torch import nn
 from ..measure.speed import autocast, resolve_device, resolve_dtype
 from ..errors import DataError
 from ..methods import dense_copy, get_method
+from ..data import Splits, build_split, collate, eval_transform, worker_init
+from .losses import feature_output
 
 log = logging.getLogger("vitprune")
 
@@ -63,9 +65,6 @@ def evaluate(
     of the cosine similarity between its output and ``reference``'s (default: the dense model under a compressed
     one, ``methods.dense_copy``; a dense model is its own reference, 1.0); top-1, top-5 and loss are None.
     """
-    from ..data import Splits, build_split, collate, eval_transform, worker_init
-    from .losses import feature_output
-
     features = feature_output(model)
     if features and reference is None and get_method(model) is not None:
         reference = dense_copy(model)

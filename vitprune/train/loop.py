@@ -45,6 +45,9 @@ from torch import nn
 
 import random
 import numpy as np
+from timm.layers import Attention, DropPath
+from timm.models import group_parameters
+from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import Prepared
@@ -57,6 +60,7 @@ from .ddp import DistInfo, all_reduce_max, barrier, gather_objects
 from .losses import DistillationLoss, feature_output, total
 from .recipe import Recipe, scaled_lr
 from ..files import write_atomic
+from .evaluate import evaluate
 
 log = logging.getLogger("vitprune")
 
@@ -132,8 +136,6 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     ``group_matcher(coarse=False)`` numbers its layers 0..L (patch embedding and tokens 0, block i at i + 1, the
     final norm and head L), and layer ``l`` trains at ``layer_decay ** (L - l)``; parameters the matcher does not
     name (a method's new modules) count as the top layer (scale 1)."""
-    from timm.models import group_parameters
-
     if not hasattr(model, "group_matcher"):
         raise VitpruneError(f"`layer_decay` needs a model with timm's group_matcher(); {type(model).__name__} has "
                             "none.")
@@ -183,8 +185,6 @@ def make_optimizer(groups: list[dict[str, Any]], recipe: Recipe, lr: float, devi
                    ) -> torch.optim.Optimizer:
     """The recipe's optimizer from timm's factory (``timm.optim.create_optimizer_v2``) over ``groups``, each of
     which carries its own lr and weight decay."""
-    from timm.optim import create_optimizer_v2
-
     foreach = {"foreach": True} if device.type == "cuda" else {}
     try:
         return create_optimizer_v2(groups, opt=str(recipe.optimizer), lr=lr, **foreach)
@@ -218,8 +218,6 @@ def lr_lambda(group: dict[str, Any], recipe: Recipe, base_lr: float, steps_per_e
 
 def set_drop_path(model: nn.Module, rate: float) -> None:
     """Stochastic depth ``rate`` at the last block, linear from 0 at the first (timm's convention)."""
-    from timm.layers import DropPath
-
     blocks = list(getattr(model, "blocks", []))
     for i, blk in enumerate(blocks):
         r = rate * i / max(1, len(blocks) - 1)
@@ -230,8 +228,6 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
 
 def set_train_mode(model: nn.Module, train_mode_eval: bool) -> None:
     """``model.train()``; with ``train_mode_eval`` dropout, drop-path and attention dropout stay off."""
-    from timm.layers import Attention, DropPath
-
     model.train()
     if train_mode_eval:
         for m in model.modules():
@@ -751,8 +747,6 @@ class Trainer:
         return line
 
     def _validate(self) -> dict[str, Any]:
-        from .evaluate import evaluate
-
         dev = self.s.device
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             r = evaluate(self.model, self.val, batch_size=self.s.batch_size, device=str(dev),

@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from timm.optim import list_optimizers
+
 from ..data import DEFAULT_AUGMENT
 from ..errors import MethodOptionError
 
@@ -117,8 +119,6 @@ def _check_number(name: str, v: Any, what: str = "a number >= 0") -> None:
 
 def _check_optimizer(name: Any) -> None:
     """An optimizer timm's factory knows (``create_optimizer_v2``'s names; a ``lookahead_`` prefix too)."""
-    from timm.optim import list_optimizers
-
     known = list_optimizers()
     base = name.lower().split("_")[-1] if isinstance(name, str) else None
     if base not in known:
