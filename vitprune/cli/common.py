@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -32,11 +33,14 @@ from typer.core import TyperGroup
 
 try:  # typer runs its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - a typer that uses click itself
+    from click import get_current_context
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from .. import settings
 from ..errors import VitpruneError, VitpruneWarning
+from .catalog import check_method  # the methods' names, from data (nothing imported: see catalog.py)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -68,11 +72,6 @@ def cli_message(message: str, command: Any, typed: tuple[str, ...] = ()) -> str:
 def as_flags(message: str) -> str:
     """``message`` as :func:`cli_message` writes it for the command running now (outside the group's edge: a line
     a command prints itself)."""
-    try:  # typer runs its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:  # pragma: no cover - a typer that uses click itself
-        from click import get_current_context
-
     ctx = get_current_context(silent=True)
     return message if ctx is None else cli_message(message, ctx.command)
 
@@ -185,8 +184,6 @@ class Steps:
     its start line then, with how long it has run, and its end line when it ends; a quicker one prints nothing."""
 
     def __init__(self, console: Console = err, live: Optional[bool] = None, after: Optional[float] = None):
-        import threading
-
         self.console = console
         self.live = console.is_terminal if live is None else live
         self.after = _progress_after() if after is None else after
@@ -206,8 +203,6 @@ class Steps:
                                highlight=False)
 
     def start(self, message: str) -> None:
-        import threading
-
         self.end()
         t0 = time.perf_counter()
         with self.lock:
@@ -274,8 +269,6 @@ def print_json(data: Any) -> None:
 ModelArg = Annotated[str, typer.Argument(
     help="timm model name, hf-hub:org/repo, a local folder (timm or vitprune), or 'demo' (bundled).")]
 def _check_method(value: Optional[str]) -> Optional[str]:
-    from .catalog import check_method  # the methods' names, from data (nothing imported: see catalog.py)
-
     return check_method(value)
 
 

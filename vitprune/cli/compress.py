@@ -1,6 +1,8 @@
 """`vitprune compress`: parse the flags, call ``vitprune.compress``, render progress and the final table."""
 from __future__ import annotations
 
+import logging
+import shlex
 import sys
 import time
 from typing import Annotated, Any, Optional
@@ -11,6 +13,7 @@ from rich.markup import escape
 from ..settings import AUGMENT, RUN, CompressConfig, flags, help_of
 from ._options import method_options, recipe_flags, run_settings
 from .common import AllowLargeOpt, MethodOpt, Steps, as_flags, err, is_main_process, out, print_json
+from .recipe_file import config_defaults, from_file, settings_yaml
 
 
 def shown_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +145,6 @@ def _hms(seconds: float) -> str:
 def _load_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
     """``--config`` (eager: before the other flags): the file's values become the command's defaults."""
     if value is not None:
-        from .recipe_file import config_defaults
-
         ctx.default_map = {**(ctx.default_map or {}), **config_defaults(ctx.command, value)}
     return value
 
@@ -198,8 +199,6 @@ def compress(
     """
     from ..train.loop import TrainingInterrupted  # deferred: CLI startup
 
-    import logging
-
     logging.getLogger("vitprune").addHandler(logging.NullHandler())  # warnings reach the user as events
     reporter = Reporter(plain=quiet or json_out, silent=not is_main_process())
     t0 = time.perf_counter()
@@ -214,13 +213,9 @@ def compress(
             recipe = {**recipe, "augment": aug}
         sources = {}
         if config is not None:
-            from .recipe_file import from_file
-
             sources = {("augment" if k in _AUG_FLAGS else k): "config file" for k in from_file(ctx)}
         run = dict(settings, recipe=recipe, command=_command_line(), sources=sources, **method_options)
         if print_config:
-            from .recipe_file import settings_yaml
-
             plan = run_compress(model, method, dry_run=True, **run)
             sys.stdout.write(settings_yaml(plan, shown_settings(CompressConfig, settings)))
             return
@@ -264,9 +259,6 @@ def _summary(result: Any, seconds: float) -> None:
 def _command_line() -> str:
     """The command as typed (`vitprune compress ...`), for report.json and the model card; empty when the
     process was not started as `vitprune compress` (e.g. under a test runner), and the card then rebuilds it."""
-    import shlex
-    import sys
-
     args = sys.argv[1:]
     if not args or args[0] != "compress":
         return ""

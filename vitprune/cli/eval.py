@@ -2,6 +2,7 @@
 model without a classifier, the cosine agreement of its embeddings with the dense model's."""
 from __future__ import annotations
 
+import logging
 from enum import Enum
 from typing import Annotated, Any, Optional
 
@@ -51,8 +52,6 @@ def eval_(
     projection) is scored without labels: the mean cosine similarity of its embeddings to the dense model's on
     the same images (1.0 for a dense model).
     """
-    import logging
-
     from ..errors import MethodOptionError  # deferred: CLI startup
     from ..hub import load_model  # deferred: CLI startup
     from ..methods import get_method  # deferred: CLI startup

@@ -6,10 +6,12 @@ the flags derived from the methods come from data (``catalog.py``), so ``--versi
 answer at once (``benchmarks/startup.py`` times them; a test checks that torch stays unimported)."""
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Annotated
 
 import typer
 
+from .. import __version__
 from .common import VitpruneGroup
 from .compress import compress
 from .eval import eval_
@@ -35,10 +37,6 @@ app = typer.Typer(
 def _print_version(value: bool) -> None:
     """The installed versions, read from the packages' metadata (importing torch and timm takes seconds)."""
     if value:
-        from importlib.metadata import version
-
-        from .. import __version__
-
         typer.echo(f"vitprune {__version__} (torch {version('torch')}, timm {version('timm')}, "
                    f"huggingface_hub {version('huggingface_hub')})")
         raise typer.Exit()

@@ -1,6 +1,7 @@
 """`vitprune profile`: parameters, GMACs, throughput and latency of a model, dense and compressed side by side."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -84,8 +85,6 @@ def profile(
 def _check_update_card(model: str, method: Optional[str], options: dict[str, Any], no_speed: bool, compiled: Any,
                        runtime: str, target_gmacs: Optional[float]) -> None:
     """--update-card re-measures a saved compressed folder as `compress` measured it: nothing else."""
-    from pathlib import Path
-
     from ..errors import UsageError  # deferred: CLI startup
 
     folder = Path(model).expanduser()
