@@ -27,6 +27,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct  # NumPy 2
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
+
 from ..errors import VitpruneError
 from ..files import read_bytes, read_tensor_bytes, read_tensors, remove, write_atomic
 from .ddp import DistInfo, broadcast_object
@@ -84,10 +89,6 @@ def remove_stale_temp(folder: Path) -> list[str]:
 
 def _numpy_rng_types() -> list[Any]:
     """The globals NumPy's random state (``np.random.get_state()``, a uint32 array) pickles as, and no more."""
-    try:
-        from numpy._core.multiarray import _reconstruct  # NumPy 2
-    except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.multiarray import _reconstruct
     return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
