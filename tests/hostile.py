@@ -6,16 +6,13 @@ import shlex
 from pathlib import Path
 
 #: ``python -c BLOCK_EXTRA MODULE ARGS...``: runs ``vitprune ARGS...`` in a process where importing MODULE (an
-#: optional extra) fails as if it were not installed
+#: optional extra) fails as if it were not installed: ``import MODULE`` (and of its submodules) raises
+#: ModuleNotFoundError, and ``importlib.util.find_spec(MODULE)`` answers None, as torch's own probes of installed
+#: packages (``torch._dynamo``) expect of a missing one (a None entry in ``sys.modules``)
 BLOCK_EXTRA = """
 import sys
 blocked = sys.argv.pop(1)
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == blocked or name.startswith(blocked + "."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _Block())
+sys.modules[blocked] = None
 sys.argv = ["vitprune"] + sys.argv[1:]
 from vitprune.cli.main import main
 main()

@@ -22,7 +22,10 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from fvcore.nn import FlopCountAnalysis
+
+with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 # element-wise or data-movement ops that fvcore does not list but that cost no MACs by its conventions
 _NO_MAC_OPS = [
@@ -98,9 +101,6 @@ def count_macs(
     ``images``: a real batch to count on (methods whose token counts depend on the image report the mean over
     it); otherwise one random image of ``input_size`` (default: the model's own).
     """
-    with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
-        warnings.simplefilter("ignore", FutureWarning)
-
     was_training = model.training
     model.eval()
     try:
