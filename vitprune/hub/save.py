@@ -35,7 +35,7 @@ from torch import nn
 
 from huggingface_hub import ModelCard
 
-from ..errors import OutputFolderError
+from ..errors import OutputFolderError, VitpruneError, no_room
 from ..files import RefusedPath, fsync_dir, fsync_file, read_text, remove, remove_tree, write_atomic, write_new
 from ..train.losses import EMBEDDING
 from .load import CONFIG_NAME, VITPRUNE_KEY, WEIGHTS_NAME, parse_config, read_vitprune_section
@@ -346,12 +346,25 @@ def save(
     """Save ``model`` (dense or patched) into ``folder``; ``vitprune.load(folder)`` rebuilds it exactly.
 
     Holds the folder's lock (``FolderInUseError`` when another process has it); ``OutputFolderError`` when the
-    folder holds a config.json or README.md that vitprune did not write. Re-saving switches to the new model in
-    one atomic step (see the module doc).
+    folder holds a config.json or README.md that vitprune did not write, or when a write finds no room (a full
+    disk, a quota, a file size limit: one line, and the model the folder held stays as it was). Re-saving
+    switches to the new model in one atomic step (see the module doc).
     """
+    try:
+        return _save(model, Path(folder).expanduser(), base_model, recipe, metrics, card, extra_files)
+    except Exception as e:  # noqa: BLE001 - a full disk is the user's to fix: one line; the rest re-raised
+        reason = None if isinstance(e, VitpruneError) else no_room(e)
+        if reason is None:
+            raise
+        raise OutputFolderError(f"cannot save into {folder}: {reason} (the disk is full or a size limit was "
+                                "reached); the model it held is as it was.") from None
+
+
+def _save(model: nn.Module, folder: Path, base_model: Optional[str], recipe: Optional[Mapping[str, Any]],
+          metrics: Optional[Mapping[str, Any]], card: Optional[str],
+          extra_files: Optional[Mapping[str, bytes | str]]) -> Path:
     from timm.models._hub import save_for_hf
 
-    folder = Path(folder).expanduser()
     section = vitprune_section(model, base_model=base_model, recipe=recipe, metrics=metrics)
     extra = dict(extra_files or {})
     for name in extra:
