@@ -274,8 +274,10 @@ def written_by_vitprune(path: Path) -> bool:
 
 
 def check_overwritable(folder: str | os.PathLike) -> None:
-    """OutputFolderError when ``folder`` holds a config.json or README.md that vitprune did not write."""
+    """OutputFolderError when ``folder`` holds a config.json or README.md that vitprune did not write, or a
+    ``.vitprune/current`` link vitprune did not make (checked before any work, e.g. before a compress run trains)."""
     folder = Path(folder)
+    current_version(folder)
     for name in (CONFIG_NAME, CARD_NAME):
         p = folder / name
         if os.path.lexists(p) and not is_our_link(folder, name) and not written_by_vitprune(p):
