@@ -31,12 +31,17 @@ def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     b, length, c = t.shape
     if t.requires_grad or b == 0:
         return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, c))
+    if b == 1:  # one image: its rows directly (no batch offsets to build)
+        return t[0].index_select(0, idx[0]).unsqueeze(0)
     flat = idx + torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * length
     return t.reshape(b * length, c).index_select(0, flat.reshape(-1)).view(b, idx.shape[1], c)
 
 
 def keep_tokens(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
     """``[prefix, patches[idx]]``: one gather per stage; prefix tokens always kept, first."""
+    if x.shape[0] == 1 and not x.requires_grad:  # one image: rows of its patch block, no index offset
+        kept = x[0, num_prefix:].index_select(0, idx[0]).unsqueeze(0)
+        return torch.cat([x[:, :num_prefix], kept], dim=1) if num_prefix else kept
     return torch.cat([x[:, :num_prefix], take_rows(x, idx + num_prefix)], dim=1)
 
 
