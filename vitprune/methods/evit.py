@@ -139,7 +139,7 @@ class EViT(TokenMethod):
                 [torch.gather(size, 1, keep), (size * carry.rest_mask(keep, size.shape[1])).sum(1, keepdim=True)], 1)
         state.keep(keep, extra_synthetic=1)
         state.rope = ops.take_rope(state.rope, keep, synthetic=1)  # the fused token: no rotation (``notes``)
-        return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
+        return torch.cat([x[:, :npre], ops.kept_patches(x, keep, npre), fused], dim=1)  # one concatenation
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
         """Without a class token: the pooled head counts a fused token as the patches it stands for."""
