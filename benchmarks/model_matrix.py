@@ -44,7 +44,7 @@ class Family:
     kwargs: tuple[tuple[str, Any], ...] = ()  # timm keyword arguments beyond TINY
 
 
-#: seventeen families (four of them timm Eva models, with rotary position embeddings), at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
+#: eighteen families (six of them timm Eva models, with rotary position embeddings), at small inputs for speed: an 8 x 8 patch grid where the family's own grid is even
 #: (224/256 px at patch 16 or 14), a 9 x 9 grid for DINOv2 (its 37 x 37 at 518 px) and 7 x 7 for FlexiViT (its
 #: 15 x 15 at 240 px): odd grids that no region size divides, as theirs
 FAMILIES = (
@@ -66,6 +66,8 @@ FAMILIES = (
     Family("Perception Encoder (timm Eva: rotary embeddings, pre-norm, attention pool)",
            "vit_pe_core_tiny_patch16_384", (("img_size", 128),)),
     Family("ViT with a rotary embedding per block (timm Eva: rope_mixed)", "vit_small_patch16_rope_mixed_224",
+           (("img_size", 128),)),
+    Family("DINOv3 (timm Eva: rotary embeddings, LayerScale, class token + 4 registers)", "vit_small_patch16_dinov3",
            (("img_size", 128),)),
     Family("BEiT (relative position bias per block, LayerScale, avg pool)", "beit_base_patch16_224",
            (("img_size", 128),)),

@@ -69,3 +69,29 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_old_file(tmp_path):
     assert "cannot write the ONNX file: File too large" in line, line
     assert old.read_bytes() == b"the previous export"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".vitprune-export-")] == []
+
+
+@pytest.mark.slow
+def test_vitprune_save_on_a_full_disk_is_one_error_and_keeps_the_old_model(tmp_path):
+    """The library's own save (not only the CLI): the tiny model's weights (~250 KB) do not fit under a 20 KB file
+    size limit; the error is an OutputFolderError in one line and the folder still holds the model saved before."""
+    out = save_tiny_vit(tmp_path / "out", depth=2)
+    before = digest(out)
+    code = ("import resource, signal, sys\n"
+            "import vitprune\n"
+            "from tests.test_train_utils import tiny_vit\n"
+            "model = tiny_vit(depth=2)\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n"
+            "try:\n"
+            "    vitprune.save(model, sys.argv[1])\n"
+            "except vitprune.errors.OutputFolderError as e:\n"
+            "    print(e)\n"
+            "    sys.exit(3)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VITPRUNE_TEST_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", code, str(out)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 3, res.stderr[-3000:]
+    line = res.stdout.strip()
+    assert "\n" not in line and line.startswith(f"cannot save into {out}: File too large"), line
+    assert digest(out) == before

@@ -380,6 +380,30 @@ def test_predictor_masked_mean_ignores_dropped_tokens_and_survives_an_all_zero_m
     assert torch.isfinite(p(x, torch.zeros(2, 10))).all()
 
 
+def test_predictor_inference_path_gives_the_training_path_numbers_bit_for_bit():
+    """Without gradients the global feature is written over the global half in place; with them it is
+    concatenated: the same log-probabilities, bit for bit."""
+    torch.manual_seed(0)
+    p = ScorePredictor(48)
+    x = torch.randn(2, 10, 48)
+    with torch.no_grad():
+        fast = p(x)
+    slow = p(x.requires_grad_())
+    assert torch.equal(fast, slow.detach())
+
+
+def test_one_image_gathers_equal_the_batched_gathers_bit_for_bit():
+    """``take_rows``, ``keep_tokens`` and ``kept_patches`` at batch 1 (index_select on the token dimension, no
+    batch offsets) copy the same rows as the batched path (image 0 of a batch of 3)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 17, 8)  # 1 prefix token + 16 patches
+    idx = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
+    assert torch.equal(ops.take_rows(x[:1], idx[:1]), ops.take_rows(x, idx)[:1])
+    assert torch.equal(ops.keep_tokens(x[:1], idx[:1], 1), ops.keep_tokens(x, idx, 1)[:1])
+    assert torch.equal(ops.kept_patches(x[:1], idx[:1], 1), ops.kept_patches(x, idx, 1)[:1])
+    assert torch.equal(ops.keep_tokens(x[:1], idx[:1], 0), x[:1, idx[0]])
+
+
 # ------------------------------------------------------------------------------------------ masked softmax (4)
 
 

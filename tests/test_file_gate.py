@@ -222,6 +222,7 @@ def test_compress_into_a_folder_with_a_planted_current_link_is_one_line(tmp_path
                "--overwrite", cwd=tmp_path)
     assert "not a link vitprune made" in _one_error_line(res)
     assert (victim / "marker.txt").read_text() == "precious"
+    assert not (out / "checkpoints").exists() and "epoch 1/1" not in res.stderr  # refused before training
 
 
 # ------------------------------------------------------------------------------------------ hole: push

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import vitprune
-from vitprune.errors import ModelNotFoundError, UnsupportedModelError
+from vitprune.errors import ModelNotFoundError, OutputFolderError, UnsupportedModelError
 from vitprune.hub import load_model
 
 from .conftest import digits_batch, make_vit
@@ -113,7 +113,7 @@ def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputFolderError, match="cannot save into .*: No space left on device"):
         vitprune.save(make_vit(seed=2), folder)
     monkeypatch.setattr(os, "replace", real_replace)
     ref = make_vit(seed=1).state_dict()

@@ -37,6 +37,8 @@ def test_cli_evit_keep_rates_on_demo_without_data(tmp_path):
     assert gmacs == sorted(gmacs) and gmacs[0] < gmacs[-1] < data["dense"]["gmacs"]  # fewer tokens, fewer MACs
     for p in data["points"]:
         assert p["throughput"] > 0 and p["speedup"] > 0 and p["top1"] is None
+        # the speedup is the paired per-round median, as profile's (one round here: that round's ratio)
+        assert p["speedup"] == p["speed"]["throughput_ratio"]["median"] and p["latency_ratio"] is None
         assert p["options"]["keep_rate"] == p["value"]
     assert data["dense"]["throughput"] > 0 and data["dense"]["top1"] is None
     assert data["batch_size"] == 4 and data["device"] == "cpu" and data["dtype"] == "fp32"

@@ -39,6 +39,7 @@ from .files import write_atomic
 from .hub import load_model
 from .measure.flops import count_params
 from .measure.models import measure_models
+from .measure.speed import BUSY_TEXT
 from .methods import apply_method, dense_copy, get_method, get_method_class
 from .methods.base import sweep_option
 from .report.plots import pareto_plot, require_matplotlib
@@ -61,7 +62,9 @@ class SweepPoint:
     params: int
     throughput: Optional[float] = None
     latency_ms: Optional[float] = None
-    speedup: Optional[float] = None  # throughput / dense throughput measured interleaved with it
+    speedup: Optional[float] = None  # throughput / dense throughput: the median of the paired per-round ratios
+    latency_ratio: Optional[float] = None  # dense / this batch-1 latency (> 1: faster), paired as speedup
+    speed: Optional[dict[str, Any]] = None  # the paired comparison with its spread and verdict (as profile's)
     gmacs_ratio: Optional[float] = None
     tokens: Optional[list[int]] = None
     top1: Optional[float] = None
@@ -390,6 +393,9 @@ def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: 
     if d.throughput is not None:
         result.notes.append(f"speed: the dense model and all {len(plan.values)} settings timed in one run, "
                             f"interleaved in each of {m.repeats} repeats (median)")
+    busy = sorted({why for p in result.points for why in (p.speed or {}).get("busy") or ()})
+    if busy:  # the paired rounds say the machine was busy: the speed columns are not a verdict
+        result.notes.append(f"{BUSY_TEXT}: " + "; ".join(busy))
     if len({round(p.gmacs, 9) for p in result.points}) == 1 and len(result.points) > 1:
         result.notes.append(f"every {plan.option} gives the same GMACs: with these options {plan.option} may not be "
                             "in effect")
@@ -398,12 +404,20 @@ def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: 
 
 def _point(value: Any, model: nn.Module, st: Any, dense: Any, ev: dict[str, Any], folder: Optional[str]) -> SweepPoint:
     thr = st.throughput
+    pairs = st.speed or {}
     return SweepPoint(
         value=value, options=model.vitprune_method.options_dict(), gmacs=st.gmacs, params=st.params,
         throughput=thr, latency_ms=st.latency_ms,
-        speedup=thr / dense.throughput if thr and dense.throughput else None,
+        speedup=_median(pairs, "throughput_ratio") or (thr / dense.throughput if thr and dense.throughput else None),
+        latency_ratio=_median(pairs, "latency_ratio"), speed=st.speed,
         gmacs_ratio=st.gmacs / dense.gmacs if dense.gmacs else None, tokens=st.tokens,
         top1=ev.get("top1"), top5=ev.get("top5"), loss=ev.get("loss"), images=ev.get("images"), folder=folder)
+
+
+def _median(pairs: dict[str, Any], key: str) -> Optional[float]:
+    """The median of a paired comparison's per-round ratios (``measure.speed.Comparison.to_dict()``), or None."""
+    r = pairs.get(key)
+    return None if r is None else r["median"]
 
 
 # ---------------------------------------------------------------------------------------------- write

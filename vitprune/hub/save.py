@@ -37,7 +37,7 @@ from huggingface_hub import ModelCard
 from timm.models._hub import save_for_hf
 
 from .. import __version__
-from ..errors import ModelNotFoundError, OutputFolderError
+from ..errors import ModelNotFoundError, OutputFolderError, VitpruneError, no_room
 from ..files import (
     RefusedPath, fsync_dir, fsync_file, make_dirs, read_text, remove, remove_empty_dir, remove_tree, write_atomic,
     write_new,
@@ -275,8 +275,10 @@ def written_by_vitprune(path: Path) -> bool:
 
 
 def check_overwritable(folder: str | os.PathLike) -> None:
-    """OutputFolderError when ``folder`` holds a config.json or README.md that vitprune did not write."""
+    """OutputFolderError when ``folder`` holds a config.json or README.md that vitprune did not write, or a
+    ``.vitprune/current`` link vitprune did not make (checked before any work, e.g. before a compress run trains)."""
     folder = Path(folder)
+    current_version(folder)
     for name in (CONFIG_NAME, CARD_NAME):
         p = folder / name
         if os.path.lexists(p) and not is_our_link(folder, name) and not written_by_vitprune(p):
@@ -347,10 +349,23 @@ def save(
     """Save ``model`` (dense or patched) into ``folder``; ``vitprune.load(folder)`` rebuilds it exactly.
 
     Holds the folder's lock (``FolderInUseError`` when another process has it); ``OutputFolderError`` when the
-    folder holds a config.json or README.md that vitprune did not write. Re-saving switches to the new model in
-    one atomic step (see the module doc).
+    folder holds a config.json or README.md that vitprune did not write, or when a write finds no room (a full
+    disk, a quota, a file size limit: one line, and the model the folder held stays as it was). Re-saving
+    switches to the new model in one atomic step (see the module doc).
     """
-    folder = Path(folder).expanduser()
+    try:
+        return _save(model, Path(folder).expanduser(), base_model, recipe, metrics, card, extra_files)
+    except Exception as e:  # noqa: BLE001 - a full disk is the user's to fix: one line; the rest re-raised
+        reason = None if isinstance(e, VitpruneError) else no_room(e)
+        if reason is None:
+            raise
+        raise OutputFolderError(f"cannot save into {folder}: {reason} (the disk is full or a size limit was "
+                                "reached); the model it held is as it was.") from None
+
+
+def _save(model: nn.Module, folder: Path, base_model: Optional[str], recipe: Optional[Mapping[str, Any]],
+          metrics: Optional[Mapping[str, Any]], card: Optional[str],
+          extra_files: Optional[Mapping[str, bytes | str]]) -> Path:
     section = vitprune_section(model, base_model=base_model, recipe=recipe, metrics=metrics)
     extra = dict(extra_files or {})
     for name in extra:

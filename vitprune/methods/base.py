@@ -207,9 +207,20 @@ def embed(model: nn.Module, images: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     return x, rope_ops.per_image(rope, x.shape[0])
 
 
+#: ``family`` of each model class seen (every patched forward asks, twice)
+_FAMILY: dict[type, str] = {}
+
+
 def family(model: nn.Module) -> str:
     """Which timm model class vitprune drives: ``"vit"`` (VisionTransformer), ``"eva"`` (Eva: EVA, EVA02, rotary
     ViTs), ``"beit"`` (Beit), ``"naflex"`` (NaFlexVit), or ``""`` for anything else."""
+    kind = _FAMILY.get(type(model))
+    if kind is None:
+        kind = _FAMILY[type(model)] = _family(model)
+    return kind
+
+
+def _family(model: nn.Module) -> str:
     from timm.models.beit import Beit
     from timm.models.eva import Eva
     from timm.models.naflexvit import NaFlexVit

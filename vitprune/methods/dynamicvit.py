@@ -116,17 +116,20 @@ class ScorePredictor(nn.Module):
 
         The sub-modules' own ops, called as functions: the same kernels in the same order (so the same numbers),
         without eleven module calls per stage, which at batch 1 on a small model cost as much as the ops."""
-        ln, lin = self.in_conv[0], self.in_conv[1]
+        ln, lin, _ = self.in_conv  # unpacked by iteration: cheaper than indexing a Sequential
         z = F.gelu(F.linear(F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), lin.weight, lin.bias))
         half = z.shape[-1] // 2
-        local, glob = z[..., :half], z[..., half:]
+        glob = z[..., half:]
         if mask is None:
             g = glob.mean(dim=1, keepdim=True)
         else:
             m = mask.to(glob.dtype).unsqueeze(-1)
             g = (glob * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(MASK_EPS)
-        z = torch.cat([local, g.expand(-1, z.shape[1], -1)], dim=-1)
-        l1, l2, l3 = self.out_conv[0], self.out_conv[2], self.out_conv[4]
+        if z.requires_grad:
+            z = torch.cat([z[..., :half], g.expand(-1, z.shape[1], -1)], dim=-1)
+        else:  # inference: write the global feature over the global half in place (the same values, no new tensor)
+            glob.copy_(g.expand_as(glob))
+        l1, _, l2, _, l3, _ = self.out_conv
         z = F.gelu(F.linear(F.gelu(F.linear(z, l1.weight, l1.bias)), l2.weight, l2.bias))
         return F.log_softmax(F.linear(z, l3.weight, l3.bias), dim=-1)
 
@@ -231,24 +234,31 @@ class DynamicViT(TokenMethod):
             return x
         if model.training:
             return self._train_blocks(model, x, state)
-        counts = self.keep_counts(x.shape[1] - state.num_prefix, stages=len(self.locations(len(model.blocks))))
-        return self._eval_blocks(model, x, state, counts)
+        locs = self.locations(len(model.blocks))
+        counts = self.keep_counts(x.shape[1] - state.num_prefix, stages=len(locs))
+        return self._eval_blocks(model, x, state, counts, locs=locs)
 
     def _eval_blocks(self, model: nn.Module, x: Tensor, state: TokenState, counts: list[int],
-                     skip_full: bool = True) -> Tensor:
+                     skip_full: bool = True, locs: Optional[list[int]] = None) -> Tensor:
         """Inference: before each pruning location keep the top ``counts[s]`` patches (one gather). A stage
-        that would keep every token is skipped unless ``skip_full`` is False (tests force the compute path)."""
-        stage_of = {b: s for s, b in enumerate(self.locations(len(model.blocks)))}
-        npre = state.num_prefix
+        that would keep every token is skipped unless ``skip_full`` is False (tests force the compute path).
+        ``locs``: the pruning locations when the caller has them already."""
+        if locs is None:
+            locs = self.locations(len(model.blocks))
+        stage_of = {b: s for s, b in enumerate(locs)}
+        npre, rope = state.num_prefix, state.rope
+        n = x.shape[1] - npre  # patch tokens: known from the counts after each stage, never read back
+        predictors = model.score_predictor
         for i, blk in enumerate(model.blocks):
             s = stage_of.get(i)
             if s is not None:
                 k = counts[s]
-                if k < x.shape[1] - npre or not skip_full:
-                    x = self._prune(model.score_predictor[s], x, k, state)
+                if k < n or not skip_full:
+                    x = self._prune(predictors[s], x, k, state)
+                    n, rope = k, state.rope
                     state.record(i)
             state.enter(x)
-            x = ops.run_block(blk, x, state.rope, attn_mask=state.attn_mask(x.dtype))
+            x = ops.run_block(blk, x, rope, attn_mask=state.attn_mask(x.dtype))
         return x
 
     @staticmethod
@@ -258,7 +268,8 @@ class DynamicViT(TokenMethod):
         scores = predictor(x[:, npre:], state.valid)[..., 0]
         idx = ops.topk_patches(padding.rank_scores(scores, state.valid), k)  # descending score order
         state.keep(idx)
-        state.rope = ops.take_rope(state.rope, idx)
+        if state.rope is not None:
+            state.rope = ops.take_rope(state.rope, idx)
         return ops.keep_tokens(x, idx, npre)
 
     def _train_blocks(self, model: nn.Module, x: Tensor, state: TokenState) -> Tensor:

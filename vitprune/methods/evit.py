@@ -149,7 +149,7 @@ class EViT(TokenMethod):
         fused_live = None if live is None else padding.take_live(live, rest).any(dim=1, keepdim=True)
         state.keep(keep, extra_synthetic=1, extra_valid=fused_live)
         state.rope = ops.take_rope(state.rope, keep, synthetic=1)  # the fused token: no rotation (``notes``)
-        return torch.cat([ops.keep_tokens(x, keep, npre), fused], dim=1)
+        return torch.cat([x[:, :npre], ops.kept_patches(x, keep, npre), fused], dim=1)  # one concatenation
 
     def pool(self, model: nn.Module, x: Tensor, pool_type: Optional[str], state: TokenState) -> Optional[Tensor]:
         """Without a class token: the pooled head counts a fused token as the patches it stands for."""

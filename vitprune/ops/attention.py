@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from .relpos import is_relpos, with_position_bias
 from .rope import for_attention, rotate
@@ -40,10 +41,23 @@ def head_dim(attn: nn.Module) -> int:
     return width // (3 * attn.num_heads)
 
 
+def _apply(module: Optional[nn.Module], t: Tensor) -> Tensor:
+    """``module(t)``, without the call where it would return ``t`` itself: no module, or an ``nn.Identity`` or an
+    ``nn.Dropout`` in eval mode or with ``p = 0`` that no forward hook watches (at batch 1 a module call costs as
+    much as a small op)."""
+    if module is None:
+        return t
+    kind = type(module)
+    if (kind is nn.Identity or (kind is nn.Dropout and (not module.training or module.p == 0))) \
+            and not (module._forward_hooks or module._forward_pre_hooks or _module._global_forward_hooks
+                     or _module._global_forward_pre_hooks):
+        return t
+    return module(t)
+
+
 def _qk_norm(attn: nn.Module, name: str, t: Tensor) -> Tensor:
     """The attention's ``q_norm``/``k_norm`` on ``t`` (BEiT's attention has none)."""
-    norm = getattr(attn, name, None)
-    return t if norm is None else norm(t)
+    return _apply(getattr(attn, name, None), t)
 
 
 def qkv_weight(attn: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
@@ -137,11 +151,11 @@ def attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, x_in: Tensor, bias:
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     B, _, M, _ = q.shape
     out = out.transpose(1, 2).reshape(B, M, attn.num_heads * head_dim(attn))
-    out = getattr(attn, "norm", nn.Identity())(out)
+    out = _apply(getattr(attn, "norm", None), out)
     gate = getattr(attn, "gate", None)
     if gate is not None:
         out = out * gate(x_in).sigmoid()
-    return attn.proj_drop(attn.proj(out))
+    return _apply(attn.proj_drop, attn.proj(out))
 
 
 def class_attention(q: Tensor, k: Tensor, scale: float, num_queries: int = 1, bias: Optional[Tensor] = None) -> Tensor:
@@ -149,7 +163,12 @@ def class_attention(q: Tensor, k: Tensor, scale: float, num_queries: int = 1, bi
 
     Only these rows are computed (``q[:, :, :n] @ k^T``), so the block's own attention stays on fused SDPA.
     """
-    logits = (q[:, :, :num_queries].float() * scale) @ k.float().transpose(-2, -1)
+    q = q[:, :, :num_queries]
+    if q.dtype != torch.float32:  # float32 already: no conversion op
+        q = q.float()
+    if k.dtype != torch.float32:
+        k = k.float()
+    logits = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         logits = logits + (bias if bias.shape[-2] == 1 else bias[..., :num_queries, :]).float()
     return logits.softmax(dim=-1)
@@ -182,19 +201,19 @@ def _layer_scale(blk: nn.Module, which: int, t: Tensor) -> Tensor:
     ``gamma_1``/``gamma_2`` parameters (None: no LayerScale)."""
     ls = getattr(blk, f"ls{which}", None)
     if ls is not None:
-        return ls(t)
+        return _apply(ls, t)
     gamma = getattr(blk, f"gamma_{which}")
     return t if gamma is None else gamma * t
 
 
 def attn_residual(blk: nn.Module, x: Tensor, attn_out: Tensor) -> Tensor:
     """``x + drop_path1(ls1(attn_out))`` with the block's own LayerScale and drop-path."""
-    return x + blk.drop_path1(_layer_scale(blk, 1, attn_out))
+    return x + _apply(blk.drop_path1, _layer_scale(blk, 1, attn_out))
 
 
 def mlp_residual(blk: nn.Module, x: Tensor) -> Tensor:
     """``x + drop_path2(ls2(mlp(norm2(x))))``: the second half of timm's Block."""
-    return x + blk.drop_path2(_layer_scale(blk, 2, blk.mlp(blk.norm2(x))))
+    return x + _apply(blk.drop_path2, _layer_scale(blk, 2, blk.mlp(blk.norm2(x))))
 
 
 def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: float = 1e-6,
@@ -218,11 +237,11 @@ def masked_softmax_attention(attn: nn.Module, x: Tensor, policy: Tensor, eps: fl
     probs = (w + eps / N) / (w.sum(dim=-1, keepdim=True) + eps)
     probs = attn.attn_drop(probs).to(v.dtype)
     out = (probs @ v).transpose(1, 2).reshape(B, N, H * head_dim(attn))
-    out = getattr(attn, "norm", nn.Identity())(out)
+    out = _apply(getattr(attn, "norm", None), out)
     gate_mod = getattr(attn, "gate", None)
     if gate_mod is not None:
         out = out * gate_mod(x).sigmoid()
-    return attn.proj_drop(attn.proj(out))
+    return _apply(attn.proj_drop, attn.proj(out))
 
 
 def key_mask_bias(keep: Tensor, dtype: torch.dtype, num_queries: Optional[int] = None) -> Tensor:

@@ -31,13 +31,23 @@ def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     b, length, c = t.shape
     if t.requires_grad or b == 0:
         return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, c))
+    if b == 1:  # one image: its rows directly (no batch offsets to build)
+        return t.index_select(1, idx.reshape(-1))
     flat = idx + torch.arange(b, device=idx.device, dtype=idx.dtype).unsqueeze(1) * length
     return t.reshape(b * length, c).index_select(0, flat.reshape(-1)).view(b, idx.shape[1], c)
 
 
 def keep_tokens(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
     """``[prefix, patches[idx]]``: one gather per stage; prefix tokens always kept, first."""
-    return torch.cat([x[:, :num_prefix], take_rows(x, idx + num_prefix)], dim=1)
+    return torch.cat([x[:, :num_prefix], kept_patches(x, idx, num_prefix)], dim=1)
+
+
+def kept_patches(x: Tensor, idx: Tensor, num_prefix: int) -> Tensor:
+    """``patches[idx]`` (``B x k x C``), the patch part of :func:`keep_tokens`, for callers that append more tokens
+    after it in the same concatenation."""
+    if x.shape[0] == 1 and not x.requires_grad:  # one image: rows of its patch block, no index offset
+        return x[:, num_prefix:].index_select(1, idx.reshape(-1))
+    return take_rows(x, idx + num_prefix)
 
 
 def rank_patches(scores: Tensor) -> Tensor:
@@ -56,7 +66,9 @@ def fuse_tokens(patches: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
     EViT's inattentive-token fusion (raw attention weights, not re-normalised) and Evo-ViT's representative
     token (normalised weights: pass ``weights / weights.sum``) both use it.
     """
-    w = torch.gather(weights, 1, idx).unsqueeze(-1).to(patches.dtype)
+    w = torch.gather(weights, 1, idx).unsqueeze(-1)
+    if w.dtype != patches.dtype:
+        w = w.to(patches.dtype)
     return (take_rows(patches, idx) * w).sum(dim=1, keepdim=True)
 
 
