@@ -14,7 +14,7 @@ import copy
 from ..errors import MethodOptionError
 from .base import (
     MethodOptions, OptionSpec, PatchedViT, StepContext, TeacherOutput, TokenMethod, TokenState, option_specs,
-    patched_class, tracking, vit_info, warn_ignored,
+    patched_class, tracking, unpatched_class, vit_info, warn_ignored,
 )
 from .registry import create_method, describe_methods, get_method_class, method_classes, method_names, register
 from . import dynamicvit, evit, evovit, tome, dge, sait  # noqa: E402, F401, I001  (each registers its method)
@@ -48,8 +48,6 @@ def patch_with(model: nn.Module, m: TokenMethod) -> nn.Module:
 
 def dense_copy(model: nn.Module) -> nn.Module:
     """A dense copy of a (patched or dense) model: same backbone weights, method modules and patch removed."""
-    from .base import unpatched_class
-
     dense = copy.deepcopy(model)
     method = getattr(dense, "vitprune_method", None)
     if method is not None:

@@ -45,6 +45,12 @@ from types import UnionType
 from typing import Any, ClassVar, Iterator, Mapping, Optional, Union
 
 import torch
+from timm.layers import Attention, AttentionRope
+from timm.models import beit
+from timm.models.beit import Beit
+from timm.models.eva import Eva, EvaAttention, EvaBlock
+from timm.models.naflexvit import NaFlexVit
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 import warnings
@@ -221,10 +227,6 @@ def family(model: nn.Module) -> str:
 
 
 def _family(model: nn.Module) -> str:
-    from timm.models.beit import Beit
-    from timm.models.eva import Eva
-    from timm.models.naflexvit import NaFlexVit
-    from timm.models.vision_transformer import VisionTransformer
 
     for cls, name in ((VisionTransformer, "vit"), (Eva, "eva"), (Beit, "beit"), (NaFlexVit, "naflex")):
         if isinstance(model, cls):
@@ -446,10 +448,6 @@ def _check_blocks(model: nn.Module) -> None:
     """The blocks' classes vitprune drives (``ops.attention``): timm's pre-norm ``Block`` with ``Attention``,
     Eva's pre-norm ``EvaBlock`` with ``EvaAttention`` or ``AttentionRope`` (one rope for every block, or one per
     block; no grouped-query attention), and BEiT's ``Block`` (its relative position bias per block)."""
-    from timm.layers import Attention, AttentionRope
-    from timm.models import beit
-    from timm.models.eva import EvaAttention, EvaBlock
-    from timm.models.vision_transformer import Block
 
     kind = family(model)
     if kind == "beit" and model.rel_pos_bias is not None:
@@ -1022,8 +1020,6 @@ def patched_class(base: type) -> type:
     if issubclass(base, PatchedViT):
         return base
     if base not in _PATCHED_CLASSES:
-        from timm.models.beit import Beit
-        from timm.models.naflexvit import NaFlexVit
 
         mixin = PatchedBeit if issubclass(base, Beit) else PatchedNaFlex if issubclass(base, NaFlexVit) else PatchedViT
         _PATCHED_CLASSES[base] = type(f"Vitprune{base.__name__}", (mixin, base), {"__module__": __name__})

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from timm.layers import apply_rot_embed_cat
 from torch import Tensor, nn
 
 from .tokens import take_rows
@@ -128,8 +129,6 @@ def rotate(attn: nn.Module, t: Tensor, rope: Optional[Tensor]) -> Tensor:
     position rows rotate nothing (their bias is added to the logits)."""
     if rope is None or getattr(attn, "relative_position_bias_table", None) is not None:
         return t  # no rope; or BEiT's position rows, applied as a bias (``ops.relpos``)
-    from timm.layers import apply_rot_embed_cat
-
     npt = attn.num_prefix_tokens
     half = getattr(attn, "rotate_half", False)
     return torch.cat([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], for_attention(attn, rope), half=half)], dim=2)
