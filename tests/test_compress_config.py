@@ -118,3 +118,38 @@ def test_the_guides_yaml_is_the_example_recipe():
     shown = re.findall(r"^  ```yaml\n(.*?)^  ```", readme, flags=re.S | re.M)
     assert len(shown) == 1
     assert yaml.safe_load(shown[0]) == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_the_api_lists_every_run_setting_as_declared():
+    """``vitprune.compress``'s signature and docstring are built from ``CompressConfig`` (vitprune.settings): each
+    field is a keyword with its default, and a doc line with its flag (an off switch for a negated one)."""
+    import dataclasses
+    import inspect
+
+    import vitprune
+    from vitprune.settings import CompressConfig, default_of, flags
+
+    params = inspect.signature(vitprune.compress).parameters
+    doc = vitprune.compress.__doc__
+    cli = {f.field: f for f in flags(CompressConfig)}
+    for f in dataclasses.fields(CompressConfig):
+        if f.name == "method_options":
+            continue
+        assert params[f.name].default == default_of(f), f.name
+        if f.name in ("model", "method", "data", "output"):
+            continue
+        flag = cli.get(f.name)
+        where = "" if flag is None else f" (``False``: {flag.long})" if flag.negated else f" ({flag.long})"
+        assert f"``{f.name}``{where}: {f.metadata['help']}" in doc, f.name
+    assert "``speed`` (``False``: --no-speed)" in doc
+    assert inspect.signature(vitprune.profile).parameters["batch_size"].default is None  # SpeedSettings' fields
+
+
+def test_a_flag_gives_back_the_value_it_set():
+    """``Flag.as_given`` inverts ``Flag.value``: what --print-config writes reads back as the same setting."""
+    from vitprune.settings import CompressConfig, flags
+
+    samples = {bool: True, int: 3, float: 0.5, str: "x", list[str]: ("csv", "tensorboard")}
+    for f in flags(CompressConfig):
+        value = samples[f.type]
+        assert f.value(f.as_given(value)) == value, f.field

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -13,7 +12,7 @@ from torch import nn
 import tempfile
 
 from .errors import MethodOptionError
-from .settings import SpeedSettings, keyword_parameters, split_kwargs
+from .settings import SpeedSettings, split_kwargs, takes_settings
 from .hub import load_model
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
 from .train.evaluate import EvalResult
@@ -163,6 +162,7 @@ def resolve_budget(
     return name, loaded, apply_method(copy.deepcopy(loaded), method, **method_options), solution
 
 
+@takes_settings(SpeedSettings)
 def profile(
     model: ModelLike = "demo",
     method: Optional[str] = None,
@@ -219,11 +219,6 @@ def profile(
         dense_int8=m.stats.get("dense-int8"), compressed_int8=m.stats.get("compressed-int8"),
         quantize_info=quantize_info)
 
-
-
-_own = [p for p in inspect.signature(profile).parameters.values() if p.kind != p.VAR_KEYWORD]
-profile.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    *_own, *keyword_parameters(SpeedSettings), inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD)])
 
 
 def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, timing: SpeedSettings, *,

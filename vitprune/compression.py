@@ -43,7 +43,6 @@ folder is enough), and validation reports the cosine agreement with the teacher 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import re
@@ -77,7 +76,7 @@ from .train.evaluate import evaluate
 from .train.loggers import Loggers, check_loggers
 from .train.loop import RunSettings, Trainer, describe_best, matching
 from .train.recipe import TEACHER_RECIPE, build_recipe
-from .settings import DEFAULT_BATCH_SIZE, CompressConfig, SpeedSettings, keyword_parameters, settings_doc, split_kwargs
+from .settings import DEFAULT_BATCH_SIZE, CompressConfig, SpeedSettings, split_kwargs, takes_settings
 from .api import profile
 from .budget import check_no_conflict, check_ratio, solve_for_gmacs
 from .exporter.core import FORMATS, export as export_model
@@ -866,6 +865,7 @@ def _as_dict(recipe: Any) -> Optional[dict[str, Any]]:
     return recipe.to_dict() if recipe is not None else None
 
 
+@takes_settings(CompressConfig, skip=("method_options",))
 def compress(model: str = "demo", method: Optional[str] = None, data: str = "demo", output: Optional[str] = None, *,
              progress: Progress = None, dry_run: bool = False, **settings: Any) -> Union[CompressResult, dict[str, Any]]:
     """Compress ``model`` with ``method`` by distillation fine-tuning on ``data`` and save it in ``output``.
@@ -891,12 +891,6 @@ def compress(model: str = "demo", method: Optional[str] = None, data: str = "dem
     return job.plan() if dry_run else job.run()
 
 
-compress.__doc__ = (compress.__doc__ or "").rstrip() + "\n\n" + settings_doc(
-    CompressConfig, skip=("model", "method", "data", "output", "method_options")) + "\n"
-compress.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    *list(inspect.signature(compress).parameters.values())[:6],
-    *keyword_parameters(CompressConfig, skip=("model", "method", "data", "output", "method_options")),
-    inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation=Any)])
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,14 @@ class Flag:
             return tuple(given or ())
         return given
 
+    def as_given(self, value: Any) -> Any:
+        """The inverse of :meth:`value`: the field's value as the command line (and a recipe file) gives it."""
+        if self.negated:
+            return not value
+        if self.type == list[str]:
+            return list(value or ())
+        return value
+
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
@@ -92,7 +101,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _base_type(hint: Any) -> Any:
     """``Optional[int]`` -> int; a tuple of text -> list[str] (a repeatable flag)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
     if typing.get_origin(hint) in (tuple, list):
         return list[str]
@@ -162,24 +171,29 @@ def check_ranges(obj: Any) -> None:
             raise MethodOptionError(f"`{f.name}` must be an integer >= {lo}, got {v!r}.")
 
 
-def keyword_parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """The fields of ``cls`` as keyword-only parameters (for a function that takes them as ``**kwargs``: its
-    ``__signature__``)."""
-    hints = _hints(cls)
-    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f), annotation=hints[f.name])
-            for f in dataclasses.fields(cls) if f.name not in skip]
+def takes_settings(cls: type, skip: tuple[str, ...] = ()) -> Any:
+    """Decorator for a job that takes the fields of ``cls`` as keywords through ``**kwargs`` (the rest being the
+    method's options): its ``__signature__`` lists them (``help(vitprune.compress)``, IDEs) and its docstring gets
+    one line per field, both read from the declarations (``skip``: fields the job names itself)."""
 
+    def decorate(fn: Any) -> Any:
+        hints = _hints(cls)
+        own = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
+        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in {p.name for p in own}]
+        fn.__signature__ = inspect.Signature([
+            *own, *(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f),
+                                      annotation=hints[f.name]) for f in fields),
+            inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD, annotation=Any)])
+        cli = {f.field: f for f in flags(cls)}
+        lines = []
+        for f in fields:
+            flag_ = cli.get(f.name)
+            where = "" if flag_ is None else f" (``False``: {flag_.long})" if flag_.negated else f" ({flag_.long})"
+            lines.append(f"    ``{f.name}``{where}: {f.metadata['help']}")
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n" + "\n".join(lines) + "\n"
+        return fn
 
-def settings_doc(cls: type, skip: tuple[str, ...] = ()) -> str:
-    """One line per field of ``cls``: ``name (flag): help``, for a docstring."""
-    lines = []
-    cli = {f.field: f.long for f in flags(cls)}
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.metadata:
-            continue
-        where = f" ({cli[f.name]})" if f.name in cli else ""
-        lines.append(f"    ``{f.name}``{where}: {f.metadata['help']}")
-    return "\n".join(lines)
+    return decorate
 
 
 # ------------------------------------------------------------------------------------------------ compress

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 from torch import nn
 
 from .errors import MethodOptionError, UsageError
-from .settings import SpeedSettings, SweepConfig, keyword_parameters, split_kwargs
+from .settings import SpeedSettings, SweepConfig, split_kwargs, takes_settings
 from .data import load_data
 from .files import write_atomic
 from .hub import load_model
@@ -139,6 +138,7 @@ def _emit(progress: Progress, **event: Any) -> None:
         progress(event)
 
 
+@takes_settings(SpeedSettings)
 def sweep(
     model: Any = "demo",
     method: Optional[str] = None,
@@ -175,11 +175,6 @@ def sweep(
                       eval_batch_size, workers, compress_options, method_options, target_gmacs)
     return run_sweep(cfg, progress)
 
-
-
-_own = [p for p in inspect.signature(sweep).parameters.values() if p.kind != p.VAR_KEYWORD]
-sweep.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-    *_own, *keyword_parameters(SpeedSettings), inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD)])
 
 
 def run_sweep(cfg: SweepConfig, progress: Progress = None) -> SweepResult:

@@ -18,12 +18,7 @@ from .recipe_file import config_defaults, from_file, settings_yaml
 
 def shown_settings(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The settings ``--print-config`` prints besides the plan, by recipe-file key (``no_speed``, ``logger``)."""
-    shown = {}
-    for f in flags(cls):
-        if f.shown:
-            value = values[f.field]
-            shown[f.param] = list(value or ()) if f.type == list[str] else (not value) if f.negated else value
-    return shown
+    return {f.param: f.as_given(values[f.field]) for f in flags(cls) if f.shown}
 
 
 def _floats(text: Optional[str], name: str) -> Optional[list[float]]:

@@ -26,7 +26,7 @@ from ..errors import MethodOptionError
 from ..exporter.graph import export_onnx, export_versions, require_export_deps
 from ..methods.base import patch_grid
 from .flops import count_macs, count_params, model_input_size
-from ..settings import SpeedSettings
+from ..settings import SpeedSettings, check_ranges
 from .speed import Schedule, Timing, benchmark, compare, device_name, resolve_device, resolve_dtype
 from .ort import benchmark_onnx, runtime_label
 from ..fastpath import check_mode, optimize
@@ -83,10 +83,7 @@ def versions(runtime: str = "torch") -> dict[str, str]:
 def check_settings(timing: SpeedSettings) -> Optional[str]:
     """Refuse settings that do not go together, before any model is loaded; returns the dtype to use."""
     runtime, compile, dtype = timing.runtime, timing.compile, timing.dtype
-    for name in ("batch_size", "repeats"):
-        v = getattr(timing, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise MethodOptionError(f"`{name}` must be a positive number, got {v!r}.")
+    check_ranges(timing)  # batch_size, repeats: the bounds declared with them
     if compile is not None:
         check_mode(compile, "compile")
     if runtime not in RUNTIMES:

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import MethodOptionError
 from ..settings import reserved_names
-from .base import _REGISTRY, TokenMethod, _expected, exportable_methods, option_specs
+from .base import _REGISTRY, TokenMethod, _expected, option_specs
 
 
 def _key(name: str) -> str:
