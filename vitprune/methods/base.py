@@ -906,9 +906,15 @@ class PatchedViT:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("vitprune-patched models do not take attention masks")
         x, rope = embed(self, x)
-        grid = _grid_of(self, x)
+        x, _ = self._run_method(x, _grid_of(self, x), rope=rope)
+        return self.norm(x)
+
+    def _run_method(self, x: Tensor, grid: tuple[int, int], rope: Optional[Tensor] = None,
+                    valid: Optional[Tensor] = None) -> tuple[Tensor, TokenState]:
+        """The method's blocks on the embedded tokens ``x``; the state is kept where training, token maps and the
+        method's pooling read it."""
         state = TokenState(num_prefix=self.num_prefix_tokens, grid=grid, training=self.training,
-                           track=self._vitprune_track, rope=rope)
+                           track=self._vitprune_track, rope=rope, valid=valid)
         if state.track:
             state.start_tracking(x.shape[0], x.device)
         method = self.vitprune_method
@@ -917,7 +923,7 @@ class PatchedViT:
             self.vitprune_state = state
         if type(method).pool is not TokenMethod.pool:
             self._vitprune_pool_state = state  # consumed by pool() in timm's forward_head
-        return self.norm(x)
+        return x, state
 
     def pool(self, x: Tensor, pool_type: Optional[str] = None) -> Tensor:
         out = self._vitprune_pool(x, pool_type)
@@ -987,17 +993,8 @@ class PatchedNaFlex(PatchedViT):
         x = e["patches"]
         valid = e["patch_valid"].to(torch.bool)
         # no 2-D grid is shared by the batch: the token maps address the padded sequence's slots as one row
-        state = TokenState(num_prefix=self.num_prefix_tokens, grid=(1, x.shape[1] - self.num_prefix_tokens),
-                           training=self.training, track=self._vitprune_track, valid=valid)
-        if state.track:
-            state.start_tracking(x.shape[0], x.device)
-        x = method.forward_blocks(self, x, state)
-        if self.training or state.track:
-            self.vitprune_state = state
-        if type(method).pool is not TokenMethod.pool:
-            self._vitprune_pool_state = state
-        live = state.valid if state.valid is not None else valid.new_ones(x.shape[0], x.shape[1] - state.num_prefix)
-        return {"patches": self.norm(x), "patch_valid": live}
+        x, state = self._run_method(x, (1, x.shape[1] - self.num_prefix_tokens), valid=valid)
+        return {"patches": self.norm(x), "patch_valid": state.valid}  # carried with the tokens the method kept
 
     def _pool(self, x: Tensor, pool_type: Optional[str] = None, patch_valid: Optional[Tensor] = None) -> Tensor:
         out = self._vitprune_pool(x, pool_type)
