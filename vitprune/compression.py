@@ -59,7 +59,7 @@ from torch import nn
 from huggingface_hub import constants, get_token
 
 from .errors import (DataError, DeviceError, MethodOptionError, OutputFolderError, PushError, VitpruneError,
-                     no_room)
+                     when_full)
 from .hub.load import model_slug
 from .train.losses import feature_output
 from .data import Prepared, Unreadable, eval_transform, head_error, load_data, match_head, prepare, train_transform
@@ -432,20 +432,16 @@ class CompressJob:
         if self.cfg.push_to:
             check_push_target(self.cfg.push_to)
         check_export(self.cfg.export, self.cfg.quantize)
-        with self:
+        full = when_full(lambda why: OutputFolderError(
+            f"cannot write to {self.out}: {why}; the model it held is as it was, and a checkpoint written before is "
+            "kept for `resume`."))
+        with self, full:
             try:
                 return self._stages()
             except _Stopped as s:
                 return CompressResult(self.out, False, self.method, recipe=s.recipe, steps=s.summary.steps,
                                       total_steps=s.summary.total_steps, checkpoint=s.checkpoint,
                                       seconds=time.perf_counter() - self.t_start)
-            except Exception as e:  # noqa: BLE001 - a full disk is the user's to fix: one line; the rest re-raised
-                reason = None if isinstance(e, VitpruneError) else no_room(e)
-                if reason is None:
-                    raise
-                raise OutputFolderError(
-                    f"cannot write to {self.out}: {reason} (the disk is full or a size limit was reached); the model "
-                    "it held is as it was, and a checkpoint written before is kept for `resume`.") from None
 
     def plan(self) -> dict[str, Any]:
         """What ``run()`` would train, without training: the model, the method and its options, the data, the output

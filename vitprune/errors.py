@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 #: errno values of a write that found no room: the disk is full, a file size limit (ulimit -f), a disk quota
 _NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -92,6 +93,23 @@ def no_room(e: Optional[BaseException]) -> Optional[str]:
             return os.strerror(int(m.group(1)))
         e = e.__cause__ or e.__context__
     return None
+
+
+
+@contextmanager
+def when_full(error: Callable[[str], "VitpruneError"]) -> Iterator[None]:
+    """Inside: a write that finds no room (:func:`no_room`) leaves as ``error(why)``, one line (``why``: "No space
+    left on device (the disk is full or a size limit was reached)"); a ``VitpruneError`` and every other exception
+    leave as they are."""
+    try:
+        yield
+    except VitpruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a write that found no room
+        reason = no_room(e)
+        if reason is None:
+            raise
+        raise error(f"{reason} (the disk is full or a size limit was reached)") from None
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from torch import nn
 
-from ..errors import ExportError, no_room
+from ..errors import ExportError, when_full
 from ..hub.load import model_slug
 from .graph import INPUT_NAME, OUTPUT_NAME, export_onnx, export_versions, require_export_deps
 from .verify import Verification, sample_images, verify
@@ -201,14 +201,9 @@ def _export(
 def export(*args: Any, **kwargs: Any) -> ExportResult:
     # a full disk (or a file size limit) while writing: one line; the staged file is gone with its temporary
     # folder and nothing was moved into place
-    try:
+    with when_full(lambda why: ExportError(f"cannot write the ONNX file: {why}; nothing was replaced (a model.onnx "
+                                           "there before is as it was).")):
         return _export(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - every other error re-raised as it is
-        reason = None if isinstance(e, ExportError) else no_room(e)
-        if reason is None:
-            raise
-        raise ExportError(f"cannot write the ONNX file: {reason} (the disk is full or a size limit was reached); "
-                          "nothing was replaced (a model.onnx there before is as it was).") from None
 
 
 def _saved_by_vitprune(folder: Path) -> bool:

@@ -37,7 +37,7 @@ from huggingface_hub import ModelCard
 from timm.models._hub import save_for_hf
 
 from .. import __version__
-from ..errors import ModelNotFoundError, OutputFolderError, VitpruneError, no_room
+from ..errors import ModelNotFoundError, OutputFolderError, when_full
 from ..files import (
     RefusedPath, fsync_dir, fsync_file, make_dirs, read_text, remove, remove_empty_dir, remove_tree, write_atomic,
     write_new,
@@ -353,14 +353,9 @@ def save(
     disk, a quota, a file size limit: one line, and the model the folder held stays as it was). Re-saving
     switches to the new model in one atomic step (see the module doc).
     """
-    try:
+    with when_full(lambda why: OutputFolderError(f"cannot save into {folder}: {why}; the model it held is as it "
+                                                 "was.")):
         return _save(model, Path(folder).expanduser(), base_model, recipe, metrics, card, extra_files)
-    except Exception as e:  # noqa: BLE001 - a full disk is the user's to fix: one line; the rest re-raised
-        reason = None if isinstance(e, VitpruneError) else no_room(e)
-        if reason is None:
-            raise
-        raise OutputFolderError(f"cannot save into {folder}: {reason} (the disk is full or a size limit was "
-                                "reached); the model it held is as it was.") from None
 
 
 def _save(model: nn.Module, folder: Path, base_model: Optional[str], recipe: Optional[Mapping[str, Any]],
