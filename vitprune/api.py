@@ -14,6 +14,7 @@ import tempfile
 from .errors import MethodOptionError
 from .settings import SpeedSettings, split_kwargs, takes_settings
 from .hub import load_model
+from .measure.speed import paired_median
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
 from .train.evaluate import EvalResult
 from .train.evaluate import evaluate as evaluate_model
@@ -63,8 +64,7 @@ class ProfileReport:
         return a / b if key == "throughput" else b / a
 
     def _paired(self, key: str) -> Optional[float]:
-        r = ((self.compressed.speed if self.compressed is not None else None) or {}).get(key)
-        return None if r is None else r["median"]
+        return paired_median(self.compressed.speed if self.compressed is not None else None, key)
 
     @property
     def speedup(self) -> Optional[float]:

@@ -38,7 +38,7 @@ from .files import write_atomic
 from .hub import load_model
 from .measure.flops import count_params
 from .measure.models import measure_models
-from .measure.speed import BUSY_TEXT
+from .measure.speed import BUSY_TEXT, paired_median
 from .methods import apply_method, dense_copy, get_method, get_method_class
 from .methods.base import sweep_option
 from .report.plots import pareto_plot, require_matplotlib
@@ -399,20 +399,14 @@ def measure_points(cfg: SweepConfig, plan: SweepPlan, points: Points, progress: 
 
 def _point(value: Any, model: nn.Module, st: Any, dense: Any, ev: dict[str, Any], folder: Optional[str]) -> SweepPoint:
     thr = st.throughput
-    pairs = st.speed or {}
     return SweepPoint(
         value=value, options=model.vitprune_method.options_dict(), gmacs=st.gmacs, params=st.params,
         throughput=thr, latency_ms=st.latency_ms,
-        speedup=_median(pairs, "throughput_ratio") or (thr / dense.throughput if thr and dense.throughput else None),
-        latency_ratio=_median(pairs, "latency_ratio"), speed=st.speed,
+        speedup=paired_median(st.speed, "throughput_ratio") or (
+            thr / dense.throughput if thr and dense.throughput else None),
+        latency_ratio=paired_median(st.speed, "latency_ratio"), speed=st.speed,
         gmacs_ratio=st.gmacs / dense.gmacs if dense.gmacs else None, tokens=st.tokens,
         top1=ev.get("top1"), top5=ev.get("top5"), loss=ev.get("loss"), images=ev.get("images"), folder=folder)
-
-
-def _median(pairs: dict[str, Any], key: str) -> Optional[float]:
-    """The median of a paired comparison's per-round ratios (``measure.speed.Comparison.to_dict()``), or None."""
-    r = pairs.get(key)
-    return None if r is None else r["median"]
 
 
 # ---------------------------------------------------------------------------------------------- write

@@ -316,6 +316,13 @@ class Comparison:
         return out
 
 
+def paired_median(comparison: Optional[dict], key: str) -> Optional[float]:
+    """The median of one paired ratio (``"throughput_ratio"``, ``"latency_ratio"``...) of a
+    ``Comparison.to_dict()``; None when it was not measured."""
+    r = (comparison or {}).get(key)
+    return None if r is None else r["median"]
+
+
 def compare(model: Timing, base: Timing) -> Comparison:
     """``model`` against ``base`` (timed in the same interleaved rounds): paired ratios and the busy rules."""
     c = Comparison(
