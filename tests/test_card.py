@@ -138,6 +138,16 @@ def test_reproduce_command_carries_user_flags(tmp_path):
     assert reproduce_command({}, {"command": "vitprune compress"}) == "vitprune compress"
 
 
+def test_reproduce_command_has_a_flag_for_every_recipe_key_the_user_set(tmp_path):
+    """The recipe flags come from ``Recipe`` (its keys' types), so no key a user can set is left out of the
+    command (``--optimizer`` and ``--layer-decay`` once were); booleans as their on/off switch, an empty list as
+    ``none``."""
+    folder = make_saved_folder(tmp_path / "m", user_recipe={
+        "optimizer": "lamb", "layer_decay": 0.75, "train_mode_eval": False, "frozen": []})
+    cmd = reproduce_command(*_section_and_report(folder))
+    assert cmd.endswith("--optimizer lamb --layer-decay 0.75 --frozen none --no-train-mode-eval"), cmd
+
+
 def _section_and_report(folder: Path):
     cfg = json.loads((folder / "config.json").read_text())
     return cfg["vitprune"], json.loads((folder / "report.json").read_text())
