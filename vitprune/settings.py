@@ -13,6 +13,7 @@ settings derives from that one declaration:
 
 :class:`CompressConfig` is everything a ``compress`` run is told; :class:`SpeedSettings` is how models are timed
 (``profile``, ``sweep`` and the report of ``compress``), one object wherever timing settings travel.
+:class:`ExportSettings` and :class:`PushSettings` are what ``export`` and ``push`` are told.
 
 This module imports no torch: the command line reads it to build its flags before the library is imported.
 """
@@ -25,9 +26,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
-from .errors import MethodOptionError
+from .errors import ExportError, MethodOptionError, UsageError
 
 #: help panels of ``vitprune compress --help``
 TRAIN = "Training"
@@ -41,16 +42,19 @@ DEFAULT_BATCH_SIZE = 64
 
 def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, short: Optional[str] = None,
             panel: Optional[str] = None, cli: bool = True, negated: bool = False, min: Optional[int] = None,
-            metavar: Optional[str] = None, shown: bool = True, factory: Any = None) -> Any:
+            metavar: Optional[str] = None, shown: bool = True, factory: Any = None, off: bool = True) -> Any:
     """A run setting: a dataclass field with its help and how the command line spells it.
 
     ``flag``: the long flag (default ``--name-with-dashes``); ``short``: a one-letter alias; ``negated``: a boolean
     the command line spells as its off switch (``speed`` is ``--no-speed/--speed``, and the recipe-file key
     ``no_speed``); ``cli=False``: set from Python only (or by the command itself); ``min``: the smallest integer
     allowed; ``shown``: ``--print-config`` prints it (the plan prints model, method, output... resolved);
-    ``factory``: a default factory instead of ``default``."""
+    ``factory``: a default factory instead of ``default`` (``dataclasses.MISSING``: a required field);
+    ``off=False``: a boolean flag without the other form (``--force`` alone, no ``--no-force``: a command that reads
+    no recipe file has nothing for it to switch off). A ``Literal`` type is a fixed set of choices (the command line
+    lists them; ``check_ranges`` refuses others)."""
     meta = {"help": help, "flag": flag, "short": short, "panel": panel, "cli": cli, "negated": negated, "min": min,
-            "metavar": metavar, "shown": shown}
+            "metavar": metavar, "shown": shown, "off": off}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -63,7 +67,7 @@ class Flag:
     field: str              # the dataclass field (the API's keyword argument)
     param: str              # the command's parameter and recipe-file key: ``batch_size``, ``no_speed``, ``logger``
     decls: tuple[str, ...]  # click's declarations: ("--output", "-o"), ("--no-speed/--speed",)
-    type: Any               # bool, int, float, str or list[str] (repeatable)
+    type: Any               # bool, int, float, str, list[str] (repeatable) or a Literal of choices
     default: Any            # as the command line sees it (negated booleans inverted)
     help: str
     panel: Optional[str]
@@ -76,6 +80,11 @@ class Flag:
     def long(self) -> str:
         """The long flag that turns it on or sets it: ``--batch-size``, ``--no-speed``."""
         return self.decls[0].split("/")[0]
+
+    @property
+    def choices(self) -> Optional[tuple[Any, ...]]:
+        """The values a ``Literal`` setting allows (None: any value of its type)."""
+        return choices_of(self.type)
 
     def value(self, given: Any) -> Any:
         """The field's value from the command line's (a negated switch inverted, a repeatable flag as a tuple)."""
@@ -108,6 +117,12 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
+def choices_of(hint: Any) -> Optional[tuple[Any, ...]]:
+    """The values of a ``Literal`` (``Optional`` of one too); None for any other type."""
+    hint = _base_type(hint)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
 def default_of(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
@@ -122,12 +137,13 @@ def flags(cls: type) -> list[Flag]:
             continue
         dashed = f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
+        off = meta.get("off", True)
         if meta["negated"]:
             long = meta["flag"] or f"--no-{dashed}"
-            decl = f"{long}/--{long[5:]}"
+            decl = f"{long}/--{long[5:]}" if off else long
         else:
             long = meta["flag"] or f"--{dashed}"
-            decl = f"{long}/--no-{long[2:]}" if kind is bool else long
+            decl = f"{long}/--no-{long[2:]}" if kind is bool and off else long
         decls = (decl, meta["short"]) if meta["short"] else (decl,)
         default = default_of(f)
         default = (not default) if meta["negated"] else default
@@ -147,6 +163,15 @@ def help_of(cls: type, name: str) -> str:
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
+def same_as(cls: type, name: str) -> Any:
+    """A field declared as field ``name`` of ``cls`` is (default, help, flag, range): one setting that two jobs
+    take (``target_gmacs``) is still declared once."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=f.metadata)
+    return field(default=f.default, metadata=f.metadata)
+
+
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -157,24 +182,30 @@ def split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dic
     return ({k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names})
 
 
-def check_ranges(obj: Any) -> None:
-    """Each integer setting with a ``min`` is an integer at least that (``None`` allowed where the default is
-    ``None``); ``MethodOptionError`` in one line naming the setting."""
+def check_ranges(obj: Any, error: type[Exception] = MethodOptionError) -> None:
+    """Each integer setting with a ``min`` is an integer at least that, and each ``Literal`` setting one of its
+    choices (``None`` allowed where the default is ``None``); ``error`` (``MethodOptionError``) in one line naming
+    the setting."""
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         lo = f.metadata.get("min") if f.metadata else None
-        if lo is None:
+        choices = choices_of(hints[f.name])
+        if lo is None and choices is None:
             continue
         v = getattr(obj, f.name)
         if v is None and f.default is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise MethodOptionError(f"`{f.name}` must be an integer >= {lo}, got {v!r}.")
+        if choices is not None and v not in choices:
+            raise error(f"`{f.name}` must be {' or '.join(map(str, choices))}, got {v!r}.")
+        if lo is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise error(f"`{f.name}` must be an integer >= {lo}, got {v!r}.")
 
 
-def takes_settings(cls: type, skip: tuple[str, ...] = ()) -> Any:
+def takes_settings(cls: type, skip: tuple[str, ...] = (), rest: Optional[str] = "method_options") -> Any:
     """Decorator for a job that takes the fields of ``cls`` as keywords through ``**kwargs`` (the rest being the
     method's options): its ``__signature__`` lists them (``help(vitprune.compress)``, IDEs) and its docstring gets
-    one line per field, both read from the declarations (``skip``: fields the job names itself)."""
+    one line per field, both read from the declarations (``skip``: fields the job names itself; ``rest=None``: a
+    job that takes no other keywords, ``vitprune.push``)."""
 
     def decorate(fn: Any) -> Any:
         hints = _hints(cls)
@@ -183,7 +214,7 @@ def takes_settings(cls: type, skip: tuple[str, ...] = ()) -> Any:
         fn.__signature__ = inspect.Signature([
             *own, *(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f),
                                       annotation=hints[f.name]) for f in fields),
-            inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD, annotation=Any)])
+            *([inspect.Parameter(rest, inspect.Parameter.VAR_KEYWORD, annotation=Any)] if rest else [])])
         cli = {f.field: f for f in flags(cls)}
         lines = []
         for f in fields:
@@ -369,18 +400,96 @@ class SweepConfig:
         return Path(self.out) if self.out is not None else None
 
 
+# ------------------------------------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportSettings:
+    """What ``vitprune.export`` is told besides the model and the method: its keyword arguments and ``vitprune
+    export``'s flags."""
+
+    format: Literal["onnx"] = setting("onnx", "file format.", short="-f")
+    output: Optional[str] = setting(None, "file to write (default: DIR/model.onnx for a folder DIR, else "
+                                    "vitprune-out/<model>[-<method>].onnx).", short="-o")
+    batch_size: Optional[int] = setting(None, "fix the batch axis to N (default: dynamic).", min=1)
+    dynamic_batch: bool = setting(False, "a dynamic batch axis, one file for any batch size (the default).",
+                                  off=False)
+    opset: Optional[int] = setting(None, "ONNX opset (default: the exporter's).", min=1)
+    images: Optional[tuple[str, ...]] = setting(
+        None, "an image file or demo:N to check the export on (repeatable; default: 8 demo digits through the "
+        "model's own preprocessing).")
+    check: bool = setting(True, "run ONNX Runtime against PyTorch on the images before the file is written.",
+                          cli=False)
+    measure: bool = setting(False, "also time the dense and the compressed ONNX files in ONNX Runtime, side by side "
+                            "(recorded in report.json and the model card of a folder).", off=False)
+    repeats: Optional[int] = setting(None, "--measure: timed repeats (median).", min=1)
+    measure_batch_size: Optional[int] = setting(None, "``measure``: the throughput batch size (default: as "
+                                                "``vitprune.profile``).", cli=False, min=1)
+    quantize: Optional[Literal["int8", "int8-static"]] = setting(
+        None, "also write the int8 file beside the fp32 one (model-int8.onnx): int8 (dynamic, no data) or "
+        "int8-static (QDQ, calibrated on --calibrate-data). Its token schedule and accuracy are checked first.")
+    calibrate_data: Optional[str] = setting(
+        None, "int8-static: the images to calibrate on (any --data form; default: a saved folder's training data), "
+        "through the model's preprocessing.")
+    calibrate_images: Optional[int] = setting(None, "int8-static: how many train images to calibrate on (default "
+                                              "64).", min=1)
+    eval_data: Optional[str] = setting(None, "--quantize: top-1 of the fp32 and int8 files on this data's test "
+                                       "split, side by side ('demo', a folder, hf:org/name...).")
+    eval_split: str = setting("test", "``eval_data``'s split the top-1s are measured on.", cli=False)
+    max_drop: Optional[float] = setting(
+        None, "--quantize: refuse an int8 file that loses more top-1 points than this (default 1.0; without "
+        "--eval-data: its argmax disagreement with PyTorch on the check images).")
+    force: bool = setting(False, "--quantize: write the int8 file even above --max-drop (the card says so).",
+                          off=False)
+    pretrained: bool = setting(True, "build the architecture with random weights; download nothing.",
+                               flag="--no-weights", negated=True, off=False)
+    target_gmacs: Optional[float] = same_as(CompressConfig, "target_gmacs")
+
+    def validate(self) -> None:
+        """Choices, ranges and the settings that go together, before anything is loaded (one line). (Not
+        ``check``, as ``CompressConfig``'s: that is a setting here.)"""
+        if self.batch_size is not None and self.dynamic_batch:
+            raise UsageError("give `batch_size` N or `dynamic_batch`, not both.")
+        check_ranges(self, ExportError)
+        if self.quantize is None and (self.calibrate_data is not None or self.eval_data is not None or self.force):
+            raise ExportError("--calibrate-data, --eval-data and --force go with --quantize int8 or int8-static.")
+        if self.quantize == "int8" and self.calibrate_data is not None:
+            raise ExportError("--calibrate-data calibrates static quantization: use --quantize int8-static.")
+
+
+# ------------------------------------------------------------------------------------------------ push
+
+
+@dataclass
+class PushSettings:
+    """What ``vitprune.push`` is told: its keyword arguments and ``vitprune push``'s flags (the token is a keyword of
+    its own, never a setting that could be printed)."""
+
+    folder: str = setting(dataclasses.MISSING, "a folder saved by vitprune (e.g. the output of `vitprune "
+                          "compress`).", cli=False)
+    repo: str = setting(dataclasses.MISSING, "Hub repo to upload to, as user/name (created if needed).", cli=False)
+    private: bool = setting(False, "create the repo as private.", off=False)
+    revision: Optional[str] = setting(None, "branch to push to (created from main if missing; default main).")
+    dry_run: bool = setting(False, "list the files and print the model card that would go; send nothing.",
+                            off=False)
+    commit_message: Optional[str] = setting(None, "commit message.", flag="--message", short="-m")
+    include: tuple[str, ...] = setting(
+        (), "also send files matching this glob, relative to the folder (repeatable), e.g. teacher, "
+        "'samples/*.png'; still only files inside the folder.")
+    include_onnx: bool = setting(False, "upload model.onnx too, exported into the folder first when missing "
+                                 "(`vitprune export`; needs vitprune[export]).", off=False)
+
+
 # ------------------------------------------------------------------------------------------------ reserved names
 
 #: the keyword arguments of the jobs that take a method's options as keywords (``vitprune.compress``, ``profile``,
 #: ``sweep``, ``export``, ``visualize``) besides the fields of the settings above (a test keeps this list whole)
 JOB_KEYWORDS = ("progress", "dry_run", "pretrained", "timing", "on_step", "onnx_files", "calibration", "values",
-                "option", "out", "plot", "eval_batch_size", "compress_options", "format", "opset", "images", "check",
-                "measure", "measure_batch_size", "calibrate_data", "calibrate_images", "eval_data", "eval_split",
-                "max_drop", "force", "blocks", "dpi")
+                "option", "out", "plot", "eval_batch_size", "compress_options", "blocks", "dpi")
 
 
 def reserved_names() -> frozenset[str]:
     """Names a method option cannot have: a job would take the keyword as its own setting
     (``vitprune.compress(seed=1)`` is the run's seed), so the registry refuses such an option."""
     return (frozenset(field_names(CompressConfig)) | frozenset(field_names(SpeedSettings))
-            | frozenset(field_names(SweepConfig)) | frozenset(JOB_KEYWORDS))
+            | frozenset(field_names(SweepConfig)) | frozenset(field_names(ExportSettings)) | frozenset(JOB_KEYWORDS))
