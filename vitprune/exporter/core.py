@@ -34,11 +34,12 @@ from ..measure.flops import model_input_size
 from ..measure.ort import OrtModel
 from ..report.card import read_folder
 from ..api import profile, resolve_budget
-from .quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, check_mode, int8_path, quantize_export
+from ..settings import ExportSettings, flag, split_kwargs, takes_settings
+from .quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP, int8_path, quantize_export
 
 ModelLike = Union[str, os.PathLike, nn.Module]
 FILE_NAME = "model.onnx"
-FORMATS = ("onnx",)
+FORMATS = flag(ExportSettings, "format").choices  # ("onnx",)
 #: where exports of a model name (or of a folder with another method) go by default: beside compress's outputs
 DEFAULT_DIR = "vitprune-out"
 
@@ -80,30 +81,14 @@ class ExportResult:
                 "seconds": round(self.seconds, 2)}
 
 
+@takes_settings(ExportSettings)
 def _export(
     model: ModelLike = "demo",
     output: Optional[str | os.PathLike] = None,
     *,
     method: Optional[str] = None,
-    format: str = "onnx",
-    batch_size: Optional[int] = None,
-    opset: Optional[int] = None,
-    images: Optional[Sequence[Any]] = None,
-    check: bool = True,
-    measure: bool = False,
-    pretrained: bool = True,
-    repeats: Optional[int] = None,
-    measure_batch_size: Optional[int] = None,
     on_step: Optional[Callable[[], None]] = None,
-    target_gmacs: Optional[float] = None,
-    quantize: Optional[str] = None,
-    calibrate_data: Any = None,
-    calibrate_images: Optional[int] = None,
-    eval_data: Any = None,
-    eval_split: str = "test",
-    max_drop: Optional[float] = None,
-    force: bool = False,
-    **method_options: Any,
+    **settings: Any,
 ) -> ExportResult:
     """Export MODEL (a name, ``hf-hub:`` repo, folder, ``demo`` or module) to ONNX with its pruning inside.
 
@@ -121,23 +106,16 @@ def _export(
     a drop above ``max_drop`` points refuses both files unless ``force``. ``result.int8`` says what was measured.
 
     Default output: ``DIR/model.onnx`` for a folder ``DIR``; otherwise ``vitprune-out/<model>[-<method>].onnx``.
+    The settings (``ExportSettings``, ``vitprune.settings``), by name; any other keyword is an option of the method:
     """
-    if format not in FORMATS:
-        raise ExportError(f"--format {format}: vitprune exports {', '.join(FORMATS)}.")
-    if batch_size is not None and batch_size < 1:
-        raise ExportError(f"--batch-size must be a positive number, got {batch_size}.")
-    if opset is not None and opset < 1:
-        raise ExportError(f"--opset must be a positive number, got {opset}.")
-
-    check_mode(quantize)
-    if quantize is None and (calibrate_data is not None or eval_data is not None or force):
-        raise ExportError("--calibrate-data, --eval-data and --force go with --quantize int8 or int8-static.")
-    if quantize == "int8" and calibrate_data is not None:
-        raise ExportError("--calibrate-data calibrates static quantization: use --quantize int8-static.")
+    given, method_options = split_kwargs(ExportSettings, settings)
+    s = ExportSettings(output=output, **given)
+    s.validate()
+    batch_size, quantize, images, check, calibrate_data = s.batch_size, s.quantize, s.images, s.check, s.calibrate_data
     require_export_deps()
 
     folder = _folder_of(model)
-    name, net, budget = _resolve(model, method, method_options, pretrained, target_gmacs)
+    name, net, budget = _resolve(model, method, method_options, s.pretrained, s.target_gmacs)
     m_obj = getattr(net, "vitprune_method", None)
     if m_obj is not None:
         m_obj.export_check(net)  # before anything slow
@@ -151,7 +129,7 @@ def _export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".vitprune-export-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
-        tokens = export_onnx(net, staged, input_size, batch_size=batch_size, opset=opset)
+        tokens = export_onnx(net, staged, input_size, batch_size=batch_size, opset=s.opset)
         verification = None
         if check:
             x, what = sample_images(net, images)
@@ -164,17 +142,17 @@ def _export(
             int8 = quantize_export(net, staged, int8_path(staged), quantize, input_size=tuple(input_size),
                                    images=qx, images_what=qwhat, batch_size=batch_size,
                                    calibrate_data=calibrate_data,
-                                   calibrate_images=calibrate_images or DEFAULT_CALIBRATION_IMAGES,
-                                   eval_data=eval_data, eval_split=eval_split,
-                                   max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop, force=force)
+                                   calibrate_images=s.calibrate_images or DEFAULT_CALIBRATION_IMAGES,
+                                   eval_data=s.eval_data, eval_split=s.eval_split,
+                                   max_drop=DEFAULT_MAX_DROP if s.max_drop is None else s.max_drop, force=s.force)
         speed = None
-        if measure:
+        if s.measure:
             key = "compressed" if m_obj is not None else "dense"
             files = {key: staged}
             if int8 is not None:
                 files[f"{key}-int8"] = int8_path(staged)
-            speed = profile(net, runtime="onnxruntime", onnx_files=files, repeats=repeats,
-                            batch_size=measure_batch_size, on_step=on_step, quantize=quantize)
+            speed = profile(net, runtime="onnxruntime", onnx_files=files, repeats=s.repeats,
+                            batch_size=s.measure_batch_size, on_step=on_step, quantize=quantize)
             speed.model = name
         import onnx  # optional extra
 

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 from urllib.parse import unquote, urlparse
 
 from markdown_it import MarkdownIt
@@ -38,6 +38,7 @@ from ..files import RefusedPath, check_regular, inside
 from .save import current_version, is_our_link
 from ..report.card import render_card
 from ..exporter.core import export
+from ..settings import PushSettings, takes_settings
 
 #: the files of a saved folder a push sends (top level, when present), besides the card and the images it shows
 ALLOWED = ("config.json", "model.safetensors", "report.json", "train_log.jsonl", "model.onnx", "model-int8.onnx")
@@ -315,31 +316,26 @@ def _network_error_types() -> tuple[type[BaseException], ...]:
 # ------------------------------------------------------------------------------------------ push
 
 
-def push(
-    folder: str | os.PathLike,
-    repo: str,
-    *,
-    private: bool = False,
-    revision: Optional[str] = None,
-    dry_run: bool = False,
-    token: Optional[str] = None,
-    commit_message: Optional[str] = None,
-    include: Iterable[str] = (),
-    include_onnx: bool = False,
-) -> PushResult:
+@takes_settings(PushSettings, rest=None)
+def push(folder: str | os.PathLike, repo: str, *, token: Optional[str] = None, **settings: Any) -> PushResult:
     """Upload a saved folder to the Hub repo ``repo`` (``user/name``), creating it if needed.
 
     Sends the files ``upload_plan`` lists (the model's allow-list plus ``include`` globs, see the module doc).
     ``revision`` pushes to that branch (created from main when missing). ``dry_run`` returns the files and the
     card that would go and sends nothing. Failures raise ``PushError`` (one line; the local folder is untouched).
     ``include_onnx``: first export ``model.onnx`` into the folder when it has none (``vitprune.export``, checked
-    against PyTorch; the one thing a push writes locally), so that it goes with the model.
+    against PyTorch; the one thing a push writes locally), so that it goes with the model. ``token``: a Hugging
+    Face token (default: ``HF_TOKEN``, else the user's ``hf auth login``). The settings (``PushSettings``,
+    ``vitprune.settings``), by name:
     """
+    s = PushSettings(folder=str(folder), repo=repo, **settings)
+    private, revision, dry_run, include = s.private, s.revision, s.dry_run, s.include
+    commit_message, include_onnx = s.commit_message, s.include_onnx
     folder = Path(folder).expanduser()
     _check_folder(folder)
     repo_id = check_repo_id(repo)
     if revision is not None and not revision.strip():
-        raise PushError("--revision must be a branch name.")
+        raise PushError("`revision` must be a branch name.")
     onnx_missing = include_onnx and not (folder / ONNX_NAME).is_file()
     if onnx_missing and not dry_run:
         export(str(folder), folder / ONNX_NAME)
