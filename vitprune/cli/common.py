@@ -275,8 +275,6 @@ def _check_method(value: Optional[str]) -> Optional[str]:
 MethodOpt = Annotated[Optional[str], typer.Option(
     "--method", "-m", callback=_check_method, help="token method to apply (see `vitprune methods`); its options are the flags under "
                            "Method options.")]
-NoWeightsOpt = Annotated[bool, typer.Option(
-    "--no-weights", help="build the architecture with random weights; download nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON.")]
 def settings_option(f: Any, **extra: Any) -> Any:
     """A run setting's typer annotation (``vitprune.settings.Flag``): its flags, help, panel, range and metavar
@@ -300,6 +298,7 @@ def speed_option(name: str) -> Any:
 
 
 TargetGmacsOpt = settings_option(settings.flag(settings.CompressConfig, "target_gmacs"))
+NoWeightsOpt = settings_option(settings.flag(settings.ExportSettings, "pretrained"))  # --no-weights
 DeviceOpt = speed_option("device")
 
 

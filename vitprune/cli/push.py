@@ -1,11 +1,13 @@
 """`vitprune push`: upload a saved folder to the Hugging Face Hub with a model card generated from its run."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from ..settings import PushSettings, help_of
+from ._options import run_settings
 from .common import JsonOpt, out, print_json, step
 
 
@@ -17,21 +19,11 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+@run_settings(PushSettings)
 def push(
-    folder: Annotated[str, typer.Argument(help="a folder saved by vitprune (e.g. the output of `vitprune compress`).")],
-    repo: Annotated[str, typer.Option("--repo", "-r", help="Hub repo to upload to, as user/name (created if needed).")],
-    private: Annotated[bool, typer.Option("--private", help="create the repo as private.")] = False,
-    revision: Annotated[Optional[str], typer.Option(
-        help="branch to push to (created from main if missing; default main).")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="list the files and print the model card that would go; send nothing.")] = False,
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="commit message.")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(
-        "--include", help="also send files matching this glob, relative to the folder (repeatable), e.g. teacher, "
-        "'samples/*.png'; still only files inside the folder.")] = None,
-    include_onnx: Annotated[bool, typer.Option(
-        "--include-onnx", help="upload model.onnx too, exported into the folder first when missing (`vitprune "
-                               "export`; needs vitprune\\[export]).")] = False,
+    folder: Annotated[str, typer.Argument(help=help_of(PushSettings, "folder"))],
+    repo: Annotated[str, typer.Option("--repo", "-r", help=help_of(PushSettings, "repo"))],
+    settings: dict[str, Any] = {},  # noqa: B006 - replaced by the push's settings flags (vitprune.settings)
     json_out: JsonOpt = False,
 ) -> None:
     """Upload a saved model folder to the Hugging Face Hub with a model card generated from its run.
@@ -43,12 +35,11 @@ def push(
     """
     from ..hub.push import push as do_push  # deferred: CLI startup
 
-    kwargs = dict(private=private, revision=revision, commit_message=message, include=include or ())
-    if dry_run:
-        result = do_push(folder, repo, dry_run=True, include_onnx=include_onnx, **kwargs)
+    if settings["dry_run"]:
+        result = do_push(folder, repo, **settings)
     else:
         with step(f"uploading {folder} to {repo}"):
-            result = do_push(folder, repo, include_onnx=include_onnx, **kwargs)
+            result = do_push(folder, repo, **settings)
     if json_out:
         print_json(result.to_dict())
         return
