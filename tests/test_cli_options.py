@@ -330,3 +330,104 @@ def test_run_time_options_change_a_saved_model_in_profile_and_visualize(tmp_path
     assert kept("--keep-rate", "0.5") < kept()  # ceil(0.5 x 64) = 32 < ceil(0.7 x 64) = 45 patches after block 1
     res = runner.invoke(app, ["profile", folder, "--drop-loc", "2", "--no-speed"])
     assert res.exit_code == 1 and "--drop-loc cannot be changed at run time for evit" in one_line(res)
+
+
+# ------------------------------------------------------------------------------------------ export and push settings
+
+
+def _choices(param) -> tuple:
+    """The values a typer option of a ``Literal`` type accepts."""
+    import typing
+
+    return typing.get_args(param.type_descriptor.annotation)
+
+
+@pytest.mark.parametrize("command, cls, own", [
+    ("export", "ExportSettings", {"model", "method", "json_out", "allow_large"}),
+    ("push", "PushSettings", {"folder", "repo", "json_out"}),
+])
+def test_export_and_push_flags_are_their_settings_as_declared(command, cls, own):
+    """Every flag of ``export`` and ``push`` besides the command's own (and the method options) is a field of its
+    settings dataclass (``vitprune.settings``), with the declared spelling, help, default, range and choices."""
+    from rich.markup import escape
+
+    from vitprune import settings
+
+    cls = getattr(settings, cls)
+    params = {p.name: p for p in COMMANDS[command].params}
+    flags = settings.flags(cls)
+    for f in flags:
+        p = params[f.param]
+        spelled = [d for decl in f.decls for d in decl.split("/")]
+        assert sorted(p.opts + p.secondary_opts) == sorted(spelled), f.field
+        assert p.help == escape(f.help), f.field
+        assert p.default == f.default or (f.type == list[str] and p.default is None), f.field
+        assert p.min == f.min, f.field
+        if f.choices:
+            assert _choices(p) == f.choices, f.field
+    derived = {f.param for f in flags}
+    assert set(params) - derived - {n for n in params if n.startswith(METHOD_PARAM) or n == "opt"} == own
+    cli_fields = {f.name for f in __import__("dataclasses").fields(cls) if f.metadata["cli"]}
+    assert {f.field for f in flags} == cli_fields  # every field meant for the command line has its flag
+
+
+def test_export_and_push_spell_their_flags_as_before():
+    """The spellings the commands had before their flags were derived: aliases, choices, no off forms."""
+    ex, pu = COMMANDS["export"].params, COMMANDS["push"].params
+    opts = {o: p for p in ex for o in p.opts + p.secondary_opts}
+    assert opts["-f"] is opts["--format"] and opts["-o"] is opts["--output"]
+    assert _choices(opts["--quantize"]) == ("int8", "int8-static") and _choices(opts["--format"]) == ("onnx",)
+    for flag in ("--dynamic-batch", "--measure", "--force", "--no-weights"):
+        assert opts[flag].is_flag and not opts[flag].secondary_opts, flag
+    assert {"--no-force", "--weights", "--no-measure"}.isdisjoint(opts)
+    opts = {o: p for p in pu for o in p.opts + p.secondary_opts}
+    assert opts["-m"] is opts["--message"] and opts["--message"].name == "message" and opts["-r"] is opts["--repo"]
+    assert opts["--include"].multiple and not opts["--dry-run"].secondary_opts
+
+
+@pytest.mark.parametrize("job, cls", [("export", "ExportSettings"), ("push", "PushSettings")])
+def test_export_and_push_take_their_settings_as_keywords(job, cls):
+    """``vitprune.export``/``vitprune.push``: each field a keyword with its declared default and a doc line with its
+    flag (built by ``settings.takes_settings``); push takes no other keyword."""
+    import dataclasses
+    import inspect
+
+    from vitprune import settings
+
+    fn, cls = getattr(vitprune, job), getattr(settings, cls)
+    params = inspect.signature(fn).parameters
+    cli = {f.field: f for f in settings.flags(cls)}
+    for f in dataclasses.fields(cls):
+        if f.name in ("output", "folder", "repo"):  # positional, named by the job itself
+            assert params[f.name].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
+            continue
+        assert params[f.name].kind == inspect.Parameter.KEYWORD_ONLY
+        assert params[f.name].default == settings.default_of(f), f.name
+        flag = cli.get(f.name)
+        where = "" if flag is None else f" (``False``: {flag.long})" if flag.negated else f" ({flag.long})"
+        assert f"``{f.name}``{where}: {f.metadata['help']}" in fn.__doc__, f.name
+    kinds = {p.kind for p in params.values()}
+    assert (inspect.Parameter.VAR_KEYWORD in kinds) == (job == "export")  # export's other keywords: method options
+    if job == "push":
+        with pytest.raises(TypeError, match="bogus"):
+            vitprune.push("nowhere", "alice/x", bogus=1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"format": "tflite"}, "`format` must be onnx, got 'tflite'."),
+    ({"quantize": "int4"}, "`quantize` must be int8 or int8-static, got 'int4'."),
+    ({"opset": 0}, "`opset` must be an integer >= 1, got 0."),
+    ({"calibrate_images": 0, "quantize": "int8-static"}, "`calibrate_images` must be an integer >= 1, got 0."),
+])
+def test_export_checks_its_settings_before_loading_anything(kwargs, message, tmp_path):
+    """The choices and ranges of ``vitprune.export`` come from the declarations (``check_ranges``), one line,
+    before the model is built or a file written; the command line refuses the same values in its parser."""
+    from vitprune.errors import ExportError
+
+    with pytest.raises(ExportError) as e:
+        vitprune.export("no-such-model", tmp_path / "x.onnx", **kwargs)
+    assert str(e.value) == message
+    assert not list(tmp_path.iterdir())
+    flag, value = next(iter(kwargs.items()))
+    res = runner.invoke(app, ["export", "demo", f"--{flag.replace('_', '-')}", str(value)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output

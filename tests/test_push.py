@@ -168,6 +168,22 @@ def test_dry_run_json_matches_the_folder(saved, tmp_path, monkeypatch):
     assert data["dry_run"] is True and data["url"] is None
 
 
+def test_push_flags_reach_the_library_as_its_settings(saved):
+    """``--private``, ``--revision``, ``--include`` (derived from ``PushSettings``) arrive as ``vitprune.push``'s
+    keywords: the dry run's plan is the library's for the same settings."""
+    import vitprune
+
+    res = CliRunner().invoke(app, ["push", str(saved), "-r", REPO, "--dry-run", "--json", "--private",
+                                   "--revision", "exp-1", "--include", "checkpoints", "-m", "a message"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert (data["private"], data["revision"], data["dry_run"]) == (True, "exp-1", True)
+    assert "checkpoints/last.pt" in {f["path"] for f in data["files"]}  # --include, on purpose
+    lib = vitprune.push(saved, REPO, dry_run=True, private=True, revision="exp-1", include=["checkpoints"],
+                        commit_message="a message")
+    assert lib.to_dict() == data
+
+
 # ------------------------------------------------------------------------------------------ failures
 
 
