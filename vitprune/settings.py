@@ -49,7 +49,7 @@ def setting(default: Any = None, help: str = "", *, flag: Optional[str] = None, 
     the command line spells as its off switch (``speed`` is ``--no-speed/--speed``, and the recipe-file key
     ``no_speed``); ``cli=False``: set from Python only (or by the command itself); ``min``: the smallest integer
     allowed; ``shown``: ``--print-config`` prints it (the plan prints model, method, output... resolved);
-    ``factory``: a default factory instead of ``default`` (``dataclasses.MISSING``: a required field);
+    ``factory``: a default factory instead of ``default`` (``default=dataclasses.MISSING``: a required field);
     ``off=False``: a boolean flag without the other form (``--force`` alone, no ``--no-force``: a command that reads
     no recipe file has nothing for it to switch off). A ``Literal`` type is a fixed set of choices (the command line
     lists them; ``check_ranges`` refuses others)."""
@@ -164,8 +164,8 @@ def help_of(cls: type, name: str) -> str:
 
 
 def same_as(cls: type, name: str) -> Any:
-    """A field declared as field ``name`` of ``cls`` is (default, help, flag, range): one setting that two jobs
-    take (``target_gmacs``) is still declared once."""
+    """A field with the declaration of field ``name`` of ``cls`` (default, help, flag, range): a setting that two
+    jobs take (``target_gmacs``) is still declared once."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     if f.default is dataclasses.MISSING:
         return field(default_factory=f.default_factory, metadata=f.metadata)
