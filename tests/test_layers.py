@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitprune"
 # layer, that module: "exporter.core"); it may import from its own layer, sideways without closing a cycle, or from
 # any layer below. A package's ``__init__`` is the part "<package>.__init__" when it is listed, else its package.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "settings", "files", "offline", "assets", "modelfolder"),
+    ("errors", "settings", "files", "tensorfiles", "offline", "assets", "modelfolder"),
     ("ops",),
     ("methods", "fastpath"),
     ("measure",),
@@ -48,10 +48,7 @@ CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Imports inside functions that are neither an optional extra nor the CLI's deferral, per module: what is left to
 # hoist to the top of the module. A count may only go down.
-FUNCTION_LEVEL_LEFT: dict[str, int] = {
-    "vitprune.cli.compress": 1, "vitprune.cli.eval": 1, "vitprune.cli.push": 1, "vitprune.cli.recipe_file": 3,
-    "vitprune.files": 2,
-}
+FUNCTION_LEVEL_LEFT: dict[str, int] = {}
 
 
 class Import(NamedTuple):

@@ -17,8 +17,8 @@ Every reader and writer of the package goes through these few functions (a test 
 * **Deletions touch only vitprune's own files.** ``remove`` deletes one named file or link (never what a link
   points to); ``remove_tree`` deletes a folder vitprune made (a version folder, a temporary folder) without
   following any link inside it. Callers name exactly what they wrote; nothing is deleted by pattern elsewhere.
-* **Weights are data.** ``read_tensors`` reads a PyTorch file with ``torch.load(weights_only=True)`` (memory-mapped
-  when the file allows it): tensors and plain containers only, never code.
+* **Weights are data.** ``vitprune.tensorfiles.read_tensors`` opens a PyTorch file through ``open_regular`` and
+  reads it with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 
 A refused file raises ``RefusedPath`` (an ``OSError``); callers turn it into their one-line error.
 """
@@ -29,8 +29,7 @@ import shutil
 import stat
 import uuid
 from pathlib import Path, PurePath
-from typing import Any, BinaryIO, Callable, Iterable, Optional, Union
-import io
+from typing import BinaryIO, Callable, Optional, Union
 
 #: what ``write_atomic`` writes: bytes, text (UTF-8), or a function that writes into the open binary file
 Content = Union[bytes, str, Callable[[BinaryIO], object]]
@@ -126,23 +125,6 @@ def read_bytes(path: PathLike, *, limit: Optional[int] = None, follow_symlinks: 
 def read_text(path: PathLike, *, limit: Optional[int] = None, follow_symlinks: bool = True) -> str:
     """The UTF-8 text of the regular file ``path`` (``UnicodeDecodeError`` when it is not UTF-8)."""
     return read_bytes(path, limit=limit, follow_symlinks=follow_symlinks).decode("utf-8")
-
-
-def read_tensors(path: PathLike, *, safe_globals: Iterable[Any] = ()) -> Any:
-    """A PyTorch file read as data: ``torch.load(weights_only=True)``, read whole (never memory-mapped: a file
-    rewritten in place while its tensors live would crash the process); ``safe_globals`` allows a few more types for this load only. A pickle that would run code is
-    refused by torch (``pickle.UnpicklingError``)."""
-    import torch  # here, not at the top: the CLI reads recipe files through this module before torch is needed
-    check_regular(path)
-    with torch.serialization.safe_globals(list(safe_globals)), open_regular(path) as f:
-        return torch.load(f, map_location="cpu", weights_only=True)  # read whole: no mmap of a file that may change
-
-
-def read_tensor_bytes(data: bytes, *, safe_globals: Iterable[Any] = ()) -> Any:
-    """``read_tensors`` for bytes already read (a checkpoint sent by process 0 to the others)."""
-    import torch  # here, not at the top (see read_tensors)
-    with torch.serialization.safe_globals(list(safe_globals)):
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -253,5 +235,5 @@ def remove_empty_dir(path: PathLike, *, root: PathLike) -> bool:
 
 
 __all__ = ["RefusedPath", "inside", "make_dirs", "check_regular", "open_regular", "read_bytes", "read_text",
-           "read_tensors", "read_tensor_bytes", "temp_name", "write_atomic", "write_new", "fsync_file", "fsync_dir",
+           "temp_name", "write_atomic", "write_new", "fsync_file", "fsync_dir",
            "remove", "remove_tree", "remove_empty_dir"]

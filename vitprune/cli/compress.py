@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..settings import AUGMENT, RUN, CompressConfig, flags, help_of
 from ._options import method_options, recipe_flags, run_settings
@@ -107,8 +108,6 @@ class Reporter:
     def _ensure_bar(self) -> None:
         if self.bar is not None:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
             TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[eta]}"), console=err, transient=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from ._options import method_options
 from .common import AllowLargeOpt, DeviceOpt, JsonOpt, err, out, print_json, step
@@ -93,8 +94,6 @@ def eval_(
     if json_out:
         print_json(info)
         return
-    from rich.table import Table
-
     title = f"{model} · {m.describe() if m else 'dense model'} · {data} {split.value}"
     table = Table(title=escape(title), title_justify="left")
     if res.cosine is not None:  # no classifier: the agreement with the dense model

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from ..settings import PushSettings, help_of
 from ._options import run_settings
@@ -43,8 +44,6 @@ def push(
     if json_out:
         print_json(result.to_dict())
         return
-    from rich.table import Table
-
     verb = "Would upload" if result.dry_run else "Uploaded"
     table = Table(title=f"{verb} to {escape(result.repo_id)} ({'private' if result.private else 'public'}, "
                   f"branch {escape(result.revision)})", title_justify="left")

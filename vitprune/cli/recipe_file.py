@@ -18,6 +18,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import UsageError
 from ..files import RefusedPath, read_text
 
@@ -30,8 +32,6 @@ MAX_BYTES = 1 << 20
 def _loader() -> type:
     """``yaml.SafeLoader`` that refuses aliases (``*name``: the alias bomb's way to grow) and a mapping key given
     twice, each as a ``yaml.YAMLError`` with the place in the file."""
-    import yaml
-
     class RecipeLoader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
@@ -70,8 +70,6 @@ def file_keys(command: Any) -> dict[str, Any]:
 def read_recipe_file(path: str) -> dict[str, Any]:
     """The YAML mapping in ``path``; ``UsageError`` in one line for a missing file, bad YAML or another kind of
     document."""
-    import yaml
-
     try:
         text = read_text(Path(path).expanduser(), limit=MAX_BYTES)
     except RefusedPath as e:
@@ -137,8 +135,6 @@ def settings_yaml(plan: dict[str, Any], run: dict[str, Any]) -> str:
     """The settings that would run as a recipe file: ``run`` (the command's own settings, by key) with the plan's
     model, method, output, device, precision, the method's options and the recipe (augmentation as its flags) over
     them."""
-    import yaml
-
     recipe = dict(plan["recipe"])
     augment = recipe.pop("augment")
     settings = {"model": plan["model"], "method": plan["method"], "data": plan["data"], "output": plan["output"],

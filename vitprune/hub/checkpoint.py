@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import ModelNotFoundError
-from ..files import RefusedPath, check_regular, read_tensors
+from ..files import RefusedPath, check_regular
+from ..tensorfiles import read_tensors
 
 STATE_KEYS = ("model", "state_dict", "model_ema", "module")
 

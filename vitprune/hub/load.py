@@ -33,7 +33,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import ModelNotFoundError
-from ..files import RefusedPath, check_regular, inside, read_tensors
+from ..files import RefusedPath, check_regular, inside
+from ..tensorfiles import read_tensors
 from ..methods.base import check_vit
 # the folder format and the config checks, where they live (also imported from here: hub.load.MODEL_ARGS...)
 from ..modelfolder import (  # noqa: F401
@@ -168,7 +169,7 @@ def inside_folder(root: Path, path: Path) -> Path:
 
 
 def _load_torch_weights(plan: "_Plan", folder: Path, where: str, root: Path) -> nn.Module:
-    """A plain timm folder's PyTorch weights file, read as tensors only (``vitprune.files.read_tensors``: a pickle
+    """A plain timm folder's PyTorch weights file, read as tensors only (``vitprune.tensorfiles.read_tensors``: a pickle
     that would run code is refused unread), checked against the model built on ``meta`` and loaded strictly."""
     name = next((n for n in TORCH_WEIGHTS if os.path.lexists(folder / n)), None)
     if name is None:

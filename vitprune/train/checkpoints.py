@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct
 
 from ..errors import VitpruneError
-from ..files import read_bytes, read_tensor_bytes, read_tensors, remove, write_atomic
+from ..files import read_bytes, remove, write_atomic
+from ..tensorfiles import read_tensor_bytes, read_tensors
 from .ddp import DistInfo, broadcast_object
 
 FORMAT = 1
