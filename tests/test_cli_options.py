@@ -371,6 +371,27 @@ def test_export_and_push_flags_are_their_settings_as_declared(command, cls, own)
     assert {f.field for f in flags} == cli_fields  # every field meant for the command line has its flag
 
 
+@pytest.mark.parametrize("command, fields", [
+    ("profile", ("device", "dtype", "batch_size", "repeats", "speed", "compile", "runtime")),
+    ("sweep", ("device", "dtype", "batch_size", "repeats", "speed", "latency")),
+])
+def test_timing_flags_are_speed_settings_as_declared(command, fields):
+    """``profile``'s and ``sweep``'s timing flags are ``SpeedSettings``' fields as declared once: spelling (the off
+    switches ``--no-speed``/``--no-latency`` alone), help, default and range."""
+    from rich.markup import escape
+
+    from vitprune import settings
+
+    params = {o: p for p in COMMANDS[command].params for o in p.opts + p.secondary_opts}
+    for name in fields:
+        f = settings.flag(settings.SpeedSettings, name)
+        spelled = [d for decl in f.decls for d in decl.split("/")]
+        p = params[spelled[0]]
+        assert sorted(p.opts + p.secondary_opts) == sorted(spelled), name
+        assert p.help == escape(f.help) and p.default == f.default and p.min == f.min, name
+    assert params["--no-speed"].is_flag and not params["--no-speed"].secondary_opts
+
+
 def test_export_and_push_spell_their_flags_as_before():
     """The spellings the commands had before their flags were derived: aliases, choices, no off forms."""
     ex, pu = COMMANDS["export"].params, COMMANDS["push"].params

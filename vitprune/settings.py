@@ -342,10 +342,12 @@ class SpeedSettings:
     batch_size: Optional[int] = setting(None, "throughput batch size (default 256 on GPU, 32 on CPU).", min=1)
     repeats: Optional[int] = setting(None, "timed rounds, every model interleaved in each (default 10 on GPU, 6 on "
                                      "CPU; the median is reported).", min=1)
-    speed: bool = setting(True, "time throughput and latency (False: FLOPs and parameters only).")
-    latency: bool = setting(True, "also time batch-1 latency.")
-    compile: Optional[str] = setting(None, "time the models through vitprune.optimize in this mode (auto, "
-                                     "compile, cudagraphs, max-autotune, none).")
+    speed: bool = setting(True, "no timing: parameters and GMACs (and accuracy where measured) only.", negated=True,
+                          off=False)
+    latency: bool = setting(True, "skip the batch-1 latency timing.", negated=True, off=False)
+    compile: Optional[str] = setting(None, "time the models through vitprune.optimize in this mode: auto (CUDA "
+                                     "graphs + compile on GPU, compile on CPU), compile, cudagraphs, max-autotune, "
+                                     "none.", flag="--compile-mode", metavar="MODE")
     runtime: str = setting("torch", "torch, or onnxruntime: export the models to ONNX (pruning inside, token counts "
                            "checked) and time the files in ONNX Runtime with torch's thread count. Needs "
                            "vitprune[export].")

@@ -21,14 +21,11 @@ def profile(
     batch_size: speed_option("batch_size") = None,
     dtype: speed_option("dtype") = None,
     repeats: speed_option("repeats") = None,
-    no_speed: Annotated[bool, typer.Option("--no-speed", help="count parameters and GMACs only.")] = False,
+    no_speed: speed_option("speed") = False,
     compile_auto: Annotated[bool, typer.Option(
-        "--compile", help="time both models through vitprune.optimize (torch.compile; CUDA graphs on GPU), mode "
-                          "auto.")] = False,
-    compile: Annotated[Optional[str], typer.Option(
-        "--compile-mode", metavar="MODE", help="the vitprune.optimize mode (implies --compile): auto (CUDA graphs + "
-                                               "compile on GPU, compile on CPU), compile, cudagraphs, "
-                                               "max-autotune, none.")] = None,
+        "--compile", help="time both models through vitprune.optimize (torch.compile; CUDA graphs on GPU): "
+                          "--compile-mode auto.")] = False,
+    compile: speed_option("compile") = None,
     runtime: speed_option("runtime") = "torch",
     quantize: Annotated[Optional[str], typer.Option(
         "--quantize", metavar="MODE", help="with --runtime onnxruntime: also quantize both files (int8: dynamic; "

@@ -40,8 +40,8 @@ def sweep(
     dtype: speed_option("dtype") = None,
     batch_size: speed_option("batch_size") = None,
     repeats: speed_option("repeats") = None,
-    no_latency: Annotated[bool, typer.Option("--no-latency", help="skip the batch-1 latency timing.")] = False,
-    no_speed: Annotated[bool, typer.Option("--no-speed", help="GMACs (and accuracy) only, no timing.")] = False,
+    no_latency: speed_option("latency") = False,
+    no_speed: speed_option("speed") = False,
     json_out: Annotated[bool, typer.Option("--json", help="print sweep.json instead of the table.")] = False,
     allow_large: AllowLargeOpt = False,
     settings: dict[str, Any] = {},  # noqa: B006 - replaced by the sweep's settings flags (vitprune.settings)
