@@ -15,6 +15,7 @@ is the method's), so it gets no ``library_name``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import shlex
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -338,6 +339,165 @@ def _scalar(v: Any) -> str:
 
 
 
+@dataclass(frozen=True)
+class _Card:
+    """What a card is written from: a saved folder's vitprune section, report and config, read once."""
+
+    section: Mapping[str, Any]
+    report: Mapping[str, Any]
+    config: Mapping[str, Any]
+    method: Optional[str]
+    options: Mapping[str, Any]
+    base: Optional[str]
+    info: Mapping[str, Any]
+    repo_id: Optional[str]
+    folder: Optional[Path]
+
+    @property
+    def title_method(self) -> str:
+        return self.info.get("title") or str(self.method)
+
+    @property
+    def license(self) -> Optional[str]:
+        return (self.config.get("pretrained_cfg") or {}).get("license") or None
+
+
+def _intro(c: _Card) -> list[str]:
+    """The title and what the model is."""
+    name = _short_name(c.base)
+    if not c.method:
+        return [f"# {name} (dense)", "",
+                f"A dense timm Vision Transformer saved by vitprune (base: `{c.base or 'unknown'}`); plain timm loads "
+                "it, and vitprune's methods can compress it."]
+    opts = _describe_options(c.options, c.info.get("specs"))
+    lines = [f"# {name} · {c.title_method}" + (f" ({opts})" if opts else ""), "",
+             f"`{c.base or 'a timm Vision Transformer'}` made faster by token sparsification with "
+             f"**{c.title_method}**" + (f": {c.info['summary']}" if c.info.get("summary") else "") + ". "
+             "Made with vitprune."]
+    where = reduction_blocks((c.report.get("compressed") or {}).get("tokens"))
+    if where:
+        lines += ["", where]
+    if c.info.get("paper"):
+        lines += ["", f"Method: {c.info['paper']}."]
+    return lines
+
+
+def _results(c: _Card) -> list[str]:
+    """Dense teacher and compressed side by side (a dense folder: its metrics)."""
+    if c.method:
+        rows, how = _metrics_rows(c.section, c.report)
+        return ["", "## Results", "", _table(["", DENSE_TEACHER, "compressed", "change"], rows), "", how] if rows \
+            else []
+    if c.section.get("metrics"):
+        rows = [[str(k), _scalar(v)] for k, v in c.section["metrics"].items()]
+        return ["", "## Metrics", "", _table(["metric", "value"], rows)]
+    return []
+
+
+def _method_and_options(c: _Card) -> list[str]:
+    if not c.method:
+        return []
+    lines = ["", "## Method and options", "",
+             f"Method `{c.method}`" + (f" — {c.info['title']}" if c.info.get("title") else "") + "."]
+    if c.options:
+        rows = [[f"`{k}`", f"`{_value(v)}`"] for k, v in c.options.items()]
+        lines += ["", _table(["option", "value"], rows, ["left", "left"])]
+    for note in c.section.get("deviations") or []:
+        lines += ["", f"Deviation from the paper on this model: {note}"]
+    if c.info.get("runtime_options"):
+        lines += ["", "Switchable at inference without retraining: "
+                  + ", ".join(f"`{o}`" for o in c.info["runtime_options"]) + "."]
+    return lines
+
+
+def _data_and_recipe(c: _Card) -> list[str]:
+    """The data it was trained on, the recipe, the run's length and the teacher."""
+    lines: list[str] = []
+    rep_data = c.report.get("data") or {}
+    dataset = rep_data.get("data") or (c.section.get("metrics") or {}).get("dataset")
+    if dataset:
+        desc = f"`{dataset}`"
+        parts = [f"{rep_data.get('classes')} classes" if rep_data.get("classes") else None,
+                 f"{rep_data.get('train_images'):,} training images" if rep_data.get("train_images") else None,
+                 f"{rep_data.get('val_images'):,} validation images" if rep_data.get("val_images") else None]
+        parts = [p for p in parts if p]
+        if parts:
+            desc += ": " + ", ".join(parts)
+        lines += ["", "## Data", "", desc + "."] + [f"- {note}" for note in rep_data.get("notes") or []]
+    recipe = c.section.get("recipe") or c.report.get("recipe")
+    if recipe:
+        rows = [[f"`{k}`", _scalar(v)] for k, v in recipe.items() if k not in {"param_groups", "augment"}]
+        if isinstance(recipe.get("augment"), Mapping) or recipe.get("augment") is None and "augment" in recipe:
+            rows.append(["`augment`", _scalar(recipe.get("augment")) if recipe.get("augment") else "none"])
+        lines += ["", "## Training recipe", "", _table(["key", "value"], rows, ["left", "left"])]
+        train = c.report.get("train") or {}
+        if train.get("seconds") is not None:
+            lines += ["", f"Trained {train.get('epochs')} epochs ({train.get('steps')} steps, global batch "
+                      f"{train.get('global_batch')}) on {train.get('device', '?')} in {train['seconds']:.0f} s."]
+    if c.report.get("teacher"):
+        lines += ["", f"Distilled from the teacher `{c.report['teacher']}`."]
+    return lines
+
+
+def _license(c: _Card) -> list[str]:
+    if not c.license:
+        return []
+    return ["", "## License", "",
+            f"`{c.license}`: the base model's license, as its config records it (timm's `pretrained_cfg.license`"
+            + (f" of `{c.base}`" if c.base else "") + ", which this model's config keeps)."]
+
+
+def _reproduce(c: _Card) -> list[str]:
+    cmd = reproduce_command(c.section, c.report)
+    if cmd:
+        return ["", "## Reproduce", "", "```bash", cmd, "```"]
+    if not c.method:
+        return []
+    return ["", "## Reproduce", "", "```python", "import vitprune",
+            f"model = vitprune.load_model({json.dumps(str(c.base or 'MODEL'))})",
+            f"vitprune.apply_method(model, {json.dumps(c.method)}"
+            + "".join(f", {k}={v!r}" for k, v in c.options.items()) + ")",
+            "vitprune.save(model, \"out/\")", "```"]
+
+
+def _use_it(c: _Card) -> list[str]:
+    """How to load it (from the Hub repo when ``repo_id`` is known), from Python and the command line."""
+    where = f"hf-hub:{c.repo_id}" if c.repo_id else "path/to/this/folder"
+    lines = ["", "## Use it", "", "```python", "import vitprune", "",
+             f"model = vitprune.load({json.dumps(where)})  "
+             f"# {'method and weights restored' if c.method else 'a timm ViT'}",
+             "```"]
+    if not c.repo_id:
+        lines += ["", "After `vitprune push FOLDER --repo user/name`, load it with "
+                  "`vitprune.load(\"hf-hub:user/name\")`."]
+    lines += ["", "From the command line:", "", "```bash",
+              f"vitprune profile {where}", f"vitprune eval {where} --data path/to/data", "```"]
+    if c.method:
+        lines += ["", f"This model needs vitprune to load: its forward pass is {c.title_method}'s"
+                  + (" and its weights include the method's modules" if c.info.get("adds_modules") else "")
+                  + ", so plain `timm.create_model` cannot rebuild it."]
+    else:
+        timm_where = where if c.repo_id else "local-dir:path/to/this/folder"
+        lines += ["", f"Plain timm loads it too: `timm.create_model(\"{timm_where}\", pretrained=True)`."]
+    onnx_record = c.report.get("onnx")
+    if onnx_record or (c.folder is not None and (c.folder / "model.onnx").is_file()):
+        lines += onnx_card_lines(onnx_record, c.config, c.repo_id)
+    return lines
+
+
+def _made_with(c: _Card) -> list[str]:
+    versions = c.report.get("versions") or {}
+    made = versions.get("vitprune") or c.section.get("version")
+    if not made:
+        return []
+    extra = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "vitprune")
+    return ["", f"<sub>Made with vitprune {made}" + (f" ({extra})" if extra else "") + ".</sub>"]
+
+
+#: the card's parts, in order
+_PARTS = (_intro, _results, _method_and_options, _data_and_recipe, _license, _reproduce, _use_it, _made_with)
+
+
 def render_card(
     folder: Optional[str | Path] = None,
     *,
@@ -353,150 +513,18 @@ def render_card(
         section = f_section if section is None else section
         report = f_report if report is None else report
         config = f_config if config is None else config
-    section = dict(section or {})
-    config = dict(config or {})
-    method = section.get("method") or (report or {}).get("method")
-    options = dict(section.get("options") or (report or {}).get("options") or {})
-    base = section.get("base_model") or (report or {}).get("model")
-    info = method_info(method)
-    pretrained_cfg = config.get("pretrained_cfg") or {}
-    hub_base = hub_base_model(base)
-
-    tags = list(BASE_TAGS) + ([str(method)] if method else [])
-    top1_known = bool((report or {}).get("compressed", {}).get("top1") is not None
-                      or (section.get("metrics") or {}).get("top1") is not None)
-    data = ModelCardData(
-        library_name=None if method else "timm",
-        pipeline_tag="image-classification",
-        tags=tags,
-        base_model=hub_base,
-        license=pretrained_cfg.get("license") or None,
-        metrics=["accuracy"] if top1_known else None,
-    )
-
-    name = _short_name(base)
-    title_method = info.get("title") or method
-    lines: list[str] = []
-    if method:
-        opts = _describe_options(options, info.get("specs"))
-        lines.append(f"# {name} · {title_method}" + (f" ({opts})" if opts else ""))
-        lines.append("")
-        lines.append(
-            f"`{base or 'a timm Vision Transformer'}` made faster by token sparsification with "
-            f"**{title_method}**" + (f": {info['summary']}" if info.get("summary") else "") + ". "
-            "Made with vitprune.")
-        where = reduction_blocks(((report or {}).get("compressed") or {}).get("tokens"))
-        if where:
-            lines += ["", where]
-        if info.get("paper"):
-            lines += ["", f"Method: {info['paper']}."]
-    else:
-        lines.append(f"# {name} (dense)")
-        lines.append("")
-        lines.append(f"A dense timm Vision Transformer saved by vitprune (base: `{base or 'unknown'}`); plain timm "
-                     "loads it, and vitprune's methods can compress it.")
-
-    # -- results
-    if method:
-        rows, how = _metrics_rows(section, report)
-        if rows:
-            lines += ["", "## Results", "", _table(["", DENSE_TEACHER, "compressed", "change"], rows), "", how]
-    elif section.get("metrics"):
-        rows = [[str(k), _scalar(v)] for k, v in section["metrics"].items()]
-        lines += ["", "## Metrics", "", _table(["metric", "value"], rows)]
-
-    # -- method, options
-    if method:
-        lines += ["", "## Method and options", ""]
-        lines.append(f"Method `{method}`" + (f" — {info['title']}" if info.get("title") else "") + ".")
-        if options:
-            rows = [[f"`{k}`", f"`{_value(v)}`"] for k, v in options.items()]
-            lines += ["", _table(["option", "value"], rows, ["left", "left"])]
-        for note in section.get("deviations") or []:
-            lines += ["", f"Deviation from the paper on this model: {note}"]
-        if info.get("runtime_options"):
-            lines += ["", "Switchable at inference without retraining: "
-                      + ", ".join(f"`{o}`" for o in info["runtime_options"]) + "."]
-
-    # -- data and recipe
-    rep_data = (report or {}).get("data") or {}
-    dataset = rep_data.get("data") or (section.get("metrics") or {}).get("dataset")
-    if dataset:
-        lines += ["", "## Data", ""]
-        desc = f"`{dataset}`"
-        if rep_data:
-            parts = [f"{rep_data.get('classes')} classes" if rep_data.get("classes") else None,
-                     f"{rep_data.get('train_images'):,} training images" if rep_data.get("train_images") else None,
-                     f"{rep_data.get('val_images'):,} validation images" if rep_data.get("val_images") else None]
-            parts = [p for p in parts if p]
-            if parts:
-                desc += ": " + ", ".join(parts)
-        lines.append(desc + ".")
-        for note in rep_data.get("notes") or []:
-            lines.append(f"- {note}")
-    recipe = section.get("recipe") or (report or {}).get("recipe")
-    if recipe:
-        skip = {"param_groups", "augment"}
-        rows = [[f"`{k}`", _scalar(v)] for k, v in recipe.items() if k not in skip]
-        if isinstance(recipe.get("augment"), Mapping) or recipe.get("augment") is None and "augment" in recipe:
-            rows.append(["`augment`", _scalar(recipe.get("augment")) if recipe.get("augment") else "none"])
-        lines += ["", "## Training recipe", "", _table(["key", "value"], rows, ["left", "left"])]
-        train = (report or {}).get("train") or {}
-        if train.get("seconds") is not None:
-            lines += ["", f"Trained {train.get('epochs')} epochs ({train.get('steps')} steps, global batch "
-                      f"{train.get('global_batch')}) on {train.get('device', '?')} in {train['seconds']:.0f} s."]
-    teacher = (report or {}).get("teacher")
-    if teacher:
-        lines += ["", f"Distilled from the teacher `{teacher}`."]
-
-    # -- licence
-    if data.license:
-        lines += ["", "## License", "",
-                  f"`{data.license}`: the base model's license, as its config records it (timm's "
-                  f"`pretrained_cfg.license`" + (f" of `{base}`" if base else "") + ", which this model's config "
-                  "keeps)."]
-
-    # -- reproduce
-    cmd = reproduce_command(section, report)
-    if cmd:
-        lines += ["", "## Reproduce", "", "```bash", cmd, "```"]
-    elif method:
-        lines += ["", "## Reproduce", "", "```python", "import vitprune",
-                  f"model = vitprune.load_model({json.dumps(str(base or 'MODEL'))})",
-                  f"vitprune.apply_method(model, {json.dumps(method)}"
-                  + "".join(f", {k}={v!r}" for k, v in options.items()) + ")",
-                  "vitprune.save(model, \"out/\")", "```"]
-
-    # -- use it
-    where = f"hf-hub:{repo_id}" if repo_id else "path/to/this/folder"
-    lines += ["", "## Use it", "", "```python", "import vitprune", "",
-              f"model = vitprune.load({json.dumps(where)})  "
-              f"# {'method and weights restored' if method else 'a timm ViT'}",
-              "```"]
-    if not repo_id:
-        lines += ["", "After `vitprune push FOLDER --repo user/name`, load it with "
-                  "`vitprune.load(\"hf-hub:user/name\")`."]
-    lines += ["", "From the command line:", "", "```bash",
-              f"vitprune profile {where}", f"vitprune eval {where} --data path/to/data", "```"]
-    if method:
-        lines += ["", f"This model needs vitprune to load: its forward pass is {title_method}'s"
-                  + (" and its weights include the method's modules" if info.get("adds_modules") else "")
-                  + ", so plain `timm.create_model` cannot rebuild it."]
-    else:
-        timm_where = where if repo_id else "local-dir:path/to/this/folder"
-        lines += ["", f"Plain timm loads it too: `timm.create_model(\"{timm_where}\", pretrained=True)`."]
-
-    onnx_record = (report or {}).get("onnx")
-    if onnx_record or (folder is not None and (Path(folder) / "model.onnx").is_file()):
-        lines += onnx_card_lines(onnx_record, config, repo_id)
-
-    versions = (report or {}).get("versions") or {}
-    made = versions.get("vitprune") or section.get("version")
-    if made:
-        extra = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "vitprune")
-        lines += ["", f"<sub>Made with vitprune {made}" + (f" ({extra})" if extra else "") + ".</sub>"]
-
-    body = "\n".join(lines) + "\n"
+    section, report = dict(section or {}), dict(report or {})
+    method = section.get("method") or report.get("method")
+    c = _Card(section=section, report=report, config=dict(config or {}), method=method,
+              options=dict(section.get("options") or report.get("options") or {}),
+              base=section.get("base_model") or report.get("model"), info=method_info(method), repo_id=repo_id,
+              folder=Path(folder) if folder is not None else None)
+    top1_known = (report.get("compressed") or {}).get("top1") is not None \
+        or (section.get("metrics") or {}).get("top1") is not None
+    data = ModelCardData(library_name=None if method else "timm", pipeline_tag="image-classification",
+                         tags=list(BASE_TAGS) + ([str(method)] if method else []), base_model=hub_base_model(c.base),
+                         license=c.license, metrics=["accuracy"] if top1_known else None)
+    body = "\n".join(line for part in _PARTS for line in part(c)) + "\n"
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     return card.content if card.content.endswith("\n") else card.content + "\n"
 
