@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 INPUT = (3, 32, 32)
 
-#: the exportable settings on a 6-block tiny ViT (every method at a setting that prunes in several blocks)
+#: the exportable settings on a 4-block tiny ViT (every method at a setting that prunes: DynamicViT, EViT and ToMe in
+#: several blocks, Evo-ViT and SaiT at their one pruning block)
 EXPORTABLE = [
     ("dense", {}),
     ("dynamicvit", {"keep_rate": 0.7}),
@@ -41,14 +42,27 @@ EXPORTABLE = [
 ]
 
 
-def tiny(method: str, **options) -> nn.Module:
-    model = make_vit(depth=6)
+def tiny(method: str, depth: int = 4, **options) -> nn.Module:
+    """A ``depth``-block tiny ViT with ``method``: 4 blocks hold every method's pruning steps (see EXPORTABLE), and
+    each block makes the exports slower."""
+    model = make_vit(depth=depth)
+    # timm keeps the 224-px preprocessing of the architecture it was built from: say 32 px, so that the check images
+    # (and a model card's snippet) reach the model at its own size
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": INPUT, "crop_pct": 1.0}
     if method == "dense":
         return model
     vitprune.apply_method(model, method, **options)
     if method == "dynamicvit":
         spread_predictor_scores(model)
     return model.eval()
+
+
+def saved_tiny(folder: Path) -> Path:
+    """A tiny EViT model saved with vitprune.save, with a report.json: a folder `vitprune export` records into."""
+    from vitprune.hub.save import save
+
+    save(tiny("evit", keep_rate=0.7), folder, extra_files={"report.json": json.dumps({"model": "tiny"}) + "\n"})
+    return folder
 
 
 def spread_predictor_scores(model: nn.Module) -> None:
@@ -75,10 +89,12 @@ def test_export_matches_pytorch_at_two_batch_sizes_with_the_schedule_in_the_grap
     model = tiny(method, **options)
     path = tmp_path / "m.onnx"
     tokens = export_onnx(model, path, INPUT)
-    schedule = model.vitprune_method.token_schedule(model) if method != "dense" else [65] * 6  # 8x8 patches + cls
+    schedule = model.vitprune_method.token_schedule(model) if method != "dense" else [65] * 4  # 8x8 patches + cls
     assert tokens == schedule
     if method != "dense":
         assert tokens[-1] < 65  # the graph really runs fewer tokens
+        # in as many steps as the method takes in 4 blocks (DynamicViT 65 45 32 22, EViT 65 65 47 35, ToMe -4 a block)
+        assert len(set(tokens)) == {"dynamicvit": 4, "evit": 3, "tome": 4}.get(method, 2)
     images = digits_batch(8)
     result = verify(OrtModel(path), model, images, "8 digits")
     assert result.batch_sizes == [1, 8] and result.compared == 16 and result.argmax_agree == 16
@@ -218,11 +234,10 @@ def test_profile_runtime_onnxruntime_smoke():
 @pytest.mark.slow
 def test_push_include_onnx_exports_records_and_uploads_and_the_card_snippet_runs(tmp_path):
     from tests.fakehub import FakeHub
-    from tests.test_card import make_saved_folder
     from tests.test_push import TOKEN, cli_env, run_cli
 
-    folder = make_saved_folder(tmp_path / "evit-demo")
-    repo = "alice/demo-evit-onnx"
+    folder = saved_tiny(tmp_path / "evit-tiny")
+    repo = "alice/tiny-evit-onnx"
     with FakeHub(TOKEN) as hub:
         res = run_cli(["push", str(folder), "--repo", repo, "--include-onnx"], cli_env(tmp_path, hub.url))
         assert res.returncode == 0, res.stdout + res.stderr
@@ -266,9 +281,7 @@ def test_compress_export_onnx_writes_the_file_after_saving(tmp_path):
 
 @pytest.mark.slow
 def test_export_measure_into_a_folder_records_the_speed_in_report_and_card(tmp_path):
-    from tests.test_card import make_saved_folder
-
-    folder = make_saved_folder(tmp_path / "evit-demo")
+    folder = saved_tiny(tmp_path / "evit-tiny")
     result = vitprune.export(folder, measure=True, repeats=1, measure_batch_size=4)
     assert result.path == folder / "model.onnx"
     speed = json.loads((folder / "report.json").read_text())["onnx"]["speed"]
@@ -284,9 +297,7 @@ def test_an_export_into_a_saved_folder_is_part_of_that_model_and_leaves_with_it(
     save of other weights drops the file, so an ONNX export never sits beside weights it was not made from."""
     from vitprune.hub.save import current_version, save
 
-    folder = tmp_path / "m"
-    net = tiny("evit", keep_rate=0.7)
-    save(net, folder, extra_files={"report.json": json.dumps({"model": "tiny"}) + "\n"})
+    folder = saved_tiny(tmp_path / "m")
     before = current_version(folder)
     vitprune.export(str(folder), check=False)
     after = current_version(folder)
