@@ -152,7 +152,8 @@ def build(model_name: str, smoke: bool, methods: list[str], baseline=None) -> di
         import timm
 
         torch.manual_seed(0)
-        dense = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=12,
+        # 4 blocks hold every method's pruning (DynamicViT/EViT/ToMe in several); --runtime onnxruntime exports each
+        dense = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=4,
                                   embed_dim=48, num_heads=3, num_classes=10).eval()
     else:
         dense = vitprune.load_model(model_name, pretrained=False)
