@@ -30,7 +30,8 @@ with output_lock(folder, purpose):
 print("released", flush=True)
 """
 USE_A_HOLDER = ("test_second_process_is_refused_naming_the_owner_then_gets_it_after_release",
-                "test_lock_of_a_killed_process_is_taken_over", "test_reentrant_in_one_process_and_not_inherited_by_a_fork",
+                "test_lock_of_a_killed_process_is_taken_over",
+                "test_reentrant_in_one_process_and_not_inherited_by_a_fork",
                 "test_compress_into_a_folder_another_process_holds_is_refused_before_training")
 
 
