@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Optional
 import pytest
 
 import vitprune
+from tests.side_by_side import Started, selected, together
 from tests.test_compress_push import data  # noqa: F401 - the fixture: real digits, 80 train and 30 val images
 from tests.test_train_utils import corrupt_png, digit_images, digits_folder, write_folder
 
@@ -60,9 +62,7 @@ def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ early checks
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("extra, message", [
+BAD_INPUT = [
     (["--device", "gpu"], "device 'gpu' is not supported; use --device cuda"),
     (["--device", "tpu"], "device 'tpu' is not supported; use --device cuda (an NVIDIA GPU, or cuda:N) or --device"),
     (["--opt", "keep_rate=abc"], "--keep-rate must be a number, got 'abc'"),
@@ -70,21 +70,54 @@ def compress_args(data: Path, out: Path, *extra: str) -> list[str]:
     (["--opt", "drop_loc=3,x"], "--drop-loc must be a comma list of integers or none"),
     (["--auto-augment", "foo"], "timm refuses --auto-augment 'foo'"),
     (["--push-to", "alice/bad--name"], "invalid repo name 'alice/bad--name'"),
-])
-def test_bad_input_is_one_line_before_any_training(data, tmp_path, extra, message):
-    out = tmp_path / "out"
-    res = cli(compress_args(data, out, *extra), tmp_path)
+]
+DEVICE_COMMANDS = [["eval", "demo"], ["profile", "demo", "--no-weights", "--no-speed"]]
+
+
+@pytest.fixture(scope="module")
+def refusals(data, tmp_path_factory, request):
+    """The one-process refusals of this section, each in a folder of its own, started side by side (each is
+    seconds of imports) for the cases this run selected; a test checks its own with ``refusals.result(key)``,
+    which gives ``(folder, completed process)``."""
+    calls = {}
+
+    def add(key, args_in):  # args_in(folder) -> (args, extra env), called before the process starts
+        cwd = tmp_path_factory.mktemp("refusal")
+        args, extra = args_in(cwd)
+        calls[key] = lambda: (cwd, cli(args, cwd, extra))
+
+    for params in selected(request, "test_bad_input_is_one_line_before_any_training"):
+        add(" ".join(params["extra"]), lambda cwd, extra=params["extra"]: (compress_args(data, cwd / "out", *extra),
+                                                                          None))
+    for params in selected(request, "test_eval_and_profile_share_the_device_check"):
+        add(" ".join(params["command"]), lambda cwd, command=params["command"]: ([*command, "--device", "gpu"], None))
+    if selected(request, "test_one_class_dataset_is_refused"):
+        add("one class", lambda cwd: (["compress", "demo", "-m", "evit", "--data", str(one_class(cwd)), "-o",
+                                       str(cwd / "out"), "--no-speed"], None))
+    if selected(request, "test_a_folder_holding_someone_elses_config_is_refused_before_training"):
+        add("theirs", lambda cwd: (compress_args(data, theirs(cwd)), None))
+    runs = Started(calls)
+    yield runs
+    runs.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, message", BAD_INPUT)
+def test_bad_input_is_one_line_before_any_training(refusals, extra, message):
+    cwd, res = refusals.result(" ".join(extra))
     one_line_error(res, message)
-    assert not out.exists()  # nothing was created, let alone trained
+    assert not (cwd / "out").exists()  # nothing was created, let alone trained
 
 
 @pytest.mark.slow
 def test_output_that_is_a_file_is_refused_and_left_alone(data, tmp_path):
     plain = tmp_path / "plainfile.txt"
     plain.write_text("mine\n")
+    direct, below = together(lambda: cli(compress_args(data, plain), tmp_path),
+                             lambda: cli(compress_args(data, plain / "sub"), tmp_path))
     # the flag as the user typed it (-o; --output when spelt out)
-    one_line_error(cli(compress_args(data, plain), tmp_path), "-o ")
-    one_line_error(cli(compress_args(data, plain / "sub"), tmp_path), "plainfile.txt is a file")
+    one_line_error(direct, "-o ")
+    one_line_error(below, "plainfile.txt is a file")
     assert plain.read_text() == "mine\n"
 
 
@@ -97,27 +130,31 @@ def test_output_that_cannot_be_written_is_refused(data, tmp_path):
 @pytest.mark.slow
 def test_push_to_without_a_token_is_refused_before_training(data, tmp_path):
     online = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # no HF_TOKEN, an empty HF_HOME
-    res = cli(compress_args(data, tmp_path / "out", "--push-to", "alice/demo-evit"), tmp_path, online)
-    one_line_error(res, "--push-to alice/demo-evit needs a Hugging Face token")
-    # with a token but a bad name the token is never shown
-    res = cli(compress_args(data, tmp_path / "out", "--push-to", "not a repo"), tmp_path,
-              {**online, "HF_TOKEN": TOKEN})
-    one_line_error(res, "invalid repo name")
-    assert TOKEN not in res.stdout + res.stderr
+    # with a token but a bad name the token is never shown (in a folder of its own: the two run at once)
+    token_cwd = tmp_path / "with-token"
+    token_cwd.mkdir()
+    no_token, bad_name = together(
+        lambda: cli(compress_args(data, tmp_path / "out", "--push-to", "alice/demo-evit"), tmp_path, online),
+        lambda: cli(compress_args(data, token_cwd / "out", "--push-to", "not a repo"), token_cwd,
+                    {**online, "HF_TOKEN": TOKEN}))
+    one_line_error(no_token, "--push-to alice/demo-evit needs a Hugging Face token")
+    one_line_error(bad_name, "invalid repo name")
+    assert TOKEN not in bad_name.stdout + bad_name.stderr
+
+
+def one_class(cwd: Path) -> Path:
+    return write_folder(cwd / "one", digit_images("train", 12, classes=(7,)))
 
 
 @pytest.mark.slow
-def test_one_class_dataset_is_refused(tmp_path):
-    one = write_folder(tmp_path / "one", digit_images("train", 12, classes=(7,)))
-    res = cli(["compress", "demo", "-m", "evit", "--data", str(one), "-o", str(tmp_path / "out"), "--no-speed"],
-              tmp_path)
-    one_line_error(res, "has one class (7)")
+def test_one_class_dataset_is_refused(refusals):
+    one_line_error(refusals.result("one class")[1], "has one class (7)")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["eval", "demo"], ["profile", "demo", "--no-weights", "--no-speed"]])
-def test_eval_and_profile_share_the_device_check(tmp_path, command):
-    one_line_error(cli([*command, "--device", "gpu"], tmp_path), "use --device cuda (an NVIDIA GPU, or cuda:N)")
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_eval_and_profile_share_the_device_check(refusals, command):
+    one_line_error(refusals.result(" ".join(command))[1], "use --device cuda (an NVIDIA GPU, or cuda:N)")
 
 
 # ------------------------------------------------------------------------------------------ a finished model
@@ -128,11 +165,37 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and ".vitprune" not in p.parts}
 
 
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory):
+    """A compress run into a fresh folder; once it holds the folder it is stopped (SIGSTOP) while a second run of
+    the same command tries the folder, then let go to finish. Gives the folder, the second run's result, the first
+    one's pid and its completed process: the finished model the first run saved is the one
+    test_finished_model_is_kept_unless_overwrite_and_an_unfinished_overwrite_resumes starts from (a copy)."""
+    from vitprune.hub.lock import read_owner
+
+    cwd = tmp_path_factory.mktemp("first-run")
+    out = cwd / "out"
+    first = spawn(compress_args(data, out), cwd)
+    try:
+        t0 = time.time()
+        while (read_owner(out) or {}).get("pid") != first.pid:  # the first run holds the folder...
+            assert first.poll() is None, first.communicate()
+            assert time.time() - t0 < 240, "the first run never took the folder"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # ...and is held still while the second one tries
+        second = cli(compress_args(data, out), cwd)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=300)
+    return out, second, first.pid, subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr)
+
+
 @pytest.mark.slow
-def test_finished_model_is_kept_unless_overwrite_and_an_unfinished_overwrite_resumes(data, tmp_path):
+def test_finished_model_is_kept_unless_overwrite_and_an_unfinished_overwrite_resumes(first_run, data, tmp_path):
     out = tmp_path / "out"
-    first = cli(compress_args(data, out), tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+    finished = first_run[3]  # compress_args(data, out) run to its end, into a folder of its own
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    shutil.copytree(first_run[0], out, symlinks=True)
     before = digest(out)
     # the same command again: refused, nothing touched
     one_line_error(cli(compress_args(data, out), tmp_path), "already holds a finished model; add --overwrite")
@@ -153,26 +216,12 @@ def test_finished_model_is_kept_unless_overwrite_and_an_unfinished_overwrite_res
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes(data, tmp_path):
-    from vitprune.hub.lock import read_owner
-
-    out = tmp_path / "out"
-    first = spawn(compress_args(data, out), tmp_path)
-    try:
-        t0 = time.time()
-        while (read_owner(out) or {}).get("pid") != first.pid:  # the first run holds the folder...
-            assert first.poll() is None, first.communicate()
-            assert time.time() - t0 < 240, "the first run never took the folder"
-            time.sleep(0.02)
-        first.send_signal(signal.SIGSTOP)  # ...and is held still while the second one tries
-        second = cli(compress_args(data, out), tmp_path)
-        line = one_line_error(second, f"is in use by pid {first.pid}")
-        assert "(compress)" in line
-    finally:
-        first.send_signal(signal.SIGCONT)
-    stdout, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stdout + stderr
-    assert "Saved" in stdout and vitprune.load(out).vitprune_method.name == "evit"
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_finishes(first_run):
+    out, second, pid, first = first_run
+    line = one_line_error(second, f"is in use by pid {pid}")
+    assert "(compress)" in line
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Saved" in first.stdout and vitprune.load(out).vitprune_method.name == "evit"
 
 
 # ------------------------------------------------------------------------------------------ classes and heads
@@ -183,20 +232,23 @@ def test_classes_matched_by_count_only_are_warned_and_new_head_replaces_the_head
     names = {i: w for i, w in enumerate("zero one two three four five six seven eight nine".split())}
     words = digits_folder(tmp_path / "words", per_class=4, val_per_class=1, names=names)
     # the demo head's label names are "0".."9": ten folders named otherwise land on it by count only
-    res = cli(["compress", "demo", "-m", "evit", "--data", str(words), "-o", str(tmp_path / "a"), "--max-steps", "1",
-               "--batch-size", "8", "--no-speed", "--quiet"], tmp_path)
+    common = ["compress", "demo", "-m", "evit", "--data", str(words)]
+    res, res_b, res_c = together(  # three runs into three folders, side by side
+        lambda: cli([*common, "-o", str(tmp_path / "a"), "--max-steps", "1", "--batch-size", "8", "--no-speed",
+                     "--quiet"], tmp_path),
+        lambda: cli([*common, "-o", str(tmp_path / "b"), "--max-steps", "1", "--batch-size", "8", "--no-speed",
+                     "--quiet", "--new-head"], tmp_path),
+        # a dense teacher stage needs a dense model, and a given teacher keeps its own head
+        lambda: cli([*common, "--teacher", "demo", "--new-head", "-o", str(tmp_path / "c")], tmp_path))
     assert res.returncode == 0, res.stdout + res.stderr
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "COUNT ONLY" in warning[0] and "--new-head" in warning[0], res.stderr
     assert "eight, five, four, ..." in warning[0]  # the folders, sorted, that are not label names
-    res = cli(["compress", "demo", "-m", "evit", "--data", str(words), "-o", str(tmp_path / "b"), "--max-steps", "1",
-               "--batch-size", "8", "--no-speed", "--quiet", "--new-head"], tmp_path)
+    res = res_b
     assert res.returncode == 0, res.stdout + res.stderr
     assert "head replaced (--new-head)" in res.stderr and "COUNT ONLY" not in res.stderr
     assert (tmp_path / "b" / "checkpoints" / "teacher.pt").is_file()  # the step taken was the teacher stage's
-    # a dense teacher stage needs a dense model, and a given teacher keeps its own head
-    one_line_error(cli(["compress", "demo", "-m", "evit", "--data", str(words), "--teacher", "demo", "--new-head",
-                        "-o", str(tmp_path / "c")], tmp_path), "does not go with --teacher")
+    one_line_error(res_c, "does not go with --teacher")
 
 
 # ------------------------------------------------------------------------------------------ rich markup
@@ -249,13 +301,17 @@ def test_two_settings_without_output_go_to_two_folders(tmp_path, monkeypatch):
     assert vitprune.load(second.output).vitprune_method.options.keep_rate == 0.5
 
 
-@pytest.mark.slow
-def test_a_folder_holding_someone_elses_config_is_refused_before_training(data, tmp_path):
-    """A config.json vitprune did not write (another tool's model) is never replaced, and the run says so before
-    it trains, not after hours when the save would fail."""
-    out = tmp_path / "theirs"
+def theirs(cwd: Path) -> Path:
+    out = cwd / "theirs"
     out.mkdir()
     (out / "config.json").write_text('{"model_type": "something-else"}\n')
-    res = cli(compress_args(data, out), tmp_path)
+    return out
+
+
+@pytest.mark.slow
+def test_a_folder_holding_someone_elses_config_is_refused_before_training(refusals):
+    """A config.json vitprune did not write (another tool's model) is never replaced, and the run says so before
+    it trains, not after hours when the save would fail."""
+    cwd, res = refusals.result("theirs")
     one_line_error(res, "was not written by vitprune")
-    assert (out / "config.json").read_text() == '{"model_type": "something-else"}\n'
+    assert (cwd / "theirs" / "config.json").read_text() == '{"model_type": "something-else"}\n'

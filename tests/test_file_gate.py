@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import vitprune
+from tests.side_by_side import Started, selected
 from tests.test_train_utils import digits_folder, save_tiny_vit, tiny_vit
 from vitprune import files, tensorfiles
 from vitprune.errors import ModelNotFoundError, OutputFolderError, VitpruneError
@@ -41,6 +42,30 @@ def _one_error_line(res: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert [x for x in lines if x.startswith("Error:")] == lines[-1:], res.stderr[-3000:]
     return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, request):
+    """The ``python -m vitprune`` runs of this module's tests, each prepared in a folder of its own by the
+    ``prepare_*`` function beside its test and started side by side (each is seconds of imports) for the tests
+    this run selected; a test checks its own with ``cli_runs.result(key)``, which gives ``(folder, process)``."""
+    calls = {}
+    for test, prepare in PREPARE.items():
+        for params in selected(request, test):
+            key = f"{test}{sorted(params.items())}"
+            folder = tmp_path_factory.mktemp("cli-run")
+            argv, timeout = prepare(folder, **params)
+            calls[key] = lambda folder=folder, argv=argv, timeout=timeout: (folder, _cli(*argv, cwd=folder,
+                                                                                          timeout=timeout))
+    runs = Started(calls)
+    yield runs
+    runs.close()
+
+
+def run_of(cli_runs, request) -> tuple[Path, subprocess.CompletedProcess]:
+    """The requesting test's own process from ``cli_runs``."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    return cli_runs.result(f"{request.node.originalname}{sorted(params.items())}")
 
 
 
@@ -215,15 +240,20 @@ def test_a_planted_current_link_is_refused_and_deletes_nothing(tmp_path, kind):
         vitprune.load(folder)
 
 
-@pytest.mark.slow
-def test_compress_into_a_folder_with_a_planted_current_link_is_one_line(tmp_path):
+def prepare_planted_current(tmp_path):
     out, victim = tmp_path / "vitprune-out", tmp_path / "victim"
     victim.mkdir()
     (victim / "marker.txt").write_text("precious")
     (out / ".vitprune").mkdir(parents=True)
     os.symlink("../../victim", out / ".vitprune" / "current")
-    res = _cli("compress", "demo", "-m", "evit", "--epochs", "1", "-o", str(out), "--no-speed", "--quiet",
-               "--overwrite", cwd=tmp_path)
+    return ("compress", "demo", "-m", "evit", "--epochs", "1", "-o", str(out), "--no-speed", "--quiet",
+            "--overwrite"), 600
+
+
+@pytest.mark.slow
+def test_compress_into_a_folder_with_a_planted_current_link_is_one_line(cli_runs, request):
+    tmp_path, res = run_of(cli_runs, request)  # prepare_planted_current's folder and run
+    out, victim = tmp_path / "vitprune-out", tmp_path / "victim"
     assert "not a link vitprune made" in _one_error_line(res)
     assert (victim / "marker.txt").read_text() == "precious"
     assert not (out / "checkpoints").exists() and "epoch 1/1" not in res.stderr  # refused before training
@@ -384,32 +414,41 @@ def timm_create(name: str, kw: dict):
 # ------------------------------------------------------------------------------------------ hole: run deletes files
 
 
-@pytest.mark.slow
-def test_a_run_keeps_the_users_own_files_in_checkpoints(tmp_path):
+def prepare_users_files(tmp_path):
     model = save_tiny_vit(tmp_path / "tiny", depth=2)
     data = digits_folder(tmp_path / "digits", per_class=4, val_per_class=1)
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "mine.txt").write_text("my notes")
-    res = _cli("compress", str(model), "-m", "evit", "--keep-rate", "0.7", "--data", str(data), "-o", str(out),
-               "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-speed", "--quiet", cwd=tmp_path)
+    return ("compress", str(model), "-m", "evit", "--keep-rate", "0.7", "--data", str(data), "-o", str(out),
+            "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-speed", "--quiet"), 600
+
+
+@pytest.mark.slow
+def test_a_run_keeps_the_users_own_files_in_checkpoints(cli_runs, request):
+    tmp_path, res = run_of(cli_runs, request)  # prepare_users_files's folder and run
+    out = tmp_path / "out"
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "checkpoints" / "mine.txt").read_text() == "my notes"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["mine.txt"]  # the run's own files went
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("planted", ["checkpoints", "logs"])
-def test_a_planted_checkpoints_or_logs_link_is_refused_in_one_line(tmp_path, planted):
+def prepare_planted_link(tmp_path, planted):
     model = save_tiny_vit(tmp_path / "tiny", depth=2)
     data = digits_folder(tmp_path / "digits", per_class=4, val_per_class=1)
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
     os.symlink(elsewhere, out / planted)
-    res = _cli("compress", str(model), "-m", "evit", "--keep-rate", "0.7", "--data", str(data), "-o", str(out),
-               "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-speed", "--quiet", "--logger", "csv",
-               cwd=tmp_path)
+    return ("compress", str(model), "-m", "evit", "--keep-rate", "0.7", "--data", str(data), "-o", str(out),
+            "--epochs", "1", "--batch-size", "8", "--no-augment", "--no-speed", "--quiet", "--logger", "csv"), 600
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planted", ["checkpoints", "logs"])
+def test_a_planted_checkpoints_or_logs_link_is_refused_in_one_line(cli_runs, request, planted):
+    tmp_path, res = run_of(cli_runs, request)  # prepare_planted_link's folder and run
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     assert f"{planted} is a symlink" in _one_error_line(res)
     assert list(elsewhere.iterdir()) == []
     assert not (out / "model.safetensors").exists()
@@ -440,10 +479,7 @@ def test_model_onnx_holds_no_local_paths(tmp_path):
 # ------------------------------------------------------------------------------------------ hole: fifo
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["train shard", "classes.txt"])
-def test_a_fifo_in_the_data_is_refused_quickly_in_one_line(tmp_path, where):
-    pytest.importorskip("webdataset")
+def prepare_fifo(tmp_path, where):
     import io
     import tarfile
 
@@ -459,6 +495,21 @@ def test_a_fifo_in_the_data_is_refused_quickly_in_one_line(tmp_path, where):
         os.mkfifo(data / "train" / "a0.tar")
     else:
         os.mkfifo(data / "classes.txt")
-    res = _cli("eval", "demo", "--data", str(data), cwd=tmp_path, timeout=240)  # a hang is a timeout error
+    return ("eval", "demo", "--data", str(data)), 240  # a hang is a timeout error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["train shard", "classes.txt"])
+def test_a_fifo_in_the_data_is_refused_quickly_in_one_line(cli_runs, request, where):
+    pytest.importorskip("webdataset")
+    _, res = run_of(cli_runs, request)  # prepare_fifo's folder and run
     line = _one_error_line(res)
     assert "not a regular file" in line and ("a0.tar" in line or "classes.txt" in line)
+
+
+PREPARE = {  # test -> its prepare function: (folder, **the test's parameters) -> (argv, timeout)
+    "test_compress_into_a_folder_with_a_planted_current_link_is_one_line": prepare_planted_current,
+    "test_a_run_keeps_the_users_own_files_in_checkpoints": prepare_users_files,
+    "test_a_planted_checkpoints_or_logs_link_is_refused_in_one_line": prepare_planted_link,
+    "test_a_fifo_in_the_data_is_refused_quickly_in_one_line": prepare_fifo,
+}

@@ -12,34 +12,57 @@ from pathlib import Path
 
 import pytest
 
+from tests.side_by_side import selected
 from vitprune.errors import FolderInUseError, OutputFolderError, VitpruneError
 from vitprune.hub.lock import host_name, output_lock, read_owner
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# a real process that takes the lock of the folder named on its first line of stdin (tab, the purpose) and holds it
+# until the next line arrives
 HOLDER = """
 import sys
 from vitprune.hub.lock import output_lock
-with output_lock(sys.argv[1], sys.argv[2]):
+folder, purpose = sys.stdin.readline().rstrip("\\n").split("\\t")
+with output_lock(folder, purpose):
     print("held", flush=True)
     sys.stdin.readline()
 print("released", flush=True)
 """
+USE_A_HOLDER = ("test_second_process_is_refused_naming_the_owner_then_gets_it_after_release",
+                "test_lock_of_a_killed_process_is_taken_over",
+                "test_reentrant_in_one_process_and_not_inherited_by_a_fork",
+                "test_compress_into_a_folder_another_process_holds_is_refused_before_training")
 
 
-def hold(folder: Path, purpose: str = "compress") -> subprocess.Popen:
-    """A real process that holds ``folder``'s lock until a line arrives on its stdin."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), purpose], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def holders(request):
+    """One HOLDER process for each selected test that uses one, started side by side (each spends seconds on its
+    imports) and waiting for its folder; a test takes its own with ``holders.pop()``."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOLDER], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for test in USE_A_HOLDER for _ in selected(request, test)]
+    yield list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def hold(holders: list, folder: Path, purpose: str = "compress") -> subprocess.Popen:
+    """A real process (one of ``holders``) that holds ``folder``'s lock until a line arrives on its stdin."""
+    proc = holders.pop()
+    proc.stdin.write(f"{folder}\t{purpose}\n")
+    proc.stdin.flush()
     line = proc.stdout.readline()
     assert line.strip() == "held", line + proc.stderr.read()
     return proc
 
 
 @pytest.mark.slow
-def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(tmp_path):
+def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(holders, tmp_path):
     folder = tmp_path / "out"
-    proc = hold(folder, "compress")
+    proc = hold(holders, folder, "compress")
     try:
         with pytest.raises(FolderInUseError) as e:
             with output_lock(folder, "save"):
@@ -59,9 +82,9 @@ def test_second_process_is_refused_naming_the_owner_then_gets_it_after_release(t
 
 
 @pytest.mark.slow
-def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+def test_lock_of_a_killed_process_is_taken_over(holders, tmp_path):
     folder = tmp_path / "out"
-    proc = hold(folder)
+    proc = hold(holders, folder)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert read_owner(folder)["pid"] == proc.pid  # the dead owner's record is still there
@@ -70,7 +93,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 
 @pytest.mark.slow
-def test_reentrant_in_one_process_and_not_inherited_by_a_fork(tmp_path):
+def test_reentrant_in_one_process_and_not_inherited_by_a_fork(holders, tmp_path):
     folder = tmp_path / "out"
     with output_lock(folder, "compress"):
         with output_lock(folder, "save"):  # compress -> save: no deadlock
@@ -87,9 +110,9 @@ def test_reentrant_in_one_process_and_not_inherited_by_a_fork(tmp_path):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 3
     # let go: another process takes it
-    res = subprocess.run([sys.executable, "-c", HOLDER, str(folder), "save"], input="\n", cwd=ROOT, text=True,
-                         capture_output=True, timeout=120)
-    assert res.stdout.split() == ["held", "released"], res.stderr
+    proc = holders.pop()
+    stdout, stderr = proc.communicate(f"{folder}\tsave\n\n", timeout=120)
+    assert stdout.split() == ["held", "released"], stderr
 
 
 def test_a_file_in_place_of_the_folder_is_one_line(tmp_path):
@@ -145,13 +168,13 @@ def test_compress_holds_the_lock_from_before_training_until_its_save_is_done(tmp
 
 
 @pytest.mark.slow
-def test_compress_into_a_folder_another_process_holds_is_refused_before_training(tmp_path):
+def test_compress_into_a_folder_another_process_holds_is_refused_before_training(holders, tmp_path):
     from typer.testing import CliRunner
 
     from vitprune.cli.main import app
 
     out = tmp_path / "run"
-    proc = hold(out, "compress")
+    proc = hold(holders, out, "compress")
     try:
         res = CliRunner().invoke(app, ["compress", "demo", "-m", "evit", "--epochs", "1", "--no-speed", "-o",
                                        str(out)], env={"COLUMNS": "300"})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.side_by_side import Started, selected
 from tests.test_train_logs import _tb_scalars, wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +46,45 @@ def names_with_host(folder: Path) -> list[str]:
             if host in p.name.split(".") or host in p.name.split("-")]
 
 
+WANDB = "test_the_wandb_run_record_has_no_host_name"
+TENSORBOARD = "test_tensorboard_event_files_carry_no_host_or_pid"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, request):
+    """Each selected test's driver runs, each test in a folder of its own, the two tests' side by side (each
+    process spends seconds on its imports); ``runs.result(test)`` waits for that test's runs and gives its folder.
+    The TensorBoard test's two runs stay one after the other (the second is a resume beside the first)."""
+    def wandb(tmp_path):
+        run_loggers("wandb", tmp_path / "logs", tmp_path)
+        return tmp_path
+
+    def tensorboard(tmp_path):
+        run_loggers("tensorboard", tmp_path / "logs", tmp_path)
+        run_loggers("tensorboard", tmp_path / "logs", tmp_path)  # a second run (a resume) writes a second file
+        return tmp_path
+
+    calls = {}
+    for test, module, call in ((WANDB, "wandb", wandb), (TENSORBOARD, "tensorboard", tensorboard)):
+        if selected(request, test) and _importable(module):
+            folder = tmp_path_factory.mktemp("logs")
+            calls[test] = lambda call=call, folder=folder: call(folder)
+    started = Started(calls)
+    yield started
+    started.close()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 @pytest.mark.slow
-def test_the_wandb_run_record_has_no_host_name(tmp_path):
+def test_the_wandb_run_record_has_no_host_name(runs):
     pytest.importorskip("wandb")
+    tmp_path = runs.result(WANDB)  # run_loggers("wandb", tmp_path / "logs", tmp_path) has run
     folder = tmp_path / "logs"
-    run_loggers("wandb", folder, tmp_path)
     run_file = next((folder / "wandb").glob("offline-run-*/run-*.wandb"))
     runs = [r.run for r in wandb_records(run_file) if r.HasField("run")]
     assert runs and all(r.host == "" for r in runs), [r.host for r in runs]
@@ -58,11 +93,9 @@ def test_the_wandb_run_record_has_no_host_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorboard_event_files_carry_no_host_or_pid(tmp_path):
+def test_tensorboard_event_files_carry_no_host_or_pid(runs):
     pytest.importorskip("tensorboard")
-    folder = tmp_path / "logs"
-    run_loggers("tensorboard", folder, tmp_path)
-    run_loggers("tensorboard", folder, tmp_path)  # a second run (a resume) writes a second file beside it
+    folder = runs.result(TENSORBOARD) / "logs"  # two tensorboard runs into it, one after the other
     files = sorted(p.name for p in folder.iterdir())
     assert len(files) == 2 and all(".vitprune." in f for f in files), files
     assert names_with_host(folder) == []

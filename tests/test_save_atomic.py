@@ -22,6 +22,7 @@ import vitprune
 from vitprune.errors import OutputFolderError
 from vitprune.hub.lock import STORE
 
+from .side_by_side import selected
 from .test_train_utils import same_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,30 @@ class Zygote:
         self.proc.wait(timeout=60)
 
 
+KILL_TESTS = ("test_kill_at_every_step_of_the_commit_leaves_old_or_new",
+              "test_kill_at_random_instants_leaves_old_or_new")
+TWO = "test_two_processes_one_folder_second_refused_in_one_line"
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory, request):
+    """The long-lived processes of this module's tests, started side by side up front (each spends seconds on its
+    imports) for the tests this run selected: a zygote for each kill test (by the test's name), and for the
+    two-process test the first process, ``(folder, process)``, which saves into a folder of its own and stops
+    (prints "paused") at its "staged" step."""
+    procs = {name: Zygote() for name in KILL_TESTS if selected(request, name)}
+    if selected(request, TWO):
+        folder = tmp_path_factory.mktemp("two") / "out"
+        procs[TWO] = (folder, subprocess.Popen([sys.executable, "-c", PAUSED_SAVE, str(folder), "1"], cwd=ROOT,
+                                               text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE))
+    yield procs
+    for proc in [p.proc if isinstance(p, Zygote) else p[1] for p in procs.values()]:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+
+
 REFS = {}
 
 
@@ -144,10 +169,10 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_at_every_step_of_the_commit_leaves_old_or_new(tmp_path):
+def test_kill_at_every_step_of_the_commit_leaves_old_or_new(started, tmp_path):
     """B is saved over A, in the versioned layout and over plain files (a folder saved before it); a fresh copy
     of the folder per step, the saving process killed at that step: before the switch A, from it on B."""
-    z = Zygote()
+    z = started["test_kill_at_every_step_of_the_commit_leaves_old_or_new"]
     try:
         seed = tmp_path / "seed"
         assert z.save(seed, "A") == (0, [])
@@ -178,10 +203,10 @@ def test_kill_at_every_step_of_the_commit_leaves_old_or_new(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_at_random_instants_leaves_old_or_new(tmp_path):
+def test_kill_at_random_instants_leaves_old_or_new(started, tmp_path):
     """SIGKILL from outside at random times over the whole save, 40 times; every time the folder is A or B."""
     folder = tmp_path / "out"
-    z = Zygote()
+    z = started["test_kill_at_random_instants_leaves_old_or_new"]
     rng = random.Random(0)
     try:
         assert z.save(folder, "A") == (0, [])
@@ -234,10 +259,8 @@ print("saved", flush=True)
 
 
 @pytest.mark.slow
-def test_two_processes_one_folder_second_refused_in_one_line(tmp_path):
-    folder = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-c", PAUSED_SAVE, str(folder), "1"], cwd=ROOT, text=True,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_two_processes_one_folder_second_refused_in_one_line(started, tmp_path):
+    folder, first = started[TWO]  # PAUSED_SAVE of model seed 1 into folder, started by the fixture
     try:
         assert first.stdout.readline().strip() == "paused", first.stderr.read()
         # the second: the CLI, importing a valid official-style checkpoint (EViT's are plain timm weights) into the

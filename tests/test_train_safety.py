@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.side_by_side import Started, selected
 from tests.test_train_utils import digits_folder, save_tiny_vit, tiny_vit
 from vitprune.methods.registry import method_names
 from vitprune.train import checkpoints as ck
@@ -54,10 +55,7 @@ def _error_line(res: subprocess.CompletedProcess) -> str:
 
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", ["torch.save", "plain pickle"])
-def test_a_planted_checkpoint_runs_nothing_and_is_one_line(setup, tmp_path, layout):
-    _, model, data = setup
+def plant(tmp_path: Path, layout: str) -> None:
     out, marker = tmp_path / "out", tmp_path / "marker"
     planted = out / "checkpoints" / "last.pt"
     planted.parent.mkdir(parents=True)
@@ -65,8 +63,35 @@ def test_a_planted_checkpoint_runs_nothing_and_is_one_line(setup, tmp_path, layo
         torch.save({"format": ck.FORMAT, "fingerprint": WritesAMarker(marker)}, planted)
     else:
         planted.write_bytes(pickle.dumps(WritesAMarker(marker)))
+
+
+@pytest.fixture(scope="module")
+def cli_runs(setup, tmp_path_factory, request):
+    """The CLI runs of the planted-checkpoint and diverged-run tests, each in a folder of its own, started side by
+    side (each spends seconds on its imports) for the cases this run selected; ``cli_runs.result(key)`` gives
+    ``(folder, completed process)``."""
+    _, model, data = setup
+    calls = {}
+    for params in selected(request, "test_a_planted_checkpoint_runs_nothing_and_is_one_line"):
+        folder = tmp_path_factory.mktemp("planted")
+        plant(folder, params["layout"])
+        calls[params["layout"]] = lambda folder=folder: (folder, _cli(*_args(model, data, folder / "out", "--resume"),
+                                                                      cwd=folder))
+    if selected(request, "test_a_diverged_run_stops_before_the_step_and_keeps_the_last_good_checkpoint"):
+        folder = tmp_path_factory.mktemp("diverged")
+        calls["diverged"] = lambda folder=folder: (folder, _cli(*_args(model, data, folder / "diverged", "--lr", "1e5",
+                                                                       "--save-every", "1"), cwd=folder))
+    runs = Started(calls)
+    yield runs
+    runs.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["torch.save", "plain pickle"])
+def test_a_planted_checkpoint_runs_nothing_and_is_one_line(cli_runs, layout):
+    tmp_path, res = cli_runs.result(layout)  # plant()'s folder, then compress --resume in it
+    out, marker = tmp_path / "out", tmp_path / "marker"
     # the payload is real: loading it the unsafe way would create the marker
-    res = _cli(*_args(model, data, out, "--resume"), cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-2000:]
     assert _error_line(res).endswith("is not a readable vitprune checkpoint (UnpicklingError); delete it to "
                                       "start over.")
@@ -116,12 +141,11 @@ def test_method_state_round_trips_through_a_weights_only_checkpoint(name, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_diverged_run_stops_before_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path):
-    _, model, data = setup
+def test_a_diverged_run_stops_before_the_step_and_keeps_the_last_good_checkpoint(cli_runs):
+    tmp_path, res = cli_runs.result("diverged")
     out = tmp_path / "diverged"
     # lr 1e5 is 10^8 times the 1e-3 this tiny ViT trains at: the gradients turn NaN within a few steps (step 2 on
     # x86 CPUs), while the loss of that step is still finite
-    res = _cli(*_args(model, data, out, "--lr", "1e5", "--save-every", "1"), cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-2000:]
     msg = _error_line(res)
     assert msg.startswith("Error: training diverged at step ") and "lower --lr (now 100000)" in msg

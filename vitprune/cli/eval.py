@@ -53,6 +53,9 @@ def eval_(
     projection) is scored without labels: the mean cosine similarity of its embeddings to the dense model's on
     the same images (1.0 for a dense model).
     """
+    from ..measure.speed import resolve_device  # deferred: CLI startup
+
+    resolve_device(device)  # a device this machine cannot use is refused before a model is loaded (or downloaded)
     from ..errors import MethodOptionError  # deferred: CLI startup
     from ..hub import load_model  # deferred: CLI startup
     from ..methods import get_method  # deferred: CLI startup
