@@ -75,3 +75,13 @@ def test_device_and_dtype_errors():
     assert resolve_dtype(None, torch.device("cpu")) == "fp32"
     with pytest.raises(DeviceError, match="fp16"):
         resolve_dtype("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("job", ["profile", "evaluate"])
+def test_a_device_this_machine_cannot_use_is_refused_before_the_model_is_loaded(offline_cache, job):
+    """A model that is not in the (empty, offline) Hub cache would fail to load: the device error comes first,
+    so nothing is loaded or downloaded for a run that cannot happen."""
+    import vitprune
+
+    with pytest.raises(DeviceError, match="device 'tpu' is not supported"):
+        getattr(vitprune, job)("hf-hub:nobody/not-in-the-cache", device="tpu")

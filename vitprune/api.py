@@ -14,7 +14,7 @@ import tempfile
 from .errors import MethodOptionError
 from .settings import SpeedSettings, split_kwargs, takes_settings
 from .hub import load_model
-from .measure.speed import paired_median
+from .measure.speed import paired_median, resolve_device
 from .measure.models import RUNTIMES, ModelStats, check_settings, measure_models, versions
 from .train.evaluate import EvalResult
 from .train.evaluate import evaluate as evaluate_model
@@ -240,5 +240,7 @@ def _measure_int8(models: dict[str, nn.Module], mode: str, calibration: Any, tim
 
 def evaluate(model: ModelLike, data: Any = "demo", **kwargs: Any) -> EvalResult:
     """``vitprune.train.evaluate.evaluate`` (same keyword arguments) on ``model`` or a MODEL spec (``demo``, a timm
-    name, ``hf-hub:org/name``, a folder), which is loaded with ``vitprune.load_model``."""
+    name, ``hf-hub:org/name``, a folder), which is loaded with ``vitprune.load_model`` once ``device`` is checked (a
+    device this machine cannot use is refused before anything is loaded or downloaded)."""
+    resolve_device(kwargs.get("device"))
     return evaluate_model(load_model(model) if isinstance(model, str) else model, data, **kwargs)

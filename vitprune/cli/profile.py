@@ -44,9 +44,6 @@ def profile(
     With --method, MODEL (dense) is patched with the method and its options; a compressed folder is profiled as
     saved, its run-time options (e.g. --keep-rate, --mode) changed for this run when given.
     """
-    from ..measure.speed import resolve_device  # deferred: CLI startup
-
-    resolve_device(device)  # a device this machine cannot use is refused before a model is loaded (or downloaded)
     from .. import api  # deferred: CLI startup
     from ..report.tables import profile_notes, profile_table  # deferred: CLI startup
 

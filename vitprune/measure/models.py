@@ -84,6 +84,7 @@ def check_settings(timing: SpeedSettings) -> Optional[str]:
     """Refuse settings that do not go together, before any model is loaded; returns the dtype to use."""
     runtime, compile, dtype = timing.runtime, timing.compile, timing.dtype
     check_ranges(timing)  # batch_size, repeats: the bounds declared with them
+    resolve_device(timing.device)  # a device this machine cannot use: refused before a model is loaded (or fetched)
     if compile is not None:
         check_mode(compile, "compile")
     if runtime not in RUNTIMES:
