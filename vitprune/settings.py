@@ -88,19 +88,19 @@ class Flag:
 
     def value(self, given: Any) -> Any:
         """The field's value from the command line's (a negated switch inverted, a repeatable flag as a tuple)."""
-        if self.negated:
-            return not given
-        if self.type == list[str]:
-            return tuple(given or ())
-        return given
+        return self._convert(given, tuple)
 
     def as_given(self, value: Any) -> Any:
         """The inverse of :meth:`value`: the field's value as the command line (and a recipe file) gives it."""
+        return self._convert(value, list)
+
+    def _convert(self, x: Any, sequence: type) -> Any:
+        """Both directions are the same steps: a negated switch inverted, a repeatable flag's values as ``sequence``."""
         if self.negated:
-            return not value
+            return not x
         if self.type == list[str]:
-            return list(value or ())
-        return value
+            return sequence(x or ())
+        return x
 
 
 def _hints(cls: type) -> dict[str, Any]:
